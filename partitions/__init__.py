@@ -1,0 +1,1 @@
+"""The hash-partition manager of pgvote's partitioned tables (see partitions/layout.py)."""

@@ -1,0 +1,244 @@
+"""The `pgvote` command line.
+
+Subcommands live in one table (COMMANDS). To add one, write a small function taking the parsed
+arguments and returning an exit code, and register it::
+
+    @command("demo", "run the demo against the local stack")
+    def cmd_demo(args: argparse.Namespace) -> int: ...
+
+or, with its own options::
+
+    def _demo_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--voters", type=int, default=100)
+
+    @command("demo", "run the demo", configure=_demo_options)
+
+Exit codes: 0 ok, 1 error (printed as one line, no traceback unless --debug).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from pgvote.stack import StackError, make_stack
+
+out = Console(soft_wrap=True)  # soft_wrap: never break URLs/paths in the middle
+err = Console(stderr=True, soft_wrap=True)
+
+Handler = Callable[[argparse.Namespace], int]
+Configure = Callable[[argparse.ArgumentParser], None]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    handler: Handler
+    configure: Configure | None = None
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, configure: Configure | None = None) -> Callable[[Handler], Handler]:
+    """Register a subcommand (a later registration with the same name replaces the earlier one)."""
+
+    def register(handler: Handler) -> Handler:
+        COMMANDS[name] = Command(name, help, handler, configure)
+        return handler
+
+    return register
+
+
+def _stack(args: argparse.Namespace) -> Any:
+    state_dir = Path(args.state_dir) if args.state_dir else None
+    return make_stack(state_dir=state_dir)
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a connection URL before printing it."""
+    parts = urlsplit(url)
+    if parts.password:
+        host = parts.hostname or ""
+        netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def _print_urls(stack: Any) -> None:
+    status = stack.status()
+    rest = status["components"]["postgrest"]
+    out.print(f"[bold]State dir[/]                 {escape(status['state_dir'])}")
+    out.print(f"[bold]PostgreSQL (direct)[/]       {escape(stack.admin_url)}")
+    out.print(f"[bold]PgBouncer (API role)[/]      {escape(stack.api_url)}")
+    out.print(f"[bold]PostgreSQL (API, direct)[/]  {escape(stack.direct_api_url)}")
+    out.print(f"[bold]PgBouncer admin console[/]   {escape(stack.bouncer_admin_url)}")
+    if stack.postgrest_url:
+        out.print(f"[bold]PostgREST[/]                 {escape(stack.postgrest_url)}")
+    else:
+        out.print(f"[bold]PostgREST[/]                 [yellow]{escape(rest.get('note') or 'not running')}[/]")
+    # plain print: must stay copy-pasteable (no wrapping, no markup)
+    print(f"export DATABASE_URL={stack.admin_url}")
+
+
+# --------------------------------------------------------------------------------------------------
+# subcommands
+# --------------------------------------------------------------------------------------------------
+
+
+def _up_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-migrate", action="store_true", help="start without running migrations")
+
+
+@command("up", "start PostgreSQL, run migrations, start PgBouncer (and PostgREST if installed)", _up_options)
+def cmd_up(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    with err.status("starting the stack..."):
+        stack.up(migrate=not args.no_migrate)
+    out.print("[green]stack is up[/]")
+    _print_urls(stack)
+    return 0
+
+
+@command("down", "stop everything the stack started (fast shutdown)")
+def cmd_down(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    stack.down()
+    out.print(f"[green]stack is down[/] (state kept in {escape(stack.status()['state_dir'])})")
+    return 0
+
+
+def _status_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+@command("status", "show what runs (pids, ports), where the state lives, and the URLs", _status_options)
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _stack(args).status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    table = Table(title=f"pgvote stack ({status['backend']})")
+    for col in ("component", "state", "pid", "port", "log / note"):
+        table.add_column(col)
+    for name, comp in status["components"].items():
+        state = "[green]running[/]" if comp["running"] else "[red]stopped[/]"
+        noted = not comp["running"] and comp.get("note")
+        detail = "not installed (see below)" if noted else comp.get("log", "")
+        table.add_row(name, state, str(comp.get("pid") or "-"), str(comp.get("port") or "-"), escape(detail or ""))
+    out.print(table)
+    for comp in status["components"].values():
+        if not comp["running"] and comp.get("note"):
+            out.print(escape(comp["note"]))
+    out.print(f"state dir: {escape(status['state_dir'])}")
+    if "requested_state_dir" in status:
+        out.print(f"(relocated from {escape(status['requested_state_dir'])}: the postgres user cannot reach it)")
+    for key, url in status["urls"].items():
+        out.print(f"{key:18} {escape(url or '-')}")
+    return 0
+
+
+@command("migrate", "run migrations against $DATABASE_URL (or the local stack)")
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from pgvote import migrate
+
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        source = "DATABASE_URL"
+    else:
+        stack = _stack(args)
+        if not stack.status()["components"]["postgres"]["running"]:
+            raise StackError(
+                f"DATABASE_URL is unset and the local stack ({stack.state_dir}) is not running; "
+                "run `pgvote up` or set DATABASE_URL"
+            )
+        url, source = stack.admin_url, f"the local stack's admin_url (state dir {stack.state_dir})"
+    out.print(f"migrating {escape(_redact(url))} (from {escape(source)})")
+    migrate.upgrade(url)
+    out.print("[green]migrations applied[/]")
+    return 0
+
+
+@command("clean", "stop the stack and delete its state dir (cluster data included)")
+def cmd_clean(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    if hasattr(stack, "destroy"):
+        stack.destroy()
+    else:
+        stack.down()
+        shutil.rmtree(stack.state_dir, ignore_errors=True)
+    out.print(f"removed {escape(str(stack.state_dir))}")
+    return 0
+
+
+def _demo_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--voters", type=int, default=3000, help="distinct voters, one ballot each (default 3000)")
+    p.add_argument("--connections", type=int, default=32, help="parallel connections through PgBouncer")
+
+
+@command("demo", "create a poll on the local stack, cast ballots through PgBouncer, print the results",
+         configure=_demo_options)
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pgvote.demo import run_demo
+
+    stack = _stack(args)
+    if not stack.status()["components"]["pgbouncer"]["running"]:
+        raise StackError("the local stack is not running: start it with `pgvote up` (or `make demo`)")
+    run_demo(stack.api_url, stack.admin_url, voters=args.voters, connections=args.connections, console=out)
+    _print_urls(stack)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgvote", description="pgvote: PostgREST -> PgBouncer -> PostgreSQL")
+    parser.add_argument("--state-dir", help="stack state directory (default: $PGVOTE_STATE_DIR or per checkout)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for cmd in COMMANDS.values():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        if cmd.configure:
+            cmd.configure(p)
+        p.set_defaults(handler=cmd.handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except StackError as exc:
+        if args.debug:
+            raise
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        return 1
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/]")
+        return 130
+    except Exception as exc:  # anything else: still one line, traceback on demand
+        if args.debug:
+            raise
+        err.print(f"[red]error:[/] {escape(type(exc).__name__)}: {escape(str(exc))} (run with --debug for details)")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

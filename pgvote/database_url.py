@@ -1,0 +1,26 @@
+"""The target database: DATABASE_URL, a libpq URL, for every tool and migration."""
+from __future__ import annotations
+
+import os
+
+
+class MissingDatabaseUrl(RuntimeError):
+    pass
+
+
+def database_url() -> str:
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        raise MissingDatabaseUrl(
+            "DATABASE_URL is not set: export a libpq URL such as "
+            "postgresql://postgres@127.0.0.1:55432/pgvote (`pgvote up` prints the local stack's)"
+        )
+    return url
+
+
+def sqlalchemy_url(libpq_url: str) -> str:
+    """The same URL for SQLAlchemy's psycopg 3 dialect (alembic needs SQLAlchemy)."""
+    for scheme in ("postgresql://", "postgres://"):
+        if libpq_url.startswith(scheme):
+            return "postgresql+psycopg://" + libpq_url[len(scheme):]
+    return libpq_url

@@ -1,0 +1,46 @@
+-- internal.normalize_ballot(poll_id, max_choices, option_ids): validate a ballot and
+-- return it as a set in the poll's option order ([a,b] and [b,a] are the same ballot).
+--
+-- Errors: invalid_ballot (400) when the ballot is empty, not a flat list, holds a null or
+-- a duplicate, has more than max_choices options, or names an option of another poll.
+-- The cheap checks run before the lookup, so an oversized array costs nothing.
+create or replace function internal.normalize_ballot(
+    poll_id uuid,
+    max_choices integer,
+    option_ids uuid[]
+) returns uuid[]
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $function$
+declare
+    ballot uuid[];
+begin
+    if option_ids is null or cardinality(option_ids) = 0 then
+        perform internal.raise_api_error('invalid_ballot', 'Choose at least one option.');
+    end if;
+    if array_ndims(option_ids) > 1 or array_position(option_ids, null) is not null then
+        perform internal.raise_api_error('invalid_ballot',
+            'option_ids must be a flat list of option ids without nulls.');
+    end if;
+    if cardinality(option_ids) > max_choices then
+        perform internal.raise_api_error('invalid_ballot',
+            format('This poll allows at most %s choice(s) per ballot; got %s.',
+                   max_choices, cardinality(option_ids)));
+    end if;
+    if (select count(distinct o) from unnest(option_ids) as o) <> cardinality(option_ids) then
+        perform internal.raise_api_error('invalid_ballot', 'Each option may appear only once in a ballot.');
+    end if;
+
+    select array_agg(o.option_id order by o.position)
+    into ballot
+    from voting.poll_options as o
+    where o.poll_id = normalize_ballot.poll_id
+      and o.option_id = any (normalize_ballot.option_ids);
+
+    if coalesce(cardinality(ballot), 0) <> cardinality(option_ids) then
+        perform internal.raise_api_error('invalid_ballot', 'At least one option_id is not an option of this poll.');
+    end if;
+    return ballot;
+end
+$function$;

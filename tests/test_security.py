@@ -1,0 +1,110 @@
+"""Who may do what: API roles reach api functions only, never tables; voters are stored
+only as keyed digests."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import psycopg
+import pytest
+
+from conftest import fingerprint, user
+
+API_ROLES = ["anon", "authenticated", "ingest"]
+PRIVATE_SCHEMAS = ["voting", "internal"]
+EXPECTED_EXECUTE = {
+    "cast_vote": {"anon", "authenticated"},
+    "poll_results": {"anon", "authenticated"},
+    "create_poll": {"authenticated"},
+    "close_poll": {"authenticated"},
+}
+
+
+def project_relations(admin: psycopg.Connection) -> list[str]:
+    rows = admin.execute(
+        """select c.oid::regclass::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
+           where n.nspname = any(%s) and c.relkind in ('r', 'p', 'v', 'm', 'S')""",
+        (PRIVATE_SCHEMAS + ["api"],),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+@pytest.mark.parametrize("role", API_ROLES + ["authenticator"])
+def test_api_roles_have_no_table_privilege(admin, role) -> None:
+    relations = project_relations(admin)
+    assert any(r.startswith("voting.ballots_m") for r in relations), "partitions are checked too"
+    granted = [
+        (rel, priv) for rel in relations
+        for priv in ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+        if admin.execute("select has_table_privilege(%s, %s, %s)", (role, rel, priv)).fetchone()[0]
+    ]
+    assert granted == []
+    for schema in PRIVATE_SCHEMAS:
+        assert not admin.execute("select has_schema_privilege(%s, %s, 'USAGE')", (role, schema)).fetchone()[0]
+
+
+@pytest.mark.parametrize("role", API_ROLES)
+def test_api_roles_execute_exactly_the_api_grants(admin, role) -> None:
+    rows = admin.execute(
+        """select n.nspname, p.proname, has_function_privilege(%s, p.oid, 'EXECUTE')
+           from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+           where n.nspname in ('api', 'voting', 'internal')""",
+        (role,),
+    ).fetchall()
+    executable = {(schema, name) for schema, name, ok in rows if ok}
+    assert executable == {("api", fn) for fn, roles in EXPECTED_EXECUTE.items() if role in roles}
+
+
+def test_nothing_of_ours_is_executable_by_public(admin) -> None:
+    rows = admin.execute(
+        """select p.oid::regprocedure::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+           where n.nspname in ('api', 'voting', 'internal')
+             and exists (select from aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+                         where a.grantee = 0 and a.privilege_type = 'EXECUTE')"""
+    ).fetchall()
+    assert rows == []
+
+
+def test_security_definer_functions_pin_search_path(admin) -> None:
+    rows = admin.execute(
+        """select p.oid::regprocedure::text, p.proconfig from pg_proc p
+           join pg_namespace n on n.oid = p.pronamespace
+           where n.nspname in ('api', 'internal') and p.prosecdef"""
+    ).fetchall()
+    assert rows, "the api functions are SECURITY DEFINER"
+    for name, config in rows:
+        assert config and "search_path=pg_catalog, pg_temp" in config, name
+
+
+@pytest.mark.parametrize("role", API_ROLES)
+def test_api_role_session_cannot_read_or_write_ballots(stack, role) -> None:
+    with psycopg.connect(stack.direct_api_url, autocommit=True) as conn:
+        for statement in ("select * from voting.ballots", "insert into voting.polls default values",
+                          "select * from internal.voter_key_secret", "select internal.voter_key('sub:x')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                with conn.transaction():
+                    conn.execute("select set_config('role', %s, true)", (role,))
+                    conn.execute(statement)
+
+
+def test_fingerprints_and_subs_are_not_stored_in_clear(api, make_poll, admin) -> None:
+    poll = make_poll()
+    fp, voter = fingerprint(), user()
+    api.rpc("cast_vote", {"poll_id": poll.poll_id, "option_ids": [poll.option_ids[0]], "voter_fingerprint": fp})
+    api.rpc("cast_vote", {"poll_id": poll.poll_id, "option_ids": [poll.option_ids[0]]}, claims=voter)
+    dump = "".join(
+        admin.execute(f"select coalesce(string_agg(t::text, ''), '') from {table} t").fetchone()[0]
+        for table in ("voting.polls", "voting.poll_options", "voting.ballots"))
+    for secret in (fp, voter["sub"], poll.creator["sub"]):
+        assert secret not in dump
+        assert secret.encode().hex() not in dump
+
+
+def test_voter_key_is_hmac_sha256_of_the_domain_separated_identity(api, make_poll, admin) -> None:
+    poll = make_poll()
+    fp = fingerprint()
+    api.rpc("cast_vote", {"poll_id": poll.poll_id, "option_ids": [poll.option_ids[0]], "voter_fingerprint": fp})
+    stored = admin.execute("select voter_key from voting.ballots where poll_id = %s", (poll.poll_id,)).fetchone()[0]
+    inner_pad = admin.execute("select inner_pad from internal.voter_key_secret").fetchone()[0]
+    secret = bytes(b ^ 0x36 for b in inner_pad)[:32]  # the key is 32 bytes, zero-padded to 64
+    assert bytes(stored) == hmac.new(secret, f"fp:{fp}".encode(), hashlib.sha256).digest()

@@ -1,0 +1,109 @@
+"""Static checks: plpgsql_check on every function, and the migration round trip."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pgvote.paths import PROJECT_ROOT
+from pgvote.procedures import procedure_files
+
+
+def test_plpgsql_check_reports_no_error_or_warning(admin) -> None:
+    admin.execute("create extension if not exists plpgsql_check")
+    functions = admin.execute(
+        """select p.oid, p.oid::regprocedure::text from pg_proc p
+           join pg_namespace n on n.oid = p.pronamespace join pg_language l on l.oid = p.prolang
+           where n.nspname in ('api', 'internal') and l.lanname = 'plpgsql'"""
+    ).fetchall()
+    assert len(functions) >= 8
+    findings = [
+        (name, level, message)
+        for oid, name in functions
+        for level, message in admin.execute(
+            "select level, message from plpgsql_check_function_tb(%s, fatal_errors => false, "
+            "extra_warnings => true, other_warnings => true)", (oid,)).fetchall()
+    ]
+    assert findings == []
+
+
+def test_every_function_has_one_procedure_file(admin) -> None:
+    names = {f.name.removesuffix(".sql") for f in procedure_files()}
+    rows = admin.execute(
+        """select n.nspname || '.' || p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+           where n.nspname in ('api', 'internal')"""
+    ).fetchall()
+    assert {r[0] for r in rows} == names
+
+
+@pytest.fixture
+def scratch_database(stack) -> Iterator[str]:
+    """An empty database on the test cluster, dropped afterwards."""
+    name = f"roundtrip_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(stack.admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    url = stack.admin_url.rsplit("/", 1)[0] + "/" + name
+    try:
+        yield url
+    finally:
+        with psycopg.connect(stack.admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+
+
+def alembic(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real alembic command line, as a DBA runs it."""
+    return subprocess.run([str(Path(sys.executable).parent / "alembic"), "-c", str(PROJECT_ROOT / "alembic.ini"), *args],
+                          env={**os.environ, "DATABASE_URL": url}, capture_output=True, text=True, check=True)
+
+
+def schema_objects(url: str) -> tuple[int, int, int]:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            """select (select count(*) from pg_namespace where nspname in ('api', 'voting', 'internal')),
+                      (select count(*) from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+                       where n.nspname in ('api', 'internal')),
+                      (select count(*) from pg_inherits where inhparent = to_regclass('voting.ballots'))"""
+        ).fetchone()
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def test_upgrade_downgrade_upgrade_round_trip(scratch_database) -> None:
+    functions = len(procedure_files())
+    alembic(scratch_database, "-x", "partitions=8", "upgrade", "head")
+    assert schema_objects(scratch_database) == (3, functions, 8)
+    alembic(scratch_database, "downgrade", "base")
+    assert schema_objects(scratch_database) == (0, 0, 0)
+    alembic(scratch_database, "upgrade", "head")
+    assert schema_objects(scratch_database) == (3, functions, 16), "16 partitions by default"
+    with psycopg.connect(scratch_database) as conn:
+        assert conn.execute("select count(*) from pg_roles where rolname in "
+                            "('authenticator', 'anon', 'authenticated', 'ingest')").fetchone()[0] == 4
+
+
+def test_upgrade_reapplies_changed_procedures_only(scratch_database) -> None:
+    alembic(scratch_database, "upgrade", "head")
+    with psycopg.connect(scratch_database, autocommit=True) as conn:
+        conn.execute("drop function api.close_poll(uuid)")
+        conn.execute("update internal.procedure_sources set sha256 = 'stale' where file = 'api.close_poll.sql'")
+        before = dict(conn.execute("select file, applied_at from internal.procedure_sources").fetchall())
+    alembic(scratch_database, "upgrade", "head")
+    with psycopg.connect(scratch_database) as conn:
+        after = dict(conn.execute("select file, applied_at from internal.procedure_sources").fetchall())
+        assert conn.execute("select to_regprocedure('api.close_poll(uuid)') is not null").fetchone()[0]
+        assert conn.execute("select has_function_privilege('authenticated', 'api.close_poll(uuid)', 'EXECUTE')"
+                            ).fetchone()[0], "grants are re-applied with the procedures"
+    assert [f for f in after if after[f] != before[f]] == ["api.close_poll.sql"]
+
+
+def test_partition_count_must_be_a_power_of_two(scratch_database) -> None:
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        alembic(scratch_database, "-x", "partitions=12", "upgrade", "head")
+    assert "power of two" in failed.value.stderr
+    assert schema_objects(scratch_database) == (0, 0, 0), "the failed upgrade left nothing behind"
