@@ -2,7 +2,8 @@
 
 `sync_procedures` runs at the end of every `alembic upgrade` that reaches head, in the
 migration's transaction: it re-creates the functions whose file text changed since they
-were last applied (digests in internal.procedure_sources), then re-applies db/grants.sql.
+were last applied (digests in internal.procedure_sources), then re-applies db/grants.sql
+and db/schedules.sql.
 Revisions never paste function bodies.
 """
 from __future__ import annotations
@@ -14,6 +15,10 @@ from pathlib import Path
 import psycopg
 
 from pgvote.paths import DB_DIR, PROCEDURES_DIR
+
+
+#: Idempotent files re-applied after the procedures on every upgrade, in this order.
+ALWAYS_APPLIED = ("grants.sql", "schedules.sql")
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,8 @@ def sync_procedures(conn: psycopg.Connection) -> list[str]:
             (f.name, f.digest),
         )
     conn.execute("set local check_function_bodies = on")
-    conn.execute((DB_DIR / "grants.sql").read_text())
+    for name in ALWAYS_APPLIED:
+        conn.execute((DB_DIR / name).read_text())
     return [f.name for f in changed]
 
 
@@ -56,5 +62,5 @@ def offline_script() -> str:
     """Everything sync_procedures would apply on an empty database, for `alembic upgrade --sql`."""
     parts = ["set check_function_bodies = off;"]
     parts += [f.text for f in procedure_files()]
-    parts += ["set check_function_bodies = on;", (DB_DIR / "grants.sql").read_text()]
+    parts += ["set check_function_bodies = on;"] + [(DB_DIR / name).read_text() for name in ALWAYS_APPLIED]
     return "\n\n".join(parts)

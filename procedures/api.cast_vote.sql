@@ -11,8 +11,9 @@
 --           call writes nothing (the error aborts the transaction).
 -- Locks     the poll's close fence in SHARE mode (see internal.poll_fence_key), taken
 --           BEFORE the poll is read so that a vote queued behind a close sees it closed;
---           then only the voter's own ballot row. No row shared between voters is
---           written (no counter row), so a viral poll does not make voters queue.
+--           then only the voter's own ballot row and this backend's own tally slot
+--           (internal.add_to_tally). No row shared between voters is written, so a
+--           viral poll does not make voters queue.
 -- Isolation READ COMMITTED (PostgREST's default). One ballot per voter rests on the
 --           primary key (poll_id, voter_key, ballot_id) through INSERT ... ON CONFLICT,
 --           not on a snapshot check, so it holds under any concurrency without
@@ -32,6 +33,7 @@ declare
     poll       voting.polls;
     voter      bytea;
     ballot     uuid[];
+    positions  smallint[];
     stored     uuid[];
     ballot_key uuid;
     outcome    text;
@@ -48,7 +50,8 @@ begin
     end if;
 
     voter  := internal.voter_key(internal.voter_identity(poll.allow_anonymous, cast_vote.voter_fingerprint));
-    ballot := internal.normalize_ballot(poll.poll_id, poll.max_choices, cast_vote.option_ids);
+    select n.ballot, n.positions into ballot, positions
+    from internal.normalize_ballot(poll.poll_id, poll.max_choices, cast_vote.option_ids) as n;
     -- Single-ballot polls key every voter's ballot as the nil uuid: one ballot per voter.
     ballot_key := case when poll.allow_multiple_votes
                        then coalesce(cast_vote.ballot_id, gen_random_uuid())
@@ -60,9 +63,11 @@ begin
 
     if found then
         outcome := 'recorded';
+        perform internal.add_to_tally(poll.poll_id, poll.option_count, positions, null, 1);
     else
         -- The conflicting ballot is committed (ON CONFLICT waited for it) and ballots are
-        -- never deleted, so this statement's fresh snapshot sees it.
+        -- never deleted, so this statement's fresh snapshot sees it. No lock yet: an
+        -- identical re-cast must write nothing, not even a row lock.
         select b.option_ids into strict stored
         from voting.ballots as b
         where b.poll_id = poll.poll_id and b.voter_key = voter and b.ballot_id = ballot_key;
@@ -74,13 +79,23 @@ begin
             perform internal.raise_api_error('already_voted',
                 'You have already voted in this poll and it does not allow changing a vote.');
         else
-            -- A concurrent revote may have won the row lock; the WHERE clause is
-            -- re-checked against its result, so an identical outcome reports unchanged.
-            update voting.ballots as b
-            set option_ids = ballot, changed_at = now()
+            -- Revote: lock the voter's own row, then re-read it, since a concurrent revote
+            -- of the same voter may have committed since the read above.
+            select b.option_ids into strict stored
+            from voting.ballots as b
             where b.poll_id = poll.poll_id and b.voter_key = voter and b.ballot_id = ballot_key
-              and b.option_ids <> ballot;
-            outcome := case when found then 'changed' else 'unchanged' end;
+            for update;
+            if stored = ballot then
+                outcome := 'unchanged';
+            else
+                update voting.ballots as b
+                set option_ids = ballot, changed_at = now()
+                where b.poll_id = poll.poll_id and b.voter_key = voter and b.ballot_id = ballot_key;
+                perform internal.add_to_tally(poll.poll_id, poll.option_count, positions,
+                    array(select o.position from voting.poll_options as o
+                          where o.poll_id = poll.poll_id and o.option_id = any (stored)), 0);
+                outcome := 'changed';
+            end if;
         end if;
     end if;
 

@@ -1,20 +1,22 @@
 -- internal.normalize_ballot(poll_id, max_choices, option_ids): validate a ballot and
--- return it as a set in the poll's option order ([a,b] and [b,a] are the same ballot).
+-- return it as a set in the poll's option order ([a,b] and [b,a] are the same ballot),
+-- with the options' positions (what the tallies count by).
 --
 -- Errors: invalid_ballot (400) when the ballot is empty, not a flat list, holds a null or
 -- a duplicate, has more than max_choices options, or names an option of another poll.
 -- The cheap checks run before the lookup, so an oversized array costs nothing.
+drop function if exists internal.normalize_ballot(uuid, integer, uuid[]);  -- before 0002 it returned uuid[]
 create or replace function internal.normalize_ballot(
     poll_id uuid,
     max_choices integer,
-    option_ids uuid[]
-) returns uuid[]
+    option_ids uuid[],
+    out ballot uuid[],
+    out positions smallint[]
+)
 language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $function$
-declare
-    ballot uuid[];
 begin
     if option_ids is null or cardinality(option_ids) = 0 then
         perform internal.raise_api_error('invalid_ballot', 'Choose at least one option.');
@@ -32,8 +34,8 @@ begin
         perform internal.raise_api_error('invalid_ballot', 'Each option may appear only once in a ballot.');
     end if;
 
-    select array_agg(o.option_id order by o.position)
-    into ballot
+    select array_agg(o.option_id order by o.position), array_agg(o.position order by o.position)
+    into ballot, positions
     from voting.poll_options as o
     where o.poll_id = normalize_ballot.poll_id
       and o.option_id = any (normalize_ballot.option_ids);
@@ -41,6 +43,5 @@ begin
     if coalesce(cardinality(ballot), 0) <> cardinality(option_ids) then
         perform internal.raise_api_error('invalid_ballot', 'At least one option_id is not an option of this poll.');
     end if;
-    return ballot;
 end
 $function$;

@@ -1,0 +1,151 @@
+"""Tallies: exact under concurrent load, rebuildable from ballots, compacted without
+loss, and free of lock waits between voters (no hot row)."""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+
+import psycopg
+
+from conftest import counts_from_ballots, results_counts, stored_ballots, user
+from pgvote.postgrest_emulation import PostgrestEmulator, connect_emulator
+from test_concurrency import cast, in_parallel
+
+
+def assert_tallies_equal_ballots(api: PostgrestEmulator, admin: psycopg.Connection, poll_id: str) -> None:
+    results = api.rpc("poll_results", {"poll_id": poll_id}, method="GET")
+    assert results.body["total_ballots"] == stored_ballots(admin, poll_id)
+    assert results_counts(results) == counts_from_ballots(admin, poll_id)
+
+
+def test_tallies_equal_ballots_after_concurrent_revotes_and_multi_choice(stack, make_poll, admin, api) -> None:
+    """64 connections, 40 voters each, on one single-ballot multi-choice poll and one
+    multiple-vote poll; half the voters revote twice (tallies move between options)."""
+    single = make_poll(options=6, max_choices=3, allow_revote=True)
+    multiple = make_poll(options=4, max_choices=2, allow_multiple_votes=True)
+
+    def work(i: int, conn_api: PostgrestEmulator) -> Counter:
+        rng, statuses = random.Random(i), Counter()
+        for j in range(40):
+            voter = user(f"tally-{single.poll_id}-{i}-{j}")
+            for _ in range(3 if j % 2 else 1):
+                r = cast(conn_api, single, rng.sample(single.option_ids, rng.randint(1, 3)), claims=voter)
+                statuses[r.status] += 1
+            r = cast(conn_api, multiple, rng.sample(multiple.option_ids, rng.randint(1, 2)), claims=voter)
+            statuses[r.status] += 1
+        return statuses
+
+    statuses = sum(in_parallel(stack.api_url, 64, work), Counter())
+    assert set(statuses) == {200}
+    for poll in (single, multiple):
+        assert_tallies_equal_ballots(api, admin, poll.poll_id)
+    assert stored_ballots(admin, single.poll_id) == 64 * 40
+    assert stored_ballots(admin, multiple.poll_id) == 64 * 40
+
+
+def test_rebuild_tallies_recounts_from_ballots(make_poll, admin, api) -> None:
+    poll = make_poll(options=3, max_choices=2)
+    for n in range(30):
+        cast(api, poll, poll.option_ids[: 1 + n % 2], voter_fingerprint=f"rebuild-{poll.poll_id}-{n}")
+    admin.execute("update voting.tally_slots set ballots = ballots + 7, votes[1] = votes[1] - 3 "
+                  "where poll_id = %s", (poll.poll_id,))  # damage the tallies
+    assert api.rpc("poll_results", {"poll_id": poll.poll_id}, method="GET").body["total_ballots"] != 30
+
+    rebuilt = admin.execute("select internal.rebuild_tallies(%s)", (poll.poll_id,)).fetchone()[0]
+    assert rebuilt == {"poll_id": poll.poll_id, "ballots": 30, "votes": [30, 15, 0]}
+    assert_tallies_equal_ballots(api, admin, poll.poll_id)
+    assert admin.execute("select count(*) from voting.tally_slots where poll_id = %s",
+                         (poll.poll_id,)).fetchone()[0] == 1
+
+
+def test_compaction_merges_slots_of_exited_backends_without_changing_results(stack, make_poll, admin, api) -> None:
+    """Direct connections: each has its own backend and slot; once they close, their
+    slots are merged into slot 0 and the results stay the same."""
+    poll = make_poll(options=3)
+
+    def work(i: int, conn_api: PostgrestEmulator) -> None:
+        for j in range(10):
+            cast(conn_api, poll, [poll.option_ids[(i + j) % 3]], voter_fingerprint=f"compact-{poll.poll_id}-{i}-{j}")
+
+    in_parallel(stack.direct_api_url, 8, work)
+    before = api.rpc("poll_results", {"poll_id": poll.poll_id}, method="GET").body
+    slots = admin.execute("select count(*) from voting.tally_slots where poll_id = %s", (poll.poll_id,)).fetchone()[0]
+    assert slots >= 8, "every backend counted in its own slot"
+
+    deadline = time.monotonic() + 10  # closed backends leave pg_stat_activity asynchronously
+    while admin.execute("select count(*) from voting.tally_slots t where poll_id = %s and slot <> 0 and exists "
+                        "(select from pg_stat_activity a where a.pid = t.slot)", (poll.poll_id,)).fetchone()[0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert admin.execute("select internal.compact_tally_slots()").fetchone()[0] >= 8
+    assert admin.execute("select array_agg(slot) from voting.tally_slots where poll_id = %s",
+                         (poll.poll_id,)).fetchone()[0] == [0]
+    assert api.rpc("poll_results", {"poll_id": poll.poll_id}, method="GET").body == before
+    assert_tallies_equal_ballots(api, admin, poll.poll_id)
+
+
+class LockWaitSampler:
+    """Samples pg_locks every few ms: which locks do backends of this database wait for?"""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.seen, self.samples = url, Counter(), 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self._stop.is_set():
+                for locktype, relation, query in conn.execute(
+                    """select l.locktype, coalesce(l.relation::regclass::text, ''), a.query
+                       from pg_locks l join pg_stat_activity a on a.pid = l.pid
+                       where not l.granted and a.datname = current_database()"""
+                ).fetchall():
+                    self.seen[(locktype, relation, query[:40])] += 1
+                self.samples += 1
+                time.sleep(0.002)
+
+    def __enter__(self) -> LockWaitSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def test_sampler_sees_the_waits_of_a_shared_counter_row(stack, admin) -> None:
+    """Control: the original guide's design (every vote updates one counter row) makes
+    voters wait on each other's row lock, and the sampler sees it."""
+    admin.execute("create table if not exists public.hot_counter_control (id int primary key, n bigint)")
+    admin.execute("insert into public.hot_counter_control values (1, 0) on conflict do nothing")
+
+    def bump(i: int, _api: PostgrestEmulator) -> None:
+        with psycopg.connect(stack.admin_url, autocommit=True) as conn:
+            for _ in range(30):
+                with conn.transaction():
+                    conn.execute("update public.hot_counter_control set n = n + 1 where id = 1")
+                    conn.execute("select pg_sleep(0.002)")
+
+    with LockWaitSampler(stack.admin_url) as sampler:
+        in_parallel(stack.admin_url, 16, bump)
+    assert any(locktype in ("transactionid", "tuple") for locktype, _, _ in sampler.seen), sampler.seen
+
+
+def test_hot_poll_voters_never_wait_for_each_other(stack, make_poll, admin) -> None:
+    """64 connections through PgBouncer voting on ONE poll: the only lock waits seen are
+    relation-extension waits of the ballots partition, never a row, tuple, transaction
+    or advisory lock: no voter waits on a tally (or anything else) held by another."""
+    poll = make_poll(options=4, max_choices=2)
+
+    def work(i: int, conn_api: PostgrestEmulator) -> None:
+        rng = random.Random(i)
+        for j in range(40):
+            r = cast(conn_api, poll, rng.sample(poll.option_ids, 2), claims=user(f"hot-{poll.poll_id}-{i}-{j}"))
+            assert r.status == 200
+
+    with LockWaitSampler(stack.admin_url) as sampler:
+        in_parallel(stack.api_url, 64, work)
+    assert sampler.samples > 10
+    assert {locktype for locktype, _, _ in sampler.seen} <= {"extend"}, sampler.seen
