@@ -17,3 +17,4 @@ grant execute on function api.poll_results(uuid)                   to anon, auth
 grant execute on function api.create_poll(text, text[], integer, boolean, boolean, boolean, timestamptz)
                                                                    to authenticated;
 grant execute on function api.close_poll(uuid)                     to authenticated;
+grant execute on function api.cast_votes(jsonb)                    to ingest;

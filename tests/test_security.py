@@ -17,6 +17,7 @@ EXPECTED_EXECUTE = {
     "poll_results": {"anon", "authenticated"},
     "create_poll": {"authenticated"},
     "close_poll": {"authenticated"},
+    "cast_votes": {"ingest"},
 }
 
 

@@ -1,0 +1,211 @@
+-- api.cast_votes: record a batch of ballots for a trusted edge tier.  POST /rpc/cast_votes
+--
+-- Inputs    ballots: a JSON array of at most 1,000 objects {"poll_id", "option_ids",
+--           "voter_id"} (an identity the edge tier authenticated: the same voter as a
+--           JWT sub) or {"poll_id", "option_ids", "voter_fingerprint"} (anonymous), each
+--           with an optional "ballot_id" (retry key on multiple-vote polls).
+-- Output    {"recorded", "changed", "unchanged", "rejected": counts, "results": one per
+--           input ballot, in input order: {"status": recorded|changed|unchanged,
+--           "poll_id", "option_ids"} or {"status": "rejected", "code", "message"}}.
+--           Each ballot gets the outcome and the code cast_vote would give it (in the
+--           same precedence; a malformed entry, e.g. a non-uuid id or an unknown key, is
+--           invalid_ballot), and ballots of one batch apply in input order.
+-- Errors    invalid_ballot 400 for the whole call (nothing written) when `ballots` is not
+--           an array or holds more than 1,000 ballots. Any server error aborts the whole
+--           batch: never a partial batch.
+-- Speed     the batch is validated and inserted set-wise: one statement checks every
+--           ballot (the set-based twin of cast_vote's checks; a test holds the two to the
+--           same codes) and inserts all first-time ballots with one INSERT .. ON
+--           CONFLICT; the tallies get one update per poll. Only ballots already stored
+--           (retries, revotes) or repeated within the batch take the per-ballot path,
+--           internal.record_ballot, in input order.
+-- Locks     the close fence of every poll in the batch in SHARE mode (poll order), then
+--           as cast_vote: own ballot rows, this backend's tally slots.
+create or replace function api.cast_votes(ballots jsonb) returns jsonb
+language plpgsql
+volatile
+security definer
+set search_path = pg_catalog, pg_temp
+as $function$
+declare
+    results  jsonb;  -- one element per input ballot, in input order
+    tallies  jsonb;  -- per poll: counts of the ballots the set insert recorded
+    outcomes jsonb := '{}'::jsonb;  -- input ordinal -> final element, for the per-ballot path
+    tally    jsonb;
+    item     jsonb;
+    ord      bigint;
+    poll     voting.polls;
+    recorded record;
+begin
+    if jsonb_typeof(ballots) is distinct from 'array' then
+        perform internal.raise_api_error('invalid_ballot', 'ballots must be a JSON array of ballot objects.');
+    end if;
+    if jsonb_array_length(ballots) > 1000 then
+        perform internal.raise_api_error('invalid_ballot',
+            format('A batch holds at most 1000 ballots; got %s.', jsonb_array_length(ballots)));
+    end if;
+
+    perform pg_advisory_xact_lock_shared(internal.poll_fence_key(f.poll_id))
+    from (select distinct internal.parse_uuid(b ->> 'poll_id') as poll_id
+          from jsonb_array_elements(ballots) as b order by 1) as f
+    where f.poll_id is not null;
+
+    with input as (
+        select i.ord::integer as ord, i.item,
+               internal.parse_uuid(i.item ->> 'poll_id') as poll_id,
+               internal.parse_uuid(i.item ->> 'ballot_id') as ballot_id,
+               case when jsonb_typeof(i.item -> 'option_ids') = 'array' then i.item -> 'option_ids' end as options,
+               i.item -> 'voter_id' as voter_id,
+               i.item -> 'voter_fingerprint' as fingerprint
+        from jsonb_array_elements(ballots) with ordinality as i(item, ord)
+    ),
+    checked as (
+        select input.ord, input.poll_id, input.voter_id, input.fingerprint, p as poll,
+               chosen.ballot, chosen.positions,
+               case
+                   when jsonb_typeof(input.item) is distinct from 'object'
+                        or exists (select from jsonb_object_keys(input.item) as k
+                                   where k not in ('poll_id', 'option_ids', 'voter_id', 'voter_fingerprint', 'ballot_id'))
+                        or input.poll_id is null
+                        or (input.item ? 'ballot_id' and jsonb_typeof(input.item -> 'ballot_id') <> 'null'
+                            and input.ballot_id is null)
+                        or (input.item ? 'option_ids' and jsonb_typeof(input.item -> 'option_ids') not in ('array', 'null'))
+                       then 'invalid_ballot:Each ballot must be an object with poll_id, option_ids and voter_id or voter_fingerprint, with well-formed ids.'
+                   when p.poll_id is null
+                       then 'poll_not_found:There is no poll with this poll_id.'
+                   when p.closed_at is not null or p.closes_at <= now()
+                       then 'poll_closed:This poll is closed: it accepts no more votes.'
+                   when jsonb_typeof(input.voter_id) = 'string'
+                        and char_length(input.voter_id #>> '{}') not between 1 and 256
+                       then 'login_required:voter_id must be a string of 1-256 characters.'
+                   when input.voter_id is not null and jsonb_typeof(input.voter_id) not in ('string', 'null')
+                       then 'login_required:voter_id must be a string of 1-256 characters.'
+                   when jsonb_typeof(input.voter_id) is distinct from 'string' and not p.allow_anonymous
+                       then 'login_required:This poll accepts votes from signed-in users only.'
+                   when jsonb_typeof(input.voter_id) is distinct from 'string'
+                        and (jsonb_typeof(input.fingerprint) is distinct from 'string'
+                             or char_length(input.fingerprint #>> '{}') not between 1 and 256
+                             or (input.fingerprint #>> '{}') ~ '[[:cntrl:]]')
+                       then 'invalid_fingerprint:Anonymous votes need a voter_fingerprint of 1-256 printable characters.'
+                   when coalesce(shape.n, 0) = 0
+                       then 'invalid_ballot:Choose at least one option.'
+                   when not shape.all_uuids
+                       then 'invalid_ballot:option_ids must be a flat list of option ids without nulls.'
+                   when shape.n > p.max_choices
+                       then format('invalid_ballot:This poll allows at most %s choice(s) per ballot; got %s.', p.max_choices, shape.n)
+                   when shape.n_distinct <> shape.n
+                       then 'invalid_ballot:Each option may appear only once in a ballot.'
+                   when coalesce(cardinality(chosen.ballot), 0) <> shape.n
+                       then 'invalid_ballot:At least one option_id is not an option of this poll.'
+               end as problem,
+               input.ballot_id
+        from input
+        left join voting.polls as p on p.poll_id = input.poll_id
+        left join lateral (
+            select count(*) as n,
+                   count(distinct internal.parse_uuid(e #>> '{}')) as n_distinct,
+                   coalesce(bool_and(jsonb_typeof(e) = 'string' and internal.parse_uuid(e #>> '{}') is not null), true)
+                       as all_uuids
+            from jsonb_array_elements(input.options) as e
+        ) as shape on true
+        left join lateral (
+            select array_agg(o.option_id order by o.position) as ballot,
+                   array_agg(o.position order by o.position) as positions
+            from voting.poll_options as o
+            where o.poll_id = p.poll_id
+              and o.option_id in (select internal.parse_uuid(e #>> '{}') from jsonb_array_elements(input.options) as e)
+        ) as chosen on true
+    ),
+    valid as (
+        select c.*, keyed.voter_key, keyed.ballot_key,
+               row_number() over (partition by c.poll_id, keyed.voter_key, keyed.ballot_key order by c.ord) = 1
+                   as first_in_batch
+        from checked as c,
+             lateral (select internal.voter_key(case when jsonb_typeof(c.voter_id) = 'string'
+                                                     then 'sub:' || (c.voter_id #>> '{}')
+                                                     else 'fp:' || (c.fingerprint #>> '{}') end) as voter_key,
+                             case when (c.poll).allow_multiple_votes then coalesce(c.ballot_id, gen_random_uuid())
+                                  else '00000000-0000-0000-0000-000000000000'::uuid end as ballot_key) as keyed
+        where c.problem is null
+    ),
+    inserted as (
+        insert into voting.ballots (poll_id, voter_key, ballot_id, option_ids)
+        select v.poll_id, v.voter_key, v.ballot_key, v.ballot from valid as v where v.first_in_batch
+        on conflict on constraint ballots_pkey do nothing
+        returning ballots.poll_id, ballots.voter_key, ballots.ballot_id
+    ),
+    outcome as (
+        select c.ord, c.problem, v.poll_id, v.voter_key, v.ballot_key, v.ballot, v.positions,
+               (c.poll).option_count, (ins.poll_id is not null and v.first_in_batch) as is_recorded
+        from checked as c
+        left join valid as v on v.ord = c.ord
+        left join inserted as ins
+               on ins.poll_id = v.poll_id and ins.voter_key = v.voter_key and ins.ballot_id = v.ballot_key
+    ),
+    recorded_polls as (
+        select o.poll_id, count(*) as ballots, max(o.option_count) as option_count
+        from outcome as o where o.is_recorded group by o.poll_id
+    ),
+    recorded_positions as (
+        select o.poll_id, pos, count(*) as n
+        from outcome as o, unnest(o.positions) as pos where o.is_recorded group by o.poll_id, pos
+    )
+    select
+        jsonb_agg(case
+                      when o.problem is not null then
+                          jsonb_build_object('status', 'rejected', 'code', split_part(o.problem, ':', 1),
+                                             'message', substr(o.problem, strpos(o.problem, ':') + 1))
+                      when o.is_recorded then
+                          jsonb_build_object('status', 'recorded', 'poll_id', o.poll_id, 'option_ids', to_jsonb(o.ballot))
+                      else
+                          jsonb_build_object('status', 'pending', 'poll_id', o.poll_id,
+                                             'voter_key', encode(o.voter_key, 'hex'), 'ballot_key', o.ballot_key,
+                                             'option_ids', to_jsonb(o.ballot), 'positions', to_jsonb(o.positions))
+                  end order by o.ord),
+        (select jsonb_agg(jsonb_build_object(
+                    'poll_id', rp.poll_id, 'ballots', rp.ballots,
+                    'votes', (select jsonb_agg(coalesce(x.n, 0) order by g.pos)
+                              from generate_series(1, rp.option_count) as g(pos)
+                              left join recorded_positions as x on x.poll_id = rp.poll_id and x.pos = g.pos)))
+         from recorded_polls as rp)
+    into results, tallies
+    from outcome as o;
+
+    for tally in select * from jsonb_array_elements(coalesce(tallies, '[]')) loop
+        perform internal.add_to_tally((tally ->> 'poll_id')::uuid, (tally ->> 'ballots')::bigint,
+                                      array(select jsonb_array_elements_text(tally -> 'votes')::bigint));
+    end loop;
+
+    -- The per-ballot path, in input order: ballots stored before this batch (retries,
+    -- revotes) and repeats within the batch, which now meet the batch's own rows.
+    for item, ord in
+        select e.value, e.ordinality from jsonb_array_elements(results) with ordinality as e
+        where e.value ->> 'status' = 'pending' order by e.ordinality
+    loop
+        select p.* into poll from voting.polls as p where p.poll_id = (item ->> 'poll_id')::uuid;
+        select * into recorded
+        from internal.record_ballot(poll, decode(item ->> 'voter_key', 'hex'), (item ->> 'ballot_key')::uuid,
+                                    array(select jsonb_array_elements_text(item -> 'option_ids')::uuid),
+                                    array(select jsonb_array_elements_text(item -> 'positions')::smallint));
+        outcomes := outcomes || jsonb_build_object(ord::text, case
+            when recorded.outcome = 'already_voted' then
+                jsonb_build_object('status', 'rejected', 'code', 'already_voted',
+                                   'message', 'You have already voted in this poll and it does not allow changing a vote.')
+            else
+                jsonb_build_object('status', recorded.outcome, 'poll_id', poll.poll_id, 'option_ids', to_jsonb(recorded.stored))
+            end);
+    end loop;
+    if outcomes <> '{}' then
+        select jsonb_agg(coalesce(outcomes -> e.ordinality::text, e.value) order by e.ordinality)
+        into results
+        from jsonb_array_elements(results) with ordinality as e;
+    end if;
+
+    return jsonb_build_object(
+        'recorded',  (select count(*) from jsonb_array_elements(results) as e where e ->> 'status' = 'recorded'),
+        'changed',   (select count(*) from jsonb_array_elements(results) as e where e ->> 'status' = 'changed'),
+        'unchanged', (select count(*) from jsonb_array_elements(results) as e where e ->> 'status' = 'unchanged'),
+        'rejected',  (select count(*) from jsonb_array_elements(results) as e where e ->> 'status' = 'rejected'),
+        'results',   coalesce(results, '[]'));
+end
+$function$;
