@@ -14,7 +14,6 @@ create or replace function internal.add_to_tally(
     votes_delta bigint[]
 ) returns void
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $function$
 begin
     update voting.tally_slots as t

@@ -6,7 +6,6 @@
 create or replace function internal.jwt_sub() returns text
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $function$
 declare
     sub jsonb := nullif(current_setting('request.jwt.claims', true), '')::jsonb -> 'sub';

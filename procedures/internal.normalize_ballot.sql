@@ -5,6 +5,9 @@
 -- Errors: invalid_ballot (400) when the ballot is empty, not a flat list, holds a null or
 -- a duplicate, has more than max_choices options, or names an option of another poll.
 -- The cheap checks run before the lookup, so an oversized array costs nothing.
+-- Like every internal.* function it has no SET search_path of its own: it runs inside an
+-- api function, whose pinned search_path it inherits (a SET clause costs a GUC
+-- save/restore on every call).
 drop function if exists internal.normalize_ballot(uuid, integer, uuid[]);  -- before 0002 it returned uuid[]
 create or replace function internal.normalize_ballot(
     poll_id uuid,
@@ -15,7 +18,6 @@ create or replace function internal.normalize_ballot(
 )
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $function$
 begin
     if option_ids is null or cardinality(option_ids) = 0 then
@@ -30,17 +32,18 @@ begin
             format('This poll allows at most %s choice(s) per ballot; got %s.',
                    max_choices, cardinality(option_ids)));
     end if;
-    if (select count(distinct o) from unnest(option_ids) as o) <> cardinality(option_ids) then
-        perform internal.raise_api_error('invalid_ballot', 'Each option may appear only once in a ballot.');
-    end if;
-
     select array_agg(o.option_id order by o.position), array_agg(o.position order by o.position)
     into ballot, positions
     from voting.poll_options as o
     where o.poll_id = normalize_ballot.poll_id
       and o.option_id = any (normalize_ballot.option_ids);
 
+    -- Fewer options found than given: a duplicate, or an option of another poll. Told
+    -- apart only on this error path, so a valid ballot costs one query.
     if coalesce(cardinality(ballot), 0) <> cardinality(option_ids) then
+        if (select count(distinct o) from unnest(option_ids) as o) <> cardinality(option_ids) then
+            perform internal.raise_api_error('invalid_ballot', 'Each option may appear only once in a ballot.');
+        end if;
         perform internal.raise_api_error('invalid_ballot', 'At least one option_id is not an option of this poll.');
     end if;
 end

@@ -18,7 +18,6 @@ create or replace function internal.record_ballot(
     out stored uuid[]
 )
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $function$
 begin
     stored := ballot;

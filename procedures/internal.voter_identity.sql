@@ -13,7 +13,6 @@ create or replace function internal.voter_identity(
 ) returns text
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $function$
 declare
     request_role text := coalesce(

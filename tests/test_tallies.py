@@ -3,14 +3,14 @@ loss, and free of lock waits between voters (no hot row)."""
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections import Counter
 
 import psycopg
 
 from conftest import counts_from_ballots, results_counts, stored_ballots, user
-from pgvote.postgrest_emulation import PostgrestEmulator, connect_emulator
+from pgvote.bench.locks import LockWaitSampler
+from pgvote.postgrest_emulation import PostgrestEmulator
 from test_concurrency import cast, in_parallel
 
 
@@ -84,35 +84,6 @@ def test_compaction_merges_slots_of_exited_backends_without_changing_results(sta
                          (poll.poll_id,)).fetchone()[0] == [0]
     assert api.rpc("poll_results", {"poll_id": poll.poll_id}, method="GET").body == before
     assert_tallies_equal_ballots(api, admin, poll.poll_id)
-
-
-class LockWaitSampler:
-    """Samples pg_locks every few ms: which locks do backends of this database wait for?"""
-
-    def __init__(self, url: str) -> None:
-        self.url, self.seen, self.samples = url, Counter(), 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            while not self._stop.is_set():
-                for locktype, relation, query in conn.execute(
-                    """select l.locktype, coalesce(l.relation::regclass::text, ''), a.query
-                       from pg_locks l join pg_stat_activity a on a.pid = l.pid
-                       where not l.granted and a.datname = current_database()"""
-                ).fetchall():
-                    self.seen[(locktype, relation, query[:40])] += 1
-                self.samples += 1
-                time.sleep(0.002)
-
-    def __enter__(self) -> LockWaitSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
 
 def test_sampler_sees_the_waits_of_a_shared_counter_row(stack, admin) -> None:

@@ -1,0 +1,1 @@
+"""`pgvote bench`: pgbench scenarios, same-run ratios, and the benchmark report."""

@@ -1,0 +1,46 @@
+"""`pgvote bench [--quick]`: every scenario in one invocation, then the report."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import psycopg
+from rich.console import Console
+
+from pgvote.bench import report
+from pgvote.bench.fixtures import HOT_POLL_BALLOTS, SPREAD_POLLS, bench_database
+from pgvote.bench.scenarios import Results, run_all
+from pgvote.paths import PROJECT_ROOT
+
+QUICK_SECONDS, FULL_SECONDS = 3.0, 15.0
+
+
+def run_bench(admin_url: str, bouncer_url: str, *, quick: bool, seconds: float | None, json_path: Path | None,
+              chart_path: Path | None, report_path: Path | None, command: str, console: Console) -> Results:
+    per_run = seconds or (QUICK_SECONDS if quick else FULL_SECONDS)
+    started = time.monotonic()
+
+    def progress(message: str) -> None:
+        console.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {message}")
+
+    with psycopg.connect(admin_url) as conn:
+        server_version = conn.execute("select version()").fetchone()[0].split(" on ")[0]
+    with bench_database(admin_url, bouncer_url, HOT_POLL_BALLOTS, SPREAD_POLLS, progress) as db:
+        results = run_all(db, per_run, progress)
+    progress("done; the bench database is dropped")
+
+    report.print_tables(results, console)
+    if json_path:
+        report.write_json(results, server_version, command, json_path)
+        console.print(f"JSON: {json_path}")
+    if chart_path:
+        report.write_chart(results, chart_path)
+        console.print(f"chart: {chart_path}")
+    if report_path:
+        report.write_markdown(report_path, report.markdown(results, server_version, command))
+        console.print(f"report: {report_path}")
+    return results
+
+
+DEFAULT_REPORT = PROJECT_ROOT / "docs" / "benchmarks.md"
+DEFAULT_CHART = PROJECT_ROOT / "docs" / "benchmarks.png"

@@ -1,0 +1,117 @@
+"""The benchmark's scenarios, run in one session so that only same-run ratios are
+compared (absolute figures drift by 30% between runs on these machines)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import psycopg
+
+from pgvote.bench.fixtures import BenchDatabase
+from pgvote.bench.locks import LockWaitSampler, locks_held_by_one_call
+from pgvote.bench.pgbench import Figures, Run, run
+
+SWEEP_CLIENTS = (16, 64, 256, 1000)
+DIRECT_SWEEP_CLIENTS = (16, 64, 256)
+
+
+@dataclass(frozen=True)
+class Measured:
+    name: str
+    description: str
+    clients: int
+    path: str  # direct prepared | PgBouncer extended
+    figures: Figures
+    lock_waits: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Ratio:
+    name: str
+    description: str
+    value: float
+    goal: float
+    numerator: str
+    denominator: str
+
+    @property
+    def met(self) -> bool:
+        return self.value >= self.goal
+
+
+@dataclass
+class Results:
+    seconds_per_run: float
+    measured: dict[str, Measured] = field(default_factory=dict)
+    ratios: list[Ratio] = field(default_factory=list)
+    reads_under_writes: Measured | None = None
+    locks_per_call: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
+
+
+def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None]) -> Results:
+    results = Results(seconds)
+    hot = {"npolls": "1"}
+    spread = {"npolls": "10000"}
+    production = {"poll": db.hot_poll, "opt": db.hot_option}
+
+    def measure(name: str, description: str, script: str, clients: int, variables: dict[str, str],
+                via_bouncer: bool = False) -> Measured:
+        progress(f"{name}: {description}, {clients} clients")
+        url, protocol = (db.api_url, "extended") if via_bouncer else (db.admin_url, "prepared")
+        with LockWaitSampler(db.admin_url, interval=0.01) as sampler:
+            figures = run(Run(script, url, clients, seconds, protocol, variables))
+        m = Measured(name, description, clients, "PgBouncer, extended" if via_bouncer else "direct, prepared",
+                     figures, sampler.waits_by_type())
+        results.measured[name] = m
+        return m
+
+    bare = measure("bare_insert", "bare INSERT of one ballot row, hot poll", "bare_insert.sql", 64, hot)
+    cast_hot = measure("cast_vote_hot", "cast_vote, one hot poll", "cast_vote.sql", 64, hot)
+    cast_spread = measure("cast_vote_spread", "cast_vote spread over 10,000 polls", "cast_vote.sql", 64, spread)
+    guide = measure("guide_baseline", "the original guide's vote path (4 statements, counter row)",
+                    "guide_baseline.sql", 64, hot)
+    sweep = {c: measure(f"postgrest_{c}", "cast_vote as PostgREST sends it, through PgBouncer",
+                        "postgrest_cast_vote.sql", c, production, via_bouncer=True) for c in SWEEP_CLIENTS}
+    # Direct connections cannot go past max_connections (300): the sweep stops at 256.
+    for c in DIRECT_SWEEP_CLIENTS:
+        if c != 64:
+            measure(f"bare_insert_{c}", "bare INSERT of one ballot row, hot poll", "bare_insert.sql", c, hot)
+            measure(f"cast_vote_hot_{c}", "cast_vote, one hot poll", "cast_vote.sql", c, hot)
+    for candidate, script in (("shared_counter", "tally_shared_counter.sql"), ("delta_log", "tally_delta_log.sql"),
+                              ("backend_slot", "tally_backend_slot.sql")):
+        measure(f"tally_{candidate}", f"tally candidate: ballot + {candidate.replace('_', ' ')}", script, 64, hot)
+
+    progress("R5: poll_results of the 1M-ballot poll while 64 clients vote on it")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        writers = pool.submit(run, Run("cast_vote.sql", db.admin_url, 64, seconds, "prepared", hot))
+        readers = pool.submit(run, Run("poll_results.sql", db.admin_url, 4, seconds, "prepared", {"poll": db.hot_poll}))
+        results.reads_under_writes = Measured("poll_results_under_writes", "poll_results, 1M-ballot poll, under writes",
+                                              4, "direct, prepared", readers.result())
+        results.measured["writes_during_reads"] = Measured(
+            "writes_during_reads", "cast_vote on the same poll during the reads", 64, "direct, prepared", writers.result())
+
+    with psycopg.connect(db.admin_url, autocommit=True) as conn:
+        call = "select api.cast_vote(%s, array[%s]::uuid[], %s)"
+        results.locks_per_call["cast_vote, new ballot"] = locks_held_by_one_call(
+            conn, call, (db.hot_poll, db.hot_option, "lock-probe-new"))
+        conn.execute(call, (db.hot_poll, db.hot_option, "lock-probe-revote"))
+        other = conn.execute("select option_id::text from voting.poll_options where poll_id = %s and position = 2",
+                             (db.hot_poll,)).fetchone()[0]
+        results.locks_per_call["cast_vote, revote"] = locks_held_by_one_call(
+            conn, call, (db.hot_poll, other, "lock-probe-revote"))
+
+    def per_s(m: Measured) -> float:
+        return m.figures.per_second
+
+    results.ratios = [
+        Ratio("R1", "write cost: cast_vote / bare INSERT (direct, prepared, 64 clients, hot poll)",
+              per_s(cast_hot) / per_s(bare), 0.80, "cast_vote_hot", "bare_insert"),
+        Ratio("R2", "hot poll: cast_vote on ONE poll / spread over 10,000 polls",
+              per_s(cast_hot) / per_s(cast_spread), 0.90, "cast_vote_hot", "cast_vote_spread"),
+        Ratio("R3", "vs the original guide's design (one hot poll, 64 clients)",
+              per_s(cast_hot) / per_s(guide), 4.0, "cast_vote_hot", "guide_baseline"),
+        Ratio("R4", "production path: PostgREST statements through PgBouncer, no prepared statements / direct prepared",
+              per_s(sweep[64]) / per_s(cast_hot), 0.60, "postgrest_64", "cast_vote_hot"),
+    ]
+    return results
