@@ -3,10 +3,12 @@
 Partitions are named after their place in the hash space, `<table>_m<modulus>_r<remainder>`,
 so a name says which slice a table holds even after some partitions were split (a
 partition m16_r3 splits into m32_r3 and m32_r19). The initial migration creates the first
-set with `create_statements`; the partition manager reuses the same code later.
+set with `create_statements`; the partition manager reuses the same code later (`pgvote
+partitions create`), and `parse_partition_name` / `halves` / `parent_slice` for `split`.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -52,3 +54,35 @@ def initial_slices(schema: str, table: str, modulus: int = DEFAULT_MODULUS) -> l
 def create_statements(schema: str, table: str, modulus: int = DEFAULT_MODULUS) -> list[sql.Composed]:
     """Idempotent DDL creating the whole hash space of schema.table with `modulus` partitions."""
     return [s.create_statement() for s in initial_slices(schema, table, modulus)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Names, bounds and the doubling rule (used by the partition manager)
+# --------------------------------------------------------------------------------------------------
+
+_PARTITION_NAME = re.compile(r"^(?P<table>.+)_m(?P<modulus>[0-9]+)_r(?P<remainder>[0-9]+)$")
+
+
+def parse_partition_name(name: str) -> tuple[str, int, int] | None:
+    """(table, modulus, remainder) of a name `<table>_m<modulus>_r<remainder>`, else None."""
+    found = _PARTITION_NAME.match(name)
+    if not found:
+        return None
+    return found["table"], int(found["modulus"]), int(found["remainder"])
+
+
+def halves(modulus: int, remainder: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The two slices (2m, r) and (2m, r + m) that together hold exactly the rows of slice (m, r)."""
+    return (2 * modulus, remainder), (2 * modulus, remainder + modulus)
+
+
+def parent_slice(modulus: int, remainder: int) -> tuple[int, int]:
+    """The slice (m/2, r mod m/2) whose split produces slice (m, r); modulus must be even."""
+    if modulus % 2:
+        raise ValueError(f"modulus {modulus} is odd: no slice splits into it")
+    half = modulus // 2
+    return half, remainder % half
+
+
+def bound_clause(modulus: int, remainder: int) -> sql.Composed:
+    return sql.SQL("for values with (modulus {}, remainder {})").format(sql.Literal(modulus), sql.Literal(remainder))

@@ -7,8 +7,9 @@
 --           is recorded (new ballot), changed (revote replaced the voter's ballot) or
 --           unchanged (identical re-cast or repeated ballot_id: nothing written).
 -- Errors    first match wins: poll_not_found 404, poll_closed 410, login_required 401,
---           invalid_fingerprint 400, invalid_ballot 400, already_voted 409. A rejected
---           call writes nothing (the error aborts the transaction).
+--           invalid_fingerprint 400, invalid_ballot 400, rate_limited 429 (anonymous
+--           ballots on multiple-vote polls, per fingerprint), already_voted 409. A
+--           rejected call writes nothing (the error aborts the transaction).
 -- Locks     the poll's close fence in SHARE mode (see internal.poll_fence_key), taken
 --           BEFORE the poll is read so that a vote queued behind a close sees it closed;
 --           then, in internal.record_ballot, only the voter's own ballot row and this
@@ -50,6 +51,11 @@ begin
     voter := internal.voter_key(internal.voter_identity(poll.allow_anonymous, cast_vote.voter_fingerprint));
     select n.ballot, n.positions into ballot, positions
     from internal.normalize_ballot(poll.poll_id, poll.max_choices, cast_vote.option_ids) as n;
+    -- Anonymous ballots on multiple-vote polls are rate-limited per fingerprint here (the
+    -- pre-request hook cannot see the body); elsewhere a repeat is `unchanged` anyway.
+    if poll.allow_multiple_votes then
+        perform internal.take_fingerprint_token(poll.poll_id, true, voter);
+    end if;
     -- Single-ballot polls key every voter's ballot as the nil uuid: one ballot per voter.
     ballot_key := case when poll.allow_multiple_votes
                        then coalesce(cast_vote.ballot_id, gen_random_uuid())

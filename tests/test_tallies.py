@@ -120,3 +120,35 @@ def test_hot_poll_voters_never_wait_for_each_other(stack, make_poll, admin) -> N
         in_parallel(stack.api_url, 64, work)
     assert sampler.samples > 10
     assert {locktype for locktype, _, _ in sampler.seen} <= {"extend"}, sampler.seen
+
+
+def test_compaction_is_scheduled_in_postgresql(admin) -> None:
+    """pg_cron runs internal.compact_tally_slots() every minute: no extra daemon."""
+    rows = admin.execute("select schedule, command from cron.job where jobname = 'pgvote-compact-tally-slots'").fetchall()
+    assert rows == [("* * * * *", "select internal.compact_tally_slots()")]
+
+
+def ballots_partitions_locked(conn: psycopg.Connection, poll_id: str, option_id: str, fingerprint: str) -> list[str]:
+    """Partitions of voting.ballots locked by one cast_vote call (transaction rolled back)."""
+    with conn.transaction(force_rollback=True):
+        conn.execute("select api.cast_vote(%s, array[%s]::uuid[], %s)", (poll_id, option_id, fingerprint))
+        rows = conn.execute("""select distinct c.oid::regclass::text from pg_locks l
+                               join pg_class c on c.oid = l.relation and c.relkind = 'r'
+                               join pg_inherits i on i.inhrelid = c.oid
+                               where l.pid = pg_backend_pid() and l.locktype = 'relation'
+                                 and i.inhparent = 'voting.ballots'::regclass""").fetchall()
+    return [r[0] for r in rows]
+
+
+def test_a_vote_touches_one_ballots_partition_even_with_cached_generic_plans(stack, make_poll) -> None:
+    """Cached generic plans lock every partition before runtime pruning (PostgreSQL <= 17):
+    after many calls in one session, a new ballot, an unchanged re-cast and a revote must
+    each still lock a single ballots partition."""
+    poll = make_poll(options=2)
+    with psycopg.connect(stack.admin_url, autocommit=True) as conn:
+        for n in range(12):  # past plancache's five custom plans
+            conn.execute("select api.cast_vote(%s, array[%s]::uuid[], %s)", (poll.poll_id, poll.option_ids[n % 2], "warm"))
+        new = ballots_partitions_locked(conn, poll.poll_id, poll.option_ids[0], f"fresh-{poll.poll_id}")
+        unchanged = ballots_partitions_locked(conn, poll.poll_id, poll.option_ids[1], "warm")
+        revote = ballots_partitions_locked(conn, poll.poll_id, poll.option_ids[0], "warm")
+    assert len(new) == 1 and len(unchanged) == 1 and len(revote) == 1, (new, unchanged, revote)

@@ -1,0 +1,210 @@
+"""Measure a split under load: `python -m partitions.benchmark` (figures in docs/partitions.md).
+
+On a FRESH local stack (it adds polls and bulk ballots that stay there):
+
+1. creates polls through `api.create_poll` until `--hot` of them hash into the partition to
+   split and `--cold` into other partitions;
+2. bulk-inserts `--rows` ballots into the hot polls (INSERT .. SELECT as superuser), rebuilds
+   their tallies, VACUUM ANALYZE;
+3. runs pgbench through PgBouncer (`-M extended`, as PostgREST without prepared statements):
+   one script votes on hot polls, one on cold polls (anonymous voters drawn from a small range,
+   so about a third of the calls are revotes), every transaction logged (-l);
+4. after `--split-after` seconds splits the partition in this process (split_partition);
+5. reads the pgbench logs: votes/s before, during the copy and after the split, and the latency
+   of calls that were in flight while the switch held its locks (the writers' wait).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psycopg
+
+from partitions import catalog
+from partitions.split import SplitOptions, split_partition
+from partitions.verify import healthy, verify
+from pgvote.database_url import database_url
+from pgvote.postgrest_emulation import connect_emulator
+
+SCRIPT = """\\set p random(1, {n})
+\\set o random(1, 3)
+\\set v random(1, {voters})
+begin isolation level read committed read write;
+select set_config('search_path', '"api", "public"', true), set_config('role', 'anon', true),
+       set_config('request.jwt.claims', '{{"role":"anon"}}', true), set_config('request.method', 'POST', true);
+select api.cast_vote(('{polls}'::uuid[])[:p], array[('{options}'::uuid[])[(:p - 1) * 3 + :o]],
+                     '{tag}-' || :p || '-' || :v);
+commit;
+"""
+
+
+def pgbench_binary() -> str:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"), key=lambda p: int(p.parts[-3]))
+    if not found:
+        raise SystemExit("pgbench not found (it ships with the PostgreSQL server package)")
+    return str(found[-1])
+
+
+def make_polls(conn: psycopg.Connection, api_url: str, source: catalog.Partition, hot: int, cold: int,
+               ) -> tuple[list[tuple[str, list[str]]], list[tuple[str, list[str]]]]:
+    m, r = source.bound.slice
+    api = connect_emulator(api_url)
+    hot_polls: list[tuple[str, list[str]]] = []
+    cold_polls: list[tuple[str, list[str]]] = []
+    try:
+        while len(hot_polls) < hot or len(cold_polls) < cold:
+            reply = api.rpc("create_poll", {"question": "Split benchmark", "options": ["a", "b", "c"]},
+                            claims={"role": "authenticated", "sub": "split-benchmark"})
+            assert reply.status == 200, reply.body
+            poll = (reply.body["poll_id"], reply.body["option_ids"])
+            inside = conn.execute("select satisfies_hash_partition('voting.ballots'::regclass, %s, %s, %s::uuid)",
+                                  (m, r, poll[0])).fetchone()[0]
+            if inside and len(hot_polls) < hot:
+                hot_polls.append(poll)
+            elif not inside and len(cold_polls) < cold:
+                cold_polls.append(poll)
+    finally:
+        api.conn.close()
+    return hot_polls, cold_polls
+
+
+def seed(conn: psycopg.Connection, polls: list[tuple[str, list[str]]], rows: int, source: catalog.Partition) -> float:
+    started = time.monotonic()
+    ids = [p for p, _ in polls]
+    options = [o for _, opts in polls for o in opts]
+    conn.execute("""insert into voting.ballots (poll_id, voter_key, ballot_id, option_ids)
+                    select (%(ids)s::uuid[])[1 + g %% %(n)s], sha256(('seed-' || g)::bytea),
+                           '00000000-0000-0000-0000-000000000000',
+                           array[(%(opts)s::uuid[])[(g %% %(n)s) * 3 + 1 + (g / %(n)s) %% 3]]
+                    from generate_series(0, %(rows)s - 1) g""",
+                 {"ids": ids, "opts": options, "n": len(ids), "rows": rows})
+    if conn.execute("select to_regprocedure('internal.rebuild_tallies(uuid)') is not null").fetchone()[0]:
+        for poll_id in ids:
+            conn.execute("select internal.rebuild_tallies(%s)", (poll_id,))
+    conn.execute(f"vacuum analyze {source.qualified}")
+    conn.execute("checkpoint")
+    return time.monotonic() - started
+
+
+@dataclass
+class Window:
+    name: str
+    seconds: float
+    hot_per_second: float
+    cold_per_second: float
+    per_second: float
+    max_ms: float
+    p99_ms: float
+    hot_max_ms: float  # calls on polls of the partition being split
+    hot_p99_ms: float
+
+
+def read_logs(directory: Path) -> list[tuple[int, float, float]]:
+    """(script, end epoch, latency ms) of every logged transaction."""
+    out = []
+    for path in directory.glob("tx*"):
+        for line in path.read_text().splitlines():
+            f = line.split()
+            if len(f) >= 6 and f[2].isdigit():
+                latency_us, script = int(f[2]), int(f[3])
+                out.append((script, int(f[4]) + int(f[5]) / 1e6, latency_us / 1000))
+    return out
+
+
+def window(name: str, tx: list[tuple[int, float, float]], start: float, end: float) -> Window:
+    inside = [t for t in tx if start <= t[1] < end]
+    span = max(end - start, 1e-9)
+    def tail(lat: list[float]) -> tuple[float, float]:
+        lat = sorted(lat) or [0.0]
+        return round(lat[-1], 1), round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1)
+
+    return Window(name, round(span, 2), round(sum(t[0] == 0 for t in inside) / span),
+                  round(sum(t[0] == 1 for t in inside) / span), round(len(inside) / span),
+                  *tail([t[2] for t in inside]), *tail([t[2] for t in inside if t[0] == 0]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--api-url", required=True, help="authenticator through PgBouncer, e.g. "
+                    "postgresql://authenticator@127.0.0.1:56432/pgvote")
+    ap.add_argument("--partition", help="partition to split (default: the first of voting.ballots)")
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--hot", type=int, default=20, help="polls in the partition being split")
+    ap.add_argument("--cold", type=int, default=40, help="polls elsewhere")
+    ap.add_argument("--voters", type=int, default=20_000, help="fingerprints per poll (smaller: more revotes)")
+    ap.add_argument("--clients", type=int, default=32, help="pgbench clients; 0: split an idle server")
+    ap.add_argument("--split-after", type=float, default=20.0)
+    ap.add_argument("--duration", type=int, default=90, help="seconds of load in all (the split must end before)")
+    ap.add_argument("--batch-size", type=int, default=SplitOptions.batch_size)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+
+    conn = psycopg.connect(database_url(), autocommit=True)
+    table = catalog.find_table(conn, "voting.ballots")
+    assert table is not None
+    source = next(p for p in table.attached if args.partition in (None, p.qualified, p.name))
+    hot, cold = make_polls(conn, args.api_url, source, args.hot, args.cold)
+    seeded = seed(conn, hot, args.rows, source)
+    rows = conn.execute(f"select count(*) from {source.qualified}").fetchone()[0]
+    print(f"seeded {rows:,} rows into {source.qualified} in {seeded:.0f} s", file=sys.stderr)
+
+    logs = Path(tempfile.mkdtemp(prefix="split-bench-"))
+    tag = f"sb{int(time.time())}"
+    for name, polls in (("hot", hot), ("cold", cold)):
+        (logs / f"{name}.sql").write_text(SCRIPT.format(
+            n=len(polls), voters=args.voters, tag=f"{tag}-{name}",
+            polls="{" + ",".join(p for p, _ in polls) + "}",
+            options="{" + ",".join(o for _, opts in polls for o in opts) + "}"))
+    if args.clients == 0:  # the split alone, on an idle server
+        result = split_partition(conn, source.qualified, SplitOptions(batch_size=args.batch_size))
+        tx: list[tuple[int, float, float]] = []
+        windows: list[Window] = []
+        stdout = stderr = ""
+    else:
+        bench = subprocess.Popen(
+            [pgbench_binary(), "-n", "-M", "extended", "-c", str(args.clients), "-j", "2", "-T", str(args.duration),
+             "-P", "5", "-l", "--log-prefix", str(logs / "tx"), "-f", f"{logs / 'hot.sql'}@1",
+             "-f", f"{logs / 'cold.sql'}@1", args.api_url],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        load_started = time.time()
+        time.sleep(args.split_after)
+        split_started = time.time()
+        result = split_partition(conn, source.qualified, SplitOptions(batch_size=args.batch_size))
+        stdout, stderr = bench.communicate(timeout=args.duration + 120)
+        load_ended = load_started + args.duration
+        tx = read_logs(logs)
+        windows = [
+            window("before", tx, max(load_started + 5, split_started - 15), split_started),
+            window("copy", tx, result.copy_started_at, result.copy_ended_at),
+            window("switch (calls ending within 2 s of the lock request)", tx, result.switch_started_at,
+                   result.switch_started_at + 2),
+            window("after", tx, result.switched_at + 1, load_ended - 1),
+        ]
+    figures = {
+        "machine": {"cpus": os.cpu_count(), "postgres": conn.execute("show server_version").fetchone()[0],
+                    "load_average_1m": os.getloadavg()[0]},
+        "partition": source.qualified, "rows": rows, "clients": args.clients, "batch_size": args.batch_size,
+        "split": {**asdict(result), "writer_wait_ms": result.writer_wait_ms},
+        "windows": [asdict(w) for w in windows],
+        "transactions": len(tx),
+        "pgbench_aborted_clients": stderr.count("aborted"),
+        "pgbench_errors": [line for line in stderr.splitlines() if "ERROR" in line][:5],
+        "verify_healthy": healthy(verify(conn)),
+    }
+    shutil.rmtree(logs, ignore_errors=True)
+    print(json.dumps(figures, indent=2))
+    print(stdout[-1500:], file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""What the catalog says about the partitioned tables of a schema (read-only queries).
+
+Everything the partition manager knows is derived from here: the partitions and their bounds,
+pending detaches (`pg_inherits.inhdetachpending`), tables named like partitions that are not
+attached (`<table>_m<M>_r<R>`, e.g. the targets of an interrupted split), the split mirror
+triggers, and the session lock a running split holds. There is no state table of our own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from partitions.bounds import PartitionBound, parse_bound
+from partitions.layout import parse_partition_name
+
+DEFAULT_SCHEMA = "voting"
+
+#: Session advisory lock held by a running split (one split at a time per database).
+SPLIT_LOCK_KEY = 0x70677670_00000001
+#: Per-split transaction lock shared by the mirror trigger's deletes and the copy batches.
+MIRROR_LOCK_BASE = 0x70677671_00000000
+#: Name of the trigger that mirrors writes on a partition being split into its two halves.
+MIRROR_TRIGGER = "pgvote_split_mirror"
+#: Suffix of the CHECK constraint that marks a table as a split target (and lets ATTACH skip its scan).
+SPLIT_CHECK_SUFFIX = "_split_check"
+#: application_name of a running split ("pgvote split <schema.partition>").
+SPLIT_APPLICATION = "pgvote split"
+#: Suffix the switch gives the old partition; it is dropped right after the switch commits.
+RETIRED_SUFFIX = "_split_old"
+
+_STRATEGIES = {"h": "hash", "l": "list", "r": "range"}
+
+
+@dataclass(frozen=True)
+class Partition:
+    oid: int
+    schema: str
+    name: str
+    bound: PartitionBound
+    detach_pending: bool
+    sub_partitioned: bool
+    reltuples: float  # -1: never analyzed
+    total_bytes: int
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def identifier(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+
+@dataclass(frozen=True)
+class LooseTable:
+    """An ordinary table named `<table>_m<M>_r<R>` in the table's schema that is not attached."""
+
+    oid: int
+    schema: str
+    name: str
+    modulus: int
+    remainder: int
+    split_target: bool  # carries the split CHECK constraint: made by `split`
+    reltuples: float
+    total_bytes: int
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def identifier(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+
+@dataclass(frozen=True)
+class PartitionedTable:
+    oid: int
+    schema: str
+    name: str
+    strategy: str  # hash | list | range
+    key_columns: tuple[str, ...]  # empty when the key has expressions
+    columns: tuple[str, ...]
+    primary_key: tuple[str, ...]
+    owner: str
+    partitions: tuple[Partition, ...]
+    loose: tuple[LooseTable, ...]
+    retired: tuple[LooseTable, ...] = ()  # old partitions of finished splits, not yet dropped
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def identifier(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    @property
+    def attached(self) -> tuple[Partition, ...]:
+        """Partitions that receive rows (a pending detach no longer does)."""
+        return tuple(p for p in self.partitions if not p.detach_pending)
+
+    def partition_for(self, modulus: int, remainder: int, pending: bool | None = None) -> Partition | None:
+        for p in self.partitions:
+            if p.bound.kind == "hash" and p.bound.slice == (modulus, remainder):
+                if pending is None or p.detach_pending == pending:
+                    return p
+        return None
+
+    def loose_named(self, name: str) -> LooseTable | None:
+        return next((t for t in self.loose if t.name == name), None)
+
+
+def _partitions(conn: psycopg.Connection, parent_oid: int) -> tuple[Partition, ...]:
+    rows = conn.execute(
+        """select c.oid, n.nspname, c.relname, pg_get_expr(c.relpartbound, c.oid), i.inhdetachpending,
+                  c.relkind = 'p', c.reltuples, pg_total_relation_size(c.oid)
+           from pg_inherits i join pg_class c on c.oid = i.inhrelid join pg_namespace n on n.oid = c.relnamespace
+           where i.inhparent = %s""",
+        (parent_oid,),
+    ).fetchall()
+    parts = [Partition(int(oid), nsp, name, parse_bound(bound), bool(pending), bool(sub), float(tuples), int(size))
+             for oid, nsp, name, bound, pending, sub, tuples, size in rows]
+    return tuple(sorted(parts, key=lambda p: (p.bound.kind, p.bound.modulus or 0, p.bound.remainder or 0, p.name)))
+
+
+def _loose_tables(conn: psycopg.Connection, schema: str, table: str,
+                  suffix: str = "") -> tuple[LooseTable, ...]:
+    rows = conn.execute(
+        """select c.oid, c.relname, c.reltuples, pg_total_relation_size(c.oid),
+                  exists (select 1 from pg_constraint k where k.conrelid = c.oid and k.contype = 'c'
+                          and k.conname = c.relname || %s)
+           from pg_class c join pg_namespace n on n.oid = c.relnamespace
+           where n.nspname = %s and c.relkind in ('r', 'p') and not c.relispartition
+             and starts_with(c.relname, %s)""",
+        (SPLIT_CHECK_SUFFIX, schema, table + "_m"),
+    ).fetchall()
+    loose = []
+    for oid, name, tuples, size, target in rows:
+        if suffix and not name.endswith(suffix):
+            continue
+        parsed = parse_partition_name(name.removesuffix(suffix) if suffix else name)
+        if parsed and parsed[0] == table:
+            loose.append(LooseTable(int(oid), schema, name, parsed[1], parsed[2], bool(target), float(tuples), int(size)))
+    return tuple(sorted(loose, key=lambda t: (t.modulus, t.remainder)))
+
+
+def _table(conn: psycopg.Connection, oid: int, schema: str, name: str, strat: str, owner: str) -> PartitionedTable:
+    key = conn.execute(
+        """select coalesce(array_agg(a.attname order by k.ord) filter (where a.attname is not null), '{}'),
+                  bool_or(k.attnum = 0)
+           from pg_partitioned_table pt, unnest(pt.partattrs::int2[]) with ordinality k(attnum, ord)
+           left join pg_attribute a on a.attrelid = %s and a.attnum = k.attnum
+           where pt.partrelid = %s""",
+        (oid, oid),
+    ).fetchone()
+    columns = conn.execute(
+        "select attname from pg_attribute where attrelid = %s and attnum > 0 and not attisdropped order by attnum",
+        (oid,),
+    ).fetchall()
+    pk = conn.execute(
+        """select a.attname from pg_index x, unnest(x.indkey::int2[]) with ordinality k(attnum, ord)
+           join pg_attribute a on a.attnum = k.attnum
+           where x.indrelid = %s and x.indisprimary and a.attrelid = x.indrelid order by k.ord""",
+        (oid,),
+    ).fetchall()
+    key_columns = () if key[1] else tuple(key[0])
+    return PartitionedTable(oid, schema, name, _STRATEGIES.get(strat, strat), key_columns,
+                            tuple(c for (c,) in columns), tuple(c for (c,) in pk), owner,
+                            _partitions(conn, oid), _loose_tables(conn, schema, name),
+                            _loose_tables(conn, schema, name, RETIRED_SUFFIX))
+
+
+def partitioned_tables(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> list[PartitionedTable]:
+    """Every top-level partitioned table of `schema`, with its partitions, by name."""
+    rows = conn.execute(
+        """select c.oid, n.nspname, c.relname, pt.partstrat, pg_get_userbyid(c.relowner)
+           from pg_partitioned_table pt join pg_class c on c.oid = pt.partrelid
+           join pg_namespace n on n.oid = c.relnamespace
+           where n.nspname = %s and not c.relispartition order by c.relname""",
+        (schema,),
+    ).fetchall()
+    return [_table(conn, int(oid), nsp, name, strat, owner) for oid, nsp, name, strat, owner in rows]
+
+
+def find_table(conn: psycopg.Connection, qualified: str) -> PartitionedTable | None:
+    """The partitioned table named `qualified` ("schema.table" or "table" in the default schema)."""
+    schema, _, name = qualified.rpartition(".")
+    for table in partitioned_tables(conn, schema or DEFAULT_SCHEMA):
+        if table.name == name:
+            return table
+    return None
+
+
+def split_qualified(name: str) -> tuple[str, str]:
+    schema, _, rel = name.rpartition(".")
+    return schema or DEFAULT_SCHEMA, rel
+
+
+def mirror_triggers(conn: psycopg.Connection) -> dict[int, tuple[str, str]]:
+    """relation oid -> (trigger function, tgenabled) of every split mirror trigger."""
+    rows = conn.execute(
+        "select tgrelid, tgfoid::regprocedure::text, tgenabled from pg_trigger where tgname = %s",
+        (MIRROR_TRIGGER,),
+    ).fetchall()
+    return {int(oid): (fn, str(enabled)) for oid, fn, enabled in rows}
+
+
+def split_lock_holder(conn: psycopg.Connection) -> tuple[int, str] | None:
+    """(pid, application_name) of the session running a split in this database, if any."""
+    row = conn.execute(
+        """select l.pid, coalesce(a.application_name, '') from pg_locks l
+           left join pg_stat_activity a on a.pid = l.pid
+           where l.locktype = 'advisory' and l.granted and l.database = (select oid from pg_database
+                 where datname = current_database())
+             and l.classid::bigint = %s and l.objid::bigint = %s and l.objsubid = 1""",
+        (SPLIT_LOCK_KEY >> 32, SPLIT_LOCK_KEY & 0xFFFFFFFF),
+    ).fetchone()
+    return (int(row[0]), str(row[1])) if row else None
