@@ -8,6 +8,9 @@
 --   authenticated  requests with a JWT whose role claim is "authenticated"; the voter
 --                  is the JWT "sub" claim.
 --   ingest         a trusted edge tier that batches ballots (JWT role "ingest").
+--   ops            operators and monitoring (NOLOGIN): reads the monitoring schema, and the
+--                  server statistics through pg_monitor. Grant it to a login of your
+--                  monitoring tier (postgres_exporter, `pgvote stats`); never to API roles.
 do $roles$
 begin
     if not exists (select from pg_catalog.pg_roles where rolname = 'authenticator') then
@@ -22,7 +25,11 @@ begin
     if not exists (select from pg_catalog.pg_roles where rolname = 'ingest') then
         create role ingest nologin;
     end if;
+    if not exists (select from pg_catalog.pg_roles where rolname = 'ops') then
+        create role ops nologin;
+    end if;
 end
 $roles$;
 
 grant anon, authenticated, ingest to authenticator;
+grant pg_monitor to ops;

@@ -5,6 +5,7 @@
 -- cron.database_name. Without it nothing is wrong, only slower over time: tally slots
 -- of exited backends are not merged, so run `select internal.compact_tally_slots()`
 -- from any scheduler you have (every minute is plenty).
+-- Likewise `select internal.purge_rate_limit_buckets()` every few minutes (rate-limit buckets).
 do $schedules$
 begin
     if current_setting('cron.database_name', true) is distinct from current_database()
@@ -16,5 +17,9 @@ begin
     create extension if not exists pg_cron;
     perform cron.schedule('pgvote-compact-tally-slots', '* * * * *',
                           'select internal.compact_tally_slots()');
+    -- Full token buckets are the same as missing ones: drop them so the UNLOGGED table stays as
+    -- small as the set of recent callers (revision 0003).
+    perform cron.schedule('pgvote-purge-rate-limit-buckets', '*/5 * * * *',
+                          'select internal.purge_rate_limit_buckets()');
 end
 $schedules$;

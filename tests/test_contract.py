@@ -128,9 +128,37 @@ def test_pgrst_is_raised_only_through_raise_api_error_and_pt_codes_are_numeric()
 
 
 # 7. Pre-request hook
-@pytest.mark.skip(reason="no db-pre-request hook is configured yet: rate limiting (issue 7) adds the hook and this test")
-def test_pre_request_hook() -> None:
-    raise AssertionError("not reached")
+def test_pre_request_hook(stack, admin, make_poll) -> None:
+    """db-pre-request of api/postgrest.conf: in a schema PostgREST does not expose, executable by the
+    API roles, the N+1-th call of a caller within the window is 429 with Retry-After, and it is
+    harmless in a READ ONLY transaction (GET, STABLE functions: no 25006 -> 405)."""
+    from pgvote.paths import PROJECT_ROOT
+
+    conf = (PROJECT_ROOT / "api" / "postgrest.conf").read_text()
+    hook = re.search(r'^db-pre-request\s*=\s*"([^"]+)"', conf, re.M).group(1)
+    exposed = re.search(r'^db-schemas\s*=\s*"([^"]+)"', conf, re.M).group(1)
+    schema, name = hook.split(".")
+    assert (schema, name) == ("hooks", "pre_request")
+    assert schema not in [s.strip() for s in exposed.split(",")], "the hook must be no /rpc endpoint"
+    for role in ("anon", "authenticated", "ingest"):
+        assert admin.execute("select has_function_privilege(%s, %s, 'EXECUTE')", (role, f"{hook}()")).fetchone()[0]
+    burst = admin.execute("select burst from rate_limit.limits where name = 'request'").fetchone()[0]
+
+    api = connect_emulator(stack.api_url, pre_request=hook)
+    try:
+        assert api.rpc("pre_request", {}).status == 404, "not callable over HTTP"
+        poll, voter = make_poll(), user()
+        body = {"poll_id": poll.poll_id, "option_ids": [poll.option_ids[0]]}
+        statuses = [api.rpc("cast_vote", body, claims=voter).status for _ in range(burst)]
+        assert statuses == [200] * burst
+        limited = api.rpc("cast_vote", body, claims=voter)
+        assert limited.status == 429 and limited.body["code"] == "rate_limited"
+        assert limited.headers["Retry-After"].isdigit() and int(limited.headers["Retry-After"]) >= 1
+        for method in ("GET", "POST"):  # READ ONLY: GET, and POST to the STABLE poll_results
+            r = api.rpc("poll_results", {"poll_id": poll.poll_id}, method=method, claims=voter)
+            assert r.status == 200, (method, r.status, r.body)
+    finally:
+        api.conn.close()
 
 
 # 8. Type coercion

@@ -11,7 +11,7 @@ import pytest
 from conftest import fingerprint, user
 
 API_ROLES = ["anon", "authenticated", "ingest"]
-PRIVATE_SCHEMAS = ["voting", "internal"]
+PRIVATE_SCHEMAS = ["voting", "internal", "rate_limit", "monitoring"]
 EXPECTED_EXECUTE = {
     "cast_vote": {"anon", "authenticated"},
     "poll_results": {"anon", "authenticated"},
@@ -59,7 +59,7 @@ def test_api_roles_execute_exactly_the_api_grants(admin, role) -> None:
 def test_nothing_of_ours_is_executable_by_public(admin) -> None:
     rows = admin.execute(
         """select p.oid::regprocedure::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-           where n.nspname in ('api', 'voting', 'internal')
+           where n.nspname in ('api', 'voting', 'internal', 'hooks', 'rate_limit', 'monitoring')
              and exists (select from aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
                          where a.grantee = 0 and a.privilege_type = 'EXECUTE')"""
     ).fetchall()
@@ -70,7 +70,7 @@ def test_security_definer_functions_pin_search_path(admin) -> None:
     rows = admin.execute(
         """select p.oid::regprocedure::text, p.proconfig from pg_proc p
            join pg_namespace n on n.oid = p.pronamespace
-           where n.nspname in ('api', 'internal') and p.prosecdef"""
+           where n.nspname in ('api', 'internal', 'hooks') and p.prosecdef"""
     ).fetchall()
     assert rows, "the api functions are SECURITY DEFINER"
     for name, config in rows:
@@ -109,3 +109,85 @@ def test_voter_key_is_hmac_sha256_of_the_domain_separated_identity(api, make_pol
     inner_pad = admin.execute("select inner_pad from internal.voter_key_secret").fetchone()[0]
     secret = bytes(b ^ 0x36 for b in inner_pad)[:32]  # the key is 32 bytes, zero-padded to 64
     assert bytes(stored) == hmac.new(secret, f"fp:{fp}".encode(), hashlib.sha256).digest()
+
+
+@pytest.mark.parametrize("role", API_ROLES)
+def test_api_roles_execute_only_the_pre_request_hook_outside_api(admin, role) -> None:
+    """PostgREST runs db-pre-request as the request's role: EXECUTE on hooks.pre_request, USAGE on hooks,
+    and nothing else of the rate limiter or the monitoring schema."""
+    rows = admin.execute(
+        """select n.nspname || '.' || p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+           where n.nspname in ('hooks', 'rate_limit', 'monitoring') and has_function_privilege(%s, p.oid, 'EXECUTE')""",
+        (role,),
+    ).fetchall()
+    assert [r[0] for r in rows] == ["hooks.pre_request"]
+    assert admin.execute("select has_schema_privilege(%s, 'hooks', 'USAGE')", (role,)).fetchone()[0]
+    assert not admin.execute("select has_schema_privilege(%s, 'hooks', 'CREATE')", (role,)).fetchone()[0]
+
+
+def test_ops_reads_monitoring_and_nothing_private(admin) -> None:
+    views = [r[0] for r in admin.execute(
+        "select c.oid::regclass::text from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+        "where n.nspname = 'monitoring' and c.relkind = 'v'").fetchall()]
+    assert len(views) >= 7
+    assert all(admin.execute("select has_table_privilege('ops', %s, 'SELECT')", (v,)).fetchone()[0] for v in views)
+    for schema in ("voting", "internal", "rate_limit", "hooks", "api"):
+        assert not admin.execute("select has_schema_privilege('ops', %s, 'USAGE')", (schema,)).fetchone()[0], schema
+    assert admin.execute("select pg_has_role('ops', 'pg_monitor', 'MEMBER')").fetchone()[0]
+    assert not admin.execute("select rolcanlogin from pg_roles where rolname = 'ops'").fetchone()[0]
+
+
+# ---- authenticator and the request roles themselves (issue 6, point 7) ----------------------------------
+def _project_schemas(admin: psycopg.Connection) -> list[str]:
+    wanted = ["api", "hooks", *PRIVATE_SCHEMAS]
+    return [r[0] for r in admin.execute("select nspname from pg_namespace where nspname = any(%s)", (wanted,))]
+
+
+def test_authenticator_executes_nothing_of_ours_itself(admin) -> None:
+    """NOINHERIT: the login role holds no privilege until PostgREST switches to a request role."""
+    schemas = _project_schemas(admin)
+    rows = admin.execute(
+        """select p.oid::regprocedure::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+           where n.nspname = any(%s) and has_function_privilege('authenticator', p.oid, 'EXECUTE')""",
+        (schemas,),
+    ).fetchall()
+    assert rows == []
+    for schema in schemas:
+        assert not admin.execute("select has_schema_privilege('authenticator', %s, 'USAGE')", (schema,)).fetchone()[0]
+
+
+def test_authenticator_can_become_only_the_request_roles(admin) -> None:
+    attributes = admin.execute(
+        """select rolinherit, rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls
+           from pg_roles where rolname = 'authenticator'""").fetchone()
+    assert attributes == (False, True, False, False, False, False, False)
+    reachable = {r[0] for r in admin.execute(
+        "select rolname from pg_roles where pg_has_role('authenticator', oid, 'MEMBER')").fetchall()}
+    assert reachable == {"authenticator", *API_ROLES}, "SET ROLE reaches the request roles and nothing else"
+
+
+@pytest.mark.parametrize("role", API_ROLES)
+def test_request_roles_cannot_log_in_or_reach_another_role(admin, role) -> None:
+    attributes = admin.execute(
+        """select rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls
+           from pg_roles where rolname = %s""", (role,)).fetchone()
+    assert attributes == (False, False, False, False, False, False)
+    reachable = {r[0] for r in admin.execute(
+        "select rolname from pg_roles where pg_has_role(%s, oid, 'MEMBER')", (role,)).fetchall()}
+    assert reachable == {role}
+
+
+@pytest.mark.parametrize("role", API_ROLES + ["authenticator"])
+def test_api_roles_may_create_nothing(admin, role) -> None:
+    for schema in [*_project_schemas(admin), "public"]:
+        assert not admin.execute("select has_schema_privilege(%s, %s, 'CREATE')", (role, schema)).fetchone()[0], schema
+    assert not admin.execute("select has_database_privilege(%s, current_database(), 'CREATE')", (role,)).fetchone()[0]
+
+
+def test_every_api_function_is_security_definer_with_a_pinned_search_path(admin) -> None:
+    rows = admin.execute(
+        """select p.oid::regprocedure::text, p.prosecdef, p.proconfig from pg_proc p
+           join pg_namespace n on n.oid = p.pronamespace where n.nspname = 'api'""").fetchall()
+    assert {r[0].split("(")[0] for r in rows} >= {f"api.{fn}" for fn in EXPECTED_EXECUTE}
+    for name, secdef, config in rows:
+        assert secdef and config and "search_path=pg_catalog, pg_temp" in config, name

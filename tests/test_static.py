@@ -21,7 +21,7 @@ def test_plpgsql_check_reports_no_error_or_warning(admin) -> None:
     functions = admin.execute(
         """select p.oid, p.oid::regprocedure::text from pg_proc p
            join pg_namespace n on n.oid = p.pronamespace join pg_language l on l.oid = p.prolang
-           where n.nspname in ('api', 'internal') and l.lanname = 'plpgsql'"""
+           where n.nspname in ('api', 'internal', 'hooks') and l.lanname = 'plpgsql'"""
     ).fetchall()
     assert len(functions) >= 8
     findings = [
@@ -38,7 +38,7 @@ def test_every_function_has_one_procedure_file(admin) -> None:
     names = {f.name.removesuffix(".sql") for f in procedure_files()}
     rows = admin.execute(
         """select n.nspname || '.' || p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-           where n.nspname in ('api', 'internal')"""
+           where n.nspname in ('api', 'internal', 'hooks')"""
     ).fetchall()
     assert {r[0] for r in rows} == names
 
@@ -68,7 +68,7 @@ def schema_objects(url: str) -> tuple[int, int, int]:
         row = conn.execute(
             """select (select count(*) from pg_namespace where nspname in ('api', 'voting', 'internal')),
                       (select count(*) from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-                       where n.nspname in ('api', 'internal')),
+                       where n.nspname in ('api', 'internal', 'hooks')),
                       (select count(*) from pg_inherits where inhparent = to_regclass('voting.ballots'))"""
         ).fetchone()
     return int(row[0]), int(row[1]), int(row[2])

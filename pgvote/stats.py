@@ -1,0 +1,294 @@
+"""`pgvote stats`: the database's monitoring views and PgBouncer's pools, live or once.
+
+Reads what an operator (role ``ops``) may read: the views of the ``monitoring`` schema
+(db/tables/0003_rate_limits_and_monitoring.sql) and, through PgBouncer's admin console,
+``SHOW POOLS`` / ``SHOW STATS`` / ``SHOW DATABASES``. Two modes::
+
+    pgvote stats                    # live dashboard (rich), refreshed every second; Ctrl-C ends it
+    pgvote stats --once --json      # one sample as JSON, for scripts
+
+Counters (commits, rollbacks, ballots inserted, PgBouncer transactions) are cumulative; the live
+dashboard shows their rate between two refreshes. ``--once`` has only the views' own windows
+(votes per second over the last 10 s).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import decimal
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+__all__ = ["Collector", "collect", "configure", "rates", "render", "run"]
+
+#: Single-row views of the monitoring schema, shown in this order.
+SINGLE_ROW_VIEWS = ("vote_rate", "rollback_rate", "connections", "aggregation_backlog", "cache_hit_ratio")
+#: Multi-row views.
+MULTI_ROW_VIEWS = ("api_latency", "rate_limits")
+BOUNCER_COMMANDS = {"pools": "SHOW POOLS", "stats": "SHOW STATS", "databases": "SHOW DATABASES"}
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly: Decimal -> int/float, datetimes -> ISO 8601."""
+    if isinstance(value, decimal.Decimal):
+        exponent = value.as_tuple().exponent
+        return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    return value
+
+
+def _rows(cur: psycopg.Cursor[Any]) -> list[dict[str, Any]]:
+    names = [d.name for d in cur.description or []]
+    return [{n: _plain(v) for n, v in zip(names, row)} for row in cur.fetchall()]
+
+
+def collect_database(conn: psycopg.Connection[Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """One sample of every monitoring view. A view that fails (e.g. pg_stat_statements not preloaded)
+    is reported under errors; the others are still read."""
+    out: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    with conn.transaction():  # one snapshot-consistent read-only transaction per sample
+        conn.execute("set transaction read only")
+        for view in SINGLE_ROW_VIEWS + MULTI_ROW_VIEWS:
+            try:
+                with conn.transaction(), conn.cursor() as cur:  # a savepoint: one failing view spares the others
+                    cur.execute(f"select * from monitoring.{view}")  # names from the constant lists above
+                    rows = _rows(cur)
+                out[view] = rows if view in MULTI_ROW_VIEWS else (rows[0] if rows else {})
+            except psycopg.Error as exc:
+                errors[view] = (exc.diag.message_primary or str(exc)).strip()
+    return out, errors
+
+
+def collect_bouncer(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """SHOW POOLS / STATS / DATABASES of the admin console (simple query protocol, no prepare)."""
+    out = {}
+    for key, command in BOUNCER_COMMANDS.items():
+        cur = conn.cursor(binary=False)
+        cur.execute(command, prepare=False)
+        out[key] = [row for row in _rows(cur) if row.get("database", row.get("name")) != "pgbouncer"]
+    return out
+
+
+class Collector:
+    """Keeps one connection to the database and one to the admin console; reconnects after a failure."""
+
+    def __init__(self, database_url: str, bouncer_admin_url: str | None = None) -> None:
+        self.database_url, self.bouncer_admin_url = database_url, bouncer_admin_url
+        self._db: psycopg.Connection[Any] | None = None
+        self._bouncer: psycopg.Connection[Any] | None = None
+
+    def sample(self) -> dict[str, Any]:
+        """{"sampled_at", "database": {view: row or rows}, "pgbouncer": {...} or None, "errors": {...}}."""
+        sample: dict[str, Any] = {"sampled_at": dt.datetime.now(dt.timezone.utc).isoformat(), "pgbouncer": None}
+        if self._db is None or self._db.closed:
+            self._db = psycopg.connect(self.database_url, autocommit=True, connect_timeout=10)
+        try:
+            sample["database"], errors = collect_database(self._db)
+        except psycopg.OperationalError:
+            self._db.close()
+            raise
+        if self.bouncer_admin_url:
+            try:
+                if self._bouncer is None or self._bouncer.closed:
+                    self._bouncer = psycopg.connect(self.bouncer_admin_url, autocommit=True, connect_timeout=10)
+                sample["pgbouncer"] = collect_bouncer(self._bouncer)
+            except psycopg.Error as exc:
+                if self._bouncer is not None:
+                    self._bouncer.close()
+                errors["pgbouncer"] = str(exc).strip()
+        sample["errors"] = errors
+        return sample
+
+    def close(self) -> None:
+        for conn in (self._db, self._bouncer):
+            if conn is not None:
+                conn.close()
+
+
+def collect(database_url: str, bouncer_admin_url: str | None = None) -> dict[str, Any]:
+    """One complete sample (see Collector.sample), on connections opened and closed for it."""
+    collector = Collector(database_url, bouncer_admin_url)
+    try:
+        return collector.sample()
+    finally:
+        collector.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# live dashboard
+
+
+def rates(previous: dict[str, Any] | None, current: dict[str, Any], seconds: float) -> dict[str, float | None]:
+    """Per-second rates of the cumulative counters between two samples (None without a previous one)."""
+    def delta(*path: str) -> float | None:
+        if previous is None or seconds <= 0:
+            return None
+        a, b = previous, current
+        for key in path:
+            a, b = (a or {}).get(key), (b or {}).get(key)
+        if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+            return None
+        return max(b - a, 0) / seconds
+
+    commits, rollbacks = delta("database", "rollback_rate", "xact_commit"), delta("database", "rollback_rate", "xact_rollback")
+    out: dict[str, float | None] = {
+        "ballots_inserted_per_s": delta("database", "vote_rate", "ballots_inserted_total"),
+        "ballots_updated_per_s": delta("database", "vote_rate", "ballots_updated_total"),
+        "commits_per_s": commits,
+        "rollbacks_per_s": rollbacks,
+        "rollback_ratio": (rollbacks / (commits + rollbacks)) if commits is not None and rollbacks is not None
+        and commits + rollbacks > 0 else None,
+    }
+    bouncer_prev = {r["database"]: r for r in ((previous or {}).get("pgbouncer") or {}).get("stats", [])}
+    for row in (current.get("pgbouncer") or {}).get("stats", []):
+        before = bouncer_prev.get(row["database"])
+        if before is not None and seconds > 0:
+            out[f"pgbouncer_{row['database']}_xact_per_s"] = max(row["total_xact_count"] - before["total_xact_count"], 0) / seconds
+    return out
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _kv_table(title: str, pairs: list[tuple[str, Any]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left", min_width=34)
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    for name, value in pairs:
+        table.add_row(name, _fmt(value, 4 if "ratio" in name else 1))
+    return table
+
+
+def render(sample: dict[str, Any], rate: dict[str, float | None]) -> Group:
+    db = sample.get("database", {})
+    votes, tx, conns = db.get("vote_rate", {}), db.get("rollback_rate", {}), db.get("connections", {})
+    backlog, cache = db.get("aggregation_backlog", {}), db.get("cache_hit_ratio", {})
+    top = Table.grid(padding=(0, 2))
+    top.add_row(
+        _kv_table("Votes", [("votes/s (last 10 s)", votes.get("votes_per_second")),
+                            ("ballots inserted/s", rate.get("ballots_inserted_per_s")),
+                            ("revotes/s", rate.get("ballots_updated_per_s")),
+                            ("ballots inserted (total)", votes.get("ballots_inserted_total"))]),
+        _kv_table("Transactions", [("commits/s", rate.get("commits_per_s")),
+                                   ("rollbacks/s", rate.get("rollbacks_per_s")),
+                                   ("rollback ratio (now)", rate.get("rollback_ratio")),
+                                   ("rollback ratio (since reset)", tx.get("rollback_ratio"))]),
+        _kv_table("Connections", [("connections", conns.get("connections")), ("active", conns.get("active")),
+                                  ("waiting on a lock", conns.get("waiting")),
+                                  ("idle in transaction", conns.get("idle_in_transaction")),
+                                  ("usage ratio", conns.get("usage_ratio"))]),
+        _kv_table("Aggregation / cache", [("pending tally slots", backlog.get("pending_slots")),
+                                          ("polls pending", backlog.get("polls_pending")),
+                                          ("cache hit ratio", cache.get("cache_hit_ratio")),
+                                          ("longest transaction s", conns.get("longest_transaction_seconds"))]),
+    )
+    latency = Table(title="API latency (pg_stat_statements, execution only)", title_justify="left")
+    for col in ("function", "calls", "mean ms", "max ms", "total ms"):
+        latency.add_column(col, justify="left" if col == "function" else "right")
+    for row in db.get("api_latency", []):
+        latency.add_row(str(row["function_name"]), _fmt(row["calls"]), _fmt(row["mean_exec_ms"], 2),
+                        _fmt(row["max_exec_ms"], 2), _fmt(row["total_exec_ms"], 0))
+    limits = Table(title="Rate limits", title_justify="left")
+    for col in ("limit", "per minute", "burst", "enabled", "buckets", "exhausted"):
+        limits.add_column(col, justify="left" if col == "limit" else "right")
+    for row in db.get("rate_limits", []):
+        limits.add_row(str(row["limit_name"]), _fmt(row["requests_per_minute"]), _fmt(row["burst"]),
+                       "yes" if row["enabled"] else "no", _fmt(row["buckets"]), _fmt(row["exhausted_buckets"]))
+    parts: list[Any] = [top, Table.grid(padding=(0, 2))]
+    parts[1].add_row(latency, limits)
+    bouncer = sample.get("pgbouncer")
+    if bouncer is not None:
+        pools = Table(title="PgBouncer pools", title_justify="left")
+        for col in ("database", "user", "cl_active", "cl_waiting", "sv_active", "sv_idle", "maxwait s", "xact/s"):
+            pools.add_column(col, justify="left" if col in ("database", "user") else "right")
+        for row in bouncer.get("pools", []):
+            pools.add_row(str(row["database"]), str(row["user"]), _fmt(row["cl_active"]), _fmt(row["cl_waiting"]),
+                          _fmt(row["sv_active"]), _fmt(row["sv_idle"]), _fmt(row["maxwait"]),
+                          _fmt(rate.get(f"pgbouncer_{row['database']}_xact_per_s")))
+        parts.append(pools)
+    for name, message in sample.get("errors", {}).items():
+        parts.append(f"[yellow]{name}: {message}[/]")
+    parts.append(f"[dim]sampled at {sample.get('sampled_at')}; Ctrl-C to quit[/]")
+    return Group(*parts)
+
+
+def live(database_url: str, bouncer_admin_url: str | None, interval: float, console: Console,
+         max_samples: int | None = None) -> None:
+    """Refresh the dashboard every `interval` seconds until Ctrl-C (or `max_samples`, for tests)."""
+    previous: dict[str, Any] | None = None
+    last = time.monotonic()
+    count = 0
+    collector = Collector(database_url, bouncer_admin_url)
+    try:
+        with Live(console=console, refresh_per_second=4, screen=False) as view:
+            while max_samples is None or count < max_samples:
+                sample = collector.sample()
+                now = time.monotonic()
+                view.update(render(sample, rates(previous, sample, now - last)))
+                previous, last, count = sample, now, count + 1
+                time.sleep(max(0.0, interval - (time.monotonic() - now)))
+    finally:
+        collector.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# command line (registered in pgvote/cli.py)
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--once", action="store_true", help="take one sample and exit")
+    p.add_argument("--json", action="store_true", help="print the sample as JSON (with --once)")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    p.add_argument("--database-url", help="role with ops (or superuser); default $DATABASE_URL, else the local stack")
+    p.add_argument("--bouncer-admin-url",
+                   help="PgBouncer admin console (db 'pgbouncer'); default: the local stack's; 'none' to skip")
+
+
+def run(args: argparse.Namespace, local_stack: Callable[[], Any], console: Console) -> int:
+    """Resolve the URLs (options, $DATABASE_URL, the running local stack) and show or print the stats."""
+    from pgvote.stack import StackError
+
+    database_url = args.database_url or os.environ.get("DATABASE_URL")
+    bouncer_url = args.bouncer_admin_url
+    if not database_url or bouncer_url is None:
+        stack = local_stack()
+        running = stack.status()["components"]
+        if not database_url:
+            if not running["postgres"]["running"]:
+                raise StackError("no database to read: pass --database-url, set DATABASE_URL, or start the stack "
+                                 "with `pgvote up`")
+            database_url = stack.admin_url
+        if bouncer_url is None and running["pgbouncer"]["running"]:
+            bouncer_url = stack.bouncer_admin_url
+    if bouncer_url in ("", "none"):
+        bouncer_url = None
+    if args.once:
+        sample = collect(database_url, bouncer_url)
+        if args.json:
+            print(json.dumps(sample, indent=2, sort_keys=True))
+        else:
+            console.print(render(sample, rates(None, sample, 0)))
+        return 0
+    try:
+        live(database_url, bouncer_url, max(args.interval, 0.2), console)
+    except KeyboardInterrupt:
+        pass
+    return 0

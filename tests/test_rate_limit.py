@@ -1,0 +1,302 @@
+"""Rate limiting in the database: PostgREST's db-pre-request hook (hooks.pre_request, per caller)
+and the per-fingerprint limit inside cast_vote (internal.take_fingerprint_token).
+
+The session's `api` fixture runs WITHOUT the hook, so the other suites are never rate-limited;
+the `limited_api` fixture here runs with it, exactly as PostgREST configured by
+api/postgrest.conf (db-pre-request = "hooks.pre_request"). Each test sets the limit it needs
+(`limit` fixture: fast refill, small burst, restored afterwards) and uses its own callers (random
+subs, IPs and fingerprints), so tests never share a bucket.
+"""
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from conftest import Poll, fingerprint, user
+from pgvote.postgrest_emulation import PostgrestEmulator, Response, connect_emulator
+
+LimitSetter = Callable[..., None]
+
+
+@pytest.fixture
+def limited_api(stack) -> Iterator[PostgrestEmulator]:
+    """The API as PostgREST calls it with db-pre-request = "hooks.pre_request" (api/postgrest.conf)."""
+    emulator = connect_emulator(stack.api_url, pre_request="hooks.pre_request")
+    try:
+        yield emulator
+    finally:
+        emulator.conn.close()
+
+
+@pytest.fixture
+def limit(admin: psycopg.Connection) -> Iterator[LimitSetter]:
+    """Set a limit of rate_limit.limits for this test (restored afterwards)."""
+    saved = {name: (rpm, burst, enabled) for name, rpm, burst, enabled in admin.execute(
+        "select name, requests_per_minute, burst, enabled from rate_limit.limits").fetchall()}
+
+    def set_limit(name: str = "request", *, per_minute: float, burst: int, enabled: bool = True) -> None:
+        admin.execute("update rate_limit.limits set requests_per_minute = %s, burst = %s, enabled = %s "
+                      "where name = %s", (per_minute, burst, enabled, name))
+
+    yield set_limit
+    for name, (rpm, burst, enabled) in saved.items():
+        admin.execute("update rate_limit.limits set requests_per_minute = %s, burst = %s, enabled = %s "
+                      "where name = %s", (rpm, burst, enabled, name))
+
+
+def client_ip() -> str:
+    """A random documentation-range address: every test is a different client."""
+    n = uuid.uuid4().int
+    return f"198.51.{n % 256}.{(n >> 8) % 254 + 1}"
+
+
+def vote(api: PostgrestEmulator, poll: Poll, *, claims: dict[str, Any] | None = None,
+         headers: dict[str, str] | None = None, voter_fingerprint: str | None = None, **body: Any) -> Response:
+    """A POST /rpc/cast_vote that succeeds unless limited: a fresh fingerprint per call for anonymous
+    callers (so no repeat is involved), the identical ballot again for JWT callers (`unchanged`)."""
+    payload = {"poll_id": poll.poll_id, "option_ids": [poll.option_ids[0]], **body}
+    if claims is None:
+        payload["voter_fingerprint"] = voter_fingerprint or fingerprint()
+    return api.rpc("cast_vote", payload, claims=claims, headers=headers)
+
+
+def assert_rate_limited(r: Response) -> int:
+    assert r.status == 429, (r.status, r.body)
+    assert r.body["code"] == "rate_limited" and set(r.body) == {"code", "message", "details", "hint"}
+    retry_after = r.headers["Retry-After"]
+    assert retry_after.isdigit() and int(retry_after) >= 1, "whole seconds"
+    return int(retry_after)
+
+
+# ---- the per-caller limit (hooks.pre_request) -----------------------------------------------------
+
+
+def test_burst_is_allowed_then_429_with_retry_after(limited_api, make_poll, limit) -> None:
+    limit(per_minute=6, burst=5)  # one token every 10 s
+    poll, ip = make_poll(), client_ip()
+    statuses = [vote(limited_api, poll, headers={"X-Real-IP": ip}).status for _ in range(5)]
+    assert statuses == [200] * 5, "the whole burst is served at once"
+    retry_after = assert_rate_limited(vote(limited_api, poll, headers={"X-Real-IP": ip}))
+    assert retry_after == 10, "the time until the next token, rounded up to whole seconds"
+
+
+def test_jwt_callers_are_limited_per_sub(limited_api, make_poll, limit) -> None:
+    limit(per_minute=6, burst=3)
+    poll, voter = make_poll(), user()
+    assert [vote(limited_api, poll, claims=voter).status for _ in range(3)] == [200] * 3
+    assert_rate_limited(vote(limited_api, poll, claims=voter))
+
+
+def test_tokens_refill_over_time(limited_api, make_poll, limit) -> None:
+    limit(per_minute=600, burst=2)  # a token every 0.1 s
+    poll, ip = make_poll(), client_ip()
+    assert [vote(limited_api, poll, headers={"X-Real-IP": ip}).status for _ in range(2)] == [200, 200]
+    assert_rate_limited(vote(limited_api, poll, headers={"X-Real-IP": ip}))
+    time.sleep(0.25)
+    assert vote(limited_api, poll, headers={"X-Real-IP": ip}).status == 200, "a token came back"
+
+
+def test_separate_identities_have_separate_buckets(limited_api, make_poll, limit) -> None:
+    limit(per_minute=6, burst=2)
+    poll, ip, other_ip, voter, other_voter = make_poll(), client_ip(), client_ip(), user(), user()
+    for _ in range(2):
+        assert vote(limited_api, poll, headers={"X-Real-IP": ip}).status == 200
+        assert vote(limited_api, poll, claims=voter, headers={"X-Real-IP": ip}).status == 200
+    assert_rate_limited(vote(limited_api, poll, headers={"X-Real-IP": ip}))
+    assert_rate_limited(vote(limited_api, poll, claims=voter, headers={"X-Real-IP": ip}))
+    assert vote(limited_api, poll, headers={"X-Real-IP": other_ip}).status == 200, "another IP"
+    assert vote(limited_api, poll, claims=other_voter, headers={"X-Real-IP": ip}).status == 200, \
+        "a signed-in caller is keyed by its sub, not by the (exhausted) IP it comes from"
+
+
+def test_forged_x_forwarded_for_does_not_change_the_identity(limited_api, make_poll, limit) -> None:
+    limit(per_minute=6, burst=2)
+    poll, ip = make_poll(), client_ip()
+    for _ in range(2):
+        assert vote(limited_api, poll, headers={"X-Real-IP": ip}).status == 200
+    for forged in (client_ip(), f"{client_ip()}, {ip}", "127.0.0.1"):
+        r = vote(limited_api, poll, headers={"X-Real-IP": ip, "X-Forwarded-For": forged})
+        assert_rate_limited(r)
+
+
+def test_gets_and_read_only_calls_are_not_limited(limited_api, make_poll, limit, admin) -> None:
+    limit(per_minute=6, burst=1)
+    poll, ip = make_poll(), client_ip()
+    assert vote(limited_api, poll, headers={"X-Real-IP": ip}).status == 200
+    assert_rate_limited(vote(limited_api, poll, headers={"X-Real-IP": ip}))
+    before = admin.execute("select count(*) from rate_limit.buckets").fetchone()[0]
+    for method in ("GET", "POST"):  # POST to a STABLE function runs READ ONLY too
+        for _ in range(5):
+            r = limited_api.rpc("poll_results", {"poll_id": poll.poll_id}, method=method, headers={"X-Real-IP": ip})
+            assert r.status == 200, (method, r.status, r.body)
+    r = limited_api.rpc("poll_results", {"poll_id": poll.poll_id}, method="GET", headers={"X-Real-IP": client_ip()})
+    assert r.status == 200
+    assert admin.execute("select count(*) from rate_limit.buckets").fetchone()[0] == before, "reads write nothing"
+
+
+def test_failed_requests_give_their_token_back(limited_api, make_poll, limit) -> None:
+    """The documented choice (docs/operations.md): a token is taken in the request's transaction,
+    so a request that fails, the 429 included, consumes nothing; only successful requests count."""
+    limit(per_minute=6, burst=3)
+    poll, ip = make_poll(), client_ip()
+    headers = {"X-Real-IP": ip}
+    assert vote(limited_api, poll, headers=headers).status == 200
+    for _ in range(5):  # an option of no poll: 400 invalid_ballot, rolled back with its token
+        r = limited_api.rpc("cast_vote", {"poll_id": poll.poll_id, "option_ids": [str(uuid.uuid4())],
+                                          "voter_fingerprint": fingerprint()}, headers=headers)
+        assert r.status == 400 and r.body["code"] == "invalid_ballot"
+    assert [vote(limited_api, poll, headers=headers).status for _ in range(2)] == [200, 200]
+    for _ in range(3):  # the 429s consume nothing either: still exactly empty, still 429
+        assert_rate_limited(vote(limited_api, poll, headers=headers))
+
+
+def test_callers_inside_the_trust_boundary_are_not_limited(limited_api, make_poll, limit, stack) -> None:
+    """No sub and no x-real-ip (the database path), and role ingest (the bulk path): not limited."""
+    limit(per_minute=6, burst=1)
+    poll = make_poll()
+    assert [vote(limited_api, poll).status for _ in range(4)] == [200] * 4
+    assert [vote(limited_api, poll, headers={"X-Forwarded-For": client_ip()}).status for _ in range(3)] == [200] * 3
+    edge_ip = client_ip()  # one bucket: a limited role would be refused from the 2nd call on
+    with psycopg.connect(stack.direct_api_url, autocommit=True) as conn:
+        for _ in range(3):
+            with conn.transaction():
+                conn.execute("select set_config('role', 'ingest', true), "
+                             "set_config('request.jwt.claims', '{\"role\": \"ingest\", \"sub\": \"edge-1\"}', true), "
+                             "set_config('request.method', 'POST', true), "
+                             "set_config('request.headers', %s, true)", (f'{{"x-real-ip": "{edge_ip}"}}',))
+                conn.execute("select hooks.pre_request()")
+
+
+def test_disabled_limit_takes_no_token(limited_api, make_poll, limit) -> None:
+    limit(per_minute=6, burst=1, enabled=False)
+    poll, ip = make_poll(), client_ip()
+    assert [vote(limited_api, poll, headers={"X-Real-IP": ip}).status for _ in range(3)] == [200] * 3
+
+
+def test_buckets_hold_no_identity_in_clear(limited_api, make_poll, limit, admin) -> None:
+    limit(per_minute=6, burst=5)
+    poll, ip, voter = make_poll(), client_ip(), user()
+    vote(limited_api, poll, headers={"X-Real-IP": ip})
+    vote(limited_api, poll, claims=voter)
+    dump = admin.execute("select coalesce(string_agg(b::text, ''), '') from rate_limit.buckets b").fetchone()[0]
+    for secret in (ip, voter["sub"]):
+        assert secret not in dump and secret.encode().hex() not in dump
+    key = admin.execute("select internal.voter_key('ip:' || %s)", (ip,)).fetchone()[0]
+    assert admin.execute("select count(*) from rate_limit.buckets where limit_name = 'request' and bucket_key = %s",
+                         (key,)).fetchone()[0] == 1
+
+
+def test_purge_deletes_only_full_buckets(limited_api, make_poll, limit, admin) -> None:
+    limit(per_minute=6, burst=2)
+    poll, full_ip, busy_ip = make_poll(), client_ip(), client_ip()
+    vote(limited_api, poll, headers={"X-Real-IP": full_ip})
+    vote(limited_api, poll, headers={"X-Real-IP": busy_ip})
+    full = admin.execute("select internal.voter_key('ip:' || %s)", (full_ip,)).fetchone()[0]
+    busy = admin.execute("select internal.voter_key('ip:' || %s)", (busy_ip,)).fetchone()[0]
+    # burst 2 at 0.1 token/s: full again after 20 s; pretend the first caller's was 21 s ago
+    admin.execute("update rate_limit.buckets set refilled_at = refilled_at - interval '21 seconds' "
+                  "where bucket_key = %s", (full,))
+    assert admin.execute("select internal.purge_rate_limit_buckets()").fetchone()[0] >= 1
+    remaining = {bytes(k) for (k,) in admin.execute(
+        "select bucket_key from rate_limit.buckets where bucket_key = any(%s)", ([full, busy],)).fetchall()}
+    assert remaining == {bytes(busy)}
+
+
+def test_purge_job_is_scheduled_with_pg_cron(admin) -> None:
+    rows = admin.execute("select schedule, command from cron.job where jobname = 'pgvote-purge-rate-limit-buckets'"
+                         ).fetchall()
+    assert rows == [("*/5 * * * *", "select internal.purge_rate_limit_buckets()")]
+
+
+def test_buckets_are_unlogged(admin) -> None:
+    persistence = admin.execute("select relpersistence from pg_class where oid = 'rate_limit.buckets'::regclass"
+                                ).fetchone()[0]
+    assert persistence == "u"
+
+
+def test_concurrent_requests_of_one_caller_never_exceed_the_burst(stack, make_poll, limit) -> None:
+    """Interleaving: 16 connections fire at once for one caller; the bucket row lock makes them
+    queue, so exactly `burst` succeed (no over-admission under READ COMMITTED)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    limit(per_minute=0.001, burst=5)  # no refill within the test
+    poll, ip = make_poll(), client_ip()
+    barrier = threading.Barrier(16)
+
+    def one(_: int) -> int:
+        api = connect_emulator(stack.api_url, pre_request="hooks.pre_request")
+        try:
+            barrier.wait(timeout=30)
+            return vote(api, poll, headers={"X-Real-IP": ip}).status
+        finally:
+            api.conn.close()
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = sorted(pool.map(one, range(16)))
+    assert statuses == [200] * 5 + [429] * 11
+
+
+# ---- the per-fingerprint limit inside cast_vote (internal.take_fingerprint_token) ------------------
+
+
+def test_fingerprint_limit_on_multiple_vote_poll(api, make_poll, limit) -> None:
+    """Anonymous ballots of one fingerprint on one multiple-vote poll are limited inside cast_vote
+    (the hook cannot see the body). Needs the call of internal.take_fingerprint_token in
+    api.cast_vote (procedures/api.cast_vote.sql, after the ballot is validated)."""
+    limit("fingerprint", per_minute=6, burst=3)
+    poll, single = make_poll(allow_multiple_votes=True), make_poll()
+    fp = fingerprint()
+    statuses = [vote(api, poll, voter_fingerprint=fp).status for _ in range(3)]
+    assert statuses == [200] * 3
+    assert_rate_limited(vote(api, poll, voter_fingerprint=fp))
+    assert vote(api, poll, voter_fingerprint=fingerprint()).status == 200, "another fingerprint"
+    assert vote(api, make_poll(allow_multiple_votes=True), voter_fingerprint=fp).status == 200, "another poll"
+    voter = user()
+    assert [vote(api, poll, claims=voter).status for _ in range(5)] == [200] * 5, "JWT callers: the hook's job"
+    assert [vote(api, single, voter_fingerprint=fp).status for _ in range(5)] == [200] * 5, \
+        "single-ballot polls: a repeat is `unchanged` anyway"
+    # precedence: invalid_ballot before rate_limited
+    r = api.rpc("cast_vote", {"poll_id": poll.poll_id, "option_ids": [], "voter_fingerprint": fp})
+    assert r.status == 400 and r.body["code"] == "invalid_ballot"
+
+
+def test_take_fingerprint_token_limits_anonymous_http_callers_only(admin, make_poll, limit) -> None:
+    """The function itself, as cast_vote will call it (role and request settings as PostgREST sets them)."""
+    limit("fingerprint", per_minute=6, burst=2)
+    poll = make_poll(allow_multiple_votes=True)
+    key = admin.execute("select internal.voter_key('fp:' || %s)", (fingerprint(),)).fetchone()[0]
+
+    def take(claims: str, method: str | None = "POST", multiple: bool = True) -> str | None:
+        try:
+            with admin.transaction():
+                admin.execute("select set_config('request.jwt.claims', %s, true), "
+                              "set_config('request.method', %s, true)", (claims, method or ""))
+                admin.execute("select internal.take_fingerprint_token(%s, %s, %s)", (poll.poll_id, multiple, key))
+            return None
+        except psycopg.Error as exc:
+            return exc.diag.message_primary
+
+    anon = '{"role": "anon"}'
+    assert take(anon) is None and take(anon) is None
+    limited = take(anon)
+    assert limited is not None and '"rate_limited"' in limited
+    assert take(anon, multiple=False) is None, "single-ballot poll"
+    assert take('{"role": "authenticated", "sub": "u"}') is None, "JWT caller"
+    assert take(anon, method=None) is None, "database path"
+
+
+# ---- guards on the design ---------------------------------------------------------------------------
+
+
+def test_retry_after_is_rounded_up(limited_api, make_poll, limit) -> None:
+    limit(per_minute=7, burst=1)  # 60/7 = 8.57 s per token
+    poll, ip = make_poll(), client_ip()
+    assert vote(limited_api, poll, headers={"X-Real-IP": ip}).status == 200
+    assert assert_rate_limited(vote(limited_api, poll, headers={"X-Real-IP": ip})) == math.ceil(60 / 7)
