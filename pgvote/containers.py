@@ -1,4 +1,4 @@
-"""Container backend: postgres:16 + edoburu/pgbouncer via testcontainers, same interface as LocalStack.
+"""Container backend: PostgreSQL 16 with pg_cron (deploy/postgres/Dockerfile) + edoburu/pgbouncer via testcontainers, same interface as LocalStack.
 
 Selected by PGVOTE_BACKEND=testcontainers, or automatically when PGVOTE_BACKEND is unset and a Docker engine
 answers `docker info` (see pgvote.stack.select_backend). Needs the optional extra: pip install -e '.[docker]'.
@@ -27,7 +27,10 @@ from pgvote.stack import (
     docker_available,
 )
 
-POSTGRES_IMAGE = os.environ.get("PGVOTE_POSTGRES_IMAGE", "postgres:16")
+# db/postgresql.conf preloads pg_cron, which the official image lacks: by default the stack builds
+# deploy/postgres/Dockerfile (the image compose uses); PGVOTE_POSTGRES_IMAGE names a ready image instead.
+POSTGRES_IMAGE = os.environ.get("PGVOTE_POSTGRES_IMAGE")
+POSTGRES_IMAGE_TAG = "pgvote-postgres:local"
 PGBOUNCER_IMAGE = os.environ.get("PGVOTE_PGBOUNCER_IMAGE", "edoburu/pgbouncer:latest")
 
 
@@ -51,6 +54,15 @@ class ContainerStack:
         self.postgrest_port = postgrest_port
         self.postgrest_url: str | None = None
         self._set_urls()
+
+    @staticmethod
+    def _postgres_image() -> str:
+        if POSTGRES_IMAGE:
+            return POSTGRES_IMAGE
+        from testcontainers.core.image import DockerImage
+
+        DockerImage(path=str(PROJECT_DIR / "deploy" / "postgres"), tag=POSTGRES_IMAGE_TAG).build()
+        return POSTGRES_IMAGE_TAG
 
     def _set_urls(self) -> None:
         self.admin_url = f"postgresql://postgres@{self.host}:{self.pg_port}/pgvote"
@@ -103,7 +115,7 @@ class ContainerStack:
         network.name = f"{self.name}-net"
         network.create()
         pg = (
-            PostgresContainer(POSTGRES_IMAGE, username="postgres", password="postgres", dbname="pgvote", driver=None)
+            PostgresContainer(self._postgres_image(), username="postgres", password="postgres", dbname="pgvote", driver=None)
             .with_name(f"{self.name}-postgres")
             .with_network(network)
             .with_network_aliases("postgres")
