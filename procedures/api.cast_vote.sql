@@ -32,6 +32,7 @@ set search_path = pg_catalog, pg_temp
 as $function$
 declare
     poll       voting.polls;
+    secret     internal.voter_key_secret;
     voter      bytea;
     ballot     uuid[];
     positions  smallint[];
@@ -48,7 +49,9 @@ begin
     if poll.closed_at is not null or poll.closes_at <= now() then
         perform internal.raise_api_error('poll_closed', 'This poll is closed: it accepts no more votes.');
     end if;
-    voter := internal.voter_key(internal.voter_identity(poll.allow_anonymous, cast_vote.voter_fingerprint));
+    select s.* into secret from internal.voter_key_secret as s;
+    voter := internal.hmac_sha256(secret.inner_pad, secret.outer_pad,
+                                  internal.voter_identity(poll.allow_anonymous, cast_vote.voter_fingerprint));
     select n.ballot, n.positions into ballot, positions
     from internal.normalize_ballot(poll.poll_id, poll.max_choices, cast_vote.option_ids) as n;
     -- Anonymous ballots on multiple-vote polls are rate-limited per fingerprint here (the

@@ -32,11 +32,17 @@ begin
             format('This poll allows at most %s choice(s) per ballot; got %s.',
                    max_choices, cardinality(option_ids)));
     end if;
-    select array_agg(o.option_id order by o.position), array_agg(o.position order by o.position)
-    into ballot, positions
-    from voting.poll_options as o
-    where o.poll_id = normalize_ballot.poll_id
-      and o.option_id = any (normalize_ballot.option_ids);
+    if cardinality(option_ids) = 1 then  -- the common ballot: a plain key lookup
+        select array[o.option_id], array[o.position] into ballot, positions
+        from voting.poll_options as o
+        where o.poll_id = normalize_ballot.poll_id and o.option_id = normalize_ballot.option_ids[1];
+    else
+        select array_agg(o.option_id order by o.position), array_agg(o.position order by o.position)
+        into ballot, positions
+        from voting.poll_options as o
+        where o.poll_id = normalize_ballot.poll_id
+          and o.option_id = any (normalize_ballot.option_ids);
+    end if;
 
     -- Fewer options found than given: a duplicate, or an option of another poll. Told
     -- apart only on this error path, so a valid ballot costs one query.

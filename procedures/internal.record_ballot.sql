@@ -25,8 +25,18 @@ begin
     values (poll.poll_id, record_ballot.voter_key, ballot_key, ballot)
     on conflict on constraint ballots_pkey do nothing;
     if found then
-        perform internal.add_to_tally(poll.poll_id, 1, internal.ballot_delta(poll.option_count, positions));
         outcome := 'recorded';
+        if cardinality(positions) = 1 then
+            -- The common case, one option, once this backend's slot of the poll exists: one
+            -- element update, no vector arithmetic (see internal.add_to_tally).
+            update voting.tally_slots as t
+            set ballots = t.ballots + 1, votes[positions[1]] = t.votes[positions[1]] + 1
+            where t.poll_id = poll.poll_id and t.slot = pg_backend_pid();
+            if found then
+                return;
+            end if;
+        end if;
+        perform internal.add_to_tally(poll.poll_id, 1, internal.ballot_delta(poll.option_count, positions));
         return;
     end if;
 
