@@ -187,9 +187,13 @@ def cmd_clean(args: argparse.Namespace) -> int:
 def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--voters", type=int, default=3000, help="distinct voters, one ballot each (default 3000)")
     p.add_argument("--connections", type=int, default=32, help="parallel connections through PgBouncer")
+    p.add_argument("--spike-voters", type=int, default=50_000, help="voters of the spike that follows (default 50,000)")
+    p.add_argument("--spike-clients", type=int, default=2_000, help="client connections of the spike (default 2,000)")
+    p.add_argument("--no-spike", action="store_true", help="only the small demo, no 50,000-vote spike")
 
 
-@command("demo", "create a poll on the local stack, cast ballots through PgBouncer, print the results",
+@command("demo", "create a poll on the local stack, cast ballots through PgBouncer, print the results, "
+                 "then the 50,000-vote spike (pgvote loadtest) and its report",
          configure=_demo_options)
 def cmd_demo(args: argparse.Namespace) -> int:
     from pgvote.demo import run_demo
@@ -198,8 +202,85 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not stack.status()["components"]["pgbouncer"]["running"]:
         raise StackError("the local stack is not running: start it with `pgvote up` (or `make demo`)")
     run_demo(stack.api_url, stack.admin_url, voters=args.voters, connections=args.connections, console=out)
+    if not args.no_spike:
+        from pgvote.demo import run_spike
+
+        run_spike(stack.api_url, stack.admin_url, stack.bouncer_admin_url, voters=args.spike_voters,
+                  clients=args.spike_clients, console=out)
     _print_urls(stack)
     return 0
+
+
+def _bench_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="3 s per scenario (the whole run stays under 2 minutes)")
+    p.add_argument("--seconds", type=float, help="seconds per scenario (default 15, or 3 with --quick)")
+    p.add_argument("--json", type=Path, help="write every figure as JSON to this file")
+    p.add_argument("--chart", type=Path, help="PNG chart of votes/s against clients (default docs/benchmarks.png)")
+    p.add_argument("--report", type=Path, help="markdown report to update (default docs/benchmarks.md)")
+    p.add_argument("--no-report", action="store_true", help="print the tables only: no report, no chart")
+
+
+@command("bench", "pgbench scenarios on a throw-away database of the local stack: votes/s, latency, same-run ratios",
+         configure=_bench_options)
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pgvote.bench.command import DEFAULT_CHART, DEFAULT_REPORT, run_bench
+
+    stack = _stack(args)
+    if not stack.status()["components"]["pgbouncer"]["running"]:
+        raise StackError("the local stack is not running: start it with `pgvote up`")
+    run_bench(stack.admin_url, stack.api_url, quick=args.quick, seconds=args.seconds, json_path=args.json,
+              chart_path=None if args.no_report else (args.chart or DEFAULT_CHART),
+              report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
+              command="pgvote bench" + (" --quick" if args.quick else ""), console=out)
+    return 0
+
+
+def _partitions_options(p: argparse.ArgumentParser) -> None:
+    from partitions.cli import configure
+
+    configure(p)
+
+
+@command("partitions", "inspect, verify, create and split the hash partitions of $DATABASE_URL",
+         configure=_partitions_options)
+def cmd_partitions(args: argparse.Namespace) -> int:
+    from partitions.cli import run
+
+    return run(args)
+
+
+def _stats_options(p: argparse.ArgumentParser) -> None:
+    from pgvote.stats import configure
+
+    configure(p)
+
+
+@command("stats", "live dashboard of the monitoring views and PgBouncer pools (--once --json for scripts)",
+         configure=_stats_options)
+def cmd_stats(args: argparse.Namespace) -> int:
+    from pgvote.stats import run
+
+    return run(args, lambda: _stack(args), console=out)
+
+
+def _loadtest_options(p: argparse.ArgumentParser) -> None:
+    from pgvote.loadtest.command import add_options
+
+    add_options(p)
+
+
+@command("loadtest", "the 50,000-vote spike on one poll through PgBouncer, verified exactly once",
+         configure=_loadtest_options)
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from pgvote.loadtest.command import run
+
+    stack = None
+    if not (args.database_url and args.admin_url):
+        stack = _stack(args)
+        if not stack.status()["components"]["pgbouncer"]["running"]:
+            raise StackError("the local stack is not running: start it with `pgvote up`, or give --database-url "
+                             "and --admin-url")
+    return run(args, stack, out)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,6 +15,9 @@ Per request (contract §1.1 and "Emulation recipe")::
     WITH pgrst_source AS (...) SELECT ... AS body, ... AS response_headers, ...   -- main query, §1.3
     COMMIT                                  -- ABORT on any error, then map the SQLSTATE (§2)
 
+:class:`AsyncPostgrestEmulator` does the same on a ``psycopg.AsyncConnection`` (load tools); both
+build their statements with one shared core (:class:`RequestPlan`) and map errors with the same code.
+
 Nothing here runs a session-level ``SET``: every per-request value is ``set_config(..., true)``,
 so the connection is clean after each request (as required under PgBouncer, contract §6).
 
@@ -28,7 +31,9 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import difflib
+import functools
 import itertools
 import json
 import re
@@ -42,11 +47,14 @@ from psycopg.pq import TransactionStatus
 from psycopg.types.string import TextLoader
 
 __all__ = [
+    "AsyncPostgrestEmulator",
     "Headers",
     "PostgrestEmulator",
+    "RequestPlan",
     "Response",
     "Routine",
     "RoutineParam",
+    "connect_async_emulator",
     "connect_emulator",
     "http_status_for",
 ]
@@ -317,101 +325,97 @@ ORDER BY p.oid
 
 
 # --------------------------------------------------------------------------------------------
-# The emulator
+# The emulators: one shared core (schema cache, overload resolution, statement construction),
+# a blocking and an asyncio front end that only differ in how they send the statements.
 
-class PostgrestEmulator:
-    """One PostgREST instance using one pooled connection (``db-prepared-statements = false``).
+@dataclass(frozen=True)
+class RequestPlan:
+    """Every statement PostgREST sends for one request, built before any I/O (contract §1.1).
 
-    ``conn`` must be logged in as the authenticator role with ``autocommit=True``. ``schema`` is the
-    exposed schema (first of ``db-schemas``), ``extra_search_path`` is ``db-extra-search-path``,
-    ``anon_role`` is ``db-anon-role`` and ``pre_request`` is ``db-pre-request`` (``"schema.fn"``).
-    Requests on one instance are serialised by a lock; use one instance per thread for concurrency.
+    Shared by :class:`PostgrestEmulator` and :class:`AsyncPostgrestEmulator`: they run
+    ``statements()`` in order inside one transaction, read the main query's row, COMMIT, and turn
+    the row (:meth:`response`) or the error (:meth:`error`) into PostgREST's answer.
     """
 
-    def __init__(self, conn: psycopg.Connection, *, schema: str = "api", extra_search_path: tuple[str, ...] = ("public",),
-                 anon_role: str | None = "anon", pre_request: str | None = None) -> None:
-        if not conn.autocommit:
-            raise ValueError("PostgrestEmulator needs an autocommit connection (it sends BEGIN/COMMIT itself)")
-        self.conn = conn
+    routine: Routine
+    method: str
+    begin: str
+    set_locals: tuple[str, list[Any]]  # SQL text (rendered once per shape) and bind values
+    hook: str | None
+    main: tuple[str, list[Any]]
+    is_anonymous: bool
+
+    def statements(self) -> list[tuple[Any, Any]]:
+        """``(query, params)`` in order: BEGIN, the locals, the pre-request hook, the main query (last)."""
+        out: list[tuple[Any, Any]] = [(self.begin, None), self.set_locals]
+        if self.hook is not None:
+            out.append((self.hook, None))
+        out.append(self.main)
+        return out
+
+    def response(self, row: tuple[Any, ...]) -> Response:
+        return _success(self.routine, self.method, row)
+
+    def error(self, exc: psycopg.Error) -> Response:
+        return _db_error(exc, is_anonymous=self.is_anonymous)
+
+
+def _should_retry(exc: psycopg.Error, attempt: int) -> bool:
+    """hasql-transaction re-runs the whole transaction on 40001/40P01 (contract §1.1 step 6), capped here."""
+    return exc.sqlstate in _RETRIED_SQLSTATES and attempt < MAX_TX_RETRIES
+
+
+_FUNCTION_NAMES_SQL = ("SELECT DISTINCT p.proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                       "WHERE n.nspname = %s AND p.prokind = 'f'")
+
+
+class _EmulatorCore:
+    """What a PostgREST instance knows and computes without talking to the database.
+
+    ``schema`` is the exposed schema (first of ``db-schemas``), ``extra_search_path`` is
+    ``db-extra-search-path``, ``anon_role`` is ``db-anon-role`` and ``pre_request`` is
+    ``db-pre-request`` (``"schema.fn"``). ``schema_cache`` may be shared between instances (load
+    tools open thousands of connections; the function definitions are read once).
+    """
+
+    def __init__(self, *, schema: str = "api", extra_search_path: tuple[str, ...] = ("public",),
+                 anon_role: str | None = "anon", pre_request: str | None = None,
+                 schema_cache: dict[tuple[str, str], tuple[Routine, ...]] | None = None) -> None:
         self.schema = schema
         self.extra_search_path = tuple(extra_search_path)
         self.anon_role = anon_role
         self.pre_request = pre_request
-        self._cache: dict[tuple[str, str], tuple[Routine, ...]] = {}
-        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, str], tuple[Routine, ...]] = {} if schema_cache is None else schema_cache
 
-    # -- schema cache ------------------------------------------------------------------------
     def reload_schema_cache(self) -> None:
         """Forget cached function definitions (PostgREST: ``NOTIFY pgrst, 'reload schema'``, contract §5)."""
         self._cache.clear()
 
-    def routines(self, fn: str) -> tuple[Routine, ...]:
-        """All overloads of ``schema.fn`` PostgREST could call (``prokind='f'``, callable; §1.2).
+    def _remember(self, fn: str, rows: list[tuple[Any, ...]]) -> tuple[Routine, ...]:
+        """Cache the overloads read from ``_ROUTINES_SQL``; a miss is not cached (a later CREATE is found)."""
+        found = tuple(_routine_from_row(self.schema, fn, row) for row in rows)
+        if found:
+            self._cache[(self.schema, fn)] = found
+        return found
 
-        Cached per (schema, fn) until :meth:`reload_schema_cache`. A miss is not cached, so a
-        function created later is found without a reload (a real PostgREST would need one).
-        """
-        key = (self.schema, fn)
-        if key not in self._cache:
-            with self.conn.cursor() as cur:
-                cur.execute(_ROUTINES_SQL, {"schema": self.schema, "name": fn}, prepare=False)
-                rows = cur.fetchall()
-            found = tuple(_routine_from_row(self.schema, fn, row) for row in rows)
-            if not found:
-                return found
-            self._cache[key] = found
-        return self._cache[key]
-
-    # -- requests ----------------------------------------------------------------------------
-    def rpc(self, fn: str, body: Mapping[str, Any] | None = None, *, claims: Mapping[str, Any] | None = None,
-            method: str = "POST", headers: Mapping[str, str] | None = None,
-            cookies: Mapping[str, str] | None = None) -> Response:
-        """Emulate ``<method> /rpc/<fn>``.
-
-        POST: ``body`` is the JSON object body (``None`` = empty body = ``{}``). GET/HEAD: ``body`` holds the
-        query-string arguments; values are sent as text (lists as array literals ``{a,b}``).
-        ``claims`` is the verified JWT payload (``None`` = no ``Authorization`` header = anonymous).
-        """
-        method = method.upper()
+    def _authenticate(self, method: str, claims: Mapping[str, Any] | None
+                      ) -> tuple[str, dict[str, Any]] | Response:
+        """Method check and role/claims resolution, before anything else (contract §5; ``parseClaims``)."""
         if method not in ("POST", "GET", "HEAD"):
             return _error(405, "PGRST101", f"Cannot use the {method} method on RPC")
-        args = dict(body or {})
-
-        # Auth happens before anything else (contract §5; ``parseClaims`` in Auth.hs).
         role = self.anon_role if claims is None else claims.get("role", self.anon_role)
         if role is None:
             return _error(401, "PGRST302", "Anonymous access is disabled", headers={"WWW-Authenticate": "Bearer"})
-        jwt_claims = {"role": role} if claims is None else {**claims, "role": role}
-        with self._lock:
-            return self._call(fn, args, method, role, jwt_claims, claims is not None, headers, cookies)
+        return role, ({"role": role} if claims is None else {**claims, "role": role})
 
-    # -- internals -------------------------------------------------------------------------
-    def _call(self, fn: str, args: dict[str, Any], method: str, role: str, jwt_claims: Mapping[str, Any],
-              with_token: bool, headers: Mapping[str, str] | None, cookies: Mapping[str, str] | None) -> Response:
-        # Overload resolution from the argument keys, before the database (§1.2).
-        found = self._find_routine(fn, set(args), is_post=method == "POST")
-        if isinstance(found, Response):
-            return found
-        routine, single_param = found
-
-        req_headers, req_cookies = _request_headers(headers, cookies, with_token=with_token)
-        begin = _begin_statement(routine, read_only=method != "POST" or routine.volatility in ("s", "i"))
-        locals_sql, locals_params = self._locals_statement(routine, role, jwt_claims, method, fn,
-                                                           req_headers, req_cookies)
-        main_sql, main_params = _main_query(routine, args, method, single_param)
-
-        try:
-            row = self._transaction(begin, (locals_sql, locals_params), (main_sql, main_params))
-        except psycopg.Error as exc:
-            return _db_error(exc, is_anonymous=role == self.anon_role)
-        return _success(routine, method, row)
-
-    def _find_routine(self, fn: str, keys: set[str], *, is_post: bool) -> tuple[Routine, bool] | Response:
+    def _resolve(self, fn: str, keys: set[str], candidates: tuple[Routine, ...], *,
+                 is_post: bool) -> tuple[Routine, bool] | Response | None:
         """``findProc`` (Plan.hs): match keys to parameters; fall back to one unnamed json/jsonb param (§1.2).
 
-        Returns ``(routine, called_with_single_unnamed_param)`` or a PGRST202/PGRST203 response.
+        Returns ``(routine, called_with_single_unnamed_param)``, a PGRST202/PGRST203 response, or
+        ``None`` when no function of that name exists (the caller reads the names for the hint and
+        calls :meth:`_no_rpc_error`).
         """
-        candidates = self.routines(fn)
         matches = [r for r in candidates if _keys_match(r.params, keys)]
         fallback = [r for r in candidates if is_post and len(r.params) == 1 and r.params[0].name == ""
                     and r.params[0].type in ("json", "jsonb")]
@@ -426,10 +430,16 @@ class PostgrestEmulator:
             return _error(300, "PGRST203", f"Could not choose the best candidate function between: {listed}", None,
                           "Try renaming the parameters or the function itself in the database so function "
                           "overloading can be resolved")
-        return self._no_rpc_error(fn, sorted(keys), candidates, is_post)
+        if not candidates:
+            return None
+        return self._no_rpc_error(fn, sorted(keys), candidates, is_post, [])
 
-    def _no_rpc_error(self, fn: str, keys: list[str], candidates: tuple[Routine, ...], is_post: bool) -> Response:
-        """PGRST202 404 with PostgREST's message/details; hint approximates its fuzzy match (Error.hs ``NoRpc``)."""
+    def _no_rpc_error(self, fn: str, keys: list[str], candidates: tuple[Routine, ...], is_post: bool,
+                      names: list[str]) -> Response:
+        """PGRST202 404 with PostgREST's message/details; hint approximates its fuzzy match (Error.hs ``NoRpc``).
+
+        ``names`` are the function names of the schema (only read when ``candidates`` is empty).
+        """
         func = f"{self.schema}.{fn}"
         listed = ", ".join(keys)
         message = f"Could not find the function {func}" + (f"({listed})" if keys else " without parameters")
@@ -443,59 +453,133 @@ class PostgrestEmulator:
             best = difflib.get_close_matches("(" + listed + ")", lists, n=1, cutoff=0.5)
             hint = f"Perhaps you meant to call the function {func}{best[0]}" if best else None
         else:
-            with self.conn.cursor() as cur:
-                cur.execute("SELECT DISTINCT p.proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-                            "WHERE n.nspname = %s AND p.prokind = 'f'", (self.schema,), prepare=False)
-                names = [r[0] for r in cur.fetchall()]
             best = difflib.get_close_matches(fn, names, n=1, cutoff=0.5)
             hint = f"Perhaps you meant to call the function {self.schema}.{best[0]}" if best else None
         return _error(404, "PGRST202", message + " in the schema cache", details, hint)
 
+    def _plan(self, found: tuple[Routine, bool], fn: str, args: Mapping[str, Any], method: str, role: str,
+              jwt_claims: Mapping[str, Any], with_token: bool, headers: Mapping[str, str] | None,
+              cookies: Mapping[str, str] | None) -> RequestPlan:
+        """The statements of one request (contract §1.1, §1.3)."""
+        routine, single_param = found
+        req_headers, req_cookies = _request_headers(headers, cookies, with_token=with_token)
+        begin = _begin_statement(routine, read_only=method != "POST" or routine.volatility in ("s", "i"))
+        set_locals = (_locals_text(_hoisted_count(routine)),
+                      self._locals_values(routine, role, jwt_claims, method, fn, req_headers, req_cookies))
+        hook = _hook_text(self.pre_request) if self.pre_request else None
+        main = (_main_query_text(routine, _given_names(routine, args, single_param), method, single_param),
+                _main_params(routine, args, method, single_param))
+        return RequestPlan(routine, method, begin, set_locals, hook, main,
+                           is_anonymous=role == self.anon_role)
+
     def _locals_statement(self, routine: Routine, role: str, claims: Mapping[str, Any], method: str, fn: str,
                           headers: Mapping[str, str], cookies: Mapping[str, str]) -> tuple[sql.Composed, list[str]]:
         """The single ``set_config(..., true)`` statement, in ``setPgLocals`` order (contract §1.1 step 2)."""
-        ph = sql.Placeholder()
-        constant = [
-            ("search_path", ", ".join(_escape_ident(s) for s in (self.schema, *self.extra_search_path))),
-            ("role", role),
-            ("request.jwt.claims", _json(claims)),
-            ("request.method", method),
-            ("request.path", f"/rpc/{fn}"),
-            ("request.headers", _json(headers)),
-            ("request.cookies", _json(cookies)),
-        ]
-        calls = [sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), ph) for name, _ in constant]
-        params = [value for _, value in constant]
+        return _locals_sql(_hoisted_count(routine)), self._locals_values(routine, role, claims, method, fn,
+                                                                          headers, cookies)
+
+    def _locals_values(self, routine: Routine, role: str, claims: Mapping[str, Any], method: str, fn: str,
+                       headers: Mapping[str, str], cookies: Mapping[str, str]) -> list[str]:
+        """Bind values of :meth:`_locals_statement`, in its order."""
+        values = [", ".join(_escape_ident(s) for s in (self.schema, *self.extra_search_path)), role, _json(claims),
+                  method, f"/rpc/{fn}", _json(headers), _json(cookies)]
         for name, value in routine.settings:  # hoisted function settings (db-hoisted-tx-settings)
             if name in HOISTED_TX_SETTINGS:
-                calls.append(sql.SQL("set_config({}, {}, true)").format(ph, ph))
-                params += [name, value]
-        return sql.SQL("select {}").format(sql.SQL(", ").join(calls)), params
+                values += [name, value]
+        return values
 
-    def _transaction(self, begin: str, set_locals: tuple[sql.Composed, list[Any]],
-                     main: tuple[sql.Composed, list[Any]]) -> tuple[Any, ...]:
+
+class PostgrestEmulator(_EmulatorCore):
+    """One PostgREST instance using one pooled connection (``db-prepared-statements = false``).
+
+    ``conn`` must be logged in as the authenticator role with ``autocommit=True``. ``schema`` is the
+    exposed schema (first of ``db-schemas``), ``extra_search_path`` is ``db-extra-search-path``,
+    ``anon_role`` is ``db-anon-role`` and ``pre_request`` is ``db-pre-request`` (``"schema.fn"``).
+    Requests on one instance are serialised by a lock; use one instance per thread for concurrency.
+    """
+
+    def __init__(self, conn: psycopg.Connection, *, schema: str = "api", extra_search_path: tuple[str, ...] = ("public",),
+                 anon_role: str | None = "anon", pre_request: str | None = None,
+                 schema_cache: dict[tuple[str, str], tuple[Routine, ...]] | None = None) -> None:
+        if not conn.autocommit:
+            raise ValueError("PostgrestEmulator needs an autocommit connection (it sends BEGIN/COMMIT itself)")
+        super().__init__(schema=schema, extra_search_path=extra_search_path, anon_role=anon_role,
+                         pre_request=pre_request, schema_cache=schema_cache)
+        self.conn = conn
+        self._lock = threading.Lock()
+
+    # -- schema cache ------------------------------------------------------------------------
+    def routines(self, fn: str) -> tuple[Routine, ...]:
+        """All overloads of ``schema.fn`` PostgREST could call (``prokind='f'``, callable; §1.2).
+
+        Cached per (schema, fn) until :meth:`reload_schema_cache`. A miss is not cached, so a
+        function created later is found without a reload (a real PostgREST would need one).
+        """
+        key = (self.schema, fn)
+        if key not in self._cache:
+            with self.conn.cursor() as cur:
+                cur.execute(_ROUTINES_SQL, {"schema": self.schema, "name": fn}, prepare=False)
+                return self._remember(fn, cur.fetchall())
+        return self._cache[key]
+
+    # -- requests ----------------------------------------------------------------------------
+    def rpc(self, fn: str, body: Mapping[str, Any] | None = None, *, claims: Mapping[str, Any] | None = None,
+            method: str = "POST", headers: Mapping[str, str] | None = None,
+            cookies: Mapping[str, str] | None = None) -> Response:
+        """Emulate ``<method> /rpc/<fn>``.
+
+        POST: ``body`` is the JSON object body (``None`` = empty body = ``{}``). GET/HEAD: ``body`` holds the
+        query-string arguments; values are sent as text (lists as array literals ``{a,b}``).
+        ``claims`` is the verified JWT payload (``None`` = no ``Authorization`` header = anonymous).
+        """
+        method = method.upper()
+        auth = self._authenticate(method, claims)
+        if isinstance(auth, Response):
+            return auth
+        role, jwt_claims = auth
+        args = dict(body or {})
+        with self._lock:
+            return self._call(fn, args, method, role, jwt_claims, claims is not None, headers, cookies)
+
+    # -- internals -------------------------------------------------------------------------
+    def _call(self, fn: str, args: dict[str, Any], method: str, role: str, jwt_claims: Mapping[str, Any],
+              with_token: bool, headers: Mapping[str, str] | None, cookies: Mapping[str, str] | None) -> Response:
+        # Overload resolution from the argument keys, before the database (§1.2).
+        found = self._find_routine(fn, set(args), is_post=method == "POST")
+        if isinstance(found, Response):
+            return found
+        plan = self._plan(found, fn, args, method, role, jwt_claims, with_token, headers, cookies)
+        try:
+            row = self._transaction(plan)
+        except psycopg.Error as exc:
+            return plan.error(exc)
+        return plan.response(row)
+
+    def _find_routine(self, fn: str, keys: set[str], *, is_post: bool) -> tuple[Routine, bool] | Response:
+        """Overload resolution (see ``_EmulatorCore._resolve``): a routine or a PGRST202/PGRST203 response."""
+        resolved = self._resolve(fn, keys, self.routines(fn), is_post=is_post)
+        if resolved is not None:
+            return resolved
+        with self.conn.cursor() as cur:
+            cur.execute(_FUNCTION_NAMES_SQL, (self.schema,), prepare=False)
+            names = [r[0] for r in cur.fetchall()]
+        return self._no_rpc_error(fn, sorted(keys), (), is_post, names)
+
+    def _transaction(self, plan: RequestPlan) -> tuple[Any, ...]:
         """Run BEGIN, the statements, the pre-request hook and COMMIT; retry 40001/40P01 like hasql (§1.1)."""
-        hook = None
-        if self.pre_request:
-            schema, _, name = self.pre_request.rpartition(".")
-            ident = sql.Identifier(schema, name) if schema else sql.Identifier(name)
-            hook = sql.SQL("select {}()").format(ident)
         for attempt in itertools.count():
             try:
                 with self.conn.cursor() as cur:
                     cur.adapters.register_loader("json", TextLoader)  # keep the body as PostgreSQL's text
-                    cur.execute(begin, prepare=False)
-                    cur.execute(*set_locals, prepare=False)
-                    if hook is not None:
-                        cur.execute(hook, prepare=False)
-                    cur.execute(*main, prepare=False)
+                    for query, params in plan.statements():
+                        cur.execute(query, params, prepare=False)
                     row = cur.fetchone()
                     cur.execute("COMMIT", prepare=False)
                 assert row is not None
                 return row
             except psycopg.Error as exc:
                 self._abort()
-                if exc.sqlstate in _RETRIED_SQLSTATES and attempt < MAX_TX_RETRIES:
+                if _should_retry(exc, attempt):
                     continue
                 raise
         raise AssertionError("unreachable")
@@ -509,10 +593,102 @@ class PostgrestEmulator:
             pass
 
 
+class AsyncPostgrestEmulator(_EmulatorCore):
+    """:class:`PostgrestEmulator` on a ``psycopg.AsyncConnection``: the same statements and answers.
+
+    For load tools that keep thousands of client connections busy from one event loop. Requests on
+    one instance are serialised by an ``asyncio.Lock``; use one instance per concurrent client.
+    """
+
+    def __init__(self, conn: psycopg.AsyncConnection, *, schema: str = "api",
+                 extra_search_path: tuple[str, ...] = ("public",), anon_role: str | None = "anon",
+                 pre_request: str | None = None,
+                 schema_cache: dict[tuple[str, str], tuple[Routine, ...]] | None = None) -> None:
+        if not conn.autocommit:
+            raise ValueError("AsyncPostgrestEmulator needs an autocommit connection (it sends BEGIN/COMMIT itself)")
+        super().__init__(schema=schema, extra_search_path=extra_search_path, anon_role=anon_role,
+                         pre_request=pre_request, schema_cache=schema_cache)
+        self.conn = conn
+        self._lock = asyncio.Lock()
+
+    async def routines(self, fn: str) -> tuple[Routine, ...]:
+        """As :meth:`PostgrestEmulator.routines`."""
+        key = (self.schema, fn)
+        if key not in self._cache:
+            async with self.conn.cursor() as cur:
+                await cur.execute(_ROUTINES_SQL, {"schema": self.schema, "name": fn}, prepare=False)
+                return self._remember(fn, await cur.fetchall())
+        return self._cache[key]
+
+    async def rpc(self, fn: str, body: Mapping[str, Any] | None = None, *, claims: Mapping[str, Any] | None = None,
+                  method: str = "POST", headers: Mapping[str, str] | None = None,
+                  cookies: Mapping[str, str] | None = None) -> Response:
+        """As :meth:`PostgrestEmulator.rpc`. A lost connection answers 503 PGRST001, as PostgREST does."""
+        method = method.upper()
+        auth = self._authenticate(method, claims)
+        if isinstance(auth, Response):
+            return auth
+        role, jwt_claims = auth
+        args = dict(body or {})
+        async with self._lock:
+            found = await self._find_routine(fn, set(args), is_post=method == "POST")
+            if isinstance(found, Response):
+                return found
+            plan = self._plan(found, fn, args, method, role, jwt_claims, claims is not None, headers, cookies)
+            try:
+                row = await self._transaction(plan)
+            except psycopg.Error as exc:
+                return plan.error(exc)
+            return plan.response(row)
+
+    async def _find_routine(self, fn: str, keys: set[str], *, is_post: bool) -> tuple[Routine, bool] | Response:
+        resolved = self._resolve(fn, keys, await self.routines(fn), is_post=is_post)
+        if resolved is not None:
+            return resolved
+        async with self.conn.cursor() as cur:
+            await cur.execute(_FUNCTION_NAMES_SQL, (self.schema,), prepare=False)
+            names = [r[0] for r in await cur.fetchall()]
+        return self._no_rpc_error(fn, sorted(keys), (), is_post, names)
+
+    async def _transaction(self, plan: RequestPlan) -> tuple[Any, ...]:
+        """As :meth:`PostgrestEmulator._transaction`."""
+        for attempt in itertools.count():
+            try:
+                async with self.conn.cursor() as cur:
+                    cur.adapters.register_loader("json", TextLoader)
+                    for query, params in plan.statements():
+                        await cur.execute(query, params, prepare=False)
+                    row = await cur.fetchone()
+                    await cur.execute("COMMIT", prepare=False)
+                assert row is not None
+                return row
+            except psycopg.Error as exc:
+                await self._abort()
+                if _should_retry(exc, attempt):
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    async def _abort(self) -> None:
+        if self.conn.closed or self.conn.info.transaction_status == TransactionStatus.IDLE:
+            return
+        try:
+            await self.conn.execute("ABORT", prepare=False)
+        except psycopg.Error:
+            pass
+
+
 def connect_emulator(url: str, **kw: Any) -> PostgrestEmulator:
     """Open an autocommit connection to ``url`` (log in as the authenticator) and wrap it."""
     return PostgrestEmulator(psycopg.connect(url, autocommit=True), **kw)
 
+
+async def connect_async_emulator(url: str, *, connect_timeout: float | None = None,
+                                 **kw: Any) -> AsyncPostgrestEmulator:
+    """Open an autocommit ``AsyncConnection`` to ``url`` (as the authenticator) and wrap it."""
+    extra: dict[str, Any] = {} if connect_timeout is None else {"connect_timeout": max(1, int(connect_timeout))}
+    conn = await psycopg.AsyncConnection.connect(url, autocommit=True, prepare_threshold=None, **extra)
+    return AsyncPostgrestEmulator(conn, **kw)
 
 # --------------------------------------------------------------------------------------------
 # Statement building (contract §1.1 step 1 and §1.3)
@@ -536,6 +712,21 @@ def _keys_match(params: tuple[RoutineParam, ...], keys: set[str]) -> bool:
     return keys - optional == required
 
 
+def _hoisted_count(routine: Routine) -> int:
+    return sum(1 for name, _ in routine.settings if name in HOISTED_TX_SETTINGS)
+
+
+@functools.lru_cache(maxsize=16)
+def _locals_sql(hoisted: int) -> sql.Composed:
+    """``select set_config('search_path', $1, true), ... set_config('request.cookies', $7, true)`` + hoisted pairs."""
+    ph = sql.Placeholder()
+    names = ("search_path", "role", "request.jwt.claims", "request.method", "request.path", "request.headers",
+             "request.cookies")
+    calls = [sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), ph) for name in names]
+    calls += [sql.SQL("set_config({}, {}, true)").format(ph, ph)] * hoisted
+    return sql.SQL("select {}").format(sql.SQL(", ").join(calls))
+
+
 def _begin_statement(routine: Routine, *, read_only: bool) -> str:
     """``BEGIN ISOLATION LEVEL <lvl> <mode>`` (contract §1.1 step 1; role-level isolation not emulated)."""
     level = _ISOLATION.get(routine.isolation_level or "", "READ COMMITTED")
@@ -544,11 +735,39 @@ def _begin_statement(routine: Routine, *, read_only: bool) -> str:
 
 def _main_query(routine: Routine, args: Mapping[str, Any], method: str,
                 single_param: bool) -> tuple[sql.Composed, list[Any]]:
-    """``callPlanToQuery`` wrapped by ``prepareCall`` (contract §1.3), returning SQL and bind values."""
+    """``callPlanToQuery`` wrapped by ``prepareCall`` (contract §1.3), returning SQL and bind values.
+
+    The SQL depends only on the routine, the argument keys present and the method (it is built
+    once per such combination, :func:`_main_query_sql`); the bind values carry the request.
+    """
+    return _main_query_sql(routine, _given_names(routine, args, single_param), method, single_param), \
+        _main_params(routine, args, method, single_param)
+
+
+def _given_names(routine: Routine, args: Mapping[str, Any], single_param: bool) -> tuple[str, ...]:
+    """Parameters present in the request, in declared order (absent ones take their defaults)."""
+    return () if single_param else tuple(p.name for p in routine.params if p.name in args)
+
+
+def _main_params(routine: Routine, args: Mapping[str, Any], method: str, single_param: bool) -> list[Any]:
+    """Bind values of the main query: the JSON body once (POST, single param), else one text per argument."""
+    if single_param:
+        return [_json(args)]
+    given = [p for p in routine.params if p.name in args]
+    if not given:
+        return []
+    if method == "POST":
+        return [_json(args)]
+    return [[_query_text(v) for v in args[p.name]] if p.variadic and isinstance(args[p.name], (list, tuple))
+            else _query_text(args[p.name]) for p in given]
+
+
+@functools.lru_cache(maxsize=1024)
+def _main_query_sql(routine: Routine, names: tuple[str, ...], method: str, single_param: bool) -> sql.Composed:
+    """The main query's SQL for these present parameters (``names``, declared order); see :func:`_main_query`."""
     fn = sql.Identifier(routine.schema, routine.name)
     scalar = not routine.returns_composite
     ph = sql.Placeholder()
-    params: list[Any] = []
 
     def call(arguments: sql.Composable) -> sql.Composed:
         if scalar:
@@ -556,15 +775,13 @@ def _main_query(routine: Routine, args: Mapping[str, Any], method: str,
         return sql.SQL("{}({}) pgrst_call").format(fn, arguments)
 
     if single_param:  # one unnamed json/jsonb parameter receives the raw body
-        params.append(_json(args))
         source = sql.SQL("FROM {}").format(call(sql.SQL("{}::{}").format(ph, sql.SQL(routine.params[0].cast_type))))
     else:
-        given = [p for p in routine.params if p.name in args]  # declared order, only keys present
+        given = [p for p in routine.params if p.name in names]  # declared order, only keys present
         if not given:
             source = sql.SQL("FROM {}").format(call(sql.SQL("")))
         elif method == "POST":
-            params.append(_json(args))
-            names = sql.SQL(", ").join(sql.Identifier(p.name) for p in given)
+            idents = sql.SQL(", ").join(sql.Identifier(p.name) for p in given)
             typed = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(p.name), sql.SQL(p.cast_type))
                                        for p in given)
             named = sql.SQL(", ").join(
@@ -574,15 +791,11 @@ def _main_query(routine: Routine, args: Mapping[str, Any], method: str,
             source = sql.SQL(
                 "FROM (SELECT {}::json AS json_data) pgrst_payload, "
                 "LATERAL (SELECT {} FROM json_to_record(pgrst_payload.json_data) AS _({}) LIMIT 1) pgrst_body , "
-                "LATERAL {}").format(ph, names, typed, call(named))
+                "LATERAL {}").format(ph, idents, typed, call(named))
         else:  # GET/HEAD, v13: "p" := $n::<type>
-            parts = []
-            for p in given:
-                value = args[p.name]
-                params.append([_query_text(v) for v in value] if p.variadic and isinstance(value, (list, tuple))
-                              else _query_text(value))
-                parts.append(sql.SQL("{}{} := {}::{}").format(sql.SQL("VARIADIC " if p.variadic else ""),
-                                                             sql.Identifier(p.name), ph, sql.SQL(p.cast_type)))
+            parts = [sql.SQL("{}{} := {}::{}").format(sql.SQL("VARIADIC " if p.variadic else ""),
+                                                      sql.Identifier(p.name), ph, sql.SQL(p.cast_type))
+                     for p in given]
             source = sql.SQL("FROM {}").format(call(sql.SQL(", ").join(parts)))
 
     selected = sql.SQL("pgrst_call.pgrst_scalar" if scalar else '"pgrst_call".*')
@@ -592,7 +805,7 @@ def _main_query(routine: Routine, args: Mapping[str, Any], method: str,
     else:
         agg = "coalesce(json_agg(_postgrest_t.pgrst_scalar), '[]')" if scalar \
             else "coalesce(json_agg(_postgrest_t), '[]')"
-    query = sql.SQL(
+    return sql.SQL(
         "WITH pgrst_source AS (SELECT {selected} {source}) "
         "SELECT null::bigint AS total_result_set, {page_total} AS page_total, {agg} AS body, "
         "nullif(current_setting('response.headers', true), '') AS response_headers, "
@@ -602,7 +815,25 @@ def _main_query(routine: Routine, args: Mapping[str, Any], method: str,
     ).format(selected=selected, source=source,
              page_total=sql.SQL("pg_catalog.count(_postgrest_t)" if routine.returns_setof else "1"),
              agg=sql.SQL(agg), alias=sql.Identifier(routine.name))
-    return query, params
+
+
+@functools.lru_cache(maxsize=1024)
+def _main_query_text(routine: Routine, names: tuple[str, ...], method: str, single_param: bool) -> str:
+    """:func:`_main_query_sql` rendered once (psycopg then caches its own ``%s`` → ``$n`` conversion)."""
+    return _main_query_sql(routine, names, method, single_param).as_string(None)
+
+
+@functools.lru_cache(maxsize=16)
+def _locals_text(hoisted: int) -> str:
+    return _locals_sql(hoisted).as_string(None)
+
+
+@functools.lru_cache(maxsize=16)
+def _hook_text(pre_request: str) -> str:
+    """``select "schema"."fn"()`` for ``db-pre-request`` (contract §4)."""
+    schema, _, name = pre_request.rpartition(".")
+    ident = sql.Identifier(schema, name) if schema else sql.Identifier(name)
+    return sql.SQL("select {}()").format(ident).as_string(None)
 
 
 def _success(routine: Routine, method: str, row: tuple[Any, ...]) -> Response:

@@ -1,0 +1,74 @@
+"""The ``pgvote loadtest`` command line: options, defaults from the local stack, output files."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from pgvote.loadtest import LoadtestConfig, run_loadtest
+from pgvote.loadtest.chart import write_chart
+from pgvote.loadtest.report import print_report, write_json
+
+DEFAULT_CLIENTS = 2_000
+DEFAULT_BULK_CLIENTS = 4  # concurrent batches: more only queue on 2 cores
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--voters", type=int, default=50_000, help="distinct voters, one ballot each (default 50,000)")
+    p.add_argument("--clients", type=int, default=None,
+                   help=f"concurrent client connections (default {DEFAULT_CLIENTS:,}; bulk: {DEFAULT_BULK_CLIENTS})")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2,
+                   help="client processes sharing the connections (default: one per core)")
+    p.add_argument("--bulk", action="store_true", help="ingest through api.cast_votes as role ingest")
+    p.add_argument("--batch", type=int, default=500, help="ballots per cast_votes call (default 500)")
+    p.add_argument("--http", metavar="URL",
+                   help="vote through a real PostgREST: POST URL/rpc/cast_vote (the poll is created and verified "
+                        "through --database-url/--admin-url, the database behind it; not exercised on these "
+                        "machines: no postgrest binary)")
+    p.add_argument("--ramp", action="store_true", help="the guide's k6 stages, scaled: peak users = --clients")
+    p.add_argument("--ramp-time-scale", type=float, default=0.25,
+                   help="stage durations x this (default 0.25: 210 s of stages become 52 s)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the bare-insert reference burst")
+    p.add_argument("--baseline-voters", type=int, help="voters of the bare-insert burst (default: --voters)")
+    p.add_argument("--with-bulk", action="store_true",
+                   help="after the burst, ingest as many ballots through the bulk path (one report)")
+    p.add_argument("--call-timeout", type=float, default=30.0,
+                   help="client bound of one call, then the identical ballot is re-cast (default 30 s)")
+    p.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    p.add_argument("--chart", metavar="FILE.png", help="write throughput and latency over time (PNG)")
+    p.add_argument("--database-url", help="authenticator through PgBouncer (default: the local stack's)")
+    p.add_argument("--admin-url", help="superuser, direct, for setup and verification (default: the local stack's)")
+    p.add_argument("--bouncer-admin-url", help="PgBouncer admin console (default: the local stack's)")
+    p.add_argument("--quiet", action="store_true", help="no live progress")
+
+
+def config_from_args(args: argparse.Namespace, stack: Any | None) -> LoadtestConfig:
+    urls = {"database_url": args.database_url or (stack.api_url if stack else None),
+            "admin_url": args.admin_url or (stack.admin_url if stack else None),
+            "bouncer_admin_url": args.bouncer_admin_url or (stack.bouncer_admin_url if stack else None)}
+    if not urls["database_url"] or not urls["admin_url"]:
+        raise ValueError("give --database-url and --admin-url, or start the local stack (`pgvote up`)")
+    clients = args.clients if args.clients is not None else (DEFAULT_BULK_CLIENTS if args.bulk else DEFAULT_CLIENTS)
+    return LoadtestConfig(database_url=urls["database_url"], admin_url=urls["admin_url"],
+                          bouncer_admin_url=urls["bouncer_admin_url"], voters=args.voters, clients=clients,
+                          workers=max(1, args.workers), bulk=args.bulk, batch=args.batch, http_url=args.http,
+                          ramp=args.ramp, ramp_time_scale=args.ramp_time_scale, baseline=not args.no_baseline,
+                          baseline_voters=args.baseline_voters, with_bulk=args.with_bulk,
+                          call_timeout=args.call_timeout)
+
+
+def run(args: argparse.Namespace, stack: Any | None, console: Console) -> int:
+    """Run, print the report, write the files; exit code 0 when every exactly-once check holds."""
+    cfg = config_from_args(args, stack)
+    report = run_loadtest(cfg, console, quiet=args.quiet)
+    print_report(report, console)
+    if args.json:
+        write_json(report, Path(args.json))
+        console.print(f"report written to {args.json}")
+    if args.chart:
+        write_chart(report, Path(args.chart))
+        console.print(f"chart written to {args.chart}")
+    return 0 if all(s["verification"]["exactly_once"] for s in report["scenarios"]) else 1

@@ -1,0 +1,212 @@
+"""Server memory as PSS (proportional set size) from ``/proc/<pid>/smaps_rollup``.
+
+PSS divides each shared page among the processes mapping it, so summing PSS over the postmaster
+and all its children counts ``shared_buffers`` once, not once per backend (RSS would). ``Pss_Shmem``
+is the shared-memory part (shared_buffers, WAL buffers, lock tables): PSS minus it is the memory
+the servers use beyond their shared memory. The servers run as the postgres user; root can read
+their ``smaps_rollup``. Processes are found by the TCP port they listen on.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    t: float  # time.monotonic()
+    postgres_pss: int  # bytes, postmaster + every child
+    postgres_shmem_pss: int  # bytes, the shared-memory part of it
+    postgres_processes: int
+    bouncer_pss: int  # bytes, every pgbouncer process listening on the port
+
+    @property
+    def total(self) -> int:
+        return self.postgres_pss + self.bouncer_pss
+
+    @property
+    def beyond_shared(self) -> int:
+        return self.total - self.postgres_shmem_pss
+
+
+def listening_pids(port: int) -> list[int]:
+    """Pids of the processes holding a TCP socket that listens on ``port`` (IPv4 or IPv6)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(cols[9])
+    if not inodes:
+        return []
+    wanted = {f"socket:[{i}]" for i in inodes}
+    pids: list[int] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            for fd in os.scandir(f"/proc/{entry.name}/fd"):
+                if os.readlink(fd.path) in wanted:
+                    pids.append(int(entry.name))
+                    break
+        except OSError:
+            continue
+    return sorted(pids)
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (PostgreSQL backends are children of the postmaster)."""
+    out: list[int] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(entry.name))
+    return out
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """utime + stime of a process, in clock ticks (None when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[11]) + int(fields[12])
+
+
+def pss(pid: int) -> tuple[int, int]:
+    """(Pss, Pss_Shmem) of one process in bytes; (0, 0) when it is gone."""
+    total = shmem = 0
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                total = int(line.split()[1]) * 1024
+            elif line.startswith("Pss_Shmem:"):
+                shmem = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return 0, 0
+    return total, shmem
+
+
+@dataclass
+class MemorySampler:
+    """Samples every ``interval`` seconds in a thread, between ``start()`` and ``stop()``.
+
+    With ``bouncer_admin_url`` it also reads PgBouncer's ``SHOW POOLS`` each tick and keeps the peaks
+    (clients connected and waiting for a server connection, server connections in use, longest wait).
+    """
+
+    postmaster_pid: int | None
+    bouncer_pids: list[int]
+    interval: float = 0.25
+    bouncer_admin_url: str | None = None
+    samples: list[MemorySample] = field(default_factory=list)
+    pool_peaks: dict[str, int] = field(default_factory=dict)
+    cpu_ticks: dict[int, tuple[str, int, int]] = field(default_factory=dict)  # pid -> (server, first, last)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    @classmethod
+    def for_ports(cls, pg_port: int | None, bouncer_port: int | None, interval: float = 0.25,
+                  bouncer_admin_url: str | None = None) -> MemorySampler:
+        """Find the servers by their listening ports (only the postmaster listens; backends do not)."""
+        pg = listening_pids(pg_port) if pg_port else []
+        return cls(pg[0] if pg else None, listening_pids(bouncer_port) if bouncer_port else [], interval,
+                   bouncer_admin_url)
+
+    @property
+    def available(self) -> bool:
+        return self.postmaster_pid is not None and os.access(f"/proc/{self.postmaster_pid}/smaps_rollup", os.R_OK)
+
+    def sample(self) -> MemorySample:
+        pg_total = pg_shmem = count = 0
+        if self.postmaster_pid is not None:
+            for pid in [self.postmaster_pid, *children(self.postmaster_pid)]:
+                total, shmem = pss(pid)
+                if total:
+                    pg_total, pg_shmem, count = pg_total + total, pg_shmem + shmem, count + 1
+                    self._cpu(pid, "postgres")
+        bouncer = 0
+        for pid in self.bouncer_pids:
+            bouncer += pss(pid)[0]
+            self._cpu(pid, "pgbouncer")
+        return MemorySample(time.monotonic(), pg_total, pg_shmem, count, bouncer)
+
+    def _cpu(self, pid: int, server: str) -> None:
+        ticks = cpu_ticks(pid)
+        if ticks is not None:
+            first = self.cpu_ticks[pid][1] if pid in self.cpu_ticks else ticks
+            self.cpu_ticks[pid] = (server, first, ticks)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) each server used between the first and the last sample."""
+        hz = os.sysconf("SC_CLK_TCK")
+        out: dict[str, float] = {}
+        for server, first, last in self.cpu_ticks.values():
+            out[server] = out.get(server, 0.0) + (last - first) / hz
+        return {k: round(v, 2) for k, v in out.items()}
+
+    def start(self) -> None:
+        if not self.available and not self.bouncer_admin_url:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="pss-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _loop(self) -> None:
+        admin = None
+        if self.bouncer_admin_url:
+            try:
+                admin = psycopg.connect(self.bouncer_admin_url, autocommit=True, connect_timeout=5)
+            except psycopg.Error:
+                admin = None
+        try:
+            while not self._stop.is_set():
+                if self.available:
+                    self.samples.append(self.sample())
+                if admin is not None:
+                    self._sample_pools(admin)
+                self._stop.wait(self.interval)
+        finally:
+            if admin is not None:
+                admin.close()
+
+    def _sample_pools(self, admin: psycopg.Connection) -> None:
+        try:
+            cur = admin.execute("SHOW POOLS")
+            names = [d.name for d in cur.description or []]
+            rows = [dict(zip(names, row)) for row in cur.fetchall()]
+        except psycopg.Error:
+            return
+        totals = {"cl_active": 0, "cl_waiting": 0, "sv_active": 0, "maxwait": 0}
+        for row in rows:
+            if row.get("database") == "pgbouncer":
+                continue
+            for key, total in totals.items():
+                value = int(row.get(key) or 0)
+                totals[key] = max(total, value) if key == "maxwait" else total + value
+        totals["clients"] = totals["cl_active"] + totals["cl_waiting"]
+        for key, value in totals.items():
+            self.pool_peaks[key] = max(self.pool_peaks.get(key, 0), value)
+
+    def peak(self) -> MemorySample | None:
+        return max(self.samples, key=lambda s: s.total) if self.samples else None

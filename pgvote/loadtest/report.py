@@ -1,0 +1,171 @@
+"""The end-of-run report: a table per scenario, pass/fail against the targets, JSON."""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from rich.console import Console
+from rich.table import Table
+
+from pgvote.loadtest.config import LoadtestConfig, Targets
+
+
+def checks(report: dict[str, Any], targets: Targets) -> list[dict[str, Any]]:
+    """Every target with the measured value and pass/fail (``source``: the guide's, ours, or issue 4's)."""
+    out: list[dict[str, Any]] = []
+
+    def add(source: str, target: str, value: Any, ok: bool | None) -> None:
+        out.append({"source": source, "target": target, "value": value, "pass": ok})
+
+    by_path = {s["path"]: s for s in report["scenarios"]}
+    single = by_path.get("db") or by_path.get("http")
+    if single:
+        f, v, mem = single["figures"], single["verification"], single["memory"]
+        add("guide", "success >= 95% under spike (the burst)", f"{f['success_rate']:.2%}",
+            f["success_rate"] >= targets.spike_success)
+        add("guide", "p95 < 500 ms", f"{f['request_latency']['p95_ms']:,.0f} ms",
+            f["request_latency"]["p95_ms"] < targets.p95_ms)
+        add("guide", "50,000 votes/s (single-vote path)", f"{f['votes_per_second']:,.0f}/s",
+            f["votes_per_second"] >= targets.votes_per_second)
+        if mem.get("available"):
+            add("guide", "memory 1-2 GB (PostgreSQL + PgBouncer PSS)", f"{mem['peak_total_mib']:,.0f} MiB",
+                mem["peak_total_mib"] * 1024 * 1024 <= targets.memory_bytes)
+            add("issue 4", "<= 1 GB beyond shared memory", f"{mem['peak_beyond_shared_mib']:,.0f} MiB",
+                mem["peak_beyond_shared_mib"] * 1024 * 1024 <= targets.memory_beyond_shared_bytes)
+        add("ours", "100% accepted, exactly once", f"{f['accepted']:,}/{single['voters']:,}, lost {v['lost']}, "
+            f"duplicated {v['duplicated']}", f["accepted"] == single["voters"] and v["exactly_once"])
+    bare = by_path.get("bare")
+    if single and bare and single["path"] == "db":
+        ratio = single["figures"]["votes_per_second"] / bare["figures"]["votes_per_second"]
+        report["drain_ratio"] = ratio
+        add("issue 4", "drain rate >= 0.8 x bare insert (same run)", f"{ratio:.2f}", ratio >= targets.drain_ratio)
+    ramp = by_path.get("ramp")
+    if ramp:
+        phases = ramp["phases"]
+        if "normal" in phases:
+            add("guide", "success >= 99% under normal load (ramp)", f"{phases['normal']['success_rate']:.2%}",
+                phases["normal"]["success_rate"] >= targets.normal_success)
+        if "spike" in phases:
+            add("guide", "success >= 95% under spike (ramp)", f"{phases['spike']['success_rate']:.2%}",
+                phases["spike"]["success_rate"] >= targets.spike_success)
+            add("guide", "p95 < 500 ms under spike (ramp)", f"{phases['spike']['p95_ms']:,.0f} ms",
+                phases["spike"]["p95_ms"] < targets.p95_ms)
+        v = ramp["verification"]
+        add("ours", "ramp: every acknowledged vote stored exactly once", f"lost {v['lost']}, dup {v['duplicated']}",
+            v["exactly_once"])
+    bulk = by_path.get("bulk")
+    if bulk:
+        v = bulk["verification"]
+        add("issue 4", f"bulk: {bulk['voters']:,} ballots in <= 1 s", f"{bulk['wall_seconds']:.2f} s",
+            bulk["wall_seconds"] <= targets.bulk_seconds)
+        add("ours", "bulk: 100% success", f"{bulk['success_rate']:.2%}", bulk["success_rate"] == 1.0)
+        add("ours", "bulk: lost 0, duplicated 0, exactly once", f"lost {v['lost']}, dup {v['duplicated']}",
+            v["exactly_once"])
+    return out
+
+
+def environment(cfg: LoadtestConfig) -> dict[str, Any]:
+    env: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(),
+                           "kernel": platform.release(), "cpus": _cpus(), "psycopg": psycopg.__version__}
+    try:
+        with psycopg.connect(cfg.admin_url, autocommit=True, connect_timeout=5) as conn:
+            env["postgresql"] = conn.execute("show server_version").fetchone()[0]  # type: ignore[index]
+            env["shared_buffers"] = conn.execute("show shared_buffers").fetchone()[0]  # type: ignore[index]
+    except psycopg.Error:
+        pass
+    if cfg.bouncer_admin_url:
+        try:
+            with psycopg.connect(cfg.bouncer_admin_url, autocommit=True, connect_timeout=5) as conn:
+                env["pgbouncer"] = conn.execute("SHOW VERSION").fetchone()[0]  # type: ignore[index]
+                cur = conn.execute("SHOW CONFIG")
+                names = [d.name for d in cur.description or []]
+                conf = {row[names.index("key")]: row[names.index("value")] for row in cur.fetchall()}
+                env["pgbouncer_config"] = {k: conf.get(k) for k in (
+                    "pool_mode", "default_pool_size", "max_db_connections", "reserve_pool_size",
+                    "max_client_conn", "query_wait_timeout")}
+        except psycopg.Error:
+            pass
+    return env
+
+
+def _cpus() -> int | str:
+    try:
+        return int(subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        return "?"
+
+
+def _ms(x: float) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.0f}"
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    for s in report["scenarios"]:
+        table = Table(title=f"{s['name']} — {s['voters']:,} voters, {s.get('clients', '-')} clients")
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        v = s["verification"]
+        if s["path"] == "bulk":
+            rows = [("accepted", f"{sum(n for k, n in s['answers'].items() if k != 'rejected'):,}"),
+                    ("answers", _counts(s["answers"])), ("rejected by code", _counts(s["rejected"]) or "0"),
+                    ("lost", str(v["lost"])), ("duplicated", str(v["duplicated"])),
+                    ("wall time", f"{s['wall_seconds']:.2f} s"), ("ballots/s", f"{s['ballots_per_second']:,.0f}"),
+                    ("batches x size, calls", f"{s['batches']} x {s['batch']}, {s['calls']} calls"),
+                    ("batch latency p50/p95/max", "/".join(_ms(s["batch_latency"][k])
+                                                           for k in ("p50_ms", "p95_ms", "max_ms")) + " ms"),
+                    ("errors (retried)", _counts(s["errors"]) or "0")]
+        else:
+            f = s["figures"]
+            lat, tta = f["request_latency"], f["time_to_ack"]
+            rows = [("accepted", f"{f['accepted']:,} of {f['voters']:,} ({f['answers'] and _counts(f['answers'])})"),
+                    ("rejected by status", _counts(f["rejected"]) or "0"), ("gave up", str(f["gave_up"])),
+                    ("lost", str(v["lost"])), ("duplicated", str(v["duplicated"])),
+                    ("drain time", f"{f['drain_seconds']:.2f} s"), ("votes/s", f"{f['votes_per_second']:,.0f}"),
+                    ("latency p50/p95/p99/max", "/".join(_ms(lat[k]) for k in ("p50_ms", "p95_ms", "p99_ms",
+                                                                              "max_ms")) + " ms"),
+                    ("time to ack since release p50/p95", f"{_ms(tta['p50_ms'])}/{_ms(tta['p95_ms'])} ms"),
+                    ("success rate (200 / requests)", f"{f['success_rate']:.2%} of {f['requests']:,}"),
+                    ("errors (retried)", _counts(f["retried_errors"]) or "0")]
+            for phase, pf in s.get("phases", {}).items():
+                rows.append((f"{phase} load: success, p95", f"{pf['success_rate']:.2%}, {_ms(pf['p95_ms'])} ms"))
+        mem = s["memory"]
+        if mem.get("available"):
+            rows.append(("peak PSS PostgreSQL + PgBouncer",
+                         (f"{mem['peak_total_mib']:,.0f} MiB ({mem['peak_postgres_pss_mib']:,.0f} + "
+                          f"{mem['peak_bouncer_pss_mib']:,.0f}; {mem['peak_beyond_shared_mib']:,.0f} beyond shm)")))
+        if s.get("pool"):
+            p = s["pool"]
+            rows.append(("PgBouncer peaks", (f"{p.get('clients', 0):,} clients, {p.get('cl_waiting', 0):,} waiting, "
+                                             f"{p.get('sv_active', 0)} servers, maxwait {p.get('maxwait', 0)} s")))
+        if s.get("cpu_seconds"):
+            rows.append(("CPU seconds used", ", ".join(f"{k} {v:.1f}" for k, v in s["cpu_seconds"].items())))
+        rows.append(("exactly once", "[green]yes[/]" if v["exactly_once"] else f"[red]NO[/] {v.get('problems')}"))
+        for name, value in rows:
+            table.add_row(name, value)
+        console.print(table)
+    env = report.get("environment", {})
+    if "load_average_before" in env:
+        console.print(f"machine: {env.get('cpus')} cores, PostgreSQL {env.get('postgresql', '?')}, "
+                      f"{env.get('pgbouncer', 'PgBouncer ?')}; 1-minute load average "
+                      f"{env['load_average_before'][0]:.1f} before, {env['load_average_after'][0]:.1f} after "
+                      "(other work on the machine shifts every figure: compare same-run ratios)")
+    if report.get("checks"):
+        t = Table(title="targets")
+        for col in ("source", "target", "measured", "result"):
+            t.add_column(col)
+        for c in report["checks"]:
+            t.add_row(c["source"], c["target"], str(c["value"]), "[green]pass[/]" if c["pass"] else "[red]FAIL[/]")
+        console.print(t)
+
+
+def _counts(d: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {n:,}" for k, n in sorted(d.items(), key=lambda kv: -kv[1]))
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(report, indent=2, default=str, allow_nan=True) + "\n")

@@ -1,0 +1,222 @@
+"""The scenarios of ``pgvote loadtest``: each creates its own poll, runs, and verifies what is stored.
+
+- ``single``: N distinct voters, one ``cast_vote`` each, from C connections released together;
+- ``bare``: the same burst against the bare-insert reference (``baseline.py``): the drain ratio;
+- ``ramp``: the guide's k6 stages, scaled (``config.scaled_stages``): success per phase;
+- ``bulk``: the same N ballots through ``api.cast_votes`` in batches.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+import uuid
+from collections import Counter
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+from rich.console import Console
+
+from pgvote.loadtest import baseline
+from pgvote.loadtest.ballots import BallotSpec, identity
+from pgvote.loadtest.bulk import acknowledged as bulk_acknowledged
+from pgvote.loadtest.bulk import run_bulk
+from pgvote.loadtest.callers import DbTarget
+from pgvote.loadtest.config import LoadtestConfig, Stage, scaled_stages
+from pgvote.loadtest.memory import MemorySample, MemorySampler
+from pgvote.loadtest.runner import ClientRun, run_workers
+from pgvote.loadtest.stats import figures, latency_summary, phase_figures, timeline
+from pgvote.loadtest.verify import verify_poll
+from pgvote.loadtest.worker import WorkerSpec
+from pgvote.paths import PROJECT_ROOT
+from pgvote.postgrest_emulation import connect_emulator
+
+OPTIONS = ("PostgreSQL", "PgBouncer", "PostgREST", "psycopg")
+MAX_CHOICES = 2
+
+
+def create_poll(database_url: str, tag: str) -> BallotSpec:
+    """A single-ballot poll (no revotes) open to anonymous voters, created through the API."""
+    api = connect_emulator(database_url)
+    try:
+        r = api.rpc("create_poll", {"question": f"Load test {tag}: which part do you trust most?",
+                                    "options": list(OPTIONS), "max_choices": MAX_CHOICES, "allow_revote": False},
+                    claims={"role": "authenticated", "sub": f"loadtest-creator-{tag}"})
+    finally:
+        api.conn.close()
+    if r.status != 200:
+        raise RuntimeError(f"create_poll answered {r.status}: {r.body}")
+    return BallotSpec(r.body["poll_id"], tuple(r.body["option_ids"]), tag, MAX_CHOICES)
+
+
+def pre_request_hook(admin_url: str) -> str | None:
+    """``db-pre-request`` of the project's api/postgrest.conf, when that function exists in the database:
+    PostgREST calls it in every request's transaction, so the load does too."""
+    conf = PROJECT_ROOT / "api" / "postgrest.conf"
+    match = re.search(r'^\s*db-pre-request\s*=\s*"([^"]+)"', conf.read_text(), re.MULTILINE) if conf.is_file() else None
+    if not match:
+        return None
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        row = conn.execute("select to_regprocedure(%s) is not null", (match[1] + "()",)).fetchone()
+    return match[1] if row and row[0] else None
+
+
+def new_tag() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+def sampler(cfg: LoadtestConfig) -> MemorySampler:
+    """PSS of the servers behind the URLs, when they run on this machine (found by listening port)."""
+    admin, api = urlsplit(cfg.admin_url), urlsplit(cfg.database_url)
+    local = {admin.hostname, api.hostname} <= {"127.0.0.1", "localhost", "::1"}
+    return MemorySampler.for_ports(admin.port or 5432 if local else None, api.port or 5432 if local else None,
+                                   cfg.sample_interval, cfg.bouncer_admin_url)
+
+
+def memory_figures(s: MemorySampler) -> dict[str, Any]:
+    peak: MemorySample | None = s.peak()
+    if peak is None:
+        return {"available": False}
+    mib = 1024 * 1024
+    return {"available": True, "samples": len(s.samples),
+            "peak_total_mib": round(peak.total / mib, 1),
+            "peak_postgres_pss_mib": round(peak.postgres_pss / mib, 1),
+            "peak_postgres_shmem_pss_mib": round(peak.postgres_shmem_pss / mib, 1),
+            "peak_beyond_shared_mib": round(max(x.beyond_shared for x in s.samples) / mib, 1),
+            "peak_bouncer_pss_mib": round(max(x.bouncer_pss for x in s.samples) / mib, 1),
+            "postgres_processes": max(x.postgres_processes for x in s.samples)}
+
+
+def _split(n: int, parts: int) -> list[int]:
+    return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
+
+
+def _specs(cfg: LoadtestConfig, ballots: BallotSpec, target: DbTarget | None,
+           stages: tuple[Stage, ...] = ()) -> list[WorkerSpec]:
+    workers = max(1, min(cfg.workers, cfg.clients))
+    return [WorkerSpec(w, ballots, clients, target=target, http_url=cfg.http_url,
+                       voters=() if stages else range(w, cfg.voters, workers), stages=stages,
+                       peak_clients=cfg.clients, call_timeout=cfg.call_timeout, max_attempts=cfg.max_attempts,
+                       run_timeout=cfg.run_timeout)
+            for w, clients in enumerate(_split(cfg.clients, workers))]
+
+
+def _client_result(name: str, path: str, cfg: LoadtestConfig, run: ClientRun, s: MemorySampler,
+                   extra: dict[str, Any]) -> dict[str, Any]:
+    f = figures(run.records, run.t0, run.errors)
+    return {"name": name, "path": path, "voters": cfg.voters if path != "ramp" else f.voters,
+            "clients": cfg.clients, "workers": max(1, min(cfg.workers, cfg.clients)),
+            "connected": run.connected, "connect_failure": run.connect_failure,
+            "figures": f.as_dict(), "memory": memory_figures(s), "pool": dict(s.pool_peaks),
+            "cpu_seconds": {"load generator": round(run.client_cpu_seconds, 2), **s.cpu_seconds()},
+            "timeline": timeline(run.records, run.t0), **extra}
+
+
+def run_single(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
+    """The burst through ``api.cast_vote`` (or a real PostgREST with ``http_url``), then verification."""
+    tag = new_tag()
+    ballots = create_poll(cfg.database_url, tag)
+    hook = None if cfg.http_url else pre_request_hook(cfg.admin_url)
+    target = None if cfg.http_url else DbTarget(cfg.database_url, pre_request=hook)
+    s = sampler(cfg)
+    s.start()
+    try:
+        run = run_workers(_specs(cfg, ballots, target), total=cfg.voters, console=console, quiet=quiet,
+                          label="cast_vote" + (" (HTTP)" if cfg.http_url else ""))
+    finally:
+        s.stop()
+    acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in run.records if r[1] == "ack"}
+    attempted = [identity(r[0]) for r in run.records]
+    check = verify_poll(cfg.admin_url, cfg.database_url, ballots.poll_id, acked, attempted)
+    return _client_result("single-vote burst", "http" if cfg.http_url else "db", cfg, run, s,
+                          {"poll_id": ballots.poll_id, "pre_request": hook, "verification": check.as_dict()})
+
+
+def run_bare(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
+    """The same burst against the bare-insert reference function (see ``baseline.py``)."""
+    tag = new_tag()
+    ballots = BallotSpec(str(uuid.uuid4()), tuple(str(uuid.uuid4()) for _ in OPTIONS), tag, MAX_CHOICES)
+    baseline.setup(cfg.admin_url)
+    try:
+        target = DbTarget(baseline.superuser_via_bouncer(cfg.database_url, cfg.admin_url), schema=baseline.SCHEMA,
+                          anon_role="postgres")
+        s = sampler(cfg)
+        s.start()
+        try:
+            run = run_workers(_specs(cfg, ballots, target), total=cfg.voters, label="bare insert",
+                              console=console, quiet=quiet)
+        finally:
+            s.stop()
+        acked = [r[0] for r in run.records if r[1] == "ack"]
+        stored, found = baseline.stored(cfg.admin_url, ballots.poll_id, acked)
+    finally:
+        baseline.teardown(cfg.admin_url)
+    check = {"accepted": len(acked), "stored": stored, "lost": len(acked) - found,
+             "duplicated": 0, "exactly_once": stored == found == len(acked)}  # the primary key forbids twins
+    return _client_result("bare-insert reference", "bare", cfg, run, s, {"verification": check})
+
+
+def run_ramp(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
+    """The guide's k6 stages scaled to ``clients`` peak users and ``ramp_time_scale``: sustained load."""
+    tag = new_tag()
+    ballots = create_poll(cfg.database_url, tag)
+    stages = scaled_stages(cfg.clients, cfg.ramp_time_scale)
+    target = None if cfg.http_url else DbTarget(cfg.database_url, pre_request=pre_request_hook(cfg.admin_url))
+    s = sampler(cfg)
+    s.start()
+    try:
+        run = run_workers(_specs(cfg, ballots, target, stages), total=None, label="ramp (k6 stages)",
+                          console=console, quiet=quiet)
+    finally:
+        s.stop()
+    acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in run.records if r[1] == "ack"}
+    check = verify_poll(cfg.admin_url, cfg.database_url, ballots.poll_id, acked, [identity(r[0]) for r in run.records])
+    return _client_result("ramp (guide's k6 stages, scaled)", "ramp", cfg, run, s, {
+        "poll_id": ballots.poll_id, "verification": check.as_dict(),
+        "stages": [{"seconds": st.seconds, "target": st.target, "phase": st.phase} for st in stages],
+        "phases": phase_figures(run.records, run.t0, stages)})
+
+
+def run_bulk_scenario(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
+    """N ballots through ``api.cast_votes`` in batches of ``batch`` from ``clients`` connections."""
+    tag = new_tag()
+    ballots = create_poll(cfg.database_url, tag)
+    s = sampler(cfg)
+    s.start()
+    try:
+        with console.status(f"bulk: {cfg.voters:,} ballots in batches of {cfg.batch}...") if not quiet \
+                else _Quiet():
+            run = asyncio.run(run_bulk(cfg.database_url, ballots, cfg.voters, cfg.batch, cfg.clients,
+                                       call_timeout=max(cfg.call_timeout, 60), max_attempts=cfg.max_attempts,
+                                       pre_request=pre_request_hook(cfg.admin_url)))
+    finally:
+        s.stop()
+    acked = bulk_acknowledged(ballots, run)
+    attempted = [("sub:" if n % 2 == 0 else "fp:") + ballots.fingerprint(n) for n in range(cfg.voters)]
+    check = verify_poll(cfg.admin_url, cfg.database_url, ballots.poll_id, acked, attempted)
+    wall = run.finished - run.t0
+    statuses = Counter(st for st, _ in run.outcomes.values())
+    rejected = Counter(code for st, code in run.outcomes.values() if st == "rejected")
+    return {"name": "bulk ingestion", "path": "bulk", "poll_id": ballots.poll_id, "voters": cfg.voters,
+            "batch": cfg.batch, "clients": min(cfg.clients, run.batches), "batches": run.batches,
+            "calls": run.calls, "wall_seconds": wall, "ballots_per_second": len(acked) / wall if wall else math.nan,
+            "answers": dict(statuses), "rejected": dict(rejected), "errors": dict(run.errors),
+            "batch_errors": run.batch_errors, "batch_latency": latency_summary(run.call_latency),
+            "success_rate": len(acked) / cfg.voters if cfg.voters else math.nan,
+            "memory": memory_figures(s), "pool": dict(s.pool_peaks), "cpu_seconds": s.cpu_seconds(),
+            "verification": check.as_dict()}
+
+
+class _Quiet:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def settle(seconds: float = 1.0) -> None:
+    """Let the servers finish the previous scenario's tail (autovacuum wakeups, closing clients)."""
+    time.sleep(seconds)
