@@ -59,13 +59,30 @@ begin
                i.item -> 'voter_fingerprint' as fingerprint
         from jsonb_array_elements(ballots) with ordinality as i(item, ord)
     ),
+    elements as (
+        -- Every listed option of every ballot, parsed once; options of non-arrays are none.
+        select input.ord, input.poll_id, e.value as element, internal.parse_uuid(e.value #>> '{}') as option_id
+        from input, jsonb_array_elements(input.options) as e
+    ),
+    chosen as (
+        -- One join of all listed options against the polls' options, aggregated per ballot
+        -- (an index probe per ballot would cost more than the whole join).
+        select el.ord, count(*) as n, count(distinct el.option_id) as n_distinct,
+               bool_and(jsonb_typeof(el.element) = 'string' and el.option_id is not null) as all_uuids,
+               count(o.option_id) as n_found,
+               array_agg(o.option_id order by o.position) filter (where o.option_id is not null) as ballot,
+               array_agg(o.position order by o.position) filter (where o.option_id is not null) as positions
+        from elements as el
+        left join voting.poll_options as o on o.poll_id = el.poll_id and o.option_id = el.option_id
+        group by el.ord
+    ),
     checked as (
         select input.ord, input.poll_id, input.voter_id, input.fingerprint, p as poll,
                chosen.ballot, chosen.positions,
                case
                    when jsonb_typeof(input.item) is distinct from 'object'
-                        or exists (select from jsonb_object_keys(input.item) as k
-                                   where k not in ('poll_id', 'option_ids', 'voter_id', 'voter_fingerprint', 'ballot_id'))
+                        or input.item - array['poll_id', 'option_ids', 'voter_id', 'voter_fingerprint', 'ballot_id']
+                           <> '{}'::jsonb
                         or input.poll_id is null
                         or (input.item ? 'ballot_id' and jsonb_typeof(input.item -> 'ballot_id') <> 'null'
                             and input.ballot_id is null)
@@ -87,43 +104,32 @@ begin
                              or char_length(input.fingerprint #>> '{}') not between 1 and 256
                              or (input.fingerprint #>> '{}') ~ '[[:cntrl:]]')
                        then 'invalid_fingerprint:Anonymous votes need a voter_fingerprint of 1-256 printable characters.'
-                   when coalesce(shape.n, 0) = 0
+                   when coalesce(chosen.n, 0) = 0
                        then 'invalid_ballot:Choose at least one option.'
-                   when not shape.all_uuids
+                   when not chosen.all_uuids
                        then 'invalid_ballot:option_ids must be a flat list of option ids without nulls.'
-                   when shape.n > p.max_choices
-                       then format('invalid_ballot:This poll allows at most %s choice(s) per ballot; got %s.', p.max_choices, shape.n)
-                   when shape.n_distinct <> shape.n
+                   when chosen.n > p.max_choices
+                       then format('invalid_ballot:This poll allows at most %s choice(s) per ballot; got %s.', p.max_choices, chosen.n)
+                   when chosen.n_distinct <> chosen.n
                        then 'invalid_ballot:Each option may appear only once in a ballot.'
-                   when coalesce(cardinality(chosen.ballot), 0) <> shape.n
+                   when chosen.n_found <> chosen.n
                        then 'invalid_ballot:At least one option_id is not an option of this poll.'
                end as problem,
                input.ballot_id
         from input
         left join voting.polls as p on p.poll_id = input.poll_id
-        left join lateral (
-            select count(*) as n,
-                   count(distinct internal.parse_uuid(e #>> '{}')) as n_distinct,
-                   coalesce(bool_and(jsonb_typeof(e) = 'string' and internal.parse_uuid(e #>> '{}') is not null), true)
-                       as all_uuids
-            from jsonb_array_elements(input.options) as e
-        ) as shape on true
-        left join lateral (
-            select array_agg(o.option_id order by o.position) as ballot,
-                   array_agg(o.position order by o.position) as positions
-            from voting.poll_options as o
-            where o.poll_id = p.poll_id
-              and o.option_id in (select internal.parse_uuid(e #>> '{}') from jsonb_array_elements(input.options) as e)
-        ) as chosen on true
+        left join chosen on chosen.ord = input.ord
     ),
     valid as (
         select c.*, keyed.voter_key, keyed.ballot_key,
                row_number() over (partition by c.poll_id, keyed.voter_key, keyed.ballot_key order by c.ord) = 1
                    as first_in_batch
-        from checked as c,
-             lateral (select internal.voter_key(case when jsonb_typeof(c.voter_id) = 'string'
-                                                     then 'sub:' || (c.voter_id #>> '{}')
-                                                     else 'fp:' || (c.fingerprint #>> '{}') end) as voter_key,
+        from checked as c
+        cross join internal.voter_key_secret as secret,
+             lateral (select internal.hmac_sha256(secret.inner_pad, secret.outer_pad,
+                                                  case when jsonb_typeof(c.voter_id) = 'string'
+                                                       then 'sub:' || (c.voter_id #>> '{}')
+                                                       else 'fp:' || (c.fingerprint #>> '{}') end) as voter_key,
                              case when (c.poll).allow_multiple_votes then coalesce(c.ballot_id, gen_random_uuid())
                                   else '00000000-0000-0000-0000-000000000000'::uuid end as ballot_key) as keyed
         where c.problem is null
@@ -201,11 +207,12 @@ begin
         from jsonb_array_elements(results) with ordinality as e;
     end if;
 
-    return jsonb_build_object(
-        'recorded',  (select count(*) from jsonb_array_elements(results) as e where e ->> 'status' = 'recorded'),
-        'changed',   (select count(*) from jsonb_array_elements(results) as e where e ->> 'status' = 'changed'),
-        'unchanged', (select count(*) from jsonb_array_elements(results) as e where e ->> 'status' = 'unchanged'),
-        'rejected',  (select count(*) from jsonb_array_elements(results) as e where e ->> 'status' = 'rejected'),
-        'results',   coalesce(results, '[]'));
+    return (select jsonb_build_object(
+                'recorded',  count(*) filter (where e ->> 'status' = 'recorded'),
+                'changed',   count(*) filter (where e ->> 'status' = 'changed'),
+                'unchanged', count(*) filter (where e ->> 'status' = 'unchanged'),
+                'rejected',  count(*) filter (where e ->> 'status' = 'rejected'),
+                'results',   coalesce(results, '[]'::jsonb))
+            from jsonb_array_elements(coalesce(results, '[]'::jsonb)) as e);
 end
 $function$;
