@@ -69,6 +69,7 @@ def with_database(url: str, database: str) -> str:
 class BenchDatabase:
     admin_url: str      # superuser, direct
     api_url: str        # authenticator through PgBouncer
+    bouncer_url: str    # superuser through PgBouncer: the direct scenarios' calls on the production path
     hot_poll: str
     hot_option: str
 
@@ -92,7 +93,9 @@ def bench_database(admin_url: str, bouncer_url: str, hot_ballots: int = HOT_POLL
             conn.execute(LOAD_HOT_POLL % {"ballots": int(hot_ballots)})
             conn.execute("analyze")
             hot_poll, hot_option = conn.execute("select poll_id::text, option_id::text from bench.polls where n = 1").fetchone()
-        yield BenchDatabase(bench_admin, with_database(bouncer_url, BENCH_DATABASE), hot_poll, hot_option)
+        api_url = with_database(bouncer_url, BENCH_DATABASE)
+        yield BenchDatabase(bench_admin, api_url, urlunsplit(urlsplit(api_url)._replace(
+            netloc="postgres@" + urlsplit(api_url).netloc.split("@", 1)[-1])), hot_poll, hot_option)
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(BENCH_DATABASE)))

@@ -13,7 +13,7 @@ from pgvote.bench.locks import LockWaitSampler, locks_held_by_one_call
 from pgvote.bench.pgbench import Figures, Run, run
 
 SWEEP_CLIENTS = (16, 64, 256, 1000)
-DIRECT_SWEEP_CLIENTS = (16, 64, 256)
+DIRECT_SWEEP_CLIENTS = (16, 64, 200)
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class Results:
     seconds_per_run: float
     measured: dict[str, Measured] = field(default_factory=dict)
     ratios: list[Ratio] = field(default_factory=list)
+    reads_warm: Measured | None = None
     reads_under_writes: Measured | None = None
     locks_per_call: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
 
@@ -56,9 +57,10 @@ def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None]) 
     production = {"poll": db.hot_poll, "opt": db.hot_option}
 
     def measure(name: str, description: str, script: str, clients: int, variables: dict[str, str],
-                via_bouncer: bool = False) -> Measured:
+                via_bouncer: bool = False, as_superuser: bool = False) -> Measured:
         progress(f"{name}: {description}, {clients} clients")
-        url, protocol = (db.api_url, "extended") if via_bouncer else (db.admin_url, "prepared")
+        url, protocol = ((db.bouncer_url if as_superuser else db.api_url, "extended") if via_bouncer
+                         else (db.admin_url, "prepared"))
         with LockWaitSampler(db.admin_url, interval=0.01) as sampler:
             figures = run(Run(script, url, clients, seconds, protocol, variables))
         m = Measured(name, description, clients, "PgBouncer, extended" if via_bouncer else "direct, prepared",
@@ -68,20 +70,35 @@ def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None]) 
 
     bare = measure("bare_insert", "bare INSERT of one ballot row, hot poll", "bare_insert.sql", 64, hot)
     cast_hot = measure("cast_vote_hot", "cast_vote, one hot poll", "cast_vote.sql", 64, hot)
-    cast_spread = measure("cast_vote_spread", "cast_vote spread over 10,000 polls", "cast_vote.sql", 64, spread)
-    guide = measure("guide_baseline", "the original guide's vote path (4 statements, counter row)",
-                    "guide_baseline.sql", 64, hot)
-    sweep = {c: measure(f"postgrest_{c}", "cast_vote as PostgREST sends it, through PgBouncer",
-                        "postgrest_cast_vote.sql", c, production, via_bouncer=True) for c in SWEEP_CLIENTS}
-    # Direct connections cannot go past max_connections (300): the sweep stops at 256.
+    # Direct connections cannot go past max_connections (300): the sweep stops at 200, and
+    # runs before PgBouncer holds server connections of its own.
     for c in DIRECT_SWEEP_CLIENTS:
         if c != 64:
             measure(f"bare_insert_{c}", "bare INSERT of one ballot row, hot poll", "bare_insert.sql", c, hot)
             measure(f"cast_vote_hot_{c}", "cast_vote, one hot poll", "cast_vote.sql", c, hot)
+    cast_spread = measure("cast_vote_spread", "cast_vote spread over 10,000 polls", "cast_vote.sql", 64, spread)
+    cast_bouncer = measure("cast_vote_pgbouncer", "cast_vote, one hot poll, through PgBouncer without prepared statements",
+                           "cast_vote.sql", 64, hot, via_bouncer=True, as_superuser=True)
+    guide = measure("guide_baseline", "the original guide's vote path (4 statements, counter row)",
+                    "guide_baseline.sql", 64, hot)
+    sweep = {c: measure(f"postgrest_{c}", "cast_vote as PostgREST sends it, through PgBouncer",
+                        "postgrest_cast_vote.sql", c, production, via_bouncer=True) for c in SWEEP_CLIENTS}
+    with psycopg.connect(db.admin_url, autocommit=True) as conn:  # measure the hook's cost, refuse nothing
+        conn.execute("update rate_limit.limits set requests_per_minute = 1e6, burst = 1000000")
+    hook = measure("postgrest_64_rate_limited", "the same with the rate-limit pre-request hook on",
+                   "postgrest_cast_vote_hook.sql", 64, production, via_bouncer=True)
     for candidate, script in (("shared_counter", "tally_shared_counter.sql"), ("delta_log", "tally_delta_log.sql"),
                               ("backend_slot", "tally_backend_slot.sql")):
         measure(f"tally_{candidate}", f"tally candidate: ballot + {candidate.replace('_', ' ')}", script, 64, hot)
 
+    # Production state: pg_cron merges the slots of exited backends every minute (pgvote_bench has no
+    # pg_cron of its own, and every pgbench run above left its backends' slots behind).
+    with psycopg.connect(db.admin_url, autocommit=True) as conn:
+        conn.execute("select internal.compact_tally_slots()")
+    progress("poll_results of the 1M-ballot poll, warm, no other load")
+    results.reads_warm = Measured("poll_results_warm", "poll_results, 1M-ballot poll, warm, no writes", 4,
+                                  "direct, prepared", run(Run("poll_results.sql", db.admin_url, 4, seconds, "prepared",
+                                                              {"poll": db.hot_poll})))
     progress("R5: poll_results of the 1M-ballot poll while 64 clients vote on it")
     with ThreadPoolExecutor(max_workers=2) as pool:
         writers = pool.submit(run, Run("cast_vote.sql", db.admin_url, 64, seconds, "prepared", hot))
@@ -111,7 +128,11 @@ def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None]) 
               per_s(cast_hot) / per_s(cast_spread), 0.90, "cast_vote_hot", "cast_vote_spread"),
         Ratio("R3", "vs the original guide's design (one hot poll, 64 clients)",
               per_s(cast_hot) / per_s(guide), 4.0, "cast_vote_hot", "guide_baseline"),
-        Ratio("R4", "production path: PostgREST statements through PgBouncer, no prepared statements / direct prepared",
+        Ratio("R4", "production path: cast_vote through PgBouncer (transaction mode, no prepared statements) / direct prepared",
+              per_s(cast_bouncer) / per_s(cast_hot), 0.60, "cast_vote_pgbouncer", "cast_vote_hot"),
+        Ratio("R4+", "the same with PostgREST's whole envelope (BEGIN, set_config, json_to_record call, COMMIT: 4 round trips)",
               per_s(sweep[64]) / per_s(cast_hot), 0.60, "postgrest_64", "cast_vote_hot"),
+        Ratio("hook", "rate limiting on: PostgREST path with hooks.pre_request / without (PgBouncer, 64 clients)",
+              per_s(hook) / per_s(sweep[64]), 0.80, "postgrest_64_rate_limited", "postgrest_64"),
     ]
     return results
