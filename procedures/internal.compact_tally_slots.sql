@@ -13,10 +13,13 @@ as $function$
 declare
     merged integer;
 begin
-    with retired as (
+    with live as materialized (  -- read the backend list once, not once per slot row
+        select a.pid from pg_stat_activity as a where a.pid is not null
+    ),
+    retired as (
         delete from voting.tally_slots as t
         where t.slot <> 0
-          and not exists (select from pg_stat_activity as a where a.pid = t.slot)
+          and t.slot not in (select live.pid from live)
         returning t.poll_id, t.ballots, t.votes
     ),
     per_position as (
