@@ -7,7 +7,6 @@
 -- voter: no hot row, however viral the poll. Runs in the vote's transaction, so tallies
 -- are exact. Update first: after a backend's first vote on a poll its row exists, and a
 -- plain UPDATE (HOT, fillfactor 50) is the cheapest path.
-drop function if exists internal.add_to_tally(uuid, integer, smallint[], smallint[], integer);  -- its first shape
 create or replace function internal.add_to_tally(
     poll_id uuid,
     ballots_delta bigint,

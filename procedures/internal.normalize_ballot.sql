@@ -8,7 +8,6 @@
 -- Like every internal.* function it has no SET search_path of its own: it runs inside an
 -- api function, whose pinned search_path it inherits (a SET clause costs a GUC
 -- save/restore on every call).
-drop function if exists internal.normalize_ballot(uuid, integer, uuid[]);  -- before 0002 it returned uuid[]
 create or replace function internal.normalize_ballot(
     poll_id uuid,
     max_choices integer,
