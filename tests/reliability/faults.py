@@ -128,6 +128,12 @@ class Cluster:
             # a zombie nobody reaps: it is dead, so its lock file is stale (PostgreSQL's own rule)
             (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
 
+    @staticmethod
+    def wait_reaped(pid: int, timeout: float = 30) -> None:
+        """Wait until pid is gone, zombie included: for a backend, until the postmaster has reaped it and so
+        begun its crash reset (before that, a new login can still succeed and would be reset too)."""
+        assert wait_until(lambda: _proc_stat(pid) is None, timeout), f"{pid} was not reaped"
+
     def kill_backend(self, pid: int) -> None:
         """SIGKILL one backend of this cluster (the postmaster then resets the whole cluster and recovers)."""
         assert pid in self.pids()[1:], f"{pid} is not a backend of {self.data_dir}"

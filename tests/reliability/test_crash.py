@@ -55,6 +55,7 @@ def test_sigkill_one_backend_mid_load_loses_no_acknowledged_vote(killable_stack,
         load.mark("kill")
         cluster.kill_backend(backends[0])
         load.notes.update(in_flight_at_kill=in_flight, acked_at_kill=acked)
+        await asyncio.to_thread(cluster.wait_reaped, backends[0])  # the postmaster has started its reset
         assert await asyncio.to_thread(cluster.wait_ready, 120), "the cluster did not recover by itself"
         load.mark("restarted")
         load.notes["restart_s"] = round(load.marks["restarted"] - load.marks["kill"], 3)
