@@ -54,7 +54,7 @@ def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None]) 
     results = Results(seconds)
     hot = {"npolls": "1"}
     spread = {"npolls": "10000"}
-    production = {"poll": db.hot_poll, "opt": db.hot_option}
+    production = {"poll": db.hot_poll, "opt": db.hot_option, "hook": "0"}
 
     def measure(name: str, description: str, script: str, clients: int, variables: dict[str, str],
                 via_bouncer: bool = False, as_superuser: bool = False) -> Measured:
@@ -86,10 +86,10 @@ def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None]) 
     with psycopg.connect(db.admin_url, autocommit=True) as conn:  # measure the hook's cost, refuse nothing
         conn.execute("update rate_limit.limits set requests_per_minute = 1e6, burst = 1000000")
     hook = measure("postgrest_64_rate_limited", "the same with the rate-limit pre-request hook on",
-                   "postgrest_cast_vote_hook.sql", 64, production, via_bouncer=True)
-    for candidate, script in (("shared_counter", "tally_shared_counter.sql"), ("delta_log", "tally_delta_log.sql"),
-                              ("backend_slot", "tally_backend_slot.sql")):
-        measure(f"tally_{candidate}", f"tally candidate: ballot + {candidate.replace('_', ' ')}", script, 64, hot)
+                   "postgrest_cast_vote.sql", 64, {**production, "hook": "1"}, via_bouncer=True)
+    for number, candidate in enumerate(("shared_counter", "delta_log", "backend_slot"), start=1):
+        measure(f"tally_{candidate}", f"tally candidate: ballot + {candidate.replace('_', ' ')}", "tally_candidate.sql",
+                64, {**hot, "candidate": str(number)})
 
     # Production state: pg_cron merges the slots of exited backends every minute (pgvote_bench has no
     # pg_cron of its own, and every pgbench run above left its backends' slots behind).

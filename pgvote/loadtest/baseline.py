@@ -28,15 +28,9 @@ SCHEMA = "pgvote_loadtest"
 _SETUP = """
 drop schema if exists pgvote_loadtest cascade;
 create schema pgvote_loadtest;
-create table pgvote_loadtest.ballots (
-    poll_id    uuid not null,
-    voter_key  bytea not null,
-    ballot_id  uuid not null,
-    option_ids uuid[] not null,
-    cast_at    timestamptz not null default now(),
-    changed_at timestamptz,
-    primary key (poll_id, voter_key, ballot_id)
-) partition by hash (poll_id);
+-- the shape of voting.ballots (columns, defaults, primary key, indexes), taken from the table itself
+create table pgvote_loadtest.ballots (like voting.ballots including defaults including constraints including indexes)
+    partition by hash (poll_id);
 """
 
 _FUNCTION = """

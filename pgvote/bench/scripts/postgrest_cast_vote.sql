@@ -1,12 +1,18 @@
--- R4 and the client sweep: POST /rpc/cast_vote exactly as PostgREST v12/v13 sends it
--- (postgrest-contract.md §1) as the anonymous role, through PgBouncer, run with
--- -M extended (db-prepared-statements = false: unnamed statements, no PREPARE).
+-- R4+, the client sweep and the rate-limit scenario: POST /rpc/cast_vote exactly as PostgREST
+-- v12/v13 sends it (postgrest-contract.md §1) as the anonymous role, through PgBouncer, run with
+-- -M extended (db-prepared-statements = false: unnamed statements, no PREPARE). The x-real-ip
+-- header our nginx sets gives each pgbench client its own address; with -D hook=1 the
+-- db-pre-request hook runs too, so every call takes a token from its client's bucket.
 begin isolation level read committed read write;
 select set_config('search_path', '"api", "public"', true), set_config('role', 'anon', true),
        set_config('request.jwt.claims', '{"role":"anon"}', true), set_config('request.method', 'POST', true),
        set_config('request.path', '/rpc/cast_vote', true),
-       set_config('request.headers', '{"content-type":"application/json"}', true),
+       set_config('request.headers', json_build_object('content-type', 'application/json',
+                                                       'x-real-ip', '10.0.' || :client_id / 256 || '.' || :client_id % 256)::text, true),
        set_config('request.cookies', '{}', true);
+\if :hook
+select "hooks"."pre_request"();
+\endif
 with pgrst_source as (
     select pgrst_call.pgrst_scalar
     from (select json_build_object('poll_id', :poll::text, 'option_ids', json_build_array(:opt::text),
