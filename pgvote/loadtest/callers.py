@@ -1,4 +1,7 @@
-"""One client connection of the load generator: a PostgREST-exact database caller or an HTTP one.
+"""One client connection of the SQL-level load generator: PostgREST's exact statements through PgBouncer.
+
+The HTTP load is k6's (``pgvote/loadtest/k6/``); this caller is the database path, which measures
+what PostgreSQL and PgBouncer do without the HTTP tier.
 
 A caller answers every call with an :class:`Answer`: the HTTP status PostgREST would give (the
 emulator maps SQL errors and lost connections exactly as PostgREST does) and whether the
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg
 
@@ -38,12 +41,6 @@ class Answer:
 
 def retryable(answer: Answer) -> bool:
     return answer.status == 0 or answer.status in RETRYABLE_STATUSES
-
-
-class Caller(Protocol):
-    async def open(self) -> None: ...
-    async def call(self, body: dict[str, Any], timeout: float) -> Answer: ...
-    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -121,36 +118,3 @@ class DbCaller:
         if emulator is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(emulator.conn.close(), 5)
-
-
-class HttpCaller:
-    """``POST <url>/rpc/<fn>`` against a real PostgREST, sharing one httpx client per worker process.
-
-    Not exercised on the development machines (no ``postgrest`` binary); kept minimal on purpose.
-    """
-
-    def __init__(self, client: Any, base_url: str, fn: str = "cast_vote") -> None:
-        self.client = client  # httpx.AsyncClient
-        self.url = f"{base_url.rstrip('/')}/rpc/{fn}"
-
-    async def open(self) -> None:
-        return None
-
-    async def call(self, body: dict[str, Any], timeout: float) -> Answer:
-        import httpx
-
-        try:
-            r = await self.client.post(self.url, json=body, timeout=timeout,
-                                       headers={"Content-Profile": "api", "Accept": "application/json"})
-        except httpx.TimeoutException:
-            return Answer(0, None, True)
-        except httpx.TransportError as exc:  # refused / reset: the same as PostgREST's 503
-            return Answer(503, {"code": "transport", "message": str(exc)}, True)
-        try:
-            parsed = r.json()
-        except ValueError:
-            parsed = r.text
-        return Answer(r.status_code, parsed, True)
-
-    async def close(self) -> None:
-        return None

@@ -5,11 +5,13 @@ import argparse
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from rich.console import Console
 
 from pgvote.loadtest import LoadtestConfig, run_loadtest
 from pgvote.loadtest.chart import write_chart
+from pgvote.loadtest.http_scenarios import HttpTarget
 from pgvote.loadtest.report import print_report, write_json
 
 DEFAULT_CLIENTS = 2_000
@@ -24,11 +26,15 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="client processes sharing the connections (default: one per core)")
     p.add_argument("--bulk", action="store_true", help="ingest through api.cast_votes as role ingest")
     p.add_argument("--batch", type=int, default=500, help="ballots per cast_votes call (default 500)")
-    p.add_argument("--http", metavar="URL",
-                   help="vote through a real PostgREST: POST URL/rpc/cast_vote (the poll is created and verified "
-                        "through --database-url/--admin-url, the database behind it; not exercised on these "
-                        "machines: no postgrest binary)")
-    p.add_argument("--ramp", action="store_true", help="the guide's k6 stages, scaled: peak users = --clients")
+    p.add_argument("--http", metavar="URL", nargs="?", const="",
+                   help="vote over HTTP with k6: POST URL/rpc/cast_vote (default URL: the local stack's nginx), "
+                        "one source address per VU, production rate limits on; the poll is created and verified "
+                        "through --admin-url, the database behind it")
+    p.add_argument("--vus", type=int,
+                   help="--http: k6 VUs (default: the fewest that stay within the per-address burst, e.g. 2,500 "
+                        "for 50,000 voters; with --ramp: 2,000, the guide's 50,000 / 25)")
+    p.add_argument("--ramp", action="store_true",
+                   help="the guide's k6 stages, scaled: peak users = --clients (SQL) or --vus (--http)")
     p.add_argument("--ramp-time-scale", type=float, default=0.25,
                    help="stage durations x this (default 0.25: 210 s of stages become 52 s)")
     p.add_argument("--no-baseline", action="store_true", help="skip the bare-insert reference burst")
@@ -45,6 +51,39 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no live progress")
 
 
+def server_ports(status: dict[str, Any]) -> dict[str, int]:
+    """Listening port of each server process of a stack's ``status()``: nginx, every PostgREST,
+    PgBouncer, PostgreSQL (``components.postgrest`` is one replica or a list of them)."""
+    components = status.get("components", {})
+    ports: dict[str, int] = {}
+    if components.get("nginx", {}).get("port"):
+        ports["nginx"] = int(components["nginx"]["port"])
+    replicas = components.get("postgrest") or []
+    for replica in replicas if isinstance(replicas, list) else [replicas]:
+        if replica.get("port") and replica.get("running", True):
+            ports[f"postgrest {replica.get('name') or replica['port']}"] = int(replica["port"])
+    for name in ("pgbouncer", "postgres"):
+        if components.get(name, {}).get("port"):
+            ports[name] = int(components[name]["port"])
+    return ports
+
+
+def http_target(args: argparse.Namespace, stack: Any | None, admin_url: str,
+                bouncer_admin_url: str | None) -> HttpTarget:
+    status = stack.status() if stack else {}
+    urls = status.get("urls", {})
+    base = args.http or urls.get("http") or urls.get("postgrest_url")
+    if not base:
+        raise ValueError("--http needs a URL, or a local stack serving HTTP (`pgvote up`)")
+    servers = server_ports(status)
+    if not servers:  # no stack: the servers behind the URLs, when they listen on this machine
+        for name, url in (("http", base), ("postgres", admin_url)):
+            parts = urlsplit(url)
+            if parts.hostname in ("127.0.0.1", "localhost") and parts.port:
+                servers[name] = parts.port
+    return HttpTarget(base.rstrip("/"), admin_url, servers, bouncer_admin_url)
+
+
 def config_from_args(args: argparse.Namespace, stack: Any | None) -> LoadtestConfig:
     urls = {"database_url": args.database_url or (stack.api_url if stack else None),
             "admin_url": args.admin_url or (stack.admin_url if stack else None),
@@ -52,9 +91,10 @@ def config_from_args(args: argparse.Namespace, stack: Any | None) -> LoadtestCon
     if not urls["database_url"] or not urls["admin_url"]:
         raise ValueError("give --database-url and --admin-url, or start the local stack (`pgvote up`)")
     clients = args.clients if args.clients is not None else (DEFAULT_BULK_CLIENTS if args.bulk else DEFAULT_CLIENTS)
+    http = None if args.http is None else http_target(args, stack, urls["admin_url"], urls["bouncer_admin_url"])
     return LoadtestConfig(database_url=urls["database_url"], admin_url=urls["admin_url"],
                           bouncer_admin_url=urls["bouncer_admin_url"], voters=args.voters, clients=clients,
-                          workers=max(1, args.workers), bulk=args.bulk, batch=args.batch, http_url=args.http,
+                          workers=max(1, args.workers), bulk=args.bulk, batch=args.batch, http=http, vus=args.vus,
                           ramp=args.ramp, ramp_time_scale=args.ramp_time_scale, baseline=not args.no_baseline,
                           baseline_voters=args.baseline_voters, with_bulk=args.with_bulk,
                           call_timeout=args.call_timeout)

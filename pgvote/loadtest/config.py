@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pgvote.loadtest.http_scenarios import HttpTarget
 
 #: The seed guide's k6 stages (tests/load-test.js): (seconds, virtual users reached at the end of the stage).
 GUIDE_STAGES: tuple[tuple[float, int], ...] = ((30, 1_000), (60, 10_000), (30, 50_000), (60, 50_000), (30, 0))
@@ -49,7 +53,8 @@ class LoadtestConfig:
     workers: int = 2  # client processes (one event loop each: one core's GIL is not enough)
     bulk: bool = False
     batch: int = 500
-    http_url: str | None = None
+    http: HttpTarget | None = None  # vote over HTTP with k6 (burst, or the ramp); None: the SQL path
+    vus: int | None = None  # HTTP: k6 VUs (default: the fewest the per-address burst allows; ramp: 2,000)
     ramp: bool = False
     ramp_time_scale: float = 0.25
     baseline: bool = True  # also run the bare-insert scenario through the same path (drain ratio)

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 
 from pgvote.loadtest.ballots import BallotSpec
-from pgvote.loadtest.callers import Answer, Caller, DbCaller, DbTarget, HttpCaller, retryable
+from pgvote.loadtest.callers import Answer, DbCaller, DbTarget, retryable
 from pgvote.loadtest.config import Stage
 from pgvote.postgrest_emulation import Routine
 
@@ -39,8 +39,7 @@ class WorkerSpec:
     wid: int
     ballots: BallotSpec
     clients: int
-    target: DbTarget | None = None  # database path (PostgREST's statements through PgBouncer)
-    http_url: str | None = None  # or a real PostgREST
+    target: DbTarget  # PostgREST's statements, through PgBouncer
     voters: Sequence[int] = ()  # burst: the voter numbers this process casts
     stages: tuple[Stage, ...] = ()  # ramp: virtual users over time (this process's share)
     peak_clients: int = 0  # ramp: the total of all processes (stage targets are for the total)
@@ -92,20 +91,11 @@ class _Worker:
 
     async def run(self) -> None:
         spec = self.spec
-        http_client = None
-        if spec.http_url:
-            import httpx
-
-            http_client = httpx.AsyncClient(limits=httpx.Limits(max_connections=spec.clients,
-                                                                max_keepalive_connections=spec.clients))
-            callers: list[Caller] = [HttpCaller(http_client, spec.http_url) for _ in range(spec.clients)]
-        else:
-            assert spec.target is not None
-            cache: dict[tuple[str, str], tuple[Routine, ...]] = {}
-            callers = [DbCaller(spec.target, cache) for _ in range(spec.clients)]
+        cache: dict[tuple[str, str], tuple[Routine, ...]] = {}
+        callers = [DbCaller(spec.target, cache) for _ in range(spec.clients)]
         opened, failure = await self._open_all(callers)
         for c in callers:  # the schema cache is shared: read it once, before the release
-            if isinstance(c, DbCaller) and c.emulator is not None:
+            if c.emulator is not None:
                 await c.warm()
                 break
         self.ready_q.put((spec.wid, opened, failure))
@@ -129,19 +119,17 @@ class _Worker:
         self.result_q.put((spec.wid, self.records, dict(self.errors)))
         sem = asyncio.Semaphore(CONNECT_PARALLELISM)
 
-        async def close(c: Caller) -> None:
+        async def close(c: DbCaller) -> None:
             async with sem:
                 await c.close()
 
         await asyncio.gather(*(close(c) for c in callers), return_exceptions=True)
-        if http_client is not None:
-            await http_client.aclose()
 
-    async def _open_all(self, callers: list[Caller]) -> tuple[int, str | None]:
+    async def _open_all(self, callers: list[DbCaller]) -> tuple[int, str | None]:
         sem = asyncio.Semaphore(CONNECT_PARALLELISM)
         failures: list[BaseException] = []
 
-        async def one(c: Caller) -> None:
+        async def one(c: DbCaller) -> None:
             async with sem:
                 try:
                     await c.open()
@@ -153,13 +141,13 @@ class _Worker:
 
     # ---- the two load shapes ---------------------------------------------------------------------
 
-    async def _burst_client(self, caller: Caller, voters: Iterator[int]) -> None:
+    async def _burst_client(self, caller: DbCaller, voters: Iterator[int]) -> None:
         for n in voters:  # one iterator shared by the clients of this process
             if time.monotonic() > self.deadline:
                 return
             await self._cast(caller, self.spec.ballots.fingerprint(n))
 
-    async def _virtual_user(self, index: int, caller: Caller) -> None:
+    async def _virtual_user(self, index: int, caller: DbCaller) -> None:
         """k6's VU: while the stage schedule counts this VU as active, vote (a new voter), then sleep 1 s."""
         spec = self.spec
         end = self.t0 + sum(s.seconds for s in spec.stages)
@@ -175,7 +163,7 @@ class _Worker:
 
     # ---- one voter --------------------------------------------------------------------------------
 
-    async def _cast(self, caller: Caller, fingerprint: str) -> None:
+    async def _cast(self, caller: DbCaller, fingerprint: str) -> None:
         """Cast until answered: identical re-casts after retryable answers (idempotent on this poll)."""
         spec = self.spec
         body = spec.ballots.body(fingerprint)
