@@ -79,19 +79,25 @@ def _redact(url: str) -> str:
 
 
 def _print_urls(stack: Any) -> None:
-    status = stack.status()
-    rest = status["components"]["postgrest"]
-    out.print(f"[bold]State dir[/]                 {escape(status['state_dir'])}")
-    out.print(f"[bold]PostgreSQL (direct)[/]       {escape(stack.admin_url)}")
-    out.print(f"[bold]PgBouncer (API role)[/]      {escape(stack.api_url)}")
-    out.print(f"[bold]PostgreSQL (API, direct)[/]  {escape(stack.direct_api_url)}")
-    out.print(f"[bold]PgBouncer admin console[/]   {escape(stack.bouncer_admin_url)}")
-    if stack.postgrest_url:
-        out.print(f"[bold]PostgREST[/]                 {escape(stack.postgrest_url)}")
-    else:
-        out.print(f"[bold]PostgREST[/]                 [yellow]{escape(rest.get('note') or 'not running')}[/]")
+    out.print(f"[bold]API (nginx, the one base URL)[/] {escape(stack.http_url)}")
+    out.print(f"[bold]State dir[/]                     {escape(str(stack.state_dir))}")
+    out.print(f"[bold]PostgreSQL (superuser)[/]        {escape(stack.admin_url)}")
+    out.print(f"[bold]PgBouncer (API role)[/]          {escape(stack.api_url)}")
+    out.print(f"[bold]PgBouncer admin console[/]       {escape(stack.bouncer_admin_url)}")
     # plain print: must stay copy-pasteable (no wrapping, no markup)
-    print(f"export DATABASE_URL={stack.admin_url}")
+    pgvote = shutil.which("pgvote") or os.path.abspath(sys.argv[0])
+    print(f"""
+Try it (paste into a shell):
+  export PGVOTE={stack.http_url}
+  POLL=$(curl -s $PGVOTE/rpc/create_poll -H "Authorization: Bearer $({pgvote} token --sub alice)" \\
+      -H 'Content-Type: application/json' -d '{{"question": "Tea or coffee?", "options": ["tea", "coffee"]}}')
+  echo "$POLL"
+  POLL_ID=$(echo "$POLL" | python3 -c 'import json,sys; print(json.load(sys.stdin)["poll_id"])')
+  OPTION=$(echo "$POLL" | python3 -c 'import json,sys; print(json.load(sys.stdin)["option_ids"][0])')
+  curl -s $PGVOTE/rpc/cast_vote -H 'Content-Type: application/json' \\
+      -d "{{\\"poll_id\\": \\"$POLL_ID\\", \\"option_ids\\": [\\"$OPTION\\"], \\"voter_fingerprint\\": \\"device-1\\"}}"
+  curl -s "$PGVOTE/rpc/poll_results?poll_id=$POLL_ID"
+export DATABASE_URL={stack.admin_url}""")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,7 +109,7 @@ def _up_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-migrate", action="store_true", help="start without running migrations")
 
 
-@command("up", "start PostgreSQL, run migrations, start PgBouncer (and PostgREST if installed)", _up_options)
+@command("up", "start PostgreSQL, run migrations, start PgBouncer, two PostgREST replicas and nginx", _up_options)
 def cmd_up(args: argparse.Namespace) -> int:
     stack = _stack(args)
     with err.status("starting the stack..."):
@@ -125,29 +131,53 @@ def _status_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-@command("status", "show what runs (pids, ports), where the state lives, and the URLs", _status_options)
+@command("status", "show what runs (pids, ports, restarts), where the state lives, and the URLs", _status_options)
 def cmd_status(args: argparse.Namespace) -> int:
     status = _stack(args).status()
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
     table = Table(title=f"pgvote stack ({status['backend']})")
-    for col in ("component", "state", "pid", "port", "log / note"):
+    for col in ("component", "state", "pid", "port", "restarts", "log / note"):
         table.add_column(col)
     for name, comp in status["components"].items():
-        state = "[green]running[/]" if comp["running"] else "[red]stopped[/]"
-        noted = not comp["running"] and comp.get("note")
-        detail = "not installed (see below)" if noted else comp.get("log", "")
-        table.add_row(name, state, str(comp.get("pid") or "-"), str(comp.get("port") or "-"), escape(detail or ""))
+        for entry in comp if isinstance(comp, list) else [comp]:
+            label = entry.get("name", name)
+            if "colour" in entry:
+                label += " (live)" if entry.get("live") else " (idle)"
+            state = "[green]running[/]" if entry["running"] else "[red]stopped[/]"
+            detail = entry.get("note") if not entry["running"] and entry.get("note") else entry.get("log", "")
+            restarts = entry.get("restarts")
+            table.add_row(label, state, str(entry.get("pid") or "-"), str(entry.get("port") or "-"),
+                          "-" if restarts is None else str(restarts), escape(detail or ""))
     out.print(table)
-    for comp in status["components"].values():
-        if not comp["running"] and comp.get("note"):
-            out.print(escape(comp["note"]))
     out.print(f"state dir: {escape(status['state_dir'])}")
     if "requested_state_dir" in status:
         out.print(f"(relocated from {escape(status['requested_state_dir'])}: the postgres user cannot reach it)")
     for key, url in status["urls"].items():
         out.print(f"{key:18} {escape(url or '-')}")
+    return 0
+
+
+def _token_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--role", choices=("anon", "authenticated", "ingest"), default="authenticated",
+                   help="the JWT role claim (default authenticated)")
+    p.add_argument("--sub", help="the JWT sub claim: the voter / creator id (default: a random user-<uuid>)")
+    p.add_argument("--exp", type=int, default=3600,
+                   help="expiry in seconds from now (default 3600; negative: an expired token)")
+
+
+@command("token", "print a JWT signed with the local stack's secret (only the token, on stdout)", _token_options)
+def cmd_token(args: argparse.Namespace) -> int:
+    import uuid
+
+    from pgvote import jwt
+
+    stack = _stack(args)
+    if not stack.jwt_secret_file.is_file():
+        raise StackError(f"the local stack ({stack.state_dir}) has no JWT secret yet: run `pgvote up` first")
+    sub = args.sub if args.sub is not None else (f"user-{uuid.uuid4()}" if args.role == "authenticated" else None)
+    print(jwt.sign(stack.jwt_secret, jwt.claims_for(args.role, sub, args.exp)))
     return 0
 
 
@@ -289,7 +319,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pgvote", description="pgvote: PostgREST -> PgBouncer -> PostgreSQL")
+    parser = argparse.ArgumentParser(prog="pgvote", description="pgvote: nginx -> PostgREST -> PgBouncer -> PostgreSQL")
     parser.add_argument("--state-dir", help="stack state directory (default: $PGVOTE_STATE_DIR or per checkout)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

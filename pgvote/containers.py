@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from pgvote.stack import (
-    POSTGREST_NOT_INSTALLED,
     PROJECT_DIR,
     StackError,
     _short_hash,
@@ -32,26 +31,20 @@ from pgvote.stack import (
 POSTGRES_IMAGE = os.environ.get("PGVOTE_POSTGRES_IMAGE")
 POSTGRES_IMAGE_TAG = "pgvote-postgres:local"
 PGBOUNCER_IMAGE = os.environ.get("PGVOTE_PGBOUNCER_IMAGE", "edoburu/pgbouncer:latest")
+POSTGREST_NOT_STARTED = "PostgREST and nginx are not started by the container backend: use deploy/compose.yaml"
 
 
 class ContainerStack:
     backend = "testcontainers"
 
-    def __init__(
-        self,
-        state_dir: Path | None = None,
-        pg_port: int | None = None,
-        bouncer_port: int | None = None,
-        postgrest_port: int | None = None,
-    ) -> None:
+    def __init__(self, state_dir: Path | None = None) -> None:
         self.state_dir = Path(state_dir).absolute() if state_dir is not None else default_state_dir()
         self.state_file = self.state_dir / "containers.json"
         self.name = f"pgvote-{_short_hash(str(self.state_dir))}"
         saved = self._load()
         self.host: str = saved.get("host", "127.0.0.1")
-        self.pg_port: int | None = pg_port or saved.get("pg_port")
-        self.bouncer_port: int | None = bouncer_port or saved.get("bouncer_port")
-        self.postgrest_port = postgrest_port
+        self.pg_port: int | None = saved.get("pg_port")
+        self.bouncer_port: int | None = saved.get("bouncer_port")
         self.postgrest_url: str | None = None
         self._set_urls()
 
@@ -214,7 +207,7 @@ class ContainerStack:
                     "running": False,
                     "pid": None,
                     "port": None,
-                    "note": POSTGREST_NOT_INSTALLED + " (container backend: use deploy/compose.yaml)",
+                    "note": POSTGREST_NOT_STARTED,
                 },
             },
             "urls": {

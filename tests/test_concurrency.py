@@ -15,7 +15,7 @@ from typing import TypeVar
 import psycopg
 import pytest
 
-from conftest import Poll, counts_from_ballots, fingerprint, results_counts, stored_ballots, user
+from helpers import Poll, counts_from_ballots, fingerprint, results_counts, stored_ballots, user
 from pgvote.postgrest_emulation import PostgrestEmulator, Response, connect_emulator
 
 T = TypeVar("T")

@@ -8,7 +8,7 @@ import uuid
 import psycopg
 import pytest
 
-from conftest import fingerprint, stored_ballots, table_snapshot, user
+from helpers import fingerprint, stored_ballots, table_snapshot, user
 from pgvote.paths import PROCEDURES_DIR
 from pgvote.postgrest_emulation import PostgrestEmulator, connect_emulator
 from test_cast_vote import assert_error

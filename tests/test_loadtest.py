@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from rich.console import Console
 
-from conftest import Poll, counts_from_ballots, fingerprint, results_counts, stored_ballots
+from helpers import Poll, counts_from_ballots, fingerprint, results_counts, stored_ballots
 from pgvote.loadtest import LoadtestConfig, run_loadtest
 from pgvote.postgrest_emulation import PostgrestEmulator, Response, connect_emulator
 from pgvote.stack import LocalStack

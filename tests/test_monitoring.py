@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from rich.console import Console
 
-from conftest import fingerprint, user
+from helpers import fingerprint, user
 from pgvote import stats
 from pgvote.postgrest_emulation import PostgrestEmulator
 

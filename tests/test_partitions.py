@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import Poll, counts_from_ballots, fingerprint, results_counts
+from helpers import Poll, counts_from_ballots, fingerprint, results_counts
 from partitions import catalog
 from partitions.bounds import parse_bound
 from partitions.coverage import check_coverage, compress

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from conftest import fingerprint, table_snapshot, user
+from helpers import fingerprint, table_snapshot, user
 from test_cast_vote import assert_error
 
 GOOD: dict[str, Any] = {"question": "Lunch?", "options": ["soup", "salad"]}

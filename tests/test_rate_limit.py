@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import Poll, fingerprint, user
+from helpers import Poll, fingerprint, user
 from pgvote.postgrest_emulation import PostgrestEmulator, Response, connect_emulator
 
 LimitSetter = Callable[..., None]

@@ -8,7 +8,7 @@ import hmac
 import psycopg
 import pytest
 
-from conftest import fingerprint, user
+from helpers import fingerprint, user
 
 API_ROLES = ["anon", "authenticated", "ingest"]
 PRIVATE_SCHEMAS = ["voting", "internal", "rate_limit", "monitoring"]

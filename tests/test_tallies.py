@@ -8,7 +8,7 @@ from collections import Counter
 
 import psycopg
 
-from conftest import counts_from_ballots, results_counts, stored_ballots, user
+from helpers import counts_from_ballots, results_counts, stored_ballots, user
 from pgvote.bench.locks import LockWaitSampler
 from pgvote.postgrest_emulation import PostgrestEmulator
 from test_concurrency import cast, in_parallel

@@ -18,7 +18,7 @@ from collections import Counter
 import psycopg
 import pytest
 
-from conftest import counts_from_ballots, fingerprint
+from helpers import counts_from_ballots, fingerprint
 from .checks import query_wait_timeout, unexplained_errors
 from .loadgen import CallRecord, Vote, emulator, run_load
 

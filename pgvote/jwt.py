@@ -1,0 +1,38 @@
+"""HS256 JSON Web Tokens, signed with the stack's secret (the one PostgREST verifies with).
+
+Only what the local stack, the tests and the load tools need: sign a claims object. PostgREST does
+the verifying.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+__all__ = ["sign", "claims_for"]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def sign(secret: str, claims: dict[str, Any]) -> str:
+    """A compact HS256 JWT carrying claims."""
+    header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+    payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
+    signing_input = f"{header}.{payload}"
+    signature = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(signature)}"
+
+
+def claims_for(role: str, sub: str | None = None, expires_in: int | None = 3600) -> dict[str, Any]:
+    """Claims of a token for role (and sub); expires_in seconds from now (negative: already expired)."""
+    claims: dict[str, Any] = {"role": role}
+    if sub is not None:
+        claims["sub"] = sub
+    if expires_in is not None:
+        claims["exp"] = int(time.time()) + expires_in
+    return claims

@@ -1,0 +1,272 @@
+"""Keeps the stack's long-running processes alive: PgBouncer, the PostgREST replicas, nginx, PostgreSQL.
+
+`pgvote up` starts one supervisor per state dir (``python -m pgvote.supervisor <state dir>``, detached).
+It reads ``supervisor/spec.json`` (written by the launcher), runs every process component in the
+foreground as its child, and restarts one that exits, with a backoff when it keeps failing; PostgreSQL
+runs under pg_ctl (it daemonises) and is started again when its postmaster is gone. Every start,
+exit and restart is recorded in ``supervisor/status.json``, which `pgvote status` shows.
+
+Signals: SIGHUP re-reads the spec (components added are started, removed ones stopped: how blue-green
+adds and retires PostgREST replicas); SIGTERM stops every child and exits. The supervisor also exits,
+stopping its children, when its state dir disappears (a test's temp stack deleted under it).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+POLL_INTERVAL = 0.2
+STOP_TIMEOUT = 10.0
+MAX_BACKOFF = 5.0
+STABLE_AFTER = 10.0  # a run this long resets the backoff
+
+
+def spec_path(state_dir: Path) -> Path:
+    return state_dir / "supervisor" / "spec.json"
+
+
+def status_path(state_dir: Path) -> Path:
+    return state_dir / "supervisor" / "status.json"
+
+
+def read_status(state_dir: Path) -> dict[str, Any]:
+    try:
+        loaded: dict[str, Any] = json.loads(status_path(state_dir).read_text())
+        return loaded
+    except (OSError, ValueError):
+        return {}
+
+
+class LauncherBusy(Exception):
+    """The launcher holds the state dir's lock (it is starting or stopping PostgreSQL itself)."""
+
+
+@dataclass
+class Component:
+    """One supervised process, as described by the launcher's spec."""
+
+    name: str
+    argv: list[str]
+    log: str
+    cwd: str
+    env: dict[str, str]
+    uid: int | None = None
+    gid: int | None = None
+    stop_signal: int = signal.SIGTERM
+    pidfile: str | None = None  # kind "pg_ctl": argv starts it, the postmaster's pid is read from here
+    kind: str = "process"
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    pid: int | None = None
+    restarts: int = 0
+    last_exit: int | None = None
+    started_at: float | None = None
+    next_start: float = 0.0
+    failures: int = 0
+    state: str = "new"  # new | running | backoff
+
+    @classmethod
+    def from_spec(cls, entry: dict[str, Any]) -> Component:
+        return cls(name=entry["name"], argv=list(entry["argv"]), log=entry["log"], cwd=entry["cwd"],
+                   env=dict(entry["env"]), uid=entry.get("uid"), gid=entry.get("gid"),
+                   stop_signal=int(entry.get("stop_signal", signal.SIGTERM)), pidfile=entry.get("pidfile"),
+                   kind=entry.get("kind", "process"))
+
+    def same_as(self, other: Component) -> bool:
+        return (self.argv, self.kind, self.uid) == (other.argv, other.kind, other.uid)
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _postmaster_pid(pidfile: str) -> int | None:
+    try:
+        return int(Path(pidfile).read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+
+
+class Supervisor:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.components: dict[str, Component] = {}
+        self.reload_wanted = True
+        self.stop_wanted = False
+        self.events: list[str] = []
+
+    # ---- spec and status -------------------------------------------------------------------------
+
+    def load_spec(self) -> None:
+        spec = json.loads(spec_path(self.state_dir).read_text())
+        wanted = {c.name: c for c in (Component.from_spec(e) for e in spec["components"])}
+        for name in [n for n in self.components if n not in wanted or not self.components[n].same_as(wanted[n])]:
+            self.stop(self.components.pop(name))
+        for name, component in wanted.items():
+            self.components.setdefault(name, component)
+
+    def write_status(self) -> None:
+        path = status_path(self.state_dir)
+        data = {
+            "pid": os.getpid(),
+            "updated_at": time.time(),
+            "components": {
+                c.name: {"pid": c.pid if _alive(c.pid) else None, "restarts": c.restarts, "last_exit": c.last_exit,
+                         "started_at": c.started_at}
+                for c in self.components.values()
+            },
+            "events": self.events[-20:],
+        }
+        tmp = path.with_name(".status.json.tmp")
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(data, indent=2) + "\n")
+            tmp.replace(path)
+
+    def note(self, text: str) -> None:
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}"
+        self.events.append(line)
+        print(line, flush=True)
+
+    # ---- process control -------------------------------------------------------------------------
+
+    def start(self, c: Component) -> None:
+        if c.kind == "pg_ctl":
+            self._start_pg_ctl(c)
+            return
+        with open(c.log, "ab") as log:
+            c.proc = subprocess.Popen(
+                c.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=c.cwd, env=c.env,
+                user=c.uid, group=c.gid, extra_groups=[] if c.uid is not None else None,
+                preexec_fn=_raise_nofile, start_new_session=True,
+            )
+        c.pid = c.proc.pid
+        c.started_at = time.time()
+
+    def _start_pg_ctl(self, c: Component) -> None:
+        # The launcher holds this lock while it starts or stops PostgreSQL itself: never race it.
+        with open(self.state_dir / ".lock", "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LauncherBusy from None
+            assert c.pidfile is not None
+            pid = _postmaster_pid(c.pidfile)
+            if not _alive(pid):
+                with open(c.log, "ab") as log:
+                    subprocess.run(c.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   cwd=c.cwd, env=c.env, user=c.uid, group=c.gid,
+                                   extra_groups=[] if c.uid is not None else None, timeout=120, check=False)
+                pid = _postmaster_pid(c.pidfile)
+        c.pid = pid if _alive(pid) else None
+        c.started_at = time.time()
+
+    def running(self, c: Component) -> bool:
+        if c.kind == "pg_ctl":
+            assert c.pidfile is not None
+            pid = _postmaster_pid(c.pidfile)
+            if _alive(pid):
+                c.pid = pid
+                return True
+            return False
+        return c.proc is not None and c.proc.poll() is None
+
+    def check(self, c: Component, now: float) -> None:
+        """One step of c's life: new -> running -> (exited) backoff -> running ..."""
+        if c.state == "running":
+            if self.running(c):
+                if c.started_at and now - c.started_at > STABLE_AFTER:
+                    c.failures = 0
+                return
+            c.last_exit = c.proc.returncode if c.proc is not None else None
+            c.failures += 1
+            c.next_start = now + min(MAX_BACKOFF, 0.2 * 2 ** (c.failures - 1))
+            c.state = "backoff"
+            self.note(f"{c.name} exited (code {c.last_exit}); restarting in {c.next_start - now:.1f} s")
+            self.write_status()
+            return
+        if now < c.next_start:
+            return
+        try:
+            self.start(c)
+        except LauncherBusy:
+            c.next_start = now + 0.5
+            return
+        except (OSError, subprocess.SubprocessError) as exc:
+            c.failures += 1
+            c.next_start = now + min(MAX_BACKOFF, 0.2 * 2 ** c.failures)
+            self.note(f"{c.name} failed to start: {exc}")
+            return
+        if c.state == "backoff":
+            c.restarts += 1
+            self.note(f"{c.name} restarted (pid {c.pid}, restart #{c.restarts})")
+        c.state = "running"
+        self.write_status()
+
+    def stop(self, c: Component) -> None:
+        if c.kind == "pg_ctl" or c.proc is None or c.proc.poll() is not None:
+            return  # PostgreSQL is stopped by the launcher (pg_ctl stop), after the supervisor exits
+        with contextlib.suppress(ProcessLookupError):
+            c.proc.send_signal(c.stop_signal)
+        try:
+            c.proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            c.proc.kill()
+            c.proc.wait(timeout=5)
+        self.note(f"{c.name} stopped")
+
+    # ---- main loop -------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_wanted", True))
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop_wanted", True))
+        signal.signal(signal.SIGINT, lambda *_: setattr(self, "stop_wanted", True))
+        self.note(f"supervisor started (pid {os.getpid()})")
+        while not self.stop_wanted:
+            if not spec_path(self.state_dir).is_file():
+                self.note("state dir gone: stopping")
+                break
+            if self.reload_wanted:
+                self.reload_wanted = False
+                self.load_spec()
+                self.write_status()
+            now = time.time()
+            for c in list(self.components.values()):
+                self.check(c, now)
+            time.sleep(POLL_INTERVAL)
+        for c in reversed(list(self.components.values())):
+            self.stop(c)
+        self.components = {n: c for n, c in self.components.items() if c.kind == "pg_ctl"}
+        self.write_status()
+        return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m pgvote.supervisor <state dir>", file=sys.stderr)
+        return 2
+    return Supervisor(Path(argv[0])).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
