@@ -1,5 +1,9 @@
 """The 50,000-vote spike machinery, reduced to test size: burst, bulk ingestion, overload.
 
+- over HTTP: 2,000 distinct voters from 200 k6 VUs released together through the stack's nginx ->
+  PostgREST -> PgBouncer, each VU from its own loopback address within the production rate
+  limits, verified exactly once; how k6's per-request output becomes one outcome per voter
+  (identical retries after 502/503/504 or a reset counted, a 429 a failure);
 - a burst of 5,000 distinct voters from 500 connections released together through PgBouncer
   (PostgREST's exact statements), verified exactly once against the stored ballots;
 - bulk ingestion (``api.cast_votes`` as role ingest): one batch mixing new, invalid and duplicate
@@ -13,6 +17,8 @@ No assertion is on wall-clock time: the machines are shared and noisy.
 """
 from __future__ import annotations
 
+import ipaddress
+import json
 import threading
 import time
 import uuid
@@ -27,6 +33,9 @@ from rich.console import Console
 
 from helpers import Poll, counts_from_ballots, fingerprint, results_counts, stored_ballots
 from pgvote.loadtest import LoadtestConfig, run_loadtest
+from pgvote.loadtest.command import server_ports
+from pgvote.loadtest.http_scenarios import HttpTarget, request_limit, run_burst
+from pgvote.loadtest.k6 import _Follower, _records
 from pgvote.postgrest_emulation import PostgrestEmulator, Response, connect_emulator
 from pgvote.stack import LocalStack
 
@@ -38,7 +47,79 @@ def quiet_console() -> Console:
 
 
 # --------------------------------------------------------------------------------------------------
-# the burst
+# the burst over HTTP, with k6
+
+
+def addresses(local_ips: str) -> list[str]:
+    first, last = (ipaddress.IPv4Address(a) for a in local_ips.split("-"))
+    return [str(first + i) for i in range(int(last) - int(first) + 1)]
+
+
+def test_k6_burst_of_2000_voters_over_nginx_is_stored_exactly_once(stack: LocalStack,
+                                                                    admin: psycopg.Connection) -> None:
+    """k6's burst script, 200 VUs released together, 10 voters each, through nginx with the production
+    rate limits on: every voter is acknowledged (no 429: each VU is its own caller and stays within its
+    address's burst), the stored ballots are exactly the acknowledged ones, poll_results equals them,
+    and the database's limiter holds one bucket per VU address, each short of the tokens it spent."""
+    target = HttpTarget(stack.http_url, stack.admin_url, server_ports(stack.status()), stack.bouncer_admin_url)
+    burst = run_burst(target, voters=2_000, vus=200, console=quiet_console(), quiet=True)
+
+    f, v = burst["figures"], burst["verification"]
+    assert f["accepted"] == f["voters"] == 2_000, (f["rejected"], f["retried_errors"])
+    assert f["rejected"] == {} and f["gave_up"] == 0
+    assert burst["k6"]["requests"] == 2_000 + burst["k6"]["retries"]
+    assert set(f["answers"]) <= {"recorded", "unchanged"}  # unchanged: an identical re-cast after a lost answer
+    assert v["exactly_once"], v["problems"]
+    assert (v["stored"], v["lost"], v["duplicated"], v["mismatched"]) == (2_000, 0, 0, 0)
+    assert v["results_total"] == 2_000 and v["tallies_match"]
+
+    vu_addresses = addresses(burst["local_ips"])
+    assert len(vu_addresses) == 200 and "127.0.0.1" not in vu_addresses
+    limit = request_limit(stack.admin_url)
+    count, most = admin.execute(
+        "select count(*), max(tokens) from rate_limit.buckets where limit_name = 'request' and bucket_key = "
+        "any(array(select internal.voter_key('ip:' || a) from unnest(%s::text[]) as a))", (vu_addresses,)).fetchone()
+    assert count == 200  # nginx passed each VU's own address as X-Real-IP
+    assert most < limit.burst - 5  # each address spent its 10 calls (plus retries); refill since is slow
+    assert {"k6", "nginx", "pgbouncer", "postgres"} <= set(burst["cpu_seconds"])
+    assert any(name.startswith("postgrest") for name in burst["cpu_seconds"])
+
+
+def k6_point(metric: str, vu: int, it: int, t: float, value: float, **tags: str) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+    return json.dumps({"metric": metric, "type": "Point",
+                       "data": {"time": stamp, "value": value, "tags": tags,
+                                "metadata": {"vu": str(vu), "iter": str(it)}}}, separators=(",", ":"))
+
+
+def test_k6_output_becomes_one_outcome_per_voter(tmp_path: Any) -> None:
+    """Each (vu, iter) is one voter: its attempts in time order, the last deciding. A 503 then a 200 is
+    acknowledged after one identical retry; a reset (status 0) then 504 to the last attempt gave up;
+    a 429 is a final failure; other metrics are ignored."""
+    t = 1_800_000_000.0
+    lines = [
+        k6_point("http_req_duration", 1, 0, t + 1.0, 100.0, status="503"),
+        k6_point("http_req_blocked", 1, 0, t + 1.0, 1.0, status="503"),
+        k6_point("http_req_duration", 1, 0, t + 2.0, 50.0, status="200"),
+        k6_point("vote_answers", 1, 0, t + 2.0, 1.0, answer="unchanged"),
+        k6_point("http_req_duration", 1, 1, t + 3.0, 10.0, status="429"),
+        k6_point("http_req_duration", 2, 0, t + 1.5, 5.0, status="0", error_code="1210"),
+        k6_point("http_req_duration", 2, 0, t + 2.5, 30_000.0, status="504"),
+    ]
+    out = tmp_path / "k6.json"
+    out.write_text("\n".join(lines) + "\n")
+    follower = _Follower(out)
+    follower.read()
+    records = {r[0]: r for r in _records(follower, lambda vu, it: f"v{vu}-{it}")}
+    assert records["v1-0"][1:4] == ("ack", 200, "unchanged") and records["v1-0"][6:] == (2, False)
+    assert abs(records["v1-0"][4] - (t + 0.9)) < 1e-3 and abs(records["v1-0"][5] - (t + 2.0)) < 1e-3
+    assert records["v1-1"][1:3] == ("rejected", 429) and records["v1-1"][6] == 1
+    assert records["v2-0"][1:3] == ("gave_up", 504) and records["v2-0"][6] == 2
+    assert follower.errors == Counter({"503": 1, "429": 1, "0 1210": 1, "504": 1})
+
+
+# --------------------------------------------------------------------------------------------------
+# the burst at the SQL level
 
 
 def test_burst_of_5000_voters_from_500_connections_is_stored_exactly_once(stack: LocalStack) -> None:

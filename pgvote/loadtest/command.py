@@ -61,7 +61,7 @@ def server_ports(status: dict[str, Any]) -> dict[str, int]:
     replicas = components.get("postgrest") or []
     for replica in replicas if isinstance(replicas, list) else [replicas]:
         if replica.get("port") and replica.get("running", True):
-            ports[f"postgrest {replica.get('name') or replica['port']}"] = int(replica["port"])
+            ports[replica.get("name") or f"postgrest {replica['port']}"] = int(replica["port"])
     for name in ("pgbouncer", "postgres"):
         if components.get(name, {}).get("port"):
             ports[name] = int(components[name]["port"])
