@@ -248,6 +248,10 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chart", type=Path, help="PNG chart of votes/s against clients (default docs/benchmarks.png)")
     p.add_argument("--report", type=Path, help="markdown report to update (default docs/benchmarks.md)")
     p.add_argument("--no-report", action="store_true", help="print the tables only: no report, no chart")
+    p.add_argument("--http", action="store_true",
+                   help="the HTTP figures instead, k6 through the stack's nginx: cast_vote / a no-op RPC (H1), the "
+                        "50,000-voter burst (H2), the guide's ramp (H3), the rate-limit hook, CPU per vote by "
+                        "process (--quick: small sizes, a smoke run)")
 
 
 @command("bench", "pgbench scenarios on a throw-away database of the local stack: votes/s, latency, same-run ratios",
@@ -258,6 +262,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     stack = _stack(args)
     if not stack.status()["components"]["pgbouncer"]["running"]:
         raise StackError("the local stack is not running: start it with `pgvote up`")
+    if args.http:
+        from pgvote.bench.http_bench import run_http_bench
+
+        run_http_bench(stack, quick=args.quick, json_path=args.json,
+                       report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
+                       command="pgvote bench --http" + (" --quick" if args.quick else ""), console=out)
+        return 0
     run_bench(stack.admin_url, stack.api_url, quick=args.quick, seconds=args.seconds, json_path=args.json,
               chart_path=None if args.no_report else (args.chart or DEFAULT_CHART),
               report_path=None if args.no_report else (args.report or DEFAULT_REPORT),

@@ -43,16 +43,14 @@ class HttpTarget:
     """Where the load goes and what measures it.
 
     ``servers``: name -> listening TCP port of each server process on this machine (``nginx``,
-    ``postgrest <port>``, ``pgbouncer``, ``postgres``), for CPU seconds; ``bouncer_admin_url`` for
-    PgBouncer's pool peaks. ``headers``: sent with every vote (the rate-limit bench sends
-    ``X-Real-IP`` straight to PostgREST).
+    each PostgREST replica, ``pgbouncer``, ``postgres``), for CPU seconds; ``bouncer_admin_url``
+    for PgBouncer's pool peaks.
     """
 
     base_url: str
     admin_url: str
     servers: dict[str, int] = field(default_factory=dict)
     bouncer_admin_url: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -122,10 +120,11 @@ def _result(name: str, path: str, run: K6Run, ballots: BallotSpec, vus: int, loc
 
 
 def run_burst(target: HttpTarget, voters: int, vus: int | None, console: Console, *, quiet: bool = False,
-              fn: str = "cast_vote", label: str | None = None, workdir: Path | None = None) -> dict[str, Any]:
+              fn: str = "cast_vote", caller_header: bool = False) -> dict[str, Any]:
     """``voters`` distinct voters through ``POST /rpc/<fn>``, from ``vus`` VUs released together.
 
     ``fn`` other than cast_vote (the bench's no-op) stores nothing: verification is skipped.
+    ``caller_header``: each VU sends its own ``X-Real-IP`` (for a target without nginx in front).
     """
     limit = request_limit(target.admin_url)
     vus = vus or vus_needed(voters, limit)
@@ -136,16 +135,16 @@ def run_burst(target: HttpTarget, voters: int, vus: int | None, console: Console
     tag = new_tag()
     ballots = create_poll(target.admin_url, tag)
     local_ips = source_addresses(vus)
-    plan = {"base_url": target.base_url, "fn": fn, "headers": target.headers, "poll_id": ballots.poll_id,
+    plan = {"base_url": target.base_url, "fn": fn, "caller_header": caller_header, "poll_id": ballots.poll_id,
             "patterns": [list(p) for p in ballots.patterns], "tag": tag, "limit": limit.as_dict(),
             "call_timeout_s": CALL_TIMEOUT_S, "max_attempts": MAX_ATTEMPTS, "voters": voters, "vus": vus,
             "per_vu": per_vu, "max_duration_s": 1200}
     meter, memory = _measure(target)
     with tempfile.TemporaryDirectory(prefix="pgvote-k6-") as tmp:
         try:
-            run = run_k6("burst.js", plan, workdir or Path(tmp),
+            run = run_k6("burst.js", plan, Path(tmp),
                          voter_of=lambda vu, it: ballots.fingerprint((vu - 1) * per_vu + it),
-                         local_ips=local_ips, total=voters, label=label or f"{fn} over HTTP (k6, {vus:,} VUs)",
+                         local_ips=local_ips, total=voters, label=f"{fn} over HTTP (k6, {vus:,} VUs)",
                          console=console, quiet=quiet)
         finally:
             memory.stop()
@@ -163,7 +162,7 @@ def run_ramp(target: HttpTarget, peak_vus: int, time_scale: float, console: Cons
     ballots = create_poll(target.admin_url, tag)
     stages: tuple[Stage, ...] = scaled_stages(peak_vus, time_scale)
     local_ips = source_addresses(peak_vus)
-    plan = {"base_url": target.base_url, "fn": "cast_vote", "headers": target.headers,
+    plan = {"base_url": target.base_url, "fn": "cast_vote", "caller_header": False,
             "poll_id": ballots.poll_id, "patterns": [list(p) for p in ballots.patterns], "tag": tag,
             "limit": limit.as_dict(), "call_timeout_s": CALL_TIMEOUT_S, "max_attempts": MAX_ATTEMPTS,
             "stages": [{"seconds": s.seconds, "target": s.target} for s in stages]}

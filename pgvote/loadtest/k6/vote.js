@@ -19,10 +19,14 @@ const answers = new Counter('vote_answers');
 
 const RETRYABLE = { 0: true, 502: true, 503: true, 504: true };
 const url = `${plan.base_url}/rpc/${plan.fn}`;
-const params = {
-    headers: Object.assign({ 'Content-Type': 'application/json', Accept: 'application/json' }, plan.headers || {}),
-    timeout: `${plan.call_timeout_s}s`,
-};
+const headers = { 'Content-Type': 'application/json', Accept: 'application/json' };
+
+// Straight at PostgREST (no nginx to set it), plan.caller_header names each VU as a caller in
+// X-Real-IP, so that the database's rate-limit hook keeps a bucket per VU as it does behind nginx.
+function requestParams() {
+    const h = plan.caller_header ? Object.assign({ 'X-Real-IP': `${plan.tag}-vu-${__VU}` }, headers) : headers;
+    return { headers: h, timeout: `${plan.call_timeout_s}s` };
+}
 
 // FNV-1a over the fingerprint's bytes (ASCII): pgvote.loadtest.ballots.hash_index, so Python
 // knows which options every voter cast.
@@ -63,6 +67,7 @@ export function castBallot(voter) {
         option_ids: plan.patterns[hashIndex(fp) % plan.patterns.length],
         voter_fingerprint: fp,
     });
+    const params = requestParams();
     for (let attempt = 1; attempt <= plan.max_attempts; attempt++) {
         takeToken();
         const res = http.post(url, body, params);
