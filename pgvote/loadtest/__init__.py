@@ -6,7 +6,7 @@ Two load paths:
   ramp through the stack's nginx, one source address per VU within the production rate limits);
 - at the SQL level, PostgREST's exact statements through PgBouncer from Python processes
   (``callers``: one connection, ``worker``: a process of many on one event loop, ``runner``:
-  processes released together; ``scenarios``: single-vote burst, bare-insert reference, ramp, bulk;
+  processes released together; ``scenarios``: single-vote burst, bare-insert reference, bulk;
   ``baseline``: the bare-insert reference schema; ``bulk``: ``api.cast_votes`` batches).
 
 Shared: ``config`` (what to run, targets), ``ballots`` (who votes what), ``verify`` (exactly-once
@@ -25,7 +25,7 @@ from rich.console import Console
 from pgvote.loadtest import http_scenarios
 from pgvote.loadtest.config import LoadtestConfig, Targets
 from pgvote.loadtest.report import checks, environment
-from pgvote.loadtest.scenarios import run_bare, run_bulk_scenario, run_ramp, run_single, settle
+from pgvote.loadtest.scenarios import run_bare, run_bulk_scenario, run_single, settle
 from pgvote.loadtest.worker import raise_nofile_limit
 
 __all__ = ["LoadtestConfig", "Targets", "run_loadtest"]
@@ -52,8 +52,6 @@ def run_loadtest(cfg: LoadtestConfig, console: Console | None = None, quiet: boo
             scenarios.append(http_scenarios.run_burst(cfg.http, cfg.voters, cfg.vus, console, quiet=quiet))
     elif cfg.bulk:
         scenarios.append(run_bulk_scenario(cfg, console, quiet))
-    elif cfg.ramp:
-        scenarios.append(run_ramp(cfg, console, quiet))
     else:
         if cfg.baseline:
             scenarios.append(run_bare(replace(cfg, voters=cfg.baseline_voters or cfg.voters), console, quiet))

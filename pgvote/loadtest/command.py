@@ -1,4 +1,8 @@
-"""The ``pgvote loadtest`` command line: options, defaults from the local stack, output files."""
+"""The ``pgvote loadtest`` command line: options, defaults from the local stack, output files.
+
+Over HTTP by default (k6 through the stack's nginx: the product's real interface); ``--sql`` (and
+``--bulk`` / ``--with-bulk``, which are SQL-level) selects the database path through PgBouncer.
+"""
 from __future__ import annotations
 
 import argparse
@@ -20,29 +24,33 @@ DEFAULT_BULK_CLIENTS = 4  # concurrent batches: more only queue on 2 cores
 
 def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--voters", type=int, default=50_000, help="distinct voters, one ballot each (default 50,000)")
+    p.add_argument("--sql", action="store_true",
+                   help="the SQL path: PostgREST's statements straight through PgBouncer from Python clients, with "
+                        "the bare-insert reference burst (the drain ratio)")
     p.add_argument("--clients", type=int, default=None,
-                   help=f"concurrent client connections (default {DEFAULT_CLIENTS:,}; bulk: {DEFAULT_BULK_CLIENTS})")
+                   help=f"SQL path: concurrent client connections (default {DEFAULT_CLIENTS:,}; bulk: "
+                        f"{DEFAULT_BULK_CLIENTS})")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2,
-                   help="client processes sharing the connections (default: one per core)")
-    p.add_argument("--bulk", action="store_true", help="ingest through api.cast_votes as role ingest")
+                   help="SQL path: client processes sharing the connections (default: one per core)")
+    p.add_argument("--bulk", action="store_true", help="SQL path: ingest through api.cast_votes as role ingest")
     p.add_argument("--batch", type=int, default=500, help="ballots per cast_votes call (default 500)")
     p.add_argument("--http", metavar="URL", nargs="?", const="",
-                   help="vote over HTTP with k6: POST URL/rpc/cast_vote (default URL: the local stack's nginx), "
-                        "one source address per VU, production rate limits on; the poll is created and verified "
-                        "through --admin-url, the database behind it")
+                   help="the default: vote over HTTP with k6, POST URL/rpc/cast_vote (default URL: the local stack's "
+                        "nginx), one source address per VU, production rate limits on; the poll is created and "
+                        "verified through --admin-url, the database behind it")
     p.add_argument("--vus", type=int,
-                   help="--http: k6 VUs (default: the fewest that stay within the per-address burst, e.g. 2,500 "
+                   help="HTTP: k6 VUs (default: the fewest that stay within the per-address burst, e.g. 2,500 "
                         "for 50,000 voters; with --ramp: 2,000, the guide's 50,000 / 25)")
     p.add_argument("--ramp", action="store_true",
-                   help="the guide's k6 stages, scaled: peak users = --clients (SQL) or --vus (--http)")
+                   help="HTTP: the guide's k6 scenario (its stages and thresholds), peak users --vus")
     p.add_argument("--ramp-time-scale", type=float, default=0.25,
                    help="stage durations x this (default 0.25: 210 s of stages become 52 s)")
     p.add_argument("--no-baseline", action="store_true", help="skip the bare-insert reference burst")
     p.add_argument("--baseline-voters", type=int, help="voters of the bare-insert burst (default: --voters)")
     p.add_argument("--with-bulk", action="store_true",
-                   help="after the burst, ingest as many ballots through the bulk path (one report)")
+                   help="SQL path: after the burst, ingest as many ballots through the bulk path (one report)")
     p.add_argument("--call-timeout", type=float, default=30.0,
-                   help="client bound of one call, then the identical ballot is re-cast (default 30 s)")
+                   help="SQL path: client bound of one call, then the identical ballot is re-cast (default 30 s)")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
     p.add_argument("--chart", metavar="FILE.png", help="write throughput and latency over time (PNG)")
     p.add_argument("--database-url", help="authenticator through PgBouncer (default: the local stack's)")
@@ -91,7 +99,10 @@ def config_from_args(args: argparse.Namespace, stack: Any | None) -> LoadtestCon
     if not urls["database_url"] or not urls["admin_url"]:
         raise ValueError("give --database-url and --admin-url, or start the local stack (`pgvote up`)")
     clients = args.clients if args.clients is not None else (DEFAULT_BULK_CLIENTS if args.bulk else DEFAULT_CLIENTS)
-    http = None if args.http is None else http_target(args, stack, urls["admin_url"], urls["bouncer_admin_url"])
+    sql = args.sql or args.bulk or args.with_bulk
+    if sql and (args.http is not None or args.ramp):
+        raise ValueError("--http and --ramp are HTTP; --sql, --bulk and --with-bulk the SQL path: pick one")
+    http = None if sql else http_target(args, stack, urls["admin_url"], urls["bouncer_admin_url"])
     return LoadtestConfig(database_url=urls["database_url"], admin_url=urls["admin_url"],
                           bouncer_admin_url=urls["bouncer_admin_url"], voters=args.voters, clients=clients,
                           workers=max(1, args.workers), bulk=args.bulk, batch=args.batch, http=http, vus=args.vus,

@@ -55,6 +55,10 @@ def checks(report: dict[str, Any], targets: Targets) -> list[dict[str, Any]]:
                 phases["spike"]["success_rate"] >= targets.spike_success)
             add("guide", "p95 < 500 ms under spike (ramp)", f"{phases['spike']['p95_ms']:,.0f} ms",
                 phases["spike"]["p95_ms"] < targets.p95_ms)
+        if "k6" in ramp:
+            crossed = ramp["k6"]["thresholds_crossed"]
+            add("guide", "k6 thresholds: http_req_duration p(95)<500, http_req_failed rate<0.05",
+                ", ".join(crossed) + " crossed (k6 exit 99)" if crossed else "none crossed", not crossed)
         v = ramp["verification"]
         add("ours", "ramp: every acknowledged vote stored exactly once", f"lost {v['lost']}, dup {v['duplicated']}",
             v["exactly_once"])
@@ -106,7 +110,8 @@ def _ms(x: float) -> str:
 
 def print_report(report: dict[str, Any], console: Console) -> None:
     for s in report["scenarios"]:
-        table = Table(title=f"{s['name']} — {s['voters']:,} voters, {s.get('clients', '-')} clients")
+        users = "VUs" if "k6" in s else "clients"
+        table = Table(title=f"{s['name']} — {s['voters']:,} voters, {s.get('clients', '-')} {users}")
         table.add_column("figure")
         table.add_column("value", justify="right")
         v = s["verification"]
@@ -131,6 +136,12 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                     ("time to ack since release p50/p95", f"{_ms(tta['p50_ms'])}/{_ms(tta['p95_ms'])} ms"),
                     ("success rate (200 / requests)", f"{f['success_rate']:.2%} of {f['requests']:,}"),
                     ("errors (retried)", _counts(f["retried_errors"]) or "0")]
+            if "k6" in s:
+                k6 = s["k6"]
+                rows.append(("k6 requests (identical retries)", f"{k6['requests']:,} ({k6['retries']:,})"))
+                rows.append(("k6 exit, thresholds crossed", f"{k6['exit_code']}, "
+                                                             f"{', '.join(k6['thresholds_crossed']) or 'none'}"))
+                rows.append(("source addresses (one per VU)", s["local_ips"]))
             for phase, pf in s.get("phases", {}).items():
                 rows.append((f"{phase} load: success, p95", f"{pf['success_rate']:.2%}, {_ms(pf['p95_ms'])} ms"))
         mem = s["memory"]

@@ -1,8 +1,8 @@
-"""The scenarios of ``pgvote loadtest``: each creates its own poll, runs, and verifies what is stored.
+"""The SQL-level scenarios of ``pgvote loadtest --sql``: each creates its own poll, runs, and verifies
+what is stored (the HTTP ones, k6's, are in ``http_scenarios``).
 
 - ``single``: N distinct voters, one ``cast_vote`` each, from C connections released together;
 - ``bare``: the same burst against the bare-insert reference (``baseline.py``): the drain ratio;
-- ``ramp``: the guide's k6 stages, scaled (``config.scaled_stages``): success per phase;
 - ``bulk``: the same N ballots through ``api.cast_votes`` in batches.
 """
 from __future__ import annotations
@@ -25,10 +25,10 @@ from pgvote.loadtest.ballots import BallotSpec, identity
 from pgvote.loadtest.bulk import acknowledged as bulk_acknowledged
 from pgvote.loadtest.bulk import run_bulk
 from pgvote.loadtest.callers import DbTarget
-from pgvote.loadtest.config import LoadtestConfig, Stage, scaled_stages
+from pgvote.loadtest.config import LoadtestConfig
 from pgvote.loadtest.memory import MemorySample, MemorySampler
 from pgvote.loadtest.runner import ClientRun, run_workers
-from pgvote.loadtest.stats import figures, latency_summary, phase_figures, timeline
+from pgvote.loadtest.stats import figures, latency_summary, timeline
 from pgvote.loadtest.verify import verify_poll
 from pgvote.loadtest.worker import WorkerSpec
 from pgvote.paths import PROJECT_ROOT
@@ -98,12 +98,11 @@ def _split(n: int, parts: int) -> list[int]:
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
 
 
-def _specs(cfg: LoadtestConfig, ballots: BallotSpec, target: DbTarget,
-           stages: tuple[Stage, ...] = ()) -> list[WorkerSpec]:
+def _specs(cfg: LoadtestConfig, ballots: BallotSpec, target: DbTarget) -> list[WorkerSpec]:
     workers = max(1, min(cfg.workers, cfg.clients))
     return [WorkerSpec(w, ballots, clients, target=target,
-                       voters=() if stages else range(w, cfg.voters, workers), stages=stages,
-                       peak_clients=cfg.clients, call_timeout=cfg.call_timeout, max_attempts=cfg.max_attempts,
+                       voters=range(w, cfg.voters, workers), call_timeout=cfg.call_timeout,
+                       max_attempts=cfg.max_attempts,
                        run_timeout=cfg.run_timeout)
             for w, clients in enumerate(_split(cfg.clients, workers))]
 
@@ -111,7 +110,7 @@ def _specs(cfg: LoadtestConfig, ballots: BallotSpec, target: DbTarget,
 def _client_result(name: str, path: str, cfg: LoadtestConfig, run: ClientRun, s: MemorySampler,
                    extra: dict[str, Any]) -> dict[str, Any]:
     f = figures(run.records, run.t0, run.errors)
-    return {"name": name, "path": path, "voters": cfg.voters if path != "ramp" else f.voters,
+    return {"name": name, "path": path, "voters": cfg.voters,
             "clients": cfg.clients, "workers": max(1, min(cfg.workers, cfg.clients)),
             "connected": run.connected, "connect_failure": run.connect_failure,
             "figures": f.as_dict(), "memory": memory_figures(s), "pool": dict(s.pool_peaks),
@@ -161,27 +160,6 @@ def run_bare(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict
     check = {"accepted": len(acked), "stored": stored, "lost": len(acked) - found,
              "duplicated": 0, "exactly_once": stored == found == len(acked)}  # the primary key forbids twins
     return _client_result("bare-insert reference", "bare", cfg, run, s, {"verification": check})
-
-
-def run_ramp(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
-    """The guide's k6 stages scaled to ``clients`` peak users and ``ramp_time_scale``: sustained load."""
-    tag = new_tag()
-    ballots = create_poll(cfg.admin_url, tag)
-    stages = scaled_stages(cfg.clients, cfg.ramp_time_scale)
-    target = DbTarget(cfg.database_url, pre_request=pre_request_hook(cfg.admin_url))
-    s = sampler(cfg)
-    s.start()
-    try:
-        run = run_workers(_specs(cfg, ballots, target, stages), total=None, label="ramp (k6 stages)",
-                          console=console, quiet=quiet)
-    finally:
-        s.stop()
-    acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in run.records if r[1] == "ack"}
-    check = verify_poll(cfg.admin_url, ballots.poll_id, acked, [identity(r[0]) for r in run.records])
-    return _client_result("ramp (guide's k6 stages, scaled)", "ramp", cfg, run, s, {
-        "poll_id": ballots.poll_id, "verification": check.as_dict(),
-        "stages": [{"seconds": st.seconds, "target": st.target, "phase": st.phase} for st in stages],
-        "phases": phase_figures(run.records, run.t0, stages)})
 
 
 def run_bulk_scenario(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:

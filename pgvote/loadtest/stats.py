@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pgvote.loadtest.config import Stage
-from pgvote.loadtest.worker import Record, stage_at
+from pgvote.loadtest.worker import Record
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -94,3 +94,11 @@ def timeline(records: Sequence[Record], t0: float, bins: int = 60) -> list[dict[
         out.append({"t": round((i + 0.5) * width, 3), "votes_per_s": len(lat) / width,
                     "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95), "p99_ms": percentile(lat, 99)})
     return out
+
+
+def stage_at(stages: Sequence[Stage], elapsed: float) -> Stage | None:
+    for stage in stages:
+        if elapsed < stage.seconds:
+            return stage
+        elapsed -= stage.seconds
+    return None

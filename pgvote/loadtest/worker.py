@@ -22,7 +22,6 @@ import psycopg
 
 from pgvote.loadtest.ballots import BallotSpec
 from pgvote.loadtest.callers import Answer, DbCaller, DbTarget, retryable
-from pgvote.loadtest.config import Stage
 from pgvote.postgrest_emulation import Routine
 
 #: One voter's fate: (fingerprint, outcome, status, answer-or-code, t_start, t_end, attempts, first_ok).
@@ -40,9 +39,7 @@ class WorkerSpec:
     ballots: BallotSpec
     clients: int
     target: DbTarget  # PostgREST's statements, through PgBouncer
-    voters: Sequence[int] = ()  # burst: the voter numbers this process casts
-    stages: tuple[Stage, ...] = ()  # ramp: virtual users over time (this process's share)
-    peak_clients: int = 0  # ramp: the total of all processes (stage targets are for the total)
+    voters: Sequence[int] = ()  # the voter numbers this process casts
     call_timeout: float = 30.0
     max_attempts: int = 50
     run_timeout: float = 600.0
@@ -105,11 +102,8 @@ class _Worker:
         cpu_start = time.process_time()
         reporter = asyncio.create_task(self._report_progress())
         try:
-            if spec.stages:
-                await asyncio.gather(*(self._virtual_user(i, c) for i, c in enumerate(callers)))
-            else:
-                voters = iter(spec.voters)
-                await asyncio.gather(*(self._burst_client(c, voters) for c in callers))
+            voters = iter(spec.voters)
+            await asyncio.gather(*(self._burst_client(c, voters) for c in callers))
         finally:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -139,27 +133,13 @@ class _Worker:
         await asyncio.gather(*(one(c) for c in callers))
         return len(callers) - len(failures), (f"{type(failures[0]).__name__}: {failures[0]}" if failures else None)
 
-    # ---- the two load shapes ---------------------------------------------------------------------
+    # ---- the burst ---------------------------------------------------------------------------------
 
     async def _burst_client(self, caller: DbCaller, voters: Iterator[int]) -> None:
         for n in voters:  # one iterator shared by the clients of this process
             if time.monotonic() > self.deadline:
                 return
             await self._cast(caller, self.spec.ballots.fingerprint(n))
-
-    async def _virtual_user(self, index: int, caller: DbCaller) -> None:
-        """k6's VU: while the stage schedule counts this VU as active, vote (a new voter), then sleep 1 s."""
-        spec = self.spec
-        end = self.t0 + sum(s.seconds for s in spec.stages)
-        iteration = 0
-        share = spec.clients / max(1, spec.peak_clients)
-        while time.monotonic() < end:
-            if index >= active_users(spec.stages, time.monotonic() - self.t0) * share:
-                await asyncio.sleep(0.05)
-                continue
-            await self._cast(caller, spec.ballots.fingerprint(f"w{spec.wid}-u{index}-{iteration}"))
-            iteration += 1
-            await asyncio.sleep(1.0)
 
     # ---- one voter --------------------------------------------------------------------------------
 
@@ -202,22 +182,3 @@ class _Worker:
         while True:
             self._send_progress()
             await asyncio.sleep(PROGRESS_PERIOD)
-
-
-def active_users(stages: Sequence[Stage], elapsed: float) -> float:
-    """k6 ``stages`` semantics: the VU count moves linearly from the previous target to this stage's target."""
-    previous = 0.0
-    for stage in stages:
-        if elapsed < stage.seconds:
-            return previous + (stage.target - previous) * (elapsed / stage.seconds if stage.seconds else 1.0)
-        elapsed -= stage.seconds
-        previous = float(stage.target)
-    return previous
-
-
-def stage_at(stages: Sequence[Stage], elapsed: float) -> Stage | None:
-    for stage in stages:
-        if elapsed < stage.seconds:
-            return stage
-        elapsed -= stage.seconds
-    return None
