@@ -19,10 +19,12 @@ another exposed schema would need every replica restarted with a different ``db-
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,7 @@ def run_http_bench(stack: Any, *, quick: bool, json_path: Path | None, report_pa
                    console: Console) -> dict[str, Any]:
     sizes = QUICK if quick else FULL
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
 
     def progress(message: str) -> None:
         console.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {message}")
@@ -115,7 +118,7 @@ def run_http_bench(stack: Any, *, quick: bool, json_path: Path | None, report_pa
     def burst(name: str, target: HttpTarget, voters: int, vus: int, fn: str = "cast_vote",
               caller_header: bool = False) -> dict[str, Any]:
         progress(f"{name}: {voters:,} voters, {vus:,} VUs, /rpc/{fn} at {target.base_url}")
-        runs[name] = run_burst(target, voters, vus, console, quiet=True, fn=fn, caller_header=caller_header)
+        runs[name] = run_burst(target, voters, vus, console, fn=fn, caller_header=caller_header)
         progress(f"{name}: {_rate(runs[name]):,.0f}/s")
         return runs[name]
 
@@ -127,7 +130,7 @@ def run_http_bench(stack: Any, *, quick: bool, json_path: Path | None, report_pa
     hook_on = burst("direct_caller_identified", direct, sizes.h1_voters, sizes.h1_vus, caller_header=True)
     hook_off = burst("direct_no_caller", direct, sizes.h1_voters, sizes.h1_vus)
     progress(f"H3: the guide's ramp, peak {sizes.ramp_vus:,} VUs, durations x {sizes.ramp_time_scale:g}")
-    ramp = runs["ramp"] = run_ramp(nginx, sizes.ramp_vus, sizes.ramp_time_scale, console, quiet=True)
+    ramp = runs["ramp"] = run_ramp(nginx, sizes.ramp_vus, sizes.ramp_time_scale, console)
 
     v2, f2 = cast_h2["verification"], cast_h2["figures"]
     k6 = ramp["k6"]
@@ -145,7 +148,9 @@ def run_http_bench(stack: Any, *, quick: bool, json_path: Path | None, report_pa
           "thresholds": {"http_req_duration": "p(95)<500", "http_req_failed": "rate<0.05"},
           "thresholds_crossed": k6["thresholds_crossed"], "k6_exit_code": k6["exit_code"],
           "exactly_once": ramp["verification"]["exactly_once"], "voters": ramp["figures"]["voters"]}
-    report = {"command": command, "sizes": sizes.__dict__, "ratios": ratios, "h3": h3,
+    environment = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpus": os.cpu_count(),
+                   "load_before": load_before, "load_after": os.getloadavg()[0]}
+    report = {"command": command, "sizes": sizes.__dict__, "environment": environment, "ratios": ratios, "h3": h3,
               "cpu_ms_per_vote": {name: _cpu_per_vote(r) for name, r in runs.items()},
               "runs": {name: {k: v for k, v in r.items() if k != "timeline"} for name, r in runs.items()}}
     print_tables(report, console)
@@ -205,10 +210,30 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
     console.print(cpu)
 
 
+METHOD = """\
+One run on one stack, k6 through nginx -> two PostgREST replicas -> PgBouncer -> PostgreSQL, production rate
+limits on (how the load is made: the section above). H1 and H2 compare `cast_vote` with
+`api.bench_noop_cast_vote`, a function with the same arguments that returns a ballot-shaped answer and touches
+nothing, created only for the run: the same nginx, PostgREST, anonymous role, rate-limit hook and transaction,
+so the ratio is what the vote itself costs on the real path (its reads and writes, and the durable commit its
+WAL needs: the no-op writes only the hook's unlogged bucket row, so its commit waits for no flush). The no-op goes through nginx's general location, the vote through its `/rpc/cast_vote` one: same limiter
+mechanism, different zone). Each pair is two bursts of the same shape (voters, VUs, one address per VU). The
+hook's cost is measured straight at one replica, where the client's `X-Real-IP` reaches the database: a
+per-VU identity in it (a bucket token per call) against none (the hook returns before the bucket)."""
+
+
 def markdown(report: dict[str, Any]) -> str:
-    lines = [START, "## HTTP (`pgvote bench --http`)", "", f"Command: `{report['command']}`; sizes: "
-             + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:g}" for k, v in report["sizes"].items()),
-             "", "| ratio | what | value | goal | met |", "|---|---|---:|---|---|"]
+    env = report["environment"]
+    lines = [START, "## HTTP (`pgvote bench --http`)", "", METHOD, "",
+             f"Command: `{report['command']}`; sizes: "
+             + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:g}" for k, v in report["sizes"].items())
+             + f". {env['date']}, {env['cpus']} cores, 1-minute load average {env['load_before']:.1f} before, "
+             f"{env['load_after']:.1f} after."]
+    if report["sizes"] == QUICK.__dict__:
+        lines += ["", "**Smoke run** (`--quick` sizes on a shared machine): it shows the machinery works end to "
+                      "end, not what the path can do; the figures come from a full `pgvote bench --http` on a quiet "
+                      "machine."]
+    lines += ["", "| ratio | what | value | goal | met |", "|---|---|---:|---|---|"]
     lines += [f"| {' | '.join(row)} |" for row in _rows(report)]
     names = _cpu_names(report)
     lines += ["", "CPU milliseconds per vote, by process:", "",

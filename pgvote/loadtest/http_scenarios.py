@@ -112,7 +112,7 @@ def _result(name: str, path: str, run: K6Run, ballots: BallotSpec, vus: int, loc
             "pool": dict(memory.pool_peaks), "cpu_seconds": {"k6": round(run.cpu_seconds, 2), **cpu},
             "timeline": timeline(run.records, run.t0),
             "k6": {"exit_code": run.exit_code, "thresholds_crossed": run.thresholds_crossed,
-                   "requests": run.requests, "retries": run.requests - f.voters,
+                   "requests": run.requests, "retries": run.requests - f.voters, "peak_rss_mib": round(run.peak_rss_mib),
                    "http_req_duration_ms": metrics.get("http_req_duration", {}).get("values", {}),
                    "http_req_failed_rate": metrics.get("http_req_failed", {}).get("values", {}).get("rate")},
             "verification": verification if verification is not None else {"exactly_once": True,

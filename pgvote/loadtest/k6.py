@@ -71,6 +71,7 @@ class K6Run:
     errors: Counter[str]  # every non-200 attempt, by "status code"
     t0: float  # the first request's start (the release), epoch seconds
     cpu_seconds: float  # k6's own user + system time
+    peak_rss_mib: float  # k6's largest resident set
     requests: int
     answers: Counter[str] = field(default_factory=Counter)
 
@@ -157,14 +158,15 @@ def run_k6(script: str, plan: dict[str, Any], workdir: Path, *, voter_of: Callab
     with log.open("wb") as log_file:
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env,
                                 preexec_fn=_raise_nofile_limit)
-        exit_code, cpu = _follow(proc, follower, total, label, console, quiet, timeout)
+        exit_code, usage = _follow(proc, follower, total, label, console, quiet, timeout)
     follower.read()
     if exit_code not in (0, THRESHOLDS_CROSSED) or not summary_path.is_file():
         tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-10:])
         raise K6Failed(f"k6 {script} exited with {exit_code}; last lines of {log}:\n{tail}")
     records = list(_records(follower, voter_of))
     t0 = min((r[4] for r in records), default=time.time())
-    return K6Run(exit_code, json.loads(summary_path.read_text()), records, follower.errors, t0, cpu,
+    return K6Run(exit_code, json.loads(summary_path.read_text()), records, follower.errors, t0,
+                 usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,  # ru_maxrss: KiB on Linux
                  sum(len(a) for a in follower.attempts.values()), Counter(follower.answers.values()))
 
 
@@ -176,7 +178,7 @@ def _raise_nofile_limit() -> None:
 
 
 def _follow(proc: subprocess.Popen[bytes], follower: _Follower, total: int | None, label: str,
-            console: Console, quiet: bool, timeout: float) -> tuple[int, float]:
+            console: Console, quiet: bool, timeout: float) -> tuple[int, resource.struct_rusage]:
     """Show acknowledged votes, the rate of the last second and the errors until k6 exits."""
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("acked {task.fields[acked]:,}"), TextColumn("{task.fields[rate]:>7,.0f} votes/s"),
@@ -197,7 +199,7 @@ def _follow(proc: subprocess.Popen[bytes], follower: _Follower, total: int | Non
                             errors="  ".join(f"{k}: {n:,}" for k, n in follower.errors.most_common(4)))
             if pid == proc.pid:
                 proc.returncode = os.waitstatus_to_exitcode(status)
-                return proc.returncode, usage.ru_utime + usage.ru_stime
+                return proc.returncode, usage
             if now > deadline:
                 proc.kill()
                 proc.wait()

@@ -139,6 +139,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             if "k6" in s:
                 k6 = s["k6"]
                 rows.append(("k6 requests (identical retries)", f"{k6['requests']:,} ({k6['retries']:,})"))
+                rows.append(("k6 peak memory (RSS)", f"{k6['peak_rss_mib']:,} MiB"))
                 rows.append(("k6 exit, thresholds crossed", f"{k6['exit_code']}, "
                                                              f"{', '.join(k6['thresholds_crossed']) or 'none'}"))
                 rows.append(("source addresses (one per VU)", s["local_ips"]))
