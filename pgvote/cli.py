@@ -310,7 +310,8 @@ def _loadtest_options(p: argparse.ArgumentParser) -> None:
     add_options(p)
 
 
-@command("loadtest", "the 50,000-vote spike on one poll through PgBouncer, verified exactly once",
+@command("loadtest", "the 50,000-vote spike on one poll, over HTTP with k6 (or --sql through PgBouncer), "
+                     "verified exactly once",
          configure=_loadtest_options)
 def cmd_loadtest(args: argparse.Namespace) -> int:
     from pgvote.loadtest.command import run

@@ -33,7 +33,6 @@ from rich.console import Console
 
 from helpers import Poll, counts_from_ballots, fingerprint, results_counts, stored_ballots
 from pgvote.loadtest import LoadtestConfig, run_loadtest
-from pgvote.loadtest.command import server_ports
 from pgvote.loadtest.http_scenarios import HttpTarget, request_limit, run_burst
 from pgvote.loadtest.k6 import _Follower, _records
 from pgvote.postgrest_emulation import PostgrestEmulator, Response, connect_emulator
@@ -61,8 +60,7 @@ def test_k6_burst_of_2000_voters_over_nginx_is_stored_exactly_once(stack: LocalS
     rate limits on: every voter is acknowledged (no 429: each VU is its own caller and stays within its
     address's burst), the stored ballots are exactly the acknowledged ones, poll_results equals them,
     and the database's limiter holds one bucket per VU address, each short of the tokens it spent."""
-    target = HttpTarget(stack.http_url, stack.admin_url, server_ports(stack.status()), stack.bouncer_admin_url)
-    burst = run_burst(target, voters=2_000, vus=200, console=quiet_console(), quiet=True)
+    burst = run_burst(HttpTarget.for_stack(stack), voters=2_000, vus=200, console=quiet_console(), quiet=True)
 
     f, v = burst["figures"], burst["verification"]
     assert f["accepted"] == f["voters"] == 2_000, (f["rejected"], f["retried_errors"])

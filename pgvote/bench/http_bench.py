@@ -35,7 +35,6 @@ from rich.table import Table
 from pgvote.bench.report import write_markdown
 from pgvote.http import ApiClient
 from pgvote.loadtest import DEFAULT_RAMP_VUS
-from pgvote.loadtest.command import server_ports
 from pgvote.loadtest.http_scenarios import HttpTarget, run_burst, run_ramp
 
 NOOP = "bench_noop_cast_vote"
@@ -110,7 +109,7 @@ def run_http_bench(stack: Any, *, quick: bool, json_path: Path | None, report_pa
     def progress(message: str) -> None:
         console.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {message}")
 
-    nginx = HttpTarget(stack.http_url, stack.admin_url, server_ports(stack.status()), stack.bouncer_admin_url)
+    nginx = HttpTarget.for_stack(stack)
     replica = stack.live_replicas()[0]
     direct = HttpTarget(replica.url, stack.admin_url, nginx.servers, stack.bouncer_admin_url)
     runs: dict[str, dict[str, Any]] = {}

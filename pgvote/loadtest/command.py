@@ -15,7 +15,7 @@ from rich.console import Console
 
 from pgvote.loadtest import LoadtestConfig, run_loadtest
 from pgvote.loadtest.chart import write_chart
-from pgvote.loadtest.http_scenarios import HttpTarget
+from pgvote.loadtest.http_scenarios import HttpTarget, server_ports
 from pgvote.loadtest.report import print_report, write_json
 
 DEFAULT_CLIENTS = 2_000
@@ -57,23 +57,6 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admin-url", help="superuser, direct, for setup and verification (default: the local stack's)")
     p.add_argument("--bouncer-admin-url", help="PgBouncer admin console (default: the local stack's)")
     p.add_argument("--quiet", action="store_true", help="no live progress")
-
-
-def server_ports(status: dict[str, Any]) -> dict[str, int]:
-    """Listening port of each server process of a stack's ``status()``: nginx, every PostgREST,
-    PgBouncer, PostgreSQL (``components.postgrest`` is one replica or a list of them)."""
-    components = status.get("components", {})
-    ports: dict[str, int] = {}
-    if components.get("nginx", {}).get("port"):
-        ports["nginx"] = int(components["nginx"]["port"])
-    replicas = components.get("postgrest") or []
-    for replica in replicas if isinstance(replicas, list) else [replicas]:
-        if replica.get("port") and replica.get("running", True):
-            ports[replica.get("name") or f"postgrest {replica['port']}"] = int(replica["port"])
-    for name in ("pgbouncer", "postgres"):
-        if components.get(name, {}).get("port"):
-            ports[name] = int(components[name]["port"])
-    return ports
 
 
 def http_target(args: argparse.Namespace, stack: Any | None, admin_url: str,

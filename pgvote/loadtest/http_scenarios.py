@@ -52,6 +52,27 @@ class HttpTarget:
     servers: dict[str, int] = field(default_factory=dict)
     bouncer_admin_url: str | None = None
 
+    @classmethod
+    def for_stack(cls, stack: Any) -> HttpTarget:
+        """The stack's nginx, measured with every server process the stack runs."""
+        return cls(stack.http_url, stack.admin_url, server_ports(stack.status()), stack.bouncer_admin_url)
+
+
+def server_ports(status: dict[str, Any]) -> dict[str, int]:
+    """Listening port of each running server process of a stack's ``status()``: nginx, every PostgREST
+    replica (by name), PgBouncer, PostgreSQL."""
+    components = status.get("components", {})
+    ports: dict[str, int] = {}
+    if components.get("nginx", {}).get("port"):
+        ports["nginx"] = int(components["nginx"]["port"])
+    for replica in components.get("postgrest", []):
+        if replica.get("running"):
+            ports[replica["name"]] = int(replica["port"])
+    for name in ("pgbouncer", "postgres"):
+        if components.get(name, {}).get("port"):
+            ports[name] = int(components[name]["port"])
+    return ports
+
 
 @dataclass(frozen=True)
 class RateLimit:
