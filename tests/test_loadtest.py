@@ -17,6 +17,7 @@ No assertion is on wall-clock time: the machines are shared and noisy.
 """
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import threading
@@ -33,9 +34,12 @@ from rich.console import Console
 
 from helpers import Poll, counts_from_ballots, fingerprint, results_counts, stored_ballots
 from pgvote.loadtest import LoadtestConfig, run_loadtest
+from pgvote.loadtest.ballots import BallotSpec
+from pgvote.loadtest.callers import Answer, DbCaller, DbTarget, retryable
 from pgvote.loadtest.http_scenarios import HttpTarget, request_limit, run_burst
 from pgvote.loadtest.k6 import _Follower, _records
-from pgvote.postgrest_emulation import PostgrestEmulator, Response, connect_emulator
+from pgvote.loadtest.scenarios import create_poll
+from pgvote.http import ApiClient, Response
 from pgvote.stack import LocalStack
 
 INGEST = {"role": "ingest"}
@@ -155,7 +159,7 @@ def test_bulk_run_of_5000_ballots_is_stored_exactly_once(stack: LocalStack) -> N
 # bulk ingestion: one batch with new, invalid and duplicate ballots
 
 
-def cast_votes(api: PostgrestEmulator, ballots: Any) -> Response:
+def cast_votes(api: ApiClient, ballots: Any) -> Response:
     return api.rpc("cast_votes", {"ballots": ballots}, claims=INGEST)
 
 
@@ -165,7 +169,7 @@ def voter_key_count(admin: psycopg.Connection, poll_id: str, identity: str) -> i
     return int(row[0])
 
 
-def test_bulk_batch_mixing_new_invalid_and_duplicate_ballots(api: PostgrestEmulator, make_poll: Any,
+def test_bulk_batch_mixing_new_invalid_and_duplicate_ballots(api: ApiClient, make_poll: Any,
                                                              admin: psycopg.Connection) -> None:
     """One outcome per ballot, in input order, with the code cast_vote would give; a duplicate in
     the batch is unchanged (identical) or already_voted (different, no revotes); re-sending the
@@ -224,7 +228,7 @@ def test_bulk_batch_mixing_new_invalid_and_duplicate_ballots(api: PostgrestEmula
     assert results_counts(results_now) == counts_from_ballots(admin, poll.poll_id) == {a: 3, b: 1, c: 1}
 
 
-def test_bulk_batch_over_1000_ballots_or_not_an_array_writes_nothing(api: PostgrestEmulator, make_poll: Any,
+def test_bulk_batch_over_1000_ballots_or_not_an_array_writes_nothing(api: ApiClient, make_poll: Any,
                                                                      admin: psycopg.Connection) -> None:
     poll: Poll = make_poll()
     too_many = [{"poll_id": poll.poll_id, "option_ids": [poll.option_ids[0]], "voter_fingerprint": f"many-{i}"}
@@ -274,27 +278,26 @@ def pool_waiting(bouncer_admin_url: str) -> int:
                    if row[names.index("database")] == "pgvote")
 
 
-SCHEMA_CACHE: dict[Any, Any] = {}  # like PostgREST's: read once, before the load (not while the pool is full)
+def cast_each(url: str, poll: BallotSpec, voters: list[str]) -> list[tuple[str, Answer]]:
+    """Each voter casts on its own connection, all at once, with the load test's SQL-level caller
+    (PostgREST's statements through PgBouncer): (voter, answer)."""
 
-
-def cast_each(url: str, poll: dict[str, Any], voters: list[str]) -> list[tuple[str, Response, bool]]:
-    """Each voter casts on its own connection, all at once: (voter, answer, connection closed after)."""
-
-    def one(voter: str) -> tuple[str, Response, bool]:
-        api = connect_emulator(url, schema_cache=SCHEMA_CACHE)
+    async def one(voter: str) -> tuple[str, Answer]:
+        caller = DbCaller(DbTarget(url))
         try:
-            r = api.rpc("cast_vote", {"poll_id": poll["poll_id"], "option_ids": [poll["option_ids"][0]],
-                                      "voter_fingerprint": voter})
-            return voter, r, api.conn.closed or api.conn.broken
+            return voter, await caller.call({"poll_id": poll.poll_id, "option_ids": [poll.option_ids[0]],
+                                             "voter_fingerprint": voter}, timeout=60)
         finally:
-            api.conn.close()
+            await caller.close()
 
-    with ThreadPoolExecutor(max_workers=len(voters)) as pool:
-        return list(pool.map(one, voters))
+    async def every() -> list[tuple[str, Answer]]:
+        return list(await asyncio.gather(*(one(v) for v in voters)))
+
+    return asyncio.run(every())
 
 
-def overload_wave(stack: LocalStack, poll: dict[str, Any], voters: list[str],
-                  hold_seconds: float) -> tuple[list[tuple[str, Response, bool]], int]:
+def overload_wave(stack: LocalStack, poll: BallotSpec, voters: list[str],
+                  hold_seconds: float) -> tuple[list[tuple[str, Answer]], int]:
     """Fill the pool with sleepers, then cast: returns the answers and the peak of queued clients."""
     started = threading.Barrier(POOL + 1)
     holders = [threading.Thread(target=hold_pool, args=(stack.api_url, hold_seconds, started)) for _ in range(POOL)]
@@ -319,35 +322,26 @@ def test_overload_queues_then_answers_a_clean_retryable_error(tiny_pool: LocalSt
     (b) The holders outlast the bound: every queued client gets PgBouncer's query_wait_timeout
         (SQLSTATE class 08: PostgREST's 503, retryable) and its connection is closed; nothing was
         written; the identical re-cast after the pool frees is recorded, a second one unchanged."""
-    creator = connect_emulator(tiny_pool.api_url, schema_cache=SCHEMA_CACHE)
-    try:
-        creator.routines("cast_vote")
-        created = creator.rpc("create_poll", {"question": "Overload?", "options": ["yes", "no"]},
-                              claims={"role": "authenticated", "sub": f"creator-{uuid.uuid4()}"})
-    finally:
-        creator.conn.close()
-    assert created.status == 200, created.body
-    poll = created.body
+    poll = create_poll(tiny_pool.admin_url, uuid.uuid4().hex[:10])
 
     served, peak = overload_wave(tiny_pool, poll, [fingerprint() for _ in range(12)], hold_seconds=0.3)
     assert peak > 0  # they did queue in PgBouncer
-    assert [r.status for _, r, _ in served] == [200] * 12
+    assert [r.status for _, r in served] == [200] * 12
     with psycopg.connect(tiny_pool.admin_url, autocommit=True) as admin:
-        assert stored_ballots(admin, poll["poll_id"]) == 12
+        assert stored_ballots(admin, poll.poll_id) == 12
 
     voters = [fingerprint() for _ in range(12)]
     refused, peak = overload_wave(tiny_pool, poll, voters, hold_seconds=WAIT_BOUND + 4)
     assert peak > 0
-    for _voter, r, closed in refused:
-        assert r.status == 503, r.body  # class 08 -> 503: retryable, never a hang
-        assert r.sqlstate is not None and r.sqlstate.startswith("08"), r.sqlstate
-        assert "query_wait_timeout" in r.body["message"]
-        assert closed  # PgBouncer closed the client connection
+    for _voter, r in refused:
+        assert r.status == 503 and retryable(r), r.body  # a lost connection / class 08 -> 503, never a hang
+        assert r.code == "PGRST001" and "query_wait_timeout" in r.body["details"]
+        assert not r.usable  # PgBouncer closed the client connection
     with psycopg.connect(tiny_pool.admin_url, autocommit=True) as admin:
-        assert stored_ballots(admin, poll["poll_id"]) == 12  # nothing of the refused wave was written
+        assert stored_ballots(admin, poll.poll_id) == 12  # nothing of the refused wave was written
 
         retried = cast_each(tiny_pool.api_url, poll, voters)  # the pool is free again
-        assert Counter(r.body["status"] for _, r, _ in retried) == {"recorded": 12}
+        assert Counter(r.body["status"] for _, r in retried) == {"recorded": 12}
         again = cast_each(tiny_pool.api_url, poll, voters)
-        assert Counter(r.body["status"] for _, r, _ in again) == {"unchanged": 12}
-        assert stored_ballots(admin, poll["poll_id"]) == 24
+        assert Counter(r.body["status"] for _, r in again) == {"unchanged": 12}
+        assert stored_ballots(admin, poll.poll_id) == 24

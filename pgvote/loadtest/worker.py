@@ -22,7 +22,6 @@ import psycopg
 
 from pgvote.loadtest.ballots import BallotSpec
 from pgvote.loadtest.callers import Answer, DbCaller, DbTarget, retryable
-from pgvote.postgrest_emulation import Routine
 
 #: One voter's fate: (fingerprint, outcome, status, answer-or-code, t_start, t_end, attempts, first_ok).
 #: outcome: "ack" (200: recorded/changed/unchanged), "rejected" (a final 4xx/5xx), "gave_up" (retries exhausted).
@@ -88,13 +87,8 @@ class _Worker:
 
     async def run(self) -> None:
         spec = self.spec
-        cache: dict[tuple[str, str], tuple[Routine, ...]] = {}
-        callers = [DbCaller(spec.target, cache) for _ in range(spec.clients)]
+        callers = [DbCaller(spec.target) for _ in range(spec.clients)]
         opened, failure = await self._open_all(callers)
-        for c in callers:  # the schema cache is shared: read it once, before the release
-            if c.emulator is not None:
-                await c.warm()
-                break
         self.ready_q.put((spec.wid, opened, failure))
         await asyncio.get_running_loop().run_in_executor(None, self.go.wait)
         self.t0 = self.t0_value.value
