@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +147,7 @@ def run_http_bench(stack: Any, *, quick: bool, json_path: Path | None, report_pa
           "thresholds": {"http_req_duration": "p(95)<500", "http_req_failed": "rate<0.05"},
           "thresholds_crossed": k6["thresholds_crossed"], "k6_exit_code": k6["exit_code"],
           "exactly_once": ramp["verification"]["exactly_once"], "voters": ramp["figures"]["voters"]}
-    environment = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpus": os.cpu_count(),
+    environment = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "cpus": os.cpu_count(),
                    "load_before": load_before, "load_after": os.getloadavg()[0]}
     report = {"command": command, "sizes": sizes.__dict__, "environment": environment, "ratios": ratios, "h3": h3,
               "cpu_ms_per_vote": {name: _cpu_per_vote(r) for name, r in runs.items()},
@@ -215,8 +215,9 @@ limits on (how the load is made: the section above). H1 and H2 compare `cast_vot
 `api.bench_noop_cast_vote`, a function with the same arguments that returns a ballot-shaped answer and touches
 nothing, created only for the run: the same nginx, PostgREST, anonymous role, rate-limit hook and transaction,
 so the ratio is what the vote itself costs on the real path (its reads and writes, and the durable commit its
-WAL needs: the no-op writes only the hook's unlogged bucket row, so its commit waits for no flush). The no-op goes through nginx's general location, the vote through its `/rpc/cast_vote` one: same limiter
-mechanism, different zone). Each pair is two bursts of the same shape (voters, VUs, one address per VU). The
+WAL needs: the no-op writes only the hook's unlogged bucket row, so its commit waits for no flush). The
+no-op goes through nginx's general location, the vote through its `/rpc/cast_vote` one: same limiter
+mechanism, different zone. Each pair is two bursts of the same shape (voters, VUs, one address per VU). The
 hook's cost is measured straight at one replica, where the client's `X-Real-IP` reaches the database: a
 per-VU identity in it (a bucket token per call) against none (the hook returns before the bucket)."""
 

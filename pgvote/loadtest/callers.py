@@ -4,8 +4,9 @@ The HTTP load is k6's (``pgvote/loadtest/k6/``); this caller is the database pat
 what PostgreSQL and PgBouncer do without the HTTP tier.
 
 A caller answers every call with an :class:`Answer`: the HTTP status PostgREST would give (the
-status an API error carries, 503 for a lost connection) and whether the connection is still usable. Retryable answers (:func:`retryable`) are re-cast identically by the
-worker: ballots on a single-ballot poll are idempotent, so a retry never creates a duplicate.
+status an API error carries, 503 for a lost connection) and whether the connection is still
+usable. Retryable answers (:func:`retryable`) are re-cast identically by the worker: ballots on a
+single-ballot poll are idempotent, so a retry never creates a duplicate.
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ class Stage:
 
 
 def scaled_stages(peak_clients: int, time_scale: float) -> tuple[Stage, ...]:
-    """The guide's stages with users scaled so that its 50,000 becomes ``peak_clients`` and durations × ``time_scale``."""
+    """The guide's stages, users scaled so that its 50,000 becomes ``peak_clients``, durations × ``time_scale``."""
     scale = peak_clients / GUIDE_PEAK_VUS
     return tuple(Stage(seconds * time_scale, round(vus * scale), "spike" if i in SPIKE_STAGES else "normal")
                  for i, (seconds, vus) in enumerate(GUIDE_STAGES))

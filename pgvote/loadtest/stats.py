@@ -72,7 +72,8 @@ def phase_figures(records: Sequence[Record], t0: float, stages: Sequence[Stage])
         requests = sum(r[6] for r in recs)
         ok = sum(r[1] == "ack" for r in recs)
         first_try = sum(r[7] for r in recs)
-        out[phase] = {"voters": len(recs), "requests": requests, "success_rate": ok / requests if requests else math.nan,
+        out[phase] = {"voters": len(recs), "requests": requests,
+                      "success_rate": ok / requests if requests else math.nan,
                       "first_attempt_success": first_try / len(recs) if recs else math.nan,
                       **latency_summary([r[5] - r[4] for r in recs if r[1] == "ack"])}
     return out
