@@ -37,7 +37,7 @@ from pgvote.loadtest import LoadtestConfig, run_loadtest
 from pgvote.loadtest.ballots import BallotSpec
 from pgvote.loadtest.callers import Answer, DbCaller, DbTarget, retryable
 from pgvote.loadtest.http_scenarios import HttpTarget, request_limit, run_burst
-from pgvote.loadtest.k6 import _Follower, _records
+from pgvote.loadtest.k6 import K6Output, voter_records
 from pgvote.loadtest.scenarios import create_poll
 from pgvote.http import ApiClient, Response
 from pgvote.stack import LocalStack
@@ -110,14 +110,14 @@ def test_k6_output_becomes_one_outcome_per_voter(tmp_path: Any) -> None:
     ]
     out = tmp_path / "k6.json"
     out.write_text("\n".join(lines) + "\n")
-    follower = _Follower(out)
-    follower.read()
-    records = {r[0]: r for r in _records(follower, lambda vu, it: f"v{vu}-{it}")}
+    output = K6Output(out)
+    output.read()
+    records = {r[0]: r for r in voter_records(output, lambda vu, it: f"v{vu}-{it}")}
     assert records["v1-0"][1:4] == ("ack", 200, "unchanged") and records["v1-0"][6:] == (2, False)
     assert abs(records["v1-0"][4] - (t + 0.9)) < 1e-3 and abs(records["v1-0"][5] - (t + 2.0)) < 1e-3
     assert records["v1-1"][1:3] == ("rejected", 429) and records["v1-1"][6] == 1
     assert records["v2-0"][1:3] == ("gave_up", 504) and records["v2-0"][6] == 2
-    assert follower.errors == Counter({"503": 1, "429": 1, "0 1210": 1, "504": 1})
+    assert output.errors == Counter({"503": 1, "429": 1, "0 1210": 1, "504": 1})
 
 
 # --------------------------------------------------------------------------------------------------

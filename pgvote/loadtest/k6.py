@@ -85,7 +85,7 @@ class K6Run:
         return out
 
 
-class _Follower:
+class K6Output:
     """Reads k6's JSON lines as they are written; keeps every request attempt by (vu, iter)."""
 
     def __init__(self, path: Path) -> None:
@@ -153,21 +153,21 @@ def run_k6(script: str, plan: dict[str, Any], workdir: Path, *, voter_of: Callab
     if local_ips:
         command += ["--local-ips", local_ips]
     command.append(str(SCRIPTS / script))
-    follower = _Follower(out)
+    output = K6Output(out)
     env = {**os.environ, "PGVOTE_PLAN": str(plan_path)}
     with log.open("wb") as log_file:
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env,
                                 preexec_fn=_raise_nofile_limit)
-        exit_code, usage = _follow(proc, follower, total, label, console, quiet, timeout)
-    follower.read()
+        exit_code, usage = _follow(proc, output, total, label, console, quiet, timeout)
+    output.read()
     if exit_code not in (0, THRESHOLDS_CROSSED) or not summary_path.is_file():
         tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-10:])
         raise K6Failed(f"k6 {script} exited with {exit_code}; last lines of {log}:\n{tail}")
-    records = list(_records(follower, voter_of))
+    records = list(voter_records(output, voter_of))
     t0 = min((r[4] for r in records), default=time.time())
-    return K6Run(exit_code, json.loads(summary_path.read_text()), records, follower.errors, t0,
+    return K6Run(exit_code, json.loads(summary_path.read_text()), records, output.errors, t0,
                  usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,  # ru_maxrss: KiB on Linux
-                 sum(len(a) for a in follower.attempts.values()), Counter(follower.answers.values()))
+                 sum(len(a) for a in output.attempts.values()), Counter(output.answers.values()))
 
 
 def _raise_nofile_limit() -> None:
@@ -177,7 +177,7 @@ def _raise_nofile_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _follow(proc: subprocess.Popen[bytes], follower: _Follower, total: int | None, label: str,
+def _follow(proc: subprocess.Popen[bytes], output: K6Output, total: int | None, label: str,
             console: Console, quiet: bool, timeout: float) -> tuple[int, resource.struct_rusage]:
     """Show acknowledged votes, the rate of the last second and the errors until k6 exits."""
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -189,14 +189,14 @@ def _follow(proc: subprocess.Popen[bytes], follower: _Follower, total: int | Non
         task = progress.add_task(label, total=total, acked=0, rate=0.0, errors="")
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # rusage: k6's CPU, not ours
-            follower.read()
+            output.read()
             now = time.monotonic()
-            window.append((now, follower.acked))
+            window.append((now, output.acked))
             while now - window[0][0] > 1.0:
                 window.popleft()
-            rate = (follower.acked - window[0][1]) / max(1e-3, now - window[0][0])
-            progress.update(task, completed=follower.done, acked=follower.acked, rate=rate,
-                            errors="  ".join(f"{k}: {n:,}" for k, n in follower.errors.most_common(4)))
+            rate = (output.acked - window[0][1]) / max(1e-3, now - window[0][0])
+            progress.update(task, completed=output.done, acked=output.acked, rate=rate,
+                            errors="  ".join(f"{k}: {n:,}" for k, n in output.errors.most_common(4)))
             if pid == proc.pid:
                 proc.returncode = os.waitstatus_to_exitcode(status)
                 return proc.returncode, usage
@@ -207,13 +207,13 @@ def _follow(proc: subprocess.Popen[bytes], follower: _Follower, total: int | Non
             time.sleep(0.25)
 
 
-def _records(follower: _Follower, voter_of: Callable[[int, int], str]) -> Iterator[Record]:
+def voter_records(output: K6Output, voter_of: Callable[[int, int], str]) -> Iterator[Record]:
     """One ``Record`` per voter: its attempts in order, the last one deciding the outcome."""
-    for (vu, it), attempts in follower.attempts.items():
+    for (vu, it), attempts in output.attempts.items():
         attempts.sort(key=lambda a: a.t_end)
         first, last = attempts[0], attempts[-1]
         if last.status == 200:
-            outcome, detail = "ack", follower.answers.get((vu, it), "")
+            outcome, detail = "ack", output.answers.get((vu, it), "")
         elif last.status in RETRYABLE_STATUSES:
             outcome, detail = "gave_up", last.error_code or str(last.status)
         else:
