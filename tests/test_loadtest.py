@@ -82,7 +82,8 @@ def test_k6_burst_of_2000_voters_over_nginx_is_stored_exactly_once(stack: LocalS
         "select count(*), max(tokens) from rate_limit.buckets where limit_name = 'request' and bucket_key = "
         "any(array(select internal.voter_key('ip:' || a) from unnest(%s::text[]) as a))", (vu_addresses,)).fetchone()
     assert count == 200  # nginx passed each VU's own address as X-Real-IP
-    assert most < limit.burst - 5  # each address spent its 10 calls (plus retries); refill since is slow
+    # each bucket is short of the 10 calls its address made, give or take the refill while they ran
+    assert most <= limit.burst - 10 + f["drain_seconds"] * limit.per_minute / 60
     assert {"k6", "nginx", "pgbouncer", "postgres"} <= set(burst["cpu_seconds"])
     assert any(name.startswith("postgrest") for name in burst["cpu_seconds"])
 
