@@ -65,7 +65,8 @@ def http_target(args: argparse.Namespace, stack: Any | None, admin_url: str,
     urls = status.get("urls", {})
     base = args.http or urls.get("http") or urls.get("postgrest_url")
     if not base:
-        raise ValueError("--http needs a URL, or a local stack serving HTTP (`pgvote up`)")
+        raise ValueError("the HTTP load (the default) needs --http URL or a running local stack (`pgvote up`); "
+                         "--sql runs the database path instead")
     servers = server_ports(status)
     if not servers:  # no stack: the servers behind the URLs, when they listen on this machine
         for name, url in (("http", base), ("postgres", admin_url)):
