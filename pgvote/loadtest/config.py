@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pgvote.loadtest.http_scenarios import HttpTarget
 
-#: The seed guide's k6 stages (tests/load-test.js): (seconds, virtual users reached at the end of the stage).
+#: The original guide's k6 stages (its load-test script): (seconds, virtual users reached at the end of the stage).
 GUIDE_STAGES: tuple[tuple[float, int], ...] = ((30, 1_000), (60, 10_000), (30, 50_000), (60, 50_000), (30, 0))
 #: Peak virtual users of the guide's stages (the spike): ``--clients`` replaces it when scaled.
 GUIDE_PEAK_VUS = 50_000
@@ -38,9 +38,9 @@ class Targets:
     p95_ms: float = 500.0  # guide: http_req_duration p(95) < 500 ms
     votes_per_second: float = 50_000.0  # guide: 50,000+ votes/s
     memory_bytes: int = 2 * 1024**3  # guide: 1-2 GB of memory
-    memory_beyond_shared_bytes: int = 1024**3  # issue 4: <= 1 GB beyond shared_buffers
-    drain_ratio: float = 0.8  # issue 4: single-vote drain rate >= 0.8 x bare-insert rate, same run
-    bulk_seconds: float = 1.0  # issue 4: 50,000 ballots in <= 1 s through the bulk path
+    memory_beyond_shared_bytes: int = 1024**3  # ours: <= 1 GB beyond shared_buffers
+    drain_ratio: float = 0.8  # ours: single-vote drain rate >= 0.8 x bare-insert rate, same run
+    bulk_seconds: float = 1.0  # ours: 50,000 ballots in <= 1 s through the bulk path
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-// The original guide's load test (tests/load-test.js of its testing strategy): its five stages
+// The original guide's k6 load test (the script of its testing strategy): its five stages
 // and its two thresholds, scaled by the plan (VUs and durations), voting on one poll. As in the
 // guide, every iteration is a new voter and a VU sleeps 1 s between iterations; here it also
 // stays within its address's rate limit (vote.js), since a real user never votes 60 times a minute.

@@ -3,7 +3,7 @@
 // any other answer: a 4xx (429 included) is the voter's final answer and counts as a failure.
 // Identical re-casts are safe: on a single-ballot poll a stored ballot answers "unchanged".
 //
-// The plan (a JSON file written by pgvote/loadtest/k6run.py, path in PGVOTE_PLAN) says where to
+// The plan (a JSON file written by pgvote/loadtest/k6.py, path in PGVOTE_PLAN) says where to
 // vote and what: poll_id, the option sets, the run tag that makes fingerprints unique, and the
 // per-address rate limit each VU stays within (every VU has its own source address, k6
 // --local-ips, so it is one caller of nginx's limit_req and of the database's bucket).
