@@ -215,28 +215,19 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def _demo_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--voters", type=int, default=3000, help="distinct voters, one ballot each (default 3000)")
-    p.add_argument("--connections", type=int, default=32, help="parallel connections through PgBouncer")
-    p.add_argument("--spike-voters", type=int, default=50_000, help="voters of the spike that follows (default 50,000)")
-    p.add_argument("--spike-clients", type=int, default=2_000, help="client connections of the spike (default 2,000)")
-    p.add_argument("--no-spike", action="store_true", help="only the small demo, no 50,000-vote spike")
+    p.add_argument("--voters", type=int, default=50_000, help="voters of the spike (default 50,000)")
 
 
-@command("demo", "create a poll on the local stack, cast ballots through PgBouncer, print the results, "
-                 "then the 50,000-vote spike (pgvote loadtest) and its report",
-         configure=_demo_options)
+@command("demo", "the 50,000-vote spike over HTTP (k6 through nginx) and the bulk path on the local stack, "
+                 "verified exactly once, with the report and the final results", configure=_demo_options)
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pgvote.demo import run_demo
+    from pgvote.demo import print_results, run_spike
 
     stack = _stack(args)
-    if not stack.status()["components"]["pgbouncer"]["running"]:
+    if not stack.status()["components"]["nginx"]["running"]:
         raise StackError("the local stack is not running: start it with `pgvote up` (or `make demo`)")
-    run_demo(stack.api_url, stack.admin_url, voters=args.voters, connections=args.connections, console=out)
-    if not args.no_spike:
-        from pgvote.demo import run_spike
-
-        run_spike(stack.api_url, stack.admin_url, stack.bouncer_admin_url, voters=args.spike_voters,
-                  clients=args.spike_clients, console=out)
+    reports = run_spike(stack, voters=args.voters, console=out)
+    print_results(stack, reports["http"]["scenarios"][0]["poll_id"], out)
     _print_urls(stack)
     return 0
 
