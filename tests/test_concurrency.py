@@ -6,7 +6,10 @@ authenticator through PgBouncer, wait at a barrier, then fire together.
 from __future__ import annotations
 
 import random
+import re
 import threading
+import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -132,3 +135,96 @@ def test_no_ballot_commits_after_close(stack, make_poll, admin, attempt) -> None
     accepted = sum(r.status == 200 for r in votes)
     assert {r.status for r in votes} <= {200, 410}
     assert stored_ballots(admin, poll.poll_id) == accepted == closed_count[0]
+
+
+def hold_fence(conn: psycopg.Connection, poll_id: str) -> None:
+    """Take a poll's close fence exclusively in conn's open transaction, as close_poll does."""
+    conn.execute("select pg_advisory_xact_lock(internal.advisory_lock_namespace('poll_fence'), "
+                 "internal.poll_fence_lock_key(%s))", (poll_id,))
+
+
+def wait_until_waiting(admin: psycopg.Connection, query_like: str, count: int = 1) -> None:
+    """Until `count` backends running a query like `query_like` wait for a heavyweight lock."""
+    deadline = time.monotonic() + 20
+    while admin.execute("select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
+                        "and query like %s", (query_like,)).fetchone()[0] < count:
+        assert time.monotonic() < deadline, "the calls never queued for the lock"
+        time.sleep(0.02)
+
+
+def wait_past(admin: psycopg.Connection, moment: str) -> None:
+    while admin.execute("select clock_timestamp() <= %s::timestamptz", (moment,)).fetchone()[0]:
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("path", ["cast_vote", "cast_votes"])
+def test_vote_that_waited_past_closes_at_is_poll_closed(stack, make_poll, admin, api, path) -> None:
+    """Interleaving: a vote starts while its poll is open, then waits (here behind the poll's
+    fence, held by another transaction; a queue in the pre-request hook is the same) until
+    closes_at has passed. The close is judged by the clock once the fence is held, not by the
+    transaction's start: the vote answers poll_closed and writes nothing."""
+    closes_at = admin.execute("select (clock_timestamp() + interval '2 seconds')::text").fetchone()[0]
+    poll = make_poll(closes_at=closes_at)
+    ballot = {"poll_id": poll.poll_id, "option_ids": [poll.option_ids[0]]}
+    with psycopg.connect(stack.admin_url) as holder, ThreadPoolExecutor(max_workers=1) as pool:
+        hold_fence(holder, poll.poll_id)
+
+        def call() -> Response:  # over HTTP: nginx, PostgREST and its pre-request hook, PgBouncer
+            if path == "cast_vote":
+                return api.rpc("cast_vote", {**ballot, "voter_fingerprint": fingerprint()})
+            return api.rpc("cast_votes", {"ballots": [{**ballot, "voter_id": "late"}]}, claims={"role": "ingest"})
+
+        reply = pool.submit(call)
+        wait_until_waiting(admin, f"%{path}%")
+        wait_past(admin, closes_at)
+        holder.commit()
+        r = reply.result(timeout=30)
+    if path == "cast_vote":
+        assert (r.status, r.body.get("code")) == (410, "poll_closed"), r.body
+    else:
+        assert r.status == 200 and r.body["results"][0].get("code") == "poll_closed", r.body
+    assert stored_ballots(admin, poll.poll_id) == 0
+
+
+def test_no_poll_id_reaches_the_partition_split_lock(stack, admin) -> None:
+    """Advisory locks live in disjoint namespaces (internal.advisory_lock_namespace). A poll
+    whose id starts with the bits of the split lock's old single 64-bit key once held that very
+    lock while voting: a split could not start, and `partitions status` reported the voter as a
+    running split. Now the fence is (poll_fence namespace, 32 bits of the id): while such a vote
+    holds it, pg_locks shows it in the fence namespace, no split holder is reported, and the
+    split lock can still be taken."""
+    from partitions import catalog
+
+    crafted = "70677670-0000-0001-" + str(uuid.uuid4())[19:]
+    admin.execute("insert into voting.polls (poll_id, creator_key, question, option_count, max_choices, "
+                  "allow_revote, allow_multiple_votes, allow_anonymous) "
+                  "values (%s, '\\x00', 'crafted', 2, 1, true, false, true)", (crafted,))
+    option = admin.execute("insert into voting.poll_options (poll_id, position, label) values "
+                           "(%s, 1, 'a'), (%s, 2, 'b') returning option_id::text", (crafted, crafted)).fetchone()[0]
+    namespaces = dict(admin.execute(
+        "select f, internal.advisory_lock_namespace(f) from unnest(array['poll_fence', 'tally_maintenance', "
+        "'partition_split', 'split_mirror']) as f").fetchall())
+    assert None not in namespaces.values() and len(set(namespaces.values())) == len(namespaces)
+    assert (catalog.SPLIT_LOCK_NAMESPACE, catalog.MIRROR_LOCK_NAMESPACE) == \
+        (namespaces["partition_split"], namespaces["split_mirror"]), "partitions/catalog.py mirrors the registry"
+
+    with psycopg.connect(stack.admin_url) as voter, psycopg.connect(stack.admin_url, autocommit=True) as split:
+        r = voter.execute("select api.cast_vote(%s, array[%s]::uuid[], 'crafted-voter')", (crafted, option))
+        assert r.fetchone()[0]["status"] == "recorded"
+        held = admin.execute("select classid::bigint, objsubid from pg_locks where locktype = 'advisory' "
+                             "and pid = %s", (voter.info.backend_pid,)).fetchall()
+        assert held == [(namespaces["poll_fence"], 2)]
+        assert catalog.split_lock_holder(admin) is None
+        assert split.execute("select pg_try_advisory_lock(%s, 0)", (catalog.SPLIT_LOCK_NAMESPACE,)).fetchone()[0]
+        assert catalog.split_lock_holder(admin)[0] == split.info.backend_pid
+        voter.rollback()
+
+
+def test_every_advisory_lock_in_procedures_names_a_registered_namespace(admin) -> None:
+    """A lock on an unregistered feature would lock nothing (the namespace would be NULL)."""
+    from pgvote.procedures import procedure_files
+
+    named = {m for f in procedure_files() for m in re.findall(r"advisory_lock_namespace\('(\w+)'\)", f.text)}
+    assert named >= {"poll_fence", "tally_maintenance"}
+    for feature in named:
+        assert admin.execute("select internal.advisory_lock_namespace(%s)", (feature,)).fetchone()[0] is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 
@@ -84,6 +85,40 @@ def test_compaction_merges_slots_of_exited_backends_without_changing_results(sta
                          (poll.poll_id,)).fetchone()[0] == [0]
     assert api.rpc("poll_results", {"poll_id": poll.poll_id}, method="GET").body == before
     assert_tallies_equal_ballots(api, admin, poll.poll_id)
+
+
+def test_rebuild_waits_for_a_running_compaction(stack, make_poll, admin, api) -> None:
+    """Interleaving: a compaction has merged a retired slot into a new slot-0 row and not yet
+    committed when an operator rebuilds the same poll's tallies. Both take the
+    tally_maintenance lock, so the rebuild waits for the compaction's commit and then recounts
+    (it once failed with a duplicate key on slot 0, the row the compaction had just created)."""
+    poll = make_poll(options=3)
+    for n in range(5):
+        cast(api, poll, [poll.option_ids[n % 3]], voter_fingerprint=f"race-{poll.poll_id}-{n}")
+    retired_pid = admin.execute("select max(pid) + 100000 from pg_stat_activity").fetchone()[0]
+    admin.execute("insert into voting.tally_slots (poll_id, slot, ballots, votes) values (%s, %s, 0, '{0,0,0}')",
+                  (poll.poll_id, retired_pid))  # the slot of a backend that has exited
+    assert admin.execute("select count(*) from voting.tally_slots where poll_id = %s and slot = 0",
+                         (poll.poll_id,)).fetchone()[0] == 0
+
+    with psycopg.connect(stack.admin_url) as compaction, ThreadPoolExecutor(max_workers=1) as pool:
+        compaction.execute("select internal.compact_tally_slots()")
+
+        def rebuild() -> dict:
+            with psycopg.connect(stack.admin_url, autocommit=True) as operator:
+                return operator.execute("select internal.rebuild_tallies(%s)", (poll.poll_id,)).fetchone()[0]
+
+        rebuilt = pool.submit(rebuild)
+        deadline = time.monotonic() + 20
+        while not admin.execute("select exists (select from pg_stat_activity where wait_event_type = 'Lock' "
+                                "and query like '%%rebuild_tallies%%' and pid <> pg_backend_pid())").fetchone()[0]:
+            assert time.monotonic() < deadline, "the rebuild never waited"
+            time.sleep(0.02)
+        compaction.commit()
+        assert rebuilt.result(timeout=30)["ballots"] == 5
+    assert_tallies_equal_ballots(api, admin, poll.poll_id)
+    assert admin.execute("select array_agg(slot) from voting.tally_slots where poll_id = %s",
+                         (poll.poll_id,)).fetchone()[0] == [0]
 
 
 def test_sampler_sees_the_waits_of_a_shared_counter_row(stack, admin) -> None:
