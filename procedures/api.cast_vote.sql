@@ -18,9 +18,16 @@
 --           array; a literal with another lower bound or more dimensions is invalid_ballot.
 -- Locks     the poll's close fence in SHARE mode (see internal.poll_fence_lock_key), taken
 --           BEFORE the poll is read so that a vote queued behind a close sees it closed;
---           then, in internal.record_ballot, only the voter's own ballot row and this
---           backend's own tally slot. No row shared between voters is written, so a
---           viral poll does not make voters queue.
+--           then only the voter's own ballot row and this backend's own tally slot. No row
+--           shared between voters is written, so a viral poll does not make voters queue.
+-- Cost      a new single-choice ballot is two SQL statements after the fence: one reads the
+--           poll, the voter-key secret and the chosen options together (and computes the
+--           voter key), one inserts the ballot and counts it in this backend's tally slot.
+--           Every check between them is a PL/pgSQL expression, evaluated without the
+--           executor; no PL/pgSQL helper is called on this path (each call and each
+--           statement costs more than the checks it holds: docs/benchmarks.md, the budget).
+--           Multi-choice ballots, a backend's first ballot on a poll, retries and revotes
+--           take the shared helpers (internal.add_to_tally, internal.settle_existing_ballot).
 -- Isolation READ COMMITTED (PostgREST's default). One ballot per voter rests on the
 --           primary key (poll_id, voter_key, ballot_id) through INSERT ... ON CONFLICT,
 --           not on a snapshot check, so it holds under any concurrency without
@@ -37,48 +44,118 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $function$
 declare
-    poll       voting.polls;
-    secret     internal.voter_key_secret;
-    voter      bytea;
-    ballot     uuid[];
-    positions  smallint[];
-    ballot_key uuid;
-    outcome    text;
+    claims      jsonb := nullif(current_setting('request.jwt.claims', true), '')::jsonb;
+    signed_in   boolean := coalesce(claims ->> 'role', 'anon') <> 'anon';
+    sub         jsonb := claims -> 'sub';
+    -- Who votes, before anything is read: the key is computed in the same statement as the
+    -- poll is read. NULL when it cannot be used; the error is raised in its precedence below.
+    identity    text := case
+        when not signed_in then 'fp:' || cast_vote.voter_fingerprint
+        when jsonb_typeof(sub) = 'string' and char_length(sub #>> '{}') between 1 and 256
+            then 'sub:' || (sub #>> '{}')
+    end;
+    found_poll  uuid;
+    closed_at   timestamptz;
+    closes_at   timestamptz;
+    anonymous   boolean;
+    multiple    boolean;
+    max_choices integer;
+    n_options   integer;
+    voter       bytea;
+    ballot      uuid[];
+    positions   smallint[];
+    ballot_key  uuid;
+    inserted    boolean;
+    counted     boolean;
+    poll        voting.polls;
+    settled     record;
 begin
     if cast_vote.poll_id is not null then
         perform pg_advisory_xact_lock_shared(internal.advisory_lock_namespace('poll_fence'),
                                              internal.poll_fence_lock_key(cast_vote.poll_id));
     end if;
-    select p.* into poll from voting.polls as p where p.poll_id = cast_vote.poll_id;
-    if not found then
+    -- One statement for everything the checks need (its snapshot is taken after the fence).
+    -- The options are looked up only when the ballot is not oversized.
+    select p.poll_id, p.closed_at, p.closes_at, p.allow_anonymous, p.allow_multiple_votes, p.max_choices,
+           p.option_count,
+           internal.hmac_sha256(s.inner_pad, s.outer_pad, identity), chosen.ballot, chosen.positions
+    into found_poll, closed_at, closes_at, anonymous, multiple, max_choices, n_options, voter, ballot, positions
+    from voting.polls as p
+    cross join internal.voter_key_secret as s
+    left join lateral (
+        select array_agg(o.option_id order by o.position) as ballot, array_agg(o.position order by o.position) as positions
+        from voting.poll_options as o
+        where o.poll_id = p.poll_id and o.option_id = any (cast_vote.option_ids)
+    ) as chosen on cardinality(cast_vote.option_ids) <= p.max_choices
+    where p.poll_id = cast_vote.poll_id;
+
+    if found_poll is null then
         perform internal.raise_api_error('poll_not_found', 'There is no poll with this poll_id.');
     end if;
     -- The clock, not now(): the transaction may have started long ago (queued in the
     -- pre-request hook or behind the fence), and no ballot may commit after closes_at.
-    if poll.closed_at is not null or poll.closes_at <= clock_timestamp() then
+    if closed_at is not null or closes_at <= clock_timestamp() then
         perform internal.raise_api_error('poll_closed', 'This poll is closed: it accepts no more votes.');
     end if;
-    select s.* into secret from internal.voter_key_secret as s;
-    voter := internal.hmac_sha256(secret.inner_pad, secret.outer_pad,
-                                  internal.voter_identity(poll.allow_anonymous, cast_vote.voter_fingerprint));
-    select n.ballot, n.positions into ballot, positions
-    from internal.normalize_ballot(poll.poll_id, poll.max_choices, cast_vote.option_ids) as n;
+    -- The identity's errors (internal.voter_identity's rules, in its order).
+    if signed_in and identity is null then
+        perform internal.raise_api_error('login_required',
+            'Sign in first: this call needs a JWT whose "sub" claim is a string of 1-256 characters.');
+    end if;
+    if not signed_in and not anonymous then
+        perform internal.raise_api_error('login_required', 'This poll accepts votes from signed-in users only.');
+    end if;
+    if not signed_in and (cast_vote.voter_fingerprint is null
+                          or char_length(cast_vote.voter_fingerprint) not between 1 and 256
+                          or cast_vote.voter_fingerprint ~ '[[:cntrl:]]') then
+        perform internal.raise_api_error('invalid_fingerprint',
+            'Anonymous votes need a voter_fingerprint of 1-256 printable characters.');
+    end if;
+    -- The ballot's errors (internal.normalize_ballot's rules, in its order).
+    if cast_vote.option_ids is null or cardinality(cast_vote.option_ids) = 0
+       or coalesce(cardinality(ballot), 0) <> cardinality(cast_vote.option_ids)
+       or array_ndims(cast_vote.option_ids) > 1 or array_lower(cast_vote.option_ids, 1) <> 1
+       or array_position(cast_vote.option_ids, null) is not null then
+        perform internal.normalize_ballot(found_poll, max_choices, cast_vote.option_ids);  -- raises its error
+    end if;
     -- Anonymous ballots on multiple-vote polls are rate-limited per fingerprint here (the
     -- pre-request hook cannot see the body); elsewhere a repeat is `unchanged` anyway.
-    if poll.allow_multiple_votes then
-        perform internal.take_fingerprint_token(poll.poll_id, true, voter);
+    if multiple then
+        perform internal.take_fingerprint_token(found_poll, true, voter);
     end if;
     -- Single-ballot polls key every voter's ballot as the nil uuid: one ballot per voter.
-    ballot_key := case when poll.allow_multiple_votes
-                       then coalesce(cast_vote.ballot_id, gen_random_uuid())
+    ballot_key := case when multiple then coalesce(cast_vote.ballot_id, gen_random_uuid())
                        else '00000000-0000-0000-0000-000000000000' end;
 
-    select r.outcome, r.stored into outcome, ballot
-    from internal.record_ballot(poll, voter, ballot_key, ballot, positions) as r;
-    if outcome = 'already_voted' then
-        perform internal.raise_api_error('already_voted',
-            'You have already voted in this poll and it does not allow changing a vote.');
+    -- The ballot and, for one option once this backend's slot of the poll exists, its count:
+    -- one statement (see internal.record_ballot, which this path spells out for speed).
+    with stored as (
+        insert into voting.ballots as b (poll_id, voter_key, ballot_id, option_ids)
+        values (found_poll, voter, ballot_key, ballot)
+        on conflict on constraint ballots_pkey do nothing
+        returning b.poll_id
+    ), tallied as (
+        update voting.tally_slots as t
+        set ballots = t.ballots + 1, votes[positions[1]] = t.votes[positions[1]] + 1
+        where t.poll_id = (select s.poll_id from stored as s) and t.slot = pg_backend_pid()
+          and cardinality(positions) = 1
+        returning t.slot
+    )
+    select exists (select from stored), exists (select from tallied) into inserted, counted;
+
+    if not inserted then
+        select p.* into poll from voting.polls as p where p.poll_id = found_poll;
+        select * into settled from internal.settle_existing_ballot(poll, voter, ballot_key, ballot, positions);
+        if settled.outcome = 'already_voted' then
+            perform internal.raise_api_error('already_voted',
+                'You have already voted in this poll and it does not allow changing a vote.');
+        end if;
+        return jsonb_build_object('poll_id', found_poll, 'option_ids', to_jsonb(settled.stored),
+                                  'status', settled.outcome);
     end if;
-    return jsonb_build_object('poll_id', poll.poll_id, 'option_ids', to_jsonb(ballot), 'status', outcome);
+    if not counted then
+        perform internal.add_to_tally(found_poll, 1, internal.ballot_delta(n_options, positions));
+    end if;
+    return jsonb_build_object('poll_id', found_poll, 'option_ids', to_jsonb(ballot), 'status', 'recorded');
 end
 $function$;

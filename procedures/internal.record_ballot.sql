@@ -6,7 +6,8 @@
 -- in SHARE mode. ballot_key is the nil uuid on single-ballot polls (one ballot per voter
 -- through the primary key), the retry key or a random uuid on multiple-vote polls.
 -- already_voted is returned, not raised, so a batch can report it per ballot; nothing is
--- written in that case, nor for unchanged.
+-- written in that case, nor for unchanged. A ballot already stored under the key is
+-- settled by internal.settle_existing_ballot.
 -- Locks: the voter's own ballot row (revote only) and this backend's own tally slot.
 create or replace function internal.record_ballot(
     poll voting.polls,
@@ -40,36 +41,7 @@ begin
         return;
     end if;
 
-    -- The conflicting ballot is committed (ON CONFLICT waited for it) or is this
-    -- transaction's own, and ballots are never deleted, so this fresh snapshot sees it.
-    -- No lock yet: an identical re-cast must write nothing, not even a row lock.
-    select b.option_ids into strict stored
-    from voting.ballots as b
-    where b.poll_id = poll.poll_id and b.voter_key = record_ballot.voter_key and b.ballot_id = ballot_key;
-
-    if stored = ballot or poll.allow_multiple_votes then
-        outcome := 'unchanged';
-    elsif not poll.allow_revote then
-        outcome := 'already_voted';
-    else
-        -- Revote: lock the voter's own row, then re-read it, since a concurrent revote
-        -- of the same voter may have committed since the read above.
-        select b.option_ids into strict stored
-        from voting.ballots as b
-        where b.poll_id = poll.poll_id and b.voter_key = record_ballot.voter_key and b.ballot_id = ballot_key
-        for update;
-        if stored = ballot then
-            outcome := 'unchanged';
-        else
-            update voting.ballots as b
-            set option_ids = ballot, changed_at = now()
-            where b.poll_id = poll.poll_id and b.voter_key = record_ballot.voter_key and b.ballot_id = ballot_key;
-            perform internal.add_to_tally(poll.poll_id, 0, internal.ballot_delta(poll.option_count, positions,
-                array(select o.position from voting.poll_options as o
-                      where o.poll_id = poll.poll_id and o.option_id = any (stored))));
-            outcome := 'changed';
-            stored := ballot;
-        end if;
-    end if;
+    select s.outcome, s.stored into outcome, stored
+    from internal.settle_existing_ballot(poll, record_ballot.voter_key, ballot_key, ballot, positions) as s;
 end
 $function$;
