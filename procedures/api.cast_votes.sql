@@ -40,11 +40,12 @@ set search_path = pg_catalog, pg_temp
 as $function$
 declare
     results  jsonb;  -- one element per input ballot, in input order
+    pending  jsonb;  -- the ballots left to the per-ballot path, in key order (see Locks)
     tallies  jsonb;  -- per poll: counts of the ballots the set insert recorded
     outcomes jsonb := '{}'::jsonb;  -- input ordinal -> final element, for the per-ballot path
+    counts   jsonb;  -- recorded / changed / unchanged / rejected
     tally    jsonb;
     item     jsonb;
-    ord      bigint;
     poll     voting.polls;
     recorded record;
     fenced     uuid[];       -- the existing polls of the batch, whose fences this holds
@@ -193,18 +194,22 @@ begin
                                              'message', substr(o.problem, strpos(o.problem, ':') + 1))
                       when o.is_recorded then
                           jsonb_build_object('status', 'recorded', 'poll_id', o.poll_id, 'option_ids', to_jsonb(o.ballot))
-                      else
-                          jsonb_build_object('status', 'pending', 'poll_id', o.poll_id,
-                                             'voter_key', encode(o.voter_key, 'hex'), 'ballot_key', o.ballot_key,
-                                             'option_ids', to_jsonb(o.ballot), 'positions', to_jsonb(o.positions))
+                      else '"pending"'::jsonb  -- replaced by its outcome below
                   end order by o.ord),
+        jsonb_agg(jsonb_build_object('ord', o.ord, 'poll_id', o.poll_id,
+                                     'voter_key', encode(o.voter_key, 'hex'), 'ballot_key', o.ballot_key,
+                                     'option_ids', to_jsonb(o.ballot), 'positions', to_jsonb(o.positions))
+                  order by o.poll_id, o.voter_key, o.ballot_key, o.ord)  -- key order: see Locks
+            filter (where o.problem is null and not o.is_recorded),
+        jsonb_build_object('recorded', count(*) filter (where o.is_recorded), 'changed', 0, 'unchanged', 0,
+                           'rejected', count(*) filter (where o.problem is not null)),
         (select jsonb_agg(jsonb_build_object(
                     'poll_id', rp.poll_id, 'ballots', rp.ballots,
                     'votes', (select jsonb_agg(coalesce(x.n, 0) order by g.pos)
                               from generate_series(1, rp.option_count) as g(pos)
                               left join recorded_positions as x on x.poll_id = rp.poll_id and x.pos = g.pos)))
          from recorded_polls as rp)
-    into results, tallies
+    into results, pending, counts, tallies
     from outcome as o;
 
     for tally in select * from jsonb_array_elements(coalesce(tallies, '[]')) loop
@@ -213,28 +218,29 @@ begin
     end loop;
 
     -- The per-ballot path: ballots stored before this batch (retries, revotes) and repeats
-    -- within the batch, which now meet the batch's own rows. In key order, so the row
-    -- locks of revotes are taken in an order two batches agree on; the ballots of one key
-    -- (one voter's, in one poll) in input order, which is all the order their outcomes
-    -- depend on.
-    for item, ord in
-        select e.value, e.ordinality from jsonb_array_elements(results) with ordinality as e
-        where e.value ->> 'status' = 'pending'
-        order by e.value ->> 'poll_id' collate "C", e.value ->> 'voter_key' collate "C",
-                 e.value ->> 'ballot_key' collate "C", e.ordinality
-    loop
-        select p.* into poll from voting.polls as p where p.poll_id = (item ->> 'poll_id')::uuid;
+    -- within the batch, which now meet the batch's own rows. In key order (pending is sorted
+    -- so), so the row locks of revotes are taken in an order two batches agree on; the ballots
+    -- of one key (one voter's, in one poll) in input order, which is all the order their
+    -- outcomes depend on.
+    for item in select e.value from jsonb_array_elements(coalesce(pending, '[]')) as e loop
+        if poll.poll_id is distinct from (item ->> 'poll_id')::uuid then
+            select p.* into poll from voting.polls as p where p.poll_id = (item ->> 'poll_id')::uuid;
+        end if;
         select * into recorded
         from internal.record_ballot(poll, decode(item ->> 'voter_key', 'hex'), (item ->> 'ballot_key')::uuid,
                                     array(select jsonb_array_elements_text(item -> 'option_ids')::uuid),
                                     array(select jsonb_array_elements_text(item -> 'positions')::smallint));
-        outcomes := outcomes || jsonb_build_object(ord::text, case
+        outcomes := outcomes || jsonb_build_object(item ->> 'ord', case
             when recorded.outcome = 'already_voted' then
                 jsonb_build_object('status', 'rejected', 'code', 'already_voted',
                                    'message', 'You have already voted in this poll and it does not allow changing a vote.')
             else
                 jsonb_build_object('status', recorded.outcome, 'poll_id', poll.poll_id, 'option_ids', to_jsonb(recorded.stored))
             end);
+        counts := jsonb_set(counts, array[case when recorded.outcome = 'already_voted' then 'rejected'
+                                               else recorded.outcome end],
+                            to_jsonb((counts ->> case when recorded.outcome = 'already_voted' then 'rejected'
+                                                      else recorded.outcome end)::bigint + 1));
     end loop;
     if outcomes <> '{}' then
         select jsonb_agg(coalesce(outcomes -> e.ordinality::text, e.value) order by e.ordinality)
@@ -242,12 +248,6 @@ begin
         from jsonb_array_elements(results) with ordinality as e;
     end if;
 
-    return (select jsonb_build_object(
-                'recorded',  count(*) filter (where e ->> 'status' = 'recorded'),
-                'changed',   count(*) filter (where e ->> 'status' = 'changed'),
-                'unchanged', count(*) filter (where e ->> 'status' = 'unchanged'),
-                'rejected',  count(*) filter (where e ->> 'status' = 'rejected'),
-                'results',   coalesce(results, '[]'::jsonb))
-            from jsonb_array_elements(coalesce(results, '[]'::jsonb)) as e);
+    return counts || jsonb_build_object('results', coalesce(results, '[]'::jsonb));
 end
 $function$;
