@@ -31,6 +31,39 @@ create table bench.guide_option_counts (option_id uuid primary key, votes bigint
 create table bench.shared_counters (n integer, position integer, votes bigint not null default 0,
                                     primary key (n, position));
 create table bench.tally_deltas (poll_id uuid not null, position smallint not null, delta smallint not null);
+-- The bare-insert reference of the 50,000-vote burst: cast_vote's signature and answer, the ballot
+-- insert only (same shape, key and partitions as voting.ballots, ON CONFLICT as cast_vote's insert),
+-- callable by anon so that both run as the same role through the same PgBouncer and hook.
+create table bench.bare_ballots (like voting.ballots including defaults including constraints including indexes)
+    partition by hash (poll_id);
+create function bench.bare_cast_vote(poll_id uuid, option_ids uuid[], voter_fingerprint text default null,
+                                     ballot_id uuid default null) returns jsonb
+language sql volatile security definer set search_path = pg_catalog, pg_temp
+as $$
+    with stored as (
+        insert into bench.bare_ballots (poll_id, voter_key, ballot_id, option_ids)
+        values ($1, sha256(convert_to('fp:' || $3, 'UTF8')), '00000000-0000-0000-0000-000000000000', $2)
+        on conflict do nothing
+        returning 1
+    )
+    select jsonb_build_object('poll_id', $1, 'option_ids', to_jsonb($2),
+                              'status', case when exists (select from stored) then 'recorded' else 'unchanged' end)
+$$;
+grant usage on schema bench to anon;
+grant execute on function bench.bare_cast_vote(uuid, uuid[], text, uuid) to anon;
+"""
+
+BARE_PARTITIONS = """
+do $partitions$
+declare
+    n integer := (select count(*) from pg_inherits where inhparent = 'voting.ballots'::regclass);
+begin
+    for i in 0 .. n - 1 loop
+        execute format('create table bench.bare_ballots_%s partition of bench.bare_ballots '
+                       'for values with (modulus %s, remainder %s)', i, n, i);
+    end loop;
+end
+$partitions$;
 """
 
 CREATE_POLLS = """
@@ -87,6 +120,7 @@ def bench_database(admin_url: str, bouncer_url: str, hot_ballots: int = HOT_POLL
         upgrade(bench_admin)
         with psycopg.connect(bench_admin, autocommit=True) as conn:
             conn.execute(SCHEMA)
+            conn.execute(BARE_PARTITIONS)
             progress(f"creating {polls:,} polls")
             conn.execute(CREATE_POLLS % {"polls": int(polls)})
             progress(f"loading {hot_ballots:,} ballots into the hot poll")

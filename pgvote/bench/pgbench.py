@@ -30,6 +30,8 @@ class Run:
     seconds: float
     protocol: str = "prepared"  # prepared | extended (what PostgREST uses without prepared statements)
     variables: dict[str, str] = field(default_factory=dict)
+    transactions: int | None = None  # per client, instead of running for `seconds` (a fixed amount of work)
+    replace: dict[str, str] = field(default_factory=dict)  # literal text replaced in the script (identifiers)
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,16 @@ class PgbenchFailed(RuntimeError):
 def run(r: Run) -> Figures:
     with tempfile.TemporaryDirectory(prefix="pgvote-bench-") as logs:
         prefix = Path(logs) / "tx"
-        command = [pgbench_binary(), "-n", "-T", str(max(1, round(r.seconds))), "-c", str(r.clients),
-                   "-j", str(min(2, r.clients)), "-M", r.protocol, "-f", str(SCRIPTS / r.script),
+        script = Path(logs) / r.script
+        text = (SCRIPTS / r.script).read_text()
+        for old, new in r.replace.items():
+            if old not in text:
+                raise ValueError(f"{r.script} has no {old!r} to replace")
+            text = text.replace(old, new)
+        script.write_text(text)
+        length = ["-t", str(r.transactions)] if r.transactions else ["-T", str(max(1, round(r.seconds)))]
+        command = [pgbench_binary(), "-n", *length, "-c", str(r.clients),
+                   "-j", str(min(2, r.clients)), "-M", r.protocol, "-f", str(script),
                    "-l", f"--log-prefix={prefix}"]
         for name, value in r.variables.items():
             command += ["-D", f"{name}={value}"]
@@ -63,7 +73,7 @@ def run(r: Run) -> Figures:
             tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
             raise PgbenchFailed(f"pgbench {r.script} with {r.clients} clients failed:\n{tail}")
         latencies_ms = sorted(int(line.split()[2]) / 1000.0
-                              for log in Path(logs).glob("tx*") for line in log.read_text().splitlines() if line)
+                              for log in Path(logs).glob("tx.*") for line in log.read_text().splitlines() if line)
     tps = float(re.search(r"tps = ([0-9.]+) \(without initial connection time\)", done.stdout).group(1))
     processed = int(re.search(r"number of transactions actually processed: (\d+)", done.stdout).group(1))
     failed_match = re.search(r"number of failed transactions: (\d+)", done.stdout)

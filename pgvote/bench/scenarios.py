@@ -14,6 +14,10 @@ from pgvote.bench.pgbench import Figures, Run, run
 
 SWEEP_CLIENTS = (16, 64, 256, 1000)
 DIRECT_SWEEP_CLIENTS = (16, 64, 200)
+SPIKE = 50_000  # ballots of the bulk run and votes of the single-vote burst
+BULK_SWEEP = ((500, 2), (500, 4), (1000, 2), (1000, 4), (250, 8))  # (batch size, concurrent batches)
+BULK_QUICK = ((500, 4),)
+BURST_CLIENTS = 200
 
 
 @dataclass(frozen=True)
@@ -35,9 +39,15 @@ class Ratio:
     numerator: str
     denominator: str
 
+    at_most: bool = False  # the goal is an upper bound (a time), not a lower one
+
     @property
     def met(self) -> bool:
-        return self.value >= self.goal
+        return self.value <= self.goal if self.at_most else self.value >= self.goal
+
+    @property
+    def goal_text(self) -> str:
+        return f"{'<=' if self.at_most else '>='} {self.goal:g}"
 
 
 @dataclass
@@ -48,9 +58,32 @@ class Results:
     reads_warm: Measured | None = None
     reads_under_writes: Measured | None = None
     locks_per_call: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
+    bulk_seconds: dict[str, float] = field(default_factory=dict)  # bulk run name -> wall seconds for SPIKE ballots
 
 
-def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None]) -> Results:
+class NotExactlyOnce(RuntimeError):
+    pass
+
+
+def fresh_poll(admin_url: str) -> tuple[str, str]:
+    """A new poll (4 options, one choice, anonymous votes) and its first option: one per spike run."""
+    with psycopg.connect(admin_url) as conn:
+        conn.execute("""select set_config('request.jwt.claims', '{"role": "authenticated", "sub": "bench"}', true)""")
+        created = conn.execute("select api.create_poll('spike', array['a', 'b', 'c', 'd'])").fetchone()[0]
+    return created["poll_id"], created["option_ids"][0]
+
+
+def verify_exactly_once(admin_url: str, poll: str, expected: int, table: str = "voting.ballots") -> None:
+    """Every ballot of the run stored once, and (for voting.ballots) counted once in the tallies."""
+    with psycopg.connect(admin_url) as conn:
+        stored = conn.execute(f"select count(*) from {table} where poll_id = %s", (poll,)).fetchone()[0]
+        counted = (conn.execute("select coalesce(sum(ballots), 0) from voting.tally_slots where poll_id = %s",
+                                (poll,)).fetchone()[0] if table == "voting.ballots" else stored)
+    if stored != expected or counted != expected:
+        raise NotExactlyOnce(f"poll {poll}: {stored:,} stored, {counted:,} counted, {expected:,} sent")
+
+
+def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None], quick: bool = False) -> Results:
     results = Results(seconds)
     hot = {"npolls": "1"}
     spread = {"npolls": "10000"}
@@ -87,6 +120,33 @@ def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None]) 
         conn.execute("update rate_limit.limits set requests_per_minute = 1e6, burst = 1000000")
     hook = measure("postgrest_64_rate_limited", "the same with the rate-limit pre-request hook on",
                    "postgrest_cast_vote.sql", 64, {**production, "hook": "1"}, via_bouncer=True)
+    # The 50,000-vote burst: the same 50,000 PostgREST transactions (hook on) as cast_vote and as
+    # bare inserts, from the same clients through the same PgBouncer; alternated, each on a new poll.
+    burst: dict[str, Measured] = {}
+    for name, replace, table in (("burst_bare_insert", {'"api"."cast_vote"': '"bench"."bare_cast_vote"'},
+                                  "bench.bare_ballots"), ("burst_cast_vote", {}, "voting.ballots")):
+        poll, option = fresh_poll(db.admin_url)
+        progress(f"{name}: {SPIKE:,} votes as PostgREST sends them, {BURST_CLIENTS} clients through PgBouncer")
+        figures = run(Run("postgrest_cast_vote.sql", db.api_url, BURST_CLIENTS, seconds, "extended",
+                          {"poll": poll, "opt": option, "hook": "1"}, SPIKE // BURST_CLIENTS, replace))
+        verify_exactly_once(db.admin_url, poll, SPIKE, table)
+        burst[name] = results.measured[name] = Measured(
+            name, f"{SPIKE:,}-vote burst, {'bare insert' if replace else 'cast_vote'}, hook on, each vote once",
+            BURST_CLIENTS, "PgBouncer, extended", figures)
+
+    # The bulk path: SPIKE ballots for one new poll through cast_votes as the ingest role through
+    # PgBouncer, for each (batch size, concurrent batches); the fastest counts.
+    for batch, clients in (BULK_QUICK if quick else BULK_SWEEP):
+        poll, option = fresh_poll(db.admin_url)
+        name = f"bulk_{batch}x{clients}"
+        progress(f"{name}: {SPIKE:,} ballots through cast_votes, batches of {batch}, {clients} at a time")
+        figures = run(Run("bulk_cast_votes.sql", db.api_url, clients, seconds, "extended",
+                          {"poll": poll, "opt": option, "batch": str(batch)}, SPIKE // batch // clients))
+        verify_exactly_once(db.admin_url, poll, SPIKE)
+        results.bulk_seconds[name] = SPIKE / (figures.per_second * batch)
+        results.measured[name] = Measured(name, f"cast_votes, batches of {batch} (rate: batches/s)", clients,
+                                          "PgBouncer, extended", figures)
+
     for number, candidate in enumerate(("shared_counter", "delta_log", "backend_slot"), start=1):
         measure(f"tally_{candidate}", f"tally candidate: ballot + {candidate.replace('_', ' ')}", "tally_candidate.sql",
                 64, {**hot, "candidate": str(number)})
@@ -134,5 +194,13 @@ def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None]) 
               per_s(sweep[64]) / per_s(cast_hot), 0.60, "postgrest_64", "cast_vote_hot"),
         Ratio("hook", "rate limiting on: PostgREST path with hooks.pre_request / without (PgBouncer, 64 clients)",
               per_s(hook) / per_s(sweep[64]), 0.80, "postgrest_64_rate_limited", "postgrest_64"),
+        Ratio("burst", f"{SPIKE:,}-vote burst: cast_vote / bare insert, same transactions, clients and path "
+              f"(PostgREST's statements, hook on, {BURST_CLIENTS} clients through PgBouncer)",
+              per_s(burst["burst_cast_vote"]) / per_s(burst["burst_bare_insert"]), 0.80,
+              "burst_cast_vote", "burst_bare_insert"),
     ]
+    fastest = min(results.bulk_seconds, key=results.bulk_seconds.__getitem__)
+    results.ratios.append(Ratio("bulk", f"seconds for {SPIKE:,} ballots of one poll through cast_votes (ingest role, "
+                                f"PgBouncer; fastest of the sweep: {fastest.removeprefix('bulk_')} batch x clients)",
+                                results.bulk_seconds[fastest], 1.0, fastest, "", at_most=True))
     return results

@@ -2,7 +2,9 @@
 -- v12/v13 sends it (postgrest-contract.md §1) as the anonymous role, through PgBouncer, run with
 -- -M extended (db-prepared-statements = false: unnamed statements, no PREPARE). The x-real-ip
 -- header our nginx sets gives each pgbench client its own address; with -D hook=1 the
--- db-pre-request hook runs too, so every call takes a token from its client's bucket.
+-- db-pre-request hook runs too, so every call takes a token from its client's bucket. The burst's
+-- bare-insert reference runs this same text with "api"."cast_vote" replaced by a function that only
+-- inserts the ballot (Run.replace: an identifier cannot be a pgbench variable under -M extended).
 begin isolation level read committed read write;
 select set_config('search_path', '"api", "public"', true), set_config('role', 'anon', true),
        set_config('request.jwt.claims', '{"role":"anon"}', true), set_config('request.method', 'POST', true),
