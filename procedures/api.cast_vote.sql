@@ -20,14 +20,15 @@
 --           BEFORE the poll is read so that a vote queued behind a close sees it closed;
 --           then only the voter's own ballot row and this backend's own tally slot. No row
 --           shared between voters is written, so a viral poll does not make voters queue.
--- Cost      a new single-choice ballot is two SQL statements after the fence: one reads the
---           poll, the voter-key secret and the chosen options together (and computes the
---           voter key), one inserts the ballot and counts it in this backend's tally slot.
+-- Cost      a new one-option ballot is two SQL statements after the fence: one reads the
+--           poll, the voter-key secret and the option together (and computes the voter key),
+--           one inserts the ballot and counts it in this backend's tally slot.
 --           Every check between them is a PL/pgSQL expression, evaluated without the
 --           executor; no PL/pgSQL helper is called on this path (each call and each
 --           statement costs more than the checks it holds: docs/benchmarks.md, the budget).
---           Multi-choice ballots, a backend's first ballot on a poll, retries and revotes
---           take the shared helpers (internal.add_to_tally, internal.settle_existing_ballot).
+--           Multi-option ballots, a backend's first ballot on a poll, retries and revotes
+--           take the shared helpers (internal.normalize_ballot, internal.add_to_tally,
+--           internal.settle_existing_ballot).
 -- Isolation READ COMMITTED (PostgREST's default). One ballot per voter rests on the
 --           primary key (poll_id, voter_key, ballot_id) through INSERT ... ON CONFLICT,
 --           not on a snapshot check, so it holds under any concurrency without
@@ -64,6 +65,7 @@ declare
     voter       bytea;
     ballot      uuid[];
     positions   smallint[];
+    first_position smallint;
     ballot_key  uuid;
     inserted    boolean;
     counted     boolean;
@@ -74,19 +76,16 @@ begin
         perform pg_advisory_xact_lock_shared(internal.advisory_lock_namespace('poll_fence'),
                                              internal.poll_fence_lock_key(cast_vote.poll_id));
     end if;
-    -- One statement for everything the checks need (its snapshot is taken after the fence).
-    -- The options are looked up only when the ballot is not oversized.
+    -- One statement for everything the checks need (its snapshot is taken after the fence),
+    -- as plain joins: every plan node costs its initialisation on each call, an aggregate more
+    -- than the lookup it sorts. The first option's position is all a one-option ballot needs;
+    -- other ballots are normalised below by internal.normalize_ballot.
     select p.poll_id, p.closed_at, p.closes_at, p.allow_anonymous, p.allow_multiple_votes, p.max_choices,
-           p.option_count,
-           internal.hmac_sha256(s.inner_pad, s.outer_pad, identity), chosen.ballot, chosen.positions
-    into found_poll, closed_at, closes_at, anonymous, multiple, max_choices, n_options, voter, ballot, positions
+           p.option_count, internal.hmac_sha256(s.inner_pad, s.outer_pad, identity), o.position
+    into found_poll, closed_at, closes_at, anonymous, multiple, max_choices, n_options, voter, first_position
     from voting.polls as p
     cross join internal.voter_key_secret as s
-    left join lateral (
-        select array_agg(o.option_id order by o.position) as ballot, array_agg(o.position order by o.position) as positions
-        from voting.poll_options as o
-        where o.poll_id = p.poll_id and o.option_id = any (cast_vote.option_ids)
-    ) as chosen on cardinality(cast_vote.option_ids) <= p.max_choices
+    left join voting.poll_options as o on o.poll_id = p.poll_id and o.option_id = cast_vote.option_ids[1]
     where p.poll_id = cast_vote.poll_id;
 
     if found_poll is null then
@@ -111,12 +110,15 @@ begin
         perform internal.raise_api_error('invalid_fingerprint',
             'Anonymous votes need a voter_fingerprint of 1-256 printable characters.');
     end if;
-    -- The ballot's errors (internal.normalize_ballot's rules, in its order).
-    if cast_vote.option_ids is null or cardinality(cast_vote.option_ids) = 0
-       or coalesce(cardinality(ballot), 0) <> cardinality(cast_vote.option_ids)
-       or array_ndims(cast_vote.option_ids) > 1 or array_lower(cast_vote.option_ids, 1) <> 1
-       or array_position(cast_vote.option_ids, null) is not null then
-        perform internal.normalize_ballot(found_poll, max_choices, cast_vote.option_ids);  -- raises its error
+    -- The ballot: a valid one-option ballot is checked here; any other ballot goes through
+    -- internal.normalize_ballot, which raises its errors (in its order) or returns the set.
+    if cardinality(cast_vote.option_ids) = 1 and array_ndims(cast_vote.option_ids) = 1
+       and array_lower(cast_vote.option_ids, 1) = 1 and first_position is not null then
+        ballot := cast_vote.option_ids;
+        positions := array[first_position];
+    else
+        select n.ballot, n.positions into ballot, positions
+        from internal.normalize_ballot(found_poll, max_choices, cast_vote.option_ids) as n;
     end if;
     -- Anonymous ballots on multiple-vote polls are rate-limited per fingerprint here (the
     -- pre-request hook cannot see the body); elsewhere a repeat is `unchanged` anyway.
