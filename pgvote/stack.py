@@ -1011,7 +1011,8 @@ class LocalStack:
     def _render_postgrest(self, replica: Replica) -> None:
         """api/postgrest.conf with this replica's connection, secret and ports."""
         overrides: dict[str, str | int] = {
-            "db-uri": self.api_url,
+            # PgBouncer's session-mode alias: PostgREST prepares its statements (db/pgbouncer.ini).
+            "db-uri": self.api_url.rsplit("/", 1)[0] + "/pgvote_session",
             "jwt-secret": self.jwt_secret,
             "server-host": HOST,
             "server-port": replica.port,

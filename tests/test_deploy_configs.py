@@ -54,7 +54,7 @@ POSTGREST_SETTINGS = {
     # backwards-compatible aliases
     "db-schema", "db-pool-timeout", "max-rows", "pre-request", "role-claim-key",
 }
-REQUIRED_POSTGREST = {"db-prepared-statements": "false", "db-channel-enabled": "false",
+REQUIRED_POSTGREST = {"db-prepared-statements": "true", "db-channel-enabled": "false",
                       "db-pre-request": "hooks.pre_request", "db-schemas": "api", "db-anon-role": "anon"}
 
 
