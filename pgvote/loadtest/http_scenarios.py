@@ -36,6 +36,7 @@ from pgvote.loadtest.verify import verify_poll
 
 CALL_TIMEOUT_S = 30
 MAX_ATTEMPTS = 20
+RAMP_VOTERS_PER_VU = 1_000_000  # k6/ramp.js: VU v's iteration i is voter v * this + i
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ def run_ramp(target: HttpTarget, peak_vus: int, time_scale: float, console: Cons
     meter, memory = _measure(target)
     with tempfile.TemporaryDirectory(prefix="pgvote-k6-") as tmp:
         try:
-            run = run_k6("ramp.js", plan, Path(tmp), voter_of=lambda vu, it: ballots.fingerprint(f"{vu}-{it}"),
+            run = run_k6("ramp.js", plan, Path(tmp), voter_of=lambda vu, it: ballots.fingerprint(vu * RAMP_VOTERS_PER_VU + it),
                          local_ips=local_ips, total=None, label=f"guide's ramp over HTTP (k6, peak {peak_vus:,} VUs)",
                          console=console, quiet=quiet)
         finally:

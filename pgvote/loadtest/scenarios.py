@@ -1,36 +1,46 @@
-"""The SQL-level scenarios of ``pgvote loadtest --sql``: each creates its own poll, runs, and verifies
-what is stored (the HTTP ones, k6's, are in ``http_scenarios``).
+"""The SQL-level scenarios of ``pgvote loadtest --sql``: pgbench through PgBouncer, each call exactly
+as PostgREST 12 makes it (``pgvote/bench/scripts/postgrest_rpc.sql``, ``-M extended``); each
+scenario creates its own poll, runs, and verifies what is stored (the HTTP ones, k6's, are in
+``http_scenarios``).
 
-- ``single``: N distinct voters, one ``cast_vote`` each, from C connections released together;
-- ``bare``: the same burst against the bare-insert reference (``baseline.py``): the drain ratio;
-- ``bulk``: the same N ballots through ``api.cast_votes`` in batches.
+- ``single``: N distinct voters, one ``cast_vote`` each, from C clients released together (pgbench
+  opens every connection first; its threads then start at one barrier);
+- ``bare``: the same transactions against the bare-insert reference (``scratch.py``): the drain ratio;
+- ``bulk``: the same N ballots through ``api.cast_votes`` as role ingest, in batches.
+
+pgbench runs ``-t per_client`` transactions per client, and client c's k-th transaction casts item
+``c * per_client + k`` (the script's own per-client counter): distinct by construction, with no
+shared sequence to contend on. Its log of committed transactions (``-l``) therefore names every
+acknowledged voter or batch: the acknowledged set ``verify.py`` checks against the stored ballots.
+pgbench never retries: an error ends its client, whose voter in flight is then attempted but
+unacknowledged, and whose later voters are never cast (both show in the report).
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import re
+import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pgvote.loadtest import baseline
+from pgvote.bench.pgbench import POSTGREST_RPC, Outcome, Run, execute, postgrest_variables
+from pgvote.loadtest import scratch
 from pgvote.loadtest.ballots import BallotSpec, identity
-from pgvote.loadtest.bulk import acknowledged as bulk_acknowledged
-from pgvote.loadtest.bulk import run_bulk
-from pgvote.loadtest.callers import DbTarget
 from pgvote.loadtest.config import LoadtestConfig
 from pgvote.loadtest.memory import MemorySample, MemorySampler
-from pgvote.loadtest.runner import ClientRun, run_workers
-from pgvote.loadtest.stats import figures, latency_summary, timeline
+from pgvote.loadtest.stats import Record, figures, latency_summary, timeline
 from pgvote.loadtest.verify import verify_poll
-from pgvote.loadtest.worker import WorkerSpec
 from pgvote.paths import PROJECT_ROOT
 
 OPTIONS = ("PostgreSQL", "PgBouncer", "PostgREST", "psycopg")
@@ -94,110 +104,153 @@ def memory_figures(s: MemorySampler) -> dict[str, Any]:
             "postgres_processes": max(x.postgres_processes for x in s.samples)}
 
 
-def _split(n: int, parts: int) -> list[int]:
-    return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
+PROGRESS_LINE = re.compile(r"progress: ([0-9.]+) s, ([0-9.]+) tps, lat ([0-9.]+) ms")
 
 
-def _specs(cfg: LoadtestConfig, ballots: BallotSpec, target: DbTarget) -> list[WorkerSpec]:
-    workers = max(1, min(cfg.workers, cfg.clients))
-    return [WorkerSpec(w, ballots, clients, target=target,
-                       voters=range(w, cfg.voters, workers), call_timeout=cfg.call_timeout,
-                       max_attempts=cfg.max_attempts,
-                       run_timeout=cfg.run_timeout)
-            for w, clients in enumerate(_split(cfg.clients, workers))]
+@contextmanager
+def progress_bar(label: str, total: int, console: Console, quiet: bool) -> Iterator[Callable[[str], None]]:
+    """A live bar fed by pgbench's ``-P 1`` lines: transactions done (tps x each second), rate, latency."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]:>7,.0f} tx/s, latency {task.fields[latency]:,.1f} ms"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=quiet, refresh_per_second=4) as progress:
+        task = progress.add_task(label, total=total, rate=0.0, latency=0.0)
+        elapsed = 0.0
+
+        def update(line: str) -> None:
+            nonlocal elapsed
+            if match := PROGRESS_LINE.match(line):
+                t, tps, latency = (float(g) for g in match.groups())
+                progress.update(task, advance=tps * (t - elapsed), rate=tps, latency=latency)
+                elapsed = t
+
+        yield update
+        progress.update(task, completed=total)
 
 
-def _client_result(name: str, path: str, cfg: LoadtestConfig, run: ClientRun, s: MemorySampler,
-                   extra: dict[str, Any]) -> dict[str, Any]:
-    f = figures(run.records, run.t0, run.errors)
-    return {"name": name, "path": path, "voters": cfg.voters,
-            "clients": cfg.clients, "workers": max(1, min(cfg.workers, cfg.clients)),
-            "connected": run.connected, "connect_failure": run.connect_failure,
-            "figures": f.as_dict(), "memory": memory_figures(s), "pool": dict(s.pool_peaks),
-            "cpu_seconds": {"load generator": round(run.client_cpu_seconds, 2), **s.cpu_seconds()},
-            "timeline": timeline(run.records, run.t0), **extra}
+def pgbench(cfg: LoadtestConfig, script: str | Path, clients: int, per_client: int, variables: dict[str, str],
+            label: str, console: Console, quiet: bool, s: MemorySampler) -> Outcome:
+    """``clients`` x ``per_client`` transactions of ``script`` through PgBouncer, the sampler running."""
+    s.start()
+    try:
+        with progress_bar(label, clients * per_client, console, quiet) as on_progress:
+            return execute(Run(script, cfg.database_url, clients, transactions=per_client, protocol="extended",
+                               variables=variables), on_progress)
+    finally:
+        s.stop()
+
+
+def records(outcome: Outcome, per_client: int, name: Callable[[int], str]) -> list[Record]:
+    """One record per item cast: committed ones acknowledged, an aborted client's item in flight rejected
+    with the error that ended it (an aborted client's later items were never cast: no record)."""
+    out: list[Record] = [(name(t.client * per_client + t.number), "ack", 200, "committed", t.end - t.seconds, t.end,
+                          1, True) for t in outcome.committed]
+    done = Counter(t.client for t in outcome.committed)
+    end = max((r[5] for r in out), default=time.time())
+    out += [(name(client * per_client + done[client]), "rejected", 0, error, end, end, 1, False)
+            for client, error in outcome.aborted.items()]
+    return out
+
+
+def _burst_result(name: str, path: str, clients: int, voters: int, outcome: Outcome, recs: list[Record],
+                  s: MemorySampler, extra: dict[str, Any]) -> dict[str, Any]:
+    t0 = min((r[4] for r in recs if r[1] == "ack"), default=time.time())
+    f = figures(recs, t0, Counter(outcome.aborted.values()))
+    return {"name": name, "path": path, "voters": voters, "clients": clients, "figures": f.as_dict(),
+            "pgbench": _pgbench_figures(outcome), "memory": memory_figures(s), "pool": dict(s.pool_peaks),
+            "cpu_seconds": {"pgbench": round(outcome.cpu_seconds, 2), **s.cpu_seconds()},
+            "timeline": timeline(recs, t0), **extra}
+
+
+def _pgbench_figures(outcome: Outcome) -> dict[str, Any]:
+    return {"exit_code": outcome.exit_code, "transactions": outcome.processed, "tps": outcome.per_second,
+            "aborted_clients": len(outcome.aborted)}
+
+
+def _plan(voters: int, clients: int) -> tuple[int, int]:
+    """(clients, transactions per client): every client casts the same number (pgbench -t), so the voters
+    are rounded up to a multiple of the clients."""
+    clients = max(1, min(clients, voters))
+    return clients, math.ceil(voters / clients)
 
 
 def run_single(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
     """The burst through ``api.cast_vote`` as PostgREST calls it, through PgBouncer, then verification."""
-    tag = new_tag()
-    ballots = create_poll(cfg.admin_url, tag)
+    ballots = create_poll(cfg.admin_url, new_tag())
     hook = pre_request_hook(cfg.admin_url)
-    target = DbTarget(cfg.database_url, pre_request=hook)
+    clients, per_client = _plan(cfg.voters, cfg.clients)
+    variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
+                                    per_client=per_client, hook=hook is not None)
     s = sampler(cfg)
-    s.start()
-    try:
-        run = run_workers(_specs(cfg, ballots, target), total=cfg.voters, console=console, quiet=quiet,
-                          label="cast_vote")
-    finally:
-        s.stop()
-    acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in run.records if r[1] == "ack"}
-    attempted = [identity(r[0]) for r in run.records]
-    check = verify_poll(cfg.admin_url, ballots.poll_id, acked, attempted)
-    return _client_result("single-vote burst", "db", cfg, run, s,
-                          {"poll_id": ballots.poll_id, "pre_request": hook, "verification": check.as_dict()})
+    outcome = pgbench(cfg, POSTGREST_RPC, clients, per_client, variables, "cast_vote", console, quiet, s)
+    recs = records(outcome, per_client, ballots.fingerprint)
+    acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in recs if r[1] == "ack"}
+    check = verify_poll(cfg.admin_url, ballots.poll_id, acked, [identity(r[0]) for r in recs])
+    return _burst_result("single-vote burst", "db", clients, clients * per_client, outcome, recs, s,
+                         {"poll_id": ballots.poll_id, "pre_request": hook, "verification": check.as_dict()})
 
 
 def run_bare(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
-    """The same burst against the bare-insert reference function (see ``baseline.py``)."""
-    tag = new_tag()
-    ballots = BallotSpec(str(uuid.uuid4()), tuple(str(uuid.uuid4()) for _ in OPTIONS), tag, MAX_CHOICES)
-    baseline.setup(cfg.admin_url)
+    """The same burst against the bare-insert reference function (see ``scratch.py``)."""
+    ballots = BallotSpec(str(uuid.uuid4()), tuple(str(uuid.uuid4()) for _ in OPTIONS), new_tag(), MAX_CHOICES)
+    clients, per_client = _plan(cfg.voters, cfg.clients)
+    variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
+                                    per_client=per_client, hook=pre_request_hook(cfg.admin_url) is not None)
+    scratch.setup(cfg.admin_url, urlsplit(cfg.database_url).username or "authenticator")
     try:
-        target = DbTarget(baseline.superuser_via_bouncer(cfg.database_url, cfg.admin_url), schema=baseline.SCHEMA,
-                          anon_role="postgres")
         s = sampler(cfg)
-        s.start()
-        try:
-            run = run_workers(_specs(cfg, ballots, target), total=cfg.voters, label="bare insert",
-                              console=console, quiet=quiet)
-        finally:
-            s.stop()
-        acked = [r[0] for r in run.records if r[1] == "ack"]
-        stored, found = baseline.stored(cfg.admin_url, ballots.poll_id, acked)
+        with tempfile.TemporaryDirectory(prefix="pgvote-loadtest-") as tmp:
+            outcome = pgbench(cfg, scratch.bare_script(Path(tmp)), clients, per_client, variables, "bare insert",
+                              console, quiet, s)
+        recs = records(outcome, per_client, ballots.fingerprint)
+        acked = [r[0] for r in recs if r[1] == "ack"]
+        stored, found = scratch.stored(cfg.admin_url, ballots.poll_id, acked)
     finally:
-        baseline.teardown(cfg.admin_url)
+        scratch.teardown(cfg.admin_url)
     check = {"accepted": len(acked), "stored": stored, "lost": len(acked) - found,
              "duplicated": 0, "exactly_once": stored == found == len(acked)}  # the primary key forbids twins
-    return _client_result("bare-insert reference", "bare", cfg, run, s, {"verification": check})
+    return _burst_result("bare-insert reference", "bare", clients, clients * per_client, outcome, recs, s,
+                         {"verification": check})
 
 
 def run_bulk_scenario(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
-    """N ballots through ``api.cast_votes`` in batches of ``batch`` from ``clients`` connections."""
-    tag = new_tag()
-    ballots = create_poll(cfg.admin_url, tag)
-    s = sampler(cfg)
-    s.start()
+    """N ballots through ``api.cast_votes`` from ``clients`` connections, every client the same number
+    of batches of at most ``batch`` ballots (so the batches are split evenly: voter v is in batch
+    ``v * batches // voters``)."""
+    ballots = create_poll(cfg.admin_url, new_tag())
+    clients, per_client = _plan(math.ceil(cfg.voters / cfg.batch), cfg.clients)
+    count = clients * per_client
+    if count > cfg.voters:
+        raise ValueError(f"{cfg.voters:,} ballots cannot fill {count} batches: use fewer --clients or a larger --batch")
+    plan: list[list[int]] = [[] for _ in range(count)]
+    for v in range(cfg.voters):
+        plan[v * count // cfg.voters].append(v)
+    scratch.setup(cfg.admin_url, urlsplit(cfg.database_url).username or "authenticator")
     try:
-        with console.status(f"bulk: {cfg.voters:,} ballots in batches of {cfg.batch}...") if not quiet \
-                else _Quiet():
-            run = asyncio.run(run_bulk(cfg.database_url, ballots, cfg.voters, cfg.batch, cfg.clients,
-                                       call_timeout=max(cfg.call_timeout, 60), max_attempts=cfg.max_attempts,
-                                       pre_request=pre_request_hook(cfg.admin_url)))
+        scratch.stage_batches(cfg.admin_url, [json.dumps({"ballots": [ballots.bulk_item(v) for v in voters]})
+                                              for voters in plan])
+        variables = postgrest_variables(poll_id=ballots.poll_id, prefix=ballots.prefix, per_client=per_client,
+                                        role="ingest", hook=pre_request_hook(cfg.admin_url) is not None, bulk=True)
+        s = sampler(cfg)
+        outcome = pgbench(cfg, POSTGREST_RPC, clients, per_client, variables,
+                          f"cast_votes, {len(plan)} batches", console, quiet, s)
     finally:
-        s.stop()
-    acked = bulk_acknowledged(ballots, run)
-    attempted = [("sub:" if n % 2 == 0 else "fp:") + ballots.fingerprint(n) for n in range(cfg.voters)]
-    check = verify_poll(cfg.admin_url, ballots.poll_id, acked, attempted)
-    wall = run.finished - run.t0
-    statuses = Counter(st for st, _ in run.outcomes.values())
-    rejected = Counter(code for st, code in run.outcomes.values() if st == "rejected")
+        scratch.teardown(cfg.admin_url)
+    committed = outcome.committed
+    acked = {ballots.bulk_identity(v): list(ballots.options_for(ballots.fingerprint(v)))
+             for t in committed for v in plan[t.client * per_client + t.number]}
+    check = verify_poll(cfg.admin_url, ballots.poll_id, acked, [ballots.bulk_identity(v) for v in range(cfg.voters)])
+    wall = max((t.end for t in committed), default=0.0) - min((t.end - t.seconds for t in committed), default=0.0)
     return {"name": "bulk ingestion", "path": "bulk", "poll_id": ballots.poll_id, "voters": cfg.voters,
-            "batch": cfg.batch, "clients": min(cfg.clients, run.batches), "batches": run.batches,
-            "calls": run.calls, "wall_seconds": wall, "ballots_per_second": len(acked) / wall if wall else math.nan,
-            "answers": dict(statuses), "rejected": dict(rejected), "errors": dict(run.errors),
-            "batch_errors": run.batch_errors, "batch_latency": latency_summary(run.call_latency),
-            "success_rate": len(acked) / cfg.voters if cfg.voters else math.nan,
-            "memory": memory_figures(s), "pool": dict(s.pool_peaks), "cpu_seconds": s.cpu_seconds(),
+            "batch": max(len(voters) for voters in plan), "clients": clients, "batches": len(plan),
+            "committed_batches": len(committed), "accepted": len(acked), "wall_seconds": wall,
+            "ballots_per_second": len(acked) / wall if wall else math.nan,
+            "errors": dict(Counter(outcome.aborted.values())),
+            "batch_latency": latency_summary([t.seconds for t in committed]),
+            "success_rate": len(acked) / cfg.voters if cfg.voters else math.nan, "pgbench": _pgbench_figures(outcome),
+            "memory": memory_figures(s), "pool": dict(s.pool_peaks),
+            "cpu_seconds": {"pgbench": round(outcome.cpu_seconds, 2), **s.cpu_seconds()},
             "verification": check.as_dict()}
-
-
-class _Quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def settle(seconds: float = 1.0) -> None:
