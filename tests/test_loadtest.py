@@ -388,3 +388,22 @@ def test_overload_queues_then_answers_a_clean_retryable_error(tiny_pool: LocalSt
     acknowledged = {f"fp:{prefix}{n}": option for prefix in (served_prefix, refused_prefix) for n in range(12)}
     check = verify_poll(tiny_pool.admin_url, poll.poll_id, acknowledged)
     assert check.exactly_once, check.problems
+
+
+def test_burst_recasts_what_the_pool_refused_until_every_voter_is_recorded_once(tiny_pool: LocalStack) -> None:
+    """The load test's own retry: the pool is held past the wait bound, so the first pgbench pass ends in
+    query_wait_timeout for every client; the next passes re-cast those voters identically (and cast the
+    ones their clients never reached) once the pool frees: every voter acknowledged, some after more than
+    one attempt, each stored exactly once."""
+    cfg = LoadtestConfig(database_url=tiny_pool.api_url, admin_url=tiny_pool.admin_url,
+                         bouncer_admin_url=tiny_pool.bouncer_admin_url, voters=24, clients=12, baseline=False)
+    report, _peak = overload_wave(tiny_pool, lambda: run_loadtest(cfg, quiet_console(), quiet=True),
+                                  hold_seconds=WAIT_BOUND + 5)
+    (burst,) = report["scenarios"]
+    f, v, pgbench = burst["figures"], burst["verification"], burst["pgbench"]
+    assert pgbench["aborted_clients"] > 0 and pgbench["recast_passes"] >= 1  # the first pass: refused
+    assert f["accepted"] == f["voters"] == 24 and f["rejected"] == {} and f["gave_up"] == 0
+    assert all("query_wait_timeout" in error for error in f["retried_errors"]), f["retried_errors"]
+    assert f["requests"] > 24  # voters in flight when refused were cast again
+    assert v["exactly_once"], v["problems"]
+    assert (v["stored"], v["lost"], v["duplicated"], v["unacknowledged"]) == (24, 0, 0, 0)

@@ -44,7 +44,7 @@ def postgrest_variables(*, poll_id: str, patterns: Sequence[Sequence[str]] = (),
     return {"role": role, "claims": json.dumps({"role": role}), "path": "/rpc/cast_votes" if bulk else "/rpc/cast_vote",
             "hook": str(int(hook)), "caller": str(int(caller)), "bulk": str(int(bulk)), "poll": poll_id,
             "patterns": json.dumps([list(p) for p in patterns]), "npatterns": str(max(1, len(patterns))),
-            "prefix": prefix, "per_client": str(per_client), "n": "0"}
+            "prefix": prefix, "per_client": str(per_client), "n": "0", "recast": "0"}
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class Transaction:
     """One committed transaction, from pgbench's log."""
 
     client: int
-    number: int  # the client's 0-based count: it cast item client * per_client + number
+    number: int  # the client's 0-based count: its slot is client * per_client + number
     end: float  # epoch seconds, when it committed
     seconds: float  # its latency
 

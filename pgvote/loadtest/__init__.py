@@ -10,8 +10,8 @@ Two load tools, one per path:
   schema, the bare-insert reference and the bulk path's staged batches).
 
 Shared: ``config`` (what to run, targets), ``ballots`` (who votes what), ``verify`` (exactly-once
-checks against the stored ballots), ``memory`` (PSS and PgBouncer pool sampling), ``cpu`` (CPU
-seconds per server process), ``stats``, ``report``, ``chart``.
+checks against the stored ballots), ``servers`` (memory as PSS, CPU seconds and PgBouncer's pool
+peaks of the server processes), ``stats``, ``report``, ``chart``.
 """
 from __future__ import annotations
 

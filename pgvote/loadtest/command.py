@@ -19,6 +19,7 @@ from pgvote.loadtest.report import print_report, write_json
 
 DEFAULT_CLIENTS = 2_000
 DEFAULT_BULK_CLIENTS = 4  # concurrent batches: more only queue on 2 cores
+MAX_BATCH = 1_000  # api.cast_votes answers 400 to a larger batch
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -81,6 +82,8 @@ def config_from_args(args: argparse.Namespace, stack: Any | None) -> LoadtestCon
     if not urls["database_url"] or not urls["admin_url"]:
         raise ValueError("give --database-url and --admin-url, or start the local stack (`pgvote up`)")
     clients = args.clients if args.clients is not None else (DEFAULT_BULK_CLIENTS if args.bulk else DEFAULT_CLIENTS)
+    if not 1 <= args.batch <= MAX_BATCH:
+        raise ValueError(f"--batch {args.batch}: cast_votes takes 1 to {MAX_BATCH:,} ballots a call")
     sql = args.sql or args.bulk or args.with_bulk
     if sql and (args.http is not None or args.ramp):
         raise ValueError("--http and --ramp are HTTP; --sql, --bulk and --with-bulk the SQL path: pick one")

@@ -28,9 +28,9 @@ from rich.console import Console
 
 from pgvote.loadtest.ballots import BallotSpec, identity
 from pgvote.loadtest.config import Stage, scaled_stages
-from pgvote.loadtest.cpu import CpuMeter
 from pgvote.loadtest.k6 import K6Run, run_k6
-from pgvote.loadtest.scenarios import create_poll, memory_figures, new_tag, sampler_for_ports
+from pgvote.loadtest.scenarios import create_poll, new_tag
+from pgvote.loadtest.servers import measuring
 from pgvote.loadtest.stats import figures, phase_figures, timeline
 from pgvote.loadtest.verify import verify_poll
 
@@ -114,24 +114,14 @@ def vus_needed(voters: int, limit: RateLimit) -> int:
     return math.ceil(voters / limit.burst)
 
 
-def _measure(target: HttpTarget) -> tuple[CpuMeter, Any]:
-    meter = CpuMeter(target.servers)
-    memory = sampler_for_ports(target.servers.get("postgres"), target.servers.get("pgbouncer"),
-                               target.bouncer_admin_url)
-    meter.start()
-    memory.start()
-    return meter, memory
-
-
 def _result(name: str, path: str, run: K6Run, ballots: BallotSpec, vus: int, local_ips: str,
-            target: HttpTarget, fn: str, cpu: dict[str, float], memory: Any,
+            target: HttpTarget, fn: str, measured: dict[str, Any],
             verification: dict[str, Any] | None) -> dict[str, Any]:
     f = figures(run.records, run.t0, run.errors)
     metrics = run.summary.get("metrics", {})
     return {"name": name, "path": path, "fn": fn, "base_url": target.base_url, "poll_id": ballots.poll_id,
-            "voters": f.voters, "clients": vus, "workers": 1, "connected": vus, "connect_failure": None,
-            "local_ips": local_ips, "figures": f.as_dict(), "memory": memory_figures(memory),
-            "pool": dict(memory.pool_peaks), "cpu_seconds": {"k6": round(run.cpu_seconds, 2), **cpu},
+            "voters": f.voters, "clients": vus, "local_ips": local_ips, "figures": f.as_dict(), **measured,
+            "cpu_seconds": {"k6": round(run.cpu_seconds, 2), **measured["cpu_seconds"]},
             "timeline": timeline(run.records, run.t0),
             "k6": {"exit_code": run.exit_code, "thresholds_crossed": run.thresholds_crossed,
                    "requests": run.requests, "retries": run.requests - f.voters,
@@ -162,19 +152,14 @@ def run_burst(target: HttpTarget, voters: int, vus: int | None, console: Console
             "patterns": [list(p) for p in ballots.patterns], "tag": tag, "limit": limit.as_dict(),
             "call_timeout_s": CALL_TIMEOUT_S, "max_attempts": MAX_ATTEMPTS, "voters": voters, "vus": vus,
             "per_vu": per_vu, "max_duration_s": 1200}
-    meter, memory = _measure(target)
-    with tempfile.TemporaryDirectory(prefix="pgvote-k6-") as tmp:
-        try:
-            run = run_k6("burst.js", plan, Path(tmp),
-                         voter_of=lambda vu, it: ballots.fingerprint((vu - 1) * per_vu + it),
-                         local_ips=local_ips, total=voters, label=f"{fn} over HTTP (k6, {vus:,} VUs)",
-                         console=console, quiet=quiet)
-        finally:
-            memory.stop()
-            cpu = meter.stop()
+    measured: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="pgvote-k6-") as tmp, \
+            measuring(target.servers, target.bouncer_admin_url, measured):
+        run = run_k6("burst.js", plan, Path(tmp), voter_of=lambda vu, it: ballots.fingerprint((vu - 1) * per_vu + it),
+                     local_ips=local_ips, total=voters, label=f"{fn} over HTTP (k6, {vus:,} VUs)",
+                     console=console, quiet=quiet)
     verification = _verify(target, ballots, run) if fn == "cast_vote" else None
-    return _result(f"HTTP burst ({fn})", "http", run, ballots, vus, local_ips, target, fn, cpu, memory,
-                   verification)
+    return _result(f"HTTP burst ({fn})", "http", run, ballots, vus, local_ips, target, fn, measured, verification)
 
 
 def run_ramp(target: HttpTarget, peak_vus: int, time_scale: float, console: Console, *,
@@ -189,17 +174,14 @@ def run_ramp(target: HttpTarget, peak_vus: int, time_scale: float, console: Cons
             "poll_id": ballots.poll_id, "patterns": [list(p) for p in ballots.patterns], "tag": tag,
             "limit": limit.as_dict(), "call_timeout_s": CALL_TIMEOUT_S, "max_attempts": MAX_ATTEMPTS,
             "stages": [{"seconds": s.seconds, "target": s.target} for s in stages]}
-    meter, memory = _measure(target)
-    with tempfile.TemporaryDirectory(prefix="pgvote-k6-") as tmp:
-        try:
-            run = run_k6("ramp.js", plan, Path(tmp), voter_of=lambda vu, it: ballots.fingerprint(vu * RAMP_VOTERS_PER_VU + it),
-                         local_ips=local_ips, total=None, label=f"guide's ramp over HTTP (k6, peak {peak_vus:,} VUs)",
-                         console=console, quiet=quiet)
-        finally:
-            memory.stop()
-            cpu = meter.stop()
+    measured: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="pgvote-k6-") as tmp, \
+            measuring(target.servers, target.bouncer_admin_url, measured):
+        run = run_k6("ramp.js", plan, Path(tmp), voter_of=lambda vu, it: ballots.fingerprint(vu * RAMP_VOTERS_PER_VU + it),
+                     local_ips=local_ips, total=None, label=f"guide's ramp over HTTP (k6, peak {peak_vus:,} VUs)",
+                     console=console, quiet=quiet)
     result = _result("ramp (guide's k6 stages, scaled)", "ramp", run, ballots, peak_vus, local_ips, target,
-                     "cast_vote", cpu, memory, _verify(target, ballots, run))
+                     "cast_vote", measured, _verify(target, ballots, run))
     result["stages"] = [{"seconds": s.seconds, "target": s.target, "phase": s.phase} for s in stages]
     result["phases"] = phase_figures(run.records, run.t0, stages)
     return result

@@ -26,6 +26,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,11 +35,11 @@ import psycopg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pgvote.bench.pgbench import POSTGREST_RPC, Outcome, Run, execute, postgrest_variables
+from pgvote.bench.pgbench import POSTGREST_RPC, Outcome, Run, Transaction, execute, postgrest_variables
 from pgvote.loadtest import scratch
 from pgvote.loadtest.ballots import BallotSpec, identity
 from pgvote.loadtest.config import LoadtestConfig
-from pgvote.loadtest.memory import MemorySample, MemorySampler
+from pgvote.loadtest.servers import measuring
 from pgvote.loadtest.stats import Record, figures, latency_summary, timeline
 from pgvote.loadtest.verify import verify_poll
 from pgvote.paths import PROJECT_ROOT
@@ -77,31 +78,12 @@ def new_tag() -> str:
     return uuid.uuid4().hex[:10]
 
 
-def sampler(cfg: LoadtestConfig) -> MemorySampler:
-    """PSS of the servers behind the URLs, when they run on this machine (found by listening port)."""
+def local_servers(cfg: LoadtestConfig) -> dict[str, int]:
+    """Listening ports of PostgreSQL and PgBouncer behind the URLs, when they run on this machine."""
     admin, api = urlsplit(cfg.admin_url), urlsplit(cfg.database_url)
-    local = {admin.hostname, api.hostname} <= {"127.0.0.1", "localhost", "::1"}
-    return sampler_for_ports(admin.port or 5432 if local else None, api.port or 5432 if local else None,
-                             cfg.bouncer_admin_url, cfg.sample_interval)
-
-
-def sampler_for_ports(pg_port: int | None, bouncer_port: int | None, bouncer_admin_url: str | None,
-                      interval: float = 0.25) -> MemorySampler:
-    return MemorySampler.for_ports(pg_port, bouncer_port, interval, bouncer_admin_url)
-
-
-def memory_figures(s: MemorySampler) -> dict[str, Any]:
-    peak: MemorySample | None = s.peak()
-    if peak is None:
-        return {"available": False}
-    mib = 1024 * 1024
-    return {"available": True, "samples": len(s.samples),
-            "peak_total_mib": round(peak.total / mib, 1),
-            "peak_postgres_pss_mib": round(peak.postgres_pss / mib, 1),
-            "peak_postgres_shmem_pss_mib": round(peak.postgres_shmem_pss / mib, 1),
-            "peak_beyond_shared_mib": round(max(x.beyond_shared for x in s.samples) / mib, 1),
-            "peak_bouncer_pss_mib": round(max(x.bouncer_pss for x in s.samples) / mib, 1),
-            "postgres_processes": max(x.postgres_processes for x in s.samples)}
+    if not {admin.hostname, api.hostname} <= {"127.0.0.1", "localhost", "::1"}:
+        return {}
+    return {"postgres": admin.port or 5432, "pgbouncer": api.port or 5432}
 
 
 PROGRESS_LINE = re.compile(r"progress: ([0-9.]+) s, ([0-9.]+) tps, lat ([0-9.]+) ms")
@@ -128,43 +110,101 @@ def progress_bar(label: str, total: int, console: Console, quiet: bool) -> Itera
         progress.update(task, completed=total)
 
 
-def pgbench(cfg: LoadtestConfig, script: str | Path, clients: int, per_client: int, variables: dict[str, str],
-            label: str, console: Console, quiet: bool, s: MemorySampler) -> Outcome:
-    """``clients`` x ``per_client`` transactions of ``script`` through PgBouncer, the sampler running."""
-    s.start()
-    try:
-        with progress_bar(label, clients * per_client, console, quiet) as on_progress:
-            return execute(Run(script, cfg.database_url, clients, transactions=per_client, protocol="extended",
-                               variables=variables), on_progress)
-    finally:
-        s.stop()
+#: Passes of pgbench per scenario: the first casts everything, each next one re-casts, identically, what
+#: the previous left unanswered after a retryable error (a lost connection or PgBouncer's queue timeout:
+#: FATAL or a client-side message, PostgREST's 503) and casts what its aborted clients never reached.
+MAX_PASSES = 5
 
 
-def records(outcome: Outcome, per_client: int, name: Callable[[int], str]) -> list[Record]:
-    """One record per item cast: committed ones acknowledged, an aborted client's item in flight rejected
-    with the error that ended it (an aborted client's later items were never cast: no record)."""
-    out: list[Record] = [(name(t.client * per_client + t.number), "ack", 200, "committed", t.end - t.seconds, t.end,
-                          1, True) for t in outcome.committed]
+@dataclass
+class Cast:
+    """What became of one voter (or batch) over the passes."""
+
+    attempts: int = 0
+    committed: Transaction | None = None
+    error: str = ""  # the last error, while not committed
+
+
+def retryable(error: str) -> bool:
+    """An ``ERROR:`` is the server's answer to the call (an API error: final); anything else means the
+    connection went away (``FATAL:`` from PgBouncer or PostgreSQL, or libpq's own message)."""
+    return not error.startswith("ERROR:")
+
+
+def cast_all(cfg: LoadtestConfig, script: str | Path, clients: int, per_client: int, variables: dict[str, str],
+             label: str, console: Console, quiet: bool, measured: dict[str, Any]) -> tuple[dict[int, Cast], list[Outcome]]:
+    """Numbers 0 .. clients x per_client - 1 through PgBouncer, as many passes as needed (``MAX_PASSES``);
+    the servers' memory, pools and CPU while they run go into ``measured``, with pgbench's own CPU."""
+    casts: dict[int, Cast] = {}
+    outcomes: list[Outcome] = []
+    pending = list(range(clients * per_client))
+    with measuring(local_servers(cfg), cfg.bouncer_admin_url, measured, cfg.sample_interval):
+        for recast in range(MAX_PASSES):
+            if recast:
+                settle()
+                clients, per_client = _plan(len(pending), clients)
+                slots = [pending[i % len(pending)] for i in range(clients * per_client)]  # the last repeat: idempotent
+                scratch.stage_recasts(cfg.admin_url, slots)
+            else:
+                slots = pending
+            with progress_bar(label + (f", re-cast {recast}" if recast else ""), len(slots), console, quiet) as shown:
+                outcome = execute(Run(script, cfg.database_url, clients, transactions=per_client, protocol="extended",
+                                      variables={**variables, "per_client": str(per_client), "recast": str(int(recast > 0))}),
+                                  shown)
+            outcomes.append(outcome)
+            pending = _settle_pass(outcome, per_client, slots, casts)
+            if not pending:
+                break
+    measured["cpu_seconds"] = {"pgbench": round(sum(o.cpu_seconds for o in outcomes), 2), **measured["cpu_seconds"]}
+    return casts, outcomes
+
+
+def _settle_pass(outcome: Outcome, per_client: int, slots: list[int], casts: dict[int, Cast]) -> list[int]:
+    """Record one pass in ``casts``; return what the next pass must cast."""
+    committed = {t.client * per_client + t.number: t for t in outcome.committed}
     done = Counter(t.client for t in outcome.committed)
-    end = max((r[5] for r in out), default=time.time())
-    out += [(name(client * per_client + done[client]), "rejected", 0, error, end, end, 1, False)
-            for client, error in outcome.aborted.items()]
+    for slot, number in enumerate(slots):
+        cast = casts.setdefault(number, Cast())
+        client, n = divmod(slot, per_client)
+        if slot in committed:
+            cast.attempts += 1
+            cast.committed = committed[slot]
+        elif client in outcome.aborted and n == done[client]:  # in flight when its client was aborted
+            cast.attempts += 1
+            cast.error = outcome.aborted[client]
+    return sorted({number for number, cast in casts.items() if cast.committed is None
+                   and (cast.attempts == 0 or retryable(cast.error))} & set(slots))
+
+
+def records(casts: dict[int, Cast], name: Callable[[int], str]) -> list[Record]:
+    """One record per number attempted: acknowledged when a pass committed it, else its last error."""
+    end = max((c.committed.end for c in casts.values() if c.committed), default=time.time())
+    out: list[Record] = []
+    for number, c in sorted(casts.items()):
+        if c.committed:
+            t = c.committed
+            out.append((name(number), "ack", 200, "committed", t.end - t.seconds, t.end, c.attempts, c.attempts == 1))
+        elif c.attempts:
+            out.append((name(number), "gave_up" if retryable(c.error) else "rejected", 0, c.error, end, end,
+                        c.attempts, False))
     return out
 
 
-def _burst_result(name: str, path: str, clients: int, voters: int, outcome: Outcome, recs: list[Record],
-                  s: MemorySampler, extra: dict[str, Any]) -> dict[str, Any]:
+def _burst_result(name: str, path: str, clients: int, voters: int, outcomes: list[Outcome], recs: list[Record],
+                  measured: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     t0 = min((r[4] for r in recs if r[1] == "ack"), default=time.time())
-    f = figures(recs, t0, Counter(outcome.aborted.values()))
-    return {"name": name, "path": path, "voters": voters, "clients": clients, "figures": f.as_dict(),
-            "pgbench": _pgbench_figures(outcome), "memory": memory_figures(s), "pool": dict(s.pool_peaks),
-            "cpu_seconds": {"pgbench": round(outcome.cpu_seconds, 2), **s.cpu_seconds()},
+    errors = Counter(error for o in outcomes for error in o.aborted.values())
+    return {"name": name, "path": path, "voters": voters, "clients": clients,
+            "figures": figures(recs, t0, errors).as_dict(), "pgbench": _pgbench_figures(outcomes), **measured,
             "timeline": timeline(recs, t0), **extra}
 
 
-def _pgbench_figures(outcome: Outcome) -> dict[str, Any]:
-    return {"exit_code": outcome.exit_code, "transactions": outcome.processed, "tps": outcome.per_second,
-            "aborted_clients": len(outcome.aborted)}
+def _pgbench_figures(outcomes: list[Outcome]) -> dict[str, Any]:
+    """The first pass's figures (the burst itself), and how many re-cast passes followed."""
+    first = outcomes[0]
+    return {"exit_code": first.exit_code, "transactions": first.processed, "tps": first.per_second,
+            "aborted_clients": len(first.aborted), "recast_passes": len(outcomes) - 1,
+            "recast_transactions": sum(o.processed for o in outcomes[1:])}
 
 
 def _plan(voters: int, clients: int) -> tuple[int, int]:
@@ -174,6 +214,10 @@ def _plan(voters: int, clients: int) -> tuple[int, int]:
     return clients, math.ceil(voters / clients)
 
 
+def _scratch_role(cfg: LoadtestConfig) -> str:
+    return urlsplit(cfg.database_url).username or "authenticator"
+
+
 def run_single(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
     """The burst through ``api.cast_vote`` as PostgREST calls it, through PgBouncer, then verification."""
     ballots = create_poll(cfg.admin_url, new_tag())
@@ -181,12 +225,17 @@ def run_single(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> di
     clients, per_client = _plan(cfg.voters, cfg.clients)
     variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
                                     per_client=per_client, hook=hook is not None)
-    s = sampler(cfg)
-    outcome = pgbench(cfg, POSTGREST_RPC, clients, per_client, variables, "cast_vote", console, quiet, s)
-    recs = records(outcome, per_client, ballots.fingerprint)
+    measured: dict[str, Any] = {}
+    scratch.setup(cfg.admin_url, _scratch_role(cfg))
+    try:
+        casts, outcomes = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, "cast_vote", console, quiet,
+                                   measured)
+    finally:
+        scratch.teardown(cfg.admin_url)
+    recs = records(casts, ballots.fingerprint)
     acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in recs if r[1] == "ack"}
     check = verify_poll(cfg.admin_url, ballots.poll_id, acked, [identity(r[0]) for r in recs])
-    return _burst_result("single-vote burst", "db", clients, clients * per_client, outcome, recs, s,
+    return _burst_result("single-vote burst", "db", clients, clients * per_client, outcomes, recs, measured,
                          {"poll_id": ballots.poll_id, "pre_request": hook, "verification": check.as_dict()})
 
 
@@ -196,20 +245,20 @@ def run_bare(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict
     clients, per_client = _plan(cfg.voters, cfg.clients)
     variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
                                     per_client=per_client, hook=pre_request_hook(cfg.admin_url) is not None)
-    scratch.setup(cfg.admin_url, urlsplit(cfg.database_url).username or "authenticator")
+    measured: dict[str, Any] = {}
+    scratch.setup(cfg.admin_url, _scratch_role(cfg))
     try:
-        s = sampler(cfg)
         with tempfile.TemporaryDirectory(prefix="pgvote-loadtest-") as tmp:
-            outcome = pgbench(cfg, scratch.bare_script(Path(tmp)), clients, per_client, variables, "bare insert",
-                              console, quiet, s)
-        recs = records(outcome, per_client, ballots.fingerprint)
+            casts, outcomes = cast_all(cfg, scratch.bare_script(Path(tmp)), clients, per_client, variables,
+                                       "bare insert", console, quiet, measured)
+        recs = records(casts, ballots.fingerprint)
         acked = [r[0] for r in recs if r[1] == "ack"]
         stored, found = scratch.stored(cfg.admin_url, ballots.poll_id, acked)
     finally:
         scratch.teardown(cfg.admin_url)
     check = {"accepted": len(acked), "stored": stored, "lost": len(acked) - found,
              "duplicated": 0, "exactly_once": stored == found == len(acked)}  # the primary key forbids twins
-    return _burst_result("bare-insert reference", "bare", clients, clients * per_client, outcome, recs, s,
+    return _burst_result("bare-insert reference", "bare", clients, clients * per_client, outcomes, recs, measured,
                          {"verification": check})
 
 
@@ -225,32 +274,30 @@ def run_bulk_scenario(cfg: LoadtestConfig, console: Console, quiet: bool = False
     plan: list[list[int]] = [[] for _ in range(count)]
     for v in range(cfg.voters):
         plan[v * count // cfg.voters].append(v)
-    scratch.setup(cfg.admin_url, urlsplit(cfg.database_url).username or "authenticator")
+    variables = postgrest_variables(poll_id=ballots.poll_id, prefix=ballots.prefix, per_client=per_client,
+                                    role="ingest", hook=pre_request_hook(cfg.admin_url) is not None, bulk=True)
+    measured: dict[str, Any] = {}
+    scratch.setup(cfg.admin_url, _scratch_role(cfg))
     try:
         scratch.stage_batches(cfg.admin_url, [json.dumps({"ballots": [ballots.bulk_item(v) for v in voters]})
                                               for voters in plan])
-        variables = postgrest_variables(poll_id=ballots.poll_id, prefix=ballots.prefix, per_client=per_client,
-                                        role="ingest", hook=pre_request_hook(cfg.admin_url) is not None, bulk=True)
-        s = sampler(cfg)
-        outcome = pgbench(cfg, POSTGREST_RPC, clients, per_client, variables,
-                          f"cast_votes, {len(plan)} batches", console, quiet, s)
+        casts, outcomes = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, f"cast_votes, {count} batches",
+                                   console, quiet, measured)
     finally:
         scratch.teardown(cfg.admin_url)
-    committed = outcome.committed
+    committed = [(b, c.committed) for b, c in casts.items() if c.committed]
     acked = {ballots.bulk_identity(v): list(ballots.options_for(ballots.fingerprint(v)))
-             for t in committed for v in plan[t.client * per_client + t.number]}
+             for b, _ in committed for v in plan[b]}
     check = verify_poll(cfg.admin_url, ballots.poll_id, acked, [ballots.bulk_identity(v) for v in range(cfg.voters)])
-    wall = max((t.end for t in committed), default=0.0) - min((t.end - t.seconds for t in committed), default=0.0)
+    wall = max((t.end for _, t in committed), default=0.0) - min((t.end - t.seconds for _, t in committed), default=0.0)
     return {"name": "bulk ingestion", "path": "bulk", "poll_id": ballots.poll_id, "voters": cfg.voters,
-            "batch": max(len(voters) for voters in plan), "clients": clients, "batches": len(plan),
+            "batch": max(len(voters) for voters in plan), "clients": clients, "batches": count,
             "committed_batches": len(committed), "accepted": len(acked), "wall_seconds": wall,
             "ballots_per_second": len(acked) / wall if wall else math.nan,
-            "errors": dict(Counter(outcome.aborted.values())),
-            "batch_latency": latency_summary([t.seconds for t in committed]),
-            "success_rate": len(acked) / cfg.voters if cfg.voters else math.nan, "pgbench": _pgbench_figures(outcome),
-            "memory": memory_figures(s), "pool": dict(s.pool_peaks),
-            "cpu_seconds": {"pgbench": round(outcome.cpu_seconds, 2), **s.cpu_seconds()},
-            "verification": check.as_dict()}
+            "errors": dict(Counter(error for o in outcomes for error in o.aborted.values())),
+            "batch_latency": latency_summary([t.seconds for _, t in committed]),
+            "success_rate": len(acked) / cfg.voters if cfg.voters else math.nan, "pgbench": _pgbench_figures(outcomes),
+            **measured, "verification": check.as_dict()}
 
 
 def settle(seconds: float = 1.0) -> None:

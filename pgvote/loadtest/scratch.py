@@ -1,5 +1,5 @@
-"""The run's scratch schema ``pgvote_loadtest``: the bare-insert reference and the bulk path's staged
-batches. Created for a run, dropped afterwards.
+"""The scratch schema ``pgvote_loadtest`` of a SQL-level scenario: the bare-insert reference, the bulk
+path's staged batches, what a re-cast pass casts. Created for a scenario, dropped afterwards.
 
 The bare-insert reference is the same pgbench script, clients, PgBouncer and PostgREST envelope as
 the single-vote burst (``pgvote/bench/scripts/postgrest_rpc.sql``, called as the anonymous role with
@@ -31,8 +31,10 @@ create schema pgvote_loadtest;
 -- the shape of voting.ballots (columns, defaults, primary key, indexes), taken from the table itself
 create table pgvote_loadtest.ballots (like voting.ballots including defaults including constraints including indexes)
     partition by hash (poll_id);
--- the bulk path's request bodies, one per batch, read by the login role (postgrest_rpc.sql)
+-- read by the login role (postgrest_rpc.sql): the bulk path's request bodies, one per batch, and what
+-- each slot of a re-cast pass casts
 create table pgvote_loadtest.batches (n integer primary key, body text not null);
+create table pgvote_loadtest.recasts (slot integer primary key, number integer not null);
 create function pgvote_loadtest.cast_vote(
     poll_id uuid, option_ids uuid[], voter_fingerprint text default null, ballot_id uuid default null
 ) returns jsonb
@@ -64,7 +66,7 @@ def setup(admin_url: str, login_role: str) -> None:
             conn.execute(f"create table pgvote_loadtest.ballots_{i} partition of pgvote_loadtest.ballots "
                          f"for values with (modulus {partitions}, remainder {i})")
         conn.execute(sql.SQL("grant usage on schema pgvote_loadtest to {login}; "
-                             "grant select on pgvote_loadtest.batches to {login}").format(login=sql.Identifier(login_role)))
+                             "grant select on pgvote_loadtest.batches, pgvote_loadtest.recasts to {login}").format(login=sql.Identifier(login_role)))
 
 
 def bare_script(directory: Path) -> Path:
@@ -99,3 +101,10 @@ def stage_batches(admin_url: str, bodies: list[str]) -> None:
     """The bulk path's request bodies, batch ``n`` = ``bodies[n]``, written before the clock starts."""
     with psycopg.connect(admin_url, autocommit=True) as conn, conn.cursor() as cur:
         cur.executemany("insert into pgvote_loadtest.batches (n, body) values (%s, %s)", list(enumerate(bodies)))
+
+
+def stage_recasts(admin_url: str, numbers: list[int]) -> None:
+    """What a re-cast pass casts: slot ``i`` casts ``numbers[i]``."""
+    with psycopg.connect(admin_url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("truncate pgvote_loadtest.recasts")
+        cur.executemany("insert into pgvote_loadtest.recasts (slot, number) values (%s, %s)", list(enumerate(numbers)))

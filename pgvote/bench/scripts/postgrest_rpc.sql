@@ -8,20 +8,26 @@
 --   hook                1: call hooks.pre_request, as api/postgrest.conf's db-pre-request does
 --   caller              1: an x-real-ip per client, as nginx sets it (the hook keeps one bucket per
 --                       client); 0: none, a caller inside the trust boundary, which it does not limit
---   item                what this transaction casts: client_id * per_client + n, where n counts the
+--   slot                this transaction's place: client_id * per_client + n, where n counts the
 --                       client's own transactions (-D n=0; pgbench keeps a client's variables from
---                       one transaction to the next). No two transactions of a run share an item;
+--                       one transaction to the next). No two transactions of a run share a slot;
 --                       with -t per_client they are 0 .. clients * per_client - 1, and a client's
---                       k-th committed transaction in pgbench's log (-l) cast client_id * per_client + k - 1
---   cast_vote           voter number item: fingerprint prefix || item, the options patterns[item % npatterns]
+--                       k-th committed transaction in pgbench's log (-l) had slot client_id * per_client + k - 1
+--   number              what the slot casts: the slot itself; with recast=1 (a pass that re-casts what
+--                       an earlier one left unanswered) the number staged for it in pgvote_loadtest.recasts
+--   cast_vote           voter number: fingerprint prefix || number, the options patterns[number % npatterns]
 --                       on poll (pgvote/loadtest/ballots.py gives each voter the same ones)
---   cast_votes          batch number item: its body, staged by the run in pgvote_loadtest.batches and
---                       fetched first, as the login role and outside the request: the client's copy
-\set item :client_id * :per_client + :n
+--   cast_votes          batch number: its body, staged by the run in pgvote_loadtest.batches
+-- Staged values are read first, as the login role and outside the request: the client's own copy.
+\set slot :client_id * :per_client + :n
 \set n :n + 1
-\set pattern :item % :npatterns
+\set number :slot
+\if :recast
+select number from pgvote_loadtest.recasts where slot = :slot \gset
+\endif
+\set pattern :number % :npatterns
 \if :bulk
-select body from pgvote_loadtest.batches where n = :item \gset
+select body from pgvote_loadtest.batches where n = :number \gset
 \endif
 begin isolation level read committed read write;
 select set_config('search_path', '"api", "public"', true), set_config('role', :role, true),
@@ -52,7 +58,7 @@ from (select "cast_votes".* from "pgrst_source" as "cast_votes") as _postgrest_t
 with pgrst_source as (
     select pgrst_call.pgrst_scalar
     from (select json_build_object('poll_id', :poll::text, 'option_ids', :patterns::json -> :pattern::integer,
-                                   'voter_fingerprint', :prefix || :item) as json_data) as pgrst_payload,
+                                   'voter_fingerprint', :prefix || :number) as json_data) as pgrst_payload,
          lateral (select "poll_id", "option_ids", "voter_fingerprint"
                   from json_to_record(pgrst_payload.json_data)
                        as _("poll_id" uuid, "option_ids" uuid[], "voter_fingerprint" text) limit 1) as pgrst_body,
