@@ -146,7 +146,9 @@ def http_status_for(sqlstate: str, message: str, is_anonymous: bool, *, detail: 
         return 500
     if c.startswith("53"):
         return 503
-    if c.startswith(("54", "55")):
+    if c.startswith("54"):
+        return 413  # as PostgREST 12.0.2 (the binary the project runs) does; 13 answers 500
+    if c.startswith("55"):
         return 500
     if c == "57P01":
         return 503
