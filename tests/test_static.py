@@ -107,3 +107,41 @@ def test_partition_count_must_be_a_power_of_two(scratch_database) -> None:
         alembic(scratch_database, "-x", "partitions=12", "upgrade", "head")
     assert "power of two" in failed.value.stderr
     assert schema_objects(scratch_database) == (0, 0, 0), "the failed upgrade left nothing behind"
+
+
+def test_upgrade_drops_functions_no_file_defines(scratch_database) -> None:
+    """A database at head that holds what older files left behind: a function whose file was removed,
+    an overload left by a signature change of a file edited since, and one beside an unchanged file.
+    The upgrade drops exactly those; the functions of procedures/, their grants and extensions stay."""
+    alembic(scratch_database, "upgrade", "head")
+    with psycopg.connect(scratch_database, autocommit=True) as conn:
+        conn.execute("create extension fuzzystrmatch schema internal")  # not ours: never dropped
+        conn.execute("create function internal.retired_helper(n integer) returns integer language sql as 'select n'")
+        conn.execute("insert into internal.procedure_sources (file, sha256) values ('internal.retired_helper.sql', 'x')")
+        # poll_results once took a text id; its file changed since (stale digest)
+        conn.execute("create function api.poll_results(poll_id text) returns jsonb language sql as 'select null::jsonb'")
+        conn.execute("update internal.procedure_sources set sha256 = 'stale' where file = 'api.poll_results.sql'")
+        # an overload beside a file whose text did not change: PostgREST would answer 300
+        conn.execute("create function api.close_poll(poll_id uuid, reason text) returns jsonb language sql "
+                     "as 'select null::jsonb'")
+        extension_functions = conn.execute(
+            "select count(*) from pg_proc where pronamespace = 'internal'::regnamespace "
+            "and proname in ('levenshtein', 'soundex')").fetchone()[0]
+        assert extension_functions > 0
+    upgrade = alembic(scratch_database, "upgrade", "head")
+    assert "Dropped api.close_poll(uuid,text)" in upgrade.stderr
+    with psycopg.connect(scratch_database) as conn:
+        functions = {r[0] for r in conn.execute(
+            """select p.oid::regprocedure::text from pg_proc p
+               where p.pronamespace in ('api'::regnamespace, 'internal'::regnamespace, 'hooks'::regnamespace)
+                 and not exists (select from pg_depend d where d.objid = p.oid and d.deptype = 'e')""")}
+        assert not {"internal.retired_helper(integer)", "api.poll_results(text)",
+                    "api.close_poll(uuid,text)"} & functions
+        assert {"api.poll_results(uuid)", "api.close_poll(uuid)"} <= functions
+        assert len(functions) == len(procedure_files()), "one function per file, nothing else"
+        assert conn.execute("select count(*) from pg_proc where pronamespace = 'internal'::regnamespace "
+                            "and proname in ('levenshtein', 'soundex')").fetchone()[0] == extension_functions
+        assert {r[0] for r in conn.execute("select file from internal.procedure_sources")} == \
+            {f.name for f in procedure_files()}
+        assert conn.execute("select has_function_privilege('anon', 'api.poll_results(uuid)', 'EXECUTE')"
+                            ).fetchone()[0], "grants re-applied"
