@@ -3,8 +3,8 @@
 `sync_procedures` runs at the end of every `alembic upgrade` that reaches head, in the
 migration's transaction: it re-creates the functions whose file text changed since they
 were last applied (digests in internal.procedure_sources), drops every function of the
-schemas procedures/ owns that no file defines any more, then re-applies db/grants.sql and
-db/schedules.sql. Revisions never paste function bodies.
+schemas procedures/ owns that no file defines any more, then re-applies db/roles.sql,
+db/grants.sql and db/schedules.sql. Revisions never paste function bodies.
 
 A stale function is one whose file was removed, or an overload a file no longer defines (its
 signature changed): CREATE OR REPLACE of the new signature leaves the old one beside it, and
@@ -26,8 +26,9 @@ from psycopg import sql
 from pgvote.paths import DB_DIR, PROCEDURES_DIR
 
 
-#: Idempotent files re-applied after the procedures on every upgrade, in this order.
-ALWAYS_APPLIED = ("grants.sql", "schedules.sql")
+#: Idempotent files re-applied after the procedures on every upgrade, in this order. Roles are
+#: cluster-wide and outlive any revision: created when missing, like grants reconciled each time.
+ALWAYS_APPLIED = ("roles.sql", "grants.sql", "schedules.sql")
 
 #: The schemas whose functions procedures/ owns (files are named <schema>.<function>.sql).
 OWNED_SCHEMAS = ("api", "hooks", "internal")

@@ -102,6 +102,44 @@ def test_upgrade_reapplies_changed_procedures_only(scratch_database) -> None:
     assert [f for f in after if after[f] != before[f]] == ["api.close_poll.sql"]
 
 
+def test_revisions_depend_only_on_frozen_files() -> None:
+    """A revision runs the same SQL forever: it imports only alembic and the SQL runner, and the files
+    it runs are its own frozen revision files under db/tables/."""
+    import ast
+
+    for path in sorted((PROJECT_ROOT / "migrations" / "versions").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        modules |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert modules <= {"alembic", "migrations.sqlfile"}, (path.name, modules)
+        files = [node.args[0].value for node in ast.walk(tree) if isinstance(node, ast.Call)
+                 and getattr(node.func, "id", None) == "run_sql_file"]
+        revision = path.name.split("_", 1)[0]
+        assert files and all(f.startswith(f"db/tables/{revision}_") for f in files), (path.name, files)
+
+
+def test_initial_revision_writes_the_partitions_the_manager_names(scratch_database) -> None:
+    """The initial revision's frozen DDL and partitions/layout.py name and bound the same slices."""
+    from partitions.layout import create_statements
+
+    alembic(scratch_database, "-x", "partitions=4", "upgrade", "0001")
+    with psycopg.connect(scratch_database) as conn:
+        written = conn.execute(
+            """select c.relname, pg_get_expr(c.relpartbound, c.oid) from pg_inherits i
+               join pg_class c on c.oid = i.inhrelid where i.inhparent = 'voting.ballots'::regclass order by 1"""
+        ).fetchall()
+        conn.execute("create schema layout_check")
+        conn.execute("create table layout_check.ballots (poll_id uuid) partition by hash (poll_id)")
+        for statement in create_statements("layout_check", "ballots", 4):
+            conn.execute(statement)
+        expected = conn.execute(
+            """select c.relname, pg_get_expr(c.relpartbound, c.oid) from pg_inherits i
+               join pg_class c on c.oid = i.inhrelid where i.inhparent = 'layout_check.ballots'::regclass
+               order by 1"""
+        ).fetchall()
+    assert written == expected and len(written) == 4
+
+
 def test_partition_count_must_be_a_power_of_two(scratch_database) -> None:
     with pytest.raises(subprocess.CalledProcessError) as failed:
         alembic(scratch_database, "-x", "partitions=12", "upgrade", "head")
