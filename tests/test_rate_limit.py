@@ -158,12 +158,43 @@ def test_failed_requests_give_their_token_back(limited_api, make_poll, limit) ->
         assert_rate_limited(vote(limited_api, poll, headers=headers))
 
 
-def test_callers_inside_the_trust_boundary_are_not_limited(limited_api, make_poll, limit, stack) -> None:
-    """No sub and no x-real-ip (the database path), and role ingest (the bulk path): not limited."""
-    limit(per_minute=6, burst=1)
+def test_requests_without_a_proxy_address_share_one_bucket(limited_api, make_poll, limit, admin) -> None:
+    """PostgREST reached past the proxy (no x-real-ip, or one the proxy cannot have written): every
+    such request takes from ONE bucket, whatever else it sends; proxied clients are unaffected."""
+    limit(per_minute=6, burst=2)
+    admin.execute("delete from rate_limit.buckets where bucket_key = internal.voter_key('ip:none')")
     poll = make_poll()
-    assert [vote(limited_api, poll).status for _ in range(4)] == [200] * 4
-    assert [vote(limited_api, poll, headers={"X-Forwarded-For": client_ip()}).status for _ in range(3)] == [200] * 3
+    assert [vote(limited_api, poll).status for _ in range(2)] == [200, 200]
+    for headers in ({}, {"X-Forwarded-For": client_ip()}, {"X-Real-IP": "1.2.3.4/8"}, {"X-Real-IP": "unknown"},
+                    {"X-Real-IP": ""}, {"X-Real-IP": "fe80::1%eth0"}):
+        assert_rate_limited(vote(limited_api, poll, headers=headers))
+    assert vote(limited_api, poll, headers={"X-Real-IP": client_ip()}).status == 200, "a proxied client"
+    assert vote(limited_api, poll, claims=user()).status == 200, "a signed-in caller is keyed by its sub"
+
+
+def test_ipv6_clients_are_keyed_by_their_64(limited_api, make_poll, limit) -> None:
+    limit(per_minute=6, burst=2)
+    poll, n = make_poll(), uuid.uuid4().int
+    prefix = f"2001:db8:{n % 65536:x}:{(n >> 16) % 65536:x}"
+    assert vote(limited_api, poll, headers={"X-Real-IP": f"{prefix}::1"}).status == 200
+    assert vote(limited_api, poll, headers={"X-Real-IP": f"{prefix}:aaaa:bbbb:cccc:dddd"}).status == 200
+    assert_rate_limited(vote(limited_api, poll, headers={"X-Real-IP": f"{prefix.upper()}:0:0:0:2"}))
+    other = f"2001:db8:{n % 65536:x}:{((n >> 16) + 1) % 65536:x}::1"
+    assert vote(limited_api, poll, headers={"X-Real-IP": other}).status == 200, "the next /64"
+
+
+def test_ipv4_mapped_address_is_its_ipv4_address(limited_api, make_poll, limit) -> None:
+    limit(per_minute=6, burst=2)
+    poll, ip = make_poll(), client_ip()
+    assert [vote(limited_api, poll, headers={"X-Real-IP": ip}).status for _ in range(2)] == [200, 200]
+    assert_rate_limited(vote(limited_api, poll, headers={"X-Real-IP": f"::ffff:{ip}"}))
+    assert vote(limited_api, poll, headers={"X-Real-IP": f"::ffff:{client_ip()}"}).status == 200, \
+        "another IPv4 client: mapped addresses do not share one /64"
+
+
+def test_ingest_role_is_not_limited(limited_api, make_poll, limit, stack) -> None:
+    """Role ingest (the trusted batching tier of the bulk path) is never limited by the hook."""
+    limit(per_minute=6, burst=1)
     edge_ip = client_ip()  # one bucket: a limited role would be refused from the 2nd call on
     with psycopg.connect(stack.direct_api_url, autocommit=True) as conn:
         for _ in range(3):
