@@ -211,6 +211,33 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schema_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", action="store_true", help="only compare with db/schema.sql; exit 1 if it differs")
+
+
+@command("schema", "rewrite db/schema.sql: the normalised schema a fresh `alembic upgrade head` builds "
+                   "(in a scratch database of $DATABASE_URL's cluster, or of the local stack)",
+         configure=_schema_options)
+def cmd_schema(args: argparse.Namespace) -> int:
+    from pgvote.schema_dump import SCHEMA_FILE, migrated_schema
+
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        stack = _stack(args)
+        if not stack.status()["components"]["postgres"]["running"]:
+            raise StackError(f"DATABASE_URL is unset and the local stack ({stack.state_dir}) is not running; "
+                             "run `pgvote up` or set DATABASE_URL")
+        url = stack.admin_url
+    schema = migrated_schema(url)
+    if args.check:
+        same = SCHEMA_FILE.is_file() and SCHEMA_FILE.read_text() == schema
+        (out if same else err).print(f"{SCHEMA_FILE}: {'up to date' if same else 'differs; run `pgvote schema`'}")
+        return 0 if same else 1
+    SCHEMA_FILE.write_text(schema)
+    out.print(f"wrote {escape(str(SCHEMA_FILE))}")
+    return 0
+
+
 @command("clean", "stop the stack and delete its state dir (cluster data included)")
 def cmd_clean(args: argparse.Namespace) -> int:
     stack = _stack(args)

@@ -4,14 +4,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
+from pgvote import schema_dump
 from pgvote.paths import PROJECT_ROOT
 from pgvote.procedures import procedure_files
 
@@ -46,15 +45,8 @@ def test_every_function_has_one_procedure_file(admin) -> None:
 @pytest.fixture
 def scratch_database(stack) -> Iterator[str]:
     """An empty database on the test cluster, dropped afterwards."""
-    name = f"roundtrip_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(stack.admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    url = stack.admin_url.rsplit("/", 1)[0] + "/" + name
-    try:
+    with schema_dump.scratch_database(stack.admin_url, "roundtrip") as url:
         yield url
-    finally:
-        with psycopg.connect(stack.admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
 
 
 def alembic(url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -183,3 +175,26 @@ def test_upgrade_drops_functions_no_file_defines(scratch_database) -> None:
             {f.name for f in procedure_files()}
         assert conn.execute("select has_function_privilege('anon', 'api.poll_results(uuid)', 'EXECUTE')"
                             ).fetchone()[0], "grants re-applied"
+
+
+def test_committed_schema_is_what_the_migrations_build(stack) -> None:
+    """db/schema.sql is the normalised dump of a fresh `alembic upgrade head`: a change that alters the
+    schema without regenerating it (`pgvote schema`) fails here, with the difference."""
+    import difflib
+
+    built = schema_dump.migrated_schema(stack.admin_url)
+    committed = schema_dump.SCHEMA_FILE.read_text() if schema_dump.SCHEMA_FILE.is_file() else ""
+    diff = "".join(list(difflib.unified_diff(committed.splitlines(True), built.splitlines(True),
+                                             "db/schema.sql (committed)", "built by the migrations"))[:80])
+    assert built == committed, f"run `pgvote schema` and commit db/schema.sql:\n{diff}"
+
+
+def test_schema_dump_normalisation_drops_what_varies_between_runs() -> None:
+    dump = "\n".join([
+        "-- PostgreSQL database dump", "", r"\restrict Abc123", "",
+        "-- Dumped from database version 17.6", "-- Dumped by pg_dump version 17.6", "",
+        "SET statement_timeout = 0;", "SET transaction_timeout = 0;",
+        "SELECT pg_catalog.set_config('search_path', '', false);", "", "", "",
+        "CREATE SCHEMA api;", "    SET search_path TO 'pg_catalog', 'pg_temp'", r"\unrestrict Abc123", ""])
+    assert schema_dump.normalise(dump) == schema_dump.HEADER + "\n" + "\n".join([
+        "-- PostgreSQL database dump", "", "CREATE SCHEMA api;", "    SET search_path TO 'pg_catalog', 'pg_temp'", ""])
