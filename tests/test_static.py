@@ -79,6 +79,79 @@ def test_upgrade_downgrade_upgrade_round_trip(scratch_database) -> None:
                             "('authenticator', 'anon', 'authenticated', 'ingest')").fetchone()[0] == 4
 
 
+def revisions_before_head() -> list[str]:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(Config(str(PROJECT_ROOT / "alembic.ini")))
+    return [s.revision for s in scripts.walk_revisions()][1:]  # newest first, head left out
+
+
+# Polls of both kinds with 1-2 option ballots, written as the API of that revision stored them;
+# tally slots (from 0002 on) as cast_vote kept them: equal to the ballots.
+POPULATE = """
+insert into voting.polls (creator_key, question, option_count, max_choices, allow_revote,
+                          allow_multiple_votes, allow_anonymous)
+select sha256(convert_to('creator' || i, 'UTF8')), 'Question ' || i, 3, 2, true, i % 2 = 0, true
+from generate_series(1, 12) as i;
+insert into voting.poll_options (poll_id, position, label)
+select poll_id, pos, 'option ' || pos from voting.polls, generate_series(1, 3) as pos;
+insert into voting.ballots (poll_id, voter_key, ballot_id, option_ids)
+select p.poll_id, sha256(convert_to(p.poll_id::text || ':' || v, 'UTF8')), gen_random_uuid(),
+       array(select o.option_id from voting.poll_options o
+             where o.poll_id = p.poll_id and (o.position = 1 + v % 3 or (v % 4 = 0 and o.position = 1 + (v + 1) % 3))
+             order by o.position)
+from voting.polls p, generate_series(1, 40) as v;
+"""
+TALLIES = """
+insert into voting.tally_slots (poll_id, slot, ballots, votes)
+select p.poll_id, 0, (select count(*) from voting.ballots b where b.poll_id = p.poll_id),
+       array(select count(b.poll_id) from voting.poll_options o
+             left join voting.ballots b on b.poll_id = o.poll_id and o.option_id = any (b.option_ids)
+             where o.poll_id = p.poll_id group by o.position order by o.position)
+from voting.polls p;
+"""
+SNAPSHOT = """
+select (select count(*) from voting.polls), (select count(*) from voting.poll_options),
+       (select count(*) from voting.ballots),
+       (select md5(string_agg(b::text, ',' order by b::text)) from voting.ballots b)
+"""
+
+
+@pytest.mark.parametrize("revision", revisions_before_head())
+def test_upgrade_from_an_earlier_revision_keeps_every_ballot(scratch_database, revision) -> None:
+    """An installation at an earlier revision, holding polls and ballots, upgraded to head: nothing is
+    lost or changed, results equal the stored ballots, and the upgraded database takes new votes."""
+    from conftest import counts_from_ballots
+
+    alembic(scratch_database, "upgrade", revision)
+    with psycopg.connect(scratch_database, autocommit=True) as conn:
+        conn.execute(POPULATE)
+        if conn.execute("select to_regclass('voting.tally_slots') is not null").fetchone()[0]:
+            conn.execute(TALLIES)
+        before = conn.execute(SNAPSHOT).fetchone()
+    assert before[2] == 12 * 40
+    alembic(scratch_database, "upgrade", "head")
+    with psycopg.connect(scratch_database, autocommit=True) as conn:
+        assert conn.execute(SNAPSHOT).fetchone() == before, "every poll, option and ballot as it was"
+        polls = [r[0] for r in conn.execute("select poll_id::text from voting.polls order by poll_id")]
+        for poll_id in polls:
+            results = conn.execute("select api.poll_results(%s)", (poll_id,)).fetchone()[0]
+            votes = {o["option_id"]: o["votes"] for o in results["options"]}
+            assert votes == counts_from_ballots(conn, poll_id), "tallies = ballots"
+            assert results["total_ballots"] == 40
+        option = conn.execute("select option_id from voting.poll_options where poll_id = %s and position = 1",
+                              (polls[0],)).fetchone()[0]
+        with conn.transaction():
+            conn.execute("select set_config('role', 'anon', true), "
+                         "set_config('request.jwt.claims', '{\"role\": \"anon\"}', true)")
+            answer = conn.execute("select api.cast_vote(%s, %s, 'a voter after the upgrade')",
+                                  (polls[0], [option])).fetchone()[0]
+        assert answer["status"] == "recorded"
+        results = conn.execute("select api.poll_results(%s)", (polls[0],)).fetchone()[0]
+        assert results["total_ballots"] == 41
+
+
 def test_upgrade_reapplies_changed_procedures_only(scratch_database) -> None:
     alembic(scratch_database, "upgrade", "head")
     with psycopg.connect(scratch_database, autocommit=True) as conn:
