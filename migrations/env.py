@@ -28,16 +28,25 @@ def target_url() -> str:
     return config.attributes.get("database_url") or database_url()
 
 
+def heads() -> set[str]:
+    return set(ScriptDirectory.from_config(config).get_heads())
+
+
 def at_head() -> bool:
-    heads = set(ScriptDirectory.from_config(config).get_heads())
-    return set(context.get_context().get_current_heads()) == heads
+    return set(context.get_context().get_current_heads()) == heads()
+
+
+def upgrading_to_head() -> bool:
+    """Offline: whether the script ends at head (alembic resolves "head" to its revision number)."""
+    target = context.get_revision_argument()
+    return set(target if isinstance(target, tuple) else (target,)) == heads()
 
 
 def run_offline() -> None:
     context.configure(url=sqlalchemy_url(target_url()), literal_binds=True, transactional_ddl=True)
     with context.begin_transaction():
         context.run_migrations()
-        if context.get_revision_argument() == "head" or context.get_tag_argument() == "head":
+        if upgrading_to_head():
             context.get_context().impl.static_output(offline_script())
 
 
