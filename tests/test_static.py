@@ -12,7 +12,7 @@ import pytest
 
 from pgvote import schema_dump
 from pgvote.paths import PROJECT_ROOT
-from pgvote.procedures import procedure_files
+from pgvote.procedures import OWNED_SCHEMAS, procedure_files
 
 
 def test_plpgsql_check_reports_no_error_or_warning(admin) -> None:
@@ -37,9 +37,16 @@ def test_every_function_has_one_procedure_file(admin) -> None:
     names = {f.name.removesuffix(".sql") for f in procedure_files()}
     rows = admin.execute(
         """select n.nspname || '.' || p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-           where n.nspname in ('api', 'internal', 'hooks')"""
+           where n.nspname = any(%s)
+             and not exists (select from pg_depend d where d.objid = p.oid and d.deptype = 'e')""",
+        (list(OWNED_SCHEMAS),),
     ).fetchall()
-    assert {r[0] for r in rows} == names
+    assert sorted(r[0] for r in rows) == sorted(names), "one function per file, one file per function"
+
+
+def test_procedure_files_live_in_the_schemas_the_sync_sweeps() -> None:
+    """A file in another schema would never have its stale overloads dropped."""
+    assert {f.name.split(".", 1)[0] for f in procedure_files()} == set(OWNED_SCHEMAS)
 
 
 @pytest.fixture
