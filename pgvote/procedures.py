@@ -68,6 +68,7 @@ _OWNED_ROUTINES = """
                       and d.deptype = 'e')
     order by 1"""
 
+
 def sync_procedures(conn: psycopg.Connection) -> SyncResult:
     """Apply changed procedure files, drop stale functions, re-apply the grants."""
     files = procedure_files()
