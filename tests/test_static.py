@@ -129,7 +129,7 @@ select (select count(*) from voting.polls), (select count(*) from voting.poll_op
 def test_upgrade_from_an_earlier_revision_keeps_every_ballot(scratch_database, revision) -> None:
     """An installation at an earlier revision, holding polls and ballots, upgraded to head: nothing is
     lost or changed, results equal the stored ballots, and the upgraded database takes new votes."""
-    from conftest import counts_from_ballots
+    from helpers import counts_from_ballots
 
     alembic(scratch_database, "upgrade", revision)
     with psycopg.connect(scratch_database, autocommit=True) as conn:
