@@ -86,6 +86,24 @@ def test_upgrade_downgrade_upgrade_round_trip(scratch_database) -> None:
                             "('authenticator', 'anon', 'authenticated', 'ingest')").fetchone()[0] == 4
 
 
+def test_upgrade_replaces_a_function_create_or_replace_cannot_change(scratch_database) -> None:
+    """A file that renamed a parameter (for an api function: a JSON key) or changed the return type:
+    CREATE OR REPLACE refuses, so the sync drops the old function and creates the file's."""
+    alembic(scratch_database, "upgrade", "head")
+    with psycopg.connect(scratch_database, autocommit=True) as conn:
+        conn.execute("drop function api.close_poll(uuid)")
+        conn.execute("create function api.close_poll(id uuid) returns text language sql as 'select null::text'")
+        conn.execute("update internal.procedure_sources set sha256 = 'stale' where file = 'api.close_poll.sql'")
+    upgrade = alembic(scratch_database, "upgrade", "head")
+    assert "Dropped api.close_poll(uuid)" in upgrade.stderr
+    with psycopg.connect(scratch_database) as conn:
+        row = conn.execute("""select pg_get_function_arguments(p.oid), p.prorettype::regtype::text from pg_proc p
+                              where p.oid = 'api.close_poll(uuid)'::regprocedure""").fetchone()
+        assert row == ("poll_id uuid", "jsonb")
+        assert conn.execute("select has_function_privilege('authenticated', 'api.close_poll(uuid)', 'EXECUTE')"
+                            ).fetchone()[0], "grants re-applied to the new function"
+
+
 def revisions_before_head() -> list[str]:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
