@@ -108,13 +108,16 @@ declare
     outcome    text;
 begin
     if cast_vote.poll_id is not null then
-        perform pg_advisory_xact_lock_shared(internal.poll_fence_key(cast_vote.poll_id));
+        perform pg_advisory_xact_lock_shared(internal.advisory_lock_namespace('poll_fence'),
+                                             internal.poll_fence_lock_key(cast_vote.poll_id));
     end if;
     select p.* into poll from voting.polls as p where p.poll_id = cast_vote.poll_id;
     if not found then
         perform internal.raise_api_error('poll_not_found', 'There is no poll with this poll_id.');
     end if;
-    if poll.closed_at is not null or poll.closes_at <= now() then
+    -- The clock, not now(): the transaction may have started long ago (queued in the
+    -- pre-request hook or behind the fence), and no ballot may commit after closes_at.
+    if poll.closed_at is not null or poll.closes_at <= clock_timestamp() then
         perform internal.raise_api_error('poll_closed', 'This poll is closed: it accepts no more votes.');
     end if;
     select s.* into secret from internal.voter_key_secret as s;
@@ -149,7 +152,7 @@ $$;
 CREATE FUNCTION api.cast_votes(ballots jsonb) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
+    AS $_$
 declare
     results  jsonb;  -- one element per input ballot, in input order
     tallies  jsonb;  -- per poll: counts of the ballots the set insert recorded
@@ -159,6 +162,8 @@ declare
     ord      bigint;
     poll     voting.polls;
     recorded record;
+    fenced     uuid[];       -- the existing polls of the batch, whose fences this holds
+    checked_at timestamptz;  -- the clock once the fences are held: closes_at is judged by it
 begin
     if jsonb_typeof(ballots) is distinct from 'array' then
         perform internal.raise_api_error('invalid_ballot', 'ballots must be a JSON array of ballot objects.');
@@ -168,30 +173,44 @@ begin
             format('A batch holds at most 1000 ballots; got %s.', jsonb_array_length(ballots)));
     end if;
 
-    perform pg_advisory_xact_lock_shared(internal.poll_fence_key(f.poll_id))
-    from (select distinct internal.parse_uuid(b ->> 'poll_id') as poll_id
-          from jsonb_array_elements(ballots) as b order by 1) as f
-    where f.poll_id is not null;
+    select coalesce(array_agg(p.poll_id order by p.poll_id), '{}') into fenced
+    from voting.polls as p
+    where p.poll_id in (select internal.parse_uuid(b ->> 'poll_id') from jsonb_array_elements(ballots) as b);
+    perform pg_advisory_xact_lock_shared(internal.advisory_lock_namespace('poll_fence'),
+                                         internal.poll_fence_lock_key(f.poll_id))
+    from unnest(fenced) with ordinality as f(poll_id, n)
+    order by f.n;
+    checked_at := clock_timestamp();
 
     with input as (
         select i.ord::integer as ord, i.item,
                internal.parse_uuid(i.item ->> 'poll_id') as poll_id,
                internal.parse_uuid(i.item ->> 'ballot_id') as ballot_id,
-               case when jsonb_typeof(i.item -> 'option_ids') = 'array' then i.item -> 'option_ids' end as options,
+               case
+                   when coalesce(jsonb_typeof(i.item -> 'option_ids'), 'null') = 'null'
+                       then null
+                   when jsonb_typeof(i.item -> 'option_ids') = 'array'
+                        and not jsonb_path_exists(i.item -> 'option_ids',
+                                                  'strict $[*] ? (@.type() == "array" || @.type() == "object")')
+                       then i.item -> 'option_ids'
+                   else internal.coerce_option_ids(i.item -> 'option_ids')  -- strings, nested arrays, ...
+               end as options,
                i.item -> 'voter_id' as voter_id,
-               i.item -> 'voter_fingerprint' as fingerprint
+               i.item ->> 'voter_fingerprint' as fingerprint  -- any JSON value, as its text
         from jsonb_array_elements(ballots) with ordinality as i(item, ord)
     ),
     elements as (
         -- Every listed option of every ballot, parsed once; options of non-arrays are none.
         select input.ord, input.poll_id, e.value as element, internal.parse_uuid(e.value #>> '{}') as option_id
         from input, jsonb_array_elements(input.options) as e
+        where jsonb_typeof(input.options) = 'array'
     ),
     chosen as (
         -- One join of all listed options against the polls' options, aggregated per ballot
         -- (an index probe per ballot would cost more than the whole join).
         select el.ord, count(*) as n, count(distinct el.option_id) as n_distinct,
-               bool_and(jsonb_typeof(el.element) = 'string' and el.option_id is not null) as all_uuids,
+               bool_or(jsonb_typeof(el.element) = 'null') as has_null,
+               bool_or(jsonb_typeof(el.element) <> 'null' and el.option_id is null) as has_malformed,
                count(o.option_id) as n_found,
                array_agg(o.option_id order by o.position) filter (where o.option_id is not null) as ballot,
                array_agg(o.position order by o.position) filter (where o.option_id is not null) as positions
@@ -206,14 +225,16 @@ begin
                    when jsonb_typeof(input.item) is distinct from 'object'
                         or input.item - array['poll_id', 'option_ids', 'voter_id', 'voter_fingerprint', 'ballot_id']
                            <> '{}'::jsonb
-                        or input.poll_id is null
+                        or not input.item ? 'poll_id'
+                        or (jsonb_typeof(input.item -> 'poll_id') <> 'null' and input.poll_id is null)
                         or (input.item ? 'ballot_id' and jsonb_typeof(input.item -> 'ballot_id') <> 'null'
                             and input.ballot_id is null)
-                        or (input.item ? 'option_ids' and jsonb_typeof(input.item -> 'option_ids') not in ('array', 'null'))
+                        or input.options = '"malformed"'
+                        or chosen.has_malformed
                        then 'invalid_ballot:Each ballot must be an object with poll_id, option_ids and voter_id or voter_fingerprint, with well-formed ids.'
                    when p.poll_id is null
                        then 'poll_not_found:There is no poll with this poll_id.'
-                   when p.closed_at is not null or p.closes_at <= now()
+                   when p.closed_at is not null or p.closes_at <= checked_at
                        then 'poll_closed:This poll is closed: it accepts no more votes.'
                    when jsonb_typeof(input.voter_id) = 'string'
                         and char_length(input.voter_id #>> '{}') not between 1 and 256
@@ -223,14 +244,14 @@ begin
                    when jsonb_typeof(input.voter_id) is distinct from 'string' and not p.allow_anonymous
                        then 'login_required:This poll accepts votes from signed-in users only.'
                    when jsonb_typeof(input.voter_id) is distinct from 'string'
-                        and (jsonb_typeof(input.fingerprint) is distinct from 'string'
-                             or char_length(input.fingerprint #>> '{}') not between 1 and 256
-                             or (input.fingerprint #>> '{}') ~ '[[:cntrl:]]')
+                        and (input.fingerprint is null
+                             or char_length(input.fingerprint) not between 1 and 256
+                             or input.fingerprint ~ '[[:cntrl:]]')
                        then 'invalid_fingerprint:Anonymous votes need a voter_fingerprint of 1-256 printable characters.'
-                   when coalesce(chosen.n, 0) = 0
+                   when coalesce(chosen.n, 0) = 0 and input.options is distinct from '"not_flat"'
                        then 'invalid_ballot:Choose at least one option.'
-                   when not chosen.all_uuids
-                       then 'invalid_ballot:option_ids must be a flat list of option ids without nulls.'
+                   when input.options = '"not_flat"' or chosen.has_null
+                       then 'invalid_ballot:option_ids must be a flat JSON array of option ids, without nulls.'
                    when chosen.n > p.max_choices
                        then format('invalid_ballot:This poll allows at most %s choice(s) per ballot; got %s.', p.max_choices, chosen.n)
                    when chosen.n_distinct <> chosen.n
@@ -240,7 +261,7 @@ begin
                end as problem,
                input.ballot_id
         from input
-        left join voting.polls as p on p.poll_id = input.poll_id
+        left join voting.polls as p on p.poll_id = input.poll_id and p.poll_id = any (fenced)
         left join chosen on chosen.ord = input.ord
     ),
     valid as (
@@ -252,7 +273,7 @@ begin
              lateral (select internal.hmac_sha256(secret.inner_pad, secret.outer_pad,
                                                   case when jsonb_typeof(c.voter_id) = 'string'
                                                        then 'sub:' || (c.voter_id #>> '{}')
-                                                       else 'fp:' || (c.fingerprint #>> '{}') end) as voter_key,
+                                                       else 'fp:' || c.fingerprint end) as voter_key,
                              case when (c.poll).allow_multiple_votes then coalesce(c.ballot_id, gen_random_uuid())
                                   else '00000000-0000-0000-0000-000000000000'::uuid end as ballot_key) as keyed
         where c.problem is null
@@ -260,6 +281,7 @@ begin
     inserted as (
         insert into voting.ballots (poll_id, voter_key, ballot_id, option_ids)
         select v.poll_id, v.voter_key, v.ballot_key, v.ballot from valid as v where v.first_in_batch
+        order by v.poll_id, v.voter_key, v.ballot_key  -- key order: see Locks
         on conflict on constraint ballots_pkey do nothing
         returning ballots.poll_id, ballots.voter_key, ballots.ballot_id
     ),
@@ -305,11 +327,16 @@ begin
                                       array(select jsonb_array_elements_text(tally -> 'votes')::bigint));
     end loop;
 
-    -- The per-ballot path, in input order: ballots stored before this batch (retries,
-    -- revotes) and repeats within the batch, which now meet the batch's own rows.
+    -- The per-ballot path: ballots stored before this batch (retries, revotes) and repeats
+    -- within the batch, which now meet the batch's own rows. In key order, so the row
+    -- locks of revotes are taken in an order two batches agree on; the ballots of one key
+    -- (one voter's, in one poll) in input order, which is all the order their outcomes
+    -- depend on.
     for item, ord in
         select e.value, e.ordinality from jsonb_array_elements(results) with ordinality as e
-        where e.value ->> 'status' = 'pending' order by e.ordinality
+        where e.value ->> 'status' = 'pending'
+        order by e.value ->> 'poll_id' collate "C", e.value ->> 'voter_key' collate "C",
+                 e.value ->> 'ballot_key' collate "C", e.ordinality
     loop
         select p.* into poll from voting.polls as p where p.poll_id = (item ->> 'poll_id')::uuid;
         select * into recorded
@@ -338,7 +365,7 @@ begin
                 'results',   coalesce(results, '[]'::jsonb))
             from jsonb_array_elements(coalesce(results, '[]'::jsonb)) as e);
 end
-$$;
+$_$;
 
 --
 -- Name: close_poll(uuid); Type: FUNCTION; Schema: api; Owner: -
@@ -362,7 +389,8 @@ begin
     end if;
 
     if poll.closed_at is null then
-        perform pg_advisory_xact_lock(internal.poll_fence_key(poll.poll_id));
+        perform pg_advisory_xact_lock(internal.advisory_lock_namespace('poll_fence'),
+                                      internal.poll_fence_lock_key(poll.poll_id));
         update voting.polls as p
         set closed_at = least(clock_timestamp(), p.closes_at)
         where p.poll_id = poll.poll_id and p.closed_at is null
@@ -383,20 +411,24 @@ $$;
 CREATE FUNCTION api.create_poll(question text, options text[], max_choices integer DEFAULT 1, allow_revote boolean DEFAULT true, allow_multiple_votes boolean DEFAULT false, allow_anonymous boolean DEFAULT true, closes_at timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
+    AS $_$
 declare
     creator    bytea := internal.voter_key('sub:' || internal.jwt_sub());
     new_poll   uuid;
     option_ids uuid[];
     problem    text;
+    -- White space only: ASCII white space and Unicode's space separators and line breaks
+    -- (btrim alone strips only spaces, so a tab or a newline would pass).
+    blank      constant text := '^[ \t\n\r\f\v\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$';
 begin
     problem := case
-        when question is null or char_length(question) not between 1 and 500 or btrim(question) = ''
+        when question is null or char_length(question) not between 1 and 500 or question ~ blank
             then 'question must be 1-500 characters and not blank.'
-        when options is null or array_ndims(options) <> 1 or cardinality(options) not between 2 and 100
-            then 'options must list 2-100 option labels.'
+        when options is null or array_ndims(options) <> 1 or array_lower(options, 1) <> 1
+             or cardinality(options) not between 2 and 100
+            then 'options must be a JSON array of 2-100 option labels.'
         when exists (select from unnest(options) as l
-                     where l is null or char_length(l) not between 1 and 200 or btrim(l) = '')
+                     where l is null or char_length(l) not between 1 and 200 or l ~ blank)
             then 'Each option label must be 1-200 characters and not blank.'
         when (select count(distinct l) from unnest(options) as l) <> cardinality(options)
             then 'Option labels must be unique within a poll.'
@@ -427,7 +459,7 @@ begin
 
     return jsonb_build_object('poll_id', new_poll, 'option_ids', to_jsonb(option_ids));
 end
-$$;
+$_$;
 
 --
 -- Name: poll_results(uuid); Type: FUNCTION; Schema: api; Owner: -
@@ -548,6 +580,21 @@ end
 $$;
 
 --
+-- Name: advisory_lock_namespace(text); Type: FUNCTION; Schema: internal; Owner: -
+--
+
+CREATE FUNCTION internal.advisory_lock_namespace(feature text) RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    select case feature
+               when 'poll_fence' then 1
+               when 'tally_maintenance' then 2
+               when 'partition_split' then 3
+               when 'split_mirror' then 4
+           end
+$$;
+
+--
 -- Name: ballot_delta(integer, smallint[], smallint[]); Type: FUNCTION; Schema: internal; Owner: -
 --
 
@@ -598,6 +645,27 @@ end
 $_$;
 
 --
+-- Name: coerce_option_ids(jsonb); Type: FUNCTION; Schema: internal; Owner: -
+--
+
+CREATE FUNCTION internal.coerce_option_ids(value jsonb) RETURNS jsonb
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+declare
+    coerced uuid[];
+begin
+    select r.option_ids into coerced
+    from jsonb_to_record(jsonb_build_object('option_ids', value)) as r(option_ids uuid[]);
+    if array_ndims(coerced) > 1 or array_lower(coerced, 1) <> 1 then
+        return '"not_flat"'::jsonb;
+    end if;
+    return to_jsonb(coerced);
+exception when data_exception or program_limit_exceeded then
+    return '"malformed"'::jsonb;
+end
+$$;
+
+--
 -- Name: compact_tally_slots(); Type: FUNCTION; Schema: internal; Owner: -
 --
 
@@ -608,6 +676,7 @@ CREATE FUNCTION internal.compact_tally_slots() RETURNS integer
 declare
     merged integer;
 begin
+    perform pg_advisory_xact_lock(internal.advisory_lock_namespace('tally_maintenance'), 0);
     with live as materialized (  -- read the backend list once, not once per slot row
         select a.pid from pg_stat_activity as a where a.pid is not null
     ),
@@ -681,9 +750,10 @@ begin
     if option_ids is null or cardinality(option_ids) = 0 then
         perform internal.raise_api_error('invalid_ballot', 'Choose at least one option.');
     end if;
-    if array_ndims(option_ids) > 1 or array_position(option_ids, null) is not null then
+    if array_ndims(option_ids) > 1 or array_lower(option_ids, 1) <> 1
+       or array_position(option_ids, null) is not null then
         perform internal.raise_api_error('invalid_ballot',
-            'option_ids must be a flat list of option ids without nulls.');
+            'option_ids must be a flat JSON array of option ids, without nulls.');
     end if;
     if cardinality(option_ids) > max_choices then
         perform internal.raise_api_error('invalid_ballot',
@@ -720,18 +790,18 @@ $$;
 CREATE FUNCTION internal.parse_uuid(value text) RETURNS uuid
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $_$
-    select case when value ~* '^\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?$'
+    select case when value ~ '^(\{[0-9a-fA-F]{4}(-?[0-9a-fA-F]{4}){7}\}|[0-9a-fA-F]{4}(-?[0-9a-fA-F]{4}){7})$'
                 then value::uuid end
 $_$;
 
 --
--- Name: poll_fence_key(uuid); Type: FUNCTION; Schema: internal; Owner: -
+-- Name: poll_fence_lock_key(uuid); Type: FUNCTION; Schema: internal; Owner: -
 --
 
-CREATE FUNCTION internal.poll_fence_key(poll_id uuid) RETURNS bigint
+CREATE FUNCTION internal.poll_fence_lock_key(poll_id uuid) RETURNS integer
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
-    select ('x' || left(replace(poll_id::text, '-', ''), 16))::bit(64)::bigint
+    select ('x' || left(poll_id::text, 8))::bit(32)::integer
 $$;
 
 --
@@ -795,7 +865,9 @@ CREATE FUNCTION internal.rebuild_tallies(poll_id uuid) RETURNS jsonb
 declare
     recount voting.tally_slots;
 begin
-    perform pg_advisory_xact_lock(internal.poll_fence_key(rebuild_tallies.poll_id));
+    perform pg_advisory_xact_lock(internal.advisory_lock_namespace('tally_maintenance'), 0);
+    perform pg_advisory_xact_lock(internal.advisory_lock_namespace('poll_fence'),
+                                  internal.poll_fence_lock_key(rebuild_tallies.poll_id));
     delete from voting.tally_slots as t where t.poll_id = rebuild_tallies.poll_id;
 
     insert into voting.tally_slots (poll_id, slot, ballots, votes)
@@ -2241,6 +2313,12 @@ REVOKE ALL ON FUNCTION internal.add_to_tally(poll_id uuid, ballots_delta bigint,
 REVOKE ALL ON FUNCTION internal.add_vectors(a bigint[], b bigint[]) FROM PUBLIC;
 
 --
+-- Name: FUNCTION advisory_lock_namespace(feature text); Type: ACL; Schema: internal; Owner: -
+--
+
+REVOKE ALL ON FUNCTION internal.advisory_lock_namespace(feature text) FROM PUBLIC;
+
+--
 -- Name: FUNCTION ballot_delta(option_count integer, added smallint[], removed smallint[]); Type: ACL; Schema: internal; Owner: -
 --
 
@@ -2251,6 +2329,12 @@ REVOKE ALL ON FUNCTION internal.ballot_delta(option_count integer, added smallin
 --
 
 REVOKE ALL ON FUNCTION internal.client_network(x_real_ip text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION coerce_option_ids(value jsonb); Type: ACL; Schema: internal; Owner: -
+--
+
+REVOKE ALL ON FUNCTION internal.coerce_option_ids(value jsonb) FROM PUBLIC;
 
 --
 -- Name: FUNCTION compact_tally_slots(); Type: ACL; Schema: internal; Owner: -
@@ -2283,10 +2367,10 @@ REVOKE ALL ON FUNCTION internal.normalize_ballot(poll_id uuid, max_choices integ
 REVOKE ALL ON FUNCTION internal.parse_uuid(value text) FROM PUBLIC;
 
 --
--- Name: FUNCTION poll_fence_key(poll_id uuid); Type: ACL; Schema: internal; Owner: -
+-- Name: FUNCTION poll_fence_lock_key(poll_id uuid); Type: ACL; Schema: internal; Owner: -
 --
 
-REVOKE ALL ON FUNCTION internal.poll_fence_key(poll_id uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION internal.poll_fence_lock_key(poll_id uuid) FROM PUBLIC;
 
 --
 -- Name: FUNCTION purge_rate_limit_buckets(); Type: ACL; Schema: internal; Owner: -
