@@ -194,17 +194,21 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _target_database(args: argparse.Namespace) -> tuple[str, str]:
+    """$DATABASE_URL, else the running local stack's admin URL; with where it came from."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url, "DATABASE_URL"
+    stack = _stack(args)
+    require_running(stack, "postgres")
+    return stack.admin_url, f"the local stack's admin_url (state dir {stack.state_dir})"
+
+
 @command("migrate", "run migrations against $DATABASE_URL (or the local stack)")
 def cmd_migrate(args: argparse.Namespace) -> int:
     from pgvote import migrate
 
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        source = "DATABASE_URL"
-    else:
-        stack = _stack(args)
-        require_running(stack, "postgres")
-        url, source = stack.admin_url, f"the local stack's admin_url (state dir {stack.state_dir})"
+    url, source = _target_database(args)
     out.print(f"migrating {escape(_redact(url))} (from {escape(source)})")
     migrate.upgrade(url)
     out.print("[green]migrations applied[/]")
@@ -221,13 +225,7 @@ def _schema_options(p: argparse.ArgumentParser) -> None:
 def cmd_schema(args: argparse.Namespace) -> int:
     from pgvote.schema_dump import SCHEMA_FILE, migrated_schema
 
-    url = os.environ.get("DATABASE_URL")
-    if not url:
-        stack = _stack(args)
-        if not stack.status()["components"]["postgres"]["running"]:
-            raise StackError(f"DATABASE_URL is unset and the local stack ({stack.state_dir}) is not running; "
-                             "run `pgvote up` or set DATABASE_URL")
-        url = stack.admin_url
+    url, _ = _target_database(args)
     schema = migrated_schema(url)
     if args.check:
         same = SCHEMA_FILE.is_file() and SCHEMA_FILE.read_text() == schema
