@@ -1,11 +1,12 @@
 """Rate limiting in the database: PostgREST's db-pre-request hook (hooks.pre_request, per caller)
 and the per-fingerprint limit inside cast_vote (internal.take_fingerprint_token).
 
-The session's `api` fixture runs WITHOUT the hook, so the other suites are never rate-limited;
-the `limited_api` fixture here runs with it, exactly as PostgREST configured by
-api/postgrest.conf (db-pre-request = "hooks.pre_request"). Each test sets the limit it needs
-(`limit` fixture: fast refill, small burst, restored afterwards) and uses its own callers (random
-subs, IPs and fingerprints), so tests never share a bucket.
+Every PostgREST replica of the stack runs the hook (api/postgrest.conf: db-pre-request =
+"hooks.pre_request"). The `limited_api` fixture calls one replica directly, the way nginx does, so a
+test can send the X-Real-IP a proxy would set (documentation-range and IPv6 addresses included);
+that nginx overwrites a client's own X-Real-IP is proven through nginx in tests/test_http_contract.py.
+Each test sets the limit it needs (`limit` fixture: fast refill, small burst, restored afterwards)
+and uses its own callers (random subs, IPs and fingerprints), so tests never share a bucket.
 """
 from __future__ import annotations
 
@@ -21,19 +22,15 @@ import pytest
 
 from helpers import Poll, fingerprint, user
 from pgvote.paths import PROCEDURES_DIR, PROJECT_ROOT
-from pgvote.postgrest_emulation import PostgrestEmulator, Response, connect_emulator
+from pgvote.http import ApiClient, Response
 
 LimitSetter = Callable[..., None]
 
 
 @pytest.fixture
-def limited_api(stack) -> Iterator[PostgrestEmulator]:
-    """The API as PostgREST calls it with db-pre-request = "hooks.pre_request" (api/postgrest.conf)."""
-    emulator = connect_emulator(stack.api_url, pre_request="hooks.pre_request")
-    try:
-        yield emulator
-    finally:
-        emulator.conn.close()
+def limited_api(stack) -> ApiClient:
+    """One PostgREST replica, called as nginx calls it (the test sets X-Real-IP as the proxy would)."""
+    return ApiClient(stack.postgrest_url, stack.jwt_secret)
 
 
 @pytest.fixture
@@ -58,7 +55,7 @@ def client_ip() -> str:
     return f"198.51.{n % 256}.{(n >> 8) % 254 + 1}"
 
 
-def vote(api: PostgrestEmulator, poll: Poll, *, claims: dict[str, Any] | None = None,
+def vote(api: ApiClient, poll: Poll, *, claims: dict[str, Any] | None = None,
          headers: dict[str, str] | None = None, voter_fingerprint: str | None = None, **body: Any) -> Response:
     """A POST /rpc/cast_vote that succeeds unless limited: a fresh fingerprint per call for anonymous
     callers (so no repeat is involved), the identical ballot again for JWT callers (`unchanged`)."""
@@ -263,13 +260,11 @@ def test_concurrent_requests_of_one_caller_never_exceed_the_burst(stack, make_po
     poll, ip = make_poll(), client_ip()
     barrier = threading.Barrier(16)
 
+    api = ApiClient(stack.postgrest_url, stack.jwt_secret)
+
     def one(_: int) -> int:
-        api = connect_emulator(stack.api_url, pre_request="hooks.pre_request")
-        try:
-            barrier.wait(timeout=30)
-            return vote(api, poll, headers={"X-Real-IP": ip}).status
-        finally:
-            api.conn.close()
+        barrier.wait(timeout=30)
+        return vote(api, poll, headers={"X-Real-IP": ip}).status
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         statuses = sorted(pool.map(one, range(16)))
