@@ -38,11 +38,11 @@ def raise_nofile_limit() -> None:
 
 
 def postgrest_variables(*, poll_id: str, patterns: Sequence[Sequence[str]] = (), prefix: str, per_client: int,
-                        role: str = "anon", hook: bool = False, caller: bool = False,
+                        role: str = "anon", hook: bool = False, caller: str = "none",
                         bulk: bool = False) -> dict[str, str]:
     """The -D variables of ``POSTGREST_RPC`` (what each one means: the script's header)."""
     return {"role": role, "claims": json.dumps({"role": role}), "path": "/rpc/cast_votes" if bulk else "/rpc/cast_vote",
-            "hook": str(int(hook)), "caller": str(int(caller)), "bulk": str(int(bulk)), "poll": poll_id,
+            "hook": str(int(hook)), "caller": caller, "bulk": str(int(bulk)), "poll": poll_id,
             "patterns": json.dumps([list(p) for p in patterns]), "npatterns": str(max(1, len(patterns))),
             "prefix": prefix, "per_client": str(per_client), "n": "0", "recast": "0"}
 

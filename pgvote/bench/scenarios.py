@@ -60,7 +60,7 @@ def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None]) 
         """PostgREST's call on the hot poll, new voters with a prefix of their own (so that no run
         re-casts an earlier run's ballots); with the hook, each client is its own caller."""
         return postgrest_variables(poll_id=db.hot_poll, patterns=[[db.hot_option]], prefix=f"bench-{uuid.uuid4()}-",
-                                   per_client=10**12, hook=hook, caller=hook)
+                                   per_client=10**12, hook=hook, caller="client")
 
     def measure(name: str, description: str, script: str, clients: int, variables: dict[str, str],
                 via_bouncer: bool = False, as_superuser: bool = False) -> Measured:

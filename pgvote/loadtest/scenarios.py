@@ -224,7 +224,7 @@ def run_single(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> di
     hook = pre_request_hook(cfg.admin_url)
     clients, per_client = _plan(cfg.voters, cfg.clients)
     variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
-                                    per_client=per_client, hook=hook is not None)
+                                    per_client=per_client, hook=hook is not None, caller="voter")
     measured: dict[str, Any] = {}
     scratch.setup(cfg.admin_url, _scratch_role(cfg))
     try:
@@ -244,7 +244,8 @@ def run_bare(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict
     ballots = BallotSpec(str(uuid.uuid4()), tuple(str(uuid.uuid4()) for _ in OPTIONS), new_tag(), MAX_CHOICES)
     clients, per_client = _plan(cfg.voters, cfg.clients)
     variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
-                                    per_client=per_client, hook=pre_request_hook(cfg.admin_url) is not None)
+                                    per_client=per_client, hook=pre_request_hook(cfg.admin_url) is not None,
+                                    caller="voter")
     measured: dict[str, Any] = {}
     scratch.setup(cfg.admin_url, _scratch_role(cfg))
     try:

@@ -6,8 +6,10 @@
 -- the bulk path) run it; pgvote/bench/pgbench.py (postgrest_variables) sets every -D variable:
 --   role, claims, path  the JWT's role (anon; ingest for cast_votes), its claims, the request path
 --   hook                1: call hooks.pre_request, as api/postgrest.conf's db-pre-request does
---   caller              1: an x-real-ip per client, as nginx sets it (the hook keeps one bucket per
---                       client); 0: none, a caller inside the trust boundary, which it does not limit
+--   caller              the x-real-ip nginx would set: client (10.0.x.y per pgbench client, which the
+--                       hook keeps one bucket for), voter (10.x.y.z per voter number: each voter is a
+--                       client of its own, as in a spike), none (no header: the one shared bucket of
+--                       address-less requests)
 --   slot                this transaction's place: client_id * per_client + n, where n counts the
 --                       client's own transactions (-D n=0; pgbench keeps a client's variables from
 --                       one transaction to the next). No two transactions of a run share a slot;
@@ -35,7 +37,11 @@ select set_config('search_path', '"api", "public"', true), set_config('role', :r
        set_config('request.path', :path, true),
        set_config('request.headers', json_strip_nulls(json_build_object(
            'content-type', 'application/json',
-           'x-real-ip', case when :caller = 1 then '10.0.' || :client_id / 256 || '.' || :client_id % 256 end))::text,
+           'x-real-ip', case :caller
+                            when 'client' then '10.0.' || :client_id / 256 || '.' || :client_id % 256
+                            when 'voter' then '10.' || :number / 65536 % 256 || '.' || :number / 256 % 256
+                                              || '.' || :number % 256
+                        end))::text,
            true),
        set_config('request.cookies', '{}', true);
 \if :hook
