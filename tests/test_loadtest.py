@@ -157,7 +157,8 @@ def test_bare_insert_reference_runs_the_same_envelope_and_leaves_nothing(stack: 
     the same clients and transactions through PgBouncer, every acknowledged row stored once; the
     scratch schema is gone afterwards."""
     with tempfile.TemporaryDirectory() as tmp:
-        bare, real = scratch.bare_script(Path(tmp)).read_text().splitlines(), (SCRIPTS / POSTGREST_RPC).read_text().splitlines()
+        bare = scratch.bare_script(Path(tmp)).read_text().splitlines()
+    real = (SCRIPTS / POSTGREST_RPC).read_text().splitlines()
     assert [(a, b) for a, b in zip(real, bare, strict=True) if a != b] == [
         (line, line.replace('"api"."cast_vote"(', '"pgvote_loadtest"."cast_vote"(')) for line in real
         if '"api"."cast_vote"(' in line]

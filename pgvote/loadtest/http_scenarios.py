@@ -177,7 +177,8 @@ def run_ramp(target: HttpTarget, peak_vus: int, time_scale: float, console: Cons
     measured: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="pgvote-k6-") as tmp, \
             measuring(target.servers, target.bouncer_admin_url, measured):
-        run = run_k6("ramp.js", plan, Path(tmp), voter_of=lambda vu, it: ballots.fingerprint(vu * RAMP_VOTERS_PER_VU + it),
+        run = run_k6("ramp.js", plan, Path(tmp),
+                     voter_of=lambda vu, it: ballots.fingerprint(vu * RAMP_VOTERS_PER_VU + it),
                      local_ips=local_ips, total=None, label=f"guide's ramp over HTTP (k6, peak {peak_vus:,} VUs)",
                      console=console, quiet=quiet)
     result = _result("ramp (guide's k6 stages, scaled)", "ramp", run, ballots, peak_vus, local_ips, target,

@@ -8,12 +8,12 @@ scenario creates its own poll, runs, and verifies what is stored (the HTTP ones,
 - ``bare``: the same transactions against the bare-insert reference (``scratch.py``): the drain ratio;
 - ``bulk``: the same N ballots through ``api.cast_votes`` as role ingest, in batches.
 
-pgbench runs ``-t per_client`` transactions per client, and client c's k-th transaction casts item
+pgbench runs ``-t per_client`` transactions per client, and client c's k-th transaction casts number
 ``c * per_client + k`` (the script's own per-client counter): distinct by construction, with no
 shared sequence to contend on. Its log of committed transactions (``-l``) therefore names every
 acknowledged voter or batch: the acknowledged set ``verify.py`` checks against the stored ballots.
-pgbench never retries: an error ends its client, whose voter in flight is then attempted but
-unacknowledged, and whose later voters are never cast (both show in the report).
+pgbench does not retry a lost connection: an error ends its client, so further passes re-cast what
+was in flight after a retryable error and cast what aborted clients never reached (``cast_all``).
 """
 from __future__ import annotations
 
@@ -132,7 +132,8 @@ def retryable(error: str) -> bool:
 
 
 def cast_all(cfg: LoadtestConfig, script: str | Path, clients: int, per_client: int, variables: dict[str, str],
-             label: str, console: Console, quiet: bool, measured: dict[str, Any]) -> tuple[dict[int, Cast], list[Outcome]]:
+             label: str, console: Console, quiet: bool,
+             measured: dict[str, Any]) -> tuple[dict[int, Cast], list[Outcome]]:
     """Numbers 0 .. clients x per_client - 1 through PgBouncer, as many passes as needed (``MAX_PASSES``);
     the servers' memory, pools and CPU while they run go into ``measured``, with pgbench's own CPU."""
     casts: dict[int, Cast] = {}
@@ -147,10 +148,10 @@ def cast_all(cfg: LoadtestConfig, script: str | Path, clients: int, per_client: 
                 scratch.stage_recasts(cfg.admin_url, slots)
             else:
                 slots = pending
+            run = Run(script, cfg.database_url, clients, transactions=per_client, protocol="extended",
+                      variables={**variables, "per_client": str(per_client), "recast": str(int(recast > 0))})
             with progress_bar(label + (f", re-cast {recast}" if recast else ""), len(slots), console, quiet) as shown:
-                outcome = execute(Run(script, cfg.database_url, clients, transactions=per_client, protocol="extended",
-                                      variables={**variables, "per_client": str(per_client), "recast": str(int(recast > 0))}),
-                                  shown)
+                outcome = execute(run, shown)
             outcomes.append(outcome)
             pending = _settle_pass(outcome, per_client, slots, casts)
             if not pending:

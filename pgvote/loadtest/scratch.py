@@ -65,8 +65,9 @@ def setup(admin_url: str, login_role: str) -> None:
         for i in range(partitions):
             conn.execute(f"create table pgvote_loadtest.ballots_{i} partition of pgvote_loadtest.ballots "
                          f"for values with (modulus {partitions}, remainder {i})")
-        conn.execute(sql.SQL("grant usage on schema pgvote_loadtest to {login}; "
-                             "grant select on pgvote_loadtest.batches, pgvote_loadtest.recasts to {login}").format(login=sql.Identifier(login_role)))
+        conn.execute(sql.SQL("grant usage on schema pgvote_loadtest to {login}; grant select on "
+                             "pgvote_loadtest.batches, pgvote_loadtest.recasts to {login}")
+                     .format(login=sql.Identifier(login_role)))
 
 
 def bare_script(directory: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Figures of a run, from the per-voter records (k6's or pgbench's): outcomes, rates, latency percentiles, a timeline."""
+"""Figures of a run from its per-voter records (k6's or pgbench's): outcomes, rates, latency percentiles, a timeline."""
 from __future__ import annotations
 
 import math
