@@ -3,12 +3,13 @@
 Status, headers and JSON body of every kind of answer a client can get:
 - pgvote's error table (api/README.md): every code with its status, the exact keys, Retry-After;
 - what PostgREST answers itself: JWT failures, wrong JSON types, bodies that are no JSON object,
-  unknown functions, a role that may not execute a function;
+  unknown functions, a role that may not execute a function, methods RPC does not take, a pool wait
+  that timed out (504 PGRST003);
 - GET runs in a read-only transaction (the pre-request hook on reads: tests/test_contract.py);
 - body limits per endpoint: the largest valid requests pass nginx, larger bodies get its 413;
 - the client address the database sees is the TCP peer, whatever a client writes in X-Real-IP or
   X-Forwarded-For;
-- nginx's own errors (400, 404, 413, 414, 429, 502, 504), all in the API's JSON error shape.
+- nginx's own errors (400, 404, 405, 413, 414, 429, 502, 504), all in the API's JSON error shape.
 No client input is ever answered with a 5xx.
 
 Rate limits stay on: every call comes from its own loopback address and a fresh identity, so no test
@@ -39,7 +40,6 @@ from pgvote.paths import PROCEDURES_DIR, PROJECT_ROOT
 from pgvote.stack import LocalStack, read_postgrest_conf
 from test_cast_vote import assert_error
 
-ERROR_KEYS = {"code", "message", "details", "hint"}
 NO_POLL = "00000000-0000-0000-0000-000000000000"
 TEMPLATE = PROJECT_ROOT / "deploy" / "nginx" / "pgvote.conf.template"
 
