@@ -43,4 +43,11 @@ where n.nspname in ('api', 'hooks', 'voting', 'internal', 'rate_limit', 'monitor
   and c.relkind in ('r', 'p', 'v', 'm', 'f')
 order by n.nspname, c.relname, r.name;
 
+-- Sequences (none today; a new one is covered as it appears): no privilege for anyone above.
+select sequence_privs_are(n.nspname, c.relname, r.name, array[]::text[])
+from pg_class as c
+join pg_namespace as n on n.oid = c.relnamespace,
+     (values ('anon'), ('authenticated'), ('ingest'), ('authenticator'), ('ops')) as r(name)
+where n.nspname in ('api', 'hooks', 'voting', 'internal', 'rate_limit', 'monitoring') and c.relkind = 'S';
+
 select * from finish();
