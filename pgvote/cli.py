@@ -194,20 +194,45 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _target_database(args: argparse.Namespace) -> tuple[str, str]:
+    """$DATABASE_URL, else the running local stack's admin URL; with where it came from."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url, "DATABASE_URL"
+    stack = _stack(args)
+    require_running(stack, "postgres")
+    return stack.admin_url, f"the local stack's admin_url (state dir {stack.state_dir})"
+
+
 @command("migrate", "run migrations against $DATABASE_URL (or the local stack)")
 def cmd_migrate(args: argparse.Namespace) -> int:
     from pgvote import migrate
 
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        source = "DATABASE_URL"
-    else:
-        stack = _stack(args)
-        require_running(stack, "postgres")
-        url, source = stack.admin_url, f"the local stack's admin_url (state dir {stack.state_dir})"
+    url, source = _target_database(args)
     out.print(f"migrating {escape(_redact(url))} (from {escape(source)})")
     migrate.upgrade(url)
     out.print("[green]migrations applied[/]")
+    return 0
+
+
+def _schema_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", action="store_true", help="only compare with db/schema.sql; exit 1 if it differs")
+
+
+@command("schema", "rewrite db/schema.sql: the normalised schema a fresh `alembic upgrade head` builds "
+                   "(in a scratch database of $DATABASE_URL's cluster, or of the local stack)",
+         configure=_schema_options)
+def cmd_schema(args: argparse.Namespace) -> int:
+    from pgvote.schema_dump import SCHEMA_FILE, migrated_schema
+
+    url, _ = _target_database(args)
+    schema = migrated_schema(url)
+    if args.check:
+        same = SCHEMA_FILE.is_file() and SCHEMA_FILE.read_text() == schema
+        (out if same else err).print(f"{SCHEMA_FILE}: {'up to date' if same else 'differs; run `pgvote schema`'}")
+        return 0 if same else 1
+    SCHEMA_FILE.write_text(schema)
+    out.print(f"wrote {escape(str(SCHEMA_FILE))}")
     return 0
 
 

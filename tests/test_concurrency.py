@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import random
 import re
-import threading
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
