@@ -52,10 +52,10 @@ class Run:
     script: str | Path  # a file of SCRIPTS by name, or a path
     url: str
     clients: int
-    seconds: float = 0.0  # -T: this long, or ...
-    transactions: int = 0  # -t: ... this many transactions per client
+    seconds: float = 0.0  # -T: this long, unless transactions says how many per client (-t)
     protocol: str = "prepared"  # prepared | extended (PostgREST without prepared statements) | simple
     variables: dict[str, str] = field(default_factory=dict)
+    transactions: int = 0
 
 
 @dataclass(frozen=True)
