@@ -3,10 +3,11 @@ path's staged batches, what a re-cast pass casts. Created for a scenario, droppe
 
 The bare-insert reference is the same pgbench script, clients, PgBouncer and PostgREST envelope as
 the single-vote burst (``pgvote/bench/scripts/postgrest_rpc.sql``, called as the anonymous role with
-the same transaction-local settings and hook), but the function it calls only inserts the ballot
-row. So the drain-rate ratio ``cast_vote / bare insert`` isolates what ``api.cast_vote`` itself
-costs (poll lookup and fence lock, HMAC voter key, ballot validation, tally slot) from everything the
-two share: pgbench, PgBouncer, the round trips of the envelope, the durable commit.
+the same transaction-local settings), but the function it calls only inserts the ballot row, and
+the pre-request hook is left out. So the drain-rate ratio ``cast_vote / bare insert`` isolates what
+a vote costs on top of a bare insert (the rate-limit hook and its bucket row, poll lookup and fence
+lock, HMAC voter key, ballot validation, tally slot) from everything the two share: pgbench,
+PgBouncer, the envelope's other round trips, the durable commit.
 
 Like with like: the same signature, JSON body and ``json_to_record`` main query; SECURITY DEFINER,
 executable by ``anon`` only; a row of ``voting.ballots``'s shape (poll, 32-byte voter key, ballot
