@@ -123,7 +123,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                                                      f"{s['committed_batches']}"),
                     ("batch latency p50/p95/max", "/".join(_ms(s["batch_latency"][k])
                                                            for k in ("p50_ms", "p95_ms", "max_ms")) + " ms"),
-                    ("errors (each ended a pgbench client)", _counts(s["errors"]) or "0")]
+                    ("errors (re-cast when retryable)", _counts(s["errors"]) or "0")]
         else:
             f = s["figures"]
             lat, tta = f["request_latency"], f["time_to_ack"]
@@ -135,7 +135,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                                                                               "max_ms")) + " ms"),
                     ("time to ack since release p50/p95", f"{_ms(tta['p50_ms'])}/{_ms(tta['p95_ms'])} ms"),
                     ("success rate (200 / requests)", f"{f['success_rate']:.2%} of {f['requests']:,}"),
-                    ("errors (k6: retried; pgbench: each ended a client)", _counts(f["retried_errors"]) or "0")]
+                    ("errors (re-cast when retryable)", _counts(f["retried_errors"]) or "0")]
             if "k6" in s:
                 k6 = s["k6"]
                 rows.append(("k6 requests (identical retries)", f"{k6['requests']:,} ({k6['retries']:,})"))
@@ -145,6 +145,11 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                 rows.append(("source addresses (one per VU)", s["local_ips"]))
             for phase, pf in s.get("phases", {}).items():
                 rows.append((f"{phase} load: success, p95", f"{pf['success_rate']:.2%}, {_ms(pf['p95_ms'])} ms"))
+        if "pgbench" in s:
+            p = s["pgbench"]
+            rows.append(("pgbench: first pass tps, clients aborted; re-cast passes (transactions)",
+                         f"{p['tps']:,.0f}, {p['aborted_clients']}; {p['recast_passes']} "
+                         f"({p['recast_transactions']:,})"))
         mem = s["memory"]
         if mem.get("available"):
             rows.append(("peak PSS PostgreSQL + PgBouncer",
