@@ -39,8 +39,8 @@ select set_config('search_path', '"api", "public"', true), set_config('role', :r
            'content-type', 'application/json',
            'x-real-ip', case :caller
                             when 'client' then '10.0.' || :client_id / 256 || '.' || :client_id % 256
-                            when 'voter' then '10.' || :number / 65536 % 256 || '.' || :number / 256 % 256
-                                              || '.' || :number % 256
+                            when 'voter' then '10.' || :number::bigint / 65536 % 256 || '.'
+                                              || :number::bigint / 256 % 256 || '.' || :number::bigint % 256
                         end))::text,
            true),
        set_config('request.cookies', '{}', true);
