@@ -391,20 +391,47 @@ def test_overload_queues_then_answers_a_clean_retryable_error(tiny_pool: LocalSt
     assert check.exactly_once, check.problems
 
 
+def hold_pool_until(url: str, started: threading.Barrier, release: threading.Event) -> None:
+    """Occupy one server connection until ``release``: a transaction left open (as the authenticator, via
+    PgBouncer, which lends the connection until COMMIT)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("begin")
+        conn.execute("select 1")
+        started.wait(timeout=30)
+        release.wait(timeout=120)
+        conn.execute("commit")
+
+
 def test_burst_recasts_what_the_pool_refused_until_every_voter_is_recorded_once(tiny_pool: LocalStack) -> None:
-    """The load test's own retry: the pool is held past the wait bound, so the first pgbench pass ends in
-    query_wait_timeout for every client; the next passes re-cast those voters identically (and cast the
-    ones their clients never reached) once the pool frees: every voter acknowledged, some after more than
-    one attempt, each stored exactly once."""
+    """The load test's own retry: the pool stays held until all 12 pgbench clients of the first pass have
+    queued and then waited past the bound, so that pass ends in query_wait_timeout for every one; the next
+    passes re-cast those voters identically (and cast the ones their clients never reached) once the pool
+    is free: every voter acknowledged, some after more than one attempt, each stored exactly once."""
     cfg = LoadtestConfig(database_url=tiny_pool.api_url, admin_url=tiny_pool.admin_url,
                          bouncer_admin_url=tiny_pool.bouncer_admin_url, voters=24, clients=12, baseline=False)
-    report, _peak = overload_wave(tiny_pool, lambda: run_loadtest(cfg, quiet_console(), quiet=True),
-                                  hold_seconds=WAIT_BOUND + 5)
+    started, release = threading.Barrier(POOL + 1), threading.Event()
+    holders = [threading.Thread(target=hold_pool_until, args=(tiny_pool.api_url, started, release))
+               for _ in range(POOL)]
+    for h in holders:
+        h.start()
+    started.wait(timeout=30)
+    with ThreadPoolExecutor(max_workers=1) as ex:
+        future = ex.submit(run_loadtest, cfg, quiet_console(), True)
+        deadline = time.monotonic() + 120
+        while pool_waiting(tiny_pool.bouncer_admin_url) < 12 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(WAIT_BOUND + 1)  # every queued client has now passed the bound
+        release.set()
+        report = future.result()
+    for h in holders:
+        h.join(timeout=30)
+
     (burst,) = report["scenarios"]
     f, v, pgbench = burst["figures"], burst["verification"], burst["pgbench"]
-    assert pgbench["aborted_clients"] > 0 and pgbench["recast_passes"] >= 1  # the first pass: refused
+    assert (pgbench["aborted_clients"], pgbench["transactions"]) == (12, 0)  # the first pass: all refused
+    assert pgbench["recast_passes"] >= 1
     assert f["accepted"] == f["voters"] == 24 and f["rejected"] == {} and f["gave_up"] == 0
     assert all("query_wait_timeout" in error for error in f["retried_errors"]), f["retried_errors"]
-    assert f["requests"] > 24  # voters in flight when refused were cast again
+    assert f["requests"] >= 24 + 12  # the 12 voters in flight when refused were cast again
     assert v["exactly_once"], v["problems"]
     assert (v["stored"], v["lost"], v["duplicated"], v["unacknowledged"]) == (24, 0, 0, 0)
