@@ -248,6 +248,10 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chart", type=Path, help="PNG chart of votes/s against clients (default docs/benchmarks.png)")
     p.add_argument("--report", type=Path, help="markdown report to update (default docs/benchmarks.md)")
     p.add_argument("--no-report", action="store_true", help="print the tables only: no report, no chart")
+    p.add_argument("--live", action="store_true",
+                   help="live results instead: watchers held, messages/s, update latency, votes/s with ÷ without")
+    p.add_argument("--subscribers", type=int, default=10_000, help="--live: watchers of one poll (default 10,000)")
+    p.add_argument("--votes", type=int, default=50_000, help="--live: votes of each burst (default 50,000)")
 
 
 @command("bench", "pgbench scenarios on a throw-away database of the local stack: votes/s, latency, same-run ratios",
@@ -258,6 +262,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     stack = _stack(args)
     if not stack.status()["components"]["pgbouncer"]["running"]:
         raise StackError("the local stack is not running: start it with `pgvote up`")
+    if args.live:
+        from pgvote.bench.live import run_live_bench
+
+        run_live_bench(stack, subscribers=args.subscribers, votes=args.votes, json_path=args.json,
+                       report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
+                       command=f"pgvote bench --live --subscribers {args.subscribers} --votes {args.votes}",
+                       console=out)
+        return 0
     run_bench(stack.admin_url, stack.api_url, quick=args.quick, seconds=args.seconds, json_path=args.json,
               chart_path=None if args.no_report else (args.chart or DEFAULT_CHART),
               report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
