@@ -231,13 +231,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     stack = _stack(args)
     if not stack.status()["components"]["pgbouncer"]["running"]:
         raise StackError("the local stack is not running: start it with `pgvote up` (or `make demo`)")
-    run_demo(stack.api_url, stack.admin_url, voters=args.voters, connections=args.connections, console=out)
+    demo = run_demo(stack.api_url, stack.admin_url, voters=args.voters, connections=args.connections, console=out)
     if not args.no_spike:
         from pgvote.demo import run_spike
 
         run_spike(stack.api_url, stack.admin_url, stack.bouncer_admin_url, voters=args.spike_voters,
                   clients=args.spike_clients, console=out)
     _print_urls(stack)
+    print(f"\nResults page (live, open it in a browser): {stack.http_url}/polls/{demo.poll_id}")
     return 0
 
 
