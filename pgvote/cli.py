@@ -215,30 +215,22 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def _demo_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--voters", type=int, default=3000, help="distinct voters, one ballot each (default 3000)")
-    p.add_argument("--connections", type=int, default=32, help="parallel connections through PgBouncer")
-    p.add_argument("--spike-voters", type=int, default=50_000, help="voters of the spike that follows (default 50,000)")
-    p.add_argument("--spike-clients", type=int, default=2_000, help="client connections of the spike (default 2,000)")
-    p.add_argument("--no-spike", action="store_true", help="only the small demo, no 50,000-vote spike")
+    p.add_argument("--voters", type=int, default=50_000, help="voters of the spike (default 50,000)")
 
 
-@command("demo", "create a poll on the local stack, cast ballots through PgBouncer, print the results, "
-                 "then the 50,000-vote spike (pgvote loadtest) and its report",
-         configure=_demo_options)
+@command("demo", "the 50,000-vote spike over HTTP (k6 through nginx) and the bulk path on the local stack, "
+                 "verified exactly once, with the report and the final results", configure=_demo_options)
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pgvote.demo import run_demo
+    from pgvote.demo import print_results, run_spike
 
     stack = _stack(args)
-    if not stack.status()["components"]["pgbouncer"]["running"]:
+    if not stack.status()["components"]["nginx"]["running"]:
         raise StackError("the local stack is not running: start it with `pgvote up` (or `make demo`)")
-    demo = run_demo(stack.api_url, stack.admin_url, voters=args.voters, connections=args.connections, console=out)
-    if not args.no_spike:
-        from pgvote.demo import run_spike
-
-        run_spike(stack.api_url, stack.admin_url, stack.bouncer_admin_url, voters=args.spike_voters,
-                  clients=args.spike_clients, console=out)
+    reports = run_spike(stack, voters=args.voters, console=out)
+    poll_id = reports["http"]["scenarios"][0]["poll_id"]
+    print_results(stack, poll_id, out)
     _print_urls(stack)
-    print(f"\nResults page (live, open it in a browser): {stack.http_url}/polls/{demo.poll_id}")
+    print(f"\nResults page (live, open it in a browser): {stack.http_url}/polls/{poll_id}")
     return 0
 
 
@@ -249,6 +241,10 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chart", type=Path, help="PNG chart of votes/s against clients (default docs/benchmarks.png)")
     p.add_argument("--report", type=Path, help="markdown report to update (default docs/benchmarks.md)")
     p.add_argument("--no-report", action="store_true", help="print the tables only: no report, no chart")
+    p.add_argument("--http", action="store_true",
+                   help="the HTTP figures instead, k6 through the stack's nginx: cast_vote / a no-op RPC (H1), the "
+                        "50,000-voter burst (H2), the guide's ramp (H3), the rate-limit hook, CPU per vote by "
+                        "process (--quick: small sizes, a smoke run)")
     p.add_argument("--live", action="store_true",
                    help="live results instead: watchers held, messages/s, update latency, votes/s with ÷ without")
     p.add_argument("--subscribers", type=int, default=10_000, help="--live: watchers of one poll (default 10,000)")
@@ -263,6 +259,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     stack = _stack(args)
     if not stack.status()["components"]["pgbouncer"]["running"]:
         raise StackError("the local stack is not running: start it with `pgvote up`")
+    if args.http:
+        from pgvote.bench.http_bench import run_http_bench
+
+        run_http_bench(stack, quick=args.quick, json_path=args.json,
+                       report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
+                       command="pgvote bench --http" + (" --quick" if args.quick else ""), console=out)
+        return 0
     if args.live:
         from pgvote.bench.live import run_live_bench
 
@@ -312,7 +315,8 @@ def _loadtest_options(p: argparse.ArgumentParser) -> None:
     add_options(p)
 
 
-@command("loadtest", "the 50,000-vote spike on one poll through PgBouncer, verified exactly once",
+@command("loadtest", "the 50,000-vote spike on one poll, over HTTP with k6 (or --sql through PgBouncer), "
+                     "verified exactly once",
          configure=_loadtest_options)
 def cmd_loadtest(args: argparse.Namespace) -> int:
     from pgvote.loadtest.command import run

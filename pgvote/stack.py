@@ -952,13 +952,15 @@ class LocalStack:
             os.kill(pid, signal.SIGHUP)
             return
         env = dict(os.environ, PGVOTE_ROOT=str(PROJECT_DIR))
+        self.supervisor_pidfile.unlink(missing_ok=True)
         with open(self.supervisor_log, "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "pgvote.supervisor", str(self.state_dir)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.state_dir, env=env,
-                start_new_session=True,  # outlives `pgvote up` and the terminal
-            )
-        self.supervisor_pidfile.write_text(f"{proc.pid}\n")
+            # it detaches itself (outlives `pgvote up` and the terminal) and writes its pid file
+            subprocess.run([sys.executable, "-m", "pgvote.supervisor", str(self.state_dir), str(self.supervisor_pidfile)],
+                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.state_dir, env=env,
+                           timeout=30, check=True)
+        if not _wait_until(lambda: self._supervisor_pid() is not None, 10):
+            raise StackError(f"the supervisor did not start; last lines of {self.supervisor_log}:\n"
+                             f"{_tail(self.supervisor_log)}")
 
     def _stop_supervisor(self) -> None:
         """Stop the supervisor, which stops its components first; kill leftovers of a dead supervisor."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,6 +40,14 @@ def private_stack() -> Iterator[LocalStack]:
 def pgvote_cli(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pgvote.cli", "--state-dir", str(stack.requested_state_dir), *args],
                           capture_output=True, text=True, timeout=60, check=False)
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie (this machine's init may be slow to reap the children it inherits)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
 
 
 def statuses(points: Path) -> Counter[str]:
@@ -151,3 +160,29 @@ def test_blue_green_switch_under_load_fails_no_request(private_stack: LocalStack
     private_stack.start_colour("blue")
     private_stack.switch_live("blue")
     private_stack.stop_colour("green")
+
+
+def test_every_path_nginx_writes_is_in_the_state_dir(stack: LocalStack) -> None:
+    state = str(stack.state_dir)
+    main = (stack.nginx_dir / "nginx.conf").read_text()
+    api = (stack.nginx_dir / "pgvote.conf").read_text()
+    written = re.findall(r"^\s*(?:pid|error_log)\s+([^\s;]+)", main, re.M)
+    written += re.findall(r"^\s*(?:access_log|\w+_temp_path|proxy_cache_path)\s+([^\s;]+)", api, re.M)
+    written = [path for path in written if path != "off"]
+    assert len(written) == 9, written  # pid, error log, access log, 5 temp dirs, the results cache
+    assert all(path.startswith(state) for path in written), written
+
+
+def test_down_stops_every_process_of_the_stack() -> None:
+    local = LocalStack.ephemeral(prefix="pgvote-down-")
+    try:
+        local.up()
+        status = local.status()["components"]
+        pids = [status["postgres"]["pid"], status["pgbouncer"]["pid"], status["nginx"]["pid"],
+                status["supervisor"]["pid"]] + [r["pid"] for r in status["postgrest"]]
+        assert all(pids), pids
+        local.down()
+        assert not any(alive(pid) for pid in pids), pids
+        assert not any(c["running"] for c in local.status()["components"].values() if isinstance(c, dict))
+    finally:
+        local.destroy()

@@ -108,7 +108,7 @@ def markdown(results: Results, server_version: str, command: str) -> str:
 
 
 def write_markdown(path: Path, section: str, start: str = START, end: str = END) -> None:
-    """Replace this command's section of the document (between start and end), keeping every other section."""
+    """Replace the section between ``start`` and ``end`` (a command's own), keeping every other section."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if start in text and end in text:
         text = text[: text.index(start)] + section + text[text.index(end) + len(end):]
