@@ -15,7 +15,7 @@ import json
 import os
 import struct
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 __all__ = ["LiveRefused", "LiveSubscriber", "Transport"]
 
@@ -111,7 +111,7 @@ class LiveSubscriber:
         except (ConnectionError, OSError):
             pass
 
-    async def __aenter__(self) -> LiveSubscriber:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,

@@ -172,7 +172,8 @@ class Publisher:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 path = head.split(b" ", 2)[1].decode("ascii", "replace")
-                status, body = 404, {"code": "not_found", "message": "No such endpoint."}
+                status: int = 404
+                body: dict[str, Any] | None = {"code": "not_found", "message": "No such endpoint."}
                 if path == "/health":
                     status, body = 200, {"watched": len(self.watches)}
                 elif path.startswith("/authorize/"):

@@ -1085,7 +1085,8 @@ class LocalStack:
             "worker_rlimit_nofile 20000;\n"
             f"pid {self.run_dir / 'nginx.pid'};\n"
             f"error_log {self.nginx_log} warn;\n"
-            "events {\n    worker_connections 8192;\n}\n"
+            # one connection per live watcher: either worker may take most of 10,000 of them
+            "events {\n    worker_connections 16384;\n}\n"
             "http {\n"
             "    include /etc/nginx/mime.types;\n"
             "    default_type application/octet-stream;\n"

@@ -8,6 +8,7 @@ reload loses no final state. Restarts and reloads run on a private stack, never 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import threading
@@ -17,11 +18,11 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Self
 
 import pytest
-
 from helpers import Poll, PollFactory, fingerprint, user
+
 from pgvote.http import ApiClient, random_loopback_address
 from pgvote.live_client import LiveRefused, LiveSubscriber, Transport
 from pgvote.publisher import TICK
@@ -43,7 +44,7 @@ class Watcher:
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
-    def __enter__(self) -> Watcher:
+    def __enter__(self) -> Self:
         self.thread.start()
         self.wait_for(lambda m: True, "a first message")
         return self
@@ -65,7 +66,7 @@ class Watcher:
                 while not self.stopping.is_set():
                     try:
                         message = await asyncio.wait_for(sub.next(), 0.2)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         continue
                     with self.changed:
                         self.messages.append(message)
@@ -87,7 +88,7 @@ class Watcher:
         """seq strictly increases (repeats after a reconnect are dropped, as the page does) and no total
         decreases (the polls of these tests have no revotes)."""
         seen = [m for i, m in enumerate(self.messages) if i == 0 or m["seq"] > max(p["seq"] for p in self.messages[:i])]
-        for before, after in zip(seen, seen[1:]):
+        for before, after in itertools.pairwise(seen):
             assert after["results"]["total_ballots"] >= before["results"]["total_ballots"], (before, after)
             votes = zip(before["results"]["options"], after["results"]["options"])
             assert all(b["votes"] <= a["votes"] for b, a in votes), (before, after)

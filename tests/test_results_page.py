@@ -10,15 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from helpers import Poll, PollFactory, fingerprint
+
 from pgvote.http import ApiClient
 from pgvote.paths import PROJECT_ROOT
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 # PGVOTE_SCREENSHOT=docs/results-page.png pytest tests/test_results_page.py renews the docs' picture
@@ -110,11 +110,11 @@ def test_a_rate_limited_answer_is_a_sentence(browser, stack, make_poll: PollFact
     poll = make_poll(2, allow_multiple_votes=True)
     open_page(browser, stack, poll)
     statuses = browser.execute_async_script("""
-        const done = arguments[arguments.length - 1];
+        const [pollId, optionId, done] = arguments;
         const send = () => fetch("/rpc/cast_vote", {method: "POST", headers: {"Content-Type": "application/json"},
-            body: JSON.stringify({poll_id: %r, option_ids: [%r], voter_fingerprint: "fp-" + crypto.randomUUID()})});
+            body: JSON.stringify({poll_id: pollId, option_ids: [optionId], voter_fingerprint: "fp-" + crypto.randomUUID()})});
         Promise.all(Array.from({length: 40}, send)).then(answers => done(answers.map(a => a.status)));
-    """ % (poll.poll_id, poll.option_ids[0]))
+    """, poll.poll_id, poll.option_ids[0])
     assert 429 in statuses, statuses
     browser.execute_script(f"vote({poll.option_ids[0]!r}, 'option 1')")
     wait_until(browser, lambda: browser.find_element(By.ID, "message").text != "Sending your vote…", "an answer")

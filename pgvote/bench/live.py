@@ -78,12 +78,12 @@ def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    return round(1000 * ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))], 1)
+    return round(1000 * ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 1)
 
 
 def server_cpu_per_vote_ms(burst: dict[str, Any]) -> float:
-    servers = sum(seconds for name, seconds in burst["cpu_seconds"].items() if name != "k6")
-    return 1000 * servers / max(1, burst["figures"]["accepted"])
+    servers: float = sum(seconds for name, seconds in burst["cpu_seconds"].items() if name != "k6")
+    return 1000 * servers / max(1, int(burst["figures"]["accepted"]))
 
 
 class LiveBench:
@@ -110,7 +110,7 @@ class LiveBench:
         try:
             sub = await LiveSubscriber.connect("127.0.0.1", self.stack.http_port, poll_id, transport, address)
             await asyncio.wait_for(sub.next(), 30)
-        except (OSError, LiveRefused, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
+        except (TimeoutError, OSError, LiveRefused, asyncio.IncompleteReadError, ConnectionError) as exc:
             key = type(exc).__name__ + (f" {exc.status}" if isinstance(exc, LiveRefused) else "")
             self.failures[key] = self.failures.get(key, 0) + 1
             return
@@ -123,7 +123,7 @@ class LiveBench:
             pass
 
     async def connect_fleet(self, poll_id: str) -> tuple[float, asyncio.Event]:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one descriptor per watcher
         started, reading = time.monotonic(), asyncio.Event()
         for start in range(0, self.subscribers, CONNECT_AT_ONCE):
@@ -194,8 +194,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
     vps, cpu = r["votes_per_second"], r["cpu_ms_per_vote"]
     return [
         ("watchers held on one poll (half EventSource, half WebSocket)",
-         f"{r['subscribers_held']:,} of {r['subscribers_wanted']:,} (connected in {r['connect_seconds']} s"
-         + (f"; failed: {r['connect_failures']})" if r["connect_failures"] else ")")),
+         (f"{r['subscribers_held']:,} of {r['subscribers_wanted']:,} (connected in {r['connect_seconds']} s"
+          + (f"; failed: {r['connect_failures']})" if r["connect_failures"] else ")"))),
         ("watchers that received the exact final total", f"{r['final_received_by']:,}"),
         ("messages delivered per second during the burst", f"{r['messages_per_second']:,.0f}"),
         ("update latency, ballot acknowledged → first watcher, p50 / p95",
@@ -203,8 +203,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("update latency, ballot acknowledged → last watcher, p50 / p95",
          f"{r['latency_last_p50_ms']} / {r['latency_last_p95_ms']} ms"),
         ("votes/s through nginx without (before, after) / with the watchers",
-         f"{vps['without']:,.0f} ({vps['without_before']:,.0f}, {vps['without_after']:,.0f}) / {vps['with']:,.0f} "
-         f"({r['with']['voters']:,} voters each burst, exactly once: {'yes' if r['exactly_once'] else 'NO'})"),
+         (f"{vps['without']:,.0f} ({vps['without_before']:,.0f}, {vps['without_after']:,.0f}) / {vps['with']:,.0f} "
+          f"({r['with']['voters']:,} voters each burst, exactly once: {'yes' if r['exactly_once'] else 'NO'})")),
         ("throughput with ÷ without (goal ≥ 0.95)", f"{r['throughput_ratio']:.2f}"),
         ("server CPU per vote without / with", f"{cpu['without']:.2f} / {cpu['with']:.2f} ms"),
     ]
@@ -212,8 +212,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
 
 def markdown(r: dict[str, Any], command: str) -> str:
     lines = [START, "## Live results (`pgvote bench --live`)", "",
-             f"Command: `{command}` on the local stack ({os.cpu_count()} cores, shared with the drivers: k6 for "
-             "the votes, one asyncio process for the watchers). Method: `pgvote/bench/live.py`.", "",
+             (f"Command: `{command}` on the local stack ({os.cpu_count()} cores, shared with the drivers: k6 for "
+              "the votes, one asyncio process for the watchers). Method: `pgvote/bench/live.py`."), "",
              "| figure | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in rows(r)]
     return "\n".join([*lines, "", END])
