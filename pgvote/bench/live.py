@@ -10,27 +10,31 @@ One run, in this order:
    receive the exact final total;
 4. the watchers leave, and the first burst again: "without watchers" is the mean of 1 and 4, so that
    warming up and drifting load on the shared machine weigh on both sides alike.
-A message counting T ballots is late by (when a watcher got it) - (when the T-th ballot was
-acknowledged, just after its commit): measured at the first and at the last watcher to get it.
+A message counting T ballots is late by (when a watcher got it) - (when the T-th ballot was cast: its
+`cast_at`, the start of its few-millisecond transaction, so a slight overestimate of the time since its
+commit), at the first and at the last watcher to get it; and (when it was published: its seq) - (the
+same), the publisher's share.
 Figures: watchers held, messages delivered per second, that latency's p50/p95, votes/s with the
 watchers ÷ without (same run), and the servers' CPU-seconds per vote with and without (PostgreSQL,
 PgBouncer, PostgREST, nginx, publisher; the drivers' own CPU is left out: they share the cores).
 
-The watchers run in one asyncio loop (a thread of this process), the burst in k6.
+The watchers run in one asyncio process of their own (so that their clock readings never wait for this
+process reading k6's output), the burst in k6.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
 import resource
-import threading
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+import psycopg
 from rich.console import Console
 from rich.table import Table
 
@@ -44,7 +48,6 @@ PER_ADDRESS = 16  # watchers per loopback address, under nginx's limit of 32
 CONNECT_AT_ONCE = 200
 SETTLE = 30.0  # seconds the watchers get to receive the final results after the burst
 START, END = "<!-- pgvote bench --live: start -->", "<!-- pgvote bench --live: end -->"
-T = TypeVar("T")
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -81,9 +84,72 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(1000 * ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 1)
 
 
+def cast_times(admin_url: str, poll_id: str) -> list[float]:
+    """When each ballot of the poll was cast (epoch seconds), in order: the n-th is the n-th commit, closely."""
+    with psycopg.connect(admin_url) as conn:
+        rows = conn.execute("select extract(epoch from cast_at)::float8 from voting.ballots where poll_id = %s "
+                            "order by cast_at", (poll_id,)).fetchall()
+    return [float(r[0]) for r in rows]
+
+
 def server_cpu_per_vote_ms(burst: dict[str, Any]) -> float:
     servers: float = sum(seconds for name, seconds in burst["cpu_seconds"].items() if name != "k6")
     return 1000 * servers / max(1, int(burst["figures"]["accepted"]))
+
+
+async def _watch(fleet: Fleet, port: int, poll_id: str, index: int, held: list[LiveSubscriber],
+                 failures: dict[str, int], reading: asyncio.Event) -> None:
+    transport: Transport = "sse" if index % 2 else "ws"
+    slot = index // PER_ADDRESS
+    address = f"127.100.{slot // 254}.{slot % 254 + 1}"
+    try:
+        sub = await LiveSubscriber.connect("127.0.0.1", port, poll_id, transport, address)
+        await asyncio.wait_for(sub.next(), 30)
+    except (TimeoutError, OSError, LiveRefused, asyncio.IncompleteReadError, ConnectionError) as exc:
+        key = type(exc).__name__ + (f" {exc.status}" if isinstance(exc, LiveRefused) else "")
+        failures[key] = failures.get(key, 0) + 1
+        return
+    held.append(sub)
+    await reading.wait()
+    try:
+        while True:
+            fleet.saw(index, await sub.next())
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+
+
+async def _fleet(conn: Connection, port: int, poll_id: str, subscribers: int) -> None:
+    """The watchers, in their own process (their clock readings must not wait for the parent's work):
+    connect all, report, read until told the final total, report what was seen once all have it."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one descriptor per watcher
+    fleet, reading = Fleet(), asyncio.Event()
+    held: list[LiveSubscriber] = []
+    failures: dict[str, int] = {}
+    tasks: list[asyncio.Task[None]] = []
+    started = time.monotonic()
+    for start in range(0, subscribers, CONNECT_AT_ONCE):
+        tasks += [asyncio.create_task(_watch(fleet, port, poll_id, i, held, failures, reading))
+                  for i in range(start, min(subscribers, start + CONNECT_AT_ONCE))]
+        while len(held) + sum(failures.values()) < len(tasks):
+            await asyncio.sleep(0.05)
+    reading.set()
+    conn.send((len(held), failures, time.monotonic() - started))
+    final: int = await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+    deadline = time.monotonic() + SETTLE
+    while sum(t == final for t in fleet.latest.values()) < len(held) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    for task in tasks:
+        task.cancel()
+    for sub in held:
+        await sub.close()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    conn.send(fleet)
+
+
+def _fleet_process(conn: Connection, port: int, poll_id: str, subscribers: int) -> None:
+    loop = new_event_loop()
+    loop.run_until_complete(_fleet(conn, port, poll_id, subscribers))
 
 
 class LiveBench:
@@ -93,90 +159,46 @@ class LiveBench:
         self.subscribers = subscribers
         self.votes = votes
         self.console = console
-        self.fleet = Fleet()
-        self.held: list[LiveSubscriber] = []
-        self.failures: dict[str, int] = {}
-        self.tasks: list[asyncio.Task[None]] = []
-        self.loop = new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def on_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
-
-    async def watch(self, poll_id: str, index: int, reading: asyncio.Event) -> None:
-        transport: Transport = "sse" if index % 2 else "ws"
-        slot = index // PER_ADDRESS
-        address = f"127.100.{slot // 254}.{slot % 254 + 1}"
-        try:
-            sub = await LiveSubscriber.connect("127.0.0.1", self.stack.http_port, poll_id, transport, address)
-            await asyncio.wait_for(sub.next(), 30)
-        except (TimeoutError, OSError, LiveRefused, asyncio.IncompleteReadError, ConnectionError) as exc:
-            key = type(exc).__name__ + (f" {exc.status}" if isinstance(exc, LiveRefused) else "")
-            self.failures[key] = self.failures.get(key, 0) + 1
-            return
-        self.held.append(sub)
-        await reading.wait()
-        try:
-            while True:
-                self.fleet.saw(index, await sub.next())
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-
-    async def connect_fleet(self, poll_id: str) -> tuple[float, asyncio.Event]:
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one descriptor per watcher
-        started, reading = time.monotonic(), asyncio.Event()
-        for start in range(0, self.subscribers, CONNECT_AT_ONCE):
-            self.tasks += [asyncio.create_task(self.watch(poll_id, i, reading))
-                           for i in range(start, min(self.subscribers, start + CONNECT_AT_ONCE))]
-            while len(self.held) + sum(self.failures.values()) < len(self.tasks):
-                await asyncio.sleep(0.05)
-        reading.set()
-        return time.monotonic() - started, reading
-
-    async def close_fleet(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        for sub in self.held:
-            await sub.close()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
 
     def run(self) -> dict[str, Any]:
-        self.thread.start()
+        load_before = os.getloadavg()[0]
         self.console.rule(f"burst without watchers: {self.votes:,} voters")
         before = run_burst(self.target, self.votes, None, self.console)
         watched = create_poll(self.target.admin_url, new_tag())
         self.console.rule(f"{self.subscribers:,} watchers of one poll (EventSource and WebSocket, half each)")
-        connect_seconds, _ = self.on_loop(self.connect_fleet(watched.poll_id))
-        self.console.print(f"{len(self.held):,} watchers hold ({self.failures or 'no failure'}), "
-                           f"connected in {connect_seconds:.1f} s")
-        self.console.rule(f"the same burst, watched by {len(self.held):,}")
-        delivered_before, burst_started = self.fleet.delivered, time.time()
-        with_watchers = run_burst(self.target, self.votes, None, self.console, ballots=watched, ack_times=True)
+        ours, theirs = multiprocessing.get_context("spawn").Pipe()
+        fleet_process = multiprocessing.get_context("spawn").Process(
+            target=_fleet_process, args=(theirs, self.stack.http_port, watched.poll_id, self.subscribers))
+        fleet_process.start()
+        held, failures, connect_seconds = ours.recv()
+        self.console.print(f"{held:,} watchers hold ({failures or 'no failure'}), connected in {connect_seconds:.1f} s")
+        self.console.rule(f"the same burst, watched by {held:,}")
+        burst_started = time.time()
+        with_watchers = run_burst(self.target, self.votes, None, self.console, ballots=watched)
         final = ApiClient(self.stack.http_url).rpc("poll_results", {"poll_id": watched.poll_id}).body["total_ballots"]
-        deadline = time.monotonic() + SETTLE
-        while (sum(t == final for t in self.fleet.latest.values()) < len(self.held)
-               and time.monotonic() < deadline):
-            time.sleep(0.1)
-        delivered = self.fleet.delivered - delivered_before
-        delivery_seconds = max(self.fleet.last.values(), default=burst_started) - burst_started
-        acks: list[float] = with_watchers.pop("ack_times")
-        first, last = [], []
-        for seq, total in self.fleet.total_of.items():
-            if 0 < total <= len(acks):
-                first.append(self.fleet.first[seq] - acks[total - 1])
-                last.append(self.fleet.last[seq] - acks[total - 1])
-        self.on_loop(self.close_fleet())
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        ours.send(final)
+        fleet: Fleet = ours.recv()
+        fleet_process.join(30)
+        delivery_seconds = max(fleet.last.values(), default=burst_started) - burst_started
+        cast = cast_times(self.target.admin_url, watched.poll_id)
+        published, first, last = [], [], []
+        for seq, total in fleet.total_of.items():
+            if 0 < total <= len(cast):
+                published.append(seq / 1000 - cast[total - 1])  # seq: the publication time in ms
+                first.append(fleet.first[seq] - cast[total - 1])
+                last.append(fleet.last[seq] - cast[total - 1])
         self.console.rule("the watchers left: the burst without them again")
         after = run_burst(self.target, self.votes, None, self.console)
         without_vps = (before["figures"]["votes_per_second"] + after["figures"]["votes_per_second"]) / 2
         return {
-            "subscribers_wanted": self.subscribers, "subscribers_held": len(self.held),
-            "connect_failures": self.failures, "connect_seconds": round(connect_seconds, 1),
-            "final_total": final, "final_received_by": sum(t == final for t in self.fleet.latest.values()),
-            "messages_delivered": delivered, "messages_per_second": delivered / max(1e-3, delivery_seconds),
+            "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+            "subscribers_wanted": self.subscribers, "subscribers_held": held,
+            "connect_failures": failures, "connect_seconds": round(connect_seconds, 1),
+            "final_total": final, "final_received_by": sum(t == final for t in fleet.latest.values()),
+            "messages_delivered": fleet.delivered, "messages_per_second": fleet.delivered / max(1e-3, delivery_seconds),
             "messages_timed": len(last),
+            "latency_published_p50_ms": percentile(published, 0.5),
+            "latency_published_p95_ms": percentile(published, 0.95),
             "latency_first_p50_ms": percentile(first, 0.5), "latency_first_p95_ms": percentile(first, 0.95),
             "latency_last_p50_ms": percentile(last, 0.5), "latency_last_p95_ms": percentile(last, 0.95),
             "without_before": before, "with": with_watchers, "without_after": after,
@@ -198,9 +220,11 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
           + (f"; failed: {r['connect_failures']})" if r["connect_failures"] else ")"))),
         ("watchers that received the exact final total", f"{r['final_received_by']:,}"),
         ("messages delivered per second during the burst", f"{r['messages_per_second']:,.0f}"),
-        ("update latency, ballot acknowledged → first watcher, p50 / p95",
+        ("update latency, ballot cast → published, p50 / p95",
+         f"{r['latency_published_p50_ms']} / {r['latency_published_p95_ms']} ms"),
+        ("update latency, ballot cast → first watcher, p50 / p95",
          f"{r['latency_first_p50_ms']} / {r['latency_first_p95_ms']} ms ({r['messages_timed']} messages)"),
-        ("update latency, ballot acknowledged → last watcher, p50 / p95",
+        ("update latency, ballot cast → last watcher, p50 / p95",
          f"{r['latency_last_p50_ms']} / {r['latency_last_p95_ms']} ms"),
         ("votes/s through nginx without (before, after) / with the watchers",
          (f"{vps['without']:,.0f} ({vps['without_before']:,.0f}, {vps['without_after']:,.0f}) / {vps['with']:,.0f} "
@@ -213,7 +237,9 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
 def markdown(r: dict[str, Any], command: str) -> str:
     lines = [START, "## Live results (`pgvote bench --live`)", "",
              (f"Command: `{command}` on the local stack ({os.cpu_count()} cores, shared with the drivers: k6 for "
-              "the votes, one asyncio process for the watchers). Method: `pgvote/bench/live.py`."), "",
+              "the votes, one asyncio process for the watchers; 1-minute load average "
+              f"{r['load_average'][0]} at the start, {r['load_average'][1]} at the end). "
+              "Method: `pgvote/bench/live.py`."), "",
              "| figure | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in rows(r)]
     return "\n".join([*lines, "", END])

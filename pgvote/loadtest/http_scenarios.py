@@ -142,14 +142,13 @@ def _result(name: str, path: str, run: K6Run, ballots: BallotSpec, vus: int, loc
 
 
 def run_burst(target: HttpTarget, voters: int, vus: int | None, console: Console, *, quiet: bool = False,
-              fn: str = "cast_vote", caller_header: bool = False, ballots: BallotSpec | None = None,
-              ack_times: bool = False) -> dict[str, Any]:
+              fn: str = "cast_vote", caller_header: bool = False, ballots: BallotSpec | None = None
+              ) -> dict[str, Any]:
     """``voters`` distinct voters through ``POST /rpc/<fn>``, from ``vus`` VUs released together.
 
     ``fn`` other than cast_vote (the bench's no-op) stores nothing: verification is skipped.
     ``caller_header``: each VU sends its own ``X-Real-IP`` (for a target without nginx in front).
-    ``ballots``: a poll the caller made (``create_poll``), e.g. to watch it first; ``ack_times``: add
-    every acknowledgment's time (epoch seconds, sorted) to the result, e.g. to time what followed.
+    ``ballots``: a poll the caller made (``create_poll``), e.g. to watch it before the burst starts.
     """
     limit = request_limit(target.admin_url)
     vus = vus or vus_needed(voters, limit)
@@ -174,11 +173,8 @@ def run_burst(target: HttpTarget, voters: int, vus: int | None, console: Console
             memory.stop()
             cpu = meter.stop()
     verification = _verify(target, ballots, run) if fn == "cast_vote" else None
-    result = _result(f"HTTP burst ({fn})", "http", run, ballots, vus, local_ips, target, fn, cpu, memory,
-                     verification)
-    if ack_times:
-        result["ack_times"] = sorted(r[5] for r in run.records if r[1] == "ack")
-    return result
+    return _result(f"HTTP burst ({fn})", "http", run, ballots, vus, local_ips, target, fn, cpu, memory,
+                   verification)
 
 
 def run_ramp(target: HttpTarget, peak_vus: int, time_scale: float, console: Console, *,
