@@ -151,7 +151,9 @@ class Publisher:
         async with self.lock:
             watch = self.watches.get(poll_id)
             if watch is not None:
-                watch.wanted_at = time.monotonic()
+                # a newcomer: check at the next tick that nchan still keeps the current message for it
+                # (nginx may have restarted and lost it)
+                watch.wanted_at, watch.checked_at = time.monotonic(), 0.0
                 return 200, None
             try:
                 results = (await self.read_results([poll_id]))[poll_id]

@@ -262,6 +262,7 @@ def test_a_publisher_restart_loses_no_final_state(private_stack: LocalStack) -> 
 
 @pytest.mark.parametrize("transport", ["sse", "ws"])
 def test_an_nginx_reload_loses_no_final_state(private_stack: LocalStack, transport: Transport) -> None:
+    """A reload closes every subscription: the watcher comes back and gets the votes cast meanwhile."""
     api = ApiClient(private_stack.http_url, private_stack.jwt_secret)
     created = api.rpc("create_poll", {"question": "Reload?", "options": ["a", "b"]}, claims=user()).body
     poll = Poll(created["poll_id"], created["option_ids"], {})
@@ -275,4 +276,25 @@ def test_an_nginx_reload_loses_no_final_state(private_stack: LocalStack, transpo
             vote(api, poll, n % 2)
         final = final_results(api, poll)
         assert watcher.wait_for(lambda m: m["results"]["total_ballots"] == 21, "every vote")["results"] == final
+        watcher.assert_never_backwards()
+
+
+def test_an_nginx_restart_loses_no_final_state(private_stack: LocalStack) -> None:
+    """A killed nginx (started again by the supervisor) loses every kept message: a watcher that comes
+    back gets the final results anyway, although none changed since (the publisher posts them again)."""
+    api = ApiClient(private_stack.http_url, private_stack.jwt_secret)
+    created = api.rpc("create_poll", {"question": "Restart?", "options": ["a", "b"]}, claims=user()).body
+    poll = Poll(created["poll_id"], created["option_ids"], {})
+    with Watcher(private_stack, poll.poll_id, "ws") as watcher:
+        for n in range(5):
+            vote(api, poll, n % 2)
+        final = final_results(api, poll)
+        watcher.wait_for(lambda m: m["results"] == final, "the votes")
+        seen = len(watcher.messages)
+        master = private_stack.component_pid("nginx")
+        assert master is not None
+        os.kill(master, signal.SIGKILL)
+        _wait_restarted(private_stack, "nginx", master)
+        again = watcher.wait_for(lambda m: len(watcher.messages) > seen, "a message after the restart")
+        assert again["results"] == final and watcher.connections >= 2
         watcher.assert_never_backwards()
