@@ -33,7 +33,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pgvote.stack import StackError, make_stack
+from pgvote.backends import Stack, make_stack, require_running
+from pgvote.stack import LocalStack, StackError
 
 out = Console(soft_wrap=True)  # soft_wrap: never break URLs/paths in the middle
 err = Console(stderr=True, soft_wrap=True)
@@ -63,9 +64,17 @@ def command(name: str, help: str, configure: Configure | None = None) -> Callabl
     return register
 
 
-def _stack(args: argparse.Namespace) -> Any:
+def _stack(args: argparse.Namespace) -> Stack:
     state_dir = Path(args.state_dir) if args.state_dir else None
     return make_stack(state_dir=state_dir)
+
+
+def _local_stack(args: argparse.Namespace) -> LocalStack:
+    """The local stack: what the HTTP tools (demo, token, bench) need beyond the common interface."""
+    stack = _stack(args)
+    if not isinstance(stack, LocalStack):
+        raise StackError(f"this command needs the local stack (PGVOTE_BACKEND=local), not {stack.backend}")
+    return stack
 
 
 def _redact(url: str) -> str:
@@ -78,7 +87,11 @@ def _redact(url: str) -> str:
     return url
 
 
-def _print_urls(stack: Any) -> None:
+def _print_urls(stack: Stack) -> None:
+    if not isinstance(stack, LocalStack):
+        for key, url in stack.status()["urls"].items():
+            out.print(f"{key:18} {escape(url or '-')}")
+        return
     out.print(f"[bold]API (nginx, the one base URL)[/] {escape(stack.http_url)}")
     out.print(f"[bold]State dir[/]                     {escape(str(stack.state_dir))}")
     out.print(f"[bold]PostgreSQL (superuser)[/]        {escape(stack.admin_url)}")
@@ -173,7 +186,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     from pgvote import jwt
 
-    stack = _stack(args)
+    stack = _local_stack(args)
     if not stack.jwt_secret_file.is_file():
         raise StackError(f"the local stack ({stack.state_dir}) has no JWT secret yet: run `pgvote up` first")
     sub = args.sub if args.sub is not None else (f"user-{uuid.uuid4()}" if args.role == "authenticated" else None)
@@ -181,35 +194,52 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _target_database(args: argparse.Namespace) -> tuple[str, str]:
+    """$DATABASE_URL, else the running local stack's admin URL; with where it came from."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url, "DATABASE_URL"
+    stack = _stack(args)
+    require_running(stack, "postgres")
+    return stack.admin_url, f"the local stack's admin_url (state dir {stack.state_dir})"
+
+
 @command("migrate", "run migrations against $DATABASE_URL (or the local stack)")
 def cmd_migrate(args: argparse.Namespace) -> int:
     from pgvote import migrate
 
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        source = "DATABASE_URL"
-    else:
-        stack = _stack(args)
-        if not stack.status()["components"]["postgres"]["running"]:
-            raise StackError(
-                f"DATABASE_URL is unset and the local stack ({stack.state_dir}) is not running; "
-                "run `pgvote up` or set DATABASE_URL"
-            )
-        url, source = stack.admin_url, f"the local stack's admin_url (state dir {stack.state_dir})"
+    url, source = _target_database(args)
     out.print(f"migrating {escape(_redact(url))} (from {escape(source)})")
     migrate.upgrade(url)
     out.print("[green]migrations applied[/]")
     return 0
 
 
+def _schema_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", action="store_true", help="only compare with db/schema.sql; exit 1 if it differs")
+
+
+@command("schema", "rewrite db/schema.sql: the normalised schema a fresh `alembic upgrade head` builds "
+                   "(in a scratch database of $DATABASE_URL's cluster, or of the local stack)",
+         configure=_schema_options)
+def cmd_schema(args: argparse.Namespace) -> int:
+    from pgvote.schema_dump import SCHEMA_FILE, migrated_schema
+
+    url, _ = _target_database(args)
+    schema = migrated_schema(url)
+    if args.check:
+        same = SCHEMA_FILE.is_file() and SCHEMA_FILE.read_text() == schema
+        (out if same else err).print(f"{SCHEMA_FILE}: {'up to date' if same else 'differs; run `pgvote schema`'}")
+        return 0 if same else 1
+    SCHEMA_FILE.write_text(schema)
+    out.print(f"wrote {escape(str(SCHEMA_FILE))}")
+    return 0
+
+
 @command("clean", "stop the stack and delete its state dir (cluster data included)")
 def cmd_clean(args: argparse.Namespace) -> int:
     stack = _stack(args)
-    if hasattr(stack, "destroy"):
-        stack.destroy()
-    else:
-        stack.down()
-        shutil.rmtree(stack.state_dir, ignore_errors=True)
+    stack.destroy()
     out.print(f"removed {escape(str(stack.state_dir))}")
     return 0
 
@@ -223,9 +253,8 @@ def _demo_options(p: argparse.ArgumentParser) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pgvote.demo import print_results, run_spike
 
-    stack = _stack(args)
-    if not stack.status()["components"]["nginx"]["running"]:
-        raise StackError("the local stack is not running: start it with `pgvote up` (or `make demo`)")
+    stack = _local_stack(args)
+    require_running(stack)
     reports = run_spike(stack, voters=args.voters, console=out)
     poll_id = reports["http"]["scenarios"][0]["poll_id"]
     print_results(stack, poll_id, out)
@@ -256,9 +285,8 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from pgvote.bench.command import DEFAULT_CHART, DEFAULT_REPORT, run_bench
 
-    stack = _stack(args)
-    if not stack.status()["components"]["pgbouncer"]["running"]:
-        raise StackError("the local stack is not running: start it with `pgvote up`")
+    stack = _local_stack(args)
+    require_running(stack)
     if args.http:
         from pgvote.bench.http_bench import run_http_bench
 
@@ -323,10 +351,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
     stack = None
     if not (args.database_url and args.admin_url):
-        stack = _stack(args)
-        if not stack.status()["components"]["pgbouncer"]["running"]:
-            raise StackError("the local stack is not running: start it with `pgvote up`, or give --database-url "
-                             "and --admin-url")
+        stack = _local_stack(args)
+        require_running(stack)
     return run(args, stack, out)
 
 

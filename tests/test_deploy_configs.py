@@ -363,6 +363,31 @@ def test_postgrest_deployment_has_health_probes_autoscaler_and_budget() -> None:
     assert docs[("Service", "postgrest")]["spec"]["selector"]["pgvote.dev/colour"] in ("blue", "green")
 
 
+def test_k8s_postgrest_accepts_api_traffic_from_the_proxy_only() -> None:
+    """The rate limit trusts x-real-ip because only the proxy reaches PostgREST: a NetworkPolicy selects
+    every PostgREST pod (both colours) and opens its API port to named proxy pods, nothing else."""
+    docs = k8s_docs()
+    pods = [d["spec"]["template"]["metadata"]["labels"] for d in docs
+            if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("postgrest-")]
+    assert len(pods) == 2
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"
+                and all(set(d["spec"]["podSelector"]["matchLabels"].items()) <= set(labels.items()) for labels in pods)]
+    assert len(policies) == 1, "one policy covers both colours"
+    spec = policies[0]["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    api_rules = [r for r in spec["ingress"] if any(port["port"] in ("http", 3000) for port in r.get("ports", []))]
+    assert api_rules, "the API port is open to someone"
+    for rule in spec["ingress"]:
+        assert rule.get("ports"), "a rule without ports opens every port"
+        assert rule.get("from"), "a rule without peers admits every pod and address"
+        for peer in rule["from"]:
+            assert "ipBlock" not in peer, "addresses are not identities inside a cluster"
+            assert peer.get("podSelector", {}).get("matchLabels"), "named pods, not whole namespaces"
+            assert peer.get("namespaceSelector", {}).get("matchLabels"), "in a named namespace"
+    kustomization = yaml_docs(K8S / "kustomization.yaml")[0]
+    assert "postgrest-network-policy.yaml" in kustomization["resources"]
+
+
 def test_k8s_pgbouncer_runs_the_deploy_config() -> None:
     docs = {(d["kind"], d["metadata"]["name"]): d for d in k8s_docs()}
     assert docs[("ConfigMap", "pgbouncer-config")]["data"]["pgbouncer.ini"] == (DEPLOY / "pgbouncer.ini").read_text()
@@ -495,6 +520,8 @@ def test_compose_file_has_the_production_services() -> None:
     assert "-cron" in (DEPLOY / "postgres" / "Dockerfile").read_text()
     assert "shared_preload_libraries = 'pg_stat_statements,pg_cron'" in (PROJECT_ROOT / "db" / "postgresql.conf").read_text()
     assert services["postgrest-green-1"]["profiles"] == ["green"]
+    unpublished = [n for n, s in services.items() if n.startswith("postgrest-") and not s.get("ports")]
+    assert len(unpublished) == 4, "PostgREST only behind nginx: the rate limit trusts x-real-ip"
     mounts = " ".join(services["nginx"]["volumes"])
     assert "/etc/nginx/templates/pgvote.conf.template" in mounts and "./nginx:/etc/nginx/pgvote" in mounts
     for volume in services["postgres-exporter"]["volumes"] + services["prometheus"]["volumes"]:

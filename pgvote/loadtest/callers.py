@@ -18,6 +18,8 @@ from typing import Any
 
 import psycopg
 
+from pgvote.http import random_loopback_address
+
 
 #: 503 (PGRST001: connection lost, or PgBouncer's query_wait_timeout, SQLSTATE class 08) and 504
 #: (PGRST003: PostgREST's own pool wait) are infrastructure overload: retry the identical call.
@@ -96,9 +98,12 @@ class DbTarget:
         return "begin isolation level read committed read write", locals_, hook, main
 
     def local_values(self) -> list[Any]:
+        """The settings' values of one call. Its request headers are those our nginx passes on: the
+        x-real-ip of the client, here a loopback address of its own per call (each voter is a client),
+        which keys the hook's rate limit as in production; a request without one would share a bucket."""
         claims = {**(self.claims or {}), "role": self.role}
-        return [f'"{self.schema}", "public"', self.role, json.dumps(claims), f"/rpc/{self.fn}",
-                json.dumps({"content-type": "application/json"})]
+        headers = {"content-type": "application/json", "x-real-ip": random_loopback_address()}
+        return [f'"{self.schema}", "public"', self.role, json.dumps(claims), f"/rpc/{self.fn}", json.dumps(headers)]
 
 
 def error_answer(exc: psycopg.Error) -> Answer:
@@ -143,7 +148,6 @@ class DbCaller:
     def __init__(self, target: DbTarget) -> None:
         self.target = target
         self.begin, self.locals, self.hook, self.main = target.statements()
-        self.local_values = target.local_values()
         self.conn: QuietAsyncConnection | None = None
 
     async def open(self) -> None:
@@ -175,7 +179,7 @@ class DbCaller:
     async def _transaction(self, conn: QuietAsyncConnection, body: dict[str, Any]) -> Answer:
         try:
             await conn.execute(self.begin)
-            await conn.execute(self.locals, self.local_values)
+            await conn.execute(self.locals, self.target.local_values())
             if self.hook:
                 await conn.execute(self.hook)
             cur = await conn.execute(self.main, [json.dumps(body)])

@@ -22,7 +22,11 @@ export default function () {
     option_ids: [OPTION_IDS[__ITER % OPTION_IDS.length]],
     voter_fingerprint: `steady-${__VU}-${__ITER}`,
   });
-  const res = http.post(`${BASE_URL}/rpc/cast_vote`, body, { headers: { 'Content-Type': 'application/json' } });
+  // An identical ballot is safe to send twice, and saying so lets k6's HTTP transport (Go's) re-send it
+  // when a kept-alive connection turns out closed before any answer: how nginx's graceful reload ends
+  // its idle client connections during a blue-green switch.
+  const headers = { 'Content-Type': 'application/json', 'Idempotency-Key': `steady-${__VU}-${__ITER}` };
+  const res = http.post(`${BASE_URL}/rpc/cast_vote`, body, { headers });
   check(res, { 'vote recorded': (r) => r.status === 200 && r.json('status') === 'recorded' });
   sleep(PAUSE);
 }
