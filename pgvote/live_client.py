@@ -39,10 +39,22 @@ class LiveSubscriber:
 
     @classmethod
     async def connect(cls, host: str, port: int, poll_id: str, transport: Transport = "sse",
-                      source_ip: str | None = None, path: str | None = None) -> LiveSubscriber:
-        """Open the subscription; raise LiveRefused when the answer is not a stream (404, 400, 429...)."""
-        reader, writer = await asyncio.open_connection(
-            host, port, local_addr=(source_ip, 0) if source_ip else None, limit=1 << 20)
+                      source_ip: str | None = None, path: str | None = None,
+                      timeout: float = 30.0) -> LiveSubscriber:
+        """Open the subscription; raise LiveRefused when the answer is not a stream (404, 400, 429...),
+        TimeoutError when there is no answer within timeout seconds."""
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            host, port, local_addr=(source_ip, 0) if source_ip else None, limit=1 << 20), timeout)
+        try:
+            return await asyncio.wait_for(cls._handshake(reader, writer, host, port, poll_id, transport, path),
+                                          timeout)
+        except BaseException:
+            writer.close()
+            raise
+
+    @classmethod
+    async def _handshake(cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, port: int,
+                         poll_id: str, transport: Transport, path: str | None) -> LiveSubscriber:
         target = path or f"/live/polls/{poll_id}"
         headers = [f"GET {target} HTTP/1.1", f"Host: {host}:{port}"]
         if transport == "ws":
@@ -58,7 +70,6 @@ class LiveSubscriber:
             length = next((int(line.split(":", 1)[1]) for line in head.split("\r\n")
                            if line.lower().startswith("content-length:")), 0)
             body = (await reader.readexactly(length)).decode() if length else ""
-            writer.close()
             raise LiveRefused(status, body)
         return cls(reader, writer, transport)
 

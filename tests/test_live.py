@@ -40,6 +40,7 @@ class Watcher:
         self.messages: list[dict[str, Any]] = []
         self.received_at: list[float] = []
         self.connections = 0
+        self.error: BaseException | None = None
         self.changed = threading.Condition()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -54,32 +55,51 @@ class Watcher:
         self.thread.join(10)
 
     async def _run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                sub = await LiveSubscriber.connect(HOST, self.stack.http_port, self.poll_id, self.transport,
-                                                   self.source_ip)
-            except (OSError, LiveRefused, asyncio.IncompleteReadError):
-                await asyncio.sleep(0.2)  # nginx reloading or restarting: come back, as a browser does
-                continue
-            self.connections += 1
-            try:
-                while not self.stopping.is_set():
-                    try:
-                        message = await asyncio.wait_for(sub.next(), 0.2)
-                    except TimeoutError:
-                        continue
-                    with self.changed:
-                        self.messages.append(message)
-                        self.received_at.append(time.monotonic())
-                        self.changed.notify_all()
-            except (ConnectionError, asyncio.IncompleteReadError):
-                pass
-            finally:
-                await sub.close()
+        try:
+            while not self.stopping.is_set():
+                try:
+                    sub = await LiveSubscriber.connect(HOST, self.stack.http_port, self.poll_id, self.transport,
+                                                       self.source_ip, timeout=5)
+                except (OSError, LiveRefused, asyncio.IncompleteReadError):
+                    await asyncio.sleep(0.2)  # nginx reloading or restarting: come back, as a browser does
+                    continue
+                self.connections += 1
+                await self._read(sub)
+        except BaseException as exc:  # a bug in the client: make the waiting test say so at once
+            self.error = exc
+            with self.changed:
+                self.changed.notify_all()
+            raise
+
+    async def _read(self, sub: LiveSubscriber) -> None:
+        """Collect messages until the stream ends or the test is done. One read stays pending across
+        the stop checks: cancelling it mid-message would lose the part already read."""
+        reading = asyncio.ensure_future(sub.next())
+        try:
+            while not self.stopping.is_set():
+                done, _ = await asyncio.wait({reading}, timeout=0.2)
+                if not done:
+                    continue
+                try:
+                    message = reading.result()
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    return
+                with self.changed:
+                    self.messages.append(message)
+                    self.received_at.append(time.monotonic())
+                    self.changed.notify_all()
+                reading = asyncio.ensure_future(sub.next())
+        finally:
+            reading.cancel()
+            await sub.close()
 
     def wait_for(self, predicate: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
         with self.changed:
-            if not self.changed.wait_for(lambda: bool(self.messages) and predicate(self.messages[-1]), WAIT):
+            arrived = self.changed.wait_for(
+                lambda: self.error is not None or (bool(self.messages) and predicate(self.messages[-1])), WAIT)
+            if self.error is not None:
+                raise AssertionError(f"the {self.transport} watcher failed") from self.error
+            if not arrived:
                 pytest.fail(f"{self.transport} watcher of {self.poll_id}: no message with {what} within "
                             f"{WAIT:.0f} s; last: {self.messages[-1] if self.messages else None}")
             return self.messages[-1]
@@ -90,7 +110,7 @@ class Watcher:
         seen = [m for i, m in enumerate(self.messages) if i == 0 or m["seq"] > max(p["seq"] for p in self.messages[:i])]
         for before, after in itertools.pairwise(seen):
             assert after["results"]["total_ballots"] >= before["results"]["total_ballots"], (before, after)
-            votes = zip(before["results"]["options"], after["results"]["options"])
+            votes = zip(before["results"]["options"], after["results"]["options"], strict=True)
             assert all(b["votes"] <= a["votes"] for b, a in votes), (before, after)
 
 
