@@ -103,13 +103,11 @@ class Publisher:
         """Keep a poll watched while its channel has subscribers; publish again if its message is gone."""
         watch.checked_at = now
         answer = await self.nchan.get(f"/pub/{watch.poll_id}")
-        info = answer.json() if answer.status_code == 200 else {}
+        info = answer.json() if answer.status_code == 200 else {}  # 404: no such channel
+        if info.get("messages", 0) == 0:
+            watch.results = None  # nothing kept for the next subscriber (nginx restarted): post it again
         if info.get("subscribers", 0) > 0:
             watch.wanted_at = now
-            if info.get("messages", 0) == 0:
-                watch.results = None
-        elif answer.status_code == 404:
-            watch.results = None  # no channel: nothing kept for the next subscriber
         if now - watch.wanted_at > PRUNE_AFTER:
             del self.watches[watch.poll_id]
             self.save()

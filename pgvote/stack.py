@@ -440,13 +440,54 @@ class LocalStack:
 
     def reload_postgrest(self) -> None:
         """Make every replica reload its schema cache (after a migration: the LISTEN channel is off
-        behind PgBouncer's transaction pooling, so SIGUSR1 is the way)."""
+        behind PgBouncer's transaction pooling, so SIGUSR1 is the way), and return once each serves the
+        functions the database has. /ready answers 200 throughout a reload, so the proof is each
+        replica's OpenAPI document: for every API role, exactly the api functions (and argument names)
+        that role may execute."""
         for replica in self.replicas:
             pid = self.component_pid(replica.name)
             if pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGUSR1)
-        self._wait_tier()
+        expected = self._executable_api_functions()
+        for replica in self.replicas:
+            if not _wait_until(lambda r=replica: self._served_api_functions(r) == expected, START_TIMEOUT, 0.2):
+                raise StackError(f"{replica.name} did not reload its schema cache within {START_TIMEOUT:.0f} s")
+
+    def _executable_api_functions(self) -> dict[str, dict[str, list[str]]]:
+        """role -> {function: sorted argument names} of the api functions each API role may execute."""
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            rows = conn.execute(
+                """select r.rolname, p.proname, coalesce(array(select unnest(p.proargnames) order by 1), '{}')
+                   from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+                   cross join (values ('anon'), ('authenticated'), ('ingest')) as r(rolname)
+                   where n.nspname = 'api' and p.prokind = 'f'
+                     and has_function_privilege(r.rolname, p.oid, 'execute')""").fetchall()
+        found: dict[str, dict[str, list[str]]] = {"anon": {}, "authenticated": {}, "ingest": {}}
+        for role, name, args in rows:
+            found[role][name] = sorted(args)
+        return found
+
+    def _served_api_functions(self, replica: Replica) -> dict[str, dict[str, list[str]]]:
+        from pgvote import jwt
+
+        served: dict[str, dict[str, list[str]]] = {}
+        for role in ("anon", "authenticated", "ingest"):
+            headers = {"Accept": "application/openapi+json"}
+            if role != "anon":
+                headers["Authorization"] = "Bearer " + jwt.sign(self.jwt_secret, jwt.claims_for(role, "schema-check"))
+            try:
+                request = urllib.request.Request(replica.url + "/", headers=headers)
+                with urllib.request.urlopen(request, timeout=5) as resp:
+                    doc = json.load(resp)
+            except (urllib.error.URLError, OSError, ValueError):
+                return {}
+            served[role] = {}
+            for path, item in doc.get("paths", {}).items():
+                if path.startswith("/rpc/"):
+                    body = next((p for p in item.get("post", {}).get("parameters", []) if p.get("name") == "args"), {})
+                    served[role][path.removeprefix("/rpc/")] = sorted(body.get("schema", {}).get("properties", {}))
+        return served
 
     def component_pid(self, name: str) -> int | None:
         """Pid of a supervised component ("pgbouncer", "nginx", "postgrest-blue-1", ...) while it runs."""

@@ -141,12 +141,12 @@ def test_nginx_config_does_what_the_guide_asks() -> None:
 
 def test_every_error_nginx_answers_itself_has_the_api_json_shape() -> None:
     conf = TEMPLATE.read_text()
-    pages = dict(re.findall(r"^\s*error_page (\d+) (@\w+);", conf, re.M))
+    pages = dict(re.findall(r"^\s*error_page (\d+) (/_errors/\w+);", conf, re.M))
     assert {"400", "404", "405", "413", "414", "429", "494", "500", "502", "503", "504"} <= set(pages)
     for status, name in pages.items():
-        body = re.search(rf"location {name} \{{(.*?)\n    \}}", conf, re.S)
+        body = re.search(rf"location = {name} \{{(.*?)\n    \}}", conf, re.S)
         assert body, name
-        assert "default_type application/json;" in body[1]
+        assert "internal;" in body[1] and "types { }" in body[1] and "default_type application/json;" in body[1]
         answer = re.search(r"return (\d+) '(.*)';", body[1])
         assert answer and json.loads(answer[2]).keys() == {"code", "message", "details", "hint"}, name
         assert answer[1] == ("400" if status == "494" else status)
