@@ -1,5 +1,5 @@
 -- R4+, the client sweep and the rate-limit scenario: POST /rpc/cast_vote exactly as PostgREST
--- v12/v13 sends it (postgrest-contract.md §1) as the anonymous role, through PgBouncer, run with
+-- 12 sends it (docs/postgrest.md) as the anonymous role, through PgBouncer, run with
 -- -M extended (db-prepared-statements = false: unnamed statements, no PREPARE). The x-real-ip
 -- header our nginx sets gives each pgbench client its own address; with -D hook=1 the
 -- db-pre-request hook runs too, so every call takes a token from its client's bucket.
