@@ -256,8 +256,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     stack = _local_stack(args)
     require_running(stack)
     reports = run_spike(stack, voters=args.voters, console=out)
-    print_results(stack, reports["http"]["scenarios"][0]["poll_id"], out)
+    poll_id = reports["http"]["scenarios"][0]["poll_id"]
+    print_results(stack, poll_id, out)
     _print_urls(stack)
+    print(f"\nResults page (live, open it in a browser): {stack.http_url}/polls/{poll_id}")
     return 0
 
 
@@ -272,6 +274,10 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
                    help="the HTTP figures instead, k6 through the stack's nginx: cast_vote / a no-op RPC (H1), the "
                         "50,000-voter burst (H2), the guide's ramp (H3), the rate-limit hook, CPU per vote by "
                         "process (--quick: small sizes, a smoke run)")
+    p.add_argument("--live", action="store_true",
+                   help="live results instead: watchers held, messages/s, update latency, votes/s with ÷ without")
+    p.add_argument("--subscribers", type=int, default=10_000, help="--live: watchers of one poll (default 10,000)")
+    p.add_argument("--votes", type=int, default=50_000, help="--live: votes of each burst (default 50,000)")
 
 
 @command("bench", "pgbench scenarios on a throw-away database of the local stack: votes/s, latency, same-run ratios",
@@ -287,6 +293,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         run_http_bench(stack, quick=args.quick, json_path=args.json,
                        report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
                        command="pgvote bench --http" + (" --quick" if args.quick else ""), console=out)
+        return 0
+    if args.live:
+        from pgvote.bench.live import run_live_bench
+
+        run_live_bench(stack, subscribers=args.subscribers, votes=args.votes, json_path=args.json,
+                       report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
+                       command=f"pgvote bench --live --subscribers {args.subscribers} --votes {args.votes}",
+                       console=out)
         return 0
     run_bench(stack.admin_url, stack.api_url, quick=args.quick, seconds=args.seconds, json_path=args.json,
               chart_path=None if args.no_report else (args.chart or DEFAULT_CHART),

@@ -2,7 +2,7 @@
 -- rate limit of every request.
 --
 -- PostgREST runs `select "hooks"."pre_request"()` in the request's own transaction, after it
--- set the request.* settings and the role, before the API function (postgrest-contract.md §4).
+-- set the request.* settings and the role, before the API function (docs/postgrest.md).
 -- It runs as the impersonated role, so the API roles have EXECUTE on it (db/grants.sql); it is
 -- SECURITY DEFINER because the buckets are private. Schema hooks is not in db-schemas: this is
 -- no /rpc endpoint.

@@ -118,7 +118,7 @@ def test_ops_reads_monitoring_and_nothing_private(admin) -> None:
     assert not admin.execute("select rolcanlogin from pg_roles where rolname = 'ops'").fetchone()[0]
 
 
-# ---- authenticator and the request roles themselves (issue 6, point 7) ----------------------------------
+# ---- authenticator and the request roles themselves ----------------------------------
 def _project_schemas(admin: psycopg.Connection) -> list[str]:
     wanted = ["api", "hooks", *PRIVATE_SCHEMAS]
     return [r[0] for r in admin.execute("select nspname from pg_namespace where nspname = any(%s)", (wanted,))]

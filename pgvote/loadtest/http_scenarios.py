@@ -61,7 +61,7 @@ class HttpTarget:
 
 def server_ports(status: dict[str, Any]) -> dict[str, int]:
     """Listening port of each running server process of a stack's ``status()``: nginx, every PostgREST
-    replica (by name), PgBouncer, PostgreSQL."""
+    replica (by name), PgBouncer, PostgreSQL, the live-results publisher."""
     components = status.get("components", {})
     ports: dict[str, int] = {}
     if components.get("nginx", {}).get("port"):
@@ -69,7 +69,7 @@ def server_ports(status: dict[str, Any]) -> dict[str, int]:
     for replica in components.get("postgrest", []):
         if replica.get("running"):
             ports[replica["name"]] = int(replica["port"])
-    for name in ("pgbouncer", "postgres"):
+    for name in ("pgbouncer", "postgres", "publisher"):
         if components.get(name, {}).get("port"):
             ports[name] = int(components[name]["port"])
     return ports
@@ -133,11 +133,13 @@ def _result(name: str, path: str, run: K6Run, ballots: BallotSpec, vus: int, loc
 
 
 def run_burst(target: HttpTarget, voters: int, vus: int | None, console: Console, *, quiet: bool = False,
-              fn: str = "cast_vote", caller_header: bool = False) -> dict[str, Any]:
+              fn: str = "cast_vote", caller_header: bool = False, ballots: BallotSpec | None = None
+              ) -> dict[str, Any]:
     """``voters`` distinct voters through ``POST /rpc/<fn>``, from ``vus`` VUs released together.
 
     ``fn`` other than cast_vote (the bench's no-op) stores nothing: verification is skipped.
     ``caller_header``: each VU sends its own ``X-Real-IP`` (for a target without nginx in front).
+    ``ballots``: a poll the caller made (``create_poll``), e.g. to watch it before the burst starts.
     """
     limit = request_limit(target.admin_url)
     vus = vus or vus_needed(voters, limit)
@@ -145,11 +147,10 @@ def run_burst(target: HttpTarget, voters: int, vus: int | None, console: Console
     if per_vu > limit.burst:
         raise ValueError(f"{vus:,} VUs would each cast {per_vu} ballots, more than the per-address burst of "
                          f"{limit.burst}: use at least {vus_needed(voters, limit):,}")
-    tag = new_tag()
-    ballots = create_poll(target.admin_url, tag)
+    ballots = ballots or create_poll(target.admin_url, new_tag())
     local_ips = source_addresses(vus)
     plan = {"base_url": target.base_url, "fn": fn, "caller_header": caller_header, "poll_id": ballots.poll_id,
-            "patterns": [list(p) for p in ballots.patterns], "tag": tag, "limit": limit.as_dict(),
+            "patterns": [list(p) for p in ballots.patterns], "tag": ballots.tag, "limit": limit.as_dict(),
             "call_timeout_s": CALL_TIMEOUT_S, "max_attempts": MAX_ATTEMPTS, "voters": voters, "vus": vus,
             "per_vu": per_vu, "max_duration_s": 1200}
     measured: dict[str, Any] = {}

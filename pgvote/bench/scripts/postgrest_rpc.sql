@@ -1,4 +1,4 @@
--- POST /rpc/cast_vote (or, with -D bulk=1, POST /rpc/cast_votes) exactly as PostgREST 12 sends it
+-- POST /rpc/cast_vote (or, with -D bulk=1, POST /rpc/cast_votes) exactly as PostgREST 12 sends it (docs/postgrest.md)
 -- through PgBouncer, run with -M extended (db-prepared-statements = false: unnamed statements, no
 -- PREPARE): BEGIN, the request's transaction-local settings (role and JWT claims set with
 -- set_config(..., true)), the db-pre-request hook, the call, COMMIT. `pgvote bench` (R4+, the
