@@ -39,8 +39,9 @@ import json
 import random
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import psycopg
 from psycopg import sql

@@ -25,7 +25,6 @@ from psycopg import sql
 
 from pgvote.paths import DB_DIR, PROCEDURES_DIR
 
-
 #: Idempotent files re-applied after the procedures on every upgrade, in this order. Roles are
 #: cluster-wide and outlive any revision: created when missing, like grants reconciled each time.
 ALWAYS_APPLIED = ("roles.sql", "grants.sql", "schedules.sql")

@@ -16,9 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
+from pgvote.http import Response
+
 from helpers import counts_from_ballots, fingerprint, results_counts, stored_ballots, user
 from parallel_clients import cast, fresh_results, in_parallel, raised_request_limit
-from pgvote.http import Response
 
 CLIENTS = 200
 

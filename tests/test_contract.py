@@ -11,11 +11,12 @@ import re
 
 import psycopg
 import pytest
+from test_cast_vote import assert_error
 
-from helpers import fingerprint, stored_ballots, table_snapshot, user
 from pgvote.paths import PROCEDURES_DIR
 from pgvote.stack import LocalStack, read_postgrest_conf
-from test_cast_vote import assert_error
+
+from helpers import fingerprint, stored_ballots, table_snapshot, user
 
 API_CODES = ["invalid_ballot", "invalid_fingerprint", "invalid_poll", "login_required", "not_poll_creator",
              "poll_not_found", "already_voted", "poll_closed", "rate_limited"]

@@ -32,13 +32,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
+from test_cast_vote import assert_error
 
-from helpers import PollFactory, fingerprint, stored_ballots, table_snapshot, user
 from pgvote import jwt
 from pgvote.http import ApiClient, Headers, Response, random_loopback_address
 from pgvote.paths import PROCEDURES_DIR, PROJECT_ROOT
 from pgvote.stack import LocalStack, read_postgrest_conf
-from test_cast_vote import assert_error
+
+from helpers import PollFactory, fingerprint, stored_ballots, table_snapshot, user
 
 NO_POLL = "00000000-0000-0000-0000-000000000000"
 TEMPLATE = PROJECT_ROOT / "deploy" / "nginx" / "pgvote.conf.template"

@@ -21,12 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
 
 import pytest
-from helpers import Poll, PollFactory, fingerprint, user
 
 from pgvote.http import ApiClient, random_loopback_address
 from pgvote.live_client import LiveRefused, LiveSubscriber, Transport
 from pgvote.publisher import TICK
 from pgvote.stack import HOST, LocalStack
+
+from helpers import Poll, PollFactory, fingerprint, user
 
 WAIT = 20.0  # generous bound for a message to arrive (the goal is <= 1 s; benchmarks measure it)
 

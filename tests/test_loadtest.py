@@ -35,16 +35,17 @@ import psycopg
 import pytest
 from rich.console import Console
 
-from helpers import Poll, counts_from_ballots, fingerprint, results_counts, stored_ballots
 from pgvote.bench.pgbench import POSTGREST_RPC, SCRIPTS, Outcome, Run, execute, postgrest_variables
+from pgvote.http import ApiClient, Response
 from pgvote.loadtest import LoadtestConfig, run_loadtest, scratch
 from pgvote.loadtest.ballots import BallotSpec
 from pgvote.loadtest.http_scenarios import HttpTarget, request_limit, run_burst
 from pgvote.loadtest.k6 import K6Output, voter_records
 from pgvote.loadtest.scenarios import create_poll, run_bare
 from pgvote.loadtest.verify import verify_poll
-from pgvote.http import ApiClient, Response
 from pgvote.stack import LocalStack
+
+from helpers import Poll, counts_from_ballots, fingerprint, results_counts, stored_ballots
 
 INGEST = {"role": "ingest"}
 

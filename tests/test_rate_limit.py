@@ -20,9 +20,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from helpers import Poll, fingerprint, user
-from pgvote.paths import PROCEDURES_DIR, PROJECT_ROOT
 from pgvote.http import ApiClient, Response
+from pgvote.paths import PROCEDURES_DIR, PROJECT_ROOT
+
+from helpers import Poll, fingerprint, user
 
 LimitSetter = Callable[..., None]
 

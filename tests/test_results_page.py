@@ -10,15 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Poll, PollFactory, fingerprint
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from pgvote.http import ApiClient
 from pgvote.paths import PROJECT_ROOT
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
-from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from helpers import Poll, PollFactory, fingerprint
 
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 # PGVOTE_SCREENSHOT=docs/results-page.png pytest tests/test_results_page.py renews the docs' picture

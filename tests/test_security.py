@@ -10,8 +10,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from helpers import fingerprint, user
 from pgvote.http import ApiClient
+
+from helpers import fingerprint, user
 
 API_ROLES = ["anon", "authenticated", "ingest"]
 PGTAP_DIR = Path(__file__).parent / "pgtap"

