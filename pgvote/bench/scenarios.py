@@ -2,15 +2,18 @@
 compared (absolute figures drift by 30% between runs on these machines)."""
 from __future__ import annotations
 
+import tempfile
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psycopg
 
 from pgvote.bench.fixtures import BenchDatabase
 from pgvote.bench.locks import LockWaitSampler, locks_held_by_one_call
-from pgvote.bench.pgbench import Figures, Run, run
+from pgvote.bench.pgbench import POSTGREST_RPC, SCRIPTS, Figures, Run, postgrest_variables, run
 
 SWEEP_CLIENTS = (16, 64, 256, 1000)
 DIRECT_SWEEP_CLIENTS = (16, 64, 200)
@@ -83,11 +86,28 @@ def verify_exactly_once(admin_url: str, poll: str, expected: int, table: str = "
         raise NotExactlyOnce(f"poll {poll}: {stored:,} stored, {counted:,} counted, {expected:,} sent")
 
 
+def bare_rpc_script(directory: Path) -> Path:
+    """POSTGREST_RPC calling bench.bare_cast_vote instead of api.cast_vote: the burst's bare-insert
+    reference, same text otherwise (an identifier cannot be a pgbench variable under -M extended)."""
+    text = (SCRIPTS / POSTGREST_RPC).read_text()
+    call = '"api"."cast_vote"('
+    if call not in text:
+        raise ValueError(f"{POSTGREST_RPC} has no {call}")
+    path = directory / "bare_rpc.sql"
+    path.write_text(text.replace(call, '"bench"."bare_cast_vote"('))
+    return path
+
+
 def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None], quick: bool = False) -> Results:
     results = Results(seconds)
     hot = {"npolls": "1"}
     spread = {"npolls": "10000"}
-    production = {"poll": db.hot_poll, "opt": db.hot_option, "hook": "0"}
+
+    def production(hook: bool = False) -> dict[str, str]:
+        """PostgREST's call on the hot poll, new voters with a prefix of their own (so that no run
+        re-casts an earlier run's ballots); with the hook, each client is its own caller."""
+        return postgrest_variables(poll_id=db.hot_poll, patterns=[[db.hot_option]], prefix=f"bench-{uuid.uuid4()}-",
+                                   per_client=10**12, hook=hook, caller="client")
 
     def measure(name: str, description: str, script: str, clients: int, variables: dict[str, str],
                 via_bouncer: bool = False, as_superuser: bool = False) -> Measured:
@@ -115,24 +135,27 @@ def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None], 
     guide = measure("guide_baseline", "the original guide's vote path (4 statements, counter row)",
                     "guide_baseline.sql", 64, hot)
     sweep = {c: measure(f"postgrest_{c}", "cast_vote as PostgREST sends it, through PgBouncer",
-                        "postgrest_cast_vote.sql", c, production, via_bouncer=True) for c in SWEEP_CLIENTS}
+                        POSTGREST_RPC, c, production(), via_bouncer=True) for c in SWEEP_CLIENTS}
     with psycopg.connect(db.admin_url, autocommit=True) as conn:  # measure the hook's cost, refuse nothing
         conn.execute("update rate_limit.limits set requests_per_minute = 1e6, burst = 1000000")
     hook = measure("postgrest_64_rate_limited", "the same with the rate-limit pre-request hook on",
-                   "postgrest_cast_vote.sql", 64, {**production, "hook": "1"}, via_bouncer=True)
-    # The 50,000-vote burst: the same 50,000 PostgREST transactions (hook on) as cast_vote and as
-    # bare inserts, from the same clients through the same PgBouncer; alternated, each on a new poll.
+                   POSTGREST_RPC, 64, production(hook=True), via_bouncer=True)
+    # The 50,000-vote burst: the same 50,000 PostgREST transactions (hook on, a bucket per client) as
+    # bare inserts and as cast_vote, from the same clients through the same PgBouncer, each on a new poll.
     burst: dict[str, Measured] = {}
-    for name, replace, table in (("burst_bare_insert", {'"api"."cast_vote"': '"bench"."bare_cast_vote"'},
-                                  "bench.bare_ballots"), ("burst_cast_vote", {}, "voting.ballots")):
-        poll, option = fresh_poll(db.admin_url)
-        progress(f"{name}: {SPIKE:,} votes as PostgREST sends them, {BURST_CLIENTS} clients through PgBouncer")
-        figures = run(Run("postgrest_cast_vote.sql", db.api_url, BURST_CLIENTS, seconds, "extended",
-                          {"poll": poll, "opt": option, "hook": "1"}, SPIKE // BURST_CLIENTS, replace))
-        verify_exactly_once(db.admin_url, poll, SPIKE, table)
-        burst[name] = results.measured[name] = Measured(
-            name, f"{SPIKE:,}-vote burst, {'bare insert' if replace else 'cast_vote'}, hook on, each vote once",
-            BURST_CLIENTS, "PgBouncer, extended", figures)
+    with tempfile.TemporaryDirectory(prefix="pgvote-bench-") as scratch:
+        for name, script, table in (("burst_bare_insert", bare_rpc_script(Path(scratch)), "bench.bare_ballots"),
+                                    ("burst_cast_vote", POSTGREST_RPC, "voting.ballots")):
+            poll, option = fresh_poll(db.admin_url)
+            progress(f"{name}: {SPIKE:,} votes as PostgREST sends them, {BURST_CLIENTS} clients through PgBouncer")
+            per_client = SPIKE // BURST_CLIENTS
+            figures = run(Run(script, db.api_url, BURST_CLIENTS, protocol="extended", transactions=per_client,
+                              variables=postgrest_variables(poll_id=poll, patterns=[[option]], prefix="burst-",
+                                                            per_client=per_client, hook=True, caller="client")))
+            verify_exactly_once(db.admin_url, poll, SPIKE, table)
+            burst[name] = results.measured[name] = Measured(
+                name, f"{SPIKE:,}-vote burst, {'cast_vote' if table == 'voting.ballots' else 'bare insert'}, "
+                "hook on, each vote once", BURST_CLIENTS, "PgBouncer, extended", figures)
 
     # The bulk path: SPIKE ballots for one new poll through cast_votes as the ingest role through
     # PgBouncer, for each (batch size, concurrent batches); the fastest counts.
@@ -140,8 +163,9 @@ def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None], 
         poll, option = fresh_poll(db.admin_url)
         name = f"bulk_{batch}x{clients}"
         progress(f"{name}: {SPIKE:,} ballots through cast_votes, batches of {batch}, {clients} at a time")
-        figures = run(Run("bulk_cast_votes.sql", db.api_url, clients, seconds, "extended",
-                          {"poll": poll, "opt": option, "batch": str(batch)}, SPIKE // batch // clients))
+        figures = run(Run("bulk_cast_votes.sql", db.api_url, clients, protocol="extended",
+                          transactions=SPIKE // batch // clients,
+                          variables={"poll": poll, "opt": option, "batch": str(batch)}))
         verify_exactly_once(db.admin_url, poll, SPIKE)
         results.bulk_seconds[name] = SPIKE / (figures.per_second * batch)
         results.measured[name] = Measured(name, f"cast_votes, batches of {batch} (rate: batches/s)", clients,
