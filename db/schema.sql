@@ -861,8 +861,14 @@ $$;
 CREATE FUNCTION internal.parse_uuid(value text) RETURNS uuid
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $_$
-    select case when value ~ '^(\{[0-9a-fA-F]{4}(-?[0-9a-fA-F]{4}){7}\}|[0-9a-fA-F]{4}(-?[0-9a-fA-F]{4}){7})$'
-                then value::uuid end
+    select case
+               when length(value) = 36 and translate(value, '0123456789abcdefABCDEF', '') = '----'
+                    and substr(value, 9, 1) = '-' and substr(value, 14, 1) = '-'
+                    and substr(value, 19, 1) = '-' and substr(value, 24, 1) = '-'
+                   then value::uuid
+               when value ~ '^(\{[0-9a-fA-F]{4}(-?[0-9a-fA-F]{4}){7}\}|[0-9a-fA-F]{4}(-?[0-9a-fA-F]{4}){7})$'
+                   then value::uuid
+           end
 $_$;
 
 --
