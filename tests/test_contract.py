@@ -153,10 +153,11 @@ def test_pre_request_hook_limits_writes_and_lets_reads_through(api, admin, make_
 
 # 9. No GUC leakage
 def test_no_guc_leaks_into_the_next_transaction_through_pgbouncer(stack: LocalStack, admin, api, make_poll) -> None:
-    """PostgREST sets role and request.* with set_config(..., true): after real requests, every server
-    connection PgBouncer hands out is back to authenticator with no request setting. All idle server
-    connections are taken at once (one open transaction each), so those that served the requests are
-    among them."""
+    """PostgREST sets role and request.* with set_config(..., true), so within its own connection no
+    request sees another's settings; its pool is PgBouncer's session-mode alias pgvote_session, whose
+    server connections PgBouncer resets (server_reset_query = DISCARD ALL) before handing them to the
+    next client. Both halves: real requests ran on that pool, and a server connection given back with
+    session-level state (a setting, a role, a prepared statement) reaches the next client clean."""
     poll = make_poll()
     requests_started = admin.execute("select clock_timestamp()").fetchone()[0]
     api.rpc("poll_results", {"poll_id": poll.poll_id}, method="GET", claims=user())
@@ -165,24 +166,29 @@ def test_no_guc_leaks_into_the_next_transaction_through_pgbouncer(stack: LocalSt
         """select pid from pg_stat_activity
            where usename = 'authenticator' and backend_type = 'client backend' and state_change >= %s""",
         (requests_started,))}
-    assert served, "PostgREST's requests ran on server connections of the pool"
-    pool_size = admin.execute(
-        "select count(*) from pg_stat_activity where usename = 'authenticator' and backend_type = 'client backend'"
-    ).fetchone()[0]
-    clients = [psycopg.connect(stack.api_url, prepare_threshold=None) for _ in range(pool_size)]
-    try:
-        rows = [c.execute(
-            """select pg_backend_pid(), current_user::text, current_setting('role'),
-                      coalesce(current_setting('request.jwt.claims', true), ''),
-                      coalesce(current_setting('request.headers', true), ''),
-                      coalesce(current_setting('request.method', true), ''),
-                      coalesce(current_setting('response.status', true), ''),
-                      coalesce(current_setting('response.headers', true), '')""").fetchone() for c in clients]
-    finally:
-        for c in clients:
-            c.close()
-    assert served <= {r[0] for r in rows}
-    assert {r[1:] for r in rows} == {("authenticator", "none", "", "", "", "", "")}
+    with psycopg.connect(stack.bouncer_admin_url, autocommit=True) as console:
+        cur = console.cursor(binary=False)
+        cur.execute("SHOW SERVERS", prepare=False)
+        columns = [d.name for d in cur.description]
+        session_pids = {int(row[columns.index("remote_pid")]) for row in cur.fetchall()
+                        if row[columns.index("database")] == "pgvote_session"}
+    assert served and served <= session_pids, "PostgREST's requests ran on the session pool"
+
+    session_url = stack.api_url.rsplit("/", 1)[0] + "/pgvote_session"
+    with psycopg.connect(session_url, autocommit=True) as dirty:
+        pid = dirty.execute("select pg_backend_pid()").fetchone()[0]
+        dirty.execute("select set_config('request.jwt.claims', '{\"role\": \"leak\"}', false), "
+                      "set_config('role', 'anon', false)")
+        dirty.execute("prepare leaked as select 1")
+    for _ in range(20):  # PgBouncer hands the most recently released server connection out first
+        with psycopg.connect(session_url, autocommit=True) as clean:
+            row = clean.execute(
+                """select pg_backend_pid(), current_user::text, current_setting('role'),
+                          coalesce(current_setting('request.jwt.claims', true), ''),
+                          (select count(*) from pg_prepared_statements)""").fetchone()
+        if row[0] == pid:
+            break
+    assert row == (pid, "authenticator", "none", "", 0)
 
 
 def test_procedures_set_nothing_at_session_level() -> None:
