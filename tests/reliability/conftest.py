@@ -1,7 +1,8 @@
 """Fault-injection fixtures of the reliability suite (in the manner of psycopg_pool's fix_proxy.py).
 
-- ``killable_stack``: a PRIVATE PostgreSQL + PgBouncer stack (own temp dir, free ports), destroyed at the
-  end of the run: crash, restart and freeze tests damage it, never the session ``stack`` of the other tests.
+- ``killable_stack``: a PRIVATE stack of the production topology (nginx, two PostgREST replicas, PgBouncer,
+  PostgreSQL, under the launcher's supervisor; own temp dir, free ports), destroyed at the end of the run:
+  crash, restart, kill and freeze tests damage it, never the session ``stack`` of the other tests.
 - ``cluster``: fault injector bound to that stack (SIGKILL / SIGSTOP / restart, see faults.Cluster); the
   stack is checked (and restarted when needed) before each test.
 - ``proxied_stack`` + ``tcp_proxy``: a second private stack whose PgBouncer reaches PostgreSQL through a
