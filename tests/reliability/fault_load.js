@@ -9,7 +9,8 @@
 // Every attempt is one point of the `vote_attempts` trend (value: milliseconds from sending to the
 // answer; the point's time is the answer's), tagged with the ballot's index in the plan, the
 // attempt number, the status, and either the answer (200: recorded / changed / unchanged, and the
-// option ids it reports) or the error (the API's error code, or k6's error code and message when there was no HTTP answer).
+// option ids it reports) or the error (the API's error code, or k6's error code and message when
+// there was no HTTP answer; a final error also keeps the body the client was told).
 // tests/reliability/k6round.py writes the plan and reads these points back from the JSON output.
 //
 // plan.executor: "shared" - plan.vus VUs take the ballots one after another (a steady load the

@@ -12,10 +12,12 @@ calls is the one thing k6 alone cannot do.
 """
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -171,22 +173,33 @@ class Round:
         after = [a.finished for a in self.acks() if a.started >= t0]
         return round(min(after) - t0, 3) if after else None
 
-    def full_service_after(self, mark: str) -> float | None:
-        """From the mark to full service: the first second, after the last failed call of k6, acknowledging
-        at least half the votes a second acknowledged before the mark (None: never)."""
-        t0 = self.marks[mark]
-        before = [a.finished for a in self.acks() if a.finished < t0]
+    def full_service(self, t0: float, t1: float) -> float | None:
+        """From t0 (the fault began) to full service: the first second, starting after t1 (the fault
+        ended) and after k6's last failed call, that acknowledges at least half as many votes as a
+        second did before t0 (None: never, or too little load before t0 to tell)."""
+        before = [a for a in self.acks() if a.finished < t0]
         if len(before) < 2:
             return None
         rate = len(before) / max(t0 - self.started, 1e-3)
-        failed = [a.finished for a in self.attempts if not a.acked and not a.by_settle]
-        start = max([t0, *[t for t in failed if t >= t0]])
+        failed = [a.finished for a in self.attempts if not a.acked and not a.by_settle and a.finished >= t0]
+        start = max([t1, *failed])
         acks = sorted(a.finished for a in self.acks() if a.finished >= start and not a.by_settle)
         for i, t in enumerate(acks):
-            window = sum(1 for u in acks[i:] if u < t + 1.0)
-            if window >= rate / 2:
+            if bisect.bisect_left(acks, t + 1.0) - i >= rate / 2:
                 return round(t - t0, 3)
         return None
+
+    def around(self, start: str, end: str | None = None) -> dict[str, Any]:
+        """The figures of a fault that began at mark `start` and ended at mark `end` (a fault that is one
+        instant, like RECONNECT: none): calls in flight when it began, how long it lasted (for a kill:
+        until the process was back), votes acknowledged meanwhile, the first acknowledgment of a call
+        sent after it began, and the time to full service (:meth:`full_service`)."""
+        t0 = self.marks[start]
+        t1 = self.marks[end] if end is not None else t0
+        return {"in_flight_at_fault": self.in_flight_at(t0), "fault_s": round(t1 - t0, 3),
+                "acked_during_fault": sum(t0 <= a.finished < t1 for a in self.acks() if not a.by_settle),
+                "first_ack_after_fault_s": self.first_ack_after(start),
+                "full_service_s": self.full_service(t0, t1)}
 
     def latency_ms(self, since: float | None = None, until: float | None = None) -> dict[str, float]:
         """p50 / p99 / max (ms) of k6's acknowledged calls answered in [since, until)."""
@@ -205,24 +218,23 @@ class Round:
 
 # ---- source addresses ----------------------------------------------------------------------------
 
-_next_address = itertools.count(int.from_bytes(bytes([127, 1, 0, 1]), "big"))
+_FIRST, _END = (int.from_bytes(bytes(a), "big") for a in ((127, 1, 0, 1), (127, 64, 0, 0)))
+_next_address = [_FIRST]
 _address_lock = threading.Lock()
 
 
 def address_block(n: int) -> str:
-    """A range of n loopback addresses no earlier round of this run used (from 127.1.0.1 up; the
-    random caller addresses of pgvote.http live in 127.64.0.0/10): fresh rate-limit buckets."""
+    """A range of n loopback addresses no earlier round of this run used, for k6 --local-ips (from
+    127.1.0.1 up; pgvote.http picks its random caller addresses in 127.64.0.0/10): fresh rate-limit buckets."""
     with _address_lock:
-        first = next(_next_address)
-        for _ in range(n - 1):
-            last = next(_next_address)
-    last = first if n == 1 else last
-    assert last < int.from_bytes(bytes([127, 64, 0, 0]), "big"), "address blocks used up"
+        first = _next_address[0]
+        _next_address[0] += n
+    assert first + n <= _END, "address blocks used up"
 
-    def text(a: int) -> str:
-        return ".".join(str(b) for b in a.to_bytes(4, "big"))
+    def text(address: int) -> str:
+        return ".".join(str(b) for b in address.to_bytes(4, "big"))
 
-    return f"{text(first)}-{text(last)}"
+    return f"{text(first)}-{text(first + n - 1)}"
 
 
 # ---- running k6 ----------------------------------------------------------------------------------
@@ -264,7 +276,7 @@ class _Follower:
             if line.startswith(self.PREFIX):
                 data = json.loads(line)["data"]
                 tags = data["tags"]
-                finished = _epoch(data["time"])
+                finished = datetime.fromisoformat(data["time"]).timestamp()  # RFC 3339, ns
                 status = int(tags["status"])
                 self.attempts.append(Attempt(
                     int(tags["ballot"]), int(tags["attempt"]), status,
@@ -274,14 +286,6 @@ class _Follower:
                 self.acked += status == 200
 
 
-def _epoch(text: str) -> float:
-    """k6's RFC 3339 time (nanoseconds) as epoch seconds."""
-    stamp, _, zone = text.partition("+") if "+" in text else (text.rstrip("Z"), "", "00:00")
-    whole, _, frac = stamp.partition(".")
-    base = datetime.fromisoformat(f"{whole}+{zone or '00:00'}").timestamp()
-    return base + (float(f"0.{frac}") if frac else 0.0)
-
-
 def bearer(stack: Any, vote: Vote) -> str:
     return "" if vote.claims is None else f"Bearer {jwt.sign(stack.jwt_secret, vote.claims)}"
 
@@ -289,22 +293,13 @@ def bearer(stack: Any, vote: Vote) -> str:
 def run_round(stack: Any, votes: Sequence[Vote], *, vus: int, fault: Fault | None = None,
               together: bool = False, timeout: float = 300) -> Round:
     """Cast every vote through k6 (``vus`` VUs taking them in turn, or one VU per vote released together)
-    while ``fault`` runs in a thread; then settle what is still unanswered. Bounded in time."""
+    while ``fault`` runs in a thread; then settle what is still unanswered. Bounded in time. k6's files
+    are deleted after a good round and kept (plan, ballots, output, log) after a failed one."""
     workdir = Path(tempfile.mkdtemp(prefix="pgvote-k6-"))
-    out, plan_path, ballots_path = workdir / "k6.json", workdir / "plan.json", workdir / "ballots.json"
-    tokens: dict[str | None, str] = {}
-    ballots = []
-    for v in votes:
-        if v.sub not in tokens:
-            tokens[v.sub] = bearer(stack, v)
-        ballots.append({"body": json.dumps(v.body()), "auth": tokens[v.sub]})
-    ballots_path.write_text(json.dumps(ballots))
-    plan_path.write_text(json.dumps({
-        "base_url": stack.http_url, "ballots_path": str(ballots_path), "vus": vus,
-        "executor": "together" if together else "shared", "max_attempts": MAX_ATTEMPTS,
-        "call_timeout_s": CALL_TIMEOUT_S, "max_duration_s": int(timeout)}))
+    plan = _write_plan(stack, votes, workdir, vus=vus, together=together, timeout=timeout)
     command = [k6_binary(), "run", "--quiet", "--no-color", "--no-usage-report", "--no-summary",
-               "--out", f"json={out}", "--local-ips", address_block(len(votes) if together else vus), str(SCRIPT)]
+               "--out", f"json={workdir / 'k6.json'}", "--local-ips",
+               address_block(len(votes) if together else vus), str(SCRIPT)]
     live = Live()
     errors: list[BaseException] = []
 
@@ -315,32 +310,22 @@ def run_round(stack: Any, votes: Sequence[Vote], *, vus: int, fault: Fault | Non
         except BaseException as exc:  # re-raised in the test's thread below
             errors.append(exc)
 
-    follower = _Follower(out)
     fault_thread = threading.Thread(target=strike, daemon=True) if fault is not None else None
+    follower = _Follower(workdir / "k6.json")
     log = workdir / "k6.log"
     with log.open("wb") as log_file:
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PGVOTE_PLAN": str(plan_path)}, preexec_fn=_raise_nofile)
-        if fault_thread is not None:
-            fault_thread.start()
-        deadline = time.monotonic() + timeout + CALL_TIMEOUT_S + 60
-        cpu = 0.0
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            follower.read()
-            live.acked = follower.acked
-            if pid == proc.pid:
-                proc.returncode = os.waitstatus_to_exitcode(status)
-                cpu = usage.ru_utime + usage.ru_stime
-                break
-            if time.monotonic() > deadline:
+                                env={**os.environ, "PGVOTE_PLAN": str(plan)}, preexec_fn=_raise_nofile)
+        try:
+            if fault_thread is not None:
+                fault_thread.start()
+            cpu = _follow(proc, follower, live, timeout + CALL_TIMEOUT_S + 60)
+        finally:
+            if proc.poll() is None:
                 proc.kill()  # our own child, by its pid
                 proc.wait()
-                raise AssertionError(f"k6 still running after {timeout:.0f} s: stopped")
-            time.sleep(0.1)
+            live.done.set()
     finished = time.time()
-    follower.read()
-    live.done.set()
     if fault_thread is not None:
         fault_thread.join(120)
         assert not fault_thread.is_alive(), "the fault did not finish within 120 s of the load"
@@ -349,12 +334,43 @@ def run_round(stack: Any, votes: Sequence[Vote], *, vus: int, fault: Fault | Non
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-10:])
         raise AssertionError(f"k6 exited with {proc.returncode}; last lines of {log}:\n{tail}")
-    attempts = follower.attempts
-    started = min((a.started for a in attempts), default=finished)
-    result = Round(list(votes), attempts, started, finished, live.marks, live.notes, round(cpu, 2))
+    started = min((a.started for a in follower.attempts), default=finished)
+    result = Round(list(votes), follower.attempts, started, finished, live.marks, live.notes, cpu)
     result.attempts += settle(stack, result)
-    out.unlink(missing_ok=True)  # the JSON output is large; the plan and the log stay for a post-mortem
+    shutil.rmtree(workdir, ignore_errors=True)
     return result
+
+
+def _write_plan(stack: Any, votes: Sequence[Vote], workdir: Path, *, vus: int, together: bool,
+                timeout: float) -> Path:
+    """The ballots (body and bearer token of each) and the plan fault_load.js reads; returns the plan."""
+    tokens: dict[str | None, str] = {}
+    ballots = []
+    for v in votes:
+        if v.sub not in tokens:
+            tokens[v.sub] = bearer(stack, v)
+        ballots.append({"body": json.dumps(v.body()), "auth": tokens[v.sub]})
+    (workdir / "ballots.json").write_text(json.dumps(ballots))
+    plan = workdir / "plan.json"
+    plan.write_text(json.dumps({
+        "base_url": stack.http_url, "ballots_path": str(workdir / "ballots.json"), "vus": vus,
+        "executor": "together" if together else "shared", "max_attempts": MAX_ATTEMPTS,
+        "call_timeout_s": CALL_TIMEOUT_S, "max_duration_s": int(timeout)}))
+    return plan
+
+
+def _follow(proc: subprocess.Popen[bytes], follower: _Follower, live: Live, timeout: float) -> float:
+    """Read k6's output while it runs (the fault watches live.acked); returns k6's CPU seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # rusage: k6's own CPU time
+        follower.read()
+        live.acked = follower.acked
+        if pid == proc.pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return round(usage.ru_utime + usage.ru_stime, 2)
+        assert time.monotonic() < deadline, f"k6 still running after {timeout:.0f} s: stopped"
+        time.sleep(0.1)
 
 
 def settle(stack: Any, result: Round, *, attempts: int = 20) -> list[Attempt]:

@@ -35,13 +35,9 @@ def test_sigkill_whole_server_mid_load_loses_no_acknowledged_vote(killable_stack
     name = f"crash_whole_server[{round_no}]"
     result, verdict = fault_round(killable_stack, name=name, votes=profile.crash_votes, vus=profile.vus,
                                   fault=crash, figures=figures, seed=round_no)
-    t_kill = result.marks["kill"]
-    figures[name].update(in_flight_at_kill=result.in_flight_at(t_kill),
-                         restart_s=round(result.marks["restarted"] - t_kill, 3),
-                         first_ack_after_kill_s=result.first_ack_after("kill"),
-                         full_service_after_kill_s=result.full_service_after("kill"))
+    figures[name].update(result.around("kill", "restarted"))
     assert _postgres_restarts(killable_stack) > restarts_before, "the supervisor restarted PostgreSQL"
-    assert result.in_flight_at(t_kill) >= profile.kill_in_flight
+    assert figures[name]["in_flight_at_fault"] >= profile.kill_in_flight
     assert verdict.duplicates == 0 and verdict.acknowledged_missing == 0
 
 
@@ -64,10 +60,6 @@ def test_sigkill_one_backend_mid_load_loses_no_acknowledged_vote(killable_stack,
     name = f"crash_one_backend[{round_no}]"
     result, verdict = fault_round(killable_stack, name=name, votes=profile.crash_votes, vus=profile.vus,
                                   fault=crash, figures=figures, seed=100 + round_no)
-    t_kill = result.marks["kill"]
-    figures[name].update(in_flight_at_kill=result.in_flight_at(t_kill),
-                         cluster_back_s=round(result.marks["restarted"] - t_kill, 3),
-                         first_ack_after_kill_s=result.first_ack_after("kill"),
-                         full_service_after_kill_s=result.full_service_after("kill"))
-    assert result.in_flight_at(t_kill) >= profile.kill_in_flight
+    figures[name].update(result.around("kill", "restarted"))  # restarted: the first admin login after the reset
+    assert figures[name]["in_flight_at_fault"] >= profile.kill_in_flight
     assert verdict.duplicates == 0 and verdict.acknowledged_missing == 0

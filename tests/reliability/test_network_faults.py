@@ -36,7 +36,7 @@ def test_added_latency_only_slows_calls(proxied_stack, tcp_proxy, profile, figur
     result, _ = fault_round(_stack(proxied_stack), name=name, votes=profile.network_votes, vus=profile.vus,
                             fault=latency, figures=figures, seed=401 + 10 * round_no)
     figures[name].update(
-        added_ms_per_packet=LATENCY_MS,
+        result.around("delay", "undelay"), added_ms_per_packet=LATENCY_MS,
         latency_ms_before=result.latency_ms(until=result.marks["delay"]),
         latency_ms_during=result.latency_ms(since=result.marks["delay"] + 1, until=result.marks["undelay"]))
     # calls only slow down: no error but the clean overload answer past the configured queue wait
@@ -58,8 +58,7 @@ def test_silent_link_drops_no_acknowledged_vote(proxied_stack, tcp_proxy, profil
     name = f"network_silent_link[{round_no}]"
     result, _ = fault_round(_stack(proxied_stack), name=name, votes=profile.network_votes, vus=profile.vus,
                             fault=stall, figures=figures, seed=402 + 10 * round_no)
-    figures[name].update(silent_s=FAULT_SECONDS, first_ack_after_link_back_s=result.first_ack_after("flow"),
-                         full_service_after_stall_s=result.full_service_after("stall"))
+    figures[name].update(result.around("stall", "flow"), first_ack_after_link_back_s=result.first_ack_after("flow"))
     assert result.first_ack_after("flow") is not None, "service recovered"
 
 
@@ -75,9 +74,7 @@ def test_cut_link_gives_retryable_errors_and_recovers(proxied_stack, tcp_proxy, 
     name = f"network_cut_link[{round_no}]"
     result, _ = fault_round(_stack(proxied_stack), name=name, votes=profile.network_votes, vus=profile.vus,
                             fault=cut, figures=figures, seed=403 + 10 * round_no)
-    figures[name].update(in_flight_at_cut=result.in_flight_at(result.marks["cut"]),
-                         first_ack_after_cut_s=result.first_ack_after("cut"),
-                         full_service_after_cut_s=result.full_service_after("cut"))
+    figures[name].update(result.around("cut"))
     assert result.first_ack_after("cut") is not None, "service recovered"
 
 
@@ -97,7 +94,5 @@ def test_link_down_for_five_seconds_gives_retryable_errors_and_recovers(proxied_
     name = f"network_link_down[{round_no}]"
     result, _ = fault_round(_stack(proxied_stack), name=name, votes=profile.network_votes, vus=profile.vus,
                             fault=down, figures=figures, seed=404 + 10 * round_no)
-    figures[name].update(down_s=FAULT_SECONDS, in_flight_at_cut=result.in_flight_at(result.marks["down"]),
-                         first_ack_after_link_back_s=result.first_ack_after("up"),
-                         full_service_after_down_s=result.full_service_after("down"))
+    figures[name].update(result.around("down", "up"), first_ack_after_link_back_s=result.first_ack_after("up"))
     assert result.first_ack_after("up") is not None, "service recovered"

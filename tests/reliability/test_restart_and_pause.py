@@ -26,10 +26,7 @@ def test_postgres_fast_restart_under_load(killable_stack, cluster, profile, figu
     name = f"postgres_fast_restart[{round_no}]"
     result, _ = fault_round(killable_stack, name=name, votes=profile.fault_votes, vus=profile.vus, fault=restart,
                             figures=figures, seed=201 + 10 * round_no)
-    t0 = result.marks["restart"]
-    figures[name].update(restart_s=round(result.marks["restarted"] - t0, 3),
-                         first_ack_after_restart_s=result.first_ack_after("restart"),
-                         full_service_after_restart_s=result.full_service_after("restart"))
+    figures[name].update(result.around("restart", "restarted"))
     # every error was retryable (checked by fault_round) and they stop once the service answers again
     recovered = result.marks["restarted"] + 1.0
     late = [a.kind for a in result.attempts if not a.acked and a.started > recovered]
@@ -52,12 +49,10 @@ def test_pgbouncer_pause_resume_under_load_has_no_client_error(killable_stack, c
     name = f"pgbouncer_pause_resume[{round_no}]"
     result, _ = fault_round(killable_stack, name=name, votes=profile.fault_votes, vus=profile.vus, fault=pause,
                             figures=figures, seed=202 + 10 * round_no)
-    figures[name].update(
-        pause_took_s=round(result.marks["paused"] - result.marks["pause"], 3),
-        paused_s=round(result.marks["resume"] - result.marks["paused"], 3),
-        first_ack_after_resume_s=result.first_ack_after("resume"),
-        full_service_after_pause_s=result.full_service_after("pause"),
-        latency_ms_after_resume=result.latency_ms(since=result.marks["resume"]))
+    figures[name].update(result.around("pause", "resume"),
+                         pause_took_s=round(result.marks["paused"] - result.marks["pause"], 3),
+                         first_ack_after_resume_s=result.first_ack_after("resume"),
+                         latency_ms_after_resume=result.latency_ms(since=result.marks["resume"]))
     assert_no_errors(result)
 
 
@@ -73,6 +68,6 @@ def test_pgbouncer_reconnect_under_load_has_no_client_error(killable_stack, clus
     name = f"pgbouncer_reconnect[{round_no}]"
     result, _ = fault_round(killable_stack, name=name, votes=profile.fault_votes, vus=profile.vus,
                             fault=reconnect, figures=figures, seed=203 + 10 * round_no)
-    figures[name].update(latency_ms_after_reconnect=result.latency_ms(since=result.marks["reconnect"]),
-                         full_service_after_reconnect_s=result.full_service_after("reconnect"))
+    figures[name].update(result.around("reconnect"),
+                         latency_ms_after_reconnect=result.latency_ms(since=result.marks["reconnect"]))
     assert_no_errors(result)

@@ -33,10 +33,7 @@ def test_sigkill_one_postgrest_replica_mid_load_loses_no_acknowledged_vote(killa
                                   fault=kill, figures=figures, seed=501 + 10 * round_no)
     t_kill, t_back = result.marks["kill"], result.marks["back"]
     served_meanwhile = [a for a in result.acks() if t_kill <= a.started and a.finished < t_back]
-    figures[name].update(in_flight_at_kill=result.in_flight_at(t_kill), replica_back_s=round(t_back - t_kill, 3),
-                         acked_while_replica_down=len(served_meanwhile),
-                         first_ack_after_kill_s=result.first_ack_after("kill"),
-                         full_service_after_kill_s=result.full_service_after("kill"))
+    figures[name].update(result.around("kill", "back"), sent_and_acked_while_replica_down=len(served_meanwhile))
     assert supervised.restarts(REPLICA) > restarts_before, "the supervisor restarted the replica"
     assert served_meanwhile, "nginx sent new calls to the other replica while this one was down"
     assert verdict.duplicates == 0 and verdict.acknowledged_missing == 0
@@ -58,10 +55,6 @@ def test_sigkill_pgbouncer_mid_load_loses_no_acknowledged_vote(killable_stack, c
     name = f"pgbouncer_sigkill[{round_no}]"
     result, verdict = fault_round(killable_stack, name=name, votes=profile.fault_votes, vus=profile.vus,
                                   fault=kill, figures=figures, seed=502 + 10 * round_no)
-    t_kill = result.marks["kill"]
-    figures[name].update(in_flight_at_kill=result.in_flight_at(t_kill),
-                         pgbouncer_back_s=round(result.marks["back"] - t_kill, 3),
-                         first_ack_after_kill_s=result.first_ack_after("kill"),
-                         full_service_after_kill_s=result.full_service_after("kill"))
+    figures[name].update(result.around("kill", "back"))
     assert supervised.restarts("pgbouncer") > restarts_before, "the supervisor restarted PgBouncer"
     assert verdict.duplicates == 0 and verdict.acknowledged_missing == 0
