@@ -29,9 +29,9 @@ class Profile:
 
 
 PROFILES = {
-    "ci": Profile(name="ci", rounds=1, vus=250, crash_votes=3_500, kill_in_flight=200, fault_votes=2_500,
-                  network_votes=2_000, freeze_seconds=5.0, storm_calls=1_000, fuzz_examples=60),
-    "long": Profile(name="long", rounds=5, vus=400, crash_votes=6_000, kill_in_flight=300, fault_votes=5_000,
+    "ci": Profile(name="ci", rounds=1, vus=250, crash_votes=3_000, kill_in_flight=200, fault_votes=2_000,
+                  network_votes=1_600, freeze_seconds=5.0, storm_calls=1_000, fuzz_examples=60),
+    "long": Profile(name="long", rounds=5, vus=400, crash_votes=6_000, kill_in_flight=200, fault_votes=5_000,
                     network_votes=4_000, freeze_seconds=5.0, storm_calls=1_000, fuzz_examples=1_700),
 }
 
