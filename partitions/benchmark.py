@@ -2,8 +2,8 @@
 
 On a FRESH local stack (it adds polls and bulk ballots that stay there):
 
-1. creates polls through `api.create_poll` until `--hot` of them hash into the partition to
-   split and `--cold` into other partitions;
+1. creates polls with `api.create_poll` (plain SQL as role authenticated, as PostgREST calls it)
+   until `--hot` of them hash into the partition to split and `--cold` into other partitions;
 2. bulk-inserts `--rows` ballots into the hot polls (INSERT .. SELECT as superuser), rebuilds
    their tallies, VACUUM ANALYZE;
 3. runs pgbench through PgBouncer (`-M extended`, as PostgREST without prepared statements):
@@ -32,8 +32,8 @@ import psycopg
 from partitions import catalog
 from partitions.split import SplitOptions, split_partition
 from partitions.verify import healthy, verify
+from pgvote.bench.pgbench import pgbench_binary
 from pgvote.database_url import database_url
-from pgvote.postgrest_emulation import connect_emulator
 
 SCRIPT = """\\set p random(1, {n})
 \\set o random(1, 3)
@@ -47,33 +47,31 @@ commit;
 """
 
 
-def pgbench_binary() -> str:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"), key=lambda p: int(p.parts[-3]))
-    if not found:
-        raise SystemExit("pgbench not found (it ships with the PostgreSQL server package)")
-    return str(found[-1])
+def create_poll_as_creator(api: psycopg.Connection) -> tuple[str, list[str]]:
+    """api.create_poll as PostgREST calls it for a signed-in creator: role and JWT claims for one transaction."""
+    with api.transaction():
+        api.execute("select set_config('role', 'authenticated', true), set_config('request.jwt.claims', %s, true)",
+                    (json.dumps({"role": "authenticated", "sub": "split-benchmark"}),))
+        row = api.execute("select api.create_poll(question => %s, options => %s)",
+                          ("Split benchmark", ["a", "b", "c"])).fetchone()
+    assert row is not None
+    return row[0]["poll_id"], row[0]["option_ids"]
 
 
 def make_polls(conn: psycopg.Connection, api_url: str, source: catalog.Partition, hot: int, cold: int,
                ) -> tuple[list[tuple[str, list[str]]], list[tuple[str, list[str]]]]:
     m, r = source.bound.slice
-    api = connect_emulator(api_url)
     hot_polls: list[tuple[str, list[str]]] = []
     cold_polls: list[tuple[str, list[str]]] = []
-    try:
+    with psycopg.connect(api_url, autocommit=True) as api:
         while len(hot_polls) < hot or len(cold_polls) < cold:
-            reply = api.rpc("create_poll", {"question": "Split benchmark", "options": ["a", "b", "c"]},
-                            claims={"role": "authenticated", "sub": "split-benchmark"})
-            assert reply.status == 200, reply.body
-            poll = (reply.body["poll_id"], reply.body["option_ids"])
+            poll = create_poll_as_creator(api)
             inside = conn.execute("select satisfies_hash_partition('voting.ballots'::regclass, %s, %s, %s::uuid)",
                                   (m, r, poll[0])).fetchone()[0]
             if inside and len(hot_polls) < hot:
                 hot_polls.append(poll)
             elif not inside and len(cold_polls) < cold:
                 cold_polls.append(poll)
-    finally:
-        api.conn.close()
     return hot_polls, cold_polls
 
 

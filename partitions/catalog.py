@@ -17,10 +17,13 @@ from partitions.layout import parse_partition_name
 
 DEFAULT_SCHEMA = "voting"
 
-#: Session advisory lock held by a running split (one split at a time per database).
-SPLIT_LOCK_KEY = 0x70677670_00000001
-#: Per-split transaction lock shared by the mirror trigger's deletes and the copy batches.
-MIRROR_LOCK_BASE = 0x70677671_00000000
+#: Advisory-lock namespaces (the first key of the two-key form), registered with every other
+#: feature's in procedures/internal.advisory_lock_namespace.sql; a test holds them equal.
+#: Session lock held by a running split (one split at a time per database): key 0.
+SPLIT_LOCK_NAMESPACE = 3
+#: Per-split transaction lock shared by the mirror trigger's deletes and the copy batches:
+#: key `mirror_lock_key(oid of the partition being split)`.
+MIRROR_LOCK_NAMESPACE = 4
 #: Name of the trigger that mirrors writes on a partition being split into its two halves.
 MIRROR_TRIGGER = "pgvote_split_mirror"
 #: Suffix of the CHECK constraint that marks a table as a split target (and lets ATTACH skip its scan).
@@ -205,6 +208,11 @@ def mirror_triggers(conn: psycopg.Connection) -> dict[int, tuple[str, str]]:
     return {int(oid): (fn, str(enabled)) for oid, fn, enabled in rows}
 
 
+def mirror_lock_key(oid: int) -> int:
+    """The oid (unsigned 32 bits) as the signed int4 that the two-key advisory lock takes."""
+    return oid - (1 << 32) if oid >= 1 << 31 else oid
+
+
 def split_lock_holder(conn: psycopg.Connection) -> tuple[int, str] | None:
     """(pid, application_name) of the session running a split in this database, if any."""
     row = conn.execute(
@@ -212,7 +220,7 @@ def split_lock_holder(conn: psycopg.Connection) -> tuple[int, str] | None:
            left join pg_stat_activity a on a.pid = l.pid
            where l.locktype = 'advisory' and l.granted and l.database = (select oid from pg_database
                  where datname = current_database())
-             and l.classid::bigint = %s and l.objid::bigint = %s and l.objsubid = 1""",
-        (SPLIT_LOCK_KEY >> 32, SPLIT_LOCK_KEY & 0xFFFFFFFF),
+             and l.classid::bigint = %s and l.objid::bigint = 0 and l.objsubid = 2""",
+        (SPLIT_LOCK_NAMESPACE,),
     ).fetchone()
     return (int(row[0]), str(row[1])) if row else None

@@ -259,7 +259,7 @@ def _copy(run: Executor, plan: SplitPlan, options: SplitOptions, progress: Progr
         run.note("copy: repeated until it returns no row, each batch in its own transaction, "
                  "the last key returned is the next batch's parameters")
         with run.transaction():
-            run(sql.SQL("select pg_advisory_xact_lock({})").format(sql.Literal(plan.mirror_lock)))
+            run(sql.SQL("select pg_advisory_xact_lock({})").format(plan.mirror_lock))
             run(sql.SQL("set local synchronous_commit = off"))
             run(rest)
         return
@@ -280,7 +280,7 @@ def _copy(run: Executor, plan: SplitPlan, options: SplitOptions, progress: Progr
                         conn.execute("set local lock_timeout = '2s'")
                         if superuser:  # the batch, not a writer, is the deadlock victim
                             conn.execute("set local deadlock_timeout = '20ms'")
-                        conn.execute("select pg_advisory_xact_lock(%s)", (plan.mirror_lock,))
+                        conn.execute(sql.SQL("select pg_advisory_xact_lock({})").format(plan.mirror_lock))
                         row = conn.execute(first if last is None else rest, last).fetchone()
                     break
                 except (errors.DeadlockDetected, errors.LockNotAvailable) as exc:
@@ -436,7 +436,7 @@ def split_session(run: Executor, options: SplitOptions) -> Iterator[None]:
         return
     conn = run.conn
     deadline = time.monotonic() + options.session_wait
-    while not conn.execute("select pg_try_advisory_lock(%s)", (catalog.SPLIT_LOCK_KEY,)).fetchone()[0]:
+    while not conn.execute("select pg_try_advisory_lock(%s, 0)", (catalog.SPLIT_LOCK_NAMESPACE,)).fetchone()[0]:
         if time.monotonic() > deadline:
             holder = catalog.split_lock_holder(conn)
             who = f"pid {holder[0]}, {holder[1]!r}" if holder else "a session that just ended"
@@ -447,7 +447,7 @@ def split_session(run: Executor, options: SplitOptions) -> Iterator[None]:
         yield
     finally:
         if not conn.closed:
-            conn.execute("select pg_advisory_unlock(%s)", (catalog.SPLIT_LOCK_KEY,))
+            conn.execute("select pg_advisory_unlock(%s, 0)", (catalog.SPLIT_LOCK_NAMESPACE,))
             conn.execute("reset application_name")
 
 

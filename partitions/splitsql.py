@@ -36,8 +36,10 @@ class SplitPlan:
         return self.low, self.high
 
     @property
-    def mirror_lock(self) -> int:
-        return catalog.MIRROR_LOCK_BASE + self.source.oid
+    def mirror_lock(self) -> sql.Composed:
+        """The arguments of the split's mirror advisory lock, `namespace, key`."""
+        return sql.SQL("{}, {}").format(sql.Literal(catalog.MIRROR_LOCK_NAMESPACE),
+                                        sql.Literal(catalog.mirror_lock_key(self.source.oid)))
 
     def check_name(self, target: str) -> sql.Identifier:
         return sql.Identifier(target + catalog.SPLIT_CHECK_SUFFIX)
@@ -105,7 +107,7 @@ begin
     return null;
 end
 """).format(source=sql.SQL(plan.source.qualified), old=_cols(t.primary_key, "old."), new=_cols(t.primary_key, "new."),
-            lock=sql.Literal(plan.mirror_lock), delete_low=delete(plan.low), delete_high=delete(plan.high),
+            lock=plan.mirror_lock, delete_low=delete(plan.low), delete_high=delete(plan.high),
             fits_low=_fits(plan, plan.low, "new."), upsert_low=upsert(plan.low), upsert_high=upsert(plan.high))
     text = body.as_string(None)
     quote = "$mirror$" if "$mirror$" not in text else "$pgvote_split_mirror$"

@@ -33,7 +33,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pgvote.stack import StackError, make_stack
+from pgvote.backends import Stack, make_stack, require_running
+from pgvote.stack import LocalStack, StackError
 
 out = Console(soft_wrap=True)  # soft_wrap: never break URLs/paths in the middle
 err = Console(stderr=True, soft_wrap=True)
@@ -63,9 +64,17 @@ def command(name: str, help: str, configure: Configure | None = None) -> Callabl
     return register
 
 
-def _stack(args: argparse.Namespace) -> Any:
+def _stack(args: argparse.Namespace) -> Stack:
     state_dir = Path(args.state_dir) if args.state_dir else None
     return make_stack(state_dir=state_dir)
+
+
+def _local_stack(args: argparse.Namespace) -> LocalStack:
+    """The local stack: what the HTTP tools (demo, token, bench) need beyond the common interface."""
+    stack = _stack(args)
+    if not isinstance(stack, LocalStack):
+        raise StackError(f"this command needs the local stack (PGVOTE_BACKEND=local), not {stack.backend}")
+    return stack
 
 
 def _redact(url: str) -> str:
@@ -78,7 +87,11 @@ def _redact(url: str) -> str:
     return url
 
 
-def _print_urls(stack: Any) -> None:
+def _print_urls(stack: Stack) -> None:
+    if not isinstance(stack, LocalStack):
+        for key, url in stack.status()["urls"].items():
+            out.print(f"{key:18} {escape(url or '-')}")
+        return
     out.print(f"[bold]API (nginx, the one base URL)[/] {escape(stack.http_url)}")
     out.print(f"[bold]State dir[/]                     {escape(str(stack.state_dir))}")
     out.print(f"[bold]PostgreSQL (superuser)[/]        {escape(stack.admin_url)}")
@@ -173,7 +186,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     from pgvote import jwt
 
-    stack = _stack(args)
+    stack = _local_stack(args)
     if not stack.jwt_secret_file.is_file():
         raise StackError(f"the local stack ({stack.state_dir}) has no JWT secret yet: run `pgvote up` first")
     sub = args.sub if args.sub is not None else (f"user-{uuid.uuid4()}" if args.role == "authenticated" else None)
@@ -190,11 +203,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         source = "DATABASE_URL"
     else:
         stack = _stack(args)
-        if not stack.status()["components"]["postgres"]["running"]:
-            raise StackError(
-                f"DATABASE_URL is unset and the local stack ({stack.state_dir}) is not running; "
-                "run `pgvote up` or set DATABASE_URL"
-            )
+        require_running(stack, "postgres")
         url, source = stack.admin_url, f"the local stack's admin_url (state dir {stack.state_dir})"
     out.print(f"migrating {escape(_redact(url))} (from {escape(source)})")
     migrate.upgrade(url)
@@ -205,38 +214,24 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 @command("clean", "stop the stack and delete its state dir (cluster data included)")
 def cmd_clean(args: argparse.Namespace) -> int:
     stack = _stack(args)
-    if hasattr(stack, "destroy"):
-        stack.destroy()
-    else:
-        stack.down()
-        shutil.rmtree(stack.state_dir, ignore_errors=True)
+    stack.destroy()
     out.print(f"removed {escape(str(stack.state_dir))}")
     return 0
 
 
 def _demo_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--voters", type=int, default=3000, help="distinct voters, one ballot each (default 3000)")
-    p.add_argument("--connections", type=int, default=32, help="parallel connections through PgBouncer")
-    p.add_argument("--spike-voters", type=int, default=50_000, help="voters of the spike that follows (default 50,000)")
-    p.add_argument("--spike-clients", type=int, default=2_000, help="client connections of the spike (default 2,000)")
-    p.add_argument("--no-spike", action="store_true", help="only the small demo, no 50,000-vote spike")
+    p.add_argument("--voters", type=int, default=50_000, help="voters of the spike (default 50,000)")
 
 
-@command("demo", "create a poll on the local stack, cast ballots through PgBouncer, print the results, "
-                 "then the 50,000-vote spike (pgvote loadtest) and its report",
-         configure=_demo_options)
+@command("demo", "the 50,000-vote spike over HTTP (k6 through nginx) and the bulk path on the local stack, "
+                 "verified exactly once, with the report and the final results", configure=_demo_options)
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pgvote.demo import run_demo
+    from pgvote.demo import print_results, run_spike
 
-    stack = _stack(args)
-    if not stack.status()["components"]["pgbouncer"]["running"]:
-        raise StackError("the local stack is not running: start it with `pgvote up` (or `make demo`)")
-    run_demo(stack.api_url, stack.admin_url, voters=args.voters, connections=args.connections, console=out)
-    if not args.no_spike:
-        from pgvote.demo import run_spike
-
-        run_spike(stack.api_url, stack.admin_url, stack.bouncer_admin_url, voters=args.spike_voters,
-                  clients=args.spike_clients, console=out)
+    stack = _local_stack(args)
+    require_running(stack)
+    reports = run_spike(stack, voters=args.voters, console=out)
+    print_results(stack, reports["http"]["scenarios"][0]["poll_id"], out)
     _print_urls(stack)
     return 0
 
@@ -248,6 +243,10 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chart", type=Path, help="PNG chart of votes/s against clients (default docs/benchmarks.png)")
     p.add_argument("--report", type=Path, help="markdown report to update (default docs/benchmarks.md)")
     p.add_argument("--no-report", action="store_true", help="print the tables only: no report, no chart")
+    p.add_argument("--http", action="store_true",
+                   help="the HTTP figures instead, k6 through the stack's nginx: cast_vote / a no-op RPC (H1), the "
+                        "50,000-voter burst (H2), the guide's ramp (H3), the rate-limit hook, CPU per vote by "
+                        "process (--quick: small sizes, a smoke run)")
 
 
 @command("bench", "pgbench scenarios on a throw-away database of the local stack: votes/s, latency, same-run ratios",
@@ -255,9 +254,15 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from pgvote.bench.command import DEFAULT_CHART, DEFAULT_REPORT, run_bench
 
-    stack = _stack(args)
-    if not stack.status()["components"]["pgbouncer"]["running"]:
-        raise StackError("the local stack is not running: start it with `pgvote up`")
+    stack = _local_stack(args)
+    require_running(stack)
+    if args.http:
+        from pgvote.bench.http_bench import run_http_bench
+
+        run_http_bench(stack, quick=args.quick, json_path=args.json,
+                       report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
+                       command="pgvote bench --http" + (" --quick" if args.quick else ""), console=out)
+        return 0
     run_bench(stack.admin_url, stack.api_url, quick=args.quick, seconds=args.seconds, json_path=args.json,
               chart_path=None if args.no_report else (args.chart or DEFAULT_CHART),
               report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
@@ -299,17 +304,16 @@ def _loadtest_options(p: argparse.ArgumentParser) -> None:
     add_options(p)
 
 
-@command("loadtest", "the 50,000-vote spike on one poll through PgBouncer, verified exactly once",
+@command("loadtest", "the 50,000-vote spike on one poll, over HTTP with k6 (or --sql through PgBouncer), "
+                     "verified exactly once",
          configure=_loadtest_options)
 def cmd_loadtest(args: argparse.Namespace) -> int:
     from pgvote.loadtest.command import run
 
     stack = None
     if not (args.database_url and args.admin_url):
-        stack = _stack(args)
-        if not stack.status()["components"]["pgbouncer"]["running"]:
-            raise StackError("the local stack is not running: start it with `pgvote up`, or give --database-url "
-                             "and --admin-url")
+        stack = _local_stack(args)
+        require_running(stack)
     return run(args, stack, out)
 
 

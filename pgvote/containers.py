@@ -1,7 +1,7 @@
 """Container backend: PostgreSQL 16 with pg_cron (deploy/postgres/Dockerfile) + edoburu/pgbouncer via testcontainers, same interface as LocalStack.
 
 Selected by PGVOTE_BACKEND=testcontainers, or automatically when PGVOTE_BACKEND is unset and a Docker engine
-answers `docker info` (see pgvote.stack.select_backend). Needs the optional extra: pip install -e '.[docker]'.
+answers `docker info` (see pgvote.backends.select_backend). Needs the optional extra: pip install -e '.[docker]'.
 Importing this module never needs testcontainers; up() reports its absence as a StackError.
 
 Containers get fixed names derived from the state dir and the reaper (Ryuk) is disabled, so `pgvote up`,
@@ -13,18 +13,13 @@ look exactly like LocalStack's. PostgREST is not started here (use deploy/compos
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import string
 from pathlib import Path
 from typing import Any
 
-from pgvote.stack import (
-    PROJECT_DIR,
-    StackError,
-    _short_hash,
-    default_state_dir,
-    docker_available,
-)
+from pgvote.stack import PROJECT_DIR, StackError, default_state_dir, short_hash
 
 # db/postgresql.conf preloads pg_cron, which the official image lacks: by default the stack builds
 # deploy/postgres/Dockerfile (the image compose uses); PGVOTE_POSTGRES_IMAGE names a ready image instead.
@@ -40,7 +35,7 @@ class ContainerStack:
     def __init__(self, state_dir: Path | None = None) -> None:
         self.state_dir = Path(state_dir).absolute() if state_dir is not None else default_state_dir()
         self.state_file = self.state_dir / "containers.json"
-        self.name = f"pgvote-{_short_hash(str(self.state_dir))}"
+        self.name = f"pgvote-{short_hash(str(self.state_dir))}"
         saved = self._load()
         self.host: str = saved.get("host", "127.0.0.1")
         self.pg_port: int | None = saved.get("pg_port")
@@ -96,6 +91,8 @@ class ContainerStack:
             raise StackError(
                 "testcontainers is not installed: pip install -e '.[docker]' (or set PGVOTE_BACKEND=local)"
             ) from None
+        from pgvote.backends import docker_available
+
         if not docker_available():
             raise StackError(
                 "PGVOTE_BACKEND=testcontainers but no Docker engine answers `docker info`; "
@@ -174,6 +171,11 @@ class ContainerStack:
                 pass
         for net in client.networks.list(names=[f"{self.name}-net"]):
             net.remove()
+
+    def destroy(self) -> None:
+        """down() and delete the state dir (the containers keep no volume: their data goes with them)."""
+        self.down()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def status(self) -> dict[str, Any]:
         try:

@@ -23,7 +23,6 @@ import contextlib
 import fcntl
 import glob
 import hashlib
-import importlib.util
 import json
 import os
 import pwd
@@ -58,11 +57,8 @@ __all__ = [
     "Replica",
     "StackError",
     "default_state_dir",
-    "docker_available",
     "find_server_bindir",
     "free_port",
-    "make_stack",
-    "select_backend",
 ]
 
 
@@ -142,7 +138,7 @@ class StackError(RuntimeError):
 # --------------------------------------------------------------------------------------------------
 
 
-def _short_hash(text: str) -> str:
+def short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
@@ -155,7 +151,7 @@ def default_state_dir() -> Path:
     if env:
         return Path(env).expanduser().absolute()
     if os.geteuid() == 0:
-        return Path(tempfile.gettempdir()) / f"pgvote-{_short_hash(str(PROJECT_DIR))}"
+        return Path(tempfile.gettempdir()) / f"pgvote-{short_hash(str(PROJECT_DIR))}"
     return PROJECT_DIR / ".pgvote"
 
 
@@ -463,7 +459,8 @@ class LocalStack:
 
     def switch_live(self, colour: str) -> None:
         """Send new requests to `colour`'s replicas: rewrite the upstreams file and reload nginx
-        gracefully (old workers finish their requests on the old colour, then exit)."""
+        gracefully; returns once every worker of the old configuration has finished its requests
+        on the old colour and exited, so the old colour can be stopped."""
         if not self.replica_counts.get(colour):
             raise StackError(f"no {colour} replicas run: start them first (start_colour)")
         with self._locked():
@@ -473,8 +470,10 @@ class LocalStack:
             pid = self.component_pid("nginx")
             if pid is None:
                 raise StackError("nginx is not running")
+            old_workers = _children(pid)
             os.kill(pid, signal.SIGHUP)
-            _wait_until(lambda: not self._nginx_old_workers(pid), START_TIMEOUT, 0.1)
+            if not _wait_until(lambda: not any(_pid_alive(w, "nginx") for w in old_workers), START_TIMEOUT, 0.05):
+                raise StackError(f"nginx's workers of the previous configuration did not exit within {START_TIMEOUT:.0f} s")
 
     def stop_colour(self, colour: str) -> None:
         """Stop the replicas of a colour nginx no longer sends traffic to."""
@@ -598,14 +597,14 @@ class LocalStack:
         )
         if ok.returncode == 0:
             return wanted
-        return Path(tempfile.gettempdir()) / f"pgvote-{_short_hash(str(wanted))}"
+        return Path(tempfile.gettempdir()) / f"pgvote-{short_hash(str(wanted))}"
 
     def _socket_dir(self) -> Path:
         """<state dir>/run, unless the socket path would exceed the 107-byte unix socket limit."""
         run = self.state_dir / "run"
         if len(str(run)) + len("/.s.PGSQL.65535.lock") < 100:
             return run
-        return Path(tempfile.gettempdir()) / f"pgvote-run-{_short_hash(str(self.state_dir))}"
+        return Path(tempfile.gettempdir()) / f"pgvote-run-{short_hash(str(self.state_dir))}"
 
     def _service_ids(self) -> tuple[int, int]:
         try:
@@ -921,13 +920,15 @@ class LocalStack:
             os.kill(pid, signal.SIGHUP)
             return
         env = dict(os.environ, PGVOTE_ROOT=str(PROJECT_DIR))
+        self.supervisor_pidfile.unlink(missing_ok=True)
         with open(self.supervisor_log, "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "pgvote.supervisor", str(self.state_dir)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.state_dir, env=env,
-                start_new_session=True,  # outlives `pgvote up` and the terminal
-            )
-        self.supervisor_pidfile.write_text(f"{proc.pid}\n")
+            # it detaches itself (outlives `pgvote up` and the terminal) and writes its pid file
+            subprocess.run([sys.executable, "-m", "pgvote.supervisor", str(self.state_dir), str(self.supervisor_pidfile)],
+                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.state_dir, env=env,
+                           timeout=30, check=True)
+        if not _wait_until(lambda: self._supervisor_pid() is not None, 10):
+            raise StackError(f"the supervisor did not start; last lines of {self.supervisor_log}:\n"
+                             f"{_tail(self.supervisor_log)}")
 
     def _stop_supervisor(self) -> None:
         """Stop the supervisor, which stops its components first; kill leftovers of a dead supervisor."""
@@ -1063,18 +1064,6 @@ class LocalStack:
         lines += [f"server {HOST}:{r.port} max_fails=3 fail_timeout=5s;\n" for r in self.live_replicas()]
         self._write(self.nginx_dir / "live-upstream.conf", "".join(lines))
 
-    def _nginx_old_workers(self, master: int) -> bool:
-        """True while a worker of the previous configuration still finishes its requests."""
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                if int(stat.read_text().rsplit(")", 1)[-1].split()[1]) != master:
-                    continue
-                if b"shutting down" in (stat.parent / "cmdline").read_bytes():
-                    return True
-            except (OSError, ValueError, IndexError):
-                continue
-        return False
-
     # ---- process control -------------------------------------------------------------------------
 
     def _signal_and_wait(self, pid: int, name: str, sig: signal.Signals, timeout: float) -> None:
@@ -1123,46 +1112,22 @@ def read_postgrest_conf(path: Path | None = None) -> dict[str, str]:
     return settings
 
 
+def _children(pid: int) -> list[int]:
+    """Pids of the live children of pid."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+            found.append(int(stat.parent.name))
+    return found
+
+
 def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
-
-
-# --------------------------------------------------------------------------------------------------
-# backend selection (local processes or testcontainers)
-# --------------------------------------------------------------------------------------------------
-
-
-def docker_available(timeout: float = 5.0) -> bool:
-    """True when a Docker engine answers `docker info` within timeout seconds."""
-    if not shutil.which("docker"):
-        return False
-    try:
-        proc = subprocess.run(["docker", "info"], capture_output=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return proc.returncode == 0
-
-
-def select_backend() -> str:
-    """'local' or 'testcontainers': $PGVOTE_BACKEND, else testcontainers when Docker answers and it is installed."""
-    choice = os.environ.get("PGVOTE_BACKEND", "").strip().lower()
-    if choice in ("local", "testcontainers"):
-        return choice
-    if choice:
-        raise StackError(f"PGVOTE_BACKEND={choice!r}: use 'local' or 'testcontainers'")
-    if importlib.util.find_spec("testcontainers") is not None and docker_available():
-        return "testcontainers"
-    return "local"
-
-
-def make_stack(state_dir: Path | None = None) -> LocalStack:
-    """The stack of this checkout per select_backend(): local processes, or containers (same interface)."""
-    if select_backend() == "testcontainers":
-        from pgvote.containers import ContainerStack
-
-        return ContainerStack(state_dir)
-    return LocalStack(state_dir)

@@ -1,6 +1,7 @@
 """Keeps the stack's long-running processes alive: PgBouncer, the PostgREST replicas, nginx, PostgreSQL.
 
-`pgvote up` starts one supervisor per state dir (``python -m pgvote.supervisor <state dir>``, detached).
+`pgvote up` starts one supervisor per state dir (``python -m pgvote.supervisor <state dir> <pid file>``,
+detached).
 It reads ``supervisor/spec.json`` (written by the launcher), runs every process component in the
 foreground as its child, and restarts one that exits, with a backoff when it keeps failing; PostgreSQL
 runs under pg_ctl (it daemonises) and is started again when its postmaster is gone. Every start,
@@ -199,6 +200,12 @@ class Supervisor:
                     c.failures = 0
                 return
             c.last_exit = c.proc.returncode if c.proc is not None else None
+            if c.proc is not None:
+                # Children a killed component leaves behind (nginx's workers keep serving the old
+                # configuration on the inherited socket) die with it: each component is its own
+                # process group (start_new_session).
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(c.proc.pid, signal.SIGKILL)
             c.failures += 1
             c.next_start = now + min(MAX_BACKOFF, 0.2 * 2 ** (c.failures - 1))
             c.state = "backoff"
@@ -262,9 +269,15 @@ class Supervisor:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m pgvote.supervisor <state dir>", file=sys.stderr)
+    """`python -m pgvote.supervisor <state dir> <pid file>`: detach (the launcher's child exits at once,
+    so no launcher ever holds a zombie), write the pid file, supervise."""
+    if len(argv) != 2:
+        print("usage: python -m pgvote.supervisor <state dir> <pid file>", file=sys.stderr)
         return 2
+    if os.fork() > 0:
+        return 0
+    os.setsid()
+    Path(argv[1]).write_text(f"{os.getpid()}\n")
     return Supervisor(Path(argv[0])).run()
 
 

@@ -6,11 +6,17 @@
 -- Output    {"poll_id", "option_ids" (in the poll's option order), "status"} where status
 --           is recorded (new ballot), changed (revote replaced the voter's ballot) or
 --           unchanged (identical re-cast or repeated ballot_id: nothing written).
--- Errors    first match wins: poll_not_found 404, poll_closed 410, login_required 401,
+-- Errors    first match wins: rate_limited 429 per caller (decided by the pre-request
+--           hook, hooks.pre_request, before this function runs: a caller whose bucket is
+--           empty gets it whatever the body), poll_not_found 404, poll_closed 410 (closed,
+--           or closes_at passed by the clock once the fence is held), login_required 401,
 --           invalid_fingerprint 400, invalid_ballot 400, rate_limited 429 (anonymous
 --           ballots on multiple-vote polls, per fingerprint), already_voted 409. A
 --           rejected call writes nothing (the error aborts the transaction).
--- Locks     the poll's close fence in SHARE mode (see internal.poll_fence_key), taken
+--           option_ids arrives as PostgREST's json_to_record made it: a JSON array, or a
+--           string in PostgreSQL's array syntax ("{id,id}"), which it coerces into the same
+--           array; a literal with another lower bound or more dimensions is invalid_ballot.
+-- Locks     the poll's close fence in SHARE mode (see internal.poll_fence_lock_key), taken
 --           BEFORE the poll is read so that a vote queued behind a close sees it closed;
 --           then, in internal.record_ballot, only the voter's own ballot row and this
 --           backend's own tally slot. No row shared between voters is written, so a
@@ -40,13 +46,16 @@ declare
     outcome    text;
 begin
     if cast_vote.poll_id is not null then
-        perform pg_advisory_xact_lock_shared(internal.poll_fence_key(cast_vote.poll_id));
+        perform pg_advisory_xact_lock_shared(internal.advisory_lock_namespace('poll_fence'),
+                                             internal.poll_fence_lock_key(cast_vote.poll_id));
     end if;
     select p.* into poll from voting.polls as p where p.poll_id = cast_vote.poll_id;
     if not found then
         perform internal.raise_api_error('poll_not_found', 'There is no poll with this poll_id.');
     end if;
-    if poll.closed_at is not null or poll.closes_at <= now() then
+    -- The clock, not now(): the transaction may have started long ago (queued in the
+    -- pre-request hook or behind the fence), and no ballot may commit after closes_at.
+    if poll.closed_at is not null or poll.closes_at <= clock_timestamp() then
         perform internal.raise_api_error('poll_closed', 'This poll is closed: it accepts no more votes.');
     end if;
     select s.* into secret from internal.voter_key_secret as s;

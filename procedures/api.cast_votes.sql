@@ -7,9 +7,14 @@
 -- Output    {"recorded", "changed", "unchanged", "rejected": counts, "results": one per
 --           input ballot, in input order: {"status": recorded|changed|unchanged,
 --           "poll_id", "option_ids"} or {"status": "rejected", "code", "message"}}.
---           Each ballot gets the outcome and the code cast_vote would give it (in the
---           same precedence; a malformed entry, e.g. a non-uuid id or an unknown key, is
---           invalid_ballot), and ballots of one batch apply in input order.
+--           Each ballot gets the outcome and the code cast_vote would give it, in the
+--           same precedence, for every value cast_vote accepts: each field is read as
+--           PostgREST's json_to_record reads cast_vote's (any uuid spelling the uuid type
+--           takes, option_ids as a JSON array or an array-literal string, a fingerprint
+--           that is a JSON number counted as its text). What PostgREST would refuse before
+--           cast_vote runs (a malformed uuid, an unknown key, a missing poll_id) rejects
+--           that ballot only, as invalid_ballot, ahead of every other code. The ballots of
+--           one voter in one poll apply in input order (a later one meets the earlier).
 -- Errors    invalid_ballot 400 for the whole call (nothing written) when `ballots` is not
 --           an array or holds more than 1,000 ballots. Any server error aborts the whole
 --           batch: never a partial batch.
@@ -18,9 +23,15 @@
 --           same codes) and inserts all first-time ballots with one INSERT .. ON
 --           CONFLICT; the tallies get one update per poll. Only ballots already stored
 --           (retries, revotes) or repeated within the batch take the per-ballot path,
---           internal.record_ballot, in input order.
--- Locks     the close fence of every poll in the batch in SHARE mode (poll order), then
---           as cast_vote: own ballot rows, this backend's tally slots.
+--           internal.record_ballot, in key order (see Locks).
+-- Locks     the close fence (internal.poll_fence_lock_key) in SHARE mode of the polls of
+--           the batch that exist, in poll order: unknown poll ids take no lock, so a batch
+--           holds at most one lock per real poll. A poll created after the fences were
+--           taken is poll_not_found for this batch (as if the batch came first). Closing
+--           is judged by the clock once the fences are held. Then, as cast_vote: own
+--           ballot rows and this backend's tally slots, in an order that does not depend
+--           on the input order (poll, voter key, ballot key), so two batches holding the
+--           same voters in opposite orders cannot deadlock; outcomes stay in input order.
 create or replace function api.cast_votes(ballots jsonb) returns jsonb
 language plpgsql
 volatile
@@ -36,6 +47,8 @@ declare
     ord      bigint;
     poll     voting.polls;
     recorded record;
+    fenced     uuid[];       -- the existing polls of the batch, whose fences this holds
+    checked_at timestamptz;  -- the clock once the fences are held: closes_at is judged by it
 begin
     if jsonb_typeof(ballots) is distinct from 'array' then
         perform internal.raise_api_error('invalid_ballot', 'ballots must be a JSON array of ballot objects.');
@@ -45,30 +58,44 @@ begin
             format('A batch holds at most 1000 ballots; got %s.', jsonb_array_length(ballots)));
     end if;
 
-    perform pg_advisory_xact_lock_shared(internal.poll_fence_key(f.poll_id))
-    from (select distinct internal.parse_uuid(b ->> 'poll_id') as poll_id
-          from jsonb_array_elements(ballots) as b order by 1) as f
-    where f.poll_id is not null;
+    select coalesce(array_agg(p.poll_id order by p.poll_id), '{}') into fenced
+    from voting.polls as p
+    where p.poll_id in (select internal.parse_uuid(b ->> 'poll_id') from jsonb_array_elements(ballots) as b);
+    perform pg_advisory_xact_lock_shared(internal.advisory_lock_namespace('poll_fence'),
+                                         internal.poll_fence_lock_key(f.poll_id))
+    from unnest(fenced) with ordinality as f(poll_id, n)
+    order by f.n;
+    checked_at := clock_timestamp();
 
     with input as (
         select i.ord::integer as ord, i.item,
                internal.parse_uuid(i.item ->> 'poll_id') as poll_id,
                internal.parse_uuid(i.item ->> 'ballot_id') as ballot_id,
-               case when jsonb_typeof(i.item -> 'option_ids') = 'array' then i.item -> 'option_ids' end as options,
+               case
+                   when coalesce(jsonb_typeof(i.item -> 'option_ids'), 'null') = 'null'
+                       then null
+                   when jsonb_typeof(i.item -> 'option_ids') = 'array'
+                        and not jsonb_path_exists(i.item -> 'option_ids',
+                                                  'strict $[*] ? (@.type() == "array" || @.type() == "object")')
+                       then i.item -> 'option_ids'
+                   else internal.coerce_option_ids(i.item -> 'option_ids')  -- strings, nested arrays, ...
+               end as options,
                i.item -> 'voter_id' as voter_id,
-               i.item -> 'voter_fingerprint' as fingerprint
+               i.item ->> 'voter_fingerprint' as fingerprint  -- any JSON value, as its text
         from jsonb_array_elements(ballots) with ordinality as i(item, ord)
     ),
     elements as (
         -- Every listed option of every ballot, parsed once; options of non-arrays are none.
         select input.ord, input.poll_id, e.value as element, internal.parse_uuid(e.value #>> '{}') as option_id
         from input, jsonb_array_elements(input.options) as e
+        where jsonb_typeof(input.options) = 'array'
     ),
     chosen as (
         -- One join of all listed options against the polls' options, aggregated per ballot
         -- (an index probe per ballot would cost more than the whole join).
         select el.ord, count(*) as n, count(distinct el.option_id) as n_distinct,
-               bool_and(jsonb_typeof(el.element) = 'string' and el.option_id is not null) as all_uuids,
+               bool_or(jsonb_typeof(el.element) = 'null') as has_null,
+               bool_or(jsonb_typeof(el.element) <> 'null' and el.option_id is null) as has_malformed,
                count(o.option_id) as n_found,
                array_agg(o.option_id order by o.position) filter (where o.option_id is not null) as ballot,
                array_agg(o.position order by o.position) filter (where o.option_id is not null) as positions
@@ -83,14 +110,16 @@ begin
                    when jsonb_typeof(input.item) is distinct from 'object'
                         or input.item - array['poll_id', 'option_ids', 'voter_id', 'voter_fingerprint', 'ballot_id']
                            <> '{}'::jsonb
-                        or input.poll_id is null
+                        or not input.item ? 'poll_id'
+                        or (jsonb_typeof(input.item -> 'poll_id') <> 'null' and input.poll_id is null)
                         or (input.item ? 'ballot_id' and jsonb_typeof(input.item -> 'ballot_id') <> 'null'
                             and input.ballot_id is null)
-                        or (input.item ? 'option_ids' and jsonb_typeof(input.item -> 'option_ids') not in ('array', 'null'))
+                        or input.options = '"malformed"'
+                        or chosen.has_malformed
                        then 'invalid_ballot:Each ballot must be an object with poll_id, option_ids and voter_id or voter_fingerprint, with well-formed ids.'
                    when p.poll_id is null
                        then 'poll_not_found:There is no poll with this poll_id.'
-                   when p.closed_at is not null or p.closes_at <= now()
+                   when p.closed_at is not null or p.closes_at <= checked_at
                        then 'poll_closed:This poll is closed: it accepts no more votes.'
                    when jsonb_typeof(input.voter_id) = 'string'
                         and char_length(input.voter_id #>> '{}') not between 1 and 256
@@ -100,14 +129,14 @@ begin
                    when jsonb_typeof(input.voter_id) is distinct from 'string' and not p.allow_anonymous
                        then 'login_required:This poll accepts votes from signed-in users only.'
                    when jsonb_typeof(input.voter_id) is distinct from 'string'
-                        and (jsonb_typeof(input.fingerprint) is distinct from 'string'
-                             or char_length(input.fingerprint #>> '{}') not between 1 and 256
-                             or (input.fingerprint #>> '{}') ~ '[[:cntrl:]]')
+                        and (input.fingerprint is null
+                             or char_length(input.fingerprint) not between 1 and 256
+                             or input.fingerprint ~ '[[:cntrl:]]')
                        then 'invalid_fingerprint:Anonymous votes need a voter_fingerprint of 1-256 printable characters.'
-                   when coalesce(chosen.n, 0) = 0
+                   when coalesce(chosen.n, 0) = 0 and input.options is distinct from '"not_flat"'
                        then 'invalid_ballot:Choose at least one option.'
-                   when not chosen.all_uuids
-                       then 'invalid_ballot:option_ids must be a flat list of option ids without nulls.'
+                   when input.options = '"not_flat"' or chosen.has_null
+                       then 'invalid_ballot:option_ids must be a flat JSON array of option ids, without nulls.'
                    when chosen.n > p.max_choices
                        then format('invalid_ballot:This poll allows at most %s choice(s) per ballot; got %s.', p.max_choices, chosen.n)
                    when chosen.n_distinct <> chosen.n
@@ -117,7 +146,7 @@ begin
                end as problem,
                input.ballot_id
         from input
-        left join voting.polls as p on p.poll_id = input.poll_id
+        left join voting.polls as p on p.poll_id = input.poll_id and p.poll_id = any (fenced)
         left join chosen on chosen.ord = input.ord
     ),
     valid as (
@@ -129,7 +158,7 @@ begin
              lateral (select internal.hmac_sha256(secret.inner_pad, secret.outer_pad,
                                                   case when jsonb_typeof(c.voter_id) = 'string'
                                                        then 'sub:' || (c.voter_id #>> '{}')
-                                                       else 'fp:' || (c.fingerprint #>> '{}') end) as voter_key,
+                                                       else 'fp:' || c.fingerprint end) as voter_key,
                              case when (c.poll).allow_multiple_votes then coalesce(c.ballot_id, gen_random_uuid())
                                   else '00000000-0000-0000-0000-000000000000'::uuid end as ballot_key) as keyed
         where c.problem is null
@@ -137,6 +166,7 @@ begin
     inserted as (
         insert into voting.ballots (poll_id, voter_key, ballot_id, option_ids)
         select v.poll_id, v.voter_key, v.ballot_key, v.ballot from valid as v where v.first_in_batch
+        order by v.poll_id, v.voter_key, v.ballot_key  -- key order: see Locks
         on conflict on constraint ballots_pkey do nothing
         returning ballots.poll_id, ballots.voter_key, ballots.ballot_id
     ),
@@ -182,11 +212,16 @@ begin
                                       array(select jsonb_array_elements_text(tally -> 'votes')::bigint));
     end loop;
 
-    -- The per-ballot path, in input order: ballots stored before this batch (retries,
-    -- revotes) and repeats within the batch, which now meet the batch's own rows.
+    -- The per-ballot path: ballots stored before this batch (retries, revotes) and repeats
+    -- within the batch, which now meet the batch's own rows. In key order, so the row
+    -- locks of revotes are taken in an order two batches agree on; the ballots of one key
+    -- (one voter's, in one poll) in input order, which is all the order their outcomes
+    -- depend on.
     for item, ord in
         select e.value, e.ordinality from jsonb_array_elements(results) with ordinality as e
-        where e.value ->> 'status' = 'pending' order by e.ordinality
+        where e.value ->> 'status' = 'pending'
+        order by e.value ->> 'poll_id' collate "C", e.value ->> 'voter_key' collate "C",
+                 e.value ->> 'ballot_key' collate "C", e.ordinality
     loop
         select p.* into poll from voting.polls as p where p.poll_id = (item ->> 'poll_id')::uuid;
         select * into recorded

@@ -3,7 +3,7 @@
 -- Output    {"poll_id", "closed": true, "closed_at"}; closing a closed poll returns the
 --           same answer (idempotent). An expired poll records closed_at = closes_at.
 -- Errors    poll_not_found 404, login_required 401, not_poll_creator 403.
--- Locks     the poll's close fence EXCLUSIVE (see internal.poll_fence_key): waits for the
+-- Locks     the poll's close fence EXCLUSIVE (see internal.poll_fence_lock_key): waits for the
 --           votes in flight on this poll and holds new ones until this commits, so no
 --           ballot commits after the close. Taken only after the creator check, so no
 --           other caller can stall the poll's voters.
@@ -27,7 +27,8 @@ begin
     end if;
 
     if poll.closed_at is null then
-        perform pg_advisory_xact_lock(internal.poll_fence_key(poll.poll_id));
+        perform pg_advisory_xact_lock(internal.advisory_lock_namespace('poll_fence'),
+                                      internal.poll_fence_lock_key(poll.poll_id));
         update voting.polls as p
         set closed_at = least(clock_timestamp(), p.closes_at)
         where p.poll_id = poll.poll_id and p.closed_at is null

@@ -2,6 +2,10 @@
 --
 -- Inputs    question (1-500 characters, not blank); options (2-100 labels of 1-200
 --           characters, not blank, unique); max_choices (1..number of options);
+--           blank = only white space (spaces, tabs, line breaks, Unicode spaces).
+--           options is a JSON array, or a string in PostgreSQL's array syntax that
+--           PostgREST coerces into the same array; one with more dimensions or a lower
+--           bound other than 1 ("[0:1]={a,b}") is invalid_poll.
 --           allow_revote, allow_multiple_votes, allow_anonymous (true/false);
 --           closes_at (optional, in the future).
 -- Output    {"poll_id", "option_ids"} with option_ids in the order of `options`.
@@ -26,14 +30,18 @@ declare
     new_poll   uuid;
     option_ids uuid[];
     problem    text;
+    -- White space only: ASCII white space and Unicode's space separators and line breaks
+    -- (btrim alone strips only spaces, so a tab or a newline would pass).
+    blank      constant text := '^[ \t\n\r\f\v\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$';
 begin
     problem := case
-        when question is null or char_length(question) not between 1 and 500 or btrim(question) = ''
+        when question is null or char_length(question) not between 1 and 500 or question ~ blank
             then 'question must be 1-500 characters and not blank.'
-        when options is null or array_ndims(options) <> 1 or cardinality(options) not between 2 and 100
-            then 'options must list 2-100 option labels.'
+        when options is null or array_ndims(options) <> 1 or array_lower(options, 1) <> 1
+             or cardinality(options) not between 2 and 100
+            then 'options must be a JSON array of 2-100 option labels.'
         when exists (select from unnest(options) as l
-                     where l is null or char_length(l) not between 1 and 200 or btrim(l) = '')
+                     where l is null or char_length(l) not between 1 and 200 or l ~ blank)
             then 'Each option label must be 1-200 characters and not blank.'
         when (select count(distinct l) from unnest(options) as l) <> cardinality(options)
             then 'Option labels must be unique within a poll.'

@@ -5,7 +5,9 @@
 -- minute by pg_cron (db/schedules.sql); safe to run at any time and concurrently with
 -- votes: it touches only rows of backends that no longer run, and it moves counts
 -- within one transaction, so every sum is conserved. A pid reused by a new backend in
--- the meantime at worst makes that backend start a fresh row.
+-- the meantime at worst makes that backend start a fresh row. One at a time with
+-- rebuild_tallies, which re-creates slot 0: both take the tally_maintenance lock
+-- (internal.advisory_lock_namespace) for their transaction.
 create or replace function internal.compact_tally_slots() returns integer
 language plpgsql
 set search_path = pg_catalog, pg_temp
@@ -13,6 +15,7 @@ as $function$
 declare
     merged integer;
 begin
+    perform pg_advisory_xact_lock(internal.advisory_lock_namespace('tally_maintenance'), 0);
     with live as materialized (  -- read the backend list once, not once per slot row
         select a.pid from pg_stat_activity as a where a.pid is not null
     ),

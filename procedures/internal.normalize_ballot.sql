@@ -2,8 +2,10 @@
 -- return it as a set in the poll's option order ([a,b] and [b,a] are the same ballot),
 -- with the options' positions (what the tallies count by).
 --
--- Errors: invalid_ballot (400) when the ballot is empty, not a flat list, holds a null or
--- a duplicate, has more than max_choices options, or names an option of another poll.
+-- Errors: invalid_ballot (400) when the ballot is empty, not a flat list (more than one
+-- dimension, or a lower bound other than 1: what an array-literal string such as
+-- "[0:1]={a,b}" coerces to, and no JSON array does), holds a null or a duplicate, has more
+-- than max_choices options, or names an option of another poll.
 -- The cheap checks run before the lookup, so an oversized array costs nothing.
 -- Like every internal.* function it has no SET search_path of its own: it runs inside an
 -- api function, whose pinned search_path it inherits (a SET clause costs a GUC
@@ -22,9 +24,10 @@ begin
     if option_ids is null or cardinality(option_ids) = 0 then
         perform internal.raise_api_error('invalid_ballot', 'Choose at least one option.');
     end if;
-    if array_ndims(option_ids) > 1 or array_position(option_ids, null) is not null then
+    if array_ndims(option_ids) > 1 or array_lower(option_ids, 1) <> 1
+       or array_position(option_ids, null) is not null then
         perform internal.raise_api_error('invalid_ballot',
-            'option_ids must be a flat list of option ids without nulls.');
+            'option_ids must be a flat JSON array of option ids, without nulls.');
     end if;
     if cardinality(option_ids) > max_choices then
         perform internal.raise_api_error('invalid_ballot',

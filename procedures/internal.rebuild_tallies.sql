@@ -1,9 +1,12 @@
 -- internal.rebuild_tallies(poll_id): recount a poll's tallies from its stored ballots,
 -- the ground truth; returns {"poll_id", "ballots", "votes": [per option position]}.
 --
--- Holds the poll's close fence EXCLUSIVE (internal.poll_fence_key) while it recounts, so
+-- Holds the poll's close fence EXCLUSIVE (internal.poll_fence_lock_key) while it recounts, so
 -- no vote of that poll commits in between; voters of the poll wait for the recount
--- (about a second per million ballots), other polls are not affected.
+-- (about a second per million ballots), other polls are not affected. Before that it takes
+-- the tally_maintenance lock (internal.advisory_lock_namespace) that compact_tally_slots
+-- also takes: a compaction merging retired slots into slot 0 while this deletes and
+-- re-creates slot 0 would make one of them fail with a duplicate key.
 create or replace function internal.rebuild_tallies(poll_id uuid) returns jsonb
 language plpgsql
 set search_path = pg_catalog, pg_temp
@@ -11,7 +14,9 @@ as $function$
 declare
     recount voting.tally_slots;
 begin
-    perform pg_advisory_xact_lock(internal.poll_fence_key(rebuild_tallies.poll_id));
+    perform pg_advisory_xact_lock(internal.advisory_lock_namespace('tally_maintenance'), 0);
+    perform pg_advisory_xact_lock(internal.advisory_lock_namespace('poll_fence'),
+                                  internal.poll_fence_lock_key(rebuild_tallies.poll_id));
     delete from voting.tally_slots as t where t.poll_id = rebuild_tallies.poll_id;
 
     insert into voting.tally_slots (poll_id, slot, ballots, votes)

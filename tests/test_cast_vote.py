@@ -107,6 +107,34 @@ def test_invalid_ballot_is_400_and_writes_nothing(api, make_poll, admin, ballot,
     assert table_snapshot(admin) == before, why
 
 
+@pytest.mark.parametrize(
+    "literal, why",
+    [
+        (lambda ids: f"[0:0]={{{ids[0]}}}", "lower bound 0"),
+        (lambda ids: f"[2:3]={{{ids[0]},{ids[1]}}}", "lower bound 2"),
+        (lambda ids: f"{{{{{ids[0]}}},{{{ids[1]}}}}}", "two dimensions"),
+    ],
+)
+def test_array_literal_that_no_json_array_makes_is_invalid_ballot(api, make_poll, admin, literal, why) -> None:
+    """PostgREST coerces an array-literal string for option_ids; one with another lower bound or
+    more dimensions is no flat list, and the message says so (not "not an option of this poll")."""
+    poll = make_poll(max_choices=2)
+    before = table_snapshot(admin)
+    r = vote(api, poll, literal(poll.option_ids), claims=user())
+    assert_error(r, 400, "invalid_ballot")
+    assert "flat JSON array" in r.body["message"], (why, r.body["message"])
+    assert table_snapshot(admin) == before
+
+
+def test_array_literal_string_is_the_same_ballot_as_the_json_array(api, make_poll) -> None:
+    """The function cannot tell "{a,b}" (coerced by PostgREST) from ["a","b"]: the same ballot."""
+    poll, voter = make_poll(max_choices=2, allow_revote=False), user()
+    a, b = poll.option_ids[:2]
+    assert vote(api, poll, f"{{{b},{a}}}", claims=voter).body["status"] == "recorded"
+    assert vote(api, poll, [a, b], claims=voter).body == {"poll_id": poll.poll_id, "option_ids": [a, b],
+                                                         "status": "unchanged"}
+
+
 def test_unknown_poll_is_404(api) -> None:
     assert_error(api.rpc("cast_vote", {"poll_id": str(uuid.uuid4()), "option_ids": [str(uuid.uuid4())]},
                          claims=user()), 404, "poll_not_found")

@@ -16,6 +16,7 @@ structural checks where it cannot (each skip says why):
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -32,7 +33,7 @@ import pytest
 import yaml
 
 from pgvote.paths import PROJECT_ROOT
-from pgvote.stack import free_port
+from pgvote.stack import free_port, read_postgrest_conf, render_template
 
 DEPLOY = PROJECT_ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -72,11 +73,20 @@ def k8s_docs() -> list[dict[str, Any]]:
 # ---- nginx --------------------------------------------------------------------------------------------
 
 
-def nginx_copy(tmp_path: Path, colour: str) -> Path:
-    """deploy/nginx copied with the paths moved into tmp_path and the upstream servers rewritten to
-    127.0.0.1: the compose service names (postgrest-blue-1, ...) resolve only inside Docker, and
-    `nginx -t` resolves every upstream host."""
-    conf_dir = tmp_path / "nginx"
+TEMPLATE = DEPLOY / "nginx" / "pgvote.conf.template"
+
+
+def compose_nginx_env() -> dict[str, str]:
+    """The ${PGVOTE_*} values deploy/compose.yaml gives the nginx image's template step."""
+    return {k: str(v) for k, v in yaml_docs(DEPLOY / "compose.yaml")[0]["services"]["nginx"]["environment"].items()}
+
+
+def nginx_as_compose_renders_it(tmp_path: Path, colour: str) -> Path:
+    """deploy/nginx as the nginx image would see it, moved under tmp_path: the template rendered with
+    compose's variables (paths re-rooted), upstream servers rewritten to 127.0.0.1 (the compose service
+    names resolve only inside Docker, and `nginx -t` resolves every upstream host), inside a main file
+    like the image's own nginx.conf."""
+    conf_dir = tmp_path / "etc" / "nginx" / "pgvote"
     shutil.copytree(DEPLOY / "nginx", conf_dir, symlinks=True)
     for i, upstream in enumerate(sorted(conf_dir.glob("upstream-*.conf"))):
         text = upstream.read_text()
@@ -86,32 +96,37 @@ def nginx_copy(tmp_path: Path, colour: str) -> Path:
     live = conf_dir / "live-upstream.conf"
     live.unlink()
     live.symlink_to(f"upstream-{colour}.conf")
-    (tmp_path / "log").mkdir()
-    (tmp_path / "cache").mkdir()
-    conf = (conf_dir / "nginx.conf").read_text()
-    for old, new in (("/etc/nginx/pgvote/", f"{conf_dir}/"), ("/var/log/pgvote-nginx/", f"{tmp_path}/log/"),
-                     ("/var/cache/nginx/pgvote", f"{tmp_path}/cache"), ("/tmp/nginx.pid", f"{tmp_path}/nginx.pid")):
-        assert old in conf, old
-        conf = conf.replace(old, new)
-    (conf_dir / "nginx.conf").write_text(conf)
-    return conf_dir / "nginx.conf"
+    values = {k: str(tmp_path) + v if v.startswith("/") else v for k, v in compose_nginx_env().items()}
+    values["PGVOTE_LISTEN"] = "127.0.0.1:8080"  # port 80 needs root
+    for key in ("PGVOTE_NGINX_STATE", "PGVOTE_NGINX_LOGS", "PGVOTE_STATIC"):
+        Path(values[key]).mkdir(parents=True, exist_ok=True)
+    (conf_dir / "pgvote.conf").write_text(render_template(TEMPLATE.read_text(), values))
+    main = tmp_path / "nginx.conf"
+    main.write_text(f"pid {tmp_path}/nginx.pid;\nevents {{}}\nhttp {{\n    include /etc/nginx/mime.types;\n"
+                    f"    include {conf_dir}/pgvote.conf;\n}}\n")
+    return main
 
 
 @pytest.mark.parametrize("colour", ["blue", "green"])
-def test_nginx_config_passes_nginx_t(tmp_path, colour) -> None:
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    if nginx is None:
-        pytest.skip("no nginx binary (scripts/install-deps installs Debian's nginx)")
-    conf = nginx_copy(tmp_path, colour)
+def test_nginx_template_as_compose_renders_it_passes_nginx_t(tmp_path, colour) -> None:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    conf = nginx_as_compose_renders_it(tmp_path, colour)
     out = run([nginx, "-t", "-q", "-e", "stderr", "-p", str(tmp_path), "-c", str(conf)])
     assert out.returncode == 0, out.stderr
 
 
+def test_compose_gives_every_template_variable_and_mounts_the_template() -> None:
+    wanted = set(re.findall(r"\$\{(PGVOTE_\w+)\}", TEMPLATE.read_text()))
+    assert wanted == set(compose_nginx_env()), "compose's nginx environment must give exactly the template's variables"
+    volumes = yaml_docs(DEPLOY / "compose.yaml")[0]["services"]["nginx"]["volumes"]
+    assert "./nginx/pgvote.conf.template:/etc/nginx/templates/pgvote.conf.template:ro" in volumes
+
+
 def test_nginx_config_does_what_the_guide_asks() -> None:
-    conf = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    conf = TEMPLATE.read_text()
     assert re.search(r"upstream postgrest \{\s*least_conn;", conf)
     assert "limit_req_zone $binary_remote_addr zone=vote_limit:10m rate=10r/s;" in conf
-    assert re.search(r"location = /rpc/cast_vote \{\s*limit_req zone=vote_limit burst=20 nodelay;", conf)
+    assert re.search(r"location = /rpc/cast_vote \{[^}]*limit_req zone=vote_limit burst=20 nodelay;", conf)
     assert "proxy_set_header X-Real-IP $remote_addr;" in conf
     assert "$proxy_add_x_forwarded_for" not in conf, "never pass on a client-written X-Forwarded-For"
     assert 'add_header Cache-Control "public, immutable"' in conf and "expires 1y;" in conf
@@ -122,15 +137,29 @@ def test_nginx_config_does_what_the_guide_asks() -> None:
         assert len(servers) >= 2 and all(colour in s for s in servers)
 
 
+def test_every_error_nginx_answers_itself_has_the_api_json_shape() -> None:
+    conf = TEMPLATE.read_text()
+    pages = dict(re.findall(r"^\s*error_page (\d+) (@\w+);", conf, re.M))
+    assert {"400", "404", "405", "413", "414", "429", "494", "500", "502", "503", "504"} <= set(pages)
+    for status, name in pages.items():
+        body = re.search(rf"location {name} \{{(.*?)\n    \}}", conf, re.S)
+        assert body, name
+        assert "default_type application/json;" in body[1]
+        answer = re.search(r"return (\d+) '(.*)';", body[1])
+        assert answer and json.loads(answer[2]).keys() == {"code", "message", "details", "hint"}, name
+        assert answer[1] == ("400" if status == "494" else status)
+
+
 def test_nginx_log_format_matches_the_log_exporter() -> None:
-    conf = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    conf = TEMPLATE.read_text()
     log_format = re.search(r"log_format pgvote '([^']*)';", conf)[1]
     exporter = yaml_docs(PROMETHEUS / "nginxlog-exporter.yml")[0]
     namespace = exporter["namespaces"][0]
     assert namespace["format"] == log_format
-    assert namespace["source"]["files"] == ["/var/log/pgvote-nginx/access.log"]
-    assert "access_log /var/log/pgvote-nginx/access.log pgvote;" in conf
+    assert namespace["source"]["files"] == [compose_nginx_env()["PGVOTE_NGINX_LOGS"] + "/access.log"]
+    assert "access_log ${PGVOTE_NGINX_LOGS}/access.log pgvote" in conf
     assert "$request_time" in log_format and "$status" in log_format, "latency histogram and status counts"
+
 
 
 # ---- PgBouncer --------------------------------------------------------------------------------------
@@ -214,8 +243,7 @@ def test_deploy_and_local_pgbouncer_share_the_pooling_policy() -> None:
 
 
 def postgrest_conf() -> dict[str, str]:
-    text = (PROJECT_ROOT / "api" / "postgrest.conf").read_text()
-    return {k: v.strip().strip('"') for k, v in re.findall(r"^([a-z][a-z0-9.-]*)\s*=\s*(.+)$", text, re.M)}
+    return read_postgrest_conf()
 
 
 def env_settings(env: dict[str, Any]) -> dict[str, str]:
@@ -446,7 +474,7 @@ def test_compose_file_has_the_production_services() -> None:
     assert "shared_preload_libraries = 'pg_stat_statements,pg_cron'" in (PROJECT_ROOT / "db" / "postgresql.conf").read_text()
     assert services["postgrest-green-1"]["profiles"] == ["green"]
     mounts = " ".join(services["nginx"]["volumes"])
-    assert "./nginx/nginx.conf:/etc/nginx/nginx.conf" in mounts and "./nginx:/etc/nginx/pgvote" in mounts
+    assert "/etc/nginx/templates/pgvote.conf.template" in mounts and "./nginx:/etc/nginx/pgvote" in mounts
     for volume in services["postgres-exporter"]["volumes"] + services["prometheus"]["volumes"]:
         assert (DEPLOY / volume.split(":")[0]).exists(), volume
 

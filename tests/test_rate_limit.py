@@ -10,6 +10,7 @@ subs, IPs and fingerprints), so tests never share a bucket.
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ import psycopg
 import pytest
 
 from helpers import Poll, fingerprint, user
+from pgvote.paths import PROCEDURES_DIR, PROJECT_ROOT
 from pgvote.postgrest_emulation import PostgrestEmulator, Response, connect_emulator
 
 LimitSetter = Callable[..., None]
@@ -241,6 +243,33 @@ def test_concurrent_requests_of_one_caller_never_exceed_the_burst(stack, make_po
     with ThreadPoolExecutor(max_workers=16) as pool:
         statuses = sorted(pool.map(one, range(16)))
     assert statuses == [200] * 5 + [429] * 11
+
+
+def documented_precedence(text: str) -> list[str]:
+    """The codes of a "first in this order wins" / "first match wins" list, in order."""
+    found = re.search(r"(?:first in this order wins|first match wins):(.*?)\.(?:\s|$)", text, re.S)
+    assert found, "the precedence is stated"
+    return re.findall(r"\b(poll_not_found|poll_closed|login_required|invalid_fingerprint|invalid_ballot|"
+                      r"rate_limited|already_voted)\b", found.group(1))
+
+
+def test_request_limit_is_decided_before_the_function_runs(limited_api, make_poll, limit) -> None:
+    """The hook runs before cast_vote, so once a caller's bucket is empty every call answers
+    rate_limited, even one that would be poll_not_found or invalid_ballot: api/README.md and
+    cast_vote's contract say so, listing the hook's rate_limited first."""
+    limit(per_minute=1, burst=1)
+    poll, caller = make_poll(), user()
+    unknown_poll = {"poll_id": str(uuid.uuid4()), "option_ids": [poll.option_ids[0]]}
+    assert limited_api.rpc("cast_vote", unknown_poll, claims=caller).status == 404, "a failed call costs nothing"
+    assert vote(limited_api, poll, claims=caller).status == 200
+    assert_rate_limited(limited_api.rpc("cast_vote", unknown_poll, claims=caller))
+    assert_rate_limited(limited_api.rpc("cast_vote", {"poll_id": poll.poll_id, "option_ids": []}, claims=caller))
+
+    readme = documented_precedence((PROJECT_ROOT / "api" / "README.md").read_text())
+    contract = documented_precedence(re.sub(r"\n--\s*", " ", (PROCEDURES_DIR / "api.cast_vote.sql").read_text()))
+    expected = ["rate_limited", "poll_not_found", "poll_closed", "login_required", "invalid_fingerprint",
+                "invalid_ballot", "rate_limited", "already_voted"]
+    assert readme == contract == expected
 
 
 # ---- the per-fingerprint limit inside cast_vote (internal.take_fingerprint_token) ------------------

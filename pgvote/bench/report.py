@@ -107,11 +107,11 @@ def markdown(results: Results, server_version: str, command: str) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(path: Path, section: str) -> None:
-    """Replace this command's section of the document, keeping every other section."""
+def write_markdown(path: Path, section: str, start: str = START, end: str = END) -> None:
+    """Replace the section between ``start`` and ``end`` (a command's own), keeping every other section."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
+    if start in text and end in text:
+        text = text[: text.index(start)] + section + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)

@@ -15,7 +15,6 @@ from typing import Any
 
 from pgvote.loadtest.ballots import BallotSpec
 from pgvote.loadtest.callers import DbCaller, DbTarget, retryable
-from pgvote.postgrest_emulation import Routine
 
 INGEST_CLAIMS = {"role": "ingest"}
 
@@ -41,11 +40,9 @@ async def run_bulk(url: str, ballots: BallotSpec, voters: int, batch: int, clien
     """Cast ``voters`` ballots in batches of ``batch`` from ``clients`` connections, all released at once."""
     plan = batches(ballots, voters, batch)
     bodies = [{"ballots": [ballots.bulk_item(n) for n in numbers]} for numbers in plan]  # built before the clock
-    cache: dict[tuple[str, str], tuple[Routine, ...]] = {}
     target = DbTarget(url, fn="cast_votes", claims=INGEST_CLAIMS, pre_request=pre_request)
-    callers = [DbCaller(target, cache) for _ in range(max(1, min(clients, len(plan))))]
+    callers = [DbCaller(target) for _ in range(max(1, min(clients, len(plan))))]
     await asyncio.gather(*(c.open() for c in callers))
-    await callers[0].warm()  # read the schema cache before the clock starts
     queue = iter(range(len(plan)))
     outcomes: dict[int, tuple[str, str]] = {}
     latency: list[float] = []

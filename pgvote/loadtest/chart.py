@@ -6,7 +6,10 @@ from typing import Any
 
 
 def write_chart(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise RuntimeError("charts need matplotlib: pip install 'pgvote[chart]'") from None
 
     matplotlib.use("Agg")  # no display
     import matplotlib.pyplot as plt
@@ -21,7 +24,7 @@ def write_chart(report: dict[str, Any], path: Path) -> None:
         ax.plot(t, [b["votes_per_s"] for b in tl], color="tab:blue", label="votes/s acknowledged")
         ax.set_ylabel("votes/s", color="tab:blue")
         ax.set_xlabel("seconds since release")
-        ax.set_title(f"{s['name']}: {s['voters']:,} voters, {s['clients']:,} clients")
+        ax.set_title(f"{s['name']}: {s['voters']:,} voters, {s['clients']:,} {'VUs' if 'k6' in s else 'clients'}")
         lat = ax.twinx()
         for key, style in (("p50_ms", ":"), ("p95_ms", "--"), ("p99_ms", "-")):
             lat.plot(t, [b[key] for b in tl], color="tab:red", linestyle=style, label=key.replace("_ms", ""))

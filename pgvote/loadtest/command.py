@@ -1,15 +1,21 @@
-"""The ``pgvote loadtest`` command line: options, defaults from the local stack, output files."""
+"""The ``pgvote loadtest`` command line: options, defaults from the local stack, output files.
+
+Over HTTP by default (k6 through the stack's nginx: the product's real interface); ``--sql`` (and
+``--bulk`` / ``--with-bulk``, which are SQL-level) selects the database path through PgBouncer.
+"""
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from rich.console import Console
 
 from pgvote.loadtest import LoadtestConfig, run_loadtest
 from pgvote.loadtest.chart import write_chart
+from pgvote.loadtest.http_scenarios import HttpTarget, server_ports
 from pgvote.loadtest.report import print_report, write_json
 
 DEFAULT_CLIENTS = 2_000
@@ -18,31 +24,56 @@ DEFAULT_BULK_CLIENTS = 4  # concurrent batches: more only queue on 2 cores
 
 def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--voters", type=int, default=50_000, help="distinct voters, one ballot each (default 50,000)")
+    p.add_argument("--sql", action="store_true",
+                   help="the SQL path: PostgREST's statements straight through PgBouncer from Python clients, with "
+                        "the bare-insert reference burst (the drain ratio)")
     p.add_argument("--clients", type=int, default=None,
-                   help=f"concurrent client connections (default {DEFAULT_CLIENTS:,}; bulk: {DEFAULT_BULK_CLIENTS})")
+                   help=f"SQL path: concurrent client connections (default {DEFAULT_CLIENTS:,}; bulk: "
+                        f"{DEFAULT_BULK_CLIENTS})")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2,
-                   help="client processes sharing the connections (default: one per core)")
-    p.add_argument("--bulk", action="store_true", help="ingest through api.cast_votes as role ingest")
+                   help="SQL path: client processes sharing the connections (default: one per core)")
+    p.add_argument("--bulk", action="store_true", help="SQL path: ingest through api.cast_votes as role ingest")
     p.add_argument("--batch", type=int, default=500, help="ballots per cast_votes call (default 500)")
-    p.add_argument("--http", metavar="URL",
-                   help="vote through a real PostgREST: POST URL/rpc/cast_vote (the poll is created and verified "
-                        "through --database-url/--admin-url, the database behind it; not exercised on these "
-                        "machines: no postgrest binary)")
-    p.add_argument("--ramp", action="store_true", help="the guide's k6 stages, scaled: peak users = --clients")
+    p.add_argument("--http", metavar="URL", nargs="?", const="",
+                   help="the default: vote over HTTP with k6, POST URL/rpc/cast_vote (default URL: the local stack's "
+                        "nginx), one source address per VU, production rate limits on; the poll is created and "
+                        "verified through --admin-url, the database behind it")
+    p.add_argument("--vus", type=int,
+                   help="HTTP: k6 VUs (default: the fewest that stay within the per-address burst, e.g. 2,500 "
+                        "for 50,000 voters; with --ramp: 2,000, the guide's 50,000 / 25)")
+    p.add_argument("--ramp", action="store_true",
+                   help="HTTP: the guide's k6 scenario (its stages and thresholds), peak users --vus")
     p.add_argument("--ramp-time-scale", type=float, default=0.25,
                    help="stage durations x this (default 0.25: 210 s of stages become 52 s)")
     p.add_argument("--no-baseline", action="store_true", help="skip the bare-insert reference burst")
     p.add_argument("--baseline-voters", type=int, help="voters of the bare-insert burst (default: --voters)")
     p.add_argument("--with-bulk", action="store_true",
-                   help="after the burst, ingest as many ballots through the bulk path (one report)")
+                   help="SQL path: after the burst, ingest as many ballots through the bulk path (one report)")
     p.add_argument("--call-timeout", type=float, default=30.0,
-                   help="client bound of one call, then the identical ballot is re-cast (default 30 s)")
+                   help="SQL path: client bound of one call, then the identical ballot is re-cast (default 30 s)")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
     p.add_argument("--chart", metavar="FILE.png", help="write throughput and latency over time (PNG)")
     p.add_argument("--database-url", help="authenticator through PgBouncer (default: the local stack's)")
     p.add_argument("--admin-url", help="superuser, direct, for setup and verification (default: the local stack's)")
     p.add_argument("--bouncer-admin-url", help="PgBouncer admin console (default: the local stack's)")
     p.add_argument("--quiet", action="store_true", help="no live progress")
+
+
+def http_target(args: argparse.Namespace, stack: Any | None, admin_url: str,
+                bouncer_admin_url: str | None) -> HttpTarget:
+    status = stack.status() if stack else {}
+    urls = status.get("urls", {})
+    base = args.http or urls.get("http") or urls.get("postgrest_url")
+    if not base:
+        raise ValueError("the HTTP load (the default) needs --http URL or a running local stack (`pgvote up`); "
+                         "--sql runs the database path instead")
+    servers = server_ports(status)
+    if not servers:  # no stack: the servers behind the URLs, when they listen on this machine
+        for name, url in (("http", base), ("postgres", admin_url)):
+            parts = urlsplit(url)
+            if parts.hostname in ("127.0.0.1", "localhost") and parts.port:
+                servers[name] = parts.port
+    return HttpTarget(base.rstrip("/"), admin_url, servers, bouncer_admin_url)
 
 
 def config_from_args(args: argparse.Namespace, stack: Any | None) -> LoadtestConfig:
@@ -52,9 +83,13 @@ def config_from_args(args: argparse.Namespace, stack: Any | None) -> LoadtestCon
     if not urls["database_url"] or not urls["admin_url"]:
         raise ValueError("give --database-url and --admin-url, or start the local stack (`pgvote up`)")
     clients = args.clients if args.clients is not None else (DEFAULT_BULK_CLIENTS if args.bulk else DEFAULT_CLIENTS)
+    sql = args.sql or args.bulk or args.with_bulk
+    if sql and (args.http is not None or args.ramp):
+        raise ValueError("--http and --ramp are HTTP; --sql, --bulk and --with-bulk the SQL path: pick one")
+    http = None if sql else http_target(args, stack, urls["admin_url"], urls["bouncer_admin_url"])
     return LoadtestConfig(database_url=urls["database_url"], admin_url=urls["admin_url"],
                           bouncer_admin_url=urls["bouncer_admin_url"], voters=args.voters, clients=clients,
-                          workers=max(1, args.workers), bulk=args.bulk, batch=args.batch, http_url=args.http,
+                          workers=max(1, args.workers), bulk=args.bulk, batch=args.batch, http=http, vus=args.vus,
                           ramp=args.ramp, ramp_time_scale=args.ramp_time_scale, baseline=not args.no_baseline,
                           baseline_voters=args.baseline_voters, with_bulk=args.with_bulk,
                           call_timeout=args.call_timeout)

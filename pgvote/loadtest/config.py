@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-#: The seed guide's k6 stages (tests/load-test.js): (seconds, virtual users reached at the end of the stage).
+if TYPE_CHECKING:
+    from pgvote.loadtest.http_scenarios import HttpTarget
+
+#: The original guide's k6 stages (its load-test script): (seconds, virtual users reached at the end of the stage).
 GUIDE_STAGES: tuple[tuple[float, int], ...] = ((30, 1_000), (60, 10_000), (30, 50_000), (60, 50_000), (30, 0))
 #: Peak virtual users of the guide's stages (the spike): ``--clients`` replaces it when scaled.
 GUIDE_PEAK_VUS = 50_000
@@ -19,7 +23,7 @@ class Stage:
 
 
 def scaled_stages(peak_clients: int, time_scale: float) -> tuple[Stage, ...]:
-    """The guide's stages with users scaled so that its 50,000 becomes ``peak_clients`` and durations × ``time_scale``."""
+    """The guide's stages, users scaled so that its 50,000 becomes ``peak_clients``, durations × ``time_scale``."""
     scale = peak_clients / GUIDE_PEAK_VUS
     return tuple(Stage(seconds * time_scale, round(vus * scale), "spike" if i in SPIKE_STAGES else "normal")
                  for i, (seconds, vus) in enumerate(GUIDE_STAGES))
@@ -34,9 +38,9 @@ class Targets:
     p95_ms: float = 500.0  # guide: http_req_duration p(95) < 500 ms
     votes_per_second: float = 50_000.0  # guide: 50,000+ votes/s
     memory_bytes: int = 2 * 1024**3  # guide: 1-2 GB of memory
-    memory_beyond_shared_bytes: int = 1024**3  # issue 4: <= 1 GB beyond shared_buffers
-    drain_ratio: float = 0.8  # issue 4: single-vote drain rate >= 0.8 x bare-insert rate, same run
-    bulk_seconds: float = 1.0  # issue 4: 50,000 ballots in <= 1 s through the bulk path
+    memory_beyond_shared_bytes: int = 1024**3  # ours: <= 1 GB beyond shared_buffers
+    drain_ratio: float = 0.8  # ours: single-vote drain rate >= 0.8 x bare-insert rate, same run
+    bulk_seconds: float = 1.0  # ours: 50,000 ballots in <= 1 s through the bulk path
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,8 @@ class LoadtestConfig:
     workers: int = 2  # client processes (one event loop each: one core's GIL is not enough)
     bulk: bool = False
     batch: int = 500
-    http_url: str | None = None
+    http: HttpTarget | None = None  # vote over HTTP with k6 (burst, or the ramp); None: the SQL path
+    vus: int | None = None  # HTTP: k6 VUs (default: the fewest the per-address burst allows; ramp: 2,000)
     ramp: bool = False
     ramp_time_scale: float = 0.25
     baseline: bool = True  # also run the bare-insert scenario through the same path (drain ratio)

@@ -194,7 +194,7 @@ class MemorySampler:
         try:
             cur = admin.execute("SHOW POOLS")
             names = [d.name for d in cur.description or []]
-            rows = [dict(zip(names, row)) for row in cur.fetchall()]
+            rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
         except psycopg.Error:
             return
         totals = {"cl_active": 0, "cl_waiting": 0, "sv_active": 0, "maxwait": 0}

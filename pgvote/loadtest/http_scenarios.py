@@ -1,0 +1,209 @@
+"""The HTTP scenarios of ``pgvote loadtest --http``: k6 against one base URL (the stack's nginx).
+
+- ``burst``: N distinct voters on one poll from V VUs released together (``k6/burst.js``);
+- ``ramp``: the original guide's stages and thresholds, scaled (``k6/ramp.js``).
+
+Production rate limits stay on. nginx and the database limit each client address (the database
+keys anonymous callers on the ``X-Real-IP`` nginx sets from the TCP peer), so every VU gets its own
+loopback source address (k6 ``--local-ips``) and casts at most a bucket's burst: 50,000 voters
+need at least 2,500 VUs. Each scenario takes a fresh block of addresses (``127.B.0.1`` up), so
+buckets emptied by an earlier scenario of the run never answer the next one 429; the blocks avoid
+127.64.0.0/10, where ``pgvote.http.ApiClient`` picks its random caller addresses.
+
+Python prepares the poll (SQL, as its creator), starts k6, reads its JSON output, and verifies
+exactly once against the stored ballots (``verify.verify_poll``).
+"""
+from __future__ import annotations
+
+import ipaddress
+import math
+import random
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from rich.console import Console
+
+from pgvote.loadtest.ballots import BallotSpec, identity
+from pgvote.loadtest.config import Stage, scaled_stages
+from pgvote.loadtest.cpu import CpuMeter
+from pgvote.loadtest.k6 import K6Run, run_k6
+from pgvote.loadtest.scenarios import create_poll, memory_figures, new_tag, sampler_for_ports
+from pgvote.loadtest.stats import figures, phase_figures, timeline
+from pgvote.loadtest.verify import verify_poll
+
+CALL_TIMEOUT_S = 30
+MAX_ATTEMPTS = 20
+
+
+@dataclass(frozen=True)
+class HttpTarget:
+    """Where the load goes and what measures it.
+
+    ``servers``: name -> listening TCP port of each server process on this machine (``nginx``,
+    each PostgREST replica, ``pgbouncer``, ``postgres``), for CPU seconds; ``bouncer_admin_url``
+    for PgBouncer's pool peaks.
+    """
+
+    base_url: str
+    admin_url: str
+    servers: dict[str, int] = field(default_factory=dict)
+    bouncer_admin_url: str | None = None
+
+    @classmethod
+    def for_stack(cls, stack: Any) -> HttpTarget:
+        """The stack's nginx, measured with every server process the stack runs."""
+        return cls(stack.http_url, stack.admin_url, server_ports(stack.status()), stack.bouncer_admin_url)
+
+
+def server_ports(status: dict[str, Any]) -> dict[str, int]:
+    """Listening port of each running server process of a stack's ``status()``: nginx, every PostgREST
+    replica (by name), PgBouncer, PostgreSQL."""
+    components = status.get("components", {})
+    ports: dict[str, int] = {}
+    if components.get("nginx", {}).get("port"):
+        ports["nginx"] = int(components["nginx"]["port"])
+    for replica in components.get("postgrest", []):
+        if replica.get("running"):
+            ports[replica["name"]] = int(replica["port"])
+    for name in ("pgbouncer", "postgres"):
+        if components.get(name, {}).get("port"):
+            ports[name] = int(components[name]["port"])
+    return ports
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    burst: int
+    per_minute: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"burst": self.burst, "per_minute": self.per_minute}
+
+
+def request_limit(admin_url: str) -> RateLimit:
+    """The database's per-caller limit (``rate_limit.limits`` 'request'); nginx's vote zone allows
+    bursts of 20 at 10 r/s, which a VU voting one call at a time never reaches first."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        row = conn.execute("select burst, requests_per_minute, enabled from rate_limit.limits "
+                           "where name = 'request'").fetchone()
+    if row is None or not row[2]:
+        return RateLimit(1_000_000, 1e6)
+    return RateLimit(int(row[0]), float(row[1]))
+
+
+_used_blocks: set[int] = set()
+
+
+def source_addresses(count: int) -> str:
+    """A k6 ``--local-ips`` range of ``count`` loopback addresses in a /16 this process has not used."""
+    if not 1 <= count <= 65_534:
+        raise ValueError(f"{count} VUs: one /16 of loopback addresses holds at most 65,534")
+    free = [b for b in (*range(1, 64), *range(128, 255)) if b not in _used_blocks]
+    block = random.choice(free)
+    _used_blocks.add(block)
+    first = ipaddress.IPv4Address(f"127.{block}.0.1")
+    return f"{first}-{first + count - 1}"
+
+
+def vus_needed(voters: int, limit: RateLimit) -> int:
+    """The fewest VUs (addresses) that cast ``voters`` ballots without one exceeding its burst."""
+    return math.ceil(voters / limit.burst)
+
+
+def _measure(target: HttpTarget) -> tuple[CpuMeter, Any]:
+    meter = CpuMeter(target.servers)
+    memory = sampler_for_ports(target.servers.get("postgres"), target.servers.get("pgbouncer"),
+                               target.bouncer_admin_url)
+    meter.start()
+    memory.start()
+    return meter, memory
+
+
+def _result(name: str, path: str, run: K6Run, ballots: BallotSpec, vus: int, local_ips: str,
+            target: HttpTarget, fn: str, cpu: dict[str, float], memory: Any,
+            verification: dict[str, Any] | None) -> dict[str, Any]:
+    f = figures(run.records, run.t0, run.errors)
+    metrics = run.summary.get("metrics", {})
+    return {"name": name, "path": path, "fn": fn, "base_url": target.base_url, "poll_id": ballots.poll_id,
+            "voters": f.voters, "clients": vus, "workers": 1, "connected": vus, "connect_failure": None,
+            "local_ips": local_ips, "figures": f.as_dict(), "memory": memory_figures(memory),
+            "pool": dict(memory.pool_peaks), "cpu_seconds": {"k6": round(run.cpu_seconds, 2), **cpu},
+            "timeline": timeline(run.records, run.t0),
+            "k6": {"exit_code": run.exit_code, "thresholds_crossed": run.thresholds_crossed,
+                   "requests": run.requests, "retries": run.requests - f.voters,
+                   "peak_rss_mib": round(run.peak_rss_mib),
+                   "http_req_duration_ms": metrics.get("http_req_duration", {}).get("values", {}),
+                   "http_req_failed_rate": metrics.get("http_req_failed", {}).get("values", {}).get("rate")},
+            "verification": verification if verification is not None else {"exactly_once": True,
+                                                                              "skipped": "no ballots stored"}}
+
+
+def run_burst(target: HttpTarget, voters: int, vus: int | None, console: Console, *, quiet: bool = False,
+              fn: str = "cast_vote", caller_header: bool = False) -> dict[str, Any]:
+    """``voters`` distinct voters through ``POST /rpc/<fn>``, from ``vus`` VUs released together.
+
+    ``fn`` other than cast_vote (the bench's no-op) stores nothing: verification is skipped.
+    ``caller_header``: each VU sends its own ``X-Real-IP`` (for a target without nginx in front).
+    """
+    limit = request_limit(target.admin_url)
+    vus = vus or vus_needed(voters, limit)
+    per_vu = math.ceil(voters / vus)
+    if per_vu > limit.burst:
+        raise ValueError(f"{vus:,} VUs would each cast {per_vu} ballots, more than the per-address burst of "
+                         f"{limit.burst}: use at least {vus_needed(voters, limit):,}")
+    tag = new_tag()
+    ballots = create_poll(target.admin_url, tag)
+    local_ips = source_addresses(vus)
+    plan = {"base_url": target.base_url, "fn": fn, "caller_header": caller_header, "poll_id": ballots.poll_id,
+            "patterns": [list(p) for p in ballots.patterns], "tag": tag, "limit": limit.as_dict(),
+            "call_timeout_s": CALL_TIMEOUT_S, "max_attempts": MAX_ATTEMPTS, "voters": voters, "vus": vus,
+            "per_vu": per_vu, "max_duration_s": 1200}
+    meter, memory = _measure(target)
+    with tempfile.TemporaryDirectory(prefix="pgvote-k6-") as tmp:
+        try:
+            run = run_k6("burst.js", plan, Path(tmp),
+                         voter_of=lambda vu, it: ballots.fingerprint((vu - 1) * per_vu + it),
+                         local_ips=local_ips, total=voters, label=f"{fn} over HTTP (k6, {vus:,} VUs)",
+                         console=console, quiet=quiet)
+        finally:
+            memory.stop()
+            cpu = meter.stop()
+    verification = _verify(target, ballots, run) if fn == "cast_vote" else None
+    return _result(f"HTTP burst ({fn})", "http", run, ballots, vus, local_ips, target, fn, cpu, memory,
+                   verification)
+
+
+def run_ramp(target: HttpTarget, peak_vus: int, time_scale: float, console: Console, *,
+             quiet: bool = False) -> dict[str, Any]:
+    """The guide's k6 stages, VUs scaled so that its 50,000 become ``peak_vus``, durations x ``time_scale``."""
+    limit = request_limit(target.admin_url)
+    tag = new_tag()
+    ballots = create_poll(target.admin_url, tag)
+    stages: tuple[Stage, ...] = scaled_stages(peak_vus, time_scale)
+    local_ips = source_addresses(peak_vus)
+    plan = {"base_url": target.base_url, "fn": "cast_vote", "caller_header": False,
+            "poll_id": ballots.poll_id, "patterns": [list(p) for p in ballots.patterns], "tag": tag,
+            "limit": limit.as_dict(), "call_timeout_s": CALL_TIMEOUT_S, "max_attempts": MAX_ATTEMPTS,
+            "stages": [{"seconds": s.seconds, "target": s.target} for s in stages]}
+    meter, memory = _measure(target)
+    with tempfile.TemporaryDirectory(prefix="pgvote-k6-") as tmp:
+        try:
+            run = run_k6("ramp.js", plan, Path(tmp), voter_of=lambda vu, it: ballots.fingerprint(f"{vu}-{it}"),
+                         local_ips=local_ips, total=None, label=f"guide's ramp over HTTP (k6, peak {peak_vus:,} VUs)",
+                         console=console, quiet=quiet)
+        finally:
+            memory.stop()
+            cpu = meter.stop()
+    result = _result("ramp (guide's k6 stages, scaled)", "ramp", run, ballots, peak_vus, local_ips, target,
+                     "cast_vote", cpu, memory, _verify(target, ballots, run))
+    result["stages"] = [{"seconds": s.seconds, "target": s.target, "phase": s.phase} for s in stages]
+    result["phases"] = phase_figures(run.records, run.t0, stages)
+    return result
+
+
+def _verify(target: HttpTarget, ballots: BallotSpec, run: K6Run) -> dict[str, Any]:
+    acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in run.records if r[1] == "ack"}
+    return verify_poll(target.admin_url, ballots.poll_id, acked, [identity(r[0]) for r in run.records]).as_dict()

@@ -1,0 +1,87 @@
+// One ballot per call of castBallot(): POST <base_url>/rpc/<fn>, re-sent identically after an
+// infrastructure failure (502/503/504, a reset or refused connection, a timeout), never after
+// any other answer: a 4xx (429 included) is the voter's final answer and counts as a failure.
+// Identical re-casts are safe: on a single-ballot poll a stored ballot answers "unchanged".
+//
+// The plan (a JSON file written by pgvote/loadtest/k6.py, path in PGVOTE_PLAN) says where to
+// vote and what: poll_id, the option sets, the run tag that makes fingerprints unique, and the
+// per-address rate limit each VU stays within (every VU has its own source address, k6
+// --local-ips, so it is one caller of nginx's limit_req and of the database's bucket).
+import http from 'k6/http';
+import { sleep } from 'k6';
+import { Counter } from 'k6/metrics';
+
+export const plan = JSON.parse(open(__ENV.PGVOTE_PLAN));
+
+// What each acknowledged ballot answered (recorded / unchanged), tagged with vu and iter like
+// every request: the voter's outcome in the JSON output.
+const answers = new Counter('vote_answers');
+
+const RETRYABLE = { 0: true, 502: true, 503: true, 504: true };
+const url = `${plan.base_url}/rpc/${plan.fn}`;
+const headers = { 'Content-Type': 'application/json', Accept: 'application/json' };
+
+// Straight at PostgREST (no nginx to set it), plan.caller_header names each VU as a caller in
+// X-Real-IP, so that the database's rate-limit hook keeps a bucket per VU as it does behind nginx.
+function requestParams() {
+    const h = plan.caller_header ? Object.assign({ 'X-Real-IP': `${plan.tag}-vu-${__VU}` }, headers) : headers;
+    return { headers: h, timeout: `${plan.call_timeout_s}s` };
+}
+
+// FNV-1a over the fingerprint's bytes (ASCII): pgvote.loadtest.ballots.hash_index, so Python
+// knows which options every voter cast.
+function hashIndex(text) {
+    let h = 0x811c9dc5;
+    for (let i = 0; i < text.length; i++) {
+        h = Math.imul(h ^ text.charCodeAt(i), 16777619) >>> 0;
+    }
+    return h >>> 0;
+}
+
+// This VU's view of its address's token bucket (burst, then per_minute), as conservative as the
+// servers' limits: every attempt takes a token here, while the database gives failed ones back.
+let tokens = plan.limit.burst;
+let refilledAt = Date.now();
+
+function takeToken() {
+    const perMs = plan.limit.per_minute / 60000;
+    const now = Date.now();
+    tokens = Math.min(plan.limit.burst, tokens + (now - refilledAt) * perMs);
+    refilledAt = now;
+    if (tokens < 1) {
+        sleep((1 - tokens) / perMs / 1000);
+        tokens = 1;
+        refilledAt = Date.now();
+    }
+    tokens -= 1;
+}
+
+export function fingerprint(voter) {
+    return `lt-${plan.tag}-${voter}`;
+}
+
+export function castBallot(voter) {
+    const fp = fingerprint(voter);
+    const body = JSON.stringify({
+        poll_id: plan.poll_id,
+        option_ids: plan.patterns[hashIndex(fp) % plan.patterns.length],
+        voter_fingerprint: fp,
+    });
+    const params = requestParams();
+    for (let attempt = 1; attempt <= plan.max_attempts; attempt++) {
+        takeToken();
+        const res = http.post(url, body, params);
+        if (res.status === 200) {
+            answers.add(1, { answer: String(res.json('status')) });
+            return;
+        }
+        if (!RETRYABLE[res.status]) {
+            return;
+        }
+        sleep(Math.min(1, 0.05 * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2));
+    }
+}
+
+export function handleSummary(data) {
+    return { [plan.summary_path]: JSON.stringify(data) };
+}
