@@ -168,8 +168,8 @@ def unexplained_errors(result: Round, wait: float) -> dict[str, int]:
         a.status in (503, 504) and a.finished - a.started >= wait)))
 
 
-RATE_LIMITS = ("production limits on: nginx 10 r/s burst 20 and the database 10/min burst 20 per address; "
-               "one loopback address per k6 VU, a fresh block per round")
+RATE_LIMITS = ("rate limits: production's (nginx 10 r/s, burst 20; the database 10 a minute, burst 20, per "
+               "address), one loopback address per k6 VU, a /16 no earlier round used, <= 16 ballots per VU")
 
 
 def fault_round(stack: Any, *, name: str, votes: int, vus: int, fault: Fault | None, figures: dict[str, Any],

@@ -25,6 +25,7 @@ import pytest
 
 from pgvote.stack import LocalStack, free_port
 
+from .checks import RATE_LIMITS
 from .faults import Bouncer, Cluster, TcpProxy
 from .profile import PROFILE, Profile
 
@@ -49,6 +50,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"profile": PROFILE.__dict__, "figures": _FIGURES}, indent=2, default=str) + "\n")
     terminalreporter.section(f"pgvote reliability figures ({PROFILE.name} profile)")
+    terminalreporter.write_line(RATE_LIMITS)
     for name, value in _FIGURES.items():
         terminalreporter.write_line(f"{name}: {json.dumps(value, default=str)}")
     terminalreporter.write_line(f"(written to {out})")

@@ -13,9 +13,10 @@
 // there was no HTTP answer; a final error also keeps the body the client was told).
 // tests/reliability/k6round.py writes the plan and reads these points back from the JSON output.
 //
-// plan.executor: "shared" - plan.vus VUs take the ballots one after another (a steady load the
-// fault lands in); "together" - one VU per ballot, all released at once (a duplicate storm).
-// Each VU has its own source address (k6 --local-ips): nginx and the database limit per address.
+// plan.vus VUs, all released at once, VU v (1-based) casting ballots (v - 1) * per_vu ... v * per_vu - 1
+// one after another: a steady load the fault lands in, or with one ballot per VU a duplicate storm.
+// Each VU has its own source address (k6 --local-ips) and casts at most per_vu ballots: nginx and the
+// database limit per address.
 import http from 'k6/http';
 import { sleep } from 'k6';
 import exec from 'k6/execution';
@@ -33,16 +34,15 @@ function retryable(res, error) {
 }
 const url = `${plan.base_url}/rpc/cast_vote`;
 
-const scenario = plan.executor === 'together'
-    ? { executor: 'per-vu-iterations', vus: ballots.length, iterations: 1 }
-    : { executor: 'shared-iterations', vus: plan.vus, iterations: ballots.length };
-
 export const options = {
     scenarios: {
-        round: Object.assign(scenario, {
+        round: {
+            executor: 'per-vu-iterations',
+            vus: plan.vus,
+            iterations: plan.per_vu,
             maxDuration: `${plan.max_duration_s}s`,
             gracefulStop: `${plan.call_timeout_s + 5}s`,
-        }),
+        },
     },
     systemTags: ['status'],
     summaryTrendStats: ['med', 'p(99)', 'max'],
@@ -61,7 +61,10 @@ function errorOf(res) {
 }
 
 export default function () {
-    const index = exec.scenario.iterationInTest;
+    const index = (exec.vu.idInTest - 1) * plan.per_vu + exec.vu.iterationInScenario;
+    if (index >= ballots.length) {
+        return;
+    }
     const ballot = ballots[index];
     const headers = { 'Content-Type': 'application/json', Accept: 'application/json' };
     if (ballot.auth) {

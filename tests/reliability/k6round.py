@@ -1,9 +1,9 @@
 """The load of a fault round: k6 casting a list of ballots through the stack's nginx, read back per attempt.
 
 Python writes the ballots (body and bearer token of each, in a file k6 shares between its VUs) and a
-plan, starts ``fault_load.js`` with ``--out json=FILE`` and ``--local-ips`` (a fresh block of loopback
-addresses per round, one per VU, so no VU exceeds the per-address limits of nginx and of the database,
-which stay on), follows the JSON output while k6 runs (the fault strikes at a chosen number of
+plan, starts ``fault_load.js`` with ``--out json=FILE`` and ``--local-ips`` (a /16 of loopback addresses
+no earlier round of the run used, one address per VU, so no VU exceeds the per-address limits of nginx
+and of the database, which stay on), follows the JSON output while k6 runs (the fault strikes at a chosen number of
 acknowledgments) and reads every attempt back: ballot, attempt number, status, answer or error, start
 and end. k6 re-sends a ballot identically after a reset, 502, 503 or 504, a bounded number of times;
 whatever is still unanswered when k6 exits is settled here, by identical re-casts through the same nginx
@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import math
 import os
 import shutil
 import statistics
@@ -31,6 +32,7 @@ from typing import Any
 
 from pgvote import jwt
 from pgvote.http import ApiClient
+from pgvote.loadtest.http_scenarios import source_addresses
 from pgvote.loadtest.k6 import _raise_nofile_limit, k6_binary
 
 SCRIPT = Path(__file__).with_name("fault_load.js")
@@ -215,27 +217,6 @@ class Round:
         return round(len(acked) / max(self.finished - self.started, 1e-3))
 
 
-# ---- source addresses ----------------------------------------------------------------------------
-
-_FIRST, _END = (int.from_bytes(bytes(a), "big") for a in ((127, 1, 0, 1), (127, 64, 0, 0)))
-_next_address = [_FIRST]
-_address_lock = threading.Lock()
-
-
-def address_block(n: int) -> str:
-    """A range of n loopback addresses no earlier round of this run used, for k6 --local-ips (from
-    127.1.0.1 up; pgvote.http picks its random caller addresses in 127.64.0.0/10): fresh rate-limit buckets."""
-    with _address_lock:
-        first = _next_address[0]
-        _next_address[0] += n
-    assert first + n <= _END, "address blocks used up"
-
-    def text(address: int) -> str:
-        return ".".join(str(b) for b in address.to_bytes(4, "big"))
-
-    return f"{text(first)}-{text(first + n - 1)}"
-
-
 # ---- running k6 ----------------------------------------------------------------------------------
 
 class _Follower:
@@ -278,14 +259,15 @@ def bearer(stack: Any, vote: Vote) -> str:
 
 def run_round(stack: Any, votes: Sequence[Vote], *, vus: int, fault: Fault | None = None,
               together: bool = False, timeout: float = 300) -> Round:
-    """Cast every vote through k6 (``vus`` VUs taking them in turn, or one VU per vote released together)
+    """Cast every vote through k6 (``vus`` VUs released together, each casting its share of the votes one
+    after another, or one VU per vote)
     while ``fault`` runs in a thread; then settle what is still unanswered. Bounded in time. k6's files
     are deleted after a good round and kept (plan, ballots, output, log) after a failed one."""
     workdir = Path(tempfile.mkdtemp(prefix="pgvote-k6-"))
     plan = _write_plan(stack, votes, workdir, vus=vus, together=together, timeout=timeout)
     command = [k6_binary(), "run", "--quiet", "--no-color", "--no-usage-report", "--no-summary",
                "--out", f"json={workdir / 'k6.json'}", "--local-ips",
-               address_block(len(votes) if together else vus), str(SCRIPT)]
+               source_addresses(len(votes) if together else vus), str(SCRIPT)]
     live = Live()
     errors: list[BaseException] = []
 
@@ -338,9 +320,10 @@ def _write_plan(stack: Any, votes: Sequence[Vote], workdir: Path, *, vus: int, t
         ballots.append({"body": json.dumps(v.body()), "auth": tokens[v.sub]})
     (workdir / "ballots.json").write_text(json.dumps(ballots))
     plan = workdir / "plan.json"
+    vus = len(votes) if together else vus
     plan.write_text(json.dumps({
         "base_url": stack.http_url, "ballots_path": str(workdir / "ballots.json"), "vus": vus,
-        "executor": "together" if together else "shared", "max_attempts": MAX_ATTEMPTS,
+        "per_vu": math.ceil(len(votes) / vus), "max_attempts": MAX_ATTEMPTS,
         "call_timeout_s": CALL_TIMEOUT_S, "max_duration_s": int(timeout)}))
     return plan
 

@@ -1,6 +1,7 @@
 """Restart and pause under k6 load through nginx (PgBouncer's own suite names: test_database_restart,
 test_pause_resume, test_reconnect): a PostgreSQL fast restart gives bounded, retryable client errors and
-nothing acknowledged is lost; PgBouncer PAUSE/RESUME and RECONNECT give no client error at all.
+nothing acknowledged is lost; PgBouncer PAUSE/RESUME and RECONNECT give no client error, except (during a
+pause) the clean overload answer of a call that waited past the configured queue wait.
 """
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 
 import pytest
 
-from .checks import assert_no_errors, fault_round
+from .checks import assert_no_errors, fault_round, overload_wait, unexplained_errors
 from .k6round import Live
 from .profile import PROFILE
 
@@ -35,7 +36,7 @@ def test_postgres_fast_restart_under_load(killable_stack, cluster, profile, figu
 
 
 @pytest.mark.parametrize("round_no", range(PROFILE.rounds))
-def test_pgbouncer_pause_resume_under_load_has_no_client_error(killable_stack, cluster, bouncer, profile,
+def test_pgbouncer_pause_resume_under_load_only_delays_calls(killable_stack, cluster, bouncer, profile,
                                                                figures, round_no) -> None:
     def pause(live: Live) -> None:
         live.after_acks(profile.fault_votes // 4)
@@ -53,7 +54,9 @@ def test_pgbouncer_pause_resume_under_load_has_no_client_error(killable_stack, c
                          pause_took_s=round(result.marks["paused"] - result.marks["pause"], 3),
                          first_ack_after_resume_s=result.first_ack_after("resume"),
                          latency_ms_after_resume=result.latency_ms(since=result.marks["resume"]))
-    assert_no_errors(result)
+    # calls only wait; one that waited past PostgREST's pool wait (10 s) got the clean, retryable 504
+    unexplained = unexplained_errors(result, overload_wait(killable_stack))
+    assert not unexplained, unexplained
 
 
 @pytest.mark.parametrize("round_no", range(PROFILE.rounds))
