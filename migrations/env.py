@@ -1,11 +1,15 @@
 """Alembic environment: SQL-first migrations on DATABASE_URL, then replaceable objects.
 
 All revisions of one `upgrade` run in one transaction. When the database ends at head,
-the functions of procedures/ whose text changed are re-created and db/grants.sql is
-re-applied in that same transaction (pgvote/procedures.py), so `alembic upgrade head`
-on an empty database builds everything and, later, picks up edited functions.
+the functions of procedures/ whose text changed are re-created, those no file defines
+are dropped, and db/grants.sql is re-applied in that same transaction (pgvote/procedures.py),
+so `alembic upgrade head` on an empty database builds everything and, later, picks up edited
+and removed functions.
 """
 from __future__ import annotations
+
+import logging
+from logging.config import fileConfig
 
 from alembic import context
 from alembic.script import ScriptDirectory
@@ -15,22 +19,34 @@ from pgvote.database_url import database_url, sqlalchemy_url
 from pgvote.procedures import offline_script, sync_procedures
 
 config = context.config
+if config.config_file_name is not None:  # alembic.ini's loggers: what the upgrade did, on stderr
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+log = logging.getLogger("alembic.env")
 
 
 def target_url() -> str:
     return config.attributes.get("database_url") or database_url()
 
 
+def heads() -> set[str]:
+    return set(ScriptDirectory.from_config(config).get_heads())
+
+
 def at_head() -> bool:
-    heads = set(ScriptDirectory.from_config(config).get_heads())
-    return set(context.get_context().get_current_heads()) == heads
+    return set(context.get_context().get_current_heads()) == heads()
+
+
+def upgrading_to_head() -> bool:
+    """Offline: whether the script ends at head (alembic resolves "head" to its revision number)."""
+    target = context.get_revision_argument()
+    return set(target if isinstance(target, tuple) else (target,)) == heads()
 
 
 def run_offline() -> None:
     context.configure(url=sqlalchemy_url(target_url()), literal_binds=True, transactional_ddl=True)
     with context.begin_transaction():
         context.run_migrations()
-        if context.get_revision_argument() == "head" or context.get_tag_argument() == "head":
+        if upgrading_to_head():
             context.get_context().impl.static_output(offline_script())
 
 
@@ -41,7 +57,10 @@ def run_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
             if at_head():
-                sync_procedures(connection.connection.driver_connection)
+                result = sync_procedures(connection.connection.driver_connection)
+                log.info("Applied %d changed file(s) of procedures/", len(result.applied))
+                for signature in result.dropped:
+                    log.info("Dropped %s: no file in procedures/ defines it", signature)
 
 
 if context.is_offline_mode():

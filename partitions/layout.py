@@ -2,9 +2,10 @@
 
 Partitions are named after their place in the hash space, `<table>_m<modulus>_r<remainder>`,
 so a name says which slice a table holds even after some partitions were split (a
-partition m16_r3 splits into m32_r3 and m32_r19). The initial migration creates the first
-set with `create_statements`; the partition manager reuses the same code later (`pgvote
-partitions create`), and `parse_partition_name` / `halves` / `parent_slice` for `split`.
+partition m16_r3 splits into m32_r3 and m32_r19). The initial migration writes the first set
+with its own frozen copy of `create_statements` (tests/test_static.py checks that both agree);
+the partition manager uses this code (`pgvote partitions create`), and `parse_partition_name` /
+`halves` / `parent_slice` for `split`.
 """
 from __future__ import annotations
 

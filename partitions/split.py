@@ -84,8 +84,15 @@ from psycopg import errors, sql
 from partitions import catalog
 from partitions.catalog import LooseTable, Partition, PartitionedTable
 from partitions.layout import MAX_MODULUS, halves
-from partitions.splitsql import (SplitPlan, batch_sql, create_target_sql, drop_retired_sql, mirror_sql,
-                                 retired_name, switch_sql)
+from partitions.splitsql import (
+    SplitPlan,
+    batch_sql,
+    create_target_sql,
+    drop_retired_sql,
+    mirror_sql,
+    retired_name,
+    switch_sql,
+)
 from partitions.splitstate import PendingSplit, SourceState, pending_splits
 from partitions.sqlexec import Executor, Refused, render
 

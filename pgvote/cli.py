@@ -26,7 +26,6 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from rich.console import Console
@@ -194,20 +193,45 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _target_database(args: argparse.Namespace) -> tuple[str, str]:
+    """$DATABASE_URL, else the running local stack's admin URL; with where it came from."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url, "DATABASE_URL"
+    stack = _stack(args)
+    require_running(stack, "postgres")
+    return stack.admin_url, f"the local stack's admin_url (state dir {stack.state_dir})"
+
+
 @command("migrate", "run migrations against $DATABASE_URL (or the local stack)")
 def cmd_migrate(args: argparse.Namespace) -> int:
     from pgvote import migrate
 
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        source = "DATABASE_URL"
-    else:
-        stack = _stack(args)
-        require_running(stack, "postgres")
-        url, source = stack.admin_url, f"the local stack's admin_url (state dir {stack.state_dir})"
+    url, source = _target_database(args)
     out.print(f"migrating {escape(_redact(url))} (from {escape(source)})")
     migrate.upgrade(url)
     out.print("[green]migrations applied[/]")
+    return 0
+
+
+def _schema_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", action="store_true", help="only compare with db/schema.sql; exit 1 if it differs")
+
+
+@command("schema", "rewrite db/schema.sql: the normalised schema a fresh `alembic upgrade head` builds "
+                   "(in a scratch database of $DATABASE_URL's cluster, or of the local stack)",
+         configure=_schema_options)
+def cmd_schema(args: argparse.Namespace) -> int:
+    from pgvote.schema_dump import SCHEMA_FILE, migrated_schema
+
+    url, _ = _target_database(args)
+    schema = migrated_schema(url)
+    if args.check:
+        same = SCHEMA_FILE.is_file() and SCHEMA_FILE.read_text() == schema
+        (out if same else err).print(f"{SCHEMA_FILE}: {'up to date' if same else 'differs; run `pgvote schema`'}")
+        return 0 if same else 1
+    SCHEMA_FILE.write_text(schema)
+    out.print(f"wrote {escape(str(SCHEMA_FILE))}")
     return 0
 
 
@@ -231,8 +255,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     stack = _local_stack(args)
     require_running(stack)
     reports = run_spike(stack, voters=args.voters, console=out)
-    print_results(stack, reports["http"]["scenarios"][0]["poll_id"], out)
+    poll_id = reports["http"]["scenarios"][0]["poll_id"]
+    print_results(stack, poll_id, out)
     _print_urls(stack)
+    print(f"\nResults page (live, open it in a browser): {stack.http_url}/polls/{poll_id}")
     return 0
 
 
@@ -247,6 +273,10 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
                    help="the HTTP figures instead, k6 through the stack's nginx: cast_vote / a no-op RPC (H1), the "
                         "50,000-voter burst (H2), the guide's ramp (H3), the rate-limit hook, CPU per vote by "
                         "process (--quick: small sizes, a smoke run)")
+    p.add_argument("--live", action="store_true",
+                   help="live results instead: watchers held, messages/s, update latency, votes/s with ÷ without")
+    p.add_argument("--subscribers", type=int, default=10_000, help="--live: watchers of one poll (default 10,000)")
+    p.add_argument("--votes", type=int, default=50_000, help="--live: votes of each burst (default 50,000)")
 
 
 @command("bench", "pgbench scenarios on a throw-away database of the local stack: votes/s, latency, same-run ratios",
@@ -262,6 +292,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         run_http_bench(stack, quick=args.quick, json_path=args.json,
                        report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
                        command="pgvote bench --http" + (" --quick" if args.quick else ""), console=out)
+        return 0
+    if args.live:
+        from pgvote.bench.live import run_live_bench
+
+        run_live_bench(stack, subscribers=args.subscribers, votes=args.votes, json_path=args.json,
+                       report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
+                       command=f"pgvote bench --live --subscribers {args.subscribers} --votes {args.votes}",
+                       console=out)
         return 0
     run_bench(stack.admin_url, stack.api_url, quick=args.quick, seconds=args.seconds, json_path=args.json,
               chart_path=None if args.no_report else (args.chart or DEFAULT_CHART),

@@ -1,4 +1,5 @@
-"""Container backend: PostgreSQL 16 with pg_cron (deploy/postgres/Dockerfile) + edoburu/pgbouncer via testcontainers, same interface as LocalStack.
+"""Container backend: PostgreSQL 16 with pg_cron (deploy/postgres/Dockerfile) + edoburu/pgbouncer via
+testcontainers, behind the same `Stack` interface as LocalStack (pgvote/backends.py).
 
 Selected by PGVOTE_BACKEND=testcontainers, or automatically when PGVOTE_BACKEND is unset and a Docker engine
 answers `docker info` (see pgvote.backends.select_backend). Needs the optional extra: pip install -e '.[docker]'.
@@ -13,8 +14,8 @@ look exactly like LocalStack's. PostgREST is not started here (use deploy/compos
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import string
 from pathlib import Path
 from typing import Any

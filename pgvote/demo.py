@@ -15,6 +15,7 @@ from rich.table import Table
 from pgvote.http import ApiClient
 from pgvote.stack import LocalStack
 
+
 def print_results(stack: LocalStack, poll_id: str, console: Console) -> None:
     results = ApiClient(stack.http_url).rpc("poll_results", {"poll_id": poll_id}, method="GET").body
     table = Table(title=f"GET {stack.http_url}/rpc/poll_results?poll_id={poll_id}")

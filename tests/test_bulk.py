@@ -10,10 +10,10 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
-
-from helpers import Poll, counts_from_ballots, results_counts, stored_ballots, table_snapshot, user
 from test_cast_vote import assert_error
 from test_concurrency import wait_until_waiting
+
+from helpers import Poll, counts_from_ballots, results_counts, stored_ballots, table_snapshot, user
 
 INGEST = {"role": "ingest"}
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import uuid
 
-import psycopg
 import pytest
 
-from helpers import Poll, PollFactory, fingerprint, results_counts, stored_ballots, table_snapshot, user
 from pgvote.http import ApiClient, Response
+
+from helpers import Poll, PollFactory, fingerprint, results_counts, stored_ballots, table_snapshot, user
 
 
 def assert_error(r: Response, status: int, code: str) -> None:

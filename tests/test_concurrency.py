@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import random
 import re
-import threading
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
 
+from pgvote.http import Response
+
 from helpers import counts_from_ballots, fingerprint, results_counts, stored_ballots, user
 from parallel_clients import cast, fresh_results, in_parallel, raised_request_limit
-from pgvote.http import Response
 
 CLIENTS = 200
 

@@ -33,7 +33,7 @@ import pytest
 import yaml
 
 from pgvote.paths import PROJECT_ROOT
-from pgvote.stack import free_port, read_postgrest_conf, render_template
+from pgvote.stack import NCHAN_MODULE, free_port, read_postgrest_conf, render_template
 
 DEPLOY = PROJECT_ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -102,7 +102,9 @@ def nginx_as_compose_renders_it(tmp_path: Path, colour: str) -> Path:
         Path(values[key]).mkdir(parents=True, exist_ok=True)
     (conf_dir / "pgvote.conf").write_text(render_template(TEMPLATE.read_text(), values))
     main = tmp_path / "nginx.conf"
-    main.write_text(f"pid {tmp_path}/nginx.pid;\nevents {{}}\nhttp {{\n    include /etc/nginx/mime.types;\n"
+    # the image's nginx.conf loads Debian's nchan module (modules-enabled/50-mod-nchan.conf)
+    main.write_text(f"load_module {NCHAN_MODULE};\npid {tmp_path}/nginx.pid;\nevents {{}}\n"
+                    "http {\n    include /etc/nginx/mime.types;\n"
                     f"    include {conf_dir}/pgvote.conf;\n}}\n")
     return main
 
@@ -139,15 +141,35 @@ def test_nginx_config_does_what_the_guide_asks() -> None:
 
 def test_every_error_nginx_answers_itself_has_the_api_json_shape() -> None:
     conf = TEMPLATE.read_text()
-    pages = dict(re.findall(r"^\s*error_page (\d+) (@\w+);", conf, re.M))
+    pages = dict(re.findall(r"^\s*error_page (\d+) (/_errors/\w+);", conf, re.M))
     assert {"400", "404", "405", "413", "414", "429", "494", "500", "502", "503", "504"} <= set(pages)
     for status, name in pages.items():
-        body = re.search(rf"location {name} \{{(.*?)\n    \}}", conf, re.S)
+        body = re.search(rf"location = {name} \{{(.*?)\n    \}}", conf, re.S)
         assert body, name
-        assert "default_type application/json;" in body[1]
+        assert "internal;" in body[1] and "types { }" in body[1] and "default_type application/json;" in body[1]
         answer = re.search(r"return (\d+) '(.*)';", body[1])
         assert answer and json.loads(answer[2]).keys() == {"code", "message", "details", "hint"}, name
         assert answer[1] == ("400" if status == "494" else status)
+
+
+def test_compose_nginx_has_nchan_and_the_publisher_shares_its_loopback() -> None:
+    """The official nginx image has no nchan: compose builds deploy/nginx/Dockerfile (Debian's module), and
+    nchan's publisher endpoint listens on the nginx container's loopback, reached only by the publisher,
+    which runs in that container's network namespace."""
+    services = yaml_docs(DEPLOY / "compose.yaml")[0]["services"]
+    assert services["nginx"]["build"]["context"] == "./nginx"
+    dockerfile = (DEPLOY / "nginx" / "Dockerfile").read_text()
+    assert re.search(r"apt-get install [^\n]*\bnginx libnginx-mod-nchan\b", dockerfile)
+    assert "COPY render-templates.sh" in dockerfile and (DEPLOY / "nginx" / "render-templates.sh").stat().st_mode & 0o111
+    env = compose_nginx_env()
+    assert env["PGVOTE_LIVE_PUBLISH_LISTEN"].startswith("127.0.0.1:")
+    assert env["PGVOTE_LIVE_PUBLISHER"].startswith("127.0.0.1:")
+    publisher = services["publisher"]
+    assert publisher["network_mode"] == "service:nginx"
+    command = "\n".join(publisher["command"])
+    assert f"--listen {env['PGVOTE_LIVE_PUBLISHER']}" in command
+    assert f"--nchan-url http://{env['PGVOTE_LIVE_PUBLISH_LISTEN']}" in command
+    assert "./nginx/static:" + env["PGVOTE_STATIC"] + ":ro" in services["nginx"]["volumes"]
 
 
 def test_nginx_log_format_matches_the_log_exporter() -> None:
@@ -341,6 +363,31 @@ def test_postgrest_deployment_has_health_probes_autoscaler_and_budget() -> None:
     assert docs[("Service", "postgrest")]["spec"]["selector"]["pgvote.dev/colour"] in ("blue", "green")
 
 
+def test_k8s_postgrest_accepts_api_traffic_from_the_proxy_only() -> None:
+    """The rate limit trusts x-real-ip because only the proxy reaches PostgREST: a NetworkPolicy selects
+    every PostgREST pod (both colours) and opens its API port to named proxy pods, nothing else."""
+    docs = k8s_docs()
+    pods = [d["spec"]["template"]["metadata"]["labels"] for d in docs
+            if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("postgrest-")]
+    assert len(pods) == 2
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"
+                and all(set(d["spec"]["podSelector"]["matchLabels"].items()) <= set(labels.items()) for labels in pods)]
+    assert len(policies) == 1, "one policy covers both colours"
+    spec = policies[0]["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    api_rules = [r for r in spec["ingress"] if any(port["port"] in ("http", 3000) for port in r.get("ports", []))]
+    assert api_rules, "the API port is open to someone"
+    for rule in spec["ingress"]:
+        assert rule.get("ports"), "a rule without ports opens every port"
+        assert rule.get("from"), "a rule without peers admits every pod and address"
+        for peer in rule["from"]:
+            assert "ipBlock" not in peer, "addresses are not identities inside a cluster"
+            assert peer.get("podSelector", {}).get("matchLabels"), "named pods, not whole namespaces"
+            assert peer.get("namespaceSelector", {}).get("matchLabels"), "in a named namespace"
+    kustomization = yaml_docs(K8S / "kustomization.yaml")[0]
+    assert "postgrest-network-policy.yaml" in kustomization["resources"]
+
+
 def test_k8s_pgbouncer_runs_the_deploy_config() -> None:
     docs = {(d["kind"], d["metadata"]["name"]): d for d in k8s_docs()}
     assert docs[("ConfigMap", "pgbouncer-config")]["data"]["pgbouncer.ini"] == (DEPLOY / "pgbouncer.ini").read_text()
@@ -473,6 +520,8 @@ def test_compose_file_has_the_production_services() -> None:
     assert "-cron" in (DEPLOY / "postgres" / "Dockerfile").read_text()
     assert "shared_preload_libraries = 'pg_stat_statements,pg_cron'" in (PROJECT_ROOT / "db" / "postgresql.conf").read_text()
     assert services["postgrest-green-1"]["profiles"] == ["green"]
+    unpublished = [n for n, s in services.items() if n.startswith("postgrest-") and not s.get("ports")]
+    assert len(unpublished) == 4, "PostgREST only behind nginx: the rate limit trusts x-real-ip"
     mounts = " ".join(services["nginx"]["volumes"])
     assert "/etc/nginx/templates/pgvote.conf.template" in mounts and "./nginx:/etc/nginx/pgvote" in mounts
     for volume in services["postgres-exporter"]["volumes"] + services["prometheus"]["volumes"]:

@@ -4,43 +4,48 @@
   PostgREST -> PgBouncer, each VU from its own loopback address within the production rate
   limits, verified exactly once; how k6's per-request output becomes one outcome per voter
   (identical retries after 502/503/504 or a reset counted, a 429 a failure);
-- a burst of 5,000 distinct voters from 500 connections released together through PgBouncer
-  (PostgREST's exact statements), verified exactly once against the stored ballots;
+- at the SQL level, pgbench with PostgREST's exact statements through PgBouncer: a burst of 5,000
+  distinct voters from 500 connections released together, verified exactly once against the stored
+  ballots (acknowledged = pgbench's committed transactions); the bare-insert reference on the same
+  envelope; the bulk path in batches;
 - bulk ingestion (``api.cast_votes`` as role ingest): one batch mixing new, invalid and duplicate
   ballots answers one outcome per ballot in input order, and re-sending it adds nothing;
-- overload: on a private stack with a two-connection pool, clients queue in PgBouncer, are served
-  when the pool frees within the wait bound, and otherwise get PgBouncer's clean, retryable
-  ``query_wait_timeout`` error (connection closed, class 08, PostgREST's 503); nothing
-  acknowledged is lost and the identical retry succeeds once the pool is free.
+- overload: on a private stack with a two-connection pool, pgbench's clients queue in PgBouncer,
+  are served when the pool frees within the wait bound, and otherwise get PgBouncer's clean
+  ``query_wait_timeout`` error (connection closed, class 08: PostgREST's retryable 503); nothing
+  acknowledged is lost and the identical re-cast succeeds once the pool is free.
 
 No assertion is on wall-clock time: the machines are shared and noisy.
 """
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
+import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
 from rich.console import Console
 
-from helpers import Poll, counts_from_ballots, fingerprint, results_counts, stored_ballots
-from pgvote.loadtest import LoadtestConfig, run_loadtest
+from pgvote.bench.pgbench import POSTGREST_RPC, SCRIPTS, Outcome, Run, execute, postgrest_variables
+from pgvote.http import ApiClient, Response
+from pgvote.loadtest import LoadtestConfig, run_loadtest, scratch
 from pgvote.loadtest.ballots import BallotSpec
-from pgvote.loadtest.callers import Answer, DbCaller, DbTarget, retryable
 from pgvote.loadtest.http_scenarios import HttpTarget, request_limit, run_burst
 from pgvote.loadtest.k6 import K6Output, voter_records
-from pgvote.loadtest.scenarios import create_poll
-from pgvote.http import ApiClient, Response
+from pgvote.loadtest.scenarios import create_poll, run_bare
+from pgvote.loadtest.verify import verify_poll
 from pgvote.stack import LocalStack
+
+from helpers import Poll, counts_from_ballots, fingerprint, results_counts, stored_ballots
 
 INGEST = {"role": "ingest"}
 
@@ -126,34 +131,57 @@ def test_k6_output_becomes_one_outcome_per_voter(tmp_path: Any) -> None:
 
 
 def test_burst_of_5000_voters_from_500_connections_is_stored_exactly_once(stack: LocalStack) -> None:
-    """5,000 voters, 500 client connections in two processes, all released at one barrier: every
-    voter is acknowledged, and the stored ballots are exactly the acknowledged ones (same options,
-    one per voter), with poll_results equal to them."""
+    """5,000 voters from 500 pgbench clients, all connected before any casts (PgBouncer holds the 500 at
+    once, most of them queued for its 40 server connections): every voter's transaction commits, and
+    the stored ballots are exactly the acknowledged ones (same options, one per voter), with
+    poll_results equal to them."""
     cfg = LoadtestConfig(database_url=stack.api_url, admin_url=stack.admin_url,
-                         bouncer_admin_url=stack.bouncer_admin_url, voters=5_000, clients=500, workers=2,
-                         baseline=False)
+                         bouncer_admin_url=stack.bouncer_admin_url, voters=5_000, clients=500, baseline=False)
     report = run_loadtest(cfg, quiet_console(), quiet=True)
 
     (burst,) = report["scenarios"]
     f, v = burst["figures"], burst["verification"]
-    assert burst["connected"] == 500
+    pgbench = burst["pgbench"]
+    assert burst["clients"] == 500 and (pgbench["exit_code"], pgbench["transactions"], pgbench["aborted_clients"]) \
+        == (0, 5_000, 0)
     assert f["accepted"] == f["voters"] == 5_000, (f["rejected"], f["retried_errors"])
-    assert f["rejected"] == {} and f["gave_up"] == 0
-    assert set(f["answers"]) <= {"recorded", "unchanged"}  # unchanged: an identical re-cast after a lost answer
+    assert f["rejected"] == {} and f["answers"] == {"committed": 5_000}
     assert v["exactly_once"], v["problems"]
-    assert (v["stored"], v["lost"], v["duplicated"], v["mismatched"]) == (5_000, 0, 0, 0)
+    assert (v["stored"], v["lost"], v["duplicated"], v["unexpected"], v["mismatched"]) == (5_000, 0, 0, 0, 0)
     assert v["results_total"] == 5_000 and v["tallies_match"]
-    assert burst["pool"].get("clients", 0) > 0  # PgBouncer saw the clients (SHOW POOLS sampled)
+    assert burst["pool"]["clients"] >= 500  # SHOW POOLS saw every client connected at once
+
+
+def test_bare_insert_reference_runs_the_same_envelope_and_leaves_nothing(stack: LocalStack,
+                                                                          admin: psycopg.Connection) -> None:
+    """The drain ratio's denominator: the PostgREST script with only its call pointed at a bare insert,
+    the same clients and transactions through PgBouncer, every acknowledged row stored once; the
+    scratch schema is gone afterwards."""
+    with tempfile.TemporaryDirectory() as tmp:
+        bare = scratch.bare_script(Path(tmp)).read_text().splitlines()
+    real = (SCRIPTS / POSTGREST_RPC).read_text().splitlines()
+    assert [(a, b) for a, b in zip(real, bare, strict=True) if a != b] == [
+        (line, line.replace('"api"."cast_vote"(', '"pgvote_loadtest"."cast_vote"(')) for line in real
+        if '"api"."cast_vote"(' in line]
+    cfg = LoadtestConfig(database_url=stack.api_url, admin_url=stack.admin_url,
+                         bouncer_admin_url=stack.bouncer_admin_url, voters=1_000, clients=100)
+    result = run_bare(cfg, quiet_console(), quiet=True)
+    assert result["figures"]["accepted"] == 1_000 and result["pgbench"]["aborted_clients"] == 0
+    assert result["verification"] == {"accepted": 1_000, "stored": 1_000, "lost": 0, "duplicated": 0,
+                                      "exactly_once": True}
+    assert admin.execute("select to_regnamespace('pgvote_loadtest')").fetchone() == (None,)
 
 
 def test_bulk_run_of_5000_ballots_is_stored_exactly_once(stack: LocalStack) -> None:
-    """The bulk runner: 10 batches of 500 through cast_votes, half voter_id, half fingerprints."""
+    """The bulk path by pgbench: 5,000 ballots, half voter_id, half fingerprints, through cast_votes as role
+    ingest from 4 clients; batches of at most 500, split evenly (12 of 416-417: 3 per client)."""
     cfg = LoadtestConfig(database_url=stack.api_url, admin_url=stack.admin_url,
                          bouncer_admin_url=stack.bouncer_admin_url, voters=5_000, clients=4, bulk=True, batch=500)
     (bulk,) = run_loadtest(cfg, quiet_console(), quiet=True)["scenarios"]
-    assert bulk["answers"] == {"recorded": 5_000}, bulk
-    assert bulk["batch_errors"] == [] and bulk["success_rate"] == 1.0
+    assert (bulk["batches"], bulk["batch"], bulk["committed_batches"]) == (12, 417, 12), bulk
+    assert bulk["accepted"] == 5_000 and bulk["errors"] == {} and bulk["success_rate"] == 1.0
     assert bulk["verification"]["exactly_once"], bulk["verification"]["problems"]
+    assert bulk["verification"]["stored"] == 5_000
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,27 +307,31 @@ def pool_waiting(bouncer_admin_url: str) -> int:
                    if row[names.index("database")] == "pgvote")
 
 
-def cast_each(url: str, poll: BallotSpec, voters: list[str]) -> list[tuple[str, Answer]]:
-    """Each voter casts on its own connection, all at once, with the load test's SQL-level caller
-    (PostgREST's statements through PgBouncer): (voter, answer)."""
-
-    async def one(voter: str) -> tuple[str, Answer]:
-        caller = DbCaller(DbTarget(url))
-        try:
-            return voter, await caller.call({"poll_id": poll.poll_id, "option_ids": [poll.option_ids[0]],
-                                             "voter_fingerprint": voter}, timeout=60)
-        finally:
-            await caller.close()
-
-    async def every() -> list[tuple[str, Answer]]:
-        return list(await asyncio.gather(*(one(v) for v in voters)))
-
-    return asyncio.run(every())
+def cast_with_pgbench(url: str, poll: BallotSpec, prefix: str, voters: int) -> Outcome:
+    """``voters`` pgbench clients, one cast each (voter ``prefix`` + client number), all at once, with the
+    load test's script: PostgREST's statements through PgBouncer. The same prefix re-casts identically."""
+    variables = postgrest_variables(poll_id=poll.poll_id, patterns=[[poll.option_ids[0]]], prefix=prefix,
+                                    per_client=1)
+    return execute(Run(POSTGREST_RPC, url, voters, transactions=1, protocol="extended", variables=variables))
 
 
-def overload_wave(stack: LocalStack, poll: BallotSpec, voters: list[str],
-                  hold_seconds: float) -> tuple[list[tuple[str, Answer]], int]:
-    """Fill the pool with sleepers, then cast: returns the answers and the peak of queued clients."""
+def first_query_error(url: str) -> tuple[psycopg.Error | None, bool]:
+    """One plain connection's first query: the error it got (None: served) and whether it is closed."""
+    conn = psycopg.connect(url, autocommit=True)
+    try:
+        conn.execute("select 1")
+        return None, conn.closed
+    except psycopg.Error as exc:
+        return exc, conn.closed
+    finally:
+        conn.close()
+
+
+T = TypeVar("T")
+
+
+def overload_wave(stack: LocalStack, work: Callable[[], T], hold_seconds: float) -> tuple[T, int]:
+    """Fill the pool with sleepers, then run ``work``: its result and the peak of queued clients."""
     started = threading.Barrier(POOL + 1)
     holders = [threading.Thread(target=hold_pool, args=(stack.api_url, hold_seconds, started)) for _ in range(POOL)]
     for h in holders:
@@ -307,42 +339,100 @@ def overload_wave(stack: LocalStack, poll: BallotSpec, voters: list[str],
     started.wait(timeout=30)
     peak = 0
     with ThreadPoolExecutor(max_workers=1) as ex:
-        future = ex.submit(cast_each, stack.api_url, poll, voters)
+        future = ex.submit(work)
         while not future.done():
             peak = max(peak, pool_waiting(stack.bouncer_admin_url))
             time.sleep(0.05)
-        answers = future.result()
+        result = future.result()
     for h in holders:
         h.join(timeout=60)
-    return answers, peak
+    return result, peak
 
 
 def test_overload_queues_then_answers_a_clean_retryable_error(tiny_pool: LocalStack) -> None:
-    """Interleaving: two transactions hold both server connections while 12 clients cast.
-    (a) The holders finish within the bound: the queued clients are served, all acknowledged.
-    (b) The holders outlast the bound: every queued client gets PgBouncer's query_wait_timeout
-        (SQLSTATE class 08: PostgREST's 503, retryable) and its connection is closed; nothing was
-        written; the identical re-cast after the pool frees is recorded, a second one unchanged."""
+    """Interleaving: two transactions hold both server connections while 12 pgbench clients cast.
+    (a) The holders finish within the bound: the queued clients are served, all committed.
+    (b) The holders outlast the bound: every queued client gets PgBouncer's query_wait_timeout and its
+        connection is closed (pgbench aborts each); nothing was written; the identical re-casts after
+        the pool frees are recorded, and once more change nothing.
+    pgbench prints an error's message, not its SQLSTATE: one plain psycopg connection queued beside
+    its clients reads that (class 08, what PostgREST answers with a retryable 503 PGRST001)."""
     poll = create_poll(tiny_pool.admin_url, uuid.uuid4().hex[:10])
+    served_prefix, refused_prefix = f"served-{uuid.uuid4()}-", f"refused-{uuid.uuid4()}-"
 
-    served, peak = overload_wave(tiny_pool, poll, [fingerprint() for _ in range(12)], hold_seconds=0.3)
+    served, peak = overload_wave(tiny_pool, lambda: cast_with_pgbench(tiny_pool.api_url, poll, served_prefix, 12),
+                                 hold_seconds=0.3)
     assert peak > 0  # they did queue in PgBouncer
-    assert [r.status for _, r in served] == [200] * 12
+    assert served.exit_code == 0 and served.aborted == {} and len(served.committed) == 12
     with psycopg.connect(tiny_pool.admin_url, autocommit=True) as admin:
         assert stored_ballots(admin, poll.poll_id) == 12
 
-    voters = [fingerprint() for _ in range(12)]
-    refused, peak = overload_wave(tiny_pool, poll, voters, hold_seconds=WAIT_BOUND + 4)
+    def refused_wave() -> tuple[Outcome, tuple[psycopg.Error | None, bool]]:
+        with ThreadPoolExecutor(max_workers=1) as ex:
+            probe = ex.submit(first_query_error, tiny_pool.api_url)
+            return cast_with_pgbench(tiny_pool.api_url, poll, refused_prefix, 12), probe.result()
+
+    (refused, (probe_error, probe_closed)), peak = overload_wave(tiny_pool, refused_wave, hold_seconds=WAIT_BOUND + 4)
     assert peak > 0
-    for _voter, r in refused:
-        assert r.status == 503 and retryable(r), r.body  # a lost connection / class 08 -> 503, never a hang
-        assert r.code == "PGRST001" and "query_wait_timeout" in r.body["details"]
-        assert not r.usable  # PgBouncer closed the client connection
+    assert refused.committed == [] and sorted(refused.aborted) == list(range(12)), refused.aborted
+    assert all("query_wait_timeout" in error for error in refused.aborted.values()), refused.aborted
+    assert isinstance(probe_error, psycopg.OperationalError) and "query_wait_timeout" in str(probe_error)
+    assert probe_error.sqlstate is not None and probe_error.sqlstate.startswith("08")  # PostgREST: 503, retryable
+    assert probe_closed  # PgBouncer closed the client connection: never a hang
     with psycopg.connect(tiny_pool.admin_url, autocommit=True) as admin:
         assert stored_ballots(admin, poll.poll_id) == 12  # nothing of the refused wave was written
 
-        retried = cast_each(tiny_pool.api_url, poll, voters)  # the pool is free again
-        assert Counter(r.body["status"] for _, r in retried) == {"recorded": 12}
-        again = cast_each(tiny_pool.api_url, poll, voters)
-        assert Counter(r.body["status"] for _, r in again) == {"unchanged": 12}
-        assert stored_ballots(admin, poll.poll_id) == 24
+        retried = cast_with_pgbench(tiny_pool.api_url, poll, refused_prefix, 12)  # the pool is free again
+        assert len(retried.committed) == 12 and stored_ballots(admin, poll.poll_id) == 24
+        again = cast_with_pgbench(tiny_pool.api_url, poll, refused_prefix, 12)
+        assert len(again.committed) == 12 and stored_ballots(admin, poll.poll_id) == 24
+    option = [poll.option_ids[0]]
+    acknowledged = {f"fp:{prefix}{n}": option for prefix in (served_prefix, refused_prefix) for n in range(12)}
+    check = verify_poll(tiny_pool.admin_url, poll.poll_id, acknowledged)
+    assert check.exactly_once, check.problems
+
+
+def hold_pool_until(url: str, started: threading.Barrier, release: threading.Event) -> None:
+    """Occupy one server connection until ``release``: a transaction left open (as the authenticator, via
+    PgBouncer, which lends the connection until COMMIT)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("begin")
+        conn.execute("select 1")
+        started.wait(timeout=30)
+        release.wait(timeout=120)
+        conn.execute("commit")
+
+
+def test_burst_recasts_what_the_pool_refused_until_every_voter_is_recorded_once(tiny_pool: LocalStack) -> None:
+    """The load test's own retry: the pool stays held until all 12 pgbench clients of the first pass have
+    queued and then waited past the bound, so that pass ends in query_wait_timeout for every one; the next
+    passes re-cast those voters identically (and cast the ones their clients never reached) once the pool
+    is free: every voter acknowledged, some after more than one attempt, each stored exactly once."""
+    cfg = LoadtestConfig(database_url=tiny_pool.api_url, admin_url=tiny_pool.admin_url,
+                         bouncer_admin_url=tiny_pool.bouncer_admin_url, voters=24, clients=12, baseline=False)
+    started, release = threading.Barrier(POOL + 1), threading.Event()
+    holders = [threading.Thread(target=hold_pool_until, args=(tiny_pool.api_url, started, release))
+               for _ in range(POOL)]
+    for h in holders:
+        h.start()
+    started.wait(timeout=30)
+    with ThreadPoolExecutor(max_workers=1) as ex:
+        future = ex.submit(run_loadtest, cfg, quiet_console(), True)
+        deadline = time.monotonic() + 120
+        while pool_waiting(tiny_pool.bouncer_admin_url) < 12 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(WAIT_BOUND + 1)  # every queued client has now passed the bound
+        release.set()
+        report = future.result()
+    for h in holders:
+        h.join(timeout=30)
+
+    (burst,) = report["scenarios"]
+    f, v, pgbench = burst["figures"], burst["verification"], burst["pgbench"]
+    assert (pgbench["aborted_clients"], pgbench["transactions"]) == (12, 0)  # the first pass: all refused
+    assert pgbench["recast_passes"] >= 1
+    assert f["accepted"] == f["voters"] == 24 and f["rejected"] == {} and f["gave_up"] == 0
+    assert all("query_wait_timeout" in error for error in f["retried_errors"]), f["retried_errors"]
+    assert f["requests"] >= 24 + 12  # the 12 voters in flight when refused were cast again
+    assert v["exactly_once"], v["problems"]
+    assert (v["stored"], v["lost"], v["duplicated"], v["unacknowledged"]) == (24, 0, 0, 0)

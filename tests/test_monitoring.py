@@ -13,9 +13,10 @@ import psycopg
 import pytest
 from rich.console import Console
 
-from helpers import fingerprint, user
 from pgvote import stats
 from pgvote.http import ApiClient
+
+from helpers import fingerprint, user
 
 API_ROLES = ["anon", "authenticated", "ingest"]
 VIEWS = ["vote_rate", "rollback_rate", "connections", "aggregation_backlog", "cache_hit_ratio",
@@ -44,7 +45,7 @@ def small_load(api) -> Iterator[dict[str, int]]:
         r = api.rpc("cast_vote", {"poll_id": poll["poll_id"], "option_ids": [options[i % 3]],
                                   "voter_fingerprint": fingerprint()})
         assert r.status == 200, r.body
-    for i in range(20):
+    for _ in range(20):
         voter = user()
         for option in (options[0], options[1]):  # recorded, then changed
             r = api.rpc("cast_vote", {"poll_id": poll["poll_id"], "option_ids": [option]}, claims=voter)

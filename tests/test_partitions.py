@@ -23,8 +23,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from helpers import Poll, counts_from_ballots, fingerprint, results_counts
-from parallel_clients import cast, fresh_results
 from partitions import catalog
 from partitions.bounds import parse_bound
 from partitions.coverage import check_coverage, compress
@@ -33,6 +31,9 @@ from partitions.split import SplitOptions, split_partition
 from partitions.sqlexec import Refused
 from partitions.verify import healthy, verify
 from pgvote import migrate
+
+from helpers import Poll, counts_from_ballots, fingerprint, results_counts
+from parallel_clients import cast, fresh_results
 
 PGVOTE = str(Path(sys.executable).parent / "pgvote")
 VOTERS = 20  # parallel HTTP clients (nginx -> PostgREST -> PgBouncer) during the split

@@ -5,9 +5,9 @@ import uuid
 from typing import Any
 
 import pytest
+from test_cast_vote import assert_error
 
 from helpers import fingerprint, table_snapshot, user
-from test_cast_vote import assert_error
 
 GOOD: dict[str, Any] = {"question": "Lunch?", "options": ["soup", "salad"]}
 
@@ -18,7 +18,7 @@ def test_create_poll_returns_ids_in_option_order(api, admin) -> None:
     labels = admin.execute(
         "select label from voting.poll_options o join unnest(%s::uuid[]) with ordinality as i(id, n) "
         "on i.id = o.option_id order by i.n", (r.body["option_ids"],)).fetchall()
-    assert [l for (l,) in labels] == ["c", "a", "b"]
+    assert [label for (label,) in labels] == ["c", "a", "b"]
 
 
 def test_create_poll_defaults(api, admin) -> None:

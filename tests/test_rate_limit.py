@@ -1,11 +1,12 @@
 """Rate limiting in the database: PostgREST's db-pre-request hook (hooks.pre_request, per caller)
 and the per-fingerprint limit inside cast_vote (internal.take_fingerprint_token).
 
-The session's `api` fixture runs WITHOUT the hook, so the other suites are never rate-limited;
-the `limited_api` fixture here runs with it, exactly as PostgREST configured by
-api/postgrest.conf (db-pre-request = "hooks.pre_request"). Each test sets the limit it needs
-(`limit` fixture: fast refill, small burst, restored afterwards) and uses its own callers (random
-subs, IPs and fingerprints), so tests never share a bucket.
+Every PostgREST replica of the stack runs the hook (api/postgrest.conf: db-pre-request =
+"hooks.pre_request"). The `limited_api` fixture calls one replica directly, the way nginx does, so a
+test can send the X-Real-IP a proxy would set (documentation-range and IPv6 addresses included);
+that nginx overwrites a client's own X-Real-IP is proven through nginx in tests/test_http_contract.py.
+Each test sets the limit it needs (`limit` fixture: fast refill, small burst, restored afterwards)
+and uses its own callers (random subs, IPs and fingerprints), so tests never share a bucket.
 """
 from __future__ import annotations
 
@@ -19,21 +20,18 @@ from typing import Any
 import psycopg
 import pytest
 
-from helpers import Poll, fingerprint, user
+from pgvote.http import ApiClient, Response
 from pgvote.paths import PROCEDURES_DIR, PROJECT_ROOT
-from pgvote.postgrest_emulation import PostgrestEmulator, Response, connect_emulator
+
+from helpers import Poll, fingerprint, user
 
 LimitSetter = Callable[..., None]
 
 
 @pytest.fixture
-def limited_api(stack) -> Iterator[PostgrestEmulator]:
-    """The API as PostgREST calls it with db-pre-request = "hooks.pre_request" (api/postgrest.conf)."""
-    emulator = connect_emulator(stack.api_url, pre_request="hooks.pre_request")
-    try:
-        yield emulator
-    finally:
-        emulator.conn.close()
+def limited_api(stack) -> ApiClient:
+    """One PostgREST replica, called as nginx calls it (the test sets X-Real-IP as the proxy would)."""
+    return ApiClient(stack.postgrest_url, stack.jwt_secret)
 
 
 @pytest.fixture
@@ -58,7 +56,7 @@ def client_ip() -> str:
     return f"198.51.{n % 256}.{(n >> 8) % 254 + 1}"
 
 
-def vote(api: PostgrestEmulator, poll: Poll, *, claims: dict[str, Any] | None = None,
+def vote(api: ApiClient, poll: Poll, *, claims: dict[str, Any] | None = None,
          headers: dict[str, str] | None = None, voter_fingerprint: str | None = None, **body: Any) -> Response:
     """A POST /rpc/cast_vote that succeeds unless limited: a fresh fingerprint per call for anonymous
     callers (so no repeat is involved), the identical ballot again for JWT callers (`unchanged`)."""
@@ -158,12 +156,43 @@ def test_failed_requests_give_their_token_back(limited_api, make_poll, limit) ->
         assert_rate_limited(vote(limited_api, poll, headers=headers))
 
 
-def test_callers_inside_the_trust_boundary_are_not_limited(limited_api, make_poll, limit, stack) -> None:
-    """No sub and no x-real-ip (the database path), and role ingest (the bulk path): not limited."""
-    limit(per_minute=6, burst=1)
+def test_requests_without_a_proxy_address_share_one_bucket(limited_api, make_poll, limit, admin) -> None:
+    """PostgREST reached past the proxy (no x-real-ip, or one the proxy cannot have written): every
+    such request takes from ONE bucket, whatever else it sends; proxied clients are unaffected."""
+    limit(per_minute=6, burst=2)
+    admin.execute("delete from rate_limit.buckets where bucket_key = internal.voter_key('ip:none')")
     poll = make_poll()
-    assert [vote(limited_api, poll).status for _ in range(4)] == [200] * 4
-    assert [vote(limited_api, poll, headers={"X-Forwarded-For": client_ip()}).status for _ in range(3)] == [200] * 3
+    assert [vote(limited_api, poll, headers={}).status for _ in range(2)] == [200, 200]
+    for headers in ({}, {"X-Forwarded-For": client_ip()}, {"X-Real-IP": "1.2.3.4/8"}, {"X-Real-IP": "unknown"},
+                    {"X-Real-IP": ""}, {"X-Real-IP": "fe80::1%eth0"}):
+        assert_rate_limited(vote(limited_api, poll, headers=headers))
+    assert vote(limited_api, poll, headers={"X-Real-IP": client_ip()}).status == 200, "a proxied client"
+    assert vote(limited_api, poll, claims=user()).status == 200, "a signed-in caller is keyed by its sub"
+
+
+def test_ipv6_clients_are_keyed_by_their_64(limited_api, make_poll, limit) -> None:
+    limit(per_minute=6, burst=2)
+    poll, n = make_poll(), uuid.uuid4().int
+    prefix = f"2001:db8:{n % 65536:x}:{(n >> 16) % 65536:x}"
+    assert vote(limited_api, poll, headers={"X-Real-IP": f"{prefix}::1"}).status == 200
+    assert vote(limited_api, poll, headers={"X-Real-IP": f"{prefix}:aaaa:bbbb:cccc:dddd"}).status == 200
+    assert_rate_limited(vote(limited_api, poll, headers={"X-Real-IP": f"{prefix.upper()}:0:0:0:2"}))
+    other = f"2001:db8:{n % 65536:x}:{((n >> 16) + 1) % 65536:x}::1"
+    assert vote(limited_api, poll, headers={"X-Real-IP": other}).status == 200, "the next /64"
+
+
+def test_ipv4_mapped_address_is_its_ipv4_address(limited_api, make_poll, limit) -> None:
+    limit(per_minute=6, burst=2)
+    poll, ip = make_poll(), client_ip()
+    assert [vote(limited_api, poll, headers={"X-Real-IP": ip}).status for _ in range(2)] == [200, 200]
+    assert_rate_limited(vote(limited_api, poll, headers={"X-Real-IP": f"::ffff:{ip}"}))
+    assert vote(limited_api, poll, headers={"X-Real-IP": f"::ffff:{client_ip()}"}).status == 200, \
+        "another IPv4 client: mapped addresses do not share one /64"
+
+
+def test_ingest_role_is_not_limited(limited_api, make_poll, limit, stack) -> None:
+    """Role ingest (the trusted batching tier of the bulk path) is never limited by the hook."""
+    limit(per_minute=6, burst=1)
     edge_ip = client_ip()  # one bucket: a limited role would be refused from the 2nd call on
     with psycopg.connect(stack.direct_api_url, autocommit=True) as conn:
         for _ in range(3):
@@ -232,13 +261,11 @@ def test_concurrent_requests_of_one_caller_never_exceed_the_burst(stack, make_po
     poll, ip = make_poll(), client_ip()
     barrier = threading.Barrier(16)
 
+    api = ApiClient(stack.postgrest_url, stack.jwt_secret)
+
     def one(_: int) -> int:
-        api = connect_emulator(stack.api_url, pre_request="hooks.pre_request")
-        try:
-            barrier.wait(timeout=30)
-            return vote(api, poll, headers={"X-Real-IP": ip}).status
-        finally:
-            api.conn.close()
+        barrier.wait(timeout=30)
+        return vote(api, poll, headers={"X-Real-IP": ip}).status
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         statuses = sorted(pool.map(one, range(16)))

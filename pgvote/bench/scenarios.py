@@ -2,6 +2,7 @@
 compared (absolute figures drift by 30% between runs on these machines)."""
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ import psycopg
 
 from pgvote.bench.fixtures import BenchDatabase
 from pgvote.bench.locks import LockWaitSampler, locks_held_by_one_call
-from pgvote.bench.pgbench import Figures, Run, run
+from pgvote.bench.pgbench import POSTGREST_RPC, Figures, Run, postgrest_variables, run
 
 SWEEP_CLIENTS = (16, 64, 256, 1000)
 DIRECT_SWEEP_CLIENTS = (16, 64, 200)
@@ -54,7 +55,12 @@ def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None]) 
     results = Results(seconds)
     hot = {"npolls": "1"}
     spread = {"npolls": "10000"}
-    production = {"poll": db.hot_poll, "opt": db.hot_option, "hook": "0"}
+
+    def production(hook: bool = False) -> dict[str, str]:
+        """PostgREST's call on the hot poll, new voters with a prefix of their own (so that no run
+        re-casts an earlier run's ballots); with the hook, each client is its own caller."""
+        return postgrest_variables(poll_id=db.hot_poll, patterns=[[db.hot_option]], prefix=f"bench-{uuid.uuid4()}-",
+                                   per_client=10**12, hook=hook, caller="client")
 
     def measure(name: str, description: str, script: str, clients: int, variables: dict[str, str],
                 via_bouncer: bool = False, as_superuser: bool = False) -> Measured:
@@ -82,11 +88,11 @@ def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None]) 
     guide = measure("guide_baseline", "the original guide's vote path (4 statements, counter row)",
                     "guide_baseline.sql", 64, hot)
     sweep = {c: measure(f"postgrest_{c}", "cast_vote as PostgREST sends it, through PgBouncer",
-                        "postgrest_cast_vote.sql", c, production, via_bouncer=True) for c in SWEEP_CLIENTS}
+                        POSTGREST_RPC, c, production(), via_bouncer=True) for c in SWEEP_CLIENTS}
     with psycopg.connect(db.admin_url, autocommit=True) as conn:  # measure the hook's cost, refuse nothing
         conn.execute("update rate_limit.limits set requests_per_minute = 1e6, burst = 1000000")
     hook = measure("postgrest_64_rate_limited", "the same with the rate-limit pre-request hook on",
-                   "postgrest_cast_vote.sql", 64, {**production, "hook": "1"}, via_bouncer=True)
+                   POSTGREST_RPC, 64, production(hook=True), via_bouncer=True)
     for number, candidate in enumerate(("shared_counter", "delta_log", "backend_slot"), start=1):
         measure(f"tally_{candidate}", f"tally candidate: ballot + {candidate.replace('_', ' ')}", "tally_candidate.sql",
                 64, {**hot, "candidate": str(number)})

@@ -1,17 +1,17 @@
 """``pgvote loadtest``: the 50,000-vote spike against one poll, measured and verified.
 
-Two load paths:
+Two load tools, one per path:
 
 - over HTTP, k6 (``k6/*.js``, run and read by ``k6``; ``http_scenarios``: the burst and the guide's
   ramp through the stack's nginx, one source address per VU within the production rate limits);
-- at the SQL level, PostgREST's exact statements through PgBouncer from Python processes
-  (``callers``: one connection, ``worker``: a process of many on one event loop, ``runner``:
-  processes released together; ``scenarios``: single-vote burst, bare-insert reference, bulk;
-  ``baseline``: the bare-insert reference schema; ``bulk``: ``api.cast_votes`` batches).
+- at the SQL level, pgbench with PostgREST's exact statements through PgBouncer
+  (``pgvote/bench/pgbench.py`` runs it, ``pgvote/bench/scripts/postgrest_rpc.sql`` is the call;
+  ``scenarios``: single-vote burst, bare-insert reference, bulk; ``scratch``: the run's scratch
+  schema, the bare-insert reference and the bulk path's staged batches).
 
 Shared: ``config`` (what to run, targets), ``ballots`` (who votes what), ``verify`` (exactly-once
-checks against the stored ballots), ``memory`` (PSS and PgBouncer pool sampling), ``cpu`` (CPU
-seconds per server process), ``stats``, ``report``, ``chart``.
+checks against the stored ballots), ``servers`` (memory as PSS, CPU seconds and PgBouncer's pool
+peaks of the server processes), ``stats``, ``report``, ``chart``.
 """
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ from pgvote.loadtest import http_scenarios
 from pgvote.loadtest.config import LoadtestConfig, Targets
 from pgvote.loadtest.report import checks, environment
 from pgvote.loadtest.scenarios import run_bare, run_bulk_scenario, run_single, settle
-from pgvote.loadtest.worker import raise_nofile_limit
 
 __all__ = ["LoadtestConfig", "Targets", "run_loadtest"]
 
@@ -38,9 +37,6 @@ DEFAULT_RAMP_VUS = 2_000
 def run_loadtest(cfg: LoadtestConfig, console: Console | None = None, quiet: bool = False) -> dict[str, Any]:
     """Run what ``cfg`` asks for and return the report (scenarios, checks, environment)."""
     console = console or Console()
-    nofile = raise_nofile_limit()
-    if cfg.http is None and not cfg.bulk and cfg.clients + 100 > nofile:
-        raise ValueError(f"{cfg.clients:,} clients need more than the {nofile:,} open files this process may have")
     started = time.time()
     load_before = os.getloadavg()
     scenarios: list[dict[str, Any]] = []
@@ -54,7 +50,7 @@ def run_loadtest(cfg: LoadtestConfig, console: Console | None = None, quiet: boo
         scenarios.append(run_bulk_scenario(cfg, console, quiet))
     else:
         if cfg.baseline:
-            scenarios.append(run_bare(replace(cfg, voters=cfg.baseline_voters or cfg.voters), console, quiet))
+            scenarios.append(run_bare(cfg, console, quiet))
             settle()
         scenarios.append(run_single(cfg, console, quiet))
         if cfg.with_bulk:

@@ -1,7 +1,10 @@
-"""The ballots of a run: who votes (a unique identity per voter) and what (a known option set per voter).
+"""The ballots of a run: who votes (voter number n, a unique identity per run) and what (a known
+option set per voter).
 
-Each voter's option set is a deterministic function of its number, so verification can compare
-every stored ballot with what that voter cast, not only count rows.
+Voter n's fingerprint is ``lt-<tag>-<n>`` and its option set ``patterns[n % len(patterns)]``: the
+k6 scripts (``k6/vote.js``) and the pgbench script (``pgvote/bench/scripts/postgrest_rpc.sql``)
+build the same, so verification can compare every stored ballot with what that voter cast, not
+only count rows.
 """
 from __future__ import annotations
 
@@ -25,37 +28,27 @@ class BallotSpec:
             out.extend(itertools.combinations(self.option_ids, k))
         return tuple(out)
 
-    def fingerprint(self, n: int | str) -> str:
-        return f"lt-{self.tag}-{n}"
+    @property
+    def prefix(self) -> str:
+        return f"lt-{self.tag}-"
+
+    def fingerprint(self, n: int) -> str:
+        return f"{self.prefix}{n}"
 
     def options_for(self, fingerprint: str) -> tuple[str, ...]:
         patterns = self.patterns
-        return patterns[hash_index(fingerprint) % len(patterns)]
-
-    def body(self, fingerprint: str) -> dict[str, Any]:
-        """``POST /rpc/cast_vote`` body of an anonymous voter (the seed guide's own payload shape)."""
-        return {"poll_id": self.poll_id, "option_ids": list(self.options_for(fingerprint)),
-                "voter_fingerprint": fingerprint}
+        return patterns[int(fingerprint.removeprefix(self.prefix)) % len(patterns)]
 
     def bulk_item(self, n: int) -> dict[str, Any]:
         """One ``cast_votes`` ballot: even voters authenticated by the edge tier (``voter_id``), odd ones anonymous."""
         ident = self.fingerprint(n)
-        item: dict[str, Any] = {"poll_id": self.poll_id, "option_ids": list(self.options_for(ident))}
-        if n % 2 == 0:
-            item["voter_id"] = ident
-        else:
-            item["voter_fingerprint"] = ident
-        return item
+        return {"poll_id": self.poll_id, "option_ids": list(self.options_for(ident)),
+                "voter_id" if n % 2 == 0 else "voter_fingerprint": ident}
+
+    def bulk_identity(self, n: int) -> str:
+        return identity(self.fingerprint(n), signed_in=n % 2 == 0)
 
 
 def identity(fingerprint: str, *, signed_in: bool = False) -> str:
-    """The domain-separated identity the server digests: ``fp:<fingerprint>`` or ``sub:<id>`` (design.md)."""
+    """The domain-separated identity the server digests: ``fp:<fingerprint>`` or ``sub:<id>``."""
     return ("sub:" if signed_in else "fp:") + fingerprint
-
-
-def hash_index(text: str) -> int:
-    """A stable (not per-process salted) small hash: the option pattern of a voter."""
-    h = 2166136261
-    for ch in text.encode():
-        h = ((h ^ ch) * 16777619) & 0xFFFFFFFF
-    return h

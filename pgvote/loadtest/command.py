@@ -1,12 +1,11 @@
 """The ``pgvote loadtest`` command line: options, defaults from the local stack, output files.
 
 Over HTTP by default (k6 through the stack's nginx: the product's real interface); ``--sql`` (and
-``--bulk`` / ``--with-bulk``, which are SQL-level) selects the database path through PgBouncer.
+``--bulk`` / ``--with-bulk``, which are SQL-level) selects the database path: pgbench through PgBouncer.
 """
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,20 +19,25 @@ from pgvote.loadtest.report import print_report, write_json
 
 DEFAULT_CLIENTS = 2_000
 DEFAULT_BULK_CLIENTS = 4  # concurrent batches: more only queue on 2 cores
+MAX_BATCH = 1_000  # api.cast_votes answers 400 to a larger batch
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--voters", type=int, default=50_000, help="distinct voters, one ballot each (default 50,000)")
     p.add_argument("--sql", action="store_true",
-                   help="the SQL path: PostgREST's statements straight through PgBouncer from Python clients, with "
-                        "the bare-insert reference burst (the drain ratio)")
+                   help="the SQL path: pgbench sends PostgREST's statements straight through PgBouncer, first the "
+                        "same transactions against a bare-insert reference (the drain ratio); what a lost "
+                        "connection or PgBouncer's queue timeout left unanswered is re-cast identically by "
+                        "further pgbench passes (at most 5); --workers and --call-timeout are gone with the "
+                        "Python generator, and the bare-insert burst always has --voters")
     p.add_argument("--clients", type=int, default=None,
-                   help=f"SQL path: concurrent client connections (default {DEFAULT_CLIENTS:,}; bulk: "
-                        f"{DEFAULT_BULK_CLIENTS})")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 2,
-                   help="SQL path: client processes sharing the connections (default: one per core)")
+                   help=f"SQL path: pgbench clients, connected first and released together (default "
+                        f"{DEFAULT_CLIENTS:,}; bulk: {DEFAULT_BULK_CLIENTS}); each casts the same number, so "
+                        "--voters is rounded up to a multiple of them")
     p.add_argument("--bulk", action="store_true", help="SQL path: ingest through api.cast_votes as role ingest")
-    p.add_argument("--batch", type=int, default=500, help="ballots per cast_votes call (default 500)")
+    p.add_argument("--batch", type=int, default=500,
+                   help="at most this many ballots per cast_votes call (default 500); the batches are split "
+                        "evenly so that every client sends as many")
     p.add_argument("--http", metavar="URL", nargs="?", const="",
                    help="the default: vote over HTTP with k6, POST URL/rpc/cast_vote (default URL: the local stack's "
                         "nginx), one source address per VU, production rate limits on; the poll is created and "
@@ -46,11 +50,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ramp-time-scale", type=float, default=0.25,
                    help="stage durations x this (default 0.25: 210 s of stages become 52 s)")
     p.add_argument("--no-baseline", action="store_true", help="skip the bare-insert reference burst")
-    p.add_argument("--baseline-voters", type=int, help="voters of the bare-insert burst (default: --voters)")
     p.add_argument("--with-bulk", action="store_true",
                    help="SQL path: after the burst, ingest as many ballots through the bulk path (one report)")
-    p.add_argument("--call-timeout", type=float, default=30.0,
-                   help="SQL path: client bound of one call, then the identical ballot is re-cast (default 30 s)")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
     p.add_argument("--chart", metavar="FILE.png", help="write throughput and latency over time (PNG)")
     p.add_argument("--database-url", help="authenticator through PgBouncer (default: the local stack's)")
@@ -83,16 +84,17 @@ def config_from_args(args: argparse.Namespace, stack: Any | None) -> LoadtestCon
     if not urls["database_url"] or not urls["admin_url"]:
         raise ValueError("give --database-url and --admin-url, or start the local stack (`pgvote up`)")
     clients = args.clients if args.clients is not None else (DEFAULT_BULK_CLIENTS if args.bulk else DEFAULT_CLIENTS)
+    if not 1 <= args.batch <= MAX_BATCH:
+        raise ValueError(f"--batch {args.batch}: cast_votes takes 1 to {MAX_BATCH:,} ballots a call")
     sql = args.sql or args.bulk or args.with_bulk
     if sql and (args.http is not None or args.ramp):
         raise ValueError("--http and --ramp are HTTP; --sql, --bulk and --with-bulk the SQL path: pick one")
     http = None if sql else http_target(args, stack, urls["admin_url"], urls["bouncer_admin_url"])
     return LoadtestConfig(database_url=urls["database_url"], admin_url=urls["admin_url"],
                           bouncer_admin_url=urls["bouncer_admin_url"], voters=args.voters, clients=clients,
-                          workers=max(1, args.workers), bulk=args.bulk, batch=args.batch, http=http, vus=args.vus,
-                          ramp=args.ramp, ramp_time_scale=args.ramp_time_scale, baseline=not args.no_baseline,
-                          baseline_voters=args.baseline_voters, with_bulk=args.with_bulk,
-                          call_timeout=args.call_timeout)
+                          bulk=args.bulk, batch=args.batch, http=http, vus=args.vus, ramp=args.ramp,
+                          ramp_time_scale=args.ramp_time_scale, baseline=not args.no_baseline,
+                          with_bulk=args.with_bulk)
 
 
 def run(args: argparse.Namespace, stack: Any | None, console: Console) -> int:

@@ -49,20 +49,15 @@ class LoadtestConfig:
     admin_url: str  # superuser, direct: setup and verification
     bouncer_admin_url: str | None = None  # PgBouncer's admin console (pool figures; its port finds the pid)
     voters: int = 50_000
-    clients: int = 2_000
-    workers: int = 2  # client processes (one event loop each: one core's GIL is not enough)
+    clients: int = 2_000  # SQL path: pgbench clients (connections through PgBouncer)
     bulk: bool = False
-    batch: int = 500
+    batch: int = 500  # at most this many ballots per cast_votes call
     http: HttpTarget | None = None  # vote over HTTP with k6 (burst, or the ramp); None: the SQL path
     vus: int | None = None  # HTTP: k6 VUs (default: the fewest the per-address burst allows; ramp: 2,000)
     ramp: bool = False
     ramp_time_scale: float = 0.25
-    baseline: bool = True  # also run the bare-insert scenario through the same path (drain ratio)
-    baseline_voters: int | None = None  # voters of the bare-insert burst (default: voters; same clients)
+    baseline: bool = True  # first the same transactions against the bare-insert reference (drain ratio)
     with_bulk: bool = False  # single-vote mode: also ingest the same number of ballots through the bulk path
     bulk_clients: int = 4  # connections of the bulk path when it runs next to the burst (with_bulk)
-    call_timeout: float = 30.0  # client-side bound of one call; then the identical ballot is re-cast
-    max_attempts: int = 50
-    run_timeout: float = 600.0  # no new attempt after this many seconds
     sample_interval: float = 0.25  # memory sampling period
     targets: Targets = field(default_factory=Targets)

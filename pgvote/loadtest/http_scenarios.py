@@ -28,14 +28,15 @@ from rich.console import Console
 
 from pgvote.loadtest.ballots import BallotSpec, identity
 from pgvote.loadtest.config import Stage, scaled_stages
-from pgvote.loadtest.cpu import CpuMeter
 from pgvote.loadtest.k6 import K6Run, run_k6
-from pgvote.loadtest.scenarios import create_poll, memory_figures, new_tag, sampler_for_ports
+from pgvote.loadtest.scenarios import create_poll, new_tag
+from pgvote.loadtest.servers import measuring
 from pgvote.loadtest.stats import figures, phase_figures, timeline
 from pgvote.loadtest.verify import verify_poll
 
 CALL_TIMEOUT_S = 30
 MAX_ATTEMPTS = 20
+RAMP_VOTERS_PER_VU = 1_000_000  # k6/ramp.js: VU v's iteration i is voter v * this + i
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class HttpTarget:
 
 def server_ports(status: dict[str, Any]) -> dict[str, int]:
     """Listening port of each running server process of a stack's ``status()``: nginx, every PostgREST
-    replica (by name), PgBouncer, PostgreSQL."""
+    replica (by name), PgBouncer, PostgreSQL, the live-results publisher."""
     components = status.get("components", {})
     ports: dict[str, int] = {}
     if components.get("nginx", {}).get("port"):
@@ -68,7 +69,7 @@ def server_ports(status: dict[str, Any]) -> dict[str, int]:
     for replica in components.get("postgrest", []):
         if replica.get("running"):
             ports[replica["name"]] = int(replica["port"])
-    for name in ("pgbouncer", "postgres"):
+    for name in ("pgbouncer", "postgres", "publisher"):
         if components.get(name, {}).get("port"):
             ports[name] = int(components[name]["port"])
     return ports
@@ -113,24 +114,14 @@ def vus_needed(voters: int, limit: RateLimit) -> int:
     return math.ceil(voters / limit.burst)
 
 
-def _measure(target: HttpTarget) -> tuple[CpuMeter, Any]:
-    meter = CpuMeter(target.servers)
-    memory = sampler_for_ports(target.servers.get("postgres"), target.servers.get("pgbouncer"),
-                               target.bouncer_admin_url)
-    meter.start()
-    memory.start()
-    return meter, memory
-
-
 def _result(name: str, path: str, run: K6Run, ballots: BallotSpec, vus: int, local_ips: str,
-            target: HttpTarget, fn: str, cpu: dict[str, float], memory: Any,
+            target: HttpTarget, fn: str, measured: dict[str, Any],
             verification: dict[str, Any] | None) -> dict[str, Any]:
     f = figures(run.records, run.t0, run.errors)
     metrics = run.summary.get("metrics", {})
     return {"name": name, "path": path, "fn": fn, "base_url": target.base_url, "poll_id": ballots.poll_id,
-            "voters": f.voters, "clients": vus, "workers": 1, "connected": vus, "connect_failure": None,
-            "local_ips": local_ips, "figures": f.as_dict(), "memory": memory_figures(memory),
-            "pool": dict(memory.pool_peaks), "cpu_seconds": {"k6": round(run.cpu_seconds, 2), **cpu},
+            "voters": f.voters, "clients": vus, "local_ips": local_ips, "figures": f.as_dict(), **measured,
+            "cpu_seconds": {"k6": round(run.cpu_seconds, 2), **measured["cpu_seconds"]},
             "timeline": timeline(run.records, run.t0),
             "k6": {"exit_code": run.exit_code, "thresholds_crossed": run.thresholds_crossed,
                    "requests": run.requests, "retries": run.requests - f.voters,
@@ -142,11 +133,13 @@ def _result(name: str, path: str, run: K6Run, ballots: BallotSpec, vus: int, loc
 
 
 def run_burst(target: HttpTarget, voters: int, vus: int | None, console: Console, *, quiet: bool = False,
-              fn: str = "cast_vote", caller_header: bool = False) -> dict[str, Any]:
+              fn: str = "cast_vote", caller_header: bool = False, ballots: BallotSpec | None = None
+              ) -> dict[str, Any]:
     """``voters`` distinct voters through ``POST /rpc/<fn>``, from ``vus`` VUs released together.
 
     ``fn`` other than cast_vote (the bench's no-op) stores nothing: verification is skipped.
     ``caller_header``: each VU sends its own ``X-Real-IP`` (for a target without nginx in front).
+    ``ballots``: a poll the caller made (``create_poll``), e.g. to watch it before the burst starts.
     """
     limit = request_limit(target.admin_url)
     vus = vus or vus_needed(voters, limit)
@@ -154,26 +147,20 @@ def run_burst(target: HttpTarget, voters: int, vus: int | None, console: Console
     if per_vu > limit.burst:
         raise ValueError(f"{vus:,} VUs would each cast {per_vu} ballots, more than the per-address burst of "
                          f"{limit.burst}: use at least {vus_needed(voters, limit):,}")
-    tag = new_tag()
-    ballots = create_poll(target.admin_url, tag)
+    ballots = ballots or create_poll(target.admin_url, new_tag())
     local_ips = source_addresses(vus)
     plan = {"base_url": target.base_url, "fn": fn, "caller_header": caller_header, "poll_id": ballots.poll_id,
-            "patterns": [list(p) for p in ballots.patterns], "tag": tag, "limit": limit.as_dict(),
+            "patterns": [list(p) for p in ballots.patterns], "tag": ballots.tag, "limit": limit.as_dict(),
             "call_timeout_s": CALL_TIMEOUT_S, "max_attempts": MAX_ATTEMPTS, "voters": voters, "vus": vus,
             "per_vu": per_vu, "max_duration_s": 1200}
-    meter, memory = _measure(target)
-    with tempfile.TemporaryDirectory(prefix="pgvote-k6-") as tmp:
-        try:
-            run = run_k6("burst.js", plan, Path(tmp),
-                         voter_of=lambda vu, it: ballots.fingerprint((vu - 1) * per_vu + it),
-                         local_ips=local_ips, total=voters, label=f"{fn} over HTTP (k6, {vus:,} VUs)",
-                         console=console, quiet=quiet)
-        finally:
-            memory.stop()
-            cpu = meter.stop()
+    measured: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="pgvote-k6-") as tmp, \
+            measuring(target.servers, target.bouncer_admin_url, measured):
+        run = run_k6("burst.js", plan, Path(tmp), voter_of=lambda vu, it: ballots.fingerprint((vu - 1) * per_vu + it),
+                     local_ips=local_ips, total=voters, label=f"{fn} over HTTP (k6, {vus:,} VUs)",
+                     console=console, quiet=quiet)
     verification = _verify(target, ballots, run) if fn == "cast_vote" else None
-    return _result(f"HTTP burst ({fn})", "http", run, ballots, vus, local_ips, target, fn, cpu, memory,
-                   verification)
+    return _result(f"HTTP burst ({fn})", "http", run, ballots, vus, local_ips, target, fn, measured, verification)
 
 
 def run_ramp(target: HttpTarget, peak_vus: int, time_scale: float, console: Console, *,
@@ -188,17 +175,15 @@ def run_ramp(target: HttpTarget, peak_vus: int, time_scale: float, console: Cons
             "poll_id": ballots.poll_id, "patterns": [list(p) for p in ballots.patterns], "tag": tag,
             "limit": limit.as_dict(), "call_timeout_s": CALL_TIMEOUT_S, "max_attempts": MAX_ATTEMPTS,
             "stages": [{"seconds": s.seconds, "target": s.target} for s in stages]}
-    meter, memory = _measure(target)
-    with tempfile.TemporaryDirectory(prefix="pgvote-k6-") as tmp:
-        try:
-            run = run_k6("ramp.js", plan, Path(tmp), voter_of=lambda vu, it: ballots.fingerprint(f"{vu}-{it}"),
-                         local_ips=local_ips, total=None, label=f"guide's ramp over HTTP (k6, peak {peak_vus:,} VUs)",
-                         console=console, quiet=quiet)
-        finally:
-            memory.stop()
-            cpu = meter.stop()
+    measured: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="pgvote-k6-") as tmp, \
+            measuring(target.servers, target.bouncer_admin_url, measured):
+        run = run_k6("ramp.js", plan, Path(tmp),
+                     voter_of=lambda vu, it: ballots.fingerprint(vu * RAMP_VOTERS_PER_VU + it),
+                     local_ips=local_ips, total=None, label=f"guide's ramp over HTTP (k6, peak {peak_vus:,} VUs)",
+                     console=console, quiet=quiet)
     result = _result("ramp (guide's k6 stages, scaled)", "ramp", run, ballots, peak_vus, local_ips, target,
-                     "cast_vote", cpu, memory, _verify(target, ballots, run))
+                     "cast_vote", measured, _verify(target, ballots, run))
     result["stages"] = [{"seconds": s.seconds, "target": s.target, "phase": s.phase} for s in stages]
     result["phases"] = phase_figures(run.records, run.t0, stages)
     return result

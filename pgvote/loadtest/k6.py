@@ -5,7 +5,7 @@ request's ``status`` and ``error_code`` tags and the ``vu`` / ``iter`` of the it
 (in the point's metadata). An iteration is one voter, so each voter's attempts are the
 ``http_req_duration`` points of its (vu, iter); ``vote_answers`` (a counter the script adds to on
 every 200) says what the acknowledged ones answered. While k6 runs, the file is followed to show
-live progress; when it exits, the same reader yields the per-voter records of ``worker.Record``'s
+live progress; when it exits, the same reader yields the per-voter records of ``stats.Record``'s
 shape, so the figures, report and chart of the SQL path apply unchanged.
 
 k6's exit code 99 means a threshold was crossed (the ramp's p95 and error rate): a result, reported
@@ -30,7 +30,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pgvote.loadtest.worker import Record
+from pgvote.bench.pgbench import raise_nofile_limit
+from pgvote.loadtest.stats import Record
 
 SCRIPTS = Path(__file__).parent / "k6"
 THRESHOLDS_CROSSED = 99  # k6's exit code when a threshold fails: the run itself completed
@@ -157,7 +158,7 @@ def run_k6(script: str, plan: dict[str, Any], workdir: Path, *, voter_of: Callab
     env = {**os.environ, "PGVOTE_PLAN": str(plan_path)}
     with log.open("wb") as log_file:
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                preexec_fn=_raise_nofile_limit)
+                                preexec_fn=raise_nofile_limit)
         exit_code, usage = _follow(proc, output, total, label, console, quiet, timeout)
     output.read()
     if exit_code not in (0, THRESHOLDS_CROSSED) or not summary_path.is_file():
@@ -168,13 +169,6 @@ def run_k6(script: str, plan: dict[str, Any], workdir: Path, *, voter_of: Callab
     return K6Run(exit_code, json.loads(summary_path.read_text()), records, output.errors, t0,
                  usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,  # ru_maxrss: KiB on Linux
                  sum(len(a) for a in output.attempts.values()), Counter(output.answers.values()))
-
-
-def _raise_nofile_limit() -> None:
-    """k6 holds one socket per VU (and more while reconnecting): soft limit := hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _follow(proc: subprocess.Popen[bytes], output: K6Output, total: int | None, label: str,

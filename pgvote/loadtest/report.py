@@ -116,14 +116,14 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         table.add_column("value", justify="right")
         v = s["verification"]
         if s["path"] == "bulk":
-            rows = [("accepted", f"{sum(n for k, n in s['answers'].items() if k != 'rejected'):,}"),
-                    ("answers", _counts(s["answers"])), ("rejected by code", _counts(s["rejected"]) or "0"),
+            rows = [("accepted (ballots of committed batches)", f"{s['accepted']:,} of {s['voters']:,}"),
                     ("lost", str(v["lost"])), ("duplicated", str(v["duplicated"])),
                     ("wall time", f"{s['wall_seconds']:.2f} s"), ("ballots/s", f"{s['ballots_per_second']:,.0f}"),
-                    ("batches x size, calls", f"{s['batches']} x {s['batch']}, {s['calls']} calls"),
+                    ("batches (at most), committed", f"{s['batches']} ({s['batch']} ballots), "
+                                                     f"{s['committed_batches']}"),
                     ("batch latency p50/p95/max", "/".join(_ms(s["batch_latency"][k])
                                                            for k in ("p50_ms", "p95_ms", "max_ms")) + " ms"),
-                    ("errors (retried)", _counts(s["errors"]) or "0")]
+                    ("errors (re-cast when retryable)", _counts(s["errors"]) or "0")]
         else:
             f = s["figures"]
             lat, tta = f["request_latency"], f["time_to_ack"]
@@ -135,7 +135,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                                                                               "max_ms")) + " ms"),
                     ("time to ack since release p50/p95", f"{_ms(tta['p50_ms'])}/{_ms(tta['p95_ms'])} ms"),
                     ("success rate (200 / requests)", f"{f['success_rate']:.2%} of {f['requests']:,}"),
-                    ("errors (retried)", _counts(f["retried_errors"]) or "0")]
+                    ("errors (re-cast when retryable)", _counts(f["retried_errors"]) or "0")]
             if "k6" in s:
                 k6 = s["k6"]
                 rows.append(("k6 requests (identical retries)", f"{k6['requests']:,} ({k6['retries']:,})"))
@@ -145,6 +145,11 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                 rows.append(("source addresses (one per VU)", s["local_ips"]))
             for phase, pf in s.get("phases", {}).items():
                 rows.append((f"{phase} load: success, p95", f"{pf['success_rate']:.2%}, {_ms(pf['p95_ms'])} ms"))
+        if "pgbench" in s:
+            p = s["pgbench"]
+            rows.append(("pgbench: first pass tps, clients aborted; re-cast passes (transactions)",
+                         f"{p['tps']:,.0f}, {p['aborted_clients']}; {p['recast_passes']} "
+                         f"({p['recast_transactions']:,})"))
         mem = s["memory"]
         if mem.get("available"):
             rows.append(("peak PSS PostgreSQL + PgBouncer",

@@ -1,36 +1,47 @@
-"""The SQL-level scenarios of ``pgvote loadtest --sql``: each creates its own poll, runs, and verifies
-what is stored (the HTTP ones, k6's, are in ``http_scenarios``).
+"""The SQL-level scenarios of ``pgvote loadtest --sql``: pgbench through PgBouncer, each call exactly
+as PostgREST 12 makes it (``pgvote/bench/scripts/postgrest_rpc.sql``, ``-M extended``); each
+scenario creates its own poll, runs, and verifies what is stored (the HTTP ones, k6's, are in
+``http_scenarios``).
 
-- ``single``: N distinct voters, one ``cast_vote`` each, from C connections released together;
-- ``bare``: the same burst against the bare-insert reference (``baseline.py``): the drain ratio;
-- ``bulk``: the same N ballots through ``api.cast_votes`` in batches.
+- ``single``: N distinct voters, one ``cast_vote`` each, from C clients released together (pgbench
+  opens every connection first; its threads then start at one barrier);
+- ``bare``: the same transactions against the bare-insert reference (``scratch.py``): the drain ratio;
+- ``bulk``: the same N ballots through ``api.cast_votes`` as role ingest, in batches.
+
+pgbench runs ``-t per_client`` transactions per client, and client c's k-th transaction casts number
+``c * per_client + k`` (the script's own per-client counter): distinct by construction, with no
+shared sequence to contend on. Its log of committed transactions (``-l``) therefore names every
+acknowledged voter or batch: the acknowledged set ``verify.py`` checks against the stored ballots.
+pgbench does not retry a lost connection: an error ends its client, so further passes re-cast what
+was in flight after a retryable error and cast what aborted clients never reached (``cast_all``).
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import re
+import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pgvote.loadtest import baseline
+from pgvote.bench.pgbench import POSTGREST_RPC, Outcome, Run, Transaction, execute, postgrest_variables
+from pgvote.loadtest import scratch
 from pgvote.loadtest.ballots import BallotSpec, identity
-from pgvote.loadtest.bulk import acknowledged as bulk_acknowledged
-from pgvote.loadtest.bulk import run_bulk
-from pgvote.loadtest.callers import DbTarget
 from pgvote.loadtest.config import LoadtestConfig
-from pgvote.loadtest.memory import MemorySample, MemorySampler
-from pgvote.loadtest.runner import ClientRun, run_workers
-from pgvote.loadtest.stats import figures, latency_summary, timeline
+from pgvote.loadtest.servers import measuring
+from pgvote.loadtest.stats import Record, figures, latency_summary, timeline
 from pgvote.loadtest.verify import verify_poll
-from pgvote.loadtest.worker import WorkerSpec
 from pgvote.paths import PROJECT_ROOT
 
 OPTIONS = ("PostgreSQL", "PgBouncer", "PostgREST", "psycopg")
@@ -67,137 +78,228 @@ def new_tag() -> str:
     return uuid.uuid4().hex[:10]
 
 
-def sampler(cfg: LoadtestConfig) -> MemorySampler:
-    """PSS of the servers behind the URLs, when they run on this machine (found by listening port)."""
+def local_servers(cfg: LoadtestConfig) -> dict[str, int]:
+    """Listening ports of PostgreSQL and PgBouncer behind the URLs, when they run on this machine."""
     admin, api = urlsplit(cfg.admin_url), urlsplit(cfg.database_url)
-    local = {admin.hostname, api.hostname} <= {"127.0.0.1", "localhost", "::1"}
-    return sampler_for_ports(admin.port or 5432 if local else None, api.port or 5432 if local else None,
-                             cfg.bouncer_admin_url, cfg.sample_interval)
+    if not {admin.hostname, api.hostname} <= {"127.0.0.1", "localhost", "::1"}:
+        return {}
+    return {"postgres": admin.port or 5432, "pgbouncer": api.port or 5432}
 
 
-def sampler_for_ports(pg_port: int | None, bouncer_port: int | None, bouncer_admin_url: str | None,
-                      interval: float = 0.25) -> MemorySampler:
-    return MemorySampler.for_ports(pg_port, bouncer_port, interval, bouncer_admin_url)
+PROGRESS_LINE = re.compile(r"progress: ([0-9.]+) s, ([0-9.]+) tps, lat ([0-9.]+) ms")
 
 
-def memory_figures(s: MemorySampler) -> dict[str, Any]:
-    peak: MemorySample | None = s.peak()
-    if peak is None:
-        return {"available": False}
-    mib = 1024 * 1024
-    return {"available": True, "samples": len(s.samples),
-            "peak_total_mib": round(peak.total / mib, 1),
-            "peak_postgres_pss_mib": round(peak.postgres_pss / mib, 1),
-            "peak_postgres_shmem_pss_mib": round(peak.postgres_shmem_pss / mib, 1),
-            "peak_beyond_shared_mib": round(max(x.beyond_shared for x in s.samples) / mib, 1),
-            "peak_bouncer_pss_mib": round(max(x.bouncer_pss for x in s.samples) / mib, 1),
-            "postgres_processes": max(x.postgres_processes for x in s.samples)}
+@contextmanager
+def progress_bar(label: str, total: int, console: Console, quiet: bool) -> Iterator[Callable[[str], None]]:
+    """A live bar fed by pgbench's ``-P 1`` lines: transactions done (tps x each second), rate, latency."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]:>7,.0f} tx/s, latency {task.fields[latency]:,.1f} ms"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=quiet, refresh_per_second=4) as progress:
+        task = progress.add_task(label, total=total, rate=0.0, latency=0.0)
+        elapsed = 0.0
+
+        def update(line: str) -> None:
+            nonlocal elapsed
+            if match := PROGRESS_LINE.match(line):
+                t, tps, latency = (float(g) for g in match.groups())
+                progress.update(task, advance=tps * (t - elapsed), rate=tps, latency=latency)
+                elapsed = t
+
+        yield update
+        progress.update(task, completed=total)
 
 
-def _split(n: int, parts: int) -> list[int]:
-    return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
+#: Passes of pgbench per scenario: the first casts everything, each next one re-casts, identically, what
+#: the previous left unanswered after a retryable error (a lost connection or PgBouncer's queue timeout:
+#: FATAL or a client-side message, PostgREST's 503) and casts what its aborted clients never reached.
+MAX_PASSES = 5
 
 
-def _specs(cfg: LoadtestConfig, ballots: BallotSpec, target: DbTarget) -> list[WorkerSpec]:
-    workers = max(1, min(cfg.workers, cfg.clients))
-    return [WorkerSpec(w, ballots, clients, target=target,
-                       voters=range(w, cfg.voters, workers), call_timeout=cfg.call_timeout,
-                       max_attempts=cfg.max_attempts,
-                       run_timeout=cfg.run_timeout)
-            for w, clients in enumerate(_split(cfg.clients, workers))]
+@dataclass
+class Cast:
+    """What became of one voter (or batch) over the passes."""
+
+    attempts: int = 0
+    committed: Transaction | None = None
+    error: str = ""  # the last error, while not committed
 
 
-def _client_result(name: str, path: str, cfg: LoadtestConfig, run: ClientRun, s: MemorySampler,
-                   extra: dict[str, Any]) -> dict[str, Any]:
-    f = figures(run.records, run.t0, run.errors)
-    return {"name": name, "path": path, "voters": cfg.voters,
-            "clients": cfg.clients, "workers": max(1, min(cfg.workers, cfg.clients)),
-            "connected": run.connected, "connect_failure": run.connect_failure,
-            "figures": f.as_dict(), "memory": memory_figures(s), "pool": dict(s.pool_peaks),
-            "cpu_seconds": {"load generator": round(run.client_cpu_seconds, 2), **s.cpu_seconds()},
-            "timeline": timeline(run.records, run.t0), **extra}
+def retryable(error: str) -> bool:
+    """An ``ERROR:`` is the server's answer to the call (an API error: final); anything else means the
+    connection went away (``FATAL:`` from PgBouncer or PostgreSQL, or libpq's own message)."""
+    return not error.startswith("ERROR:")
+
+
+def cast_all(cfg: LoadtestConfig, script: str | Path, clients: int, per_client: int, variables: dict[str, str],
+             label: str, console: Console, quiet: bool,
+             measured: dict[str, Any]) -> tuple[dict[int, Cast], list[Outcome]]:
+    """Numbers 0 .. clients x per_client - 1 through PgBouncer, as many passes as needed (``MAX_PASSES``);
+    the servers' memory, pools and CPU while they run go into ``measured``, with pgbench's own CPU."""
+    casts: dict[int, Cast] = {}
+    outcomes: list[Outcome] = []
+    pending = list(range(clients * per_client))
+    with measuring(local_servers(cfg), cfg.bouncer_admin_url, measured, cfg.sample_interval):
+        for recast in range(MAX_PASSES):
+            if recast:
+                settle()
+                clients, per_client = _plan(len(pending), clients)
+                slots = [pending[i % len(pending)] for i in range(clients * per_client)]  # the last repeat: idempotent
+                scratch.stage_recasts(cfg.admin_url, slots)
+            else:
+                slots = pending
+            run = Run(script, cfg.database_url, clients, transactions=per_client, protocol="extended",
+                      variables={**variables, "per_client": str(per_client), "recast": str(int(recast > 0))})
+            with progress_bar(label + (f", re-cast {recast}" if recast else ""), len(slots), console, quiet) as shown:
+                outcome = execute(run, shown)
+            outcomes.append(outcome)
+            pending = _settle_pass(outcome, per_client, slots, casts)
+            if not pending:
+                break
+    measured["cpu_seconds"] = {"pgbench": round(sum(o.cpu_seconds for o in outcomes), 2), **measured["cpu_seconds"]}
+    return casts, outcomes
+
+
+def _settle_pass(outcome: Outcome, per_client: int, slots: list[int], casts: dict[int, Cast]) -> list[int]:
+    """Record one pass in ``casts``; return what the next pass must cast."""
+    committed = {t.client * per_client + t.number: t for t in outcome.committed}
+    done = Counter(t.client for t in outcome.committed)
+    for slot, number in enumerate(slots):
+        cast = casts.setdefault(number, Cast())
+        client, n = divmod(slot, per_client)
+        if slot in committed:
+            cast.attempts += 1
+            cast.committed = committed[slot]
+        elif client in outcome.aborted and n == done[client]:  # in flight when its client was aborted
+            cast.attempts += 1
+            cast.error = outcome.aborted[client]
+    return sorted({number for number, cast in casts.items() if cast.committed is None
+                   and (cast.attempts == 0 or retryable(cast.error))} & set(slots))
+
+
+def records(casts: dict[int, Cast], name: Callable[[int], str]) -> list[Record]:
+    """One record per number attempted: acknowledged when a pass committed it, else its last error."""
+    end = max((c.committed.end for c in casts.values() if c.committed), default=time.time())
+    out: list[Record] = []
+    for number, c in sorted(casts.items()):
+        if c.committed:
+            t = c.committed
+            out.append((name(number), "ack", 200, "committed", t.end - t.seconds, t.end, c.attempts, c.attempts == 1))
+        elif c.attempts:
+            out.append((name(number), "gave_up" if retryable(c.error) else "rejected", 0, c.error, end, end,
+                        c.attempts, False))
+    return out
+
+
+def _burst_result(name: str, path: str, clients: int, voters: int, outcomes: list[Outcome], recs: list[Record],
+                  measured: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    t0 = min((r[4] for r in recs if r[1] == "ack"), default=time.time())
+    errors = Counter(error for o in outcomes for error in o.aborted.values())
+    return {"name": name, "path": path, "voters": voters, "clients": clients,
+            "figures": figures(recs, t0, errors).as_dict(), "pgbench": _pgbench_figures(outcomes), **measured,
+            "timeline": timeline(recs, t0), **extra}
+
+
+def _pgbench_figures(outcomes: list[Outcome]) -> dict[str, Any]:
+    """The first pass's figures (the burst itself), and how many re-cast passes followed."""
+    first = outcomes[0]
+    return {"exit_code": first.exit_code, "transactions": first.processed, "tps": first.per_second,
+            "aborted_clients": len(first.aborted), "recast_passes": len(outcomes) - 1,
+            "recast_transactions": sum(o.processed for o in outcomes[1:])}
+
+
+def _plan(voters: int, clients: int) -> tuple[int, int]:
+    """(clients, transactions per client): every client casts the same number (pgbench -t), so the voters
+    are rounded up to a multiple of the clients."""
+    clients = max(1, min(clients, voters))
+    return clients, math.ceil(voters / clients)
+
+
+def _scratch_role(cfg: LoadtestConfig) -> str:
+    return urlsplit(cfg.database_url).username or "authenticator"
 
 
 def run_single(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
     """The burst through ``api.cast_vote`` as PostgREST calls it, through PgBouncer, then verification."""
-    tag = new_tag()
-    ballots = create_poll(cfg.admin_url, tag)
+    ballots = create_poll(cfg.admin_url, new_tag())
     hook = pre_request_hook(cfg.admin_url)
-    target = DbTarget(cfg.database_url, pre_request=hook)
-    s = sampler(cfg)
-    s.start()
+    clients, per_client = _plan(cfg.voters, cfg.clients)
+    variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
+                                    per_client=per_client, hook=hook is not None, caller="voter")
+    measured: dict[str, Any] = {}
+    scratch.setup(cfg.admin_url, _scratch_role(cfg))
     try:
-        run = run_workers(_specs(cfg, ballots, target), total=cfg.voters, console=console, quiet=quiet,
-                          label="cast_vote")
+        casts, outcomes = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, "cast_vote", console, quiet,
+                                   measured)
     finally:
-        s.stop()
-    acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in run.records if r[1] == "ack"}
-    attempted = [identity(r[0]) for r in run.records]
-    check = verify_poll(cfg.admin_url, ballots.poll_id, acked, attempted)
-    return _client_result("single-vote burst", "db", cfg, run, s,
-                          {"poll_id": ballots.poll_id, "pre_request": hook, "verification": check.as_dict()})
+        scratch.teardown(cfg.admin_url)
+    recs = records(casts, ballots.fingerprint)
+    acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in recs if r[1] == "ack"}
+    check = verify_poll(cfg.admin_url, ballots.poll_id, acked, [identity(r[0]) for r in recs])
+    return _burst_result("single-vote burst", "db", clients, clients * per_client, outcomes, recs, measured,
+                         {"poll_id": ballots.poll_id, "pre_request": hook, "verification": check.as_dict()})
 
 
 def run_bare(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
-    """The same burst against the bare-insert reference function (see ``baseline.py``)."""
-    tag = new_tag()
-    ballots = BallotSpec(str(uuid.uuid4()), tuple(str(uuid.uuid4()) for _ in OPTIONS), tag, MAX_CHOICES)
-    baseline.setup(cfg.admin_url)
+    """The same burst against the bare-insert reference function (see ``scratch.py``)."""
+    ballots = BallotSpec(str(uuid.uuid4()), tuple(str(uuid.uuid4()) for _ in OPTIONS), new_tag(), MAX_CHOICES)
+    clients, per_client = _plan(cfg.voters, cfg.clients)
+    # no pre-request hook: its bucket write per caller is part of what the ratio charges cast_vote with
+    variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
+                                    per_client=per_client)
+    measured: dict[str, Any] = {}
+    scratch.setup(cfg.admin_url, _scratch_role(cfg))
     try:
-        target = DbTarget(baseline.superuser_via_bouncer(cfg.database_url, cfg.admin_url), schema=baseline.SCHEMA,
-                          anon_role="postgres")
-        s = sampler(cfg)
-        s.start()
-        try:
-            run = run_workers(_specs(cfg, ballots, target), total=cfg.voters, label="bare insert",
-                              console=console, quiet=quiet)
-        finally:
-            s.stop()
-        acked = [r[0] for r in run.records if r[1] == "ack"]
-        stored, found = baseline.stored(cfg.admin_url, ballots.poll_id, acked)
+        with tempfile.TemporaryDirectory(prefix="pgvote-loadtest-") as tmp:
+            casts, outcomes = cast_all(cfg, scratch.bare_script(Path(tmp)), clients, per_client, variables,
+                                       "bare insert", console, quiet, measured)
+        recs = records(casts, ballots.fingerprint)
+        acked = [r[0] for r in recs if r[1] == "ack"]
+        stored, found = scratch.stored(cfg.admin_url, ballots.poll_id, acked)
     finally:
-        baseline.teardown(cfg.admin_url)
+        scratch.teardown(cfg.admin_url)
     check = {"accepted": len(acked), "stored": stored, "lost": len(acked) - found,
              "duplicated": 0, "exactly_once": stored == found == len(acked)}  # the primary key forbids twins
-    return _client_result("bare-insert reference", "bare", cfg, run, s, {"verification": check})
+    return _burst_result("bare-insert reference", "bare", clients, clients * per_client, outcomes, recs, measured,
+                         {"verification": check})
 
 
 def run_bulk_scenario(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
-    """N ballots through ``api.cast_votes`` in batches of ``batch`` from ``clients`` connections."""
-    tag = new_tag()
-    ballots = create_poll(cfg.admin_url, tag)
-    s = sampler(cfg)
-    s.start()
+    """N ballots through ``api.cast_votes`` from ``clients`` connections, every client the same number
+    of batches of at most ``batch`` ballots (so the batches are split evenly: voter v is in batch
+    ``v * batches // voters``)."""
+    ballots = create_poll(cfg.admin_url, new_tag())
+    clients, per_client = _plan(math.ceil(cfg.voters / cfg.batch), cfg.clients)
+    count = clients * per_client
+    if count > cfg.voters:
+        raise ValueError(f"{cfg.voters:,} ballots cannot fill {count} batches: use fewer --clients or a larger --batch")
+    plan: list[list[int]] = [[] for _ in range(count)]
+    for v in range(cfg.voters):
+        plan[v * count // cfg.voters].append(v)
+    variables = postgrest_variables(poll_id=ballots.poll_id, prefix=ballots.prefix, per_client=per_client,
+                                    role="ingest", hook=pre_request_hook(cfg.admin_url) is not None, bulk=True)
+    measured: dict[str, Any] = {}
+    scratch.setup(cfg.admin_url, _scratch_role(cfg))
     try:
-        with console.status(f"bulk: {cfg.voters:,} ballots in batches of {cfg.batch}...") if not quiet \
-                else _Quiet():
-            run = asyncio.run(run_bulk(cfg.database_url, ballots, cfg.voters, cfg.batch, cfg.clients,
-                                       call_timeout=max(cfg.call_timeout, 60), max_attempts=cfg.max_attempts,
-                                       pre_request=pre_request_hook(cfg.admin_url)))
+        scratch.stage_batches(cfg.admin_url, [json.dumps({"ballots": [ballots.bulk_item(v) for v in voters]})
+                                              for voters in plan])
+        casts, outcomes = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, f"cast_votes, {count} batches",
+                                   console, quiet, measured)
     finally:
-        s.stop()
-    acked = bulk_acknowledged(ballots, run)
-    attempted = [("sub:" if n % 2 == 0 else "fp:") + ballots.fingerprint(n) for n in range(cfg.voters)]
-    check = verify_poll(cfg.admin_url, ballots.poll_id, acked, attempted)
-    wall = run.finished - run.t0
-    statuses = Counter(st for st, _ in run.outcomes.values())
-    rejected = Counter(code for st, code in run.outcomes.values() if st == "rejected")
+        scratch.teardown(cfg.admin_url)
+    committed = [(b, c.committed) for b, c in casts.items() if c.committed]
+    acked = {ballots.bulk_identity(v): list(ballots.options_for(ballots.fingerprint(v)))
+             for b, _ in committed for v in plan[b]}
+    check = verify_poll(cfg.admin_url, ballots.poll_id, acked, [ballots.bulk_identity(v) for v in range(cfg.voters)])
+    wall = max((t.end for _, t in committed), default=0.0) - min((t.end - t.seconds for _, t in committed), default=0.0)
     return {"name": "bulk ingestion", "path": "bulk", "poll_id": ballots.poll_id, "voters": cfg.voters,
-            "batch": cfg.batch, "clients": min(cfg.clients, run.batches), "batches": run.batches,
-            "calls": run.calls, "wall_seconds": wall, "ballots_per_second": len(acked) / wall if wall else math.nan,
-            "answers": dict(statuses), "rejected": dict(rejected), "errors": dict(run.errors),
-            "batch_errors": run.batch_errors, "batch_latency": latency_summary(run.call_latency),
-            "success_rate": len(acked) / cfg.voters if cfg.voters else math.nan,
-            "memory": memory_figures(s), "pool": dict(s.pool_peaks), "cpu_seconds": s.cpu_seconds(),
-            "verification": check.as_dict()}
-
-
-class _Quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+            "batch": max(len(voters) for voters in plan), "clients": clients, "batches": count,
+            "committed_batches": len(committed), "accepted": len(acked), "wall_seconds": wall,
+            "ballots_per_second": len(acked) / wall if wall else math.nan,
+            "errors": dict(Counter(error for o in outcomes for error in o.aborted.values())),
+            "batch_latency": latency_summary([t.seconds for _, t in committed]),
+            "success_rate": len(acked) / cfg.voters if cfg.voters else math.nan, "pgbench": _pgbench_figures(outcomes),
+            **measured, "verification": check.as_dict()}
 
 
 def settle(seconds: float = 1.0) -> None:

@@ -1,4 +1,4 @@
-"""Figures of a run, from the per-voter records: outcomes, rates, latency percentiles, a timeline."""
+"""Figures of a run from its per-voter records (k6's or pgbench's): outcomes, rates, latency percentiles, a timeline."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pgvote.loadtest.config import Stage
-from pgvote.loadtest.worker import Record
+
+#: One voter's fate: (fingerprint, outcome, status, answer-or-error, t_start, t_end, attempts, first_ok).
+#: outcome: "ack" (acknowledged), "rejected" (a final error), "gave_up" (retries exhausted); times in
+#: epoch seconds.
+Record = tuple[str, str, int, str, float, float, int, bool]
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

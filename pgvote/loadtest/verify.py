@@ -21,7 +21,6 @@ from typing import Any
 import psycopg
 
 
-
 @dataclass(frozen=True)
 class Verification:
     accepted: int  # acknowledged voters (expected ballots)

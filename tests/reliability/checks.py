@@ -10,13 +10,12 @@ from typing import Any
 
 import psycopg
 
-from helpers import counts_from_ballots
 from pgvote.http import ApiClient
 from pgvote.stack import read_postgrest_conf
 
 from .faults import Bouncer
-
 from .k6round import BROKEN_CONNECTION, Fault, Round, Vote, run_round
+from helpers import counts_from_ballots
 
 NIL_BALLOT = "00000000-0000-0000-0000-000000000000"
 

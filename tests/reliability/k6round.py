@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from pgvote import jwt
+from pgvote.bench.pgbench import raise_nofile_limit
 from pgvote.http import ApiClient
 from pgvote.loadtest.http_scenarios import source_addresses
-from pgvote.loadtest.k6 import _raise_nofile_limit, k6_binary
+from pgvote.loadtest.k6 import k6_binary
 
 SCRIPT = Path(__file__).with_name("fault_load.js")
 RETRYABLE = frozenset({0, 502, 503, 504})  # no HTTP answer, or the proxy's "retry it" answers
@@ -283,7 +284,7 @@ def run_round(stack: Any, votes: Sequence[Vote], *, vus: int, fault: Fault | Non
     log = workdir / "k6.log"
     with log.open("wb") as log_file:
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PGVOTE_PLAN": str(plan)}, preexec_fn=_raise_nofile_limit)
+                                env={**os.environ, "PGVOTE_PLAN": str(plan)}, preexec_fn=raise_nofile_limit)
         try:
             if fault_thread is not None:
                 fault_thread.start()

@@ -18,10 +18,10 @@ from collections import Counter
 
 import psycopg
 
-from helpers import counts_from_ballots, fingerprint
 from pgvote.http import ApiClient
 
 from .k6round import Attempt, Vote, run_round
+from helpers import counts_from_ballots, fingerprint
 
 NIL_BALLOT = "00000000-0000-0000-0000-000000000000"
 

@@ -8,6 +8,9 @@ import { castBallot, plan } from './vote.js';
 
 export { handleSummary } from './vote.js';
 
+// Voter numbers: VU v casts v * VOTERS_PER_VU + its iteration (pgvote/loadtest/http_scenarios.py reads them back).
+const VOTERS_PER_VU = 1000000;
+
 export const options = {
     scenarios: {
         ramp: {
@@ -28,6 +31,6 @@ export const options = {
 };
 
 export default function () {
-    castBallot(`${__VU}-${__ITER}`);
+    castBallot(__VU * VOTERS_PER_VU + __ITER);
     sleep(1);
 }

@@ -28,16 +28,6 @@ function requestParams() {
     return { headers: h, timeout: `${plan.call_timeout_s}s` };
 }
 
-// FNV-1a over the fingerprint's bytes (ASCII): pgvote.loadtest.ballots.hash_index, so Python
-// knows which options every voter cast.
-function hashIndex(text) {
-    let h = 0x811c9dc5;
-    for (let i = 0; i < text.length; i++) {
-        h = Math.imul(h ^ text.charCodeAt(i), 16777619) >>> 0;
-    }
-    return h >>> 0;
-}
-
 // This VU's view of its address's token bucket (burst, then per_minute), as conservative as the
 // servers' limits: every attempt takes a token here, while the database gives failed ones back.
 let tokens = plan.limit.burst;
@@ -56,16 +46,12 @@ function takeToken() {
     tokens -= 1;
 }
 
-export function fingerprint(voter) {
-    return `lt-${plan.tag}-${voter}`;
-}
-
+// Voter number `voter` (an integer): its fingerprint and options as pgvote.loadtest.ballots gives them.
 export function castBallot(voter) {
-    const fp = fingerprint(voter);
     const body = JSON.stringify({
         poll_id: plan.poll_id,
-        option_ids: plan.patterns[hashIndex(fp) % plan.patterns.length],
-        voter_fingerprint: fp,
+        option_ids: plan.patterns[voter % plan.patterns.length],
+        voter_fingerprint: `lt-${plan.tag}-${voter}`,
     });
     const params = requestParams();
     for (let attempt = 1; attempt <= plan.max_attempts; attempt++) {

@@ -1,18 +1,28 @@
-"""Server memory as PSS (proportional set size) from ``/proc/<pid>/smaps_rollup``.
+"""What the server processes use during a run: memory as PSS, CPU seconds, PgBouncer's pool peaks.
 
-PSS divides each shared page among the processes mapping it, so summing PSS over the postmaster
-and all its children counts ``shared_buffers`` once, not once per backend (RSS would). ``Pss_Shmem``
-is the shared-memory part (shared_buffers, WAL buffers, lock tables): PSS minus it is the memory
-the servers use beyond their shared memory. The servers run as the postgres user; root can read
-their ``smaps_rollup``. Processes are found by the TCP port they listen on.
+Memory: PSS (proportional set size) from ``/proc/<pid>/smaps_rollup``. PSS divides each shared page
+among the processes mapping it, so summing PSS over the postmaster and all its children counts
+``shared_buffers`` once, not once per backend (RSS would). ``Pss_Shmem`` is the shared-memory part
+(shared_buffers, WAL buffers, lock tables): PSS minus it is the memory the servers use beyond their
+shared memory. The servers run as the postgres user; root can read their ``smaps_rollup``.
+
+CPU: ``/proc/<pid>/stat`` utime + stime, before and after. nginx's master and workers all hold the
+listening socket, PostgREST and PgBouncer are one process each. PostgreSQL's backends do not listen:
+the postmaster's children are added, and ``cutime + cstime`` of the postmaster counts the backends
+that exited during the run (reaped children's time lands there).
+
+Processes are found by the TCP port they listen on.
 """
 from __future__ import annotations
 
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -78,15 +88,6 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def cpu_ticks(pid: int) -> int | None:
-    """utime + stime of a process, in clock ticks (None when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[11]) + int(fields[12])
-
-
 def pss(pid: int) -> tuple[int, int]:
     """(Pss, Pss_Shmem) of one process in bytes; (0, 0) when it is gone."""
     total = shmem = 0
@@ -99,6 +100,51 @@ def pss(pid: int) -> tuple[int, int]:
     except (OSError, ValueError):
         return 0, 0
     return total, shmem
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _ticks(pid: int, reaped_children: bool) -> int:
+    fields = _stat_fields(pid)
+    if fields is None:
+        return 0
+    own = int(fields[11]) + int(fields[12])  # utime, stime
+    return own + (int(fields[13]) + int(fields[14]) if reaped_children else 0)  # cutime, cstime
+
+
+@dataclass
+class CpuMeter:
+    """``ports``: server name -> listening port; ``postgres`` names the postmaster's port."""
+
+    ports: dict[str, int]
+    postgres: str = "postgres"
+    _before: dict[str, int] = field(default_factory=dict)
+
+    def _snapshot(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for name, port in self.ports.items():
+            pids = listening_pids(port)
+            if name == self.postgres and pids:
+                postmaster = pids[0]
+                out[name] = _ticks(postmaster, True) + sum(_ticks(c, False) for c in children(postmaster))
+            elif pids:
+                out[name] = sum(_ticks(p, False) for p in pids)
+        return out
+
+    def start(self) -> None:
+        self._before = self._snapshot()
+
+    def stop(self) -> dict[str, float]:
+        """Seconds of CPU per server since ``start()`` (servers not found are left out)."""
+        hz = os.sysconf("SC_CLK_TCK")
+        after = self._snapshot()
+        return {name: round((after[name] - self._before.get(name, after[name])) / hz, 2)
+                for name in after if name in self._before}
 
 
 @dataclass
@@ -115,7 +161,6 @@ class MemorySampler:
     bouncer_admin_url: str | None = None
     samples: list[MemorySample] = field(default_factory=list)
     pool_peaks: dict[str, int] = field(default_factory=dict)
-    cpu_ticks: dict[int, tuple[str, int, int]] = field(default_factory=dict)  # pid -> (server, first, last)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -138,26 +183,8 @@ class MemorySampler:
                 total, shmem = pss(pid)
                 if total:
                     pg_total, pg_shmem, count = pg_total + total, pg_shmem + shmem, count + 1
-                    self._cpu(pid, "postgres")
-        bouncer = 0
-        for pid in self.bouncer_pids:
-            bouncer += pss(pid)[0]
-            self._cpu(pid, "pgbouncer")
+        bouncer = sum(pss(pid)[0] for pid in self.bouncer_pids)
         return MemorySample(time.monotonic(), pg_total, pg_shmem, count, bouncer)
-
-    def _cpu(self, pid: int, server: str) -> None:
-        ticks = cpu_ticks(pid)
-        if ticks is not None:
-            first = self.cpu_ticks[pid][1] if pid in self.cpu_ticks else ticks
-            self.cpu_ticks[pid] = (server, first, ticks)
-
-    def cpu_seconds(self) -> dict[str, float]:
-        """CPU time (user + system) each server used between the first and the last sample."""
-        hz = os.sysconf("SC_CLK_TCK")
-        out: dict[str, float] = {}
-        for server, first, last in self.cpu_ticks.values():
-            out[server] = out.get(server, 0.0) + (last - first) / hz
-        return {k: round(v, 2) for k, v in out.items()}
 
     def start(self) -> None:
         if not self.available and not self.bouncer_admin_url:
@@ -210,3 +237,35 @@ class MemorySampler:
 
     def peak(self) -> MemorySample | None:
         return max(self.samples, key=lambda s: s.total) if self.samples else None
+
+    def figures(self) -> dict[str, Any]:
+        """Peak memory of the run (MiB), and PgBouncer's pool peaks."""
+        peak = self.peak()
+        if peak is None:
+            return {"memory": {"available": False}, "pool": dict(self.pool_peaks)}
+        mib = 1024 * 1024
+        return {"memory": {"available": True, "samples": len(self.samples),
+                           "peak_total_mib": round(peak.total / mib, 1),
+                           "peak_postgres_pss_mib": round(peak.postgres_pss / mib, 1),
+                           "peak_postgres_shmem_pss_mib": round(peak.postgres_shmem_pss / mib, 1),
+                           "peak_beyond_shared_mib": round(max(x.beyond_shared for x in self.samples) / mib, 1),
+                           "peak_bouncer_pss_mib": round(max(x.bouncer_pss for x in self.samples) / mib, 1),
+                           "postgres_processes": max(x.postgres_processes for x in self.samples)},
+                "pool": dict(self.pool_peaks)}
+
+
+@contextmanager
+def measuring(servers: dict[str, int], bouncer_admin_url: str | None, figures: dict[str, Any],
+              interval: float = 0.25) -> Iterator[None]:
+    """Sample memory and PgBouncer's pools, and meter each server's CPU, while the block runs; then put
+    ``memory``, ``pool`` and ``cpu_seconds`` into ``figures``. ``servers``: name -> listening port of each
+    server process on this machine (``postgres`` and ``pgbouncer`` are also sampled for memory)."""
+    meter = CpuMeter(servers)
+    memory = MemorySampler.for_ports(servers.get("postgres"), servers.get("pgbouncer"), interval, bouncer_admin_url)
+    meter.start()
+    memory.start()
+    try:
+        yield
+    finally:
+        memory.stop()
+        figures.update(memory.figures(), cpu_seconds=meter.stop())

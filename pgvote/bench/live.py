@@ -1,0 +1,262 @@
+"""`pgvote bench --live`: live results under the HTTP vote burst, on the running local stack.
+
+One run, in this order:
+1. the k6 burst of `pgvote loadtest --http` (VOTES distinct voters released together, one loopback
+   address per VU, verified exactly once) on a poll nobody watches;
+2. SUBSCRIBERS watchers connect to a second poll (half EventSource, half WebSocket, PER_ADDRESS per
+   loopback address, under nginx's per-address limit), each receiving the current results: how many
+   the box holds;
+3. the same burst on the watched poll while every watcher reads its messages, then every watcher must
+   receive the exact final total;
+4. the watchers leave, and the first burst again: "without watchers" is the mean of 1 and 4, so that
+   warming up and drifting load on the shared machine weigh on both sides alike.
+A message counting T ballots is late by (when a watcher got it) - (when the T-th ballot was cast: its
+`cast_at`, the start of its few-millisecond transaction, so a slight overestimate of the time since its
+commit), at the first and at the last watcher to get it; and (when it was published: its seq) - (the
+same), the publisher's share.
+Figures: watchers held, messages delivered per second, that latency's p50/p95, votes/s with the
+watchers ÷ without (same run), and the servers' CPU-seconds per vote with and without (PostgreSQL,
+PgBouncer, PostgREST, nginx, publisher; the drivers' own CPU is left out: they share the cores).
+
+The watchers run in one asyncio process of their own (so that their clock readings never wait for this
+process reading k6's output), the burst in k6.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from rich.console import Console
+from rich.table import Table
+
+from pgvote.bench.report import write_markdown
+from pgvote.http import ApiClient
+from pgvote.live_client import LiveRefused, LiveSubscriber, Transport
+from pgvote.loadtest.http_scenarios import HttpTarget, run_burst
+from pgvote.loadtest.scenarios import create_poll, new_tag
+
+PER_ADDRESS = 16  # watchers per loopback address, under nginx's limit of 32
+CONNECT_AT_ONCE = 200
+SETTLE = 30.0  # seconds the watchers get to receive the final results after the burst
+START, END = "<!-- pgvote bench --live: start -->", "<!-- pgvote bench --live: end -->"
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's where installed: less client CPU per message, on cores the servers share."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+@dataclass
+class Fleet:
+    """What the watchers saw: per message seq, when its first and last copy arrived and its total."""
+
+    first: dict[int, float] = field(default_factory=dict)
+    last: dict[int, float] = field(default_factory=dict)
+    total_of: dict[int, int] = field(default_factory=dict)  # seq -> total_ballots
+    latest: dict[int, int] = field(default_factory=dict)  # watcher -> total_ballots of its last message
+    delivered: int = 0
+
+    def saw(self, watcher: int, message: dict[str, Any]) -> None:
+        now, seq = time.time(), message["seq"]
+        self.delivered += 1
+        self.first.setdefault(seq, now)
+        self.last[seq] = now
+        self.total_of[seq] = self.latest[watcher] = message["results"]["total_ballots"]
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(1000 * ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 1)
+
+
+def cast_times(admin_url: str, poll_id: str) -> list[float]:
+    """When each ballot of the poll was cast (epoch seconds), in order: the n-th is the n-th commit, closely."""
+    with psycopg.connect(admin_url) as conn:
+        rows = conn.execute("select extract(epoch from cast_at)::float8 from voting.ballots where poll_id = %s "
+                            "order by cast_at", (poll_id,)).fetchall()
+    return [float(r[0]) for r in rows]
+
+
+def server_cpu_per_vote_ms(burst: dict[str, Any]) -> float:
+    servers: float = sum(seconds for name, seconds in burst["cpu_seconds"].items() if name != "k6")
+    return 1000 * servers / max(1, int(burst["figures"]["accepted"]))
+
+
+async def _watch(fleet: Fleet, port: int, poll_id: str, index: int, held: list[LiveSubscriber],
+                 failures: dict[str, int], reading: asyncio.Event) -> None:
+    transport: Transport = "sse" if index % 2 else "ws"
+    slot = index // PER_ADDRESS
+    address = f"127.100.{slot // 254}.{slot % 254 + 1}"
+    try:
+        sub = await LiveSubscriber.connect("127.0.0.1", port, poll_id, transport, address)
+        await asyncio.wait_for(sub.next(), 30)
+    except (TimeoutError, OSError, LiveRefused, asyncio.IncompleteReadError, ConnectionError) as exc:
+        key = type(exc).__name__ + (f" {exc.status}" if isinstance(exc, LiveRefused) else "")
+        failures[key] = failures.get(key, 0) + 1
+        return
+    held.append(sub)
+    await reading.wait()
+    try:
+        while True:
+            fleet.saw(index, await sub.next())
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+
+
+async def _fleet(conn: Connection, port: int, poll_id: str, subscribers: int) -> None:
+    """The watchers, in their own process (their clock readings must not wait for the parent's work):
+    connect all, report, read until told the final total, report what was seen once all have it."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one descriptor per watcher
+    fleet, reading = Fleet(), asyncio.Event()
+    held: list[LiveSubscriber] = []
+    failures: dict[str, int] = {}
+    tasks: list[asyncio.Task[None]] = []
+    started = time.monotonic()
+    for start in range(0, subscribers, CONNECT_AT_ONCE):
+        tasks += [asyncio.create_task(_watch(fleet, port, poll_id, i, held, failures, reading))
+                  for i in range(start, min(subscribers, start + CONNECT_AT_ONCE))]
+        while len(held) + sum(failures.values()) < len(tasks):
+            await asyncio.sleep(0.05)
+    reading.set()
+    conn.send((len(held), failures, time.monotonic() - started))
+    final: int = await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+    deadline = time.monotonic() + SETTLE
+    while sum(t == final for t in fleet.latest.values()) < len(held) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    for task in tasks:
+        task.cancel()
+    for sub in held:
+        await sub.close()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    conn.send(fleet)
+
+
+def _fleet_process(conn: Connection, port: int, poll_id: str, subscribers: int) -> None:
+    loop = new_event_loop()
+    loop.run_until_complete(_fleet(conn, port, poll_id, subscribers))
+
+
+class LiveBench:
+    def __init__(self, stack: Any, subscribers: int, votes: int, console: Console) -> None:
+        self.stack = stack
+        self.target = HttpTarget.for_stack(stack)
+        self.subscribers = subscribers
+        self.votes = votes
+        self.console = console
+
+    def run(self) -> dict[str, Any]:
+        load_before = os.getloadavg()[0]
+        self.console.rule(f"burst without watchers: {self.votes:,} voters")
+        before = run_burst(self.target, self.votes, None, self.console)
+        watched = create_poll(self.target.admin_url, new_tag())
+        self.console.rule(f"{self.subscribers:,} watchers of one poll (EventSource and WebSocket, half each)")
+        ours, theirs = multiprocessing.get_context("spawn").Pipe()
+        fleet_process = multiprocessing.get_context("spawn").Process(
+            target=_fleet_process, args=(theirs, self.stack.http_port, watched.poll_id, self.subscribers))
+        fleet_process.start()
+        held, failures, connect_seconds = ours.recv()
+        self.console.print(f"{held:,} watchers hold ({failures or 'no failure'}), connected in {connect_seconds:.1f} s")
+        self.console.rule(f"the same burst, watched by {held:,}")
+        burst_started = time.time()
+        with_watchers = run_burst(self.target, self.votes, None, self.console, ballots=watched)
+        final = ApiClient(self.stack.http_url).rpc("poll_results", {"poll_id": watched.poll_id}).body["total_ballots"]
+        ours.send(final)
+        fleet: Fleet = ours.recv()
+        fleet_process.join(30)
+        delivery_seconds = max(fleet.last.values(), default=burst_started) - burst_started
+        cast = cast_times(self.target.admin_url, watched.poll_id)
+        published, first, last = [], [], []
+        for seq, total in fleet.total_of.items():
+            if 0 < total <= len(cast):
+                published.append(seq / 1000 - cast[total - 1])  # seq: the publication time in ms
+                first.append(fleet.first[seq] - cast[total - 1])
+                last.append(fleet.last[seq] - cast[total - 1])
+        self.console.rule("the watchers left: the burst without them again")
+        after = run_burst(self.target, self.votes, None, self.console)
+        without_vps = (before["figures"]["votes_per_second"] + after["figures"]["votes_per_second"]) / 2
+        return {
+            "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+            "subscribers_wanted": self.subscribers, "subscribers_held": held,
+            "connect_failures": failures, "connect_seconds": round(connect_seconds, 1),
+            "final_total": final, "final_received_by": sum(t == final for t in fleet.latest.values()),
+            "messages_delivered": fleet.delivered, "messages_per_second": fleet.delivered / max(1e-3, delivery_seconds),
+            "messages_timed": len(last),
+            "latency_published_p50_ms": percentile(published, 0.5),
+            "latency_published_p95_ms": percentile(published, 0.95),
+            "latency_first_p50_ms": percentile(first, 0.5), "latency_first_p95_ms": percentile(first, 0.95),
+            "latency_last_p50_ms": percentile(last, 0.5), "latency_last_p95_ms": percentile(last, 0.95),
+            "without_before": before, "with": with_watchers, "without_after": after,
+            "votes_per_second": {"without": without_vps, "with": with_watchers["figures"]["votes_per_second"],
+                                 "without_before": before["figures"]["votes_per_second"],
+                                 "without_after": after["figures"]["votes_per_second"]},
+            "throughput_ratio": with_watchers["figures"]["votes_per_second"] / without_vps,
+            "cpu_ms_per_vote": {"without": (server_cpu_per_vote_ms(before) + server_cpu_per_vote_ms(after)) / 2,
+                                "with": server_cpu_per_vote_ms(with_watchers)},
+            "exactly_once": all(b["verification"]["exactly_once"] for b in (before, with_watchers, after)),
+        }
+
+
+def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+    vps, cpu = r["votes_per_second"], r["cpu_ms_per_vote"]
+    return [
+        ("watchers held on one poll (half EventSource, half WebSocket)",
+         (f"{r['subscribers_held']:,} of {r['subscribers_wanted']:,} (connected in {r['connect_seconds']} s"
+          + (f"; failed: {r['connect_failures']})" if r["connect_failures"] else ")"))),
+        ("watchers that received the exact final total", f"{r['final_received_by']:,}"),
+        ("messages delivered per second during the burst", f"{r['messages_per_second']:,.0f}"),
+        ("update latency, ballot cast → published, p50 / p95",
+         f"{r['latency_published_p50_ms']} / {r['latency_published_p95_ms']} ms"),
+        ("update latency, ballot cast → first watcher, p50 / p95",
+         f"{r['latency_first_p50_ms']} / {r['latency_first_p95_ms']} ms ({r['messages_timed']} messages)"),
+        ("update latency, ballot cast → last watcher, p50 / p95",
+         f"{r['latency_last_p50_ms']} / {r['latency_last_p95_ms']} ms"),
+        ("votes/s through nginx without (before, after) / with the watchers",
+         (f"{vps['without']:,.0f} ({vps['without_before']:,.0f}, {vps['without_after']:,.0f}) / {vps['with']:,.0f} "
+          f"({r['with']['voters']:,} voters each burst, exactly once: {'yes' if r['exactly_once'] else 'NO'})")),
+        ("throughput with ÷ without (goal ≥ 0.95)", f"{r['throughput_ratio']:.2f}"),
+        ("server CPU per vote without / with", f"{cpu['without']:.2f} / {cpu['with']:.2f} ms"),
+    ]
+
+
+def markdown(r: dict[str, Any], command: str) -> str:
+    lines = [START, "## Live results (`pgvote bench --live`)", "",
+             (f"Command: `{command}` on the local stack ({os.cpu_count()} cores, shared with the drivers: k6 for "
+              "the votes, one asyncio process for the watchers; 1-minute load average "
+              f"{r['load_average'][0]} at the start, {r['load_average'][1]} at the end). "
+              "Method: `pgvote/bench/live.py`."), "",
+             "| figure | value |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in rows(r)]
+    return "\n".join([*lines, "", END])
+
+
+def run_live_bench(stack: Any, *, subscribers: int, votes: int, report_path: Path | None, json_path: Path | None,
+                   command: str, console: Console) -> dict[str, Any]:
+    result = LiveBench(stack, subscribers, votes, console).run()
+    table = Table(title="live results under the vote burst")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for name, value in rows(result):
+        table.add_row(name, value)
+    console.print(table)
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if report_path:
+        write_markdown(report_path, markdown(result, command), START, END)
+        console.print(f"report: {report_path}")
+    return result
