@@ -488,6 +488,24 @@ class LocalStack:
                     served[role][path.removeprefix("/rpc/")] = sorted(body.get("schema", {}).get("properties", {}))
         return served
 
+    def restart_postgres(self) -> None:
+        """Fast shutdown and start of PostgreSQL alone (PgBouncer and the rest stay up), holding the
+        launcher's lock so the supervisor, which restarts a postmaster that is gone, waits meanwhile."""
+        with self._locked():
+            self._stop_postgres()
+            self._start_postgres()
+
+    def component_ready(self, name: str) -> bool:
+        """A supervised component answers: PgBouncer a real admin login, a replica `/ready`, nginx its health page."""
+        if name == "pgbouncer":
+            return self._bouncer_ready()
+        if name == "nginx":
+            return _http_ok(f"{self.http_url}/nginx-health")
+        replica = next((r for r in self.replicas if r.name == name), None)
+        if replica is None:
+            raise StackError(f"no component {name!r} in this stack")
+        return _http_ok(f"http://{HOST}:{replica.admin_port}/ready")
+
     def component_pid(self, name: str) -> int | None:
         """Pid of a supervised component ("pgbouncer", "nginx", "postgrest-blue-1", ...) while it runs."""
         entry = supervisor.read_status(self.state_dir).get("components", {}).get(name, {})
@@ -1017,11 +1035,10 @@ class LocalStack:
 
     def _wait_tier(self) -> None:
         """Wait until PgBouncer, every replica and nginx answer (raise with the right log tail if not)."""
-        checks: list[tuple[str, Any, Path]] = [("PgBouncer", self._bouncer_ready, self.bouncer_log)]
+        checks: list[tuple[str, Any, Path]] = [("PgBouncer", lambda: self.component_ready("pgbouncer"), self.bouncer_log)]
         for replica in self.replicas:
-            checks.append((replica.name, lambda r=replica: _http_ok(f"http://{HOST}:{r.admin_port}/ready"),
-                           self.log_dir / f"{replica.name}.log"))
-        checks.append(("nginx", lambda: _http_ok(f"{self.http_url}/nginx-health"), self.nginx_log))
+            checks.append((replica.name, lambda r=replica: self.component_ready(r.name), self.log_dir / f"{replica.name}.log"))
+        checks.append(("nginx", lambda: self.component_ready("nginx"), self.nginx_log))
         checks.append(("publisher", lambda: _http_ok(f"http://{HOST}:{self.ports.publisher}/health"),
                        self.log_dir / "publisher.log"))
         for what, ready, log in checks:

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -159,9 +158,7 @@ class Cluster:
         """PostgreSQL only (PgBouncer stays up): fast shutdown, then start. The launcher's lock is held
         throughout, as `pgvote up` holds it, so the supervisor (which restarts a postmaster that is
         gone) waits instead of starting PostgreSQL between the two steps."""
-        with self.stack._locked():
-            self.stack._stop_postgres()  # pg_ctl stop -m fast (immediate when fast does not finish)
-            self.stack._start_postgres()  # pg_ctl start -w, then waits for a real login
+        self.stack.restart_postgres()
 
     def ready(self) -> bool:
         try:
@@ -209,18 +206,6 @@ class Supervised:
             return pid is not None and pid != old_pid and bool(ready())
 
         assert wait_until(back, timeout, 0.02), f"the supervisor did not bring {name} back within {timeout} s"
-
-    def postgrest_ready(self, name: str) -> Any:
-        replica = next(r for r in self.stack.replicas if r.name == name)
-        return lambda: _http_ok(f"http://127.0.0.1:{replica.admin_port}/ready")
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
 
 
 class Bouncer:

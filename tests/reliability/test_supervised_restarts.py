@@ -25,7 +25,7 @@ def test_sigkill_one_postgrest_replica_mid_load_loses_no_acknowledged_vote(killa
         live.after_acks(profile.fault_votes // 3)
         pid = supervised.kill(REPLICA)
         live.mark("kill")
-        supervised.wait_restarted(REPLICA, pid, supervised.postgrest_ready(REPLICA))
+        supervised.wait_restarted(REPLICA, pid, lambda: killable_stack.component_ready(REPLICA))
         live.mark("back")
 
     name = f"postgrest_replica_sigkill[{round_no}]"
@@ -50,7 +50,7 @@ def test_sigkill_pgbouncer_mid_load_loses_no_acknowledged_vote(killable_stack, c
         live.after_acks(profile.fault_votes // 3)
         pid = supervised.kill("pgbouncer")
         live.mark("kill")
-        supervised.wait_restarted("pgbouncer", pid, killable_stack._bouncer_ready)
+        supervised.wait_restarted("pgbouncer", pid, lambda: killable_stack.component_ready("pgbouncer"))
         live.mark("back")
 
     name = f"pgbouncer_sigkill[{round_no}]"
