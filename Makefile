@@ -20,7 +20,7 @@ lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-# the reliability suite's long profile (docs/reliability.md): 5 crash rounds of each kind with 20,000 votes,
+# the reliability suite's long profile (docs/reliability.md): 5 rounds of every fault kind under k6 load,
 # >= 10,000 generated bad requests, longer loads around every fault; `make test` runs its CI profile
 reliability: deps
 	PGVOTE_PROFILE=long $(VENV)/bin/pytest tests/reliability $(PYTEST_ARGS)
