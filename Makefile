@@ -7,7 +7,7 @@ VENV ?= .venv
 PYTEST_ARGS ?=
 PGVOTE := $(VENV)/bin/pgvote
 
-.PHONY: deps test reliability up down status demo clean
+.PHONY: deps test lint reliability up down status demo clean
 
 deps:
 	VENV=$(VENV) bash scripts/install-deps
@@ -15,7 +15,12 @@ deps:
 test: deps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-# the reliability suite's long profile (docs/reliability.md): 5 crash rounds of each kind with 20,000 votes,
+# ruff on the whole tree, mypy --strict on pgvote/ and partitions/ (configured in pyproject.toml)
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+# the reliability suite's long profile (docs/reliability.md): 5 rounds of every fault kind under k6 load,
 # >= 10,000 generated bad requests, longer loads around every fault; `make test` runs its CI profile
 reliability: deps
 	PGVOTE_PROFILE=long $(VENV)/bin/pytest tests/reliability $(PYTEST_ARGS)

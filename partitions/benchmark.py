@@ -31,6 +31,7 @@ import psycopg
 
 from partitions import catalog
 from partitions.split import SplitOptions, split_partition
+from partitions.sqlexec import one
 from partitions.verify import healthy, verify
 from pgvote.bench.pgbench import pgbench_binary
 from pgvote.database_url import database_url
@@ -66,8 +67,8 @@ def make_polls(conn: psycopg.Connection, api_url: str, source: catalog.Partition
     with psycopg.connect(api_url, autocommit=True) as api:
         while len(hot_polls) < hot or len(cold_polls) < cold:
             poll = create_poll_as_creator(api)
-            inside = conn.execute("select satisfies_hash_partition('voting.ballots'::regclass, %s, %s, %s::uuid)",
-                                  (m, r, poll[0])).fetchone()[0]
+            inside = one(conn.execute("select satisfies_hash_partition('voting.ballots'::regclass, %s, %s, %s::uuid)",
+                                  (m, r, poll[0])))
             if inside and len(hot_polls) < hot:
                 hot_polls.append(poll)
             elif not inside and len(cold_polls) < cold:
@@ -85,7 +86,7 @@ def seed(conn: psycopg.Connection, polls: list[tuple[str, list[str]]], rows: int
                            array[(%(opts)s::uuid[])[(g %% %(n)s) * 3 + 1 + (g / %(n)s) %% 3]]
                     from generate_series(0, %(rows)s - 1) g""",
                  {"ids": ids, "opts": options, "n": len(ids), "rows": rows})
-    if conn.execute("select to_regprocedure('internal.rebuild_tallies(uuid)') is not null").fetchone()[0]:
+    if one(conn.execute("select to_regprocedure('internal.rebuild_tallies(uuid)') is not null")):
         for poll_id in ids:
             conn.execute("select internal.rebuild_tallies(%s)", (poll_id,))
     conn.execute(f"vacuum analyze {source.qualified}")
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     source = next(p for p in table.attached if args.partition in (None, p.qualified, p.name))
     hot, cold = make_polls(conn, args.api_url, source, args.hot, args.cold)
     seeded = seed(conn, hot, args.rows, source)
-    rows = conn.execute(f"select count(*) from {source.qualified}").fetchone()[0]
+    rows = one(conn.execute(f"select count(*) from {source.qualified}"))
     print(f"seeded {rows:,} rows into {source.qualified} in {seeded:.0f} s", file=sys.stderr)
 
     logs = Path(tempfile.mkdtemp(prefix="split-bench-"))
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             window("after", tx, result.switched_at + 1, load_ended - 1),
         ]
     figures = {
-        "machine": {"cpus": os.cpu_count(), "postgres": conn.execute("show server_version").fetchone()[0],
+        "machine": {"cpus": os.cpu_count(), "postgres": one(conn.execute("show server_version")),
                     "load_average_1m": os.getloadavg()[0]},
         "partition": source.qualified, "rows": rows, "clients": args.clients, "batch_size": args.batch_size,
         "split": {**asdict(result), "writer_wait_ms": result.writer_wait_ms},

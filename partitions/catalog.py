@@ -156,6 +156,7 @@ def _table(conn: psycopg.Connection, oid: int, schema: str, name: str, strat: st
            where pt.partrelid = %s""",
         (oid, oid),
     ).fetchone()
+    assert key is not None, "an aggregate always returns a row"
     columns = conn.execute(
         "select attname from pg_attribute where attrelid = %s and attnum > 0 and not attisdropped order by attnum",
         (oid,),

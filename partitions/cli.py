@@ -14,7 +14,15 @@ from collections.abc import Callable
 import psycopg
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from partitions import catalog
 from partitions.create import create_partitions
@@ -36,7 +44,7 @@ class RichProgress:
 
     def __init__(self) -> None:
         self._bar: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
 
     def start(self, description: str, total: int | None) -> None:
         self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -7,6 +7,7 @@ layout; `create` only builds the first one).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import psycopg
 
@@ -18,7 +19,7 @@ log = logging.getLogger("pgvote.partitions")
 
 
 def create_partitions(conn: psycopg.Connection, table: str = "voting.ballots", modulus: int = 16,
-                      dry_run: bool = False, echo=print) -> list[str]:
+                      dry_run: bool = False, echo: Callable[[str], None] = print) -> list[str]:
     """Create the missing partitions of `table` for `modulus`; returns the names created (or to create)."""
     try:
         check_modulus(modulus)

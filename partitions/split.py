@@ -73,7 +73,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -94,7 +94,7 @@ from partitions.splitsql import (
     switch_sql,
 )
 from partitions.splitstate import PendingSplit, SourceState, pending_splits
-from partitions.sqlexec import Executor, Refused, render
+from partitions.sqlexec import Executor, Refused, one, render
 
 log = logging.getLogger("pgvote.partitions")
 
@@ -224,7 +224,8 @@ def _targets_state(conn: psycopg.Connection, plan: SplitPlan) -> tuple[list[str]
 def _prepare(run: Executor, plan: SplitPlan, options: SplitOptions) -> None:
     conn = run.conn
     if run.dry_run:
-        made, missing, mirrored = [], [n for n, _, _ in plan.targets], False
+        made: list[str] = []
+        missing, mirrored = [n for n, _, _ in plan.targets], False
         if plan.resumed:
             made, missing, mirrored = _targets_state(conn, plan)
     else:
@@ -235,7 +236,7 @@ def _prepare(run: Executor, plan: SplitPlan, options: SplitOptions) -> None:
     if not missing and (mirrored or not needs_mirror):
         log.info("prepare: targets %s%s in place", ", ".join(made), " and the mirror trigger" if mirrored else "")
         return
-    me = str(conn.execute("select current_user").fetchone()[0])
+    me = str(one(conn.execute("select current_user")))
     owner = plan.table.owner if plan.table.owner != me else None
     statements = [s for name in missing for s in create_target_sql(plan, next(t for t in plan.targets if t[0] == name),
                                                                      owner)]
@@ -270,10 +271,10 @@ def _copy(run: Executor, plan: SplitPlan, options: SplitOptions, progress: Progr
             run(sql.SQL("set local synchronous_commit = off"))
             run(rest)
         return
-    superuser = conn.execute("select current_setting('is_superuser') = 'on'").fetchone()[0]
-    estimate = conn.execute("select reltuples::bigint from pg_class where oid = %s", (plan.source.oid,)).fetchone()[0]
+    superuser = one(conn.execute("select current_setting('is_superuser') = 'on'"))
+    estimate = one(conn.execute("select reltuples::bigint from pg_class where oid = %s", (plan.source.oid,)))
     total = int(estimate) if estimate >= 0 else int(
-        conn.execute(sql.SQL("select count(*) from {}").format(plan.source.identifier())).fetchone()[0])
+        one(conn.execute(sql.SQL("select count(*) from {}").format(plan.source.identifier()))))
     progress.start(f"copying {plan.source.qualified}", total)
     started = time.monotonic()
     result.copy_started_at = time.time()
@@ -443,7 +444,7 @@ def split_session(run: Executor, options: SplitOptions) -> Iterator[None]:
         return
     conn = run.conn
     deadline = time.monotonic() + options.session_wait
-    while not conn.execute("select pg_try_advisory_lock(%s, 0)", (catalog.SPLIT_LOCK_NAMESPACE,)).fetchone()[0]:
+    while not one(conn.execute("select pg_try_advisory_lock(%s, 0)", (catalog.SPLIT_LOCK_NAMESPACE,))):
         if time.monotonic() > deadline:
             holder = catalog.split_lock_holder(conn)
             who = f"pid {holder[0]}, {holder[1]!r}" if holder else "a session that just ended"
@@ -489,7 +490,7 @@ def _refuse_unfinished(conn: psycopg.Connection, table: PartitionedTable) -> Non
 
 
 def split_partition(conn: psycopg.Connection, partition: str, options: SplitOptions | None = None,
-                    progress: Progress | None = None, echo=print) -> SplitResult:
+                    progress: Progress | None = None, echo: Callable[[str], None] = print) -> SplitResult:
     """Split one hash partition ("schema.name") online; conn must be autocommit (a migration can call this)."""
     options = options or SplitOptions()
     run = Executor(conn, options.dry_run, echo)
@@ -503,7 +504,7 @@ def split_partition(conn: psycopg.Connection, partition: str, options: SplitOpti
 
 def resume_splits(conn: psycopg.Connection, partition: str | None = None, options: SplitOptions | None = None,
                   progress: Progress | None = None, schema: str = catalog.DEFAULT_SCHEMA,
-                  echo=print) -> list[SplitResult]:
+                  echo: Callable[[str], None] = print) -> list[SplitResult]:
     """Finish every unfinished split of the schema (or only the one whose source is `partition`)."""
     options = options or SplitOptions()
     run = Executor(conn, options.dry_run, echo)
@@ -534,7 +535,7 @@ def resume_splits(conn: psycopg.Connection, partition: str | None = None, option
 
 def split_all(conn: psycopg.Connection, table_name: str | None = None, options: SplitOptions | None = None,
               progress: Progress | None = None, schema: str = catalog.DEFAULT_SCHEMA,
-              echo=print) -> list[SplitResult]:
+              echo: Callable[[str], None] = print) -> list[SplitResult]:
     """Double every partition of every hash-partitioned table of `schema` (or of `table_name`), one at a time."""
     options = options or SplitOptions()
     run = Executor(conn, options.dry_run, echo)

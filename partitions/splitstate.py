@@ -103,8 +103,8 @@ def pending_splits(conn: psycopg.Connection, table: PartitionedTable,
             source, state = p, "attached"
         elif (p := table.partition_for(m, r, pending=True)) is not None:
             source, state = p, "detach pending"
-        elif (t := table.loose_named(f"{table.name}_m{m}_r{r}")) is not None and not t.split_target:
-            source, state = t, "detached"
+        elif (loose := table.loose_named(f"{table.name}_m{m}_r{r}")) is not None and not loose.split_target:
+            source, state = loose, "detached"
         else:
             source, state = None, "missing"
         names = {n.rpartition(".")[2] for n in PendingSplit(table, m, r, None, state, (), False, None).target_names}

@@ -16,6 +16,14 @@ class Refused(Exception):
     """An unsafe or impossible request: the message is one line a DBA can act on."""
 
 
+def one(cursor: psycopg.Cursor[Any]) -> Any:
+    """The first column of the one row a query always returns (count, current_user, a setting...)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise LookupError("a query that always returns a row returned none")
+    return row[0]
+
+
 def render(conn: psycopg.Connection, statement: sql.Composable | str) -> str:
     return statement if isinstance(statement, str) else statement.as_string(conn)
 
@@ -32,13 +40,14 @@ class Executor:
         self.dry_run = dry_run
         self.echo = echo
 
-    def __call__(self, statement: sql.Composable | str, params: Sequence[Any] | None = None) -> psycopg.Cursor | None:
+    def __call__(self, statement: sql.Composable | str,
+                 params: Sequence[Any] | None = None) -> psycopg.Cursor[tuple[Any, ...]] | None:
         text = render(self.conn, statement)
         if self.dry_run:
             self.echo(text.strip() + ";")
             return None
         log.debug("sql: %s", " ".join(text.split()))
-        return self.conn.execute(statement if not isinstance(statement, str) else sql.SQL(statement), params)
+        return self.conn.execute(text, params)
 
     def note(self, text: str) -> None:
         """A comment in the dry-run script (nothing when executing)."""

@@ -19,6 +19,7 @@ from rich.table import Table
 from partitions import catalog
 from partitions.catalog import Partition, PartitionedTable
 from partitions.splitstate import pending_splits, stray_tables
+from partitions.sqlexec import one
 
 
 @dataclass
@@ -65,7 +66,7 @@ COUNT_UNANALYZED_BELOW = 8 << 20
 def _rows(conn: psycopg.Connection, part: Partition, exact: bool) -> tuple[int | None, bool]:
     """(rows, counted)."""
     if exact or (part.reltuples < 0 and part.total_bytes <= COUNT_UNANALYZED_BELOW):
-        return int(conn.execute(sql.SQL("select count(*) from {}").format(part.identifier())).fetchone()[0]), True
+        return int(one(conn.execute(sql.SQL("select count(*) from {}").format(part.identifier())))), True
     if part.reltuples >= 0:
         return int(part.reltuples), False
     return None, False
@@ -90,7 +91,7 @@ def _largest(conn: psycopg.Connection, part: Partition, key: str, rows: int | No
 
 
 def table_status(conn: psycopg.Connection, table: PartitionedTable, exact: bool = False, top: int = 3) -> TableStatus:
-    parts = []
+    parts: list[PartitionStatus] = []
     for p in table.partitions:
         rows, counted = _rows(conn, p, exact)
         key = table.key_columns[0] if table.key_columns else None
@@ -100,8 +101,8 @@ def table_status(conn: psycopg.Connection, table: PartitionedTable, exact: bool 
                                      p.total_bytes, None, largest))
     known = [p.rows for p in parts if p.rows is not None]
     total = sum(known) if len(known) == len(parts) else (sum(known) if known else None)
-    for p in parts:
-        p.share = (p.rows / total) if (p.rows is not None and total) else None
+    for status in parts:
+        status.share = (status.rows / total) if (status.rows is not None and total) else None
     skew = (max(known) / (sum(known) / len(known))) if known and sum(known) > 0 else None
     splits = pending_splits(conn, table, catalog.split_lock_holder(conn))
     return TableStatus(table.qualified, table.strategy, list(table.key_columns), parts, total,

@@ -83,7 +83,7 @@ def owned_routines(conn: psycopg.Connection) -> list[Routine]:
 def sync_procedures(conn: psycopg.Connection) -> SyncResult:
     """Apply changed procedure files, drop stale functions, re-apply roles, grants and schedules."""
     files = procedure_files()
-    applied = dict(conn.execute("select file, sha256 from internal.procedure_sources").fetchall())
+    applied: dict[str, str] = dict(conn.execute("select file, sha256 from internal.procedure_sources").fetchall())
     overloads = Counter(r.file for r in owned_routines(conn))
     changed = [f for f in files if applied.get(f.name) != f.digest or overloads[f.name] != 1]
     dropped: list[str] = []

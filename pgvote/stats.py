@@ -133,7 +133,8 @@ def rates(previous: dict[str, Any] | None, current: dict[str, Any], seconds: flo
     def delta(*path: str) -> float | None:
         if previous is None or seconds <= 0:
             return None
-        a, b = previous, current
+        a: Any = previous
+        b: Any = current
         for key in path:
             a, b = (a or {}).get(key), (b or {}).get(key)
         if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):

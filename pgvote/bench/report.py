@@ -8,7 +8,7 @@ import platform
 import re
 import subprocess
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -28,7 +28,7 @@ def machine() -> dict[str, str]:
     bouncer = subprocess.run(["pgbouncer", "--version"], capture_output=True, text=True).stdout.splitlines()
     return {"cpu": f"{os.cpu_count()} x {cpu}", "memory": f"{memory_kb / 1024 / 1024:.0f} GiB",
             "os": platform.platform(), "pgbench": pgbench, "pgbouncer": bouncer[0] if bouncer else "?",
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def as_json(results: Results, server_version: str, command: str) -> dict:

@@ -10,10 +10,12 @@ from typing import Any
 
 import psycopg
 
-from pgvote.postgrest_emulation import PostgrestEmulator
+from pgvote.http import ApiClient
+from pgvote.stack import read_postgrest_conf
 
 from .faults import Bouncer
-from .loadgen import CallRecord, LoadResult, Vote, emulator, recast, run_load
+from .k6round import BROKEN_CONNECTION, Fault, Round, Vote, run_round
+from helpers import counts_from_ballots
 
 NIL_BALLOT = "00000000-0000-0000-0000-000000000000"
 
@@ -27,7 +29,7 @@ class VotePolls:
     multiple: dict[str, Any]
 
 
-def make_polls(api: PostgrestEmulator) -> VotePolls:
+def make_polls(api: ApiClient) -> VotePolls:
     creator = {"role": "authenticated", "sub": f"reliability-{uuid.uuid4()}"}
     single = api.rpc("create_poll", {"question": "Reliability, single ballot", "options": ["a", "b", "c", "d"],
                                      "max_choices": 2, "allow_revote": False}, claims=creator)
@@ -56,11 +58,10 @@ def make_votes(polls: VotePolls, n: int, tag: str, seed: int = 0) -> list[Vote]:
 @dataclass
 class Verdict:
     votes: int
-    acknowledged: int
-    lost: int
-    lost_during_commit: int
-    resolved_recorded: int  # lost calls whose re-cast answered recorded (the first attempt had not committed)
-    resolved_unchanged: int  # lost calls whose re-cast answered unchanged (the first attempt had committed)
+    acknowledged_first_try: int  # ballots answered 200 on their first call
+    retried: int  # ballots that needed more than one call (k6's identical re-sends)
+    settled: int  # ballots k6 gave up on, answered by the settle step's identical re-casts
+    committed_unseen: int  # retried ballots answered "unchanged": a call whose answer the client lost had committed
     stored: int
     duplicates: int
     acknowledged_missing: int
@@ -69,41 +70,45 @@ class Verdict:
         return dict(self.__dict__)
 
 
-def resolve_and_verify(url: str, template: PostgrestEmulator, admin: psycopg.Connection, polls: VotePolls,
-                       votes: Sequence[Vote], result: LoadResult) -> Verdict:
-    """Resolve every lost call by an identical re-cast, then check the ballots and tallies.
+def unexpected_errors(result: Round) -> dict[str, int]:
+    """Calls answered with anything but 200 or a retryable failure (reset, 502, 503, 504, PostgREST's
+    broken-connection 400), by kind and body."""
+    return dict(Counter(f"{a.kind}: {a.body}" for a in result.attempts if not a.acked and not a.retryable))
 
-    - no call was rejected (every vote is valid);
-    - a call lost before its COMMIT was sent cannot have committed: its re-cast answers ``recorded``;
-      one lost during COMMIT (or timed out) answers ``recorded`` or ``unchanged``;
+
+def verify(stack: Any, admin: psycopg.Connection, polls: VotePolls, result: Round) -> Verdict:
+    """Check the round once every ballot has its final answer (k6's retries, then the settle step):
+
+    - clients saw at worst a reset, 502, 503 or 504 (or PostgREST's broken-connection 400, counted
+      apart in the figures), and every ballot ended acknowledged;
+    - a ballot acknowledged on its first call answered ``recorded`` (it is fresh), a retried one
+      ``recorded`` or ``unchanged`` (an earlier call had committed though its answer was lost);
     - every vote is stored exactly once, with its options, and nothing else is stored;
     - ``poll_results`` equals the counts derived from the stored ballots and from the votes.
     """
-    records = {r.vote: r for r in result.records}
-    assert len(records) == len(result.records) == len(votes), "every vote was cast exactly once by the load"
-    rejected = result.rejected()
-    assert not rejected, f"valid votes rejected: {Counter((r.status, r.code) for r in rejected)}"
-    lost = result.lost()
-    resolution = recast(url, template, [r.vote for r in lost]) if lost else {}
-    recorded = unchanged = 0
-    for r in lost:
-        final: CallRecord | None = resolution.get(r.vote)
-        assert final is not None and final.outcome == "ack", f"re-cast of a lost vote did not succeed: {final}"
-        if r.lost_in in ("commit", "timeout"):
-            assert final.answer in ("recorded", "unchanged"), final
+    assert not unexpected_errors(result), f"answers other than 200 or retryable: {unexpected_errors(result)}"
+    by_ballot = result.by_ballot()
+    unanswered = [i for i in range(len(result.votes)) if i not in by_ballot or not by_ballot[i][-1].acked]
+    assert not unanswered, (f"{len(unanswered)} ballots without an acknowledgment after the settle step: "
+                            f"{Counter(by_ballot[i][-1].kind for i in unanswered if i in by_ballot)}")
+    first_try = retried = committed_unseen = 0
+    for calls in by_ballot.values():
+        final = calls[-1]
+        if len(calls) == 1:
+            assert final.detail == "recorded", f"a fresh ballot answered {final.detail!r} on its first call"
+            first_try += 1
         else:
-            assert final.answer == "recorded", (
-                f"a call lost before COMMIT ({r.lost_in}: {r.code}) was found committed: {final}")
-        recorded += final.answer == "recorded"
-        unchanged += final.answer == "unchanged"
-
-    stored, duplicates, missing = _check_stored(admin, polls, votes)
+            assert final.detail in ("recorded", "unchanged"), final
+            retried += 1
+            committed_unseen += final.detail == "unchanged"
+    stored, duplicates, missing = _check_stored(admin, polls, result.votes)
+    api = ApiClient(stack.http_url, stack.jwt_secret)
     for poll in (polls.single, polls.multiple):
-        _check_tallies(template, admin, poll, [v for v in votes if v.poll_id == poll["poll_id"]])
-    return Verdict(votes=len(votes), acknowledged=len(result.acked()), lost=len(lost),
-                   lost_during_commit=sum(r.lost_in in ("commit", "timeout") for r in lost),
-                   resolved_recorded=recorded, resolved_unchanged=unchanged, stored=stored,
-                   duplicates=duplicates, acknowledged_missing=missing)
+        _check_tallies(api, admin, poll, [v for v in result.votes if v.poll_id == poll["poll_id"]])
+    return Verdict(votes=len(result.votes), acknowledged_first_try=first_try, retried=retried,
+                   settled=len({a.ballot for a in result.attempts if a.by_settle}),
+                   committed_unseen=committed_unseen, stored=stored, duplicates=duplicates,
+                   acknowledged_missing=missing)
 
 
 def _check_stored(admin: psycopg.Connection, polls: VotePolls, votes: Sequence[Vote]) -> tuple[int, int, int]:
@@ -132,67 +137,58 @@ def _check_stored(admin: psycopg.Connection, polls: VotePolls, votes: Sequence[V
     return len(rows), duplicates, len(missing)
 
 
-def _check_tallies(api: PostgrestEmulator, admin: psycopg.Connection, poll: dict[str, Any],
-                   votes: Sequence[Vote]) -> None:
-    results = api.rpc("poll_results", {"poll_id": poll["poll_id"]}, method="GET")
+def _check_tallies(api: ApiClient, admin: psycopg.Connection, poll: dict[str, Any], votes: Sequence[Vote]) -> None:
+    # POST: never served from nginx's one-second results cache (it caches GET and HEAD)
+    results = api.rpc("poll_results", {"poll_id": poll["poll_id"]})
     assert results.status == 200, results.body
     reported = {o["option_id"]: o["votes"] for o in results.body["options"]}
     from_votes = Counter(o for v in votes for o in v.option_ids)
-    from_ballots = dict(admin.execute(
-        """select o.option_id::text, count(b.poll_id) from voting.poll_options o
-           left join voting.ballots b on b.poll_id = o.poll_id and o.option_id = any (b.option_ids)
-           where o.poll_id = %s group by o.option_id""", (poll["poll_id"],)).fetchall())
-    assert reported == {o: int(n) for o, n in from_ballots.items()}, "poll_results equals the stored ballots"
+    assert reported == counts_from_ballots(admin, poll["poll_id"]), "poll_results equals the stored ballots"
     assert reported == {o: from_votes.get(o, 0) for o in poll["option_ids"]}, "tallies equal the votes cast"
     assert results.body["total_ballots"] == len(votes)
 
 
-def assert_no_errors(result: LoadResult) -> None:
-    errors = result.errors_by_kind()
-    assert not errors, f"client errors: {errors}"
+def assert_no_errors(result: Round) -> None:
+    assert not result.errors_by_kind(), f"client errors: {result.errors_by_kind()}"
 
 
-def query_wait_timeout(stack: Any) -> float:
-    """PgBouncer's configured wait for a server connection (s): past it a queued client gets the clean,
-    retryable query_wait_timeout error (db/pgbouncer.ini)."""
-    return float(Bouncer(stack).setting("query_wait_timeout"))
+def overload_wait(stack: Any) -> float:
+    """The shortest configured wait after which a queued call gets a clean, retryable overload answer:
+    PgBouncer's query_wait_timeout (db/pgbouncer.ini, 503 through PostgREST) or PostgREST's
+    db-pool-acquisition-timeout (api/postgrest.conf, 504 PGRST003). Such a call never reached the server."""
+    bouncer = float(Bouncer(stack).setting("query_wait_timeout"))
+    return min(bouncer, float(read_postgrest_conf()["db-pool-acquisition-timeout"]))
 
 
-def unexplained_errors(records: Sequence[CallRecord], wait: float) -> list[CallRecord]:
-    """Every error except PgBouncer's query_wait_timeout after a wait of at least `wait` seconds.
-
-    A call that waited longer than the configured wait may get that clean overload error (it never reached
-    the server, so it is not committed and an identical re-cast settles it); any other error is a fault.
-    """
-    return [r for r in records if r.outcome != "ack" and not (
-        r.outcome == "lost" and r.lost_in == "statement" and r.message == "query_wait_timeout"
-        and r.latency >= wait)]
+def unexplained_errors(result: Round, wait: float) -> dict[str, int]:
+    """Every failed call except a 503 / 504 that came after a wait of at least `wait` seconds (overload,
+    settled like any retryable answer), by kind."""
+    return dict(Counter(a.kind for a in result.attempts if not a.acked and not (
+        a.status in (503, 504) and a.finished - a.started >= wait)))
 
 
-def fault_round(stack: Any, *, name: str, votes: int, connections: int, fault: Any, figures: dict[str, Any],
-                seed: int = 0, timeout: float = 900) -> tuple[LoadResult, Verdict]:
-    """Cast `votes` fresh ballots through the stack's PgBouncer on `connections` clients while `fault` runs,
-    then resolve the lost calls and check every invariant (resolve_and_verify). Records the figures under
-    `name` and returns them for test-specific assertions."""
-    api = emulator(stack.api_url)
-    try:
-        polls = make_polls(api)
-        ballots = make_votes(polls, votes, tag=f"{name}-{uuid.uuid4().hex[:8]}", seed=seed)
-        result = run_load(stack.api_url, api, ballots, connections=connections, fault=fault, timeout=timeout)
-    finally:
-        api.conn.close()
-    api = emulator(stack.api_url)
-    try:
-        with psycopg.connect(stack.admin_url, autocommit=True) as admin:
-            verdict = resolve_and_verify(stack.api_url, api, admin, polls, ballots, result)
-    finally:
-        api.conn.close()
+RATE_LIMITS = ("rate limits: production's (nginx 10 r/s, burst 20; the database 10 a minute, burst 20, per "
+               "address), one loopback address per k6 VU, a /16 no earlier round used, <= 16 ballots per VU")
+
+
+def fault_round(stack: Any, *, name: str, votes: int, vus: int, fault: Fault | None, figures: dict[str, Any],
+                seed: int = 0, timeout: float = 300) -> tuple[Round, Verdict]:
+    """Cast `votes` fresh ballots through the stack's nginx from `vus` k6 VUs while `fault` runs, settle the
+    unanswered ones and check every invariant (verify). Records the figures under `name`."""
+    assert votes <= 16 * vus, "at most 16 ballots per VU: each VU's address stays within the burst of 20"
+    api = ApiClient(stack.http_url, stack.jwt_secret)
+    polls = make_polls(api)
+    ballots = make_votes(polls, votes, tag=f"{name}-{uuid.uuid4().hex[:8]}", seed=seed)
+    result = run_round(stack, ballots, vus=vus, fault=fault, timeout=timeout)
+    with psycopg.connect(stack.admin_url, autocommit=True) as admin:
+        verdict = verify(stack, admin, polls, result)
     figures[name] = {
         **verdict.as_dict(), **result.notes,
         "errors_by_kind": result.errors_by_kind(),
-        "error_examples": result.error_examples(),
+        "postgrest_broken_connection_400": result.errors_by_kind().get(BROKEN_CONNECTION, 0),
         "longest_gap_without_ack_s": result.longest_ack_gap(),
         "latency_ms": result.latency_ms(),
-        "votes_per_s": round(result.throughput),
+        "votes_per_s": result.votes_per_s,
+        "k6_cpu_s": result.k6_cpu_s,
     }
     return result, verdict

@@ -1,7 +1,8 @@
 """Fault-injection fixtures of the reliability suite (in the manner of psycopg_pool's fix_proxy.py).
 
-- ``killable_stack``: a PRIVATE PostgreSQL + PgBouncer stack (own temp dir, free ports), destroyed at the
-  end of the run: crash, restart and freeze tests damage it, never the session ``stack`` of the other tests.
+- ``killable_stack``: a PRIVATE stack of the production topology (nginx, two PostgREST replicas, PgBouncer,
+  PostgreSQL, under the launcher's supervisor; own temp dir, free ports), destroyed at the end of the run:
+  crash, restart, kill and freeze tests damage it, never the session ``stack`` of the other tests.
 - ``cluster``: fault injector bound to that stack (SIGKILL / SIGSTOP / restart, see faults.Cluster); the
   stack is checked (and restarted when needed) before each test.
 - ``proxied_stack`` + ``tcp_proxy``: a second private stack whose PgBouncer reaches PostgreSQL through a
@@ -24,6 +25,7 @@ import pytest
 
 from pgvote.stack import LocalStack, free_port
 
+from .checks import RATE_LIMITS
 from .faults import Bouncer, Cluster, TcpProxy
 from .profile import PROFILE, Profile
 
@@ -48,6 +50,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"profile": PROFILE.__dict__, "figures": _FIGURES}, indent=2, default=str) + "\n")
     terminalreporter.section(f"pgvote reliability figures ({PROFILE.name} profile)")
+    terminalreporter.write_line(RATE_LIMITS)
     for name, value in _FIGURES.items():
         terminalreporter.write_line(f"{name}: {json.dumps(value, default=str)}")
     terminalreporter.write_line(f"(written to {out})")

@@ -5,12 +5,13 @@
   and checked before any signal: the postmaster's command line must name the data dir and every
   process signalled must be the postmaster or its child. Other clusters on the machine are never
   touched.
+- :class:`Supervised`: SIGKILL of a process the stack's supervisor runs (a PostgREST replica, PgBouncer),
+  and the wait for the supervisor to bring it back.
 - :class:`Bouncer`: PgBouncer's admin console (PAUSE, RESUME, RECONNECT, SHOW).
 - :class:`TcpProxy`: the breakable proxy process of ``tcp_proxy.py`` between PgBouncer and PostgreSQL.
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import select
@@ -153,16 +154,11 @@ class Cluster:
                 if (st := _proc_stat(pid)) is not None and st[0] == "T":
                     os.kill(pid, signal.SIGCONT)
 
-    def stop_fast(self) -> None:
-        self.stack._stop_postgres()  # pg_ctl stop -m fast (immediate when fast does not finish)
-
-    def start(self) -> None:
-        self.stack._start_postgres()  # pg_ctl start -w, then waits for a real login
-
     def restart_fast(self) -> None:
-        """PostgreSQL only (PgBouncer stays up): fast shutdown, then start."""
-        self.stop_fast()
-        self.start()
+        """PostgreSQL only (PgBouncer stays up): fast shutdown, then start. The launcher's lock is held
+        throughout, as `pgvote up` holds it, so the supervisor (which restarts a postmaster that is
+        gone) waits instead of starting PostgreSQL between the two steps."""
+        self.stack.restart_postgres()
 
     def ready(self) -> bool:
         try:
@@ -183,6 +179,35 @@ class Cluster:
             return False
 
 
+class Supervised:
+    """The processes the stack's supervisor keeps alive (PgBouncer, the PostgREST replicas, nginx)."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        self.stack = stack
+
+    def restarts(self, name: str) -> int:
+        """How often the supervisor has restarted the component (pgvote status)."""
+        components = self.stack.status()["components"]
+        entries = {"pgbouncer": components["pgbouncer"], "nginx": components["nginx"],
+                   **{r["name"]: r for r in components["postgrest"]}}
+        return int(entries[name]["restarts"])
+
+    def kill(self, name: str) -> int:
+        """SIGKILL the component (by the pid the supervisor recorded for it); returns that pid."""
+        pid = self.stack.component_pid(name)
+        assert pid is not None, f"{name} is not running"
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def wait_restarted(self, name: str, old_pid: int, ready: Any, timeout: float = 60) -> None:
+        """Wait until the supervisor runs `name` again under a new pid and ready() holds."""
+        def back() -> bool:
+            pid = self.stack.component_pid(name)
+            return pid is not None and pid != old_pid and bool(ready())
+
+        assert wait_until(back, timeout, 0.02), f"the supervisor did not bring {name} back within {timeout} s"
+
+
 class Bouncer:
     """PgBouncer's admin console of one stack."""
 
@@ -190,21 +215,11 @@ class Bouncer:
         self.url = stack.bouncer_admin_url
 
     def command(self, text: str) -> list[tuple[Any, ...]]:
-        """A console command that answers at once (SHOW, RESUME, RECONNECT, ...)."""
+        """A console command; PAUSE returns once every server connection is released."""
         with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
             with conn.cursor(binary=False) as cur:
                 cur.execute(text, prepare=False)
                 return cur.fetchall() if cur.description else []
-
-    async def acommand(self, text: str, timeout: float = 60) -> None:
-        """A console command that may block (PAUSE waits until every server connection is released)."""
-        conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(self.url, autocommit=True,
-                                                                      connect_timeout=5), 10)
-        try:
-            await asyncio.wait_for(conn.execute(text, prepare=False), timeout)
-        finally:
-            with contextlib.suppress(psycopg.Error, asyncio.TimeoutError):
-                await asyncio.wait_for(conn.close(), 5)
 
     def show(self, what: str) -> list[dict[str, Any]]:
         with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:

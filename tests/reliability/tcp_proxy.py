@@ -53,7 +53,7 @@ class Proxy:
             return
         try:
             s_reader, s_writer = await asyncio.wait_for(asyncio.open_connection(HOST, self.target_port), 10)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             self._reset(c_writer)
             return
         self.total += 1

@@ -1,96 +1,98 @@
-"""Issue 6, point 4 - network faults between PgBouncer and PostgreSQL, through a TCP proxy the test controls
-(tcp_proxy.py; PgBouncer's [databases] entry points at it): added latency, a silent link (every packet
-dropped for a while, then delivered as TCP retransmits would), a cut link (every connection reset) and a
-link that is down for a while. Clients see bounded, retryable errors at worst (lost connections, resolved by
-an identical re-cast), nothing acknowledged is lost, and the service recovers.
+"""Network faults between PgBouncer and PostgreSQL, through a TCP proxy the test controls (tcp_proxy.py;
+PgBouncer's [databases] entry points at it), under k6 load through nginx: added latency, a silent link
+(every packet held for a while, then delivered as TCP retransmits would), a cut link (every connection
+reset) and a link that is down for a while. Clients see bounded, retryable errors at worst and re-send the
+identical ballot; nothing acknowledged is lost, and the service recovers.
 """
 from __future__ import annotations
 
-import asyncio
+import time
 
-from .checks import fault_round, query_wait_timeout, unexplained_errors
-from .loadgen import Load
+import pytest
+
+from .checks import fault_round, overload_wait, unexplained_errors
+from .k6round import Live
+from .profile import PROFILE
 
 FAULT_SECONDS = 5.0
 LATENCY_MS = 20
-
-
-async def _a_quarter_in(load: Load, total: int) -> None:
-    assert await load.until(lambda: load.acked >= total // 4, timeout=300), "load never got going"
 
 
 def _stack(proxied_stack):
     return proxied_stack[0]
 
 
-def test_added_latency_only_slows_calls(proxied_stack, tcp_proxy, profile, figures) -> None:
-    async def latency(load: Load) -> None:
-        await _a_quarter_in(load, profile.network_votes)
-        load.mark("delay")
-        await asyncio.to_thread(tcp_proxy.delay, LATENCY_MS)
-        await asyncio.sleep(FAULT_SECONDS)
-        load.mark("undelay")
-        await asyncio.to_thread(tcp_proxy.passthrough)
+@pytest.mark.parametrize("round_no", range(PROFILE.rounds))
+def test_added_latency_only_slows_calls(proxied_stack, tcp_proxy, profile, figures, round_no) -> None:
+    def latency(live: Live) -> None:
+        live.after_acks(profile.network_votes // 4)
+        live.mark("delay")
+        tcp_proxy.delay(LATENCY_MS)
+        time.sleep(FAULT_SECONDS)
+        live.mark("undelay")
+        tcp_proxy.passthrough()
 
-    result, _ = fault_round(_stack(proxied_stack), name="network_latency", votes=profile.network_votes,
-                            connections=profile.connections, fault=latency, figures=figures, seed=401)
-    figures["network_latency"].update(
-        added_ms_per_packet=LATENCY_MS,
+    name = f"network_latency[{round_no}]"
+    result, _ = fault_round(_stack(proxied_stack), name=name, votes=profile.network_votes, vus=profile.vus,
+                            fault=latency, figures=figures, seed=401 + 10 * round_no)
+    figures[name].update(
+        result.around("delay", "undelay"), added_ms_per_packet=LATENCY_MS,
         latency_ms_before=result.latency_ms(until=result.marks["delay"]),
         latency_ms_during=result.latency_ms(since=result.marks["delay"] + 1, until=result.marks["undelay"]))
-    # calls only slow down: no error but PgBouncer's clean overload answer past its configured wait
-    assert not unexplained_errors(result.records, query_wait_timeout(_stack(proxied_stack))), \
-        result.errors_by_kind()
+    # calls only slow down: no error but the clean overload answer past the configured queue wait
+    unexplained = unexplained_errors(result, overload_wait(_stack(proxied_stack)))
+    assert not unexplained, unexplained
 
 
-def test_silent_link_drops_no_acknowledged_vote(proxied_stack, tcp_proxy, profile, figures) -> None:
-    """Every packet dropped for 5 s (the proxy holds them; TCP would retransmit), then delivered."""
-    async def stall(load: Load) -> None:
-        await _a_quarter_in(load, profile.network_votes)
-        load.mark("stall")
-        await asyncio.to_thread(tcp_proxy.stall)
-        await asyncio.sleep(FAULT_SECONDS)
-        load.mark("flow")
-        await asyncio.to_thread(tcp_proxy.passthrough)
+@pytest.mark.parametrize("round_no", range(PROFILE.rounds))
+def test_silent_link_drops_no_acknowledged_vote(proxied_stack, tcp_proxy, profile, figures, round_no) -> None:
+    """Every packet held for 5 s (as if dropped and retransmitted), then delivered."""
+    def stall(live: Live) -> None:
+        live.after_acks(profile.network_votes // 4)
+        live.mark("stall")
+        tcp_proxy.stall()
+        time.sleep(FAULT_SECONDS)
+        live.mark("flow")
+        tcp_proxy.passthrough()
 
-    result, _ = fault_round(_stack(proxied_stack), name="network_silent_link", votes=profile.network_votes,
-                            connections=profile.connections, fault=stall, figures=figures, seed=402)
-    assert not result.rejected()
-    figures["network_silent_link"].update(silent_s=FAULT_SECONDS,
-                                          first_ack_after_link_back_s=result.first_ack_after("flow"))
+    name = f"network_silent_link[{round_no}]"
+    result, _ = fault_round(_stack(proxied_stack), name=name, votes=profile.network_votes, vus=profile.vus,
+                            fault=stall, figures=figures, seed=402 + 10 * round_no)
+    figures[name].update(result.around("stall", "flow"), first_ack_after_link_back_s=result.first_ack_after("flow"))
     assert result.first_ack_after("flow") is not None, "service recovered"
 
 
-def test_cut_link_gives_retryable_errors_and_recovers(proxied_stack, tcp_proxy, profile, figures) -> None:
+@pytest.mark.parametrize("round_no", range(PROFILE.rounds))
+def test_cut_link_gives_retryable_errors_and_recovers(proxied_stack, tcp_proxy, profile, figures,
+                                                      round_no) -> None:
     """Every PgBouncer-PostgreSQL connection reset at once; PgBouncer opens new ones."""
-    async def cut(load: Load) -> None:
-        await _a_quarter_in(load, profile.network_votes)
-        load.notes["in_flight_at_cut"] = load.in_flight
-        load.mark("cut")
-        await asyncio.to_thread(tcp_proxy.cut)
+    def cut(live: Live) -> None:
+        live.after_acks(profile.network_votes // 4)
+        tcp_proxy.cut()
+        live.mark("cut")
 
-    result, verdict = fault_round(_stack(proxied_stack), name="network_cut_link", votes=profile.network_votes,
-                                  connections=profile.connections, fault=cut, figures=figures, seed=403)
-    assert not result.rejected()
-    figures["network_cut_link"]["recovery_s"] = result.recovery_seconds("cut")
-    assert result.recovery_seconds("cut") is not None, "service recovered"
+    name = f"network_cut_link[{round_no}]"
+    result, _ = fault_round(_stack(proxied_stack), name=name, votes=profile.network_votes, vus=profile.vus,
+                            fault=cut, figures=figures, seed=403 + 10 * round_no)
+    figures[name].update(result.around("cut"))
+    assert result.first_ack_after("cut") is not None, "service recovered"
 
 
+@pytest.mark.parametrize("round_no", range(PROFILE.rounds))
 def test_link_down_for_five_seconds_gives_retryable_errors_and_recovers(proxied_stack, tcp_proxy, profile,
-                                                                        figures) -> None:
+                                                                        figures, round_no) -> None:
     """Every connection reset and new ones refused for 5 s, then the link is back."""
-    async def down(load: Load) -> None:
-        await _a_quarter_in(load, profile.network_votes)
-        load.notes["in_flight_at_cut"] = load.in_flight
-        load.mark("down")
-        await asyncio.to_thread(tcp_proxy.refuse)
-        await asyncio.to_thread(tcp_proxy.cut)
-        await asyncio.sleep(FAULT_SECONDS)
-        load.mark("up")
-        await asyncio.to_thread(tcp_proxy.passthrough)
+    def down(live: Live) -> None:
+        live.after_acks(profile.network_votes // 4)
+        tcp_proxy.refuse()
+        tcp_proxy.cut()
+        live.mark("down")
+        time.sleep(FAULT_SECONDS)
+        live.mark("up")
+        tcp_proxy.passthrough()
 
-    result, _ = fault_round(_stack(proxied_stack), name="network_link_down", votes=profile.network_votes,
-                            connections=profile.connections, fault=down, figures=figures, seed=404)
-    assert not result.rejected()
-    figures["network_link_down"].update(down_s=FAULT_SECONDS, recovery_s=result.recovery_seconds("up"))
-    assert result.recovery_seconds("up") is not None, "service recovered"
+    name = f"network_link_down[{round_no}]"
+    result, _ = fault_round(_stack(proxied_stack), name=name, votes=profile.network_votes, vus=profile.vus,
+                            fault=down, figures=figures, seed=404 + 10 * round_no)
+    figures[name].update(result.around("down", "up"), first_ack_after_link_back_s=result.first_ack_after("up"))
+    assert result.first_ack_after("up") is not None, "service recovered"

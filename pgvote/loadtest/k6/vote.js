@@ -1,6 +1,8 @@
 // One ballot per call of castBallot(): POST <base_url>/rpc/<fn>, re-sent identically after an
-// infrastructure failure (502/503/504, a reset or refused connection, a timeout), never after
-// any other answer: a 4xx (429 included) is the voter's final answer and counts as a failure.
+// infrastructure failure (502/503/504, a reset or refused connection, a timeout, or PostgREST 12's
+// 400 with an empty error code for a pooled connection that broke under the request: no answer of
+// the API has an empty code, docs/postgrest.md), never after any other answer: a 4xx (429 included)
+// is the voter's final answer and counts as a failure.
 // Identical re-casts are safe: on a single-ballot poll a stored ballot answers "unchanged".
 //
 // The plan (a JSON file written by pgvote/loadtest/k6.py, path in PGVOTE_PLAN) says where to
@@ -61,10 +63,18 @@ export function castBallot(voter) {
             answers.add(1, { answer: String(res.json('status')) });
             return;
         }
-        if (!RETRYABLE[res.status]) {
+        if (!RETRYABLE[res.status] && !(res.status === 400 && apiErrorCode(res) === '')) {
             return;
         }
         sleep(Math.min(1, 0.05 * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2));
+    }
+}
+
+function apiErrorCode(res) {
+    try {
+        return String(res.json('code'));
+    } catch (e) {
+        return null; // not the API's JSON error shape
     }
 }
 
