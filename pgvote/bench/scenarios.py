@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 
+from partitions.sqlexec import one
 from pgvote.bench.fixtures import BenchDatabase
 from pgvote.bench.locks import LockWaitSampler, locks_held_by_one_call
 from pgvote.bench.pgbench import POSTGREST_RPC, SCRIPTS, Figures, Run, postgrest_variables, run
@@ -72,16 +73,16 @@ def fresh_poll(admin_url: str) -> tuple[str, str]:
     """A new poll (4 options, one choice, anonymous votes) and its first option: one per spike run."""
     with psycopg.connect(admin_url) as conn:
         conn.execute("""select set_config('request.jwt.claims', '{"role": "authenticated", "sub": "bench"}', true)""")
-        created = conn.execute("select api.create_poll('spike', array['a', 'b', 'c', 'd'])").fetchone()[0]
+        created = one(conn.execute("select api.create_poll('spike', array['a', 'b', 'c', 'd'])"))
     return created["poll_id"], created["option_ids"][0]
 
 
 def verify_exactly_once(admin_url: str, poll: str, expected: int, table: str = "voting.ballots") -> None:
     """Every ballot of the run stored once, and (for voting.ballots) counted once in the tallies."""
     with psycopg.connect(admin_url) as conn:
-        stored = conn.execute(f"select count(*) from {table} where poll_id = %s", (poll,)).fetchone()[0]
-        counted = (conn.execute("select coalesce(sum(ballots), 0) from voting.tally_slots where poll_id = %s",
-                                (poll,)).fetchone()[0] if table == "voting.ballots" else stored)
+        stored = one(conn.execute(f"select count(*) from {table} where poll_id = %s", (poll,)))
+        counted = (one(conn.execute("select coalesce(sum(ballots), 0) from voting.tally_slots where poll_id = %s",
+                                    (poll,))) if table == "voting.ballots" else stored)
     if stored != expected or counted != expected:
         raise NotExactlyOnce(f"poll {poll}: {stored:,} stored, {counted:,} counted, {expected:,} sent")
 
