@@ -150,7 +150,8 @@ begin
     if closed_at is not null or closes_at <= clock_timestamp() then
         perform internal.raise_api_error('poll_closed', 'This poll is closed: it accepts no more votes.');
     end if;
-    -- The identity's errors (internal.voter_identity's rules, in its order).
+    -- The identity's errors, in the contract's order: a JWT caller is its sub (a fingerprint in the
+    -- body is ignored, so nobody votes as somebody else), an anonymous one its fingerprint.
     if signed_in and identity is null then
         perform internal.raise_api_error('login_required',
             'Sign in first: this call needs a JWT whose "sub" claim is a string of 1-256 characters.');
@@ -1142,34 +1143,6 @@ begin
                         lim.requests_per_minute, lim.burst, retry_after)
         end,
         jsonb_build_object('Retry-After', retry_after::text));
-end
-$$;
-
---
--- Name: voter_identity(boolean, text); Type: FUNCTION; Schema: internal; Owner: -
---
-
-CREATE FUNCTION internal.voter_identity(allow_anonymous boolean, voter_fingerprint text) RETURNS text
-    LANGUAGE plpgsql STABLE
-    AS $$
-declare
-    request_role text := coalesce(
-        nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'role', 'anon');
-begin
-    if request_role <> 'anon' then
-        return 'sub:' || internal.jwt_sub();
-    end if;
-    if not allow_anonymous then
-        perform internal.raise_api_error('login_required',
-            'This poll accepts votes from signed-in users only.');
-    end if;
-    if voter_fingerprint is null
-       or char_length(voter_fingerprint) not between 1 and 256
-       or voter_fingerprint ~ '[[:cntrl:]]' then
-        perform internal.raise_api_error('invalid_fingerprint',
-            'Anonymous votes need a voter_fingerprint of 1-256 printable characters.');
-    end if;
-    return 'fp:' || voter_fingerprint;
 end
 $$;
 
@@ -2503,12 +2476,6 @@ REVOKE ALL ON FUNCTION internal.take_fingerprint_token(poll_id uuid, allow_multi
 --
 
 REVOKE ALL ON FUNCTION internal.take_rate_token(limit_name text, bucket_key bytea) FROM PUBLIC;
-
---
--- Name: FUNCTION voter_identity(allow_anonymous boolean, voter_fingerprint text); Type: ACL; Schema: internal; Owner: -
---
-
-REVOKE ALL ON FUNCTION internal.voter_identity(allow_anonymous boolean, voter_fingerprint text) FROM PUBLIC;
 
 --
 -- Name: FUNCTION voter_key(identity text); Type: ACL; Schema: internal; Owner: -

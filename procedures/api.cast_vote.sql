@@ -96,7 +96,8 @@ begin
     if closed_at is not null or closes_at <= clock_timestamp() then
         perform internal.raise_api_error('poll_closed', 'This poll is closed: it accepts no more votes.');
     end if;
-    -- The identity's errors (internal.voter_identity's rules, in its order).
+    -- The identity's errors, in the contract's order: a JWT caller is its sub (a fingerprint in the
+    -- body is ignored, so nobody votes as somebody else), an anonymous one its fingerprint.
     if signed_in and identity is null then
         perform internal.raise_api_error('login_required',
             'Sign in first: this call needs a JWT whose "sub" claim is a string of 1-256 characters.');

@@ -24,7 +24,8 @@ def run_bench(admin_url: str, bouncer_url: str, *, quick: bool, seconds: float |
         console.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {message}")
 
     with psycopg.connect(admin_url) as conn:
-        server_version = conn.execute("select version()").fetchone()[0].split(" on ")[0]
+        version = conn.execute("select version()").fetchone()
+        server_version = str(version[0] if version else "?").split(" on ")[0]
     with bench_database(admin_url, bouncer_url, HOT_POLL_BALLOTS, SPREAD_POLLS, progress) as db:
         results = run_all(db, per_run, progress, quick=quick)
     progress("done; the bench database is dropped")

@@ -2,7 +2,7 @@
 project's migrations, filled with bench polls, and dropped afterwards."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
@@ -109,7 +109,8 @@ class BenchDatabase:
 
 @contextmanager
 def bench_database(admin_url: str, bouncer_url: str, hot_ballots: int = HOT_POLL_BALLOTS,
-                   polls: int = SPREAD_POLLS, progress=lambda message: None) -> Iterator[BenchDatabase]:
+                   polls: int = SPREAD_POLLS,
+                   progress: Callable[[str], None] = lambda message: None) -> Iterator[BenchDatabase]:
     """Create, migrate and fill pgvote_bench; drop it on the way out, whatever happens."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(BENCH_DATABASE)))
@@ -126,7 +127,9 @@ def bench_database(admin_url: str, bouncer_url: str, hot_ballots: int = HOT_POLL
             progress(f"loading {hot_ballots:,} ballots into the hot poll")
             conn.execute(LOAD_HOT_POLL % {"ballots": int(hot_ballots)})
             conn.execute("analyze")
-            hot_poll, hot_option = conn.execute("select poll_id::text, option_id::text from bench.polls where n = 1").fetchone()
+            hot = conn.execute("select poll_id::text, option_id::text from bench.polls where n = 1").fetchone()
+            assert hot is not None, "CREATE_POLLS made poll 1"
+            hot_poll, hot_option = hot
         api_url = with_database(bouncer_url, BENCH_DATABASE)
         yield BenchDatabase(bench_admin, api_url, urlunsplit(urlsplit(api_url)._replace(
             netloc="postgres@" + urlsplit(api_url).netloc.split("@", 1)[-1])), hot_poll, hot_option)

@@ -10,6 +10,7 @@ import subprocess
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -23,7 +24,8 @@ START, END = "<!-- pgvote bench: start -->", "<!-- pgvote bench: end -->"
 def machine() -> dict[str, str]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    memory_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    total = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
+    memory_kb = int(total.group(1)) if total else 0
     pgbench = subprocess.run([pgbench_binary(), "--version"], capture_output=True, text=True).stdout.strip()
     bouncer = subprocess.run(["pgbouncer", "--version"], capture_output=True, text=True).stdout.splitlines()
     return {"cpu": f"{os.cpu_count()} x {cpu}", "memory": f"{memory_kb / 1024 / 1024:.0f} GiB",
@@ -31,7 +33,7 @@ def machine() -> dict[str, str]:
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
-def as_json(results: Results, server_version: str, command: str) -> dict:
+def as_json(results: Results, server_version: str, command: str) -> dict[str, Any]:
     return {"machine": machine(), "server": server_version, "command": command,
             "seconds_per_run": results.seconds_per_run,
             "measured": {k: {**asdict(m), "figures": m.figures.as_dict()} for k, m in results.measured.items()},

@@ -198,8 +198,10 @@ def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None], 
         results.locks_per_call["cast_vote, new ballot"] = locks_held_by_one_call(
             conn, call, (db.hot_poll, db.hot_option, "lock-probe-new"))
         conn.execute(call, (db.hot_poll, db.hot_option, "lock-probe-revote"))
-        other = conn.execute("select option_id::text from voting.poll_options where poll_id = %s and position = 2",
-                             (db.hot_poll,)).fetchone()[0]
+        second = conn.execute("select option_id::text from voting.poll_options where poll_id = %s and position = 2",
+                              (db.hot_poll,)).fetchone()
+        assert second is not None, "the hot poll has two options"
+        other = second[0]
         results.locks_per_call["cast_vote, revote"] = locks_held_by_one_call(
             conn, call, (db.hot_poll, other, "lock-probe-revote"))
 

@@ -25,8 +25,23 @@ const headers = { 'Content-Type': 'application/json', Accept: 'application/json'
 
 // Straight at PostgREST (no nginx to set it), plan.caller_header names each VU as a caller in
 // X-Real-IP, so that the database's rate-limit hook keeps a bucket per VU as it does behind nginx.
+// The hook keys IPv6 callers by their /64 (and counts text that is no address as one shared caller):
+// each VU gets a /64 of its own in the unique-local range, the run's tag in its prefix.
+function tagHash(text) {
+    let h = 0;
+    for (let i = 0; i < text.length; i++) {
+        h = (h * 31 + text.charCodeAt(i)) >>> 0;
+    }
+    return h;
+}
+const prefix = (() => {
+    const h = tagHash(plan.tag);
+    return `fd00:${(h >>> 16).toString(16)}:${(h & 0xffff).toString(16)}`;
+})();
+
 function requestParams() {
-    const h = plan.caller_header ? Object.assign({ 'X-Real-IP': `${plan.tag}-vu-${__VU}` }, headers) : headers;
+    const caller = `${prefix}:${(__VU & 0xffff).toString(16)}::1`;
+    const h = plan.caller_header ? Object.assign({ 'X-Real-IP': caller }, headers) : headers;
     return { headers: h, timeout: `${plan.call_timeout_s}s` };
 }
 
