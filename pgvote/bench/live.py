@@ -50,15 +50,6 @@ SETTLE = 30.0  # seconds the watchers get to receive the final results after the
 START, END = "<!-- pgvote bench --live: start -->", "<!-- pgvote bench --live: end -->"
 
 
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's where installed: less client CPU per message, on cores the servers share."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 @dataclass
 class Fleet:
     """What the watchers saw: per message seq, when its first and last copy arrived and its total."""
@@ -148,7 +139,7 @@ async def _fleet(conn: Connection, port: int, poll_id: str, subscribers: int) ->
 
 
 def _fleet_process(conn: Connection, port: int, poll_id: str, subscribers: int) -> None:
-    loop = new_event_loop()
+    loop = asyncio.new_event_loop()
     loop.run_until_complete(_fleet(conn, port, poll_id, subscribers))
 
 
