@@ -45,9 +45,15 @@ class Response:
         return self.body
 
 
+# The system's randomness, not the random module's shared generator: property-based tests (hypothesis)
+# reseed that one for every example, which would give every example the same addresses and drain their
+# rate-limit buckets.
+_ADDRESSES = random.SystemRandom()
+
+
 def random_loopback_address(rng: random.Random | None = None) -> str:
     """An address in 127.64.0.0/10: routed to the loopback interface on Linux, never 127.0.0.1."""
-    r = rng or random
+    r = rng or _ADDRESSES
     return f"127.{r.randint(64, 127)}.{r.randint(0, 255)}.{r.randint(1, 254)}"
 
 

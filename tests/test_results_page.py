@@ -77,7 +77,8 @@ def test_the_page_votes_and_shows_other_votes_live(browser, stack, api: ApiClien
     wait_until(browser, lambda: "was counted" in browser.find_element(By.ID, "message").text, "the vote counted")
     assert browser.find_element(By.ID, "message").text == "Your vote for “Tea” was counted."
     wait_until(browser, lambda: votes_text(browser, tea).startswith("1 "), "its own vote in the bar")
-    assert bar_width(browser, tea) > 0
+    # the bar grows through a 0.4 s CSS transition: its width is 0 at the transition's first frame
+    wait_until(browser, lambda: bar_width(browser, tea) > 0, "its own bar growing")
     stored = api.rpc("poll_results", {"poll_id": poll.poll_id}).body
     assert [o["votes"] for o in stored["options"]] == [1, 0, 0]
 
