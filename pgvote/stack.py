@@ -1156,8 +1156,11 @@ class LocalStack:
         self._write(self.nginx_dir / "nginx.conf", main)
 
     def _render_upstreams(self) -> None:
+        # max_fails=0: a replica is never marked down. Under overload connects time out on every replica
+        # at once, and marking them down turns the overload into seconds of 502s for everyone; a dead
+        # replica refuses at once and nginx passes the request to the next one (proxy_next_upstream).
         lines = [f"# GENERATED: the {self.live_colour} replicas, which nginx sends traffic to.\n"]
-        lines += [f"server {HOST}:{r.port} max_fails=3 fail_timeout=5s;\n" for r in self.live_replicas()]
+        lines += [f"server {HOST}:{r.port} max_fails=0;\n" for r in self.live_replicas()]
         self._write(self.nginx_dir / "live-upstream.conf", "".join(lines))
 
     # ---- process control -------------------------------------------------------------------------
