@@ -437,17 +437,6 @@ def test_forged_x_real_ip_and_x_forwarded_for_change_nothing(api, make_poll, adm
 
 
 @pytest.fixture(scope="module")
-def private_stack() -> Iterator[LocalStack]:
-    """A stack of this module's own, for tests that add a function or stop replicas."""
-    local = LocalStack.ephemeral()
-    try:
-        local.up()
-        yield local
-    finally:
-        local.destroy()
-
-
-@pytest.fixture(scope="module")
 def private_api(private_stack: LocalStack) -> ApiClient:
     return ApiClient(private_stack.http_url, private_stack.jwt_secret)
 

@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
 
@@ -244,16 +244,6 @@ def test_status_shows_the_publisher(stack) -> None:
 
 
 # ---- restarts ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def private_stack() -> Iterator[LocalStack]:
-    local = LocalStack.ephemeral(prefix="pgvote-live-")
-    try:
-        local.up()
-        yield local
-    finally:
-        local.destroy()
 
 
 def _wait_restarted(stack: LocalStack, name: str, before: int) -> None:

