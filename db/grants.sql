@@ -33,6 +33,13 @@ grant execute on function hooks.pre_request()                      to anon, auth
 
 -- Role ops (db/roles.sql) reads the monitoring views, and only them: the views read our tables
 -- with their owner's rights, so ops needs no privilege on voting or rate_limit.
+-- The shards' entry points: only the router's login (PL/Proxy) may call them, never an API role,
+-- because they take the caller's identity as an argument.
+revoke all on schema shard from public, anon, authenticated, ingest;
+revoke all on all functions in schema shard from public, anon, authenticated, ingest;
+grant usage on schema shard to pgvote_router;
+grant execute on all functions in schema shard to pgvote_router;
+
 grant usage on schema monitoring to ops;
 grant select on all tables in schema monitoring to ops;
 -- ...and pg_stat_statements' function, which the latency views call as the reader: created after

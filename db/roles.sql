@@ -11,6 +11,8 @@
 --   ops            operators and monitoring (NOLOGIN): reads the monitoring schema, and the
 --                  server statistics through pg_monitor. Grant it to a login of your
 --                  monitoring tier (postgres_exporter, `pgvote stats`); never to API roles.
+--   pgvote_router  the login a PL/Proxy router connects to the shards as (pgvote/shards.py): it may
+--                  execute the shard.* entry points and nothing else.
 do $roles$
 begin
     if not exists (select from pg_catalog.pg_roles where rolname = 'authenticator') then
@@ -27,6 +29,9 @@ begin
     end if;
     if not exists (select from pg_catalog.pg_roles where rolname = 'ops') then
         create role ops nologin;
+    end if;
+    if not exists (select from pg_catalog.pg_roles where rolname = 'pgvote_router') then
+        create role pgvote_router login noinherit nocreatedb nocreaterole nosuperuser;
     end if;
 end
 $roles$;

@@ -67,6 +67,18 @@ CREATE SCHEMA rate_limit;
 COMMENT ON SCHEMA rate_limit IS 'Private rate-limit configuration and token buckets. No API role has any privilege here.';
 
 --
+-- Name: shard; Type: SCHEMA; Schema: -; Owner: -
+--
+
+CREATE SCHEMA shard;
+
+--
+-- Name: SCHEMA shard; Type: COMMENT; Schema: -; Owner: -
+--
+
+COMMENT ON SCHEMA shard IS 'Entry points of a shard: what a PL/Proxy router calls with the identity it derived. Executable only by pgvote_router.';
+
+--
 -- Name: voting; Type: SCHEMA; Schema: -; Owner: -
 --
 
@@ -238,13 +250,7 @@ declare
     fenced     uuid[];       -- the existing polls of the batch, whose fences this holds
     checked_at timestamptz;  -- the clock once the fences are held: closes_at is judged by it
 begin
-    if jsonb_typeof(ballots) is distinct from 'array' then
-        perform internal.raise_api_error('invalid_ballot', 'ballots must be a JSON array of ballot objects.');
-    end if;
-    if jsonb_array_length(ballots) > 1000 then
-        perform internal.raise_api_error('invalid_ballot',
-            format('A batch holds at most 1000 ballots; got %s.', jsonb_array_length(ballots)));
-    end if;
+    perform internal.check_ballot_batch(ballots);
 
     select coalesce(array_agg(p.poll_id order by p.poll_id), '{}') into fenced
     from voting.polls as p
@@ -515,9 +521,12 @@ begin
         perform internal.raise_api_error('invalid_poll', problem);
     end if;
 
-    insert into voting.polls (creator_key, question, option_count, max_choices,
+    -- The id: new, unless a sharded router chose it (shard.create_poll sets pgvote.new_poll_id for its
+    -- transaction), because on a sharded stack the id decides the shard the poll lives on.
+    insert into voting.polls (poll_id, creator_key, question, option_count, max_choices,
                               allow_revote, allow_multiple_votes, allow_anonymous, closes_at)
-    values (creator, question, cardinality(options), max_choices,
+    values (coalesce(nullif(current_setting('pgvote.new_poll_id', true), '')::uuid, gen_random_uuid()),
+            creator, question, cardinality(options), max_choices,
             allow_revote, allow_multiple_votes, allow_anonymous, closes_at)
     returning polls.poll_id into new_poll;
 
@@ -652,6 +661,23 @@ end
 $$;
 
 --
+-- Name: adopt_request(jsonb); Type: FUNCTION; Schema: internal; Owner: -
+--
+
+CREATE FUNCTION internal.adopt_request(request jsonb) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+begin
+    perform set_config('request.jwt.claims', coalesce(request -> 'claims', '{}')::text, true);
+    perform set_config('request.method', coalesce(request ->> 'method', ''), true);
+    if coalesce((request ->> 'read_only')::boolean, false) then
+        perform set_config('transaction_read_only', 'on', true);
+    end if;
+end
+$$;
+
+--
 -- Name: advisory_lock_namespace(text); Type: FUNCTION; Schema: internal; Owner: -
 --
 
@@ -684,6 +710,25 @@ begin
         delta[p] := delta[p] - 1;
     end loop;
     return delta;
+end
+$$;
+
+--
+-- Name: check_ballot_batch(jsonb); Type: FUNCTION; Schema: internal; Owner: -
+--
+
+CREATE FUNCTION internal.check_ballot_batch(ballots jsonb) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+begin
+    if jsonb_typeof(ballots) is distinct from 'array' then
+        perform internal.raise_api_error('invalid_ballot', 'ballots must be a JSON array of ballot objects.');
+    end if;
+    if jsonb_array_length(ballots) > 1000 then
+        perform internal.raise_api_error('invalid_ballot',
+            format('A batch holds at most 1000 ballots; got %s.', jsonb_array_length(ballots)));
+    end if;
 end
 $$;
 
@@ -921,6 +966,7 @@ declare
         when 'already_voted'       then 409
         when 'poll_closed'         then 410
         when 'rate_limited'        then 429
+        when 'shard_unavailable'   then 502
     end;
 begin
     if http_status is null then
@@ -1159,6 +1205,80 @@ begin
     select internal.hmac_sha256(s.inner_pad, s.outer_pad, identity) into key
     from internal.voter_key_secret as s;
     return key;
+end
+$$;
+
+--
+-- Name: cast_vote(jsonb, uuid, uuid[], text, uuid); Type: FUNCTION; Schema: shard; Owner: -
+--
+
+CREATE FUNCTION shard.cast_vote(request jsonb, poll_id uuid, option_ids uuid[], voter_fingerprint text, ballot_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+begin
+    perform internal.adopt_request(request);
+    return api.cast_vote(poll_id, option_ids, voter_fingerprint, ballot_id);
+end
+$$;
+
+--
+-- Name: cast_votes(jsonb, jsonb[], integer[]); Type: FUNCTION; Schema: shard; Owner: -
+--
+
+CREATE FUNCTION shard.cast_votes(request jsonb, ballots jsonb[], ordinals integer[]) RETURNS TABLE(ordinal integer, result jsonb)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+begin
+    perform internal.adopt_request(request);
+    return query
+    select o.ordinal, r.result
+    from jsonb_array_elements(api.cast_votes(to_jsonb(ballots)) -> 'results') with ordinality as r(result, n)
+    join unnest(ordinals) with ordinality as o(ordinal, n) using (n);
+end
+$$;
+
+--
+-- Name: close_poll(jsonb, uuid); Type: FUNCTION; Schema: shard; Owner: -
+--
+
+CREATE FUNCTION shard.close_poll(request jsonb, poll_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+begin
+    perform internal.adopt_request(request);
+    return api.close_poll(poll_id);
+end
+$$;
+
+--
+-- Name: create_poll(jsonb, uuid, text, text[], integer, boolean, boolean, boolean, timestamp with time zone); Type: FUNCTION; Schema: shard; Owner: -
+--
+
+CREATE FUNCTION shard.create_poll(request jsonb, poll_id uuid, question text, options text[], max_choices integer, allow_revote boolean, allow_multiple_votes boolean, allow_anonymous boolean, closes_at timestamp with time zone) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+begin
+    perform internal.adopt_request(request);
+    perform set_config('pgvote.new_poll_id', poll_id::text, true);
+    return api.create_poll(question, options, max_choices, allow_revote, allow_multiple_votes,
+                           allow_anonymous, closes_at);
+end
+$$;
+
+--
+-- Name: poll_results(uuid); Type: FUNCTION; Schema: shard; Owner: -
+--
+
+CREATE FUNCTION shard.poll_results(poll_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+begin
+    return api.poll_results(poll_id);
 end
 $$;
 
@@ -2318,6 +2438,12 @@ GRANT USAGE ON SCHEMA hooks TO ingest;
 GRANT USAGE ON SCHEMA monitoring TO ops;
 
 --
+-- Name: SCHEMA shard; Type: ACL; Schema: -; Owner: -
+--
+
+GRANT USAGE ON SCHEMA shard TO pgvote_router;
+
+--
 -- Name: FUNCTION cast_vote(poll_id uuid, option_ids uuid[], voter_fingerprint text, ballot_id uuid); Type: ACL; Schema: api; Owner: -
 --
 
@@ -2376,6 +2502,12 @@ REVOKE ALL ON FUNCTION internal.add_to_tally(poll_id uuid, ballots_delta bigint,
 REVOKE ALL ON FUNCTION internal.add_vectors(a bigint[], b bigint[]) FROM PUBLIC;
 
 --
+-- Name: FUNCTION adopt_request(request jsonb); Type: ACL; Schema: internal; Owner: -
+--
+
+REVOKE ALL ON FUNCTION internal.adopt_request(request jsonb) FROM PUBLIC;
+
+--
 -- Name: FUNCTION advisory_lock_namespace(feature text); Type: ACL; Schema: internal; Owner: -
 --
 
@@ -2386,6 +2518,12 @@ REVOKE ALL ON FUNCTION internal.advisory_lock_namespace(feature text) FROM PUBLI
 --
 
 REVOKE ALL ON FUNCTION internal.ballot_delta(option_count integer, added smallint[], removed smallint[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION check_ballot_batch(ballots jsonb); Type: ACL; Schema: internal; Owner: -
+--
+
+REVOKE ALL ON FUNCTION internal.check_ballot_batch(ballots jsonb) FROM PUBLIC;
 
 --
 -- Name: FUNCTION client_network(x_real_ip text); Type: ACL; Schema: internal; Owner: -
@@ -2495,6 +2633,41 @@ GRANT ALL ON FUNCTION public.pg_stat_statements(showtext boolean, OUT userid oid
 --
 
 REVOKE ALL ON FUNCTION public.pg_stat_statements_info(OUT dealloc bigint, OUT stats_reset timestamp with time zone) FROM PUBLIC;
+
+--
+-- Name: FUNCTION cast_vote(request jsonb, poll_id uuid, option_ids uuid[], voter_fingerprint text, ballot_id uuid); Type: ACL; Schema: shard; Owner: -
+--
+
+REVOKE ALL ON FUNCTION shard.cast_vote(request jsonb, poll_id uuid, option_ids uuid[], voter_fingerprint text, ballot_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION shard.cast_vote(request jsonb, poll_id uuid, option_ids uuid[], voter_fingerprint text, ballot_id uuid) TO pgvote_router;
+
+--
+-- Name: FUNCTION cast_votes(request jsonb, ballots jsonb[], ordinals integer[]); Type: ACL; Schema: shard; Owner: -
+--
+
+REVOKE ALL ON FUNCTION shard.cast_votes(request jsonb, ballots jsonb[], ordinals integer[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION shard.cast_votes(request jsonb, ballots jsonb[], ordinals integer[]) TO pgvote_router;
+
+--
+-- Name: FUNCTION close_poll(request jsonb, poll_id uuid); Type: ACL; Schema: shard; Owner: -
+--
+
+REVOKE ALL ON FUNCTION shard.close_poll(request jsonb, poll_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION shard.close_poll(request jsonb, poll_id uuid) TO pgvote_router;
+
+--
+-- Name: FUNCTION create_poll(request jsonb, poll_id uuid, question text, options text[], max_choices integer, allow_revote boolean, allow_multiple_votes boolean, allow_anonymous boolean, closes_at timestamp with time zone); Type: ACL; Schema: shard; Owner: -
+--
+
+REVOKE ALL ON FUNCTION shard.create_poll(request jsonb, poll_id uuid, question text, options text[], max_choices integer, allow_revote boolean, allow_multiple_votes boolean, allow_anonymous boolean, closes_at timestamp with time zone) FROM PUBLIC;
+GRANT ALL ON FUNCTION shard.create_poll(request jsonb, poll_id uuid, question text, options text[], max_choices integer, allow_revote boolean, allow_multiple_votes boolean, allow_anonymous boolean, closes_at timestamp with time zone) TO pgvote_router;
+
+--
+-- Name: FUNCTION poll_results(poll_id uuid); Type: ACL; Schema: shard; Owner: -
+--
+
+REVOKE ALL ON FUNCTION shard.poll_results(poll_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION shard.poll_results(poll_id uuid) TO pgvote_router;
 
 --
 -- Name: TABLE aggregation_backlog; Type: ACL; Schema: monitoring; Owner: -

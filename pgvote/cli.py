@@ -33,6 +33,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pgvote.backends import Stack, make_stack, require_running
+from pgvote.shards import select_stack
 from pgvote.stack import LocalStack, StackError
 
 out = Console(soft_wrap=True)  # soft_wrap: never break URLs/paths in the middle
@@ -65,7 +66,10 @@ def command(name: str, help: str, configure: Configure | None = None) -> Callabl
 
 def _stack(args: argparse.Namespace) -> Stack:
     state_dir = Path(args.state_dir) if args.state_dir else None
-    return make_stack(state_dir=state_dir)
+    stack = make_stack(state_dir=state_dir)
+    if isinstance(stack, LocalStack):  # the profile a state dir remembers, or `up --shards N`
+        return select_stack(stack, getattr(args, "shards", None))
+    return stack
 
 
 def _local_stack(args: argparse.Namespace) -> LocalStack:
@@ -119,6 +123,8 @@ export DATABASE_URL={stack.admin_url}""")
 
 def _up_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-migrate", action="store_true", help="start without running migrations")
+    p.add_argument("--shards", type=int, metavar="N",
+                   help="N shard clusters (a power of two) behind a PL/Proxy router (docs/scaling.md)")
 
 
 @command("up", "start PostgreSQL, run migrations, start PgBouncer, two PostgREST replicas and nginx", _up_options)

@@ -30,7 +30,25 @@ from pgvote.paths import DB_DIR, PROCEDURES_DIR
 ALWAYS_APPLIED = ("roles.sql", "grants.sql", "schedules.sql")
 
 #: The schemas whose functions procedures/ owns (files are named <schema>.<function>.sql).
-OWNED_SCHEMAS = ("api", "hooks", "internal")
+OWNED_SCHEMAS = ("api", "hooks", "internal", "shard")
+
+
+@dataclass(frozen=True)
+class Folder:
+    """A set of procedure files and the schemas whose functions it owns in the databases it is synced into.
+
+    `remembers`: whether applied digests are kept in internal.procedure_sources (unchanged files are
+    skipped). The router's folder (pgvote/shards.py) re-applies all its files every time instead: in the
+    router database its api functions replace those of procedures/, which a later sync of procedures/
+    may write again."""
+
+    directory: Path
+    schemas: tuple[str, ...]
+    remembers: bool = True
+    after: tuple[str, ...] = ()  # db/ files applied after the functions
+
+
+SCHEMA = Folder(PROCEDURES_DIR, OWNED_SCHEMAS, after=ALWAYS_APPLIED)
 
 
 @dataclass(frozen=True)
@@ -76,41 +94,47 @@ _OWNED_ROUTINES = """
     order by 3"""
 
 
-def owned_routines(conn: psycopg.Connection) -> list[Routine]:
-    return [Routine(*row) for row in conn.execute(_OWNED_ROUTINES, (list(OWNED_SCHEMAS),))]
+def owned_routines(conn: psycopg.Connection, schemas: tuple[str, ...] = OWNED_SCHEMAS) -> list[Routine]:
+    return [Routine(*row) for row in conn.execute(_OWNED_ROUTINES, (list(schemas),))]
 
 
-def sync_procedures(conn: psycopg.Connection) -> SyncResult:
-    """Apply changed procedure files, drop stale functions, re-apply roles, grants and schedules."""
-    files = procedure_files()
-    applied: dict[str, str] = dict(conn.execute("select file, sha256 from internal.procedure_sources").fetchall())
-    overloads = Counter(r.file for r in owned_routines(conn))
+def sync_procedures(conn: psycopg.Connection, folder: Folder = SCHEMA) -> SyncResult:
+    """Apply changed procedure files, drop stale functions of the folder's schemas, re-apply its
+    db/ files (for procedures/: roles, grants and schedules)."""
+    files = procedure_files(folder.directory)
+    applied: dict[str, str] = {}
+    if folder.remembers:
+        applied = dict(conn.execute("select file, sha256 from internal.procedure_sources").fetchall())
+    overloads = Counter(r.file for r in owned_routines(conn, folder.schemas))
     changed = [f for f in files if applied.get(f.name) != f.digest or overloads[f.name] != 1]
     dropped: list[str] = []
     written: set[int] = set()
     # Bodies reference each other; validate them once all exist, not in file order.
     conn.execute("set local check_function_bodies = off")
     for f in changed:
-        before = {(r.oid, r.version) for r in owned_routines(conn) if r.file == f.name}
-        dropped += apply_file(conn, f)
-        written |= {r.oid for r in owned_routines(conn) if r.file == f.name and (r.oid, r.version) not in before}
-        conn.execute(
-            """insert into internal.procedure_sources (file, sha256) values (%s, %s)
-               on conflict (file) do update set sha256 = excluded.sha256, applied_at = now()""",
-            (f.name, f.digest),
-        )
+        before = {(r.oid, r.version) for r in owned_routines(conn, folder.schemas) if r.file == f.name}
+        dropped += apply_file(conn, f, folder.schemas)
+        written |= {r.oid for r in owned_routines(conn, folder.schemas)
+                    if r.file == f.name and (r.oid, r.version) not in before}
+        if folder.remembers:
+            conn.execute(
+                """insert into internal.procedure_sources (file, sha256) values (%s, %s)
+                   on conflict (file) do update set sha256 = excluded.sha256, applied_at = now()""",
+                (f.name, f.digest),
+            )
     conn.execute("set local check_function_bodies = on")
     # Stale: no file of its name, or a file applied now that did not write it.
     names, applied_now = {f.name for f in files}, {f.name for f in changed}
-    dropped += drop_routines(conn, [r for r in owned_routines(conn) if r.file not in names
+    dropped += drop_routines(conn, [r for r in owned_routines(conn, folder.schemas) if r.file not in names
                                     or (r.file in applied_now and r.oid not in written)])
-    conn.execute("delete from internal.procedure_sources where file <> all(%s)", (sorted(names),))
-    for name in ALWAYS_APPLIED:
+    if folder.remembers:
+        conn.execute("delete from internal.procedure_sources where file <> all(%s)", (sorted(names),))
+    for name in folder.after:
         conn.execute((DB_DIR / name).read_text())
     return SyncResult([f.name for f in changed], dropped)
 
 
-def apply_file(conn: psycopg.Connection, f: ProcedureFile) -> list[str]:
+def apply_file(conn: psycopg.Connection, f: ProcedureFile, schemas: tuple[str, ...] = OWNED_SCHEMAS) -> list[str]:
     """Run a file's CREATE OR REPLACE. A change it cannot make in place (another return type, a renamed
     parameter, a removed default: for an api function, a change of its JSON keys) replaces the function
     instead: every routine of that name is dropped and the file run again. Returns what was dropped."""
@@ -119,7 +143,7 @@ def apply_file(conn: psycopg.Connection, f: ProcedureFile) -> list[str]:
             conn.execute(f.text)
         return []
     except psycopg.errors.InvalidFunctionDefinition:
-        replaced = drop_routines(conn, [r for r in owned_routines(conn) if r.file == f.name])
+        replaced = drop_routines(conn, [r for r in owned_routines(conn, schemas) if r.file == f.name])
         conn.execute(f.text)
         return replaced
 

@@ -984,9 +984,14 @@ class LocalStack:
                            "log": str(self.log_dir / "nginx.out"), "cwd": str(self.state_dir), "env": env,
                            "stop_signal": int(signal.SIGQUIT), **ids})  # SIGQUIT: graceful, finishes requests
         components.append(self._publisher_component())
+        components += self._member_components()
         spec = supervisor.spec_path(self.state_dir)
         spec.parent.mkdir(exist_ok=True)
         self._write(spec, json.dumps({"components": components}, indent=2) + "\n", 0o600)
+
+    def _member_components(self) -> list[dict[str, Any]]:
+        """Further supervised members of a profile (the sharded profile's shard clusters, pgvote/shards.py)."""
+        return []
 
     def _publisher_component(self) -> dict[str, Any]:
         """The live-results publisher (pgvote/publisher.py): reads tallies through PgBouncer, posts to
@@ -1030,7 +1035,8 @@ class LocalStack:
                     os.kill(pid, signal.SIGKILL)
         for name, info in supervisor.read_status(self.state_dir).get("components", {}).items():
             child = info.get("pid")
-            if name != "postgres" and _pid_alive(child, name.split("-")[0]):
+            # every postgres* entry is a cluster under pg_ctl, stopped by _stop_postgres, never killed
+            if name.split("-")[0] != "postgres" and _pid_alive(child, name.split("-")[0]):
                 self._signal_and_wait(child, name.split("-")[0], signal.SIGKILL, 5)
         self.supervisor_pidfile.unlink(missing_ok=True)
 

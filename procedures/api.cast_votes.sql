@@ -51,13 +51,7 @@ declare
     fenced     uuid[];       -- the existing polls of the batch, whose fences this holds
     checked_at timestamptz;  -- the clock once the fences are held: closes_at is judged by it
 begin
-    if jsonb_typeof(ballots) is distinct from 'array' then
-        perform internal.raise_api_error('invalid_ballot', 'ballots must be a JSON array of ballot objects.');
-    end if;
-    if jsonb_array_length(ballots) > 1000 then
-        perform internal.raise_api_error('invalid_ballot',
-            format('A batch holds at most 1000 ballots; got %s.', jsonb_array_length(ballots)));
-    end if;
+    perform internal.check_ballot_batch(ballots);
 
     select coalesce(array_agg(p.poll_id order by p.poll_id), '{}') into fenced
     from voting.polls as p

@@ -56,9 +56,12 @@ begin
         perform internal.raise_api_error('invalid_poll', problem);
     end if;
 
-    insert into voting.polls (creator_key, question, option_count, max_choices,
+    -- The id: new, unless a sharded router chose it (shard.create_poll sets pgvote.new_poll_id for its
+    -- transaction), because on a sharded stack the id decides the shard the poll lives on.
+    insert into voting.polls (poll_id, creator_key, question, option_count, max_choices,
                               allow_revote, allow_multiple_votes, allow_anonymous, closes_at)
-    values (creator, question, cardinality(options), max_choices,
+    values (coalesce(nullif(current_setting('pgvote.new_poll_id', true), '')::uuid, gen_random_uuid()),
+            creator, question, cardinality(options), max_choices,
             allow_revote, allow_multiple_votes, allow_anonymous, closes_at)
     returning polls.poll_id into new_poll;
 

@@ -24,6 +24,7 @@ declare
         when 'already_voted'       then 409
         when 'poll_closed'         then 410
         when 'rate_limited'        then 429
+        when 'shard_unavailable'   then 502
     end;
 begin
     if http_status is null then

@@ -32,8 +32,12 @@ class Poll:
 PollFactory = Callable[..., Poll]
 
 
+# The data helpers add up every row a query returns: one on a single node, one per database through
+# the sharded stack's ClusterAdmin (tests/fixtures/shards.py), whose shards each hold part of the data.
+
 def stored_ballots(admin: psycopg.Connection, poll_id: str) -> int:
-    return int(admin.execute("select count(*) from voting.ballots where poll_id = %s", (poll_id,)).fetchone()[0])
+    rows = admin.execute("select count(*) from voting.ballots where poll_id = %s", (poll_id,)).fetchall()
+    return sum(int(n) for (n,) in rows)
 
 
 def counts_from_ballots(admin: psycopg.Connection, poll_id: str) -> dict[str, int]:
@@ -54,10 +58,11 @@ def results_counts(results: Response) -> dict[str, int]:
 
 def table_snapshot(admin: psycopg.Connection) -> tuple[int, int, int, str]:
     """Row counts and a digest of all ballots: equal before and after means nothing was written."""
-    row = admin.execute(
+    rows = admin.execute(
         """select (select count(*) from voting.polls), (select count(*) from voting.poll_options),
                   (select count(*) from voting.ballots),
                   coalesce(md5(string_agg(b::text, ',' order by b::text)), '')
            from voting.ballots b"""
-    ).fetchone()
-    return int(row[0]), int(row[1]), int(row[2]), str(row[3])
+    ).fetchall()
+    return (sum(int(r[0]) for r in rows), sum(int(r[1]) for r in rows), sum(int(r[2]) for r in rows),
+            ",".join(str(r[3]) for r in rows))

@@ -52,7 +52,7 @@ def test_security_definer_functions_pin_search_path(admin) -> None:
     rows = admin.execute(
         """select p.oid::regprocedure::text, p.proconfig from pg_proc p
            join pg_namespace n on n.oid = p.pronamespace
-           where n.nspname in ('api', 'internal', 'hooks') and p.prosecdef"""
+           where n.nspname in ('api', 'internal', 'hooks', 'shard') and p.prosecdef"""
     ).fetchall()
     assert rows, "the api functions are SECURITY DEFINER"
     for name, config in rows:

@@ -1,0 +1,221 @@
+"""The sharded profile (`pgvote up --shards N`): polls spread over N PostgreSQL shards by PL/Proxy.
+
+    client -> nginx -> PostgREST x2 -> PgBouncer -> router PostgreSQL --PL/Proxy--> shard-0 .. shard-(N-1)
+
+The stack's own PostgreSQL is the router: it runs the full schema (its pre-request hook and rate limits
+are the single node's), and its `api` functions are those of procedures/router/, which hand each call
+to the shard its poll id hashes to (router.poll_shard). Every shard is a cluster of its own
+(<state dir>/shards/shard-<i>, port base + 80 + i) migrated to the full schema, with the router's
+voter-key secret. PostgREST, PgBouncer and nginx are the single node's, unchanged. PL/Proxy keeps one
+connection per router backend and shard, so the router's PgBouncer pool already bounds the shards'
+connections (backends x N); no second pooler sits between router and shards.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pgvote import supervisor
+from pgvote.paths import DB_DIR, PROCEDURES_DIR
+from pgvote.procedures import Folder, sync_procedures
+from pgvote.stack import HOST, START_TIMEOUT, LocalStack, Ports, StackError, free_port
+
+#: The router's functions: all of procedures/router/, re-applied on every sync (see Folder).
+ROUTER = Folder(PROCEDURES_DIR / "router", ("api", "router"), remembers=False)
+#: PL/Proxy's SQL/MED server: the cluster name of procedures/router/router.*.sql.
+CLUSTER = "pgvote_shards"
+SHARD_PORT_OFFSET = 80  # shard i listens on port base + 80 + i (Ports reserves +40.. for members)
+MAX_SHARDS = 16
+
+
+def shard_port(ports: Ports, index: int) -> int:
+    return ports.base + SHARD_PORT_OFFSET + index
+
+
+def check_count(count: int) -> int:
+    """PL/Proxy maps a hash to hash & (N - 1): N must be a power of two."""
+    if not 1 <= count <= MAX_SHARDS or count & (count - 1):
+        raise StackError(f"--shards {count}: use a power of two from 1 to {MAX_SHARDS}")
+    return count
+
+
+class ShardCluster(LocalStack):
+    """One shard: the PostgreSQL half of a LocalStack, in the router stack's state dir, on its own port."""
+
+    def __init__(self, router: LocalStack, index: int) -> None:
+        super().__init__(state_dir=router.state_dir / "shards" / f"shard-{index}", port_base=router.ports.base)
+        self.index = index
+        self.name = f"shard-{index}"
+        self.pg_port = shard_port(router.ports, index)
+        self.admin_url = f"postgresql://postgres@{HOST}:{self.pg_port}/pgvote"
+
+    def _reachable_state_dir(self, wanted: Path) -> Path:
+        # inside the router's state dir, which is reachable already (LocalStack relocates it if not): the
+        # same path whatever exists yet, so every process finds the shard where `up` put it
+        return wanted
+
+    @property
+    def conninfo(self) -> str:
+        """How PL/Proxy reaches it (the user comes from the server's user mapping)."""
+        return f"host={HOST} port={self.pg_port} dbname=pgvote connect_timeout=2"
+
+    def start(self) -> None:
+        self._ensure_dirs()
+        self._initdb_if_needed()
+        self._write_server_config()
+        self._start_postgres()
+        self._ensure_database()
+
+    def supervised(self) -> dict[str, Any]:
+        """Its entry in the router stack's supervisor spec: restarted like the stack's own PostgreSQL."""
+        return {"name": f"postgres-{self.name}", "kind": "pg_ctl", "pidfile": str(self.data_dir / "postmaster.pid"),
+                "argv": self._as_service(self._pg_ctl_start()), "log": str(self.log_dir / "pg_ctl.log"),
+                "cwd": str(self.state_dir), "env": self._env()}
+
+
+class ShardedStack(LocalStack):
+    """A LocalStack whose PostgreSQL is a PL/Proxy router in front of N shard clusters."""
+
+    def __init__(self, state_dir: Path | None = None, port_base: int | None = None, shards: int | None = None) -> None:
+        super().__init__(state_dir=state_dir, port_base=port_base)
+        count = shards or self._load_state().get("shards")
+        if not count:
+            raise StackError(f"{self.state_dir} holds no sharded stack: start one with `pgvote up --shards N`")
+        self.shards = [ShardCluster(self, i) for i in range(check_count(int(count)))]
+        self.held_down: set[int] = set()  # shards stop_shard took out of supervision
+
+    @classmethod
+    def ephemeral_sharded(cls, shards: int = 2, prefix: str = "pgvote-shards-") -> ShardedStack:
+        """A sharded stack in a fresh temp dir on free ports (for tests); pair with destroy()."""
+        import tempfile
+
+        return cls(state_dir=Path(tempfile.mkdtemp(prefix=prefix)), port_base=free_port(span=Ports.SPAN),
+                   shards=shards)
+
+    # ---- the launcher's steps, extended to the shards ------------------------------------------
+
+    def _check_prerequisites(self) -> None:
+        super()._check_prerequisites()
+        if not (self._libdir() / "plproxy.so").is_file():
+            raise StackError(f"PL/Proxy is not installed ({self._libdir()}/plproxy.so): install "
+                             f"postgresql-{self.major}-plproxy (scripts/install-deps)")
+
+    def _save_state(self) -> None:
+        super()._save_state()
+        state = self._load_state()
+        state["shards"] = len(self.shards)
+        self._write(self.state_file, json.dumps(state, indent=2) + "\n")
+
+    def _start_postgres(self) -> None:
+        super()._start_postgres()
+        for shard in self.shards:
+            if shard.index not in self.held_down:
+                shard.start()
+
+    def _stop_postgres(self) -> None:
+        super()._stop_postgres()
+        for shard in self.shards:
+            shard._stop_postgres()
+
+    def _migrate(self) -> None:
+        """Every shard to the full schema, the router too, then the router's cluster and functions."""
+        for shard in self.shards:
+            shard._migrate()
+        super()._migrate()
+        with psycopg.connect(self.admin_url) as conn:  # one transaction: the router changes at once
+            configure_router(conn, [s.conninfo for s in self.shards])
+        share_voter_key_secret(self.admin_url, [s.admin_url for s in self.shards])
+
+    def _member_components(self) -> list[dict[str, Any]]:
+        return [s.supervised() for s in self.shards if s.index not in self.held_down]
+
+    # ---- faults, for tests and operators ---------------------------------------------------------
+
+    def stop_shard(self, index: int) -> None:
+        """Take one shard out of supervision and stop it (fast shutdown): its polls answer shard_unavailable."""
+        shard = self.shards[index]
+        with self._locked():  # the supervisor cannot restart it meanwhile (it needs this lock)
+            self.held_down.add(index)
+            self._write_supervised_configs()
+            self._start_supervisor()  # a running supervisor re-reads its spec
+            name = f"postgres-{shard.name}"
+            if not _wait(lambda: name not in supervisor.read_status(self.state_dir).get("components", {})):
+                raise StackError(f"the supervisor still watches {name} after {START_TIMEOUT:.0f} s")
+            shard._stop_postgres()
+
+    def start_shard(self, index: int) -> None:
+        """Start a stopped shard and put it back under supervision."""
+        with self._locked():
+            self.shards[index].start()
+            self.held_down.discard(index)
+            self._write_supervised_configs()
+            self._start_supervisor()
+
+    # ---- status ----------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        result = super().status()
+        shards = [{"name": s.name, "url": s.admin_url, "port": s.pg_port, "running": s._postgres_pid() is not None,
+                   "pid": s._postgres_pid(), "data_dir": str(s.data_dir), "log": str(s.pg_log)}
+                  for s in self.shards]
+        result["profile"] = "sharded"
+        result["shards"] = shards
+        result["components"]["shards"] = shards
+        return result
+
+
+def _wait(predicate: Any, timeout: float = START_TIMEOUT) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def configure_router(conn: psycopg.Connection, partitions: list[str]) -> None:
+    """PL/Proxy, the router schema and its cluster (one partition per shard, in order), then the
+    router's functions (procedures/router/). Idempotent; a changed list replaces the cluster."""
+    conn.execute((DB_DIR / "router.sql").read_text())
+    conn.execute(sql.SQL("drop server if exists {} cascade").format(sql.Identifier(CLUSTER)))
+    options = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(f"p{i}"), sql.Literal(p))
+                                 for i, p in enumerate(partitions))
+    conn.execute(sql.SQL("create server {} foreign data wrapper plproxy options (connection_lifetime '1800', {})")
+                 .format(sql.Identifier(CLUSTER), options))
+    # Every router function runs as the owner of the api functions (SECURITY DEFINER): the mapping is
+    # PUBLIC's, and the shards admit that login to the shard.* entry points only (db/grants.sql).
+    conn.execute(sql.SQL("create user mapping for public server {} options (user 'pgvote_router')")
+                 .format(sql.Identifier(CLUSTER)))
+    sync_procedures(conn, ROUTER)
+
+
+def share_voter_key_secret(router_url: str, shard_urls: list[str]) -> None:
+    """Give every shard the router's voter-key secret: a voter is the same key on every shard (a poll
+    moved between shards keeps its voters). A shard that stored ballots under another secret is refused:
+    re-keying would make them unmatchable to their voters."""
+    query = "select inner_pad, outer_pad from internal.voter_key_secret"
+    with psycopg.connect(router_url, autocommit=True) as conn:
+        secret = conn.execute(query).fetchone()
+    for url in shard_urls:
+        with psycopg.connect(url) as conn:
+            if conn.execute(query).fetchone() == secret:
+                continue
+            if conn.execute("select exists (select from voting.ballots)").fetchone() == (True,):
+                raise StackError(f"{url} holds ballots under another voter-key secret than the router's")
+            conn.execute("update internal.voter_key_secret set inner_pad = %s, outer_pad = %s", secret)
+
+
+def select_stack(stack: LocalStack, shards: int | None) -> LocalStack:
+    """The stack a command drives: sharded when asked (`--shards N`) or when its state dir remembers it."""
+    saved = stack._load_state().get("shards")
+    if shards is None and not saved:
+        return stack
+    if shards is not None and saved and shards != saved:
+        raise StackError(f"{stack.state_dir} runs {saved} shards; moving to {shards} is no `pgvote up` option "
+                         "(docs/scaling.md); `pgvote clean` first for a new stack")
+    return ShardedStack(stack.requested_state_dir, shards=shards or int(str(saved)))

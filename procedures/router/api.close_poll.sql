@@ -1,0 +1,24 @@
+-- api.close_poll on the router: procedures/api.close_poll.sql, run on the poll's shard.
+--           POST /rpc/close_poll
+--
+-- Output    the shard's answer. Errors the single node's (poll_not_found, login_required,
+--           not_poll_creator), and shard_unavailable (router.forward_error).
+-- Identity  the caller's JWT sub, derived here (router.request_context), checked on the shard.
+-- Locks     the poll's fence, on its shard, where every vote of the poll runs.
+create or replace function api.close_poll(poll_id uuid) returns jsonb
+language plpgsql
+volatile
+security definer
+set search_path = pg_catalog, pg_temp
+as $function$
+declare
+    state text; message text; detail text; hint text;
+begin
+    return router.close_poll(router.request_context(), poll_id);
+exception when others then
+    get stacked diagnostics state = returned_sqlstate, message = message_text, detail = pg_exception_detail,
+                            hint = pg_exception_hint;
+    perform router.forward_error(state, message, detail, hint);
+    return null;  -- not reached: forward_error always raises
+end
+$function$;
