@@ -36,6 +36,8 @@ from pgvote.backends import Stack, make_stack, require_running
 from pgvote.shards import select_stack
 from pgvote.stack import LocalStack, StackError
 
+ROUTER_SECONDS, QUICK_ROUTER_SECONDS = 10.0, 4.0  # pgbench seconds per run of `bench --router`
+
 out = Console(soft_wrap=True)  # soft_wrap: never break URLs/paths in the middle
 err = Console(stderr=True, soft_wrap=True)
 
@@ -281,6 +283,10 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
                         "process (--quick: small sizes, a smoke run)")
     p.add_argument("--live", action="store_true",
                    help="live results instead: watchers held, messages/s, update latency, votes/s with ÷ without")
+    p.add_argument("--router", action="store_true",
+                   help="on a sharded stack: cast_vote and cast_votes through the PL/Proxy router / directly on "
+                        "the shard, same run (ratio, CPU per ballot of each)")
+    p.add_argument("--clients", type=int, default=4, help="--router: pgbench clients (default 4)")
     p.add_argument("--subscribers", type=int, default=10_000, help="--live: watchers of one poll (default 10,000)")
     p.add_argument("--votes", type=int, default=50_000, help="--live: votes of each burst (default 50,000)")
 
@@ -298,6 +304,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         run_http_bench(stack, quick=args.quick, json_path=args.json,
                        report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
                        command="pgvote bench --http" + (" --quick" if args.quick else ""), console=out)
+        return 0
+    if args.router:
+        from pgvote.bench.router import run_router_bench
+        from pgvote.shards import ShardedStack
+
+        if not isinstance(stack, ShardedStack):
+            raise StackError("--router needs a sharded stack: `pgvote up --shards N` first")
+        seconds = args.seconds or (QUICK_ROUTER_SECONDS if args.quick else ROUTER_SECONDS)
+        run_router_bench(stack, seconds=seconds, clients=args.clients, rounds=2,
+                         report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
+                         command=f"pgvote bench --router --clients {args.clients} --seconds {seconds:g}", console=out)
         return 0
     if args.live:
         from pgvote.bench.live import run_live_bench

@@ -59,10 +59,9 @@ class ShardCluster(LocalStack):
         # same path whatever exists yet, so every process finds the shard where `up` put it
         return wanted
 
-    @property
-    def conninfo(self) -> str:
+    def conninfo(self, database: str = "pgvote") -> str:
         """How PL/Proxy reaches it (the user comes from the server's user mapping)."""
-        return f"host={HOST} port={self.pg_port} dbname=pgvote connect_timeout=2"
+        return f"host={HOST} port={self.pg_port} dbname={database} connect_timeout=2"
 
     def start(self) -> None:
         self._ensure_dirs()
@@ -128,7 +127,7 @@ class ShardedStack(LocalStack):
             shard._migrate()
         super()._migrate()
         with psycopg.connect(self.admin_url) as conn:  # one transaction: the router changes at once
-            configure_router(conn, [s.conninfo for s in self.shards])
+            configure_router(conn, [s.conninfo() for s in self.shards])
         share_voter_key_secret(self.admin_url, [s.admin_url for s in self.shards])
 
     def _member_components(self) -> list[dict[str, Any]]:

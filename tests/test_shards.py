@@ -158,6 +158,49 @@ def test_router_sources_raise_pgrst_only_to_forward_a_shard_error_and_never_503(
     assert all("set_config" not in t or ", true)" in t for t in sources.values())
 
 
+def test_router_functions_pass_plpgsql_check(stack: ShardedStack) -> None:
+    with psycopg.connect(stack.admin_url, autocommit=True) as router:
+        router.execute("create extension if not exists plpgsql_check")
+        functions = router.execute(
+            """select p.oid, p.oid::regprocedure::text from pg_proc p
+               join pg_namespace n on n.oid = p.pronamespace join pg_language l on l.oid = p.prolang
+               where n.nspname in ('api', 'router') and l.lanname = 'plpgsql'""").fetchall()
+        assert len(functions) >= 8
+        findings = [(name, level, message) for oid, name in functions
+                    for level, message in router.execute(
+                        "select level, message from plpgsql_check_function_tb(%s, fatal_errors => false, "
+                        "extra_warnings => true, other_warnings => true)", (oid,)).fetchall()]
+    assert findings == []
+
+
+def test_each_sync_drops_only_what_its_own_folder_no_longer_defines(stack: ShardedStack) -> None:
+    """`up` again (idempotent) runs the sync of procedures/ on every database and the router's sync of
+    procedures/router/ on the router: what neither folder defines is dropped, each folder's functions stay,
+    and the router's api functions stay the router's (the sync of procedures/ does not put the single
+    node's back)."""
+    with psycopg.connect(stack.admin_url, autocommit=True) as router:
+        router.execute("create function router.retired_helper() returns integer language sql as 'select 1'")
+        router.execute("create function api.close_poll(poll_id uuid, reason text) returns jsonb language sql "
+                       "as 'select null::jsonb'")
+    with psycopg.connect(stack.shards[0].admin_url, autocommit=True) as shard:
+        shard.execute("create function shard.retired_entry() returns integer language sql as 'select 1'")
+    stack.up()
+    router_files = sorted(p.name.removesuffix(".sql") for p in (PROCEDURES_DIR / "router").glob("*.sql"))
+    with psycopg.connect(stack.admin_url, autocommit=True) as router:
+        defined = sorted(r[0] for r in router.execute(
+            """select n.nspname || '.' || p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+               where n.nspname in ('api', 'router')""").fetchall())
+        body = router.execute("select prosrc from pg_proc where oid = 'api.cast_vote(uuid,uuid[],text,uuid)'::regprocedure"
+                              ).fetchone()[0]
+    assert defined == router_files, "exactly procedures/router/: the stale helper and the overload are gone"
+    assert "router.cast_vote(" in body, "the router's api.cast_vote, not the single node's"
+    with psycopg.connect(stack.shards[0].admin_url, autocommit=True) as shard:
+        entries = sorted(r[0] for r in shard.execute(
+            "select proname from pg_proc where pronamespace = 'shard'::regnamespace").fetchall())
+        assert shard.execute("select to_regnamespace('router')").fetchone()[0] is None, "no router on a shard"
+    assert entries == sorted(p.name.split(".")[1] for p in PROCEDURES_DIR.glob("shard.*.sql"))
+
+
 # ---- identity and limits across the hop ---------------------------------------------------------------
 
 def test_the_voter_is_the_same_key_on_every_shard_and_for_both_vote_paths(stack, api, make_poll, admin) -> None:

@@ -17,16 +17,18 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $function$
 declare
-    counts  jsonb := '{"recorded": 0, "changed": 0, "unchanged": 0, "rejected": 0}';
-    results jsonb := '[]';
+    counts  jsonb := '{"recorded": 0, "changed": 0, "unchanged": 0, "rejected": 0}'::jsonb;
+    results jsonb := '[]'::jsonb;
     state text; message text; detail text; hint text;
 begin
     perform internal.check_ballot_batch(ballots);
     if jsonb_array_length(ballots) > 0 then  -- PL/Proxy's SPLIT of empty arrays runs nowhere
-        with r as (
-            select * from router.cast_votes(router.request_context(),
-                array(select e.b from jsonb_array_elements(ballots) with ordinality as e(b, n) order by e.n),
-                array(select g::integer from generate_series(1, jsonb_array_length(ballots)) as g))
+        with input as (
+            select array_agg(router.ballot_shard(e.b) order by e.n) as hashes, array_agg(e.b order by e.n) as items,
+                   array_agg(e.n::integer order by e.n) as ordinals
+            from jsonb_array_elements(ballots) with ordinality as e(b, n)
+        ), r as (
+            select c.* from input as i, router.cast_votes(router.request_context(), i.hashes, i.items, i.ordinals) as c
         )
         select (select jsonb_agg(r.result order by r.ordinal) from r),
                counts || coalesce((select jsonb_object_agg(c.status, c.n)

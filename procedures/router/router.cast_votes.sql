@@ -1,16 +1,17 @@
 -- router.cast_votes: a cast_votes batch split by shard, every part sent to its shard in parallel.
 --
--- Inputs    request (router.request_context), then the ballots and their ordinals in the batch, as
---           arrays of the same length. PL/Proxy's
---           SPLIT evaluates router.ballot_shard per ballot and gives each shard its own ballots,
---           in input order, with their ordinals.
+-- Inputs    request (router.request_context), then per ballot of the batch: its hash
+--           (router.ballot_shard), the ballot, its ordinal in the batch; arrays of one length.
+--           PL/Proxy's SPLIT gives each shard its own elements of the three, in input order; the
+--           hashes were computed by the caller in one statement (a RUN ON function would be a
+--           query of its own per ballot).
 -- Output    every shard's rows of shard.cast_votes: (ordinal, result), in no particular order.
-create or replace function router.cast_votes(request jsonb, ballots jsonb[], ordinals integer[])
+create or replace function router.cast_votes(request jsonb, hashes integer[], ballots jsonb[], ordinals integer[])
 returns table (ordinal integer, result jsonb)
 language plproxy
 as $function$
     cluster 'pgvote_shards';
-    split ballots, ordinals;
-    run on router.ballot_shard(ballots);
-    target shard.cast_votes;
+    split hashes, ballots, ordinals;
+    run on hashes;
+    select c.ordinal, c.result from shard.cast_votes(request, ballots, ordinals) as c;
 $function$;

@@ -5,12 +5,15 @@
 -- Why       the id alone decides the shard, so the router needs no table of where polls live, and
 --           going from N to 2N shards moves a poll of partition p only to p or p + N
 --           (docs/scaling.md). PostgREST hands every uuid spelling over as a uuid, so the text is
---           always the canonical one.
+--           always the canonical one. PL/pgSQL, not SQL: PL/Proxy calls it as a query of its own
+--           on every call (RUN ON), where a SQL function would be planned again each time; no
+--           SET clause, whose save and restore would cost more than the hash.
 create or replace function router.poll_shard(poll_id uuid) returns integer
-language sql
+language plpgsql
 immutable
 parallel safe
-set search_path = pg_catalog, pg_temp
 as $function$
-    select hashtext(coalesce(poll_id::text, ''))
+begin
+    return hashtext(coalesce(poll_id::text, ''));
+end
 $function$;

@@ -10,14 +10,19 @@
 --           callers only) and the read-only mode of a GET must cross with the call, or a GET of
 --           cast_vote would vote. Nothing else crosses: other claims and the request headers
 --           decide nothing on a shard (the per-caller rate limit is this database's hook).
+--           PL/pgSQL: one expression, planned once per session (a SQL function with a FROM
+--           clause would be planned on every vote).
 create or replace function router.request_context() returns jsonb
-language sql
+language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $function$
-    select jsonb_build_object(
-        'claims', jsonb_strip_nulls(jsonb_build_object('role', c -> 'role', 'sub', c -> 'sub')),
+declare
+    claims jsonb := coalesce(nullif(current_setting('request.jwt.claims', true), '')::jsonb, '{}');
+begin
+    return jsonb_build_object(
+        'claims', jsonb_strip_nulls(jsonb_build_object('role', claims -> 'role', 'sub', claims -> 'sub')),
         'method', current_setting('request.method', true),
-        'read_only', current_setting('transaction_read_only')::boolean)
-    from (select coalesce(nullif(current_setting('request.jwt.claims', true), '')::jsonb, '{}') as c) as claims
+        'read_only', current_setting('transaction_read_only')::boolean);
+end
 $function$;

@@ -1,0 +1,165 @@
+"""`pgvote bench --router`: what the PL/Proxy router costs, as same-run ratios on a sharded stack.
+
+Throw-away databases `pgvote_router_bench` on the router's cluster and on shard-0's, migrated like the
+stack's own; the router's has a one-partition PL/Proxy cluster (shard-0's database), so a poll created
+through it lives on shard-0. The same pgbench scripts then run, in alternation, against the router (the
+router's api functions: PL/Proxy to the shard) and directly against the shard (its api functions): one
+new anonymous ballot per transaction (cast_vote.sql) and batches of new ballots (bulk_cast_votes.sql).
+Each figure is the median of its rounds; the ratio is routed / direct votes per second, and the CPU
+each cluster's processes used per ballot (from /proc) splits the routed cost between router and shard,
+which is what a capacity model needs (docs/scaling.md).
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from rich.console import Console
+from rich.table import Table
+
+from pgvote.bench import pgbench
+from pgvote.bench.fixtures import with_database
+from pgvote.bench.report import machine, write_markdown
+from pgvote.migrate import upgrade
+from pgvote.shards import ShardedStack, configure_router, share_voter_key_secret
+
+DATABASE = "pgvote_router_bench"
+START, END = "<!-- pgvote bench --router: start -->", "<!-- pgvote bench --router: end -->"
+BATCH = 500
+
+POLL = """
+create schema bench;
+create table bench.polls (n integer primary key, poll_id uuid not null, option_id uuid not null);
+"""
+
+
+@dataclass(frozen=True)
+class Side:
+    votes_per_s: float
+    p95_ms: float
+    router_cpu_us: float  # CPU of the router cluster's processes per ballot
+    shard_cpu_us: float  # CPU of the shard cluster's processes per ballot
+
+
+def cluster_cpu_seconds(data_dir: Path) -> float:
+    """User + system CPU of a cluster: its postmaster, the children it reaped, and the live ones."""
+    tick = os.sysconf("SC_CLK_TCK")
+    postmaster = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        pid, parent = int(stat.parent.name), int(fields[1])
+        if pid == postmaster:
+            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+        elif parent == postmaster:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def run_router_bench(stack: ShardedStack, *, seconds: float, clients: int, rounds: int,
+                     report_path: Path | None, command: str, console: Console) -> dict[str, Any]:
+    shard = stack.shards[0]
+    router_url, shard_url = with_database(stack.admin_url, DATABASE), with_database(shard.admin_url, DATABASE)
+    for url in (stack.admin_url, shard.admin_url):
+        _recreate(url)
+    try:
+        upgrade(shard_url)
+        upgrade(router_url)
+        with psycopg.connect(router_url) as conn:
+            configure_router(conn, [shard.conninfo(DATABASE)])
+        share_voter_key_secret(router_url, [shard_url])
+        with psycopg.connect(router_url, autocommit=True) as conn:
+            with conn.transaction():
+                conn.execute("select set_config('request.jwt.claims', '{\"role\": \"authenticated\", \"sub\": \"bench\"}', true)")
+                created = conn.execute("select api.create_poll('router bench', array['a', 'b', 'c', 'd'])").fetchone()
+        assert created is not None
+        poll, option = created[0]["poll_id"], created[0]["option_ids"][0]
+        for url in (router_url, shard_url):
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(POLL)
+                conn.execute("insert into bench.polls values (1, %s, %s)", (poll, option))
+        scenarios = {
+            "cast_vote": ("cast_vote.sql", {"npolls": "1"}, 1),
+            f"cast_votes x {BATCH}": ("bulk_cast_votes.sql", {"poll": poll, "opt": option, "batch": str(BATCH)}, BATCH),
+        }
+        results: dict[str, dict[str, Side]] = {}
+        for name, (script, variables, ballots) in scenarios.items():
+            runs: dict[str, list[Side]] = {"direct": [], "router": []}
+            for _ in range(rounds):
+                for side, url in (("direct", shard_url), ("router", router_url)):
+                    console.print(f"[dim]{name}: {side}, {clients} clients, {seconds:.0f} s[/]")
+                    runs[side].append(_measure(stack, url, script, variables, ballots, clients, seconds))
+            results[name] = {side: Side(*(statistics.median(getattr(s, f) for s in sides)
+                                          for f in Side.__dataclass_fields__))
+                             for side, sides in runs.items()}
+    finally:
+        for url in (stack.admin_url, shard.admin_url):
+            _drop(url)
+    figures = {"machine": machine(), "command": command, "clients": clients, "seconds": seconds, "rounds": rounds,
+               "scenarios": {name: {side: s.__dict__ for side, s in sides.items()} | {
+                   "ratio": sides["router"].votes_per_s / sides["direct"].votes_per_s}
+                   for name, sides in results.items()}}
+    _print(figures, console)
+    if report_path:
+        write_markdown(report_path, markdown(figures), START, END)
+        console.print(f"report: {report_path}")
+    return figures
+
+
+def _measure(stack: ShardedStack, url: str, script: str, variables: dict[str, str], ballots: int, clients: int,
+             seconds: float) -> Side:
+    before = (cluster_cpu_seconds(stack.data_dir), cluster_cpu_seconds(stack.shards[0].data_dir))
+    figures = pgbench.run(pgbench.Run(script, url, clients, seconds, protocol="prepared", variables=variables))
+    time.sleep(0.5)  # the backends of the run exit and are reaped: their CPU is the postmaster's
+    after = (cluster_cpu_seconds(stack.data_dir), cluster_cpu_seconds(stack.shards[0].data_dir))
+    stored = figures.transactions * ballots
+    return Side(figures.per_second * ballots, figures.p95_ms, (after[0] - before[0]) / stored * 1e6,
+                (after[1] - before[1]) / stored * 1e6)
+
+
+def _recreate(admin_url: str) -> None:
+    _drop(admin_url)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(DATABASE)))
+
+
+def _drop(admin_url: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(DATABASE)))
+
+
+def _print(figures: dict[str, Any], console: Console) -> None:
+    table = Table(title=f"router overhead, {figures['clients']} clients, median of {figures['rounds']} rounds")
+    for column in ("scenario", "path", "ballots/s", "p95 ms", "router CPU µs/ballot", "shard CPU µs/ballot", "ratio"):
+        table.add_column(column)
+    for name, sides in figures["scenarios"].items():
+        for side in ("direct", "router"):
+            s = sides[side]
+            table.add_row(name, side, f"{s['votes_per_s']:,.0f}", f"{s['p95_ms']:.1f}", f"{s['router_cpu_us']:.0f}",
+                          f"{s['shard_cpu_us']:.0f}", f"{sides['ratio']:.2f}" if side == "router" else "")
+    console.print(table)
+
+
+def markdown(figures: dict[str, Any]) -> str:
+    m = figures["machine"]
+    lines = [START, "", f"`{figures['command']}`, {m['date']}, {m['cpu']}, {m['memory']}; {figures['clients']} pgbench "
+             f"clients, {figures['seconds']:.0f} s per run, median of {figures['rounds']} alternating rounds; router "
+             "and shard-0 on this machine.", "",
+             "| scenario | path | ballots/s | p95 ms | router CPU µs/ballot | shard CPU µs/ballot | routed ÷ direct |",
+             "|---|---|---|---|---|---|---|"]
+    for name, sides in figures["scenarios"].items():
+        for side in ("direct", "router"):
+            s = sides[side]
+            ratio = f"**{sides['ratio']:.2f}**" if side == "router" else ""
+            lines.append(f"| {name} | {side} | {s['votes_per_s']:,.0f} | {s['p95_ms']:.1f} | {s['router_cpu_us']:.0f} "
+                         f"| {s['shard_cpu_us']:.0f} | {ratio} |")
+    return "\n".join([*lines, "", END])
