@@ -37,6 +37,7 @@ from pgvote.stack import NCHAN_MODULE, free_port, read_postgrest_conf, render_te
 
 DEPLOY = PROJECT_ROOT / "deploy"
 K8S = DEPLOY / "k8s"
+PROCEDURES = PROJECT_ROOT / "procedures"
 PROMETHEUS = DEPLOY / "prometheus"
 
 # Every PostgREST v12/v13 setting documented in docs.postgrest.org references/configuration.html
@@ -539,3 +540,64 @@ def test_docker_compose_config() -> None:
     for profile in ([], ["--profile", "green"]):
         out = run([docker, "compose", "-f", str(DEPLOY / "compose.yaml"), *profile, "config", "--quiet"], env=env)
         assert out.returncode == 0, out.stderr
+
+
+# ---- the Citus variant (deploy/citus/): static only, Citus is not installable here -------------------------
+
+CITUS = DEPLOY / "citus"
+
+
+def function_signatures(text: str) -> dict[str, list[tuple[str, str]]]:
+    """schema.name -> [(argument name, type)] of every CREATE [OR REPLACE] FUNCTION in SQL text."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for match in re.finditer(r"create (?:or replace )?function ([\w.]+)\((.*?)\)\s*returns", text, re.I | re.S):
+        args, depth, current = [], 0, ""
+        for ch in match[2] + ",":
+            depth += ch in "([" and 1 or (ch in ")]" and -1 or 0)
+            if ch == "," and depth == 0:
+                if current.strip():
+                    name, kind = current.strip().split(None, 1)
+                    args.append((name, re.split(r"\s+default\s+", kind, flags=re.I)[0].strip().lower()))
+                current = ""
+            else:
+                current += ch
+        found[match[1]] = args
+    return found
+
+
+def test_citus_distributes_existing_entry_points_by_their_poll_id_argument() -> None:
+    sql = (CITUS / "distribute.sql").read_text()
+    calls = re.findall(r"create_distributed_function\('([\w.]+)\(([^)]*)\)',\s*distribution_arg_name => '(\w+)'", sql)
+    assert {name for name, _, _ in calls} == {p.name.removesuffix(".sql") for p in PROCEDURES.glob("shard.*.sql")
+                                              if p.name != "shard.cast_votes.sql"}, "every one-poll entry point"
+    for name, types, argument in calls:
+        defined = function_signatures((PROCEDURES / f"{name}.sql").read_text())[name]
+        assert [t for _, t in defined] == [t.strip() for t in types.split(",")], name
+        assert argument == "poll_id" and argument in [n for n, _ in defined], name
+
+
+def test_citus_distributes_the_tables_of_a_poll_and_replaces_exactly_the_pl_proxy_transport() -> None:
+    sql = (CITUS / "distribute.sql").read_text()
+    tables = "\n".join(p.read_text() for p in sorted((PROJECT_ROOT / "db" / "tables").glob("*.sql")))
+    for table in re.findall(r"create_distributed_table\('([\w.]+)', 'poll_id'", sql):
+        body = re.search(rf"create (?:unlogged )?table {re.escape(table)} \((.*?)\n\)", tables, re.S)
+        assert body and re.search(r"^\s+poll_id\s+uuid", body[1], re.M), table
+    for table in re.findall(r"create_reference_table\('([\w.]+)'\)", sql):
+        assert re.search(rf"create (?:unlogged )?table {re.escape(table)} \(", tables), table
+    plproxy = {n: a for p in (PROCEDURES / "router").glob("router.*.sql")
+               for n, a in function_signatures(p.read_text()).items() if "language plproxy" in p.read_text()}
+    citus = function_signatures(sql)
+    assert {n: [t for _, t in a] for n, a in plproxy.items()} == \
+        {n: [t for _, t in a] for n, a in citus.items() if n in plproxy}
+    assert set(plproxy) <= set(citus), "every PL/Proxy call has its Citus twin, with the same arguments"
+
+
+def test_citus_compose_overrides_the_database_and_applies_files_that_exist() -> None:
+    services = yaml_docs(CITUS / "compose.yaml")[0]["services"]
+    assert {"postgres", "citus-worker-1", "citus-worker-2", "citus-setup"} <= set(services)
+    images = {s["image"] for s in services.values() if "image" in s}
+    assert all(re.fullmatch(r"citusdata/citus:\d+\.\d+\.\d+", i) for i in images), images
+    setup = services["citus-setup"]
+    assert setup["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    for cited in re.findall(r"/src/([\w./*-]+)", setup["command"][0]):
+        assert list(PROJECT_ROOT.glob(cited)), cited

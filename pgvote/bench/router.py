@@ -67,6 +67,7 @@ def cluster_cpu_seconds(data_dir: Path) -> float:
 
 def run_router_bench(stack: ShardedStack, *, seconds: float, clients: int, rounds: int,
                      report_path: Path | None, command: str, console: Console) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     shard = stack.shards[0]
     router_url, shard_url = with_database(stack.admin_url, DATABASE), with_database(shard.admin_url, DATABASE)
     for url in (stack.admin_url, shard.admin_url):
@@ -105,6 +106,7 @@ def run_router_bench(stack: ShardedStack, *, seconds: float, clients: int, round
         for url in (stack.admin_url, shard.admin_url):
             _drop(url)
     figures = {"machine": machine(), "command": command, "clients": clients, "seconds": seconds, "rounds": rounds,
+               "load": [load_before, os.getloadavg()[0]],
                "scenarios": {name: {side: s.__dict__ for side, s in sides.items()} | {
                    "ratio": sides["router"].votes_per_s / sides["direct"].votes_per_s}
                    for name, sides in results.items()}}
@@ -153,7 +155,8 @@ def markdown(figures: dict[str, Any]) -> str:
     m = figures["machine"]
     lines = [START, "", f"`{figures['command']}`, {m['date']}, {m['cpu']}, {m['memory']}; {figures['clients']} pgbench "
              f"clients, {figures['seconds']:.0f} s per run, median of {figures['rounds']} alternating rounds; router "
-             "and shard-0 on this machine.", "",
+             f"and shard-0 on this machine, load average {figures['load'][0]:.1f} before, {figures['load'][1]:.1f} after "
+             "(the machine is shared: the ratio moves with the load, the CPU per ballot much less).", "",
              "| scenario | path | ballots/s | p95 ms | router CPU µs/ballot | shard CPU µs/ballot | routed ÷ direct |",
              "|---|---|---|---|---|---|---|"]
     for name, sides in figures["scenarios"].items():
