@@ -385,3 +385,22 @@ def test_exactly_once_under_k6_load_across_shards_while_a_shard_restarts(stack: 
     errors = result.errors_by_kind()
     assert set(errors) <= {"502 shard_unavailable"}, errors
     print(f"\nk6 across 2 shards, shard-1 stopped 2 s: {verdict.as_dict()}; errors {errors}")
+
+
+# ---- last: the CLI stops and starts the whole profile it remembers -----------------------------------
+
+def test_pgvote_down_and_up_without_shards_drive_every_cluster_the_state_dir_remembers(stack: ShardedStack,
+                                                                                    api, make_poll) -> None:
+    poll = make_poll()
+    assert api.rpc("cast_vote", {"poll_id": poll.poll_id, "option_ids": poll.option_ids[:1],
+                                 "voter_fingerprint": fingerprint()}).status == 200
+    env = {**os.environ, "PGVOTE_ROOT": str(PROJECT_ROOT), "PGVOTE_BACKEND": "local"}
+    cli = [sys.executable, "-m", "pgvote.cli", "--state-dir", str(stack.requested_state_dir)]
+    subprocess.run([*cli, "down"], env=env, check=True, capture_output=True, timeout=120)
+    status = stack.status()
+    assert not status["components"]["postgres"]["running"] and not status["components"]["supervisor"]["running"]
+    assert not any(s["running"] for s in status["shards"]), "down stops the shard clusters too"
+    subprocess.run([*cli, "up"], env=env, check=True, capture_output=True, timeout=300)
+    assert all(s["running"] for s in stack.status()["shards"])
+    results = api.rpc("poll_results", {"poll_id": poll.poll_id})
+    assert results.status == 200 and results.body["total_ballots"] == 1

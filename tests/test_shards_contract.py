@@ -7,7 +7,8 @@ database of the installation (ClusterAdmin), so the checks that nothing was writ
 is stored once, read the shards.
 
 Chosen: every test of an answer the API gives (each error code with its status, PostgREST's own
-answers, nginx's limits, the rate limits, identity, re-casts, GUC hygiene). Left to the single node,
+answers, nginx's limits, the rate limits, identity, re-casts, GUC hygiene) and the live results, whose
+publisher reads api.poll_results through the router. Left to the single node,
 because sharding changes nothing they test: the source and catalog checks that read procedures/ or
 compare the README with it (the router's own are in tests/test_shards.py), and the topology tests
 of a private stack (replicas, PgBouncer crashes), whose nginx / PostgREST / PgBouncer are the same
@@ -47,6 +48,12 @@ from test_http_contract import (
     test_vote_endpoint_burst_then_nginx_429_per_source_address,
     test_wrong_json_types_are_400_never_5xx,
 )
+from test_live import (
+    test_a_burst_ends_on_the_exact_final_results_and_never_goes_backwards,
+    test_a_watcher_gets_the_current_results_at_once_then_every_change,
+    test_an_unknown_poll_is_404_and_creates_no_channel,
+    test_closing_a_poll_is_pushed,
+)
 
 from fixtures.shards import sharded_fixtures
 
@@ -54,6 +61,10 @@ stack, api, admin_url, admin = sharded_fixtures()
 
 __all__ = [
     "admin", "admin_url", "api", "role_without_grants", "stack",
+    "test_a_burst_ends_on_the_exact_final_results_and_never_goes_backwards",
+    "test_a_watcher_gets_the_current_results_at_once_then_every_change",
+    "test_an_unknown_poll_is_404_and_creates_no_channel",
+    "test_closing_a_poll_is_pushed",
     "test_a_megabyte_body_to_a_small_endpoint_is_nginx_413_in_the_api_shape",
     "test_a_role_that_may_not_execute_the_function_is_403_and_anonymous_is_401",
     "test_anon_casts_on_anonymous_poll_and_gets_401_for_creator_functions",
