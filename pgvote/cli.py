@@ -147,6 +147,20 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("grow", "double the shards of a sharded stack online: polls move with their ballots (docs/scaling.md)")
+def cmd_grow(args: argparse.Namespace) -> int:
+    from pgvote.grow import grow
+    from pgvote.shards import ShardedStack
+
+    stack = _stack(args)
+    if not isinstance(stack, ShardedStack):
+        raise StackError("grow needs a sharded stack: `pgvote up --shards N` first")
+    require_running(stack)
+    moved = grow(stack, progress=lambda message: err.print(f"[dim]{escape(message)}[/]"))
+    out.print(f"[green]{len(stack.shards)} shards[/]: {moved} polls moved")
+    return 0
+
+
 def _status_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 

@@ -8,7 +8,8 @@ to the shard its poll id hashes to (router.poll_shard). Every shard is a cluster
 (<state dir>/shards/shard-<i>, port base + 80 + i) migrated to the full schema, with the router's
 voter-key secret. PostgREST, PgBouncer and nginx are the single node's, unchanged. PL/Proxy keeps one
 connection per router backend and shard, so the router's PgBouncer pool already bounds the shards'
-connections (backends x N); no second pooler sits between router and shards.
+connections (backends x N); no second pooler sits between router and shards. `pgvote grow`
+(pgvote/grow.py) doubles N online.
 """
 from __future__ import annotations
 
@@ -58,6 +59,12 @@ class ShardCluster(LocalStack):
         # inside the router's state dir, which is reachable already (LocalStack relocates it if not): the
         # same path whatever exists yet, so every process finds the shard where `up` put it
         return wanted
+
+    def _write_server_config(self) -> None:
+        super()._write_server_config()
+        # `pgvote grow` moves a poll under a prepared transaction that keeps its fence (pgvote/grow.py)
+        local = self.data_dir / "pgvote-local.conf"
+        self._write(local, local.read_text() + "max_prepared_transactions = 16\n", 0o600)
 
     def conninfo(self, database: str = "pgvote") -> str:
         """How PL/Proxy reaches it (the user comes from the server's user mapping)."""
@@ -215,6 +222,6 @@ def select_stack(stack: LocalStack, shards: int | None) -> LocalStack:
     if shards is None and not saved:
         return stack
     if shards is not None and saved and shards != saved:
-        raise StackError(f"{stack.state_dir} runs {saved} shards; moving to {shards} is no `pgvote up` option "
+        raise StackError(f"{stack.state_dir} runs {saved} shards: `pgvote grow` doubles them online "
                          "(docs/scaling.md); `pgvote clean` first for a new stack")
     return ShardedStack(stack.requested_state_dir, shards=shards or int(str(saved)))

@@ -35,6 +35,9 @@ begin
         returning p.* into poll;
         if not found then  -- a concurrent close committed first; report its closed_at
             select p.* into poll from voting.polls as p where p.poll_id = close_poll.poll_id;
+            if not found then  -- gone meanwhile: moved to another shard (pgvote/grow.py)
+                perform internal.raise_api_error('poll_not_found', 'There is no poll with this poll_id.');
+            end if;
         end if;
     end if;
 

@@ -21,9 +21,9 @@ select create_reference_table('rate_limit.limits');
 -- rate_limit.buckets stays a local table of the coordinator: only its pre-request hook writes it.
 
 -- The router's transport, as PL/Proxy's router.* functions are in procedures/router/: the same
--- names and arguments, so the router's api functions run unchanged.
-create schema if not exists router;
-revoke all on schema router from public;
+-- names and arguments, so the router's api functions run unchanged (schema router and its tables:
+-- db/router.sql, applied before this file). A growth (pgvote/grow.py) is PL/Proxy's: Citus moves
+-- shards itself (citus_move_shard_placement), so router.moved stays empty here.
 
 create or replace function router.cast_vote(request jsonb, poll_id uuid, option_ids uuid[],
                                             voter_fingerprint text, ballot_id uuid) returns jsonb
@@ -49,9 +49,6 @@ as $$ select shard.poll_results(poll_id) $$;
 -- A batch is not one poll's: it runs on the coordinator, whose statements Citus spreads over the
 -- workers. Unproven and weaker than PL/Proxy's split: the close fence is an advisory lock, which
 -- Citus does not distribute, so a batch and a close of the same poll are not fenced from each other.
-create or replace function router.ballot_shard(ballot jsonb) returns integer
-language sql immutable as $$ select 0 $$;
-
 create or replace function router.cast_votes(request jsonb, hashes integer[], ballots jsonb[], ordinals integer[])
 returns table (ordinal integer, result jsonb)
 language sql volatile set search_path = pg_catalog, pg_temp

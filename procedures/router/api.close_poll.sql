@@ -14,11 +14,18 @@ as $function$
 declare
     state text; message text; detail text; hint text;
 begin
-    return router.close_poll(router.request_context(), poll_id);
-exception when others then
-    get stacked diagnostics state = returned_sqlstate, message = message_text, detail = pg_exception_detail,
-                            hint = pg_exception_hint;
-    perform router.forward_error(state, message, detail, hint);
-    return null;  -- not reached: forward_error always raises
+    for attempt in 1 .. 2 loop
+        begin
+            return router.close_poll(router.request_context(), poll_id);
+        exception when others then
+            get stacked diagnostics state = returned_sqlstate, message = message_text, detail = pg_exception_detail,
+                                    hint = pg_exception_hint;
+            if attempt = 1 and router.moved_away(poll_id, message) then
+                continue;  -- a growth moved the poll while this call waited: once more, where it is now
+            end if;
+            perform router.forward_error(state, message, detail, hint);
+        end;
+    end loop;
+    return null;  -- not reached: each attempt returns or raises
 end
 $function$;

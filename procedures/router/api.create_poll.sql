@@ -23,9 +23,15 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $function$
 declare
+    new_poll uuid := gen_random_uuid();
     state text; message text; detail text; hint text;
 begin
-    return router.create_poll(router.request_context(), gen_random_uuid(), question, options, max_choices, allow_revote,
+    -- During a growth a new poll goes straight to the grown cluster (its final shard), recorded as moved
+    -- in this transaction: if the shard refuses the poll, the record goes with the rollback.
+    if (select g.active from router.growth as g) then
+        insert into router.moved (poll_id) values (new_poll);
+    end if;
+    return router.create_poll(router.request_context(), new_poll, question, options, max_choices, allow_revote,
                               allow_multiple_votes, allow_anonymous, closes_at);
 exception when others then
     get stacked diagnostics state = returned_sqlstate, message = message_text, detail = pg_exception_detail,

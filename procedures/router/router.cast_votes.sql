@@ -1,7 +1,7 @@
 -- router.cast_votes: a cast_votes batch split by shard, every part sent to its shard in parallel.
 --
 -- Inputs    request (router.request_context), then per ballot of the batch: its hash
---           (router.ballot_shard), the ballot, its ordinal in the batch; arrays of one length.
+--           (router.poll_hashes), the ballot, its ordinal in the batch; arrays of one length.
 --           PL/Proxy's SPLIT gives each shard its own elements of the three, in input order; the
 --           hashes were computed by the caller in one statement (a RUN ON function would be a
 --           query of its own per ballot).

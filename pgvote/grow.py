@@ -1,0 +1,164 @@
+"""`pgvote grow`: a sharded stack from N to 2N shards, online (docs/scaling.md, "Growing from N to 2N").
+
+A poll of partition p maps to p or p + N with 2N partitions, so each old shard p gives the polls whose
+hash has bit N set to the new shard p + N, and no poll moves between old shards. When the growth starts,
+the router's cluster gets the 2N partitions and `router.growth` says so: router.poll_hashes keeps every
+poll not yet in `router.moved` on its old partition (its hash's old bits only), routes moved polls by
+their whole hash, and new polls are created moved. At the end the table is emptied and the growth
+switched off: routing is the hash alone again, over 2N. Each poll moves under its close fence:
+
+1. source: take the fence EXCLUSIVE (waits for the votes in flight, queues new ones), copy the poll, its
+   options and ballots out, delete them, PREPARE TRANSACTION (the prepared transaction keeps the fence);
+2. target: insert the copy, rebuild its tallies, commit: the decision;
+3. router: record the poll in router.moved, commit: calls go to the target from now on;
+4. source: COMMIT PREPARED. The calls queued behind the fence find no poll, answer poll_not_found, and
+   the router calls once more where the poll now is (router.moved_away).
+
+A run that died part-way is settled by `recover` (the next run starts with it): a prepared move whose
+poll the target holds rolls forward (3, 4); one whose poll the target does not hold rolls back.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import psycopg
+from psycopg import sql
+
+from pgvote.shards import CLUSTER, ShardCluster, ShardedStack, check_count, share_voter_key_secret
+
+PREFIX = "pgvote-move-"  # prepared transactions of moves: PREFIX || poll id
+FENCE = ("select pg_advisory_xact_lock(internal.advisory_lock_namespace('poll_fence'), "
+         "internal.poll_fence_lock_key(%s))")
+TABLES = ("voting.polls", "voting.poll_options", "voting.ballots")  # in insert order; tallies are rebuilt
+
+
+def grow(stack: ShardedStack, progress: Callable[[str], None] = lambda message: None) -> int:
+    """Double the shards of a running sharded stack; returns how many polls moved."""
+    return move_polls(stack, add_shards(stack, progress), progress)
+
+
+def add_shards(stack: ShardedStack, progress: Callable[[str], None] = lambda message: None) -> list[ShardCluster]:
+    """Start N new shards (full schema, the router's secret), give the router's cluster their partitions
+    with the growth switched on (one transaction: every poll keeps its shard until it moves; new polls
+    are created where they belong among 2N). Settles the moves an interrupted run left."""
+    old = len(stack.shards)
+    check_count(2 * old)
+    new = [ShardCluster(stack, i) for i in range(old, 2 * old)]
+    for shard in new:
+        progress(f"starting {shard.name}")
+        shard.start()
+        shard._migrate()
+    share_voter_key_secret(stack.admin_url, [s.admin_url for s in new])
+    with psycopg.connect(stack.admin_url) as router:
+        router.execute("update router.growth set active = true, partitions = %s", (old,))
+        options = sql.SQL(", ").join(sql.SQL("add {} {}").format(sql.Identifier(f"p{s.index}"), sql.Literal(s.conninfo()))
+                                     for s in new)
+        router.execute(sql.SQL("alter server {} options ({})").format(sql.Identifier(CLUSTER), options))
+    recover(stack.admin_url, stack.shards + new)
+    return new
+
+
+def move_polls(stack: ShardedStack, new: list[ShardCluster],
+               progress: Callable[[str], None] = lambda message: None) -> int:
+    """Move every poll of the old shards whose partition is a new shard, then give pgvote_shards the 2N
+    partitions and empty router.moved; returns how many polls moved."""
+    every = stack.shards + new
+    recover(stack.admin_url, every)
+    moved = 0
+    for shard in stack.shards:
+        while ids := _leaving(shard, len(every)):
+            for poll_id in ids:
+                move_poll(stack.admin_url, shard, every[_partition(shard, poll_id, len(every))], poll_id)
+                moved += 1
+            progress(f"{shard.name}: {moved} polls moved")
+    # Calls that queued behind the last fences retry through router.moved: give them time to.
+    time.sleep(1.0)
+    with psycopg.connect(stack.admin_url) as router:  # one transaction: the hash alone again, over 2N
+        router.execute("delete from router.moved")
+        router.execute("update router.growth set active = false, partitions = %s", (len(every),))
+    stack.shards = every
+    with stack._locked():
+        stack._save_state()
+        stack._write_supervised_configs()
+        stack._start_supervisor()
+    return moved
+
+
+def move_poll(router_url: str, source: ShardCluster, target: ShardCluster, poll_id: str) -> None:
+    """Move one poll with its ballots from source to target while its votes go on (module docstring)."""
+    rows = prepare_move(source, poll_id)
+    copy_to(target, rows, poll_id)
+    _finish(router_url, source, PREFIX + poll_id, poll_id)
+
+
+def prepare_move(source: ShardCluster, poll_id: str) -> dict[str, bytes]:
+    """Step 1: fence the poll on its shard, take its rows out and prepare their deletion; returns the rows."""
+    with psycopg.connect(source.admin_url, autocommit=True) as src:
+        src.execute("begin")
+        src.execute(FENCE, (poll_id,))
+        rows = {table: _copy_out(src, table, poll_id) for table in TABLES}
+        src.execute("delete from voting.ballots where poll_id = %s", (poll_id,))
+        src.execute("delete from voting.tally_slots where poll_id = %s", (poll_id,))
+        src.execute("delete from voting.polls where poll_id = %s", (poll_id,))  # its options go with it
+        src.execute(sql.SQL("prepare transaction {}").format(sql.Literal(PREFIX + poll_id)))
+    return rows
+
+
+def copy_to(target: ShardCluster, rows: dict[str, bytes], poll_id: str) -> None:
+    """Step 2, the decision: the poll, its options and ballots on the target, its tallies rebuilt, committed."""
+    with psycopg.connect(target.admin_url) as tgt:
+        for table in TABLES:
+            with tgt.cursor().copy(sql.SQL("copy {} from stdin (format binary)").format(sql.SQL(table))) as copy:
+                copy.write(rows[table])
+        tgt.execute("select internal.rebuild_tallies(%s)", (poll_id,))
+
+
+def recover(router_url: str, shards: list[ShardCluster]) -> None:
+    """Settle the moves an interrupted run left prepared: forward when the target holds the poll, else back."""
+    for shard in shards:
+        with psycopg.connect(shard.admin_url, autocommit=True) as conn:
+            gids = [r[0] for r in conn.execute(
+                "select gid from pg_prepared_xacts where database = current_database() and gid like %s",
+                (PREFIX + "%",)).fetchall()]
+        for gid in gids:
+            poll_id = gid.removeprefix(PREFIX)
+            if any(_holds(s, poll_id) for s in shards if s is not shard):
+                _finish(router_url, shard, gid, poll_id)
+            else:
+                with psycopg.connect(shard.admin_url, autocommit=True) as conn:
+                    conn.execute(sql.SQL("rollback prepared {}").format(sql.Literal(gid)))
+
+
+def _finish(router_url: str, source: ShardCluster, gid: str, poll_id: str) -> None:
+    with psycopg.connect(router_url, autocommit=True) as router:
+        router.execute("insert into router.moved (poll_id) values (%s) on conflict do nothing", (poll_id,))
+    with psycopg.connect(source.admin_url, autocommit=True) as src:
+        src.execute(sql.SQL("commit prepared {}").format(sql.Literal(gid)))
+
+
+def _copy_out(conn: psycopg.Connection, table: str, poll_id: str) -> bytes:
+    query = sql.SQL("copy (select * from {} where poll_id = {}) to stdout (format binary)").format(
+        sql.SQL(table), sql.Literal(poll_id))
+    with conn.cursor().copy(query) as copy:
+        return b"".join(bytes(chunk) for chunk in copy)
+
+
+def _leaving(shard: ShardCluster, partitions: int) -> list[str]:
+    """The polls of a shard whose partition among `partitions` is another shard (router.poll_shard's hash)."""
+    with psycopg.connect(shard.admin_url, autocommit=True) as conn:
+        return [r[0] for r in conn.execute(
+            "select poll_id::text from voting.polls where hashtext(poll_id::text) & %s <> %s",
+            (partitions - 1, shard.index)).fetchall()]
+
+
+def _partition(shard: ShardCluster, poll_id: str, partitions: int) -> int:
+    with psycopg.connect(shard.admin_url, autocommit=True) as conn:
+        row = conn.execute("select hashtext(%s) & %s", (poll_id, partitions - 1)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _holds(shard: ShardCluster, poll_id: str) -> bool:
+    with psycopg.connect(shard.admin_url, autocommit=True) as conn:
+        return conn.execute("select from voting.polls where poll_id = %s", (poll_id,)).fetchone() is not None
