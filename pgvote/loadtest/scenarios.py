@@ -145,7 +145,7 @@ def cast_all(cfg: LoadtestConfig, script: str | Path, clients: int, per_client: 
                 settle()
                 clients, per_client = _plan(len(pending), clients)
                 slots = [pending[i % len(pending)] for i in range(clients * per_client)]  # the last repeat: idempotent
-                scratch.stage_recasts(cfg.admin_url, slots)
+                scratch.stage(cfg.admin_url, "recasts", slots)
             else:
                 slots = pending
             run = Run(script, cfg.database_url, clients, transactions=per_client, protocol="extended",
@@ -281,7 +281,7 @@ def run_bulk_scenario(cfg: LoadtestConfig, console: Console, quiet: bool = False
     measured: dict[str, Any] = {}
     scratch.setup(cfg.admin_url, _scratch_role(cfg))
     try:
-        scratch.stage_batches(cfg.admin_url, [json.dumps({"ballots": [ballots.bulk_item(v) for v in voters]})
+        scratch.stage(cfg.admin_url, "batches", [json.dumps({"ballots": [ballots.bulk_item(v) for v in voters]})
                                               for voters in plan])
         casts, outcomes = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, f"cast_votes, {count} batches",
                                    console, quiet, measured)
