@@ -86,17 +86,12 @@ class K6Run:
         return out
 
 
-class K6Output:
-    """Reads k6's JSON lines as they are written; keeps every request attempt by (vu, iter)."""
+class K6Lines:
+    """Follows k6's ``--out json=FILE`` while it is written: ``read()`` hands each new complete line to
+    ``point`` (the load test's voters here, the reliability rounds' attempts in tests/reliability/k6round.py)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-        self.partial = b""
-        self.attempts: dict[tuple[int, int], list[Attempt]] = {}
-        self.answers: dict[tuple[int, int], str] = {}
-        self.acked = 0
-        self.errors: Counter[str] = Counter()
+        self.path, self.offset, self.partial = path, 0, b""
 
     def read(self) -> None:
         try:
@@ -109,9 +104,23 @@ class K6Output:
         lines = (self.partial + chunk).split(b"\n")
         self.partial = lines.pop()
         for line in lines:
-            self._line(line)
+            self.point(line)
 
-    def _line(self, line: bytes) -> None:
+    def point(self, line: bytes) -> None:
+        raise NotImplementedError
+
+
+class K6Output(K6Lines):
+    """Keeps every request attempt by (vu, iter)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.attempts: dict[tuple[int, int], list[Attempt]] = {}
+        self.answers: dict[tuple[int, int], str] = {}
+        self.acked = 0
+        self.errors: Counter[str] = Counter()
+
+    def point(self, line: bytes) -> None:
         # Only two metrics of the ~14 per request matter: skip the rest without parsing them.
         if not (line.startswith(b'{"metric":"http_req_duration","type":"Point"')
                 or line.startswith(b'{"metric":"vote_answers","type":"Point"')):
