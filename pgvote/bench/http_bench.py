@@ -32,9 +32,8 @@ from typing import Any
 
 import psycopg
 from rich.console import Console
-from rich.table import Table
 
-from pgvote.bench.report import write_markdown
+from pgvote import tables
 from pgvote.http import ApiClient
 from pgvote.loadtest import DEFAULT_RAMP_VUS
 from pgvote.loadtest.http_scenarios import HttpTarget, run_burst, run_ramp
@@ -50,6 +49,7 @@ grant execute on function api.{NOOP}(uuid, uuid[], text, uuid) to anon, authenti
 """
 DROP_NOOP = f"drop function if exists api.{NOOP}(uuid, uuid[], text, uuid)"
 START, END = "<!-- pgvote bench --http: start -->", "<!-- pgvote bench --http: end -->"
+RATIO_COLUMNS = ("ratio", "what", "value", "goal", "met")
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def run_http_bench(stack: Any, *, quick: bool, json_path: Path | None, report_pa
         json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
         console.print(f"JSON: {json_path}")
     if report_path:
-        write_markdown(report_path, markdown(report), START, END)
+        tables.write_section(report_path, markdown(report), START, END)
         console.print(f"report: {report_path}")
     return report
 
@@ -199,29 +199,20 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
-def _cpu_names(report: dict[str, Any]) -> list[str]:
-    return sorted({n for per in report["cpu_ms_per_vote"].values() for n in per},
-                  key=lambda n: ("k6", "nginx", "postgrest", "pgbouncer", "postgres").index(n.split("-")[0])
-                  if n.split("-")[0] in ("k6", "nginx", "postgrest", "pgbouncer", "postgres") else 9)
+def _cpu_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """CPU milliseconds per vote of each run, a column per process (k6, nginx, PostgREST, PgBouncer, PostgreSQL)."""
+    order = ("k6", "nginx", "postgrest", "pgbouncer", "postgres")
+    names = sorted({n for per in report["cpu_ms_per_vote"].values() for n in per},
+                   key=lambda n: order.index(n.split("-")[0]) if n.split("-")[0] in order else 9)
+    rows = [[run, f"{report['runs'][run]['figures']['votes_per_second']:,.0f}", *(f"{per.get(n, 0):.2f}" for n in names)]
+            for run, per in report["cpu_ms_per_vote"].items()]
+    return ["run", "votes/s", *names], rows
 
 
 def print_tables(report: dict[str, Any], console: Console) -> None:
-    table = Table(title="HTTP ratios (same run)")
-    for column in ("ratio", "what", "value", "goal", "met"):
-        table.add_column(column)
-    for row in _rows(report):
-        table.add_row(*row)
-    console.print(table)
-    names = _cpu_names(report)
-    cpu = Table(title="CPU milliseconds per vote, by process")
-    cpu.add_column("run")
-    cpu.add_column("votes/s", justify="right")
-    for n in names:
-        cpu.add_column(n, justify="right")
-    for run, per in report["cpu_ms_per_vote"].items():
-        rate = report["runs"][run]["figures"]["votes_per_second"]
-        cpu.add_row(run, f"{rate:,.0f}", *(f"{per.get(n, 0):.2f}" for n in names))
-    console.print(cpu)
+    console.print(tables.table("HTTP ratios (same run)", RATIO_COLUMNS, _rows(report)))
+    columns, rows = _cpu_table(report)
+    console.print(tables.table("CPU milliseconds per vote, by process", columns, rows, range(1, len(columns))))
 
 
 METHOD = """\
@@ -249,13 +240,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "**Smoke run** (`--quick` sizes on a shared machine): it shows the machinery works end to "
                       "end, not what the path can do; the figures come from a full `pgvote bench --http` on a quiet "
                       "machine."]
-    lines += ["", "| ratio | what | value | goal | met |", "|---|---|---:|---|---|"]
-    lines += [f"| {' | '.join(row)} |" for row in _rows(report)]
-    names = _cpu_names(report)
-    lines += ["", "CPU milliseconds per vote, by process:", "",
-              "| run | votes/s | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
-    for run, per in report["cpu_ms_per_vote"].items():
-        rate = report["runs"][run]["figures"]["votes_per_second"]
-        lines.append(f"| {run} | {rate:,.0f} | " + " | ".join(f"{per.get(n, 0):.2f}" for n in names) + " |")
+    columns, rows = _cpu_table(report)
+    lines += ["", *tables.markdown(RATIO_COLUMNS, _rows(report), (2,)), "", "CPU milliseconds per vote, by process:", "",
+              *tables.markdown(columns, rows, range(1, len(columns)))]
     lines += ["", END]
     return "\n".join(lines)

@@ -36,9 +36,8 @@ from typing import Any
 
 import psycopg
 from rich.console import Console
-from rich.table import Table
 
-from pgvote.bench.report import write_markdown
+from pgvote import tables
 from pgvote.http import ApiClient
 from pgvote.live_client import LiveRefused, LiveSubscriber, Transport
 from pgvote.loadtest.http_scenarios import HttpTarget, run_burst
@@ -231,23 +230,17 @@ def markdown(r: dict[str, Any], command: str) -> str:
               "the votes, one asyncio process for the watchers; 1-minute load average "
               f"{r['load_average'][0]} at the start, {r['load_average'][1]} at the end). "
               "Method: `pgvote/bench/live.py`."), "",
-             "| figure | value |", "|---|---|"]
-    lines += [f"| {name} | {value} |" for name, value in rows(r)]
+             *tables.markdown(("figure", "value"), rows(r))]
     return "\n".join([*lines, "", END])
 
 
 def run_live_bench(stack: Any, *, subscribers: int, votes: int, report_path: Path | None, json_path: Path | None,
                    command: str, console: Console) -> dict[str, Any]:
     result = LiveBench(stack, subscribers, votes, console).run()
-    table = Table(title="live results under the vote burst")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    for name, value in rows(result):
-        table.add_row(name, value)
-    console.print(table)
+    console.print(tables.table("live results under the vote burst", ("figure", "value"), rows(result), (1,)))
     if json_path:
         json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     if report_path:
-        write_markdown(report_path, markdown(result, command), START, END)
+        tables.write_section(report_path, markdown(result, command), START, END)
         console.print(f"report: {report_path}")
     return result
