@@ -52,10 +52,6 @@ class PendingSplit:
         base = f"{self.table.schema}.{self.table.name}"
         return f"{base}_m{m2}_r{low}", f"{base}_m{m2}_r{high}"
 
-    @property
-    def resumable(self) -> bool:
-        return self.source is not None
-
     def describe(self) -> str:
         slice_ = f"(modulus {self.modulus}, remainder {self.remainder})"
         if self.running_pid:
@@ -116,12 +112,6 @@ def pending_splits(conn: psycopg.Connection, table: PartitionedTable,
             running = holder[0]
         found.append(PendingSplit(table, m, r, source, state, targets, mirror, running))
     return found
-
-
-def all_pending_splits(conn: psycopg.Connection, schema: str = catalog.DEFAULT_SCHEMA) -> list[PendingSplit]:
-    holder = catalog.split_lock_holder(conn)
-    mirrors = catalog.mirror_triggers(conn)
-    return [s for t in catalog.partitioned_tables(conn, schema) for s in pending_splits(conn, t, holder, mirrors)]
 
 
 def stray_tables(table: PartitionedTable, splits: list[PendingSplit]) -> list[LooseTable]:

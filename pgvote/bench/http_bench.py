@@ -1,23 +1,7 @@
-"""``pgvote bench --http``: the HTTP figures, k6 against the running stack, same-run ratios only.
-
-- H1: ``cast_vote`` ÷ a no-op RPC with the same arguments on the same path (nginx -> PostgREST ->
-  PgBouncer -> PostgreSQL, the rate-limit hook included), one burst each of the same shape.
-- H2: the 50,000-voter burst from >= 2,500 VUs released together: accepted exactly once (identical
-  retries counted), and its drain rate ÷ the no-op burst of the same shape (the envelope).
-- H3: the original guide's ramp (its stages and thresholds, VUs / 25, durations x 0.25): p95 and
-  error rate against its thresholds; a crossed threshold (k6 exit 99) is a reported figure.
-- the rate-limit hook's cost: ``cast_vote`` straight at one PostgREST replica with a caller identity
-  in ``X-Real-IP`` (the hook takes a token from that caller's bucket) ÷ the same calls with the request
-  limit switched off in ``rate_limit.limits`` (the hook reads the limit and returns before the bucket):
-  nginx is left out so that the header is the client's. (Calls without an address are no baseline: they
-  share one bucket, so they are limited as one caller.)
-- CPU seconds per vote of every process (k6, nginx, each PostgREST, PgBouncer, PostgreSQL).
-
-The no-op exists only while the bench runs: ``api.bench_noop_cast_vote`` is created, the replicas
-reload their schema cache (SIGUSR1), and it is dropped (and the caches reloaded) on the way out,
-whatever happens. A function in ``api`` reaches PostgREST without changing its configuration;
-another exposed schema would need every replica restarted with a different ``db-schemas``.
-"""
+"""``pgvote bench --http``: k6 against the running stack, same-run ratios only (H1 cast_vote / a no-op RPC,
+H2 the 50,000-voter burst, H3 the guide's ramp, the rate-limit hook's cost, CPU per vote; the method is
+written into docs/benchmarks.md with the figures). The no-op ``api.bench_noop_cast_vote`` exists only
+while the bench runs: created, the replicas' schema caches reloaded, dropped on the way out."""
 from __future__ import annotations
 
 import json

@@ -1,26 +1,5 @@
-"""`pgvote bench --live`: live results under the HTTP vote burst, on the running local stack.
-
-One run, in this order:
-1. the k6 burst of `pgvote loadtest --http` (VOTES distinct voters released together, one loopback
-   address per VU, verified exactly once) on a poll nobody watches;
-2. SUBSCRIBERS watchers connect to a second poll (half EventSource, half WebSocket, PER_ADDRESS per
-   loopback address, under nginx's per-address limit), each receiving the current results: how many
-   the box holds;
-3. the same burst on the watched poll while every watcher reads its messages, then every watcher must
-   receive the exact final total;
-4. the watchers leave, and the first burst again: "without watchers" is the mean of 1 and 4, so that
-   warming up and drifting load on the shared machine weigh on both sides alike.
-A message counting T ballots is late by (when a watcher got it) - (when the T-th ballot was cast: its
-`cast_at`, the start of its few-millisecond transaction, so a slight overestimate of the time since its
-commit), at the first and at the last watcher to get it; and (when it was published: its seq) - (the
-same), the publisher's share.
-Figures: watchers held, messages delivered per second, that latency's p50/p95, votes/s with the
-watchers ÷ without (same run), and the servers' CPU-seconds per vote with and without (PostgreSQL,
-PgBouncer, PostgREST, nginx, publisher; the drivers' own CPU is left out: they share the cores).
-
-The watchers run in one asyncio process of their own (so that their clock readings never wait for this
-process reading k6's output), the burst in k6.
-"""
+"""`pgvote bench --live`: live results under the HTTP vote burst, on the running local stack (the method:
+docs/benchmarks.md, "How the live figures are made")."""
 from __future__ import annotations
 
 import asyncio
@@ -229,7 +208,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
              (f"Command: `{command}` on the local stack ({os.cpu_count()} cores, shared with the drivers: k6 for "
               "the votes, one asyncio process for the watchers; 1-minute load average "
               f"{r['load_average'][0]} at the start, {r['load_average'][1]} at the end). "
-              "Method: `pgvote/bench/live.py`."), "",
+              "Method: the section below."), "",
              *tables.markdown(("figure", "value"), rows(r))]
     return "\n".join([*lines, "", END])
 

@@ -1,18 +1,7 @@
-"""The HTTP scenarios of ``pgvote loadtest --http``: k6 against one base URL (the stack's nginx).
-
-- ``burst``: N distinct voters on one poll from V VUs released together (``k6/burst.js``);
-- ``ramp``: the original guide's stages and thresholds, scaled (``k6/ramp.js``).
-
-Production rate limits stay on. nginx and the database limit each client address (the database
-keys anonymous callers on the ``X-Real-IP`` nginx sets from the TCP peer), so every VU gets its own
-loopback source address (k6 ``--local-ips``) and casts at most a bucket's burst: 50,000 voters
-need at least 2,500 VUs. Each scenario takes a fresh block of addresses (``127.B.0.1`` up), so
-buckets emptied by an earlier scenario of the run never answer the next one 429; the blocks avoid
-127.64.0.0/10, where ``pgvote.http.ApiClient`` picks its random caller addresses.
-
-Python prepares the poll (SQL, as its creator), starts k6, reads its JSON output, and verifies
-exactly once against the stored ballots (``verify.verify_poll``).
-"""
+"""The HTTP scenarios of ``pgvote loadtest``: k6 against one base URL (the stack's nginx), ``burst``
+(``k6/burst.js``) and the guide's ``ramp`` (``k6/ramp.js``). Production rate limits stay on, so every VU
+has its own loopback source address from a fresh ``127.B.0.0/16`` block per scenario, outside the
+127.64.0.0/10 of ``pgvote.http.ApiClient`` (docs/benchmarks.md)."""
 from __future__ import annotations
 
 import ipaddress

@@ -1,16 +1,6 @@
-"""Run one of the k6 scripts of ``pgvote/loadtest/k6/`` and read back what every voter got.
-
-k6 writes each request as metric points to ``--out json=FILE`` (one JSON object a line), with the
-request's ``status`` and ``error_code`` tags and the ``vu`` / ``iter`` of the iteration that sent it
-(in the point's metadata). An iteration is one voter, so each voter's attempts are the
-``http_req_duration`` points of its (vu, iter); ``vote_answers`` (a counter the script adds to on
-every 200) says what the acknowledged ones answered. While k6 runs, the file is followed to show
-live progress; when it exits, the same reader yields the per-voter records of ``stats.Record``'s
-shape, so the figures, report and chart of the SQL path apply unchanged.
-
-k6's exit code 99 means a threshold was crossed (the ramp's p95 and error rate): a result, reported
-as such. Any other non-zero exit is a failed run.
-"""
+"""Run one of the k6 scripts of ``pgvote/loadtest/k6/`` and read back what every voter got, from the
+``http_req_duration`` and ``vote_answers`` points of ``--out json`` by (vu, iter) (docs/benchmarks.md).
+k6's exit code 99 (a threshold crossed) is a result; any other non-zero exit is a failed run."""
 from __future__ import annotations
 
 import json

@@ -1,20 +1,8 @@
-"""The SQL-level scenarios of ``pgvote loadtest --sql``: pgbench through PgBouncer, each call exactly
-as PostgREST 12 makes it (``pgvote/bench/scripts/postgrest_rpc.sql``, ``-M extended``); each
-scenario creates its own poll, runs, and verifies what is stored (the HTTP ones, k6's, are in
-``http_scenarios``).
-
-- ``single``: N distinct voters, one ``cast_vote`` each, from C clients released together (pgbench
-  opens every connection first; its threads then start at one barrier);
-- ``bare``: the same transactions against the bare-insert reference (``scratch.py``): the drain ratio;
-- ``bulk``: the same N ballots through ``api.cast_votes`` as role ingest, in batches.
-
-pgbench runs ``-t per_client`` transactions per client, and client c's k-th transaction casts number
-``c * per_client + k`` (the script's own per-client counter): distinct by construction, with no
-shared sequence to contend on. Its log of committed transactions (``-l``) therefore names every
-acknowledged voter or batch: the acknowledged set ``verify.py`` checks against the stored ballots.
-pgbench does not retry a lost connection: an error ends its client, so further passes re-cast what
-was in flight after a retryable error and cast what aborted clients never reached (``cast_all``).
-"""
+"""The SQL-level scenarios of ``pgvote loadtest --sql``, pgbench through PgBouncer with PostgREST's
+statements: ``single`` (N voters from C clients released together), ``bare`` (the same against the
+bare-insert reference, sql/scratch.sql) and ``bulk`` (``api.cast_votes`` in batches). Client c's k-th
+transaction casts number ``c * per_client + k``, so pgbench's log of committed transactions names every
+acknowledged voter; further passes re-cast what a lost connection left unanswered (docs/benchmarks.md)."""
 from __future__ import annotations
 
 import json

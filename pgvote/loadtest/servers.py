@@ -1,18 +1,6 @@
-"""What the server processes use during a run: memory as PSS, CPU seconds, PgBouncer's pool peaks.
-
-Memory: PSS (proportional set size) from ``/proc/<pid>/smaps_rollup``. PSS divides each shared page
-among the processes mapping it, so summing PSS over the postmaster and all its children counts
-``shared_buffers`` once, not once per backend (RSS would). ``Pss_Shmem`` is the shared-memory part
-(shared_buffers, WAL buffers, lock tables): PSS minus it is the memory the servers use beyond their
-shared memory. The servers run as the postgres user; root can read their ``smaps_rollup``.
-
-CPU: ``/proc/<pid>/stat`` utime + stime, before and after. nginx's master and workers all hold the
-listening socket, PostgREST and PgBouncer are one process each. PostgreSQL's backends do not listen:
-the postmaster's children are added, and ``cutime + cstime`` of the postmaster counts the backends
-that exited during the run (reaped children's time lands there).
-
-Processes are found by the TCP port they listen on.
-"""
+"""What the server processes use during a run, found by their listening ports: memory as PSS (shared
+buffers counted once), CPU seconds (utime + stime, exited backends through the postmaster's cutime +
+cstime) and PgBouncer's pool peaks (docs/benchmarks.md)."""
 from __future__ import annotations
 
 import os
