@@ -30,7 +30,7 @@ from pgvote.loadtest.config import LoadtestConfig
 from pgvote.loadtest.servers import measuring
 from pgvote.loadtest.stats import Record, figures, latency_summary, timeline
 from pgvote.loadtest.verify import verify_poll
-from pgvote.paths import PROJECT_ROOT
+from pgvote.stack import read_postgrest_conf
 
 OPTIONS = ("PostgreSQL", "PgBouncer", "PostgREST", "psycopg")
 MAX_CHOICES = 2
@@ -53,13 +53,12 @@ def create_poll(admin_url: str, tag: str) -> BallotSpec:
 def pre_request_hook(admin_url: str) -> str | None:
     """``db-pre-request`` of the project's api/postgrest.conf, when that function exists in the database:
     PostgREST calls it in every request's transaction, so the load does too."""
-    conf = PROJECT_ROOT / "api" / "postgrest.conf"
-    match = re.search(r'^\s*db-pre-request\s*=\s*"([^"]+)"', conf.read_text(), re.MULTILINE) if conf.is_file() else None
-    if not match:
+    hook = read_postgrest_conf().get("db-pre-request")
+    if not hook:
         return None
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        row = conn.execute("select to_regprocedure(%s) is not null", (match[1] + "()",)).fetchone()
-    return match[1] if row and row[0] else None
+        row = conn.execute("select to_regprocedure(%s) is not null", (hook + "()",)).fetchone()
+    return hook if row and row[0] else None
 
 
 def new_tag() -> str:
