@@ -10,10 +10,10 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from psycopg import sql
 
 from pgvote.loadtest import scratch
 from pgvote.migrate import upgrade
+from pgvote.schema_dump import scratch_database
 
 BENCH_DATABASE = "pgvote_bench"
 HOT_POLL_BALLOTS = 1_000_000
@@ -36,21 +36,13 @@ class BenchDatabase:
     hot_option: str
 
 
-def _drop(admin_url: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(BENCH_DATABASE)))
-
-
 @contextmanager
 def bench_database(admin_url: str, bouncer_url: str, hot_ballots: int = HOT_POLL_BALLOTS,
                    polls: int = SPREAD_POLLS,
                    progress: Callable[[str], None] = lambda message: None) -> Iterator[BenchDatabase]:
     """Create, migrate and fill pgvote_bench; drop it on the way out, whatever happens."""
-    _drop(admin_url)
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(BENCH_DATABASE)))
-    bench_admin, api_url = with_database(admin_url, BENCH_DATABASE), with_database(bouncer_url, BENCH_DATABASE)
-    try:
+    with scratch_database(admin_url, name=BENCH_DATABASE) as bench_admin:
+        api_url = with_database(bouncer_url, BENCH_DATABASE)
         progress("migrating the bench database")
         upgrade(bench_admin)
         scratch.setup(bench_admin, urlsplit(api_url).username or "authenticator")
@@ -62,5 +54,3 @@ def bench_database(admin_url: str, bouncer_url: str, hot_ballots: int = HOT_POLL
             hot = conn.execute("select poll_id::text, option_id::text from bench.polls where n = 1").fetchone()
         assert hot is not None, "fill.sql made poll 1"
         yield BenchDatabase(bench_admin, api_url, with_database(api_url, BENCH_DATABASE, "postgres"), *hot)
-    finally:
-        _drop(admin_url)
