@@ -45,12 +45,12 @@ def bench_database(admin_url: str, bouncer_url: str, hot_ballots: int = HOT_POLL
         api_url = with_database(bouncer_url, BENCH_DATABASE)
         progress("migrating the bench database")
         upgrade(bench_admin)
-        scratch.setup(bench_admin, urlsplit(api_url).username or "authenticator")
-        progress(f"creating {polls:,} polls, loading {hot_ballots:,} ballots into the hot poll")
-        with psycopg.connect(bench_admin, autocommit=True) as conn:
-            conn.execute((SQL / "schema.sql").read_text())
-            conn.execute((SQL / "fill.sql").read_text() % {"polls": int(polls), "ballots": int(hot_ballots)})
-            conn.execute("analyze")
-            hot = conn.execute("select poll_id::text, option_id::text from bench.polls where n = 1").fetchone()
-        assert hot is not None, "fill.sql made poll 1"
-        yield BenchDatabase(bench_admin, api_url, with_database(api_url, BENCH_DATABASE, "postgres"), *hot)
+        with scratch.schema(bench_admin, api_url):  # the burst's bare-insert reference
+            progress(f"creating {polls:,} polls, loading {hot_ballots:,} ballots into the hot poll")
+            with psycopg.connect(bench_admin, autocommit=True) as conn:
+                conn.execute((SQL / "schema.sql").read_text())
+                conn.execute((SQL / "fill.sql").read_text() % {"polls": int(polls), "ballots": int(hot_ballots)})
+                conn.execute("analyze")
+                hot = conn.execute("select poll_id::text, option_id::text from bench.polls where n = 1").fetchone()
+            assert hot is not None, "fill.sql made poll 1"
+            yield BenchDatabase(bench_admin, api_url, with_database(api_url, BENCH_DATABASE, "postgres"), *hot)

@@ -202,10 +202,6 @@ def _plan(voters: int, clients: int) -> tuple[int, int]:
     return clients, math.ceil(voters / clients)
 
 
-def _scratch_role(cfg: LoadtestConfig) -> str:
-    return urlsplit(cfg.database_url).username or "authenticator"
-
-
 def run_single(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
     """The burst through ``api.cast_vote`` as PostgREST calls it, through PgBouncer, then verification."""
     ballots = create_poll(cfg.admin_url, new_tag())
@@ -214,12 +210,9 @@ def run_single(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> di
     variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
                                     per_client=per_client, hook=hook is not None, caller="voter")
     measured: dict[str, Any] = {}
-    scratch.setup(cfg.admin_url, _scratch_role(cfg))
-    try:
+    with scratch.schema(cfg.admin_url, cfg.database_url):
         casts, outcomes = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, "cast_vote", console, quiet,
                                    measured)
-    finally:
-        scratch.teardown(cfg.admin_url)
     recs = records(casts, ballots.fingerprint)
     acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in recs if r[1] == "ack"}
     check = verify_poll(cfg.admin_url, ballots.poll_id, acked, [identity(r[0]) for r in recs])
@@ -235,16 +228,12 @@ def run_bare(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict
     variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
                                     per_client=per_client)
     measured: dict[str, Any] = {}
-    scratch.setup(cfg.admin_url, _scratch_role(cfg))
-    try:
-        with tempfile.TemporaryDirectory(prefix="pgvote-loadtest-") as tmp:
-            casts, outcomes = cast_all(cfg, scratch.bare_script(Path(tmp)), clients, per_client, variables,
-                                       "bare insert", console, quiet, measured)
+    with scratch.schema(cfg.admin_url, cfg.database_url), tempfile.TemporaryDirectory(prefix="pgvote-loadtest-") as tmp:
+        casts, outcomes = cast_all(cfg, scratch.bare_script(Path(tmp)), clients, per_client, variables,
+                                   "bare insert", console, quiet, measured)
         recs = records(casts, ballots.fingerprint)
         acked = [r[0] for r in recs if r[1] == "ack"]
         stored, found = scratch.stored(cfg.admin_url, ballots.poll_id, acked)
-    finally:
-        scratch.teardown(cfg.admin_url)
     check = {"accepted": len(acked), "stored": stored, "lost": len(acked) - found,
              "duplicated": 0, "exactly_once": stored == found == len(acked)}  # the primary key forbids twins
     return _burst_result("bare-insert reference", "bare", clients, clients * per_client, outcomes, recs, measured,
@@ -266,14 +255,11 @@ def run_bulk_scenario(cfg: LoadtestConfig, console: Console, quiet: bool = False
     variables = postgrest_variables(poll_id=ballots.poll_id, prefix=ballots.prefix, per_client=per_client,
                                     role="ingest", hook=pre_request_hook(cfg.admin_url) is not None, bulk=True)
     measured: dict[str, Any] = {}
-    scratch.setup(cfg.admin_url, _scratch_role(cfg))
-    try:
+    with scratch.schema(cfg.admin_url, cfg.database_url):
         scratch.stage(cfg.admin_url, "batches", [json.dumps({"ballots": [ballots.bulk_item(v) for v in voters]})
-                                              for voters in plan])
+                                                 for voters in plan])
         casts, outcomes = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, f"cast_votes, {count} batches",
                                    console, quiet, measured)
-    finally:
-        scratch.teardown(cfg.admin_url)
     committed = [(b, c.committed) for b, c in casts.items() if c.committed]
     acked = {ballots.bulk_identity(v): list(ballots.options_for(ballots.fingerprint(v)))
              for b, _ in committed for v in plan[b]}

@@ -1,7 +1,10 @@
 """The scratch schema ``pgvote_loadtest`` of a SQL-level run (what it holds and why: sql/scratch.sql)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import sql
@@ -12,14 +15,21 @@ SCHEMA = "pgvote_loadtest"
 SETUP_SQL = (Path(__file__).parent / "sql" / "scratch.sql").read_text()
 
 
-def setup(admin_url: str, login_role: str) -> None:
-    """(Re)create the scratch schema; ``login_role`` (PostgREST's, in the URL the load connects with)
-    reads the staged batches and re-casts."""
+@contextmanager
+def schema(admin_url: str, login_url: str) -> Iterator[None]:
+    """The scratch schema for the block, dropped afterwards; the role of ``login_url`` (PostgREST's, that
+    the load connects as) reads the staged batches and re-casts."""
+    login = urlsplit(login_url).username or "authenticator"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(SETUP_SQL)
         conn.execute(sql.SQL("grant usage on schema pgvote_loadtest to {login}; grant select on "
                              "pgvote_loadtest.batches, pgvote_loadtest.recasts to {login}")
-                     .format(login=sql.Identifier(login_role)))
+                     .format(login=sql.Identifier(login)))
+    try:
+        yield
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute("drop schema if exists pgvote_loadtest cascade")
 
 
 def bare_script(directory: Path) -> Path:
@@ -43,11 +53,6 @@ def stored(admin_url: str, poll_id: str, fingerprints: list[str]) -> tuple[int, 
             " on b.voter_key = sha256(convert_to('fp:' || f, 'UTF8')) where b.poll_id = %(poll)s)",
             {"poll": poll_id, "fps": fingerprints}).fetchone()
     return (int(row[0]), int(row[1])) if row else (0, 0)
-
-
-def teardown(admin_url: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute("drop schema if exists pgvote_loadtest cascade")
 
 
 def stage(admin_url: str, table: str, rows: list[str] | list[int]) -> None:
