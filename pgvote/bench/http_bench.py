@@ -23,14 +23,7 @@ from pgvote.loadtest import DEFAULT_RAMP_VUS
 from pgvote.loadtest.http_scenarios import HttpTarget, run_burst, run_ramp
 
 NOOP = "bench_noop_cast_vote"
-NOOP_SQL = f"""
-create function api.{NOOP}(poll_id uuid, option_ids uuid[], voter_fingerprint text default null,
-                                 ballot_id uuid default null) returns jsonb
-language sql volatile
-as $$ select jsonb_build_object('poll_id', poll_id, 'option_ids', to_jsonb(option_ids), 'status', 'recorded') $$;
-revoke all on function api.{NOOP}(uuid, uuid[], text, uuid) from public;
-grant execute on function api.{NOOP}(uuid, uuid[], text, uuid) to anon, authenticated;
-"""
+NOOP_SQL = (Path(__file__).parent / "sql" / "noop.sql").read_text()
 DROP_NOOP = f"drop function if exists api.{NOOP}(uuid, uuid[], text, uuid)"
 START, END = "<!-- pgvote bench --http: start -->", "<!-- pgvote bench --http: end -->"
 RATIO_COLUMNS = ("ratio", "what", "value", "goal", "met")
@@ -199,24 +192,9 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
     console.print(tables.table("CPU milliseconds per vote, by process", columns, rows, range(1, len(columns))))
 
 
-METHOD = """\
-One run on one stack, k6 through nginx -> two PostgREST replicas -> PgBouncer -> PostgreSQL, production rate
-limits on (how the load is made: the section above). H1 and H2 compare `cast_vote` with
-`api.bench_noop_cast_vote`, a function with the same arguments that returns a ballot-shaped answer and touches
-nothing, created only for the run: the same nginx, PostgREST, anonymous role, rate-limit hook and transaction,
-so the ratio is what the vote itself costs on the real path (its reads and writes, and the durable commit its
-WAL needs: the no-op writes only the hook's unlogged bucket row, so its commit waits for no flush). The
-no-op goes through nginx's general location, the vote through its `/rpc/cast_vote` one: same limiter
-mechanism, different zone. Each pair is two bursts of the same shape (voters, VUs, one address per VU). The
-hook's cost is measured straight at one replica, where the client's `X-Real-IP` reaches the database: a
-per-VU identity in it (a bucket token per call) against the same calls with the request limit switched off
-in `rate_limit.limits` (the hook reads the limit and returns before the bucket)."""
-
-
 def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
-    lines = [START, "## HTTP (`pgvote bench --http`)", "", METHOD, "",
-             f"Command: `{report['command']}`; sizes: "
+    lines = [START, f"Command: `{report['command']}`; sizes: "
              + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:g}" for k, v in report["sizes"].items())
              + f". {env['date']}, {env['cpus']} cores, 1-minute load average {env['load_before']:.1f} before, "
              f"{env['load_after']:.1f} after."]
