@@ -37,50 +37,41 @@ _STRATEGIES = {"h": "hash", "l": "list", "r": "range"}
 
 
 @dataclass(frozen=True)
-class Partition:
+class Relation:
     oid: int
     schema: str
     name: str
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def identifier(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+
+@dataclass(frozen=True)
+class Partition(Relation):
     bound: PartitionBound
     detach_pending: bool
     sub_partitioned: bool
     reltuples: float  # -1: never analyzed
     total_bytes: int
 
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-    def identifier(self) -> sql.Identifier:
-        return sql.Identifier(self.schema, self.name)
-
 
 @dataclass(frozen=True)
-class LooseTable:
+class LooseTable(Relation):
     """An ordinary table named `<table>_m<M>_r<R>` in the table's schema that is not attached."""
 
-    oid: int
-    schema: str
-    name: str
     modulus: int
     remainder: int
     split_target: bool  # carries the split CHECK constraint: made by `split`
     reltuples: float
     total_bytes: int
 
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-    def identifier(self) -> sql.Identifier:
-        return sql.Identifier(self.schema, self.name)
-
 
 @dataclass(frozen=True)
-class PartitionedTable:
-    oid: int
-    schema: str
-    name: str
+class PartitionedTable(Relation):
     strategy: str  # hash | list | range
     key_columns: tuple[str, ...]  # empty when the key has expressions
     columns: tuple[str, ...]
@@ -89,13 +80,6 @@ class PartitionedTable:
     partitions: tuple[Partition, ...]
     loose: tuple[LooseTable, ...]
     retired: tuple[LooseTable, ...] = ()  # old partitions of finished splits, not yet dropped
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-    def identifier(self) -> sql.Identifier:
-        return sql.Identifier(self.schema, self.name)
 
     @property
     def attached(self) -> tuple[Partition, ...]:

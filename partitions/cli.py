@@ -100,10 +100,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     sp.set_defaults(partitions_handler=cmd_split)
 
 
-def _connect() -> psycopg.Connection:
-    return psycopg.connect(database_url(), autocommit=True, application_name="pgvote partitions")
-
-
 def _setup_logging(verbose: bool) -> None:
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -118,12 +114,9 @@ def run(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     handler: Callable[[argparse.Namespace, psycopg.Connection], int] = args.partitions_handler
     try:
-        with _connect() as conn:
+        with psycopg.connect(database_url(), autocommit=True, application_name="pgvote partitions") as conn:
             return handler(args, conn)
-    except Refused as exc:
-        err.print(f"[red]refused:[/] {escape(str(exc))}")
-        return REFUSED
-    except MissingDatabaseUrl as exc:
+    except (Refused, MissingDatabaseUrl) as exc:
         err.print(f"[red]refused:[/] {escape(str(exc))}")
         return REFUSED
     except psycopg.Error as exc:
