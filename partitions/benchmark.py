@@ -35,6 +35,7 @@ from partitions.sqlexec import one
 from partitions.verify import healthy, verify
 from pgvote.bench.pgbench import Run, Transaction, execute
 from pgvote.database_url import database_url
+from pgvote.loadtest.scenarios import create_poll
 
 SCRIPT = """\\set p random(1, {n})
 \\set o random(1, 3)
@@ -48,31 +49,22 @@ commit;
 """
 
 
-def create_poll_as_creator(api: psycopg.Connection) -> tuple[str, list[str]]:
-    """api.create_poll as PostgREST calls it for a signed-in creator: role and JWT claims for one transaction."""
-    with api.transaction():
-        api.execute("select set_config('role', 'authenticated', true), set_config('request.jwt.claims', %s, true)",
-                    (json.dumps({"role": "authenticated", "sub": "split-benchmark"}),))
-        row = api.execute("select api.create_poll(question => %s, options => %s)",
-                          ("Split benchmark", ["a", "b", "c"])).fetchone()
-    assert row is not None
-    return row[0]["poll_id"], row[0]["option_ids"]
-
-
-def make_polls(conn: psycopg.Connection, api_url: str, source: catalog.Partition, hot: int, cold: int,
+def make_polls(conn: psycopg.Connection, admin_url: str, source: catalog.Partition, hot: int, cold: int,
                ) -> tuple[list[tuple[str, list[str]]], list[tuple[str, list[str]]]]:
+    """Polls made by api.create_poll as a signed-in creator (3 options, revotes on) until ``hot`` of them hash
+    into ``source`` and ``cold`` elsewhere."""
     m, r = source.bound.slice
     hot_polls: list[tuple[str, list[str]]] = []
     cold_polls: list[tuple[str, list[str]]] = []
-    with psycopg.connect(api_url, autocommit=True) as api:
-        while len(hot_polls) < hot or len(cold_polls) < cold:
-            poll = create_poll_as_creator(api)
-            inside = one(conn.execute("select satisfies_hash_partition('voting.ballots'::regclass, %s, %s, %s::uuid)",
+    while len(hot_polls) < hot or len(cold_polls) < cold:
+        spec = create_poll(admin_url, "split-benchmark", ("a", "b", "c"), 1, allow_revote=True)
+        poll = (spec.poll_id, list(spec.option_ids))
+        inside = one(conn.execute("select satisfies_hash_partition('voting.ballots'::regclass, %s, %s, %s::uuid)",
                                   (m, r, poll[0])))
-            if inside and len(hot_polls) < hot:
-                hot_polls.append(poll)
-            elif not inside and len(cold_polls) < cold:
-                cold_polls.append(poll)
+        if inside and len(hot_polls) < hot:
+            hot_polls.append(poll)
+        elif not inside and len(cold_polls) < cold:
+            cold_polls.append(poll)
     return hot_polls, cold_polls
 
 
@@ -140,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     table = catalog.find_table(conn, "voting.ballots")
     assert table is not None
     source = next(p for p in table.attached if args.partition in (None, p.qualified, p.name))
-    hot, cold = make_polls(conn, args.api_url, source, args.hot, args.cold)
+    hot, cold = make_polls(conn, database_url(), source, args.hot, args.cold)
     seeded = seed(conn, hot, args.rows, source)
     rows = one(conn.execute(f"select count(*) from {source.qualified}"))
     print(f"seeded {rows:,} rows into {source.qualified} in {seeded:.0f} s", file=sys.stderr)

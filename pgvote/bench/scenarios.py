@@ -16,6 +16,7 @@ from pgvote.bench.fixtures import BenchDatabase
 from pgvote.bench.locks import LockWaitSampler, locks_held_by_one_call
 from pgvote.bench.pgbench import POSTGREST_RPC, Figures, Run, postgrest_variables, run
 from pgvote.loadtest import scratch
+from pgvote.loadtest.scenarios import create_poll
 
 SWEEP_CLIENTS = (16, 64, 256, 1000)
 DIRECT_SWEEP_CLIENTS = (16, 64, 200)
@@ -72,10 +73,8 @@ class NotExactlyOnce(RuntimeError):
 
 def fresh_poll(admin_url: str) -> tuple[str, str]:
     """A new poll (4 options, one choice, anonymous votes) and its first option: one per spike run."""
-    with psycopg.connect(admin_url) as conn:
-        conn.execute("""select set_config('request.jwt.claims', '{"role": "authenticated", "sub": "bench"}', true)""")
-        created = one(conn.execute("select api.create_poll('spike', array['a', 'b', 'c', 'd'])"))
-    return created["poll_id"], created["option_ids"][0]
+    poll = create_poll(admin_url, "bench", ("a", "b", "c", "d"), 1)
+    return poll.poll_id, poll.option_ids[0]
 
 
 def verify_exactly_once(admin_url: str, poll: str, expected: int, table: str = "voting.ballots") -> None:

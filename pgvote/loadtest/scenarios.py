@@ -36,18 +36,20 @@ OPTIONS = ("PostgreSQL", "PgBouncer", "PostgREST", "psycopg")
 MAX_CHOICES = 2
 
 
-def create_poll(admin_url: str, tag: str) -> BallotSpec:
-    """A single-ballot poll (no revotes) open to anonymous voters, created by ``api.create_poll`` as a
-    signed-in creator would call it (role and JWT claims set as PostgREST sets them)."""
+def create_poll(admin_url: str, tag: str, options: tuple[str, ...] = OPTIONS, max_choices: int = MAX_CHOICES,
+                allow_revote: bool = False) -> BallotSpec:
+    """A single-ballot poll open to anonymous voters, created by ``api.create_poll`` as a signed-in creator
+    would call it (role and JWT claims set as PostgREST sets them)."""
     claims = json.dumps({"role": "authenticated", "sub": f"loadtest-creator-{tag}"})
     with psycopg.connect(admin_url, autocommit=True) as conn, conn.transaction():
         conn.execute("select set_config('role', 'authenticated', true), "
                      "set_config('request.jwt.claims', %s, true)", (claims,))
-        row = conn.execute("select api.create_poll(%s, %s, max_choices => %s, allow_revote => false)",
-                           (f"Load test {tag}: which part do you trust most?", list(OPTIONS), MAX_CHOICES)).fetchone()
+        row = conn.execute("select api.create_poll(%s, %s, max_choices => %s, allow_revote => %s)",
+                           (f"Load test {tag}: which part do you trust most?", list(options), max_choices,
+                            allow_revote)).fetchone()
     assert row is not None
     created: dict[str, Any] = row[0]
-    return BallotSpec(created["poll_id"], tuple(created["option_ids"]), tag, MAX_CHOICES)
+    return BallotSpec(created["poll_id"], tuple(created["option_ids"]), tag, max_choices)
 
 
 def pre_request_hook(admin_url: str) -> str | None:
