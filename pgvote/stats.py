@@ -3,6 +3,7 @@ as a live dashboard or one sample (``--once --json``); see docs/operations.md.""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import decimal
 import json
@@ -74,45 +75,40 @@ class Collector:
     """Keeps one connection to the database and one to the admin console; reconnects after a failure."""
 
     def __init__(self, database_url: str, bouncer_admin_url: str | None = None) -> None:
-        self.database_url, self.bouncer_admin_url = database_url, bouncer_admin_url
-        self._db: psycopg.Connection[Any] | None = None
-        self._bouncer: psycopg.Connection[Any] | None = None
+        self.urls = {"database": database_url, "pgbouncer": bouncer_admin_url}
+        self.conns: dict[str, psycopg.Connection[Any]] = {}
+
+    def _conn(self, name: str) -> psycopg.Connection[Any]:
+        if name not in self.conns or self.conns[name].closed:
+            self.conns[name] = psycopg.connect(self.urls[name] or "", autocommit=True, connect_timeout=10)
+        return self.conns[name]
 
     def sample(self) -> dict[str, Any]:
         """{"sampled_at", "database": {view: row or rows}, "pgbouncer": {...} or None, "errors": {...}}."""
         sample: dict[str, Any] = {"sampled_at": dt.datetime.now(dt.UTC).isoformat(), "pgbouncer": None}
-        if self._db is None or self._db.closed:
-            self._db = psycopg.connect(self.database_url, autocommit=True, connect_timeout=10)
         try:
-            sample["database"], errors = collect_database(self._db)
+            sample["database"], sample["errors"] = collect_database(self._conn("database"))
         except psycopg.OperationalError:
-            self._db.close()
+            self.conns["database"].close()
             raise
-        if self.bouncer_admin_url:
+        if self.urls["pgbouncer"]:
             try:
-                if self._bouncer is None or self._bouncer.closed:
-                    self._bouncer = psycopg.connect(self.bouncer_admin_url, autocommit=True, connect_timeout=10)
-                sample["pgbouncer"] = collect_bouncer(self._bouncer)
+                sample["pgbouncer"] = collect_bouncer(self._conn("pgbouncer"))
             except psycopg.Error as exc:
-                if self._bouncer is not None:
-                    self._bouncer.close()
-                errors["pgbouncer"] = str(exc).strip()
-        sample["errors"] = errors
+                if "pgbouncer" in self.conns:
+                    self.conns["pgbouncer"].close()
+                sample["errors"]["pgbouncer"] = str(exc).strip()
         return sample
 
     def close(self) -> None:
-        for conn in (self._db, self._bouncer):
-            if conn is not None:
-                conn.close()
+        for conn in self.conns.values():
+            conn.close()
 
 
 def collect(database_url: str, bouncer_admin_url: str | None = None) -> dict[str, Any]:
     """One complete sample (see Collector.sample), on connections opened and closed for it."""
-    collector = Collector(database_url, bouncer_admin_url)
-    try:
+    with contextlib.closing(Collector(database_url, bouncer_admin_url)) as collector:
         return collector.sample()
-    finally:
-        collector.close()
 
 
 # ------------------------------------------------------------------------------------------------

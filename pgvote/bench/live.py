@@ -6,7 +6,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import resource
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -17,6 +16,7 @@ import psycopg
 from rich.console import Console
 
 from pgvote import tables
+from pgvote.bench.pgbench import raise_nofile_limit
 from pgvote.http import ApiClient
 from pgvote.live_client import LiveRefused, LiveSubscriber, Transport
 from pgvote.loadtest.http_scenarios import HttpTarget, run_burst
@@ -90,8 +90,7 @@ async def _watch(fleet: Fleet, port: int, poll_id: str, index: int, held: list[L
 async def _fleet(conn: Connection, port: int, poll_id: str, subscribers: int) -> None:
     """The watchers, in their own process (their clock readings must not wait for the parent's work):
     connect all, report, read until told the final total, report what was seen once all have it."""
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one descriptor per watcher
+    raise_nofile_limit()  # one descriptor per watcher
     fleet, reading = Fleet(), asyncio.Event()
     held: list[LiveSubscriber] = []
     failures: dict[str, int] = {}
