@@ -1,19 +1,7 @@
-"""Splits that were started and not finished, found from the catalog alone.
-
-`split` moves one hash slice (m, r) of a table into two new tables (2m, r) and (2m, r + m)
-(see partitions/split.py). Between its first and last transaction the catalog shows:
-
-- the two targets `<table>_m<2m>_r<r>` / `_r<r+m>`: ordinary tables, not attached, carrying
-  the CHECK constraint `<target>_split_check`;
-- the source partition with the mirror trigger `pgvote_split_mirror`;
-
-and, when somebody detached the source by hand, a source that is `DETACH PENDING`
-(`pg_inherits.inhdetachpending`: inserts for its slice already fail) or fully detached (a gap).
-A pending detach or a detached source whose slice is a gap counts as a split interrupted after
-its detach even without targets: `split --resume` finishes all of these. While a split runs, its
-session holds an advisory lock (`catalog.split_lock_holder`), which tells "running" from
-"interrupted".
-"""
+"""Splits that were started and not finished, found from the catalog alone: unattached targets
+`<table>_m<2m>_r<r>` / `_r<r+m>` with their `_split_check`, the mirror trigger on the source, a source
+left DETACH PENDING or detached (a gap); the split session's advisory lock tells "running" from
+"interrupted" (the cases and what `split --resume` does: docs/partitions.md, "Interrupted splits")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
