@@ -117,11 +117,11 @@ def _run(name: str, path: str, script: str, target: HttpTarget, plan: dict[str, 
     verification = (verify_poll(target.admin_url, ballots.poll_id, acked, [identity(r[0]) for r in run.records]).as_dict()
                     if fn == "cast_vote" else {"exactly_once": True, "skipped": "no ballots stored"})
     return {"name": name, "path": path, "fn": fn, "base_url": target.base_url, "poll_id": ballots.poll_id,
-            "voters": f.voters, "clients": vus, "local_ips": local_ips, "figures": f.as_dict(), **measured,
+            "voters": f["voters"], "clients": vus, "local_ips": local_ips, "figures": f, **measured,
             "cpu_seconds": {"k6": round(run.cpu_seconds, 2), **measured["cpu_seconds"]},
             "timeline": timeline(run.records, run.t0),
             "k6": {"exit_code": run.exit_code, "thresholds_crossed": run.thresholds_crossed,
-                   "requests": run.requests, "retries": run.requests - f.voters,
+                   "requests": run.requests, "retries": run.requests - f["voters"],
                    "peak_rss_mib": round(run.peak_rss_mib),
                    "http_req_duration_ms": metrics.get("http_req_duration", {}).get("values", {}),
                    "http_req_failed_rate": metrics.get("http_req_failed", {}).get("values", {}).get("rate")},

@@ -185,7 +185,7 @@ def _burst_result(name: str, path: str, clients: int, voters: int, outcomes: lis
     t0 = min((r[4] for r in recs if r[1] == "ack"), default=time.time())
     errors = Counter(error for o in outcomes for error in o.aborted.values())
     return {"name": name, "path": path, "voters": voters, "clients": clients,
-            "figures": figures(recs, t0, errors).as_dict(), "pgbench": _pgbench_figures(outcomes), **measured,
+            "figures": figures(recs, t0, errors), "pgbench": _pgbench_figures(outcomes), **measured,
             "timeline": timeline(recs, t0), **extra}
 
 
