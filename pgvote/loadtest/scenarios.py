@@ -180,21 +180,20 @@ def records(casts: dict[int, Cast], name: Callable[[int], str]) -> list[Record]:
     return out
 
 
-def _burst_result(name: str, path: str, clients: int, voters: int, outcomes: list[Outcome], recs: list[Record],
-                  measured: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    t0 = min((r[4] for r in recs if r[1] == "ack"), default=time.time())
-    errors = Counter(error for o in outcomes for error in o.aborted.values())
-    return {"name": name, "path": path, "voters": voters, "clients": clients,
-            "figures": figures(recs, t0, errors), "pgbench": _pgbench_figures(outcomes), **measured,
-            "timeline": timeline(recs, t0), **extra}
-
-
 def _pgbench_figures(outcomes: list[Outcome]) -> dict[str, Any]:
     """The first pass's figures (the burst itself), and how many re-cast passes followed."""
     first = outcomes[0]
     return {"exit_code": first.exit_code, "transactions": first.processed, "tps": first.per_second,
             "aborted_clients": len(first.aborted), "recast_passes": len(outcomes) - 1,
             "recast_transactions": sum(o.processed for o in outcomes[1:])}
+
+
+def _burst_result(name: str, path: str, clients: int, voters: int, outcomes: list[Outcome], recs: list[Record],
+                  measured: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    t0 = min((r[4] for r in recs if r[1] == "ack"), default=time.time())
+    errors = Counter(error for o in outcomes for error in o.aborted.values())
+    return {"name": name, "path": path, "voters": voters, "clients": clients, "figures": figures(recs, t0, errors),
+            "pgbench": _pgbench_figures(outcomes), **measured, "timeline": timeline(recs, t0), **extra}
 
 
 def _plan(voters: int, clients: int) -> tuple[int, int]:
