@@ -20,10 +20,10 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,8 +33,9 @@ from partitions import catalog
 from partitions.split import SplitOptions, split_partition
 from partitions.sqlexec import one
 from partitions.verify import healthy, verify
-from pgvote.bench.pgbench import pgbench_binary
+from pgvote.bench.pgbench import Run, Transaction, execute
 from pgvote.database_url import database_url
+from pgvote.loadtest.scenarios import create_poll
 
 SCRIPT = """\\set p random(1, {n})
 \\set o random(1, 3)
@@ -48,31 +49,22 @@ commit;
 """
 
 
-def create_poll_as_creator(api: psycopg.Connection) -> tuple[str, list[str]]:
-    """api.create_poll as PostgREST calls it for a signed-in creator: role and JWT claims for one transaction."""
-    with api.transaction():
-        api.execute("select set_config('role', 'authenticated', true), set_config('request.jwt.claims', %s, true)",
-                    (json.dumps({"role": "authenticated", "sub": "split-benchmark"}),))
-        row = api.execute("select api.create_poll(question => %s, options => %s)",
-                          ("Split benchmark", ["a", "b", "c"])).fetchone()
-    assert row is not None
-    return row[0]["poll_id"], row[0]["option_ids"]
-
-
-def make_polls(conn: psycopg.Connection, api_url: str, source: catalog.Partition, hot: int, cold: int,
+def make_polls(conn: psycopg.Connection, admin_url: str, source: catalog.Partition, hot: int, cold: int,
                ) -> tuple[list[tuple[str, list[str]]], list[tuple[str, list[str]]]]:
+    """Polls made by api.create_poll as a signed-in creator (3 options, revotes on) until ``hot`` of them hash
+    into ``source`` and ``cold`` elsewhere."""
     m, r = source.bound.slice
     hot_polls: list[tuple[str, list[str]]] = []
     cold_polls: list[tuple[str, list[str]]] = []
-    with psycopg.connect(api_url, autocommit=True) as api:
-        while len(hot_polls) < hot or len(cold_polls) < cold:
-            poll = create_poll_as_creator(api)
-            inside = one(conn.execute("select satisfies_hash_partition('voting.ballots'::regclass, %s, %s, %s::uuid)",
+    while len(hot_polls) < hot or len(cold_polls) < cold:
+        spec = create_poll(admin_url, "split-benchmark", ("a", "b", "c"), 1, allow_revote=True)
+        poll = (spec.poll_id, list(spec.option_ids))
+        inside = one(conn.execute("select satisfies_hash_partition('voting.ballots'::regclass, %s, %s, %s::uuid)",
                                   (m, r, poll[0])))
-            if inside and len(hot_polls) < hot:
-                hot_polls.append(poll)
-            elif not inside and len(cold_polls) < cold:
-                cold_polls.append(poll)
+        if inside and len(hot_polls) < hot:
+            hot_polls.append(poll)
+        elif not inside and len(cold_polls) < cold:
+            cold_polls.append(poll)
     return hot_polls, cold_polls
 
 
@@ -107,28 +99,17 @@ class Window:
     hot_p99_ms: float
 
 
-def read_logs(directory: Path) -> list[tuple[int, float, float]]:
-    """(script, end epoch, latency ms) of every logged transaction."""
-    out = []
-    for path in directory.glob("tx*"):
-        for line in path.read_text().splitlines():
-            f = line.split()
-            if len(f) >= 6 and f[2].isdigit():
-                latency_us, script = int(f[2]), int(f[3])
-                out.append((script, int(f[4]) + int(f[5]) / 1e6, latency_us / 1000))
-    return out
-
-
-def window(name: str, tx: list[tuple[int, float, float]], start: float, end: float) -> Window:
-    inside = [t for t in tx if start <= t[1] < end]
+def window(name: str, tx: list[Transaction], start: float, end: float) -> Window:
+    inside = [t for t in tx if start <= t.end < end]
     span = max(end - start, 1e-9)
+
     def tail(lat: list[float]) -> tuple[float, float]:
         lat = sorted(lat) or [0.0]
         return round(lat[-1], 1), round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1)
 
-    return Window(name, round(span, 2), round(sum(t[0] == 0 for t in inside) / span),
-                  round(sum(t[0] == 1 for t in inside) / span), round(len(inside) / span),
-                  *tail([t[2] for t in inside]), *tail([t[2] for t in inside if t[0] == 0]))
+    return Window(name, round(span, 2), round(sum(t.script == 0 for t in inside) / span),
+                  round(sum(t.script == 1 for t in inside) / span), round(len(inside) / span),
+                  *tail([t.seconds * 1000 for t in inside]), *tail([t.seconds * 1000 for t in inside if t.script == 0]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     table = catalog.find_table(conn, "voting.ballots")
     assert table is not None
     source = next(p for p in table.attached if args.partition in (None, p.qualified, p.name))
-    hot, cold = make_polls(conn, args.api_url, source, args.hot, args.cold)
+    hot, cold = make_polls(conn, database_url(), source, args.hot, args.cold)
     seeded = seed(conn, hot, args.rows, source)
     rows = one(conn.execute(f"select count(*) from {source.qualified}"))
     print(f"seeded {rows:,} rows into {source.qualified} in {seeded:.0f} s", file=sys.stderr)
@@ -163,24 +144,21 @@ def main(argv: list[str] | None = None) -> int:
             n=len(polls), voters=args.voters, tag=f"{tag}-{name}",
             polls="{" + ",".join(p for p, _ in polls) + "}",
             options="{" + ",".join(o for _, opts in polls for o in opts) + "}"))
+    options = SplitOptions(batch_size=args.batch_size)
+    outcome, windows = None, []
     if args.clients == 0:  # the split alone, on an idle server
-        result = split_partition(conn, source.qualified, SplitOptions(batch_size=args.batch_size))
-        tx: list[tuple[int, float, float]] = []
-        windows: list[Window] = []
-        stdout = stderr = ""
+        result = split_partition(conn, source.qualified, options)
     else:
-        bench = subprocess.Popen(
-            [pgbench_binary(), "-n", "-M", "extended", "-c", str(args.clients), "-j", "2", "-T", str(args.duration),
-             "-P", "5", "-l", "--log-prefix", str(logs / "tx"), "-f", f"{logs / 'hot.sql'}@1",
-             "-f", f"{logs / 'cold.sql'}@1", args.api_url],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        load_started = time.time()
-        time.sleep(args.split_after)
-        split_started = time.time()
-        result = split_partition(conn, source.qualified, SplitOptions(batch_size=args.batch_size))
-        stdout, stderr = bench.communicate(timeout=args.duration + 120)
-        load_ended = load_started + args.duration
-        tx = read_logs(logs)
+        run = Run(Path(f"{logs / 'hot.sql'}@1"), args.api_url, args.clients, args.duration, "extended",
+                  more_scripts=(f"{logs / 'cold.sql'}@1",))
+        with ThreadPoolExecutor(1) as pool:
+            load_started = time.time()
+            load = pool.submit(execute, run)
+            time.sleep(args.split_after)
+            split_started = time.time()
+            result = split_partition(conn, source.qualified, options)
+            outcome = load.result(timeout=args.duration + 120)
+        tx, load_ended = outcome.committed, load_started + args.duration
         windows = [
             window("before", tx, max(load_started + 5, split_started - 15), split_started),
             window("copy", tx, result.copy_started_at, result.copy_ended_at),
@@ -194,14 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         "partition": source.qualified, "rows": rows, "clients": args.clients, "batch_size": args.batch_size,
         "split": {**asdict(result), "writer_wait_ms": result.writer_wait_ms},
         "windows": [asdict(w) for w in windows],
-        "transactions": len(tx),
-        "pgbench_aborted_clients": stderr.count("aborted"),
-        "pgbench_errors": [line for line in stderr.splitlines() if "ERROR" in line][:5],
+        "transactions": len(outcome.committed) if outcome else 0,
+        "pgbench_aborted_clients": len(outcome.aborted) if outcome else 0,
+        "pgbench_errors": list(outcome.aborted.values())[:5] if outcome else [],
         "verify_healthy": healthy(verify(conn)),
     }
     shutil.rmtree(logs, ignore_errors=True)
     print(json.dumps(figures, indent=2))
-    print(stdout[-1500:], file=sys.stderr)
+    print(outcome.output[-1500:] if outcome else "", file=sys.stderr)
     return 0
 
 

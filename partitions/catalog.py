@@ -8,6 +8,8 @@ triggers, and the session lock a running split holds. There is no state table of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -37,50 +39,41 @@ _STRATEGIES = {"h": "hash", "l": "list", "r": "range"}
 
 
 @dataclass(frozen=True)
-class Partition:
+class Relation:
     oid: int
     schema: str
     name: str
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def identifier(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+
+@dataclass(frozen=True)
+class Partition(Relation):
     bound: PartitionBound
     detach_pending: bool
     sub_partitioned: bool
     reltuples: float  # -1: never analyzed
     total_bytes: int
 
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-    def identifier(self) -> sql.Identifier:
-        return sql.Identifier(self.schema, self.name)
-
 
 @dataclass(frozen=True)
-class LooseTable:
+class LooseTable(Relation):
     """An ordinary table named `<table>_m<M>_r<R>` in the table's schema that is not attached."""
 
-    oid: int
-    schema: str
-    name: str
     modulus: int
     remainder: int
     split_target: bool  # carries the split CHECK constraint: made by `split`
     reltuples: float
     total_bytes: int
 
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-    def identifier(self) -> sql.Identifier:
-        return sql.Identifier(self.schema, self.name)
-
 
 @dataclass(frozen=True)
-class PartitionedTable:
-    oid: int
-    schema: str
-    name: str
+class PartitionedTable(Relation):
     strategy: str  # hash | list | range
     key_columns: tuple[str, ...]  # empty when the key has expressions
     columns: tuple[str, ...]
@@ -89,13 +82,6 @@ class PartitionedTable:
     partitions: tuple[Partition, ...]
     loose: tuple[LooseTable, ...]
     retired: tuple[LooseTable, ...] = ()  # old partitions of finished splits, not yet dropped
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-    def identifier(self) -> sql.Identifier:
-        return sql.Identifier(self.schema, self.name)
 
     @property
     def attached(self) -> tuple[Partition, ...]:
@@ -113,77 +99,30 @@ class PartitionedTable:
         return next((t for t in self.loose if t.name == name), None)
 
 
-def _partitions(conn: psycopg.Connection, parent_oid: int) -> tuple[Partition, ...]:
-    rows = conn.execute(
-        """select c.oid, n.nspname, c.relname, pg_get_expr(c.relpartbound, c.oid), i.inhdetachpending,
-                  c.relkind = 'p', c.reltuples, pg_total_relation_size(c.oid)
-           from pg_inherits i join pg_class c on c.oid = i.inhrelid join pg_namespace n on n.oid = c.relnamespace
-           where i.inhparent = %s""",
-        (parent_oid,),
-    ).fetchall()
-    parts = [Partition(int(oid), nsp, name, parse_bound(bound), bool(pending), bool(sub), float(tuples), int(size))
-             for oid, nsp, name, bound, pending, sub, tuples, size in rows]
-    return tuple(sorted(parts, key=lambda p: (p.bound.kind, p.bound.modulus or 0, p.bound.remainder or 0, p.name)))
+TABLES_SQL = (Path(__file__).parent / "sql" / "tables.sql").read_text()
 
 
-def _loose_tables(conn: psycopg.Connection, schema: str, table: str,
-                  suffix: str = "") -> tuple[LooseTable, ...]:
-    rows = conn.execute(
-        """select c.oid, c.relname, c.reltuples, pg_total_relation_size(c.oid),
-                  exists (select 1 from pg_constraint k where k.conrelid = c.oid and k.contype = 'c'
-                          and k.conname = c.relname || %s)
-           from pg_class c join pg_namespace n on n.oid = c.relnamespace
-           where n.nspname = %s and c.relkind in ('r', 'p') and not c.relispartition
-             and starts_with(c.relname, %s)""",
-        (SPLIT_CHECK_SUFFIX, schema, table + "_m"),
-    ).fetchall()
+def _loose(schema: str, table: str, rows: list[list[Any]], suffix: str = "") -> tuple[LooseTable, ...]:
+    """The unattached tables named exactly `<table>_m<M>_r<R>` + `suffix`."""
     loose = []
     for oid, name, tuples, size, target in rows:
-        if suffix and not name.endswith(suffix):
-            continue
-        parsed = parse_partition_name(name.removesuffix(suffix) if suffix else name)
+        parsed = parse_partition_name(name.removesuffix(suffix)) if name.endswith(suffix) else None
         if parsed and parsed[0] == table:
             loose.append(LooseTable(int(oid), schema, name, parsed[1], parsed[2], bool(target), float(tuples), int(size)))
     return tuple(sorted(loose, key=lambda t: (t.modulus, t.remainder)))
 
 
-def _table(conn: psycopg.Connection, oid: int, schema: str, name: str, strat: str, owner: str) -> PartitionedTable:
-    key = conn.execute(
-        """select coalesce(array_agg(a.attname order by k.ord) filter (where a.attname is not null), '{}'),
-                  bool_or(k.attnum = 0)
-           from pg_partitioned_table pt, unnest(pt.partattrs::int2[]) with ordinality k(attnum, ord)
-           left join pg_attribute a on a.attrelid = %s and a.attnum = k.attnum
-           where pt.partrelid = %s""",
-        (oid, oid),
-    ).fetchone()
-    assert key is not None, "an aggregate always returns a row"
-    columns = conn.execute(
-        "select attname from pg_attribute where attrelid = %s and attnum > 0 and not attisdropped order by attnum",
-        (oid,),
-    ).fetchall()
-    pk = conn.execute(
-        """select a.attname from pg_index x, unnest(x.indkey::int2[]) with ordinality k(attnum, ord)
-           join pg_attribute a on a.attnum = k.attnum
-           where x.indrelid = %s and x.indisprimary and a.attrelid = x.indrelid order by k.ord""",
-        (oid,),
-    ).fetchall()
-    key_columns = () if key[1] else tuple(key[0])
-    return PartitionedTable(oid, schema, name, _STRATEGIES.get(strat, strat), key_columns,
-                            tuple(c for (c,) in columns), tuple(c for (c,) in pk), owner,
-                            _partitions(conn, oid), _loose_tables(conn, schema, name),
-                            _loose_tables(conn, schema, name, RETIRED_SUFFIX))
-
-
 def partitioned_tables(conn: psycopg.Connection, schema: str = DEFAULT_SCHEMA) -> list[PartitionedTable]:
-    """Every top-level partitioned table of `schema`, with its partitions, by name."""
-    rows = conn.execute(
-        """select c.oid, n.nspname, c.relname, pt.partstrat, pg_get_userbyid(c.relowner)
-           from pg_partitioned_table pt join pg_class c on c.oid = pt.partrelid
-           join pg_namespace n on n.oid = c.relnamespace
-           where n.nspname = %s and not c.relispartition order by c.relname""",
-        (schema,),
-    ).fetchall()
-    return [_table(conn, int(oid), nsp, name, strat, owner) for oid, nsp, name, strat, owner in rows]
+    """Every top-level partitioned table of `schema`, with its partitions, by name (one query: sql/tables.sql)."""
+    out = []
+    for oid, name, strat, owner, key, columns, pk, partitions, loose in conn.execute(
+            TABLES_SQL, {"schema": schema, "check_suffix": SPLIT_CHECK_SUFFIX}).fetchall():
+        parts = sorted((Partition(int(p[0]), p[1], p[2], parse_bound(p[3]), bool(p[4]), bool(p[5]), float(p[6]), int(p[7]))
+                        for p in partitions), key=lambda p: (p.bound.kind, p.bound.modulus or 0, p.bound.remainder or 0, p.name))
+        out.append(PartitionedTable(int(oid), schema, name, str(_STRATEGIES.get(strat, strat)), tuple(key), tuple(columns),
+                                    tuple(pk), owner, tuple(parts), _loose(schema, name, loose),
+                                    _loose(schema, name, loose, RETIRED_SUFFIX)))
+    return out
 
 
 def find_table(conn: psycopg.Connection, qualified: str) -> PartitionedTable | None:

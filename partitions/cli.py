@@ -18,7 +18,6 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
-    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -42,27 +41,25 @@ log = logging.getLogger("pgvote.partitions")
 class RichProgress:
     """A progress bar on stderr while rows are copied."""
 
-    def __init__(self) -> None:
-        self._bar: Progress | None = None
-        self._task: TaskID | None = None
+    bar: Progress | None = None
 
     def start(self, description: str, total: int | None) -> None:
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TextColumn("rows"), TimeElapsedColumn(), TimeRemainingColumn(), console=err)
-        self._bar.start()
-        self._task = self._bar.add_task(escape(description), total=total or None)
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+                            TimeElapsedColumn(), TimeRemainingColumn(), console=err)
+        self.bar.start()
+        self.bar.add_task(escape(description), total=total or None)
 
     def advance(self, rows: int) -> None:
-        if self._bar is not None and self._task is not None:
-            task = self._bar.tasks[0]
+        if self.bar is not None:
+            task = self.bar.tasks[0]
             if task.total is not None and task.completed + rows > task.total:
-                self._bar.update(self._task, total=task.completed + rows)  # the estimate was low
-            self._bar.advance(self._task, rows)
+                self.bar.update(task.id, total=task.completed + rows)  # the estimate was low
+            self.bar.advance(task.id, rows)
 
     def stop(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -100,10 +97,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     sp.set_defaults(partitions_handler=cmd_split)
 
 
-def _connect() -> psycopg.Connection:
-    return psycopg.connect(database_url(), autocommit=True, application_name="pgvote partitions")
-
-
 def _setup_logging(verbose: bool) -> None:
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -118,12 +111,9 @@ def run(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     handler: Callable[[argparse.Namespace, psycopg.Connection], int] = args.partitions_handler
     try:
-        with _connect() as conn:
+        with psycopg.connect(database_url(), autocommit=True, application_name="pgvote partitions") as conn:
             return handler(args, conn)
-    except Refused as exc:
-        err.print(f"[red]refused:[/] {escape(str(exc))}")
-        return REFUSED
-    except MissingDatabaseUrl as exc:
+    except (Refused, MissingDatabaseUrl) as exc:
         err.print(f"[red]refused:[/] {escape(str(exc))}")
         return REFUSED
     except psycopg.Error as exc:

@@ -37,9 +37,6 @@ class Coverage:
     def ok(self) -> bool:
         return not (self.gaps or self.overlaps or self.invalid)
 
-    @property
-    def gap_fraction(self) -> float:
-        return sum(1 / m for m, _ in self.gaps)
 
 
 def compress(slots: set[int], total: int) -> list[tuple[int, int]]:

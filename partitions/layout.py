@@ -83,7 +83,3 @@ def parent_slice(modulus: int, remainder: int) -> tuple[int, int]:
         raise ValueError(f"modulus {modulus} is odd: no slice splits into it")
     half = modulus // 2
     return half, remainder % half
-
-
-def bound_clause(modulus: int, remainder: int) -> sql.Composed:
-    return sql.SQL("for values with (modulus {}, remainder {})").format(sql.Literal(modulus), sql.Literal(remainder))

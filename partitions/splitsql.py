@@ -3,12 +3,15 @@ executed or printed (--dry-run) by split.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from psycopg import sql
 
 from partitions import catalog
 from partitions.catalog import LooseTable, Partition, PartitionedTable
 from partitions.splitstate import SourceState
+
+SQL = Path(__file__).parent / "sql"
 
 
 @dataclass(frozen=True)
@@ -87,28 +90,10 @@ def mirror_function_sql(plan: SplitPlan) -> sql.Composed:
         return sql.SQL("delete from {t} as t where ({pk}) = ({old});").format(
             t=plan.ident(target[0]), pk=_cols(t.primary_key, "t."), old=_cols(t.primary_key, "old."))
 
-    body = sql.SQL("""
--- pgvote split mirror: repeats every write on {source} in the target its row hashes to, in the
--- writer's transaction, until the split's switch drops {source} (and this function).
-begin
-    if tg_op <> 'INSERT' and (tg_op = 'DELETE' or ({old}) is distinct from ({new})) then
-        -- a batch of the copy may have read this row before it went: serialise with the batches
-        perform pg_catalog.pg_advisory_xact_lock_shared({lock});
-        {delete_low}
-        {delete_high}
-    end if;
-    if tg_op <> 'DELETE' then
-        if {fits_low} then
-            {upsert_low}
-        else
-            {upsert_high}
-        end if;
-    end if;
-    return null;
-end
-""").format(source=sql.SQL(plan.source.qualified), old=_cols(t.primary_key, "old."), new=_cols(t.primary_key, "new."),
-            lock=plan.mirror_lock, delete_low=delete(plan.low), delete_high=delete(plan.high),
-            fits_low=_fits(plan, plan.low, "new."), upsert_low=upsert(plan.low), upsert_high=upsert(plan.high))
+    body = sql.SQL((SQL / "mirror.sql").read_text()).format(
+        source=sql.SQL(plan.source.qualified), old=_cols(t.primary_key, "old."), new=_cols(t.primary_key, "new."),
+        lock=plan.mirror_lock, delete_low=delete(plan.low), delete_high=delete(plan.high),
+        fits_low=_fits(plan, plan.low, "new."), upsert_low=upsert(plan.low), upsert_high=upsert(plan.high))
     text = body.as_string(None)
     quote = "$mirror$" if "$mirror$" not in text else "$pgvote_split_mirror$"
     return sql.SQL("create or replace function {fn}() returns trigger language plpgsql "
@@ -133,14 +118,7 @@ def batch_sql(plan: SplitPlan, batch_size: int, first: bool) -> sql.Composed:
     pk = _cols(t.primary_key)
     after = sql.SQL("") if first else sql.SQL("where ({pk}) > ({params})").format(
         pk=pk, params=sql.SQL(", ").join(sql.Placeholder() * len(t.primary_key)))
-    return sql.SQL("""with batch as materialized (
-    select {cols} from {source} {after} order by {pk} limit {n}
-), low as (
-    insert into {low} ({cols}) select {cols} from batch where {fits} on conflict do nothing
-), high as (
-    insert into {high} ({cols}) select {cols} from batch where not {fits} on conflict do nothing
-)
-select (select count(*) from batch), {pk} from batch order by {pk_desc} limit 1""").format(
+    return sql.SQL((SQL / "copy_batch.sql").read_text()).format(
         cols=_cols(t.columns), source=plan.source.identifier(), after=after, pk=pk, n=sql.Literal(batch_size),
         low=plan.ident(plan.low[0]), high=plan.ident(plan.high[0]), fits=_fits(plan, plan.low),
         pk_desc=sql.SQL(", ").join(sql.SQL("{} desc").format(sql.Identifier(c)) for c in t.primary_key))

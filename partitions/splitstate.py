@@ -1,19 +1,7 @@
-"""Splits that were started and not finished, found from the catalog alone.
-
-`split` moves one hash slice (m, r) of a table into two new tables (2m, r) and (2m, r + m)
-(see partitions/split.py). Between its first and last transaction the catalog shows:
-
-- the two targets `<table>_m<2m>_r<r>` / `_r<r+m>`: ordinary tables, not attached, carrying
-  the CHECK constraint `<target>_split_check`;
-- the source partition with the mirror trigger `pgvote_split_mirror`;
-
-and, when somebody detached the source by hand, a source that is `DETACH PENDING`
-(`pg_inherits.inhdetachpending`: inserts for its slice already fail) or fully detached (a gap).
-A pending detach or a detached source whose slice is a gap counts as a split interrupted after
-its detach even without targets: `split --resume` finishes all of these. While a split runs, its
-session holds an advisory lock (`catalog.split_lock_holder`), which tells "running" from
-"interrupted".
-"""
+"""Splits that were started and not finished, found from the catalog alone: unattached targets
+`<table>_m<2m>_r<r>` / `_r<r+m>` with their `_split_check`, the mirror trigger on the source, a source
+left DETACH PENDING or detached (a gap); the split session's advisory lock tells "running" from
+"interrupted" (the cases and what `split --resume` does: docs/partitions.md, "Interrupted splits")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,10 +39,6 @@ class PendingSplit:
         (m2, low), (_, high) = halves(self.modulus, self.remainder)
         base = f"{self.table.schema}.{self.table.name}"
         return f"{base}_m{m2}_r{low}", f"{base}_m{m2}_r{high}"
-
-    @property
-    def resumable(self) -> bool:
-        return self.source is not None
 
     def describe(self) -> str:
         slice_ = f"(modulus {self.modulus}, remainder {self.remainder})"
@@ -116,12 +100,6 @@ def pending_splits(conn: psycopg.Connection, table: PartitionedTable,
             running = holder[0]
         found.append(PendingSplit(table, m, r, source, state, targets, mirror, running))
     return found
-
-
-def all_pending_splits(conn: psycopg.Connection, schema: str = catalog.DEFAULT_SCHEMA) -> list[PendingSplit]:
-    holder = catalog.split_lock_holder(conn)
-    mirrors = catalog.mirror_triggers(conn)
-    return [s for t in catalog.partitioned_tables(conn, schema) for s in pending_splits(conn, t, holder, mirrors)]
 
 
 def stray_tables(table: PartitionedTable, splits: list[PendingSplit]) -> list[LooseTable]:

@@ -56,17 +56,19 @@ def dump_schema(url: str) -> str:
 
 
 @contextmanager
-def scratch_database(admin_url: str, prefix: str = "scratch") -> Iterator[str]:
+def scratch_database(admin_url: str, prefix: str = "scratch", name: str | None = None) -> Iterator[str]:
     """An empty database beside the one of `admin_url` (a libpq URL of a role that may create
-    databases), as a URL; dropped afterwards."""
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    databases), as a URL; dropped afterwards (``name``: a fixed one, dropped first if it exists)."""
+    name = name or f"{prefix}_{uuid.uuid4().hex[:8]}"
+    drop = sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
     with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(drop)
         conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
     try:
         yield urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+            conn.execute(drop)
 
 
 def migrated_schema(admin_url: str) -> str:

@@ -1,19 +1,9 @@
-"""`pgvote stats`: the database's monitoring views and PgBouncer's pools, live or once.
-
-Reads what an operator (role ``ops``) may read: the views of the ``monitoring`` schema
-(db/tables/0003_rate_limits_and_monitoring.sql) and, through PgBouncer's admin console,
-``SHOW POOLS`` / ``SHOW STATS`` / ``SHOW DATABASES``. Two modes::
-
-    pgvote stats                    # live dashboard (rich), refreshed every second; Ctrl-C ends it
-    pgvote stats --once --json      # one sample as JSON, for scripts
-
-Counters (commits, rollbacks, ballots inserted, PgBouncer transactions) are cumulative; the live
-dashboard shows their rate between two refreshes. ``--once`` has only the views' own windows
-(votes per second over the last 10 s).
-"""
+"""`pgvote stats`: the database's monitoring views and PgBouncer's pools (SHOW POOLS / STATS / DATABASES),
+as a live dashboard or one sample (``--once --json``); see docs/operations.md."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import decimal
 import json
@@ -26,6 +16,8 @@ import psycopg
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+
+from pgvote import tables
 
 __all__ = ["Collector", "collect", "configure", "rates", "render", "run"]
 
@@ -83,45 +75,40 @@ class Collector:
     """Keeps one connection to the database and one to the admin console; reconnects after a failure."""
 
     def __init__(self, database_url: str, bouncer_admin_url: str | None = None) -> None:
-        self.database_url, self.bouncer_admin_url = database_url, bouncer_admin_url
-        self._db: psycopg.Connection[Any] | None = None
-        self._bouncer: psycopg.Connection[Any] | None = None
+        self.urls = {"database": database_url, "pgbouncer": bouncer_admin_url}
+        self.conns: dict[str, psycopg.Connection[Any]] = {}
+
+    def _conn(self, name: str) -> psycopg.Connection[Any]:
+        if name not in self.conns or self.conns[name].closed:
+            self.conns[name] = psycopg.connect(self.urls[name] or "", autocommit=True, connect_timeout=10)
+        return self.conns[name]
 
     def sample(self) -> dict[str, Any]:
         """{"sampled_at", "database": {view: row or rows}, "pgbouncer": {...} or None, "errors": {...}}."""
         sample: dict[str, Any] = {"sampled_at": dt.datetime.now(dt.UTC).isoformat(), "pgbouncer": None}
-        if self._db is None or self._db.closed:
-            self._db = psycopg.connect(self.database_url, autocommit=True, connect_timeout=10)
         try:
-            sample["database"], errors = collect_database(self._db)
+            sample["database"], sample["errors"] = collect_database(self._conn("database"))
         except psycopg.OperationalError:
-            self._db.close()
+            self.conns["database"].close()
             raise
-        if self.bouncer_admin_url:
+        if self.urls["pgbouncer"]:
             try:
-                if self._bouncer is None or self._bouncer.closed:
-                    self._bouncer = psycopg.connect(self.bouncer_admin_url, autocommit=True, connect_timeout=10)
-                sample["pgbouncer"] = collect_bouncer(self._bouncer)
+                sample["pgbouncer"] = collect_bouncer(self._conn("pgbouncer"))
             except psycopg.Error as exc:
-                if self._bouncer is not None:
-                    self._bouncer.close()
-                errors["pgbouncer"] = str(exc).strip()
-        sample["errors"] = errors
+                if "pgbouncer" in self.conns:
+                    self.conns["pgbouncer"].close()
+                sample["errors"]["pgbouncer"] = str(exc).strip()
         return sample
 
     def close(self) -> None:
-        for conn in (self._db, self._bouncer):
-            if conn is not None:
-                conn.close()
+        for conn in self.conns.values():
+            conn.close()
 
 
 def collect(database_url: str, bouncer_admin_url: str | None = None) -> dict[str, Any]:
     """One complete sample (see Collector.sample), on connections opened and closed for it."""
-    collector = Collector(database_url, bouncer_admin_url)
-    try:
+    with contextlib.closing(Collector(database_url, bouncer_admin_url)) as collector:
         return collector.sample()
-    finally:
-        collector.close()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -161,71 +148,63 @@ def rates(previous: dict[str, Any] | None, current: dict[str, Any], seconds: flo
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:,.{digits}f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _kv_table(title: str, pairs: list[tuple[str, Any]]) -> Table:
-    table = Table(title=title, show_header=False, title_justify="left", min_width=34)
-    table.add_column("metric", style="bold")
-    table.add_column("value", justify="right")
-    for name, value in pairs:
-        table.add_row(name, _fmt(value, 4 if "ratio" in name else 1))
-    return table
+#: The dashboard's key-value panels: title -> (label, where the value is: "view.column" of the sample's
+#: database, or "rate.name" of rates()).
+PANELS = {
+    "Votes": (("votes/s (last 10 s)", "vote_rate.votes_per_second"), ("ballots inserted/s", "rate.ballots_inserted_per_s"),
+              ("revotes/s", "rate.ballots_updated_per_s"), ("ballots inserted (total)", "vote_rate.ballots_inserted_total")),
+    "Transactions": (("commits/s", "rate.commits_per_s"), ("rollbacks/s", "rate.rollbacks_per_s"),
+                     ("rollback ratio (now)", "rate.rollback_ratio"),
+                     ("rollback ratio (since reset)", "rollback_rate.rollback_ratio")),
+    "Connections": (("connections", "connections.connections"), ("active", "connections.active"),
+                    ("waiting on a lock", "connections.waiting"), ("idle in transaction", "connections.idle_in_transaction"),
+                    ("usage ratio", "connections.usage_ratio")),
+    "Aggregation / cache": (("pending tally slots", "aggregation_backlog.pending_slots"),
+                            ("polls pending", "aggregation_backlog.polls_pending"),
+                            ("cache hit ratio", "cache_hit_ratio.cache_hit_ratio"),
+                            ("longest transaction s", "connections.longest_transaction_seconds")),
+}
+#: The multi-row tables: title, where the rows are, (column, key in the row, digits).
+LISTS = (("API latency (pg_stat_statements, execution only)", "api_latency",
+          (("function", "function_name", 0), ("calls", "calls", 0), ("mean ms", "mean_exec_ms", 2),
+           ("max ms", "max_exec_ms", 2), ("total ms", "total_exec_ms", 0))),
+         ("Rate limits", "rate_limits",
+          (("limit", "limit_name", 0), ("per minute", "requests_per_minute", 1), ("burst", "burst", 0),
+           ("enabled", "enabled", 0), ("buckets", "buckets", 0), ("exhausted", "exhausted_buckets", 0))),
+         ("PgBouncer pools", "pools",
+          (("database", "database", 0), ("user", "user", 0), ("cl_active", "cl_active", 0),
+           ("cl_waiting", "cl_waiting", 0), ("sv_active", "sv_active", 0), ("sv_idle", "sv_idle", 0),
+           ("maxwait s", "maxwait", 0), ("xact/s", "xact_per_s", 1))))
 
 
 def render(sample: dict[str, Any], rate: dict[str, float | None]) -> Group:
     db = sample.get("database", {})
-    votes, tx, conns = db.get("vote_rate", {}), db.get("rollback_rate", {}), db.get("connections", {})
-    backlog, cache = db.get("aggregation_backlog", {}), db.get("cache_hit_ratio", {})
+
+    def value(where: str) -> Any:
+        source, key = where.split(".")
+        return rate.get(key) if source == "rate" else db.get(source, {}).get(key)
+
     top = Table.grid(padding=(0, 2))
-    top.add_row(
-        _kv_table("Votes", [("votes/s (last 10 s)", votes.get("votes_per_second")),
-                            ("ballots inserted/s", rate.get("ballots_inserted_per_s")),
-                            ("revotes/s", rate.get("ballots_updated_per_s")),
-                            ("ballots inserted (total)", votes.get("ballots_inserted_total"))]),
-        _kv_table("Transactions", [("commits/s", rate.get("commits_per_s")),
-                                   ("rollbacks/s", rate.get("rollbacks_per_s")),
-                                   ("rollback ratio (now)", rate.get("rollback_ratio")),
-                                   ("rollback ratio (since reset)", tx.get("rollback_ratio"))]),
-        _kv_table("Connections", [("connections", conns.get("connections")), ("active", conns.get("active")),
-                                  ("waiting on a lock", conns.get("waiting")),
-                                  ("idle in transaction", conns.get("idle_in_transaction")),
-                                  ("usage ratio", conns.get("usage_ratio"))]),
-        _kv_table("Aggregation / cache", [("pending tally slots", backlog.get("pending_slots")),
-                                          ("polls pending", backlog.get("polls_pending")),
-                                          ("cache hit ratio", cache.get("cache_hit_ratio")),
-                                          ("longest transaction s", conns.get("longest_transaction_seconds"))]),
-    )
-    latency = Table(title="API latency (pg_stat_statements, execution only)", title_justify="left")
-    for col in ("function", "calls", "mean ms", "max ms", "total ms"):
-        latency.add_column(col, justify="left" if col == "function" else "right")
-    for row in db.get("api_latency", []):
-        latency.add_row(str(row["function_name"]), _fmt(row["calls"]), _fmt(row["mean_exec_ms"], 2),
-                        _fmt(row["max_exec_ms"], 2), _fmt(row["total_exec_ms"], 0))
-    limits = Table(title="Rate limits", title_justify="left")
-    for col in ("limit", "per minute", "burst", "enabled", "buckets", "exhausted"):
-        limits.add_column(col, justify="left" if col == "limit" else "right")
-    for row in db.get("rate_limits", []):
-        limits.add_row(str(row["limit_name"]), _fmt(row["requests_per_minute"]), _fmt(row["burst"]),
-                       "yes" if row["enabled"] else "no", _fmt(row["buckets"]), _fmt(row["exhausted_buckets"]))
-    parts: list[Any] = [top, Table.grid(padding=(0, 2))]
-    parts[1].add_row(latency, limits)
+    top.add_row(*(tables.table(title, ("metric", "value"), [(label, _fmt(value(where), 4 if "ratio" in label else 1))
+                                                             for label, where in pairs], (1,))
+                  for title, pairs in PANELS.items()))
     bouncer = sample.get("pgbouncer")
-    if bouncer is not None:
-        pools = Table(title="PgBouncer pools", title_justify="left")
-        for col in ("database", "user", "cl_active", "cl_waiting", "sv_active", "sv_idle", "maxwait s", "xact/s"):
-            pools.add_column(col, justify="left" if col in ("database", "user") else "right")
-        for row in bouncer.get("pools", []):
-            pools.add_row(str(row["database"]), str(row["user"]), _fmt(row["cl_active"]), _fmt(row["cl_waiting"]),
-                          _fmt(row["sv_active"]), _fmt(row["sv_idle"]), _fmt(row["maxwait"]),
-                          _fmt(rate.get(f"pgbouncer_{row['database']}_xact_per_s")))
-        parts.append(pools)
-    for name, message in sample.get("errors", {}).items():
-        parts.append(f"[yellow]{name}: {message}[/]")
+    rows = {**db, "pools": [{**row, "xact_per_s": rate.get(f"pgbouncer_{row['database']}_xact_per_s")}
+                            for row in (bouncer or {}).get("pools", [])]}
+    lists = [tables.table(title, [c for c, _, _ in columns], [[_fmt(row[k], d) for _, k, d in columns]
+                                                              for row in rows.get(key, [])], range(1, len(columns)))
+             for title, key, columns in LISTS if key != "pools" or bouncer is not None]
+    middle = Table.grid(padding=(0, 2))
+    middle.add_row(*lists[:2])
+    parts: list[Any] = [top, middle, *lists[2:], *(f"[yellow]{name}: {message}[/]"
+                                                   for name, message in sample.get("errors", {}).items())]
     parts.append(f"[dim]sampled at {sample.get('sampled_at')}; Ctrl-C to quit[/]")
     return Group(*parts)
 

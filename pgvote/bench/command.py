@@ -7,6 +7,7 @@ from pathlib import Path
 import psycopg
 from rich.console import Console
 
+from pgvote import tables
 from pgvote.bench import report
 from pgvote.bench.fixtures import HOT_POLL_BALLOTS, SPREAD_POLLS, bench_database
 from pgvote.bench.scenarios import Results, run_all
@@ -38,7 +39,7 @@ def run_bench(admin_url: str, bouncer_url: str, *, quick: bool, seconds: float |
         report.write_chart(results, chart_path)
         console.print(f"chart: {chart_path}")
     if report_path:
-        report.write_markdown(report_path, report.markdown(results, server_version, command))
+        tables.write_section(report_path, report.markdown(results, server_version, command), report.START, report.END)
         console.print(f"report: {report_path}")
     return results
 

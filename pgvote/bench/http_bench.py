@@ -1,23 +1,7 @@
-"""``pgvote bench --http``: the HTTP figures, k6 against the running stack, same-run ratios only.
-
-- H1: ``cast_vote`` ÷ a no-op RPC with the same arguments on the same path (nginx -> PostgREST ->
-  PgBouncer -> PostgreSQL, the rate-limit hook included), one burst each of the same shape.
-- H2: the 50,000-voter burst from >= 2,500 VUs released together: accepted exactly once (identical
-  retries counted), and its drain rate ÷ the no-op burst of the same shape (the envelope).
-- H3: the original guide's ramp (its stages and thresholds, VUs / 25, durations x 0.25): p95 and
-  error rate against its thresholds; a crossed threshold (k6 exit 99) is a reported figure.
-- the rate-limit hook's cost: ``cast_vote`` straight at one PostgREST replica with a caller identity
-  in ``X-Real-IP`` (the hook takes a token from that caller's bucket) ÷ the same calls with the request
-  limit switched off in ``rate_limit.limits`` (the hook reads the limit and returns before the bucket):
-  nginx is left out so that the header is the client's. (Calls without an address are no baseline: they
-  share one bucket, so they are limited as one caller.)
-- CPU seconds per vote of every process (k6, nginx, each PostgREST, PgBouncer, PostgreSQL).
-
-The no-op exists only while the bench runs: ``api.bench_noop_cast_vote`` is created, the replicas
-reload their schema cache (SIGUSR1), and it is dropped (and the caches reloaded) on the way out,
-whatever happens. A function in ``api`` reaches PostgREST without changing its configuration;
-another exposed schema would need every replica restarted with a different ``db-schemas``.
-"""
+"""``pgvote bench --http``: k6 against the running stack, same-run ratios only (H1 cast_vote / a no-op RPC,
+H2 the 50,000-voter burst, H3 the guide's ramp, the rate-limit hook's cost, CPU per vote; the method is
+written into docs/benchmarks.md with the figures). The no-op ``api.bench_noop_cast_vote`` exists only
+while the bench runs: created, the replicas' schema caches reloaded, dropped on the way out."""
 from __future__ import annotations
 
 import json
@@ -32,24 +16,17 @@ from typing import Any
 
 import psycopg
 from rich.console import Console
-from rich.table import Table
 
-from pgvote.bench.report import write_markdown
+from pgvote import tables
 from pgvote.http import ApiClient
 from pgvote.loadtest import DEFAULT_RAMP_VUS
 from pgvote.loadtest.http_scenarios import HttpTarget, run_burst, run_ramp
 
 NOOP = "bench_noop_cast_vote"
-NOOP_SQL = f"""
-create function api.{NOOP}(poll_id uuid, option_ids uuid[], voter_fingerprint text default null,
-                                 ballot_id uuid default null) returns jsonb
-language sql volatile
-as $$ select jsonb_build_object('poll_id', poll_id, 'option_ids', to_jsonb(option_ids), 'status', 'recorded') $$;
-revoke all on function api.{NOOP}(uuid, uuid[], text, uuid) from public;
-grant execute on function api.{NOOP}(uuid, uuid[], text, uuid) to anon, authenticated;
-"""
+NOOP_SQL = (Path(__file__).parent / "sql" / "noop.sql").read_text()
 DROP_NOOP = f"drop function if exists api.{NOOP}(uuid, uuid[], text, uuid)"
 START, END = "<!-- pgvote bench --http: start -->", "<!-- pgvote bench --http: end -->"
+RATIO_COLUMNS = ("ratio", "what", "value", "goal", "met")
 
 
 @dataclass(frozen=True)
@@ -172,7 +149,7 @@ def run_http_bench(stack: Any, *, quick: bool, json_path: Path | None, report_pa
         json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
         console.print(f"JSON: {json_path}")
     if report_path:
-        write_markdown(report_path, markdown(report), START, END)
+        tables.write_section(report_path, markdown(report), START, END)
         console.print(f"report: {report_path}")
     return report
 
@@ -199,49 +176,25 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
-def _cpu_names(report: dict[str, Any]) -> list[str]:
-    return sorted({n for per in report["cpu_ms_per_vote"].values() for n in per},
-                  key=lambda n: ("k6", "nginx", "postgrest", "pgbouncer", "postgres").index(n.split("-")[0])
-                  if n.split("-")[0] in ("k6", "nginx", "postgrest", "pgbouncer", "postgres") else 9)
+def _cpu_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """CPU milliseconds per vote of each run, a column per process (k6, nginx, PostgREST, PgBouncer, PostgreSQL)."""
+    order = ("k6", "nginx", "postgrest", "pgbouncer", "postgres")
+    names = sorted({n for per in report["cpu_ms_per_vote"].values() for n in per},
+                   key=lambda n: order.index(n.split("-")[0]) if n.split("-")[0] in order else 9)
+    rows = [[run, f"{report['runs'][run]['figures']['votes_per_second']:,.0f}", *(f"{per.get(n, 0):.2f}" for n in names)]
+            for run, per in report["cpu_ms_per_vote"].items()]
+    return ["run", "votes/s", *names], rows
 
 
 def print_tables(report: dict[str, Any], console: Console) -> None:
-    table = Table(title="HTTP ratios (same run)")
-    for column in ("ratio", "what", "value", "goal", "met"):
-        table.add_column(column)
-    for row in _rows(report):
-        table.add_row(*row)
-    console.print(table)
-    names = _cpu_names(report)
-    cpu = Table(title="CPU milliseconds per vote, by process")
-    cpu.add_column("run")
-    cpu.add_column("votes/s", justify="right")
-    for n in names:
-        cpu.add_column(n, justify="right")
-    for run, per in report["cpu_ms_per_vote"].items():
-        rate = report["runs"][run]["figures"]["votes_per_second"]
-        cpu.add_row(run, f"{rate:,.0f}", *(f"{per.get(n, 0):.2f}" for n in names))
-    console.print(cpu)
-
-
-METHOD = """\
-One run on one stack, k6 through nginx -> two PostgREST replicas -> PgBouncer -> PostgreSQL, production rate
-limits on (how the load is made: the section above). H1 and H2 compare `cast_vote` with
-`api.bench_noop_cast_vote`, a function with the same arguments that returns a ballot-shaped answer and touches
-nothing, created only for the run: the same nginx, PostgREST, anonymous role, rate-limit hook and transaction,
-so the ratio is what the vote itself costs on the real path (its reads and writes, and the durable commit its
-WAL needs: the no-op writes only the hook's unlogged bucket row, so its commit waits for no flush). The
-no-op goes through nginx's general location, the vote through its `/rpc/cast_vote` one: same limiter
-mechanism, different zone. Each pair is two bursts of the same shape (voters, VUs, one address per VU). The
-hook's cost is measured straight at one replica, where the client's `X-Real-IP` reaches the database: a
-per-VU identity in it (a bucket token per call) against the same calls with the request limit switched off
-in `rate_limit.limits` (the hook reads the limit and returns before the bucket)."""
+    console.print(tables.table("HTTP ratios (same run)", RATIO_COLUMNS, _rows(report)))
+    columns, rows = _cpu_table(report)
+    console.print(tables.table("CPU milliseconds per vote, by process", columns, rows, range(1, len(columns))))
 
 
 def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
-    lines = [START, "## HTTP (`pgvote bench --http`)", "", METHOD, "",
-             f"Command: `{report['command']}`; sizes: "
+    lines = [START, f"Command: `{report['command']}`; sizes: "
              + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:g}" for k, v in report["sizes"].items())
              + f". {env['date']}, {env['cpus']} cores, 1-minute load average {env['load_before']:.1f} before, "
              f"{env['load_after']:.1f} after."]
@@ -249,13 +202,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "**Smoke run** (`--quick` sizes on a shared machine): it shows the machinery works end to "
                       "end, not what the path can do; the figures come from a full `pgvote bench --http` on a quiet "
                       "machine."]
-    lines += ["", "| ratio | what | value | goal | met |", "|---|---|---:|---|---|"]
-    lines += [f"| {' | '.join(row)} |" for row in _rows(report)]
-    names = _cpu_names(report)
-    lines += ["", "CPU milliseconds per vote, by process:", "",
-              "| run | votes/s | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
-    for run, per in report["cpu_ms_per_vote"].items():
-        rate = report["runs"][run]["figures"]["votes_per_second"]
-        lines.append(f"| {run} | {rate:,.0f} | " + " | ".join(f"{per.get(n, 0):.2f}" for n in names) + " |")
+    columns, rows = _cpu_table(report)
+    lines += ["", *tables.markdown(RATIO_COLUMNS, _rows(report), (2,)), "", "CPU milliseconds per vote, by process:", "",
+              *tables.markdown(columns, rows, range(1, len(columns)))]
     lines += ["", END]
     return "\n".join(lines)

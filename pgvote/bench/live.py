@@ -1,33 +1,11 @@
-"""`pgvote bench --live`: live results under the HTTP vote burst, on the running local stack.
-
-One run, in this order:
-1. the k6 burst of `pgvote loadtest --http` (VOTES distinct voters released together, one loopback
-   address per VU, verified exactly once) on a poll nobody watches;
-2. SUBSCRIBERS watchers connect to a second poll (half EventSource, half WebSocket, PER_ADDRESS per
-   loopback address, under nginx's per-address limit), each receiving the current results: how many
-   the box holds;
-3. the same burst on the watched poll while every watcher reads its messages, then every watcher must
-   receive the exact final total;
-4. the watchers leave, and the first burst again: "without watchers" is the mean of 1 and 4, so that
-   warming up and drifting load on the shared machine weigh on both sides alike.
-A message counting T ballots is late by (when a watcher got it) - (when the T-th ballot was cast: its
-`cast_at`, the start of its few-millisecond transaction, so a slight overestimate of the time since its
-commit), at the first and at the last watcher to get it; and (when it was published: its seq) - (the
-same), the publisher's share.
-Figures: watchers held, messages delivered per second, that latency's p50/p95, votes/s with the
-watchers ÷ without (same run), and the servers' CPU-seconds per vote with and without (PostgreSQL,
-PgBouncer, PostgREST, nginx, publisher; the drivers' own CPU is left out: they share the cores).
-
-The watchers run in one asyncio process of their own (so that their clock readings never wait for this
-process reading k6's output), the burst in k6.
-"""
+"""`pgvote bench --live`: live results under the HTTP vote burst, on the running local stack (the method:
+docs/benchmarks.md, "How the live figures are made")."""
 from __future__ import annotations
 
 import asyncio
 import json
 import multiprocessing
 import os
-import resource
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -36,9 +14,9 @@ from typing import Any
 
 import psycopg
 from rich.console import Console
-from rich.table import Table
 
-from pgvote.bench.report import write_markdown
+from pgvote import tables
+from pgvote.bench.pgbench import raise_nofile_limit
 from pgvote.http import ApiClient
 from pgvote.live_client import LiveRefused, LiveSubscriber, Transport
 from pgvote.loadtest.http_scenarios import HttpTarget, run_burst
@@ -112,8 +90,7 @@ async def _watch(fleet: Fleet, port: int, poll_id: str, index: int, held: list[L
 async def _fleet(conn: Connection, port: int, poll_id: str, subscribers: int) -> None:
     """The watchers, in their own process (their clock readings must not wait for the parent's work):
     connect all, report, read until told the final total, report what was seen once all have it."""
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one descriptor per watcher
+    raise_nofile_limit()  # one descriptor per watcher
     fleet, reading = Fleet(), asyncio.Event()
     held: list[LiveSubscriber] = []
     failures: dict[str, int] = {}
@@ -143,64 +120,58 @@ def _fleet_process(conn: Connection, port: int, poll_id: str, subscribers: int) 
     loop.run_until_complete(_fleet(conn, port, poll_id, subscribers))
 
 
-class LiveBench:
-    def __init__(self, stack: Any, subscribers: int, votes: int, console: Console) -> None:
-        self.stack = stack
-        self.target = HttpTarget.for_stack(stack)
-        self.subscribers = subscribers
-        self.votes = votes
-        self.console = console
-
-    def run(self) -> dict[str, Any]:
-        load_before = os.getloadavg()[0]
-        self.console.rule(f"burst without watchers: {self.votes:,} voters")
-        before = run_burst(self.target, self.votes, None, self.console)
-        watched = create_poll(self.target.admin_url, new_tag())
-        self.console.rule(f"{self.subscribers:,} watchers of one poll (EventSource and WebSocket, half each)")
-        ours, theirs = multiprocessing.get_context("spawn").Pipe()
-        fleet_process = multiprocessing.get_context("spawn").Process(
-            target=_fleet_process, args=(theirs, self.stack.http_port, watched.poll_id, self.subscribers))
-        fleet_process.start()
-        held, failures, connect_seconds = ours.recv()
-        self.console.print(f"{held:,} watchers hold ({failures or 'no failure'}), connected in {connect_seconds:.1f} s")
-        self.console.rule(f"the same burst, watched by {held:,}")
-        burst_started = time.time()
-        with_watchers = run_burst(self.target, self.votes, None, self.console, ballots=watched)
-        final = ApiClient(self.stack.http_url).rpc("poll_results", {"poll_id": watched.poll_id}).body["total_ballots"]
-        ours.send(final)
-        fleet: Fleet = ours.recv()
-        fleet_process.join(30)
-        delivery_seconds = max(fleet.last.values(), default=burst_started) - burst_started
-        cast = cast_times(self.target.admin_url, watched.poll_id)
-        published, first, last = [], [], []
-        for seq, total in fleet.total_of.items():
-            if 0 < total <= len(cast):
-                published.append(seq / 1000 - cast[total - 1])  # seq: the publication time in ms
-                first.append(fleet.first[seq] - cast[total - 1])
-                last.append(fleet.last[seq] - cast[total - 1])
-        self.console.rule("the watchers left: the burst without them again")
-        after = run_burst(self.target, self.votes, None, self.console)
-        without_vps = (before["figures"]["votes_per_second"] + after["figures"]["votes_per_second"]) / 2
-        return {
-            "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
-            "subscribers_wanted": self.subscribers, "subscribers_held": held,
-            "connect_failures": failures, "connect_seconds": round(connect_seconds, 1),
-            "final_total": final, "final_received_by": sum(t == final for t in fleet.latest.values()),
-            "messages_delivered": fleet.delivered, "messages_per_second": fleet.delivered / max(1e-3, delivery_seconds),
-            "messages_timed": len(last),
-            "latency_published_p50_ms": percentile(published, 0.5),
-            "latency_published_p95_ms": percentile(published, 0.95),
-            "latency_first_p50_ms": percentile(first, 0.5), "latency_first_p95_ms": percentile(first, 0.95),
-            "latency_last_p50_ms": percentile(last, 0.5), "latency_last_p95_ms": percentile(last, 0.95),
-            "without_before": before, "with": with_watchers, "without_after": after,
-            "votes_per_second": {"without": without_vps, "with": with_watchers["figures"]["votes_per_second"],
-                                 "without_before": before["figures"]["votes_per_second"],
-                                 "without_after": after["figures"]["votes_per_second"]},
-            "throughput_ratio": with_watchers["figures"]["votes_per_second"] / without_vps,
-            "cpu_ms_per_vote": {"without": (server_cpu_per_vote_ms(before) + server_cpu_per_vote_ms(after)) / 2,
-                                "with": server_cpu_per_vote_ms(with_watchers)},
-            "exactly_once": all(b["verification"]["exactly_once"] for b in (before, with_watchers, after)),
-        }
+def measure(stack: Any, subscribers: int, votes: int, console: Console) -> dict[str, Any]:
+    """The four steps of the method (docs/benchmarks.md), and the figures."""
+    target = HttpTarget.for_stack(stack)
+    load_before = os.getloadavg()[0]
+    console.rule(f"burst without watchers: {votes:,} voters")
+    before = run_burst(target, votes, None, console)
+    watched = create_poll(target.admin_url, new_tag())
+    console.rule(f"{subscribers:,} watchers of one poll (EventSource and WebSocket, half each)")
+    ours, theirs = multiprocessing.get_context("spawn").Pipe()
+    fleet_process = multiprocessing.get_context("spawn").Process(
+        target=_fleet_process, args=(theirs, stack.http_port, watched.poll_id, subscribers))
+    fleet_process.start()
+    held, failures, connect_seconds = ours.recv()
+    console.print(f"{held:,} watchers hold ({failures or 'no failure'}), connected in {connect_seconds:.1f} s")
+    console.rule(f"the same burst, watched by {held:,}")
+    burst_started = time.time()
+    with_watchers = run_burst(target, votes, None, console, ballots=watched)
+    final = ApiClient(stack.http_url).rpc("poll_results", {"poll_id": watched.poll_id}).body["total_ballots"]
+    ours.send(final)
+    fleet: Fleet = ours.recv()
+    fleet_process.join(30)
+    delivery_seconds = max(fleet.last.values(), default=burst_started) - burst_started
+    cast = cast_times(target.admin_url, watched.poll_id)
+    published, first, last = [], [], []
+    for seq, total in fleet.total_of.items():
+        if 0 < total <= len(cast):
+            published.append(seq / 1000 - cast[total - 1])  # seq: the publication time in ms
+            first.append(fleet.first[seq] - cast[total - 1])
+            last.append(fleet.last[seq] - cast[total - 1])
+    console.rule("the watchers left: the burst without them again")
+    after = run_burst(target, votes, None, console)
+    without_vps = (before["figures"]["votes_per_second"] + after["figures"]["votes_per_second"]) / 2
+    return {
+        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        "subscribers_wanted": subscribers, "subscribers_held": held,
+        "connect_failures": failures, "connect_seconds": round(connect_seconds, 1),
+        "final_total": final, "final_received_by": sum(t == final for t in fleet.latest.values()),
+        "messages_delivered": fleet.delivered, "messages_per_second": fleet.delivered / max(1e-3, delivery_seconds),
+        "messages_timed": len(last),
+        "latency_published_p50_ms": percentile(published, 0.5),
+        "latency_published_p95_ms": percentile(published, 0.95),
+        "latency_first_p50_ms": percentile(first, 0.5), "latency_first_p95_ms": percentile(first, 0.95),
+        "latency_last_p50_ms": percentile(last, 0.5), "latency_last_p95_ms": percentile(last, 0.95),
+        "without_before": before, "with": with_watchers, "without_after": after,
+        "votes_per_second": {"without": without_vps, "with": with_watchers["figures"]["votes_per_second"],
+                             "without_before": before["figures"]["votes_per_second"],
+                             "without_after": after["figures"]["votes_per_second"]},
+        "throughput_ratio": with_watchers["figures"]["votes_per_second"] / without_vps,
+        "cpu_ms_per_vote": {"without": (server_cpu_per_vote_ms(before) + server_cpu_per_vote_ms(after)) / 2,
+                            "with": server_cpu_per_vote_ms(with_watchers)},
+        "exactly_once": all(b["verification"]["exactly_once"] for b in (before, with_watchers, after)),
+    }
 
 
 def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
@@ -230,24 +201,18 @@ def markdown(r: dict[str, Any], command: str) -> str:
              (f"Command: `{command}` on the local stack ({os.cpu_count()} cores, shared with the drivers: k6 for "
               "the votes, one asyncio process for the watchers; 1-minute load average "
               f"{r['load_average'][0]} at the start, {r['load_average'][1]} at the end). "
-              "Method: `pgvote/bench/live.py`."), "",
-             "| figure | value |", "|---|---|"]
-    lines += [f"| {name} | {value} |" for name, value in rows(r)]
+              "Method: the section below."), "",
+             *tables.markdown(("figure", "value"), rows(r))]
     return "\n".join([*lines, "", END])
 
 
 def run_live_bench(stack: Any, *, subscribers: int, votes: int, report_path: Path | None, json_path: Path | None,
                    command: str, console: Console) -> dict[str, Any]:
-    result = LiveBench(stack, subscribers, votes, console).run()
-    table = Table(title="live results under the vote burst")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    for name, value in rows(result):
-        table.add_row(name, value)
-    console.print(table)
+    result = measure(stack, subscribers, votes, console)
+    console.print(tables.table("live results under the vote burst", ("figure", "value"), rows(result), (1,)))
     if json_path:
         json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     if report_path:
-        write_markdown(report_path, markdown(result, command), START, END)
+        tables.write_section(report_path, markdown(result, command), START, END)
         console.print(f"report: {report_path}")
     return result

@@ -21,11 +21,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from rich.console import Console
-from rich.table import Table
 
+from pgvote import tables
 from pgvote.bench import pgbench
 from pgvote.bench.fixtures import with_database
-from pgvote.bench.report import machine, write_markdown
+from pgvote.bench.report import machine
 from pgvote.migrate import upgrade
 from pgvote.shards import ShardedStack, configure_router, share_voter_key_secret
 
@@ -112,7 +112,7 @@ def run_router_bench(stack: ShardedStack, *, seconds: float, clients: int, round
                    for name, sides in results.items()}}
     _print(figures, console)
     if report_path:
-        write_markdown(report_path, markdown(figures), START, END)
+        tables.write_section(report_path, markdown(figures), START, END)
         console.print(f"report: {report_path}")
     return figures
 
@@ -139,16 +139,23 @@ def _drop(admin_url: str) -> None:
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(DATABASE)))
 
 
-def _print(figures: dict[str, Any], console: Console) -> None:
-    table = Table(title=f"router overhead, {figures['clients']} clients, median of {figures['rounds']} rounds")
-    for column in ("scenario", "path", "ballots/s", "p95 ms", "router CPU µs/ballot", "shard CPU µs/ballot", "ratio"):
-        table.add_column(column)
+COLUMNS = ("scenario", "path", "ballots/s", "p95 ms", "router CPU µs/ballot", "shard CPU µs/ballot", "routed ÷ direct")
+
+
+def _rows(figures: dict[str, Any], bold: str = "") -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
     for name, sides in figures["scenarios"].items():
         for side in ("direct", "router"):
             s = sides[side]
-            table.add_row(name, side, f"{s['votes_per_s']:,.0f}", f"{s['p95_ms']:.1f}", f"{s['router_cpu_us']:.0f}",
-                          f"{s['shard_cpu_us']:.0f}", f"{sides['ratio']:.2f}" if side == "router" else "")
-    console.print(table)
+            ratio = f"{bold}{sides['ratio']:.2f}{bold}" if side == "router" else ""
+            rows.append((str(name), side, f"{s['votes_per_s']:,.0f}", f"{s['p95_ms']:.1f}", f"{s['router_cpu_us']:.0f}",
+                         f"{s['shard_cpu_us']:.0f}", ratio))
+    return rows
+
+
+def _print(figures: dict[str, Any], console: Console) -> None:
+    console.print(tables.table(f"router overhead, {figures['clients']} clients, median of {figures['rounds']} rounds",
+                               COLUMNS, _rows(figures), right=range(2, 7)))
 
 
 def markdown(figures: dict[str, Any]) -> str:
@@ -156,13 +163,5 @@ def markdown(figures: dict[str, Any]) -> str:
     lines = [START, "", f"`{figures['command']}`, {m['date']}, {m['cpu']}, {m['memory']}; {figures['clients']} pgbench "
              f"clients, {figures['seconds']:.0f} s per run, median of {figures['rounds']} alternating rounds; router "
              f"and shard-0 on this machine, load average {figures['load'][0]:.1f} before, {figures['load'][1]:.1f} after "
-             "(the machine is shared: the ratio moves with the load, the CPU per ballot much less).", "",
-             "| scenario | path | ballots/s | p95 ms | router CPU µs/ballot | shard CPU µs/ballot | routed ÷ direct |",
-             "|---|---|---|---|---|---|---|"]
-    for name, sides in figures["scenarios"].items():
-        for side in ("direct", "router"):
-            s = sides[side]
-            ratio = f"**{sides['ratio']:.2f}**" if side == "router" else ""
-            lines.append(f"| {name} | {side} | {s['votes_per_s']:,.0f} | {s['p95_ms']:.1f} | {s['router_cpu_us']:.0f} "
-                         f"| {s['shard_cpu_us']:.0f} | {ratio} |")
-    return "\n".join([*lines, "", END])
+             "(the machine is shared: the ratio moves with the load, the CPU per ballot much less).", ""]
+    return "\n".join([*lines, *tables.markdown(COLUMNS, _rows(figures, bold="**"), right=range(2, 7)), "", END])

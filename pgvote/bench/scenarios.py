@@ -14,7 +14,9 @@ import psycopg
 from partitions.sqlexec import one
 from pgvote.bench.fixtures import BenchDatabase
 from pgvote.bench.locks import LockWaitSampler, locks_held_by_one_call
-from pgvote.bench.pgbench import POSTGREST_RPC, SCRIPTS, Figures, Run, postgrest_variables, run
+from pgvote.bench.pgbench import POSTGREST_RPC, Figures, Run, postgrest_variables, run
+from pgvote.loadtest import scratch
+from pgvote.loadtest.scenarios import create_poll
 
 SWEEP_CLIENTS = (16, 64, 256, 1000)
 DIRECT_SWEEP_CLIENTS = (16, 64, 200)
@@ -71,10 +73,8 @@ class NotExactlyOnce(RuntimeError):
 
 def fresh_poll(admin_url: str) -> tuple[str, str]:
     """A new poll (4 options, one choice, anonymous votes) and its first option: one per spike run."""
-    with psycopg.connect(admin_url) as conn:
-        conn.execute("""select set_config('request.jwt.claims', '{"role": "authenticated", "sub": "bench"}', true)""")
-        created = one(conn.execute("select api.create_poll('spike', array['a', 'b', 'c', 'd'])"))
-    return created["poll_id"], created["option_ids"][0]
+    poll = create_poll(admin_url, "bench", ("a", "b", "c", "d"), 1)
+    return poll.poll_id, poll.option_ids[0]
 
 
 def verify_exactly_once(admin_url: str, poll: str, expected: int, table: str = "voting.ballots") -> None:
@@ -85,18 +85,6 @@ def verify_exactly_once(admin_url: str, poll: str, expected: int, table: str = "
                                     (poll,))) if table == "voting.ballots" else stored)
     if stored != expected or counted != expected:
         raise NotExactlyOnce(f"poll {poll}: {stored:,} stored, {counted:,} counted, {expected:,} sent")
-
-
-def bare_rpc_script(directory: Path) -> Path:
-    """POSTGREST_RPC calling bench.bare_cast_vote instead of api.cast_vote: the burst's bare-insert
-    reference, same text otherwise (an identifier cannot be a pgbench variable under -M extended)."""
-    text = (SCRIPTS / POSTGREST_RPC).read_text()
-    call = '"api"."cast_vote"('
-    if call not in text:
-        raise ValueError(f"{POSTGREST_RPC} has no {call}")
-    path = directory / "bare_rpc.sql"
-    path.write_text(text.replace(call, '"bench"."bare_cast_vote"('))
-    return path
 
 
 def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None], quick: bool = False) -> Results:
@@ -144,8 +132,8 @@ def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None], 
     # The 50,000-vote burst: the same 50,000 PostgREST transactions (hook on, a bucket per client) as
     # bare inserts and as cast_vote, from the same clients through the same PgBouncer, each on a new poll.
     burst: dict[str, Measured] = {}
-    with tempfile.TemporaryDirectory(prefix="pgvote-bench-") as scratch:
-        for name, script, table in (("burst_bare_insert", bare_rpc_script(Path(scratch)), "bench.bare_ballots"),
+    with tempfile.TemporaryDirectory(prefix="pgvote-bench-") as tmp:
+        for name, script, table in (("burst_bare_insert", scratch.bare_script(Path(tmp)), "pgvote_loadtest.ballots"),
                                     ("burst_cast_vote", POSTGREST_RPC, "voting.ballots")):
             poll, option = fresh_poll(db.admin_url)
             progress(f"{name}: {SPIKE:,} votes as PostgREST sends them, {BURST_CLIENTS} clients through PgBouncer")

@@ -1,18 +1,6 @@
-"""``pgvote loadtest``: the 50,000-vote spike against one poll, measured and verified.
-
-Two load tools, one per path:
-
-- over HTTP, k6 (``k6/*.js``, run and read by ``k6``; ``http_scenarios``: the burst and the guide's
-  ramp through the stack's nginx, one source address per VU within the production rate limits);
-- at the SQL level, pgbench with PostgREST's exact statements through PgBouncer
-  (``pgvote/bench/pgbench.py`` runs it, ``pgvote/bench/scripts/postgrest_rpc.sql`` is the call;
-  ``scenarios``: single-vote burst, bare-insert reference, bulk; ``scratch``: the run's scratch
-  schema, the bare-insert reference and the bulk path's staged batches).
-
-Shared: ``config`` (what to run, targets), ``ballots`` (who votes what), ``verify`` (exactly-once
-checks against the stored ballots), ``servers`` (memory as PSS, CPU seconds and PgBouncer's pool
-peaks of the server processes), ``stats``, ``report``, ``chart``.
-"""
+"""``pgvote loadtest``: the 50,000-vote spike against one poll, measured and verified exactly once: k6 over
+HTTP (``http_scenarios``, ``k6``), pgbench at the SQL level (``scenarios``, ``scratch``). How the load is made
+and measured: docs/benchmarks.md."""
 from __future__ import annotations
 
 import os

@@ -25,11 +25,8 @@ MAX_BATCH = 1_000  # api.cast_votes answers 400 to a larger batch
 def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--voters", type=int, default=50_000, help="distinct voters, one ballot each (default 50,000)")
     p.add_argument("--sql", action="store_true",
-                   help="the SQL path: pgbench sends PostgREST's statements straight through PgBouncer, first the "
-                        "same transactions against a bare-insert reference (the drain ratio); what a lost "
-                        "connection or PgBouncer's queue timeout left unanswered is re-cast identically by "
-                        "further pgbench passes (at most 5); --workers and --call-timeout are gone with the "
-                        "Python generator, and the bare-insert burst always has --voters")
+                   help="the SQL path: pgbench sends PostgREST's statements through PgBouncer, first against a "
+                        "bare-insert reference (the drain ratio); what a lost connection left unanswered is re-cast")
     p.add_argument("--clients", type=int, default=None,
                    help=f"SQL path: pgbench clients, connected first and released together (default "
                         f"{DEFAULT_CLIENTS:,}; bulk: {DEFAULT_BULK_CLIENTS}); each casts the same number, so "

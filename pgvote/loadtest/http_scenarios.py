@@ -1,33 +1,23 @@
-"""The HTTP scenarios of ``pgvote loadtest --http``: k6 against one base URL (the stack's nginx).
-
-- ``burst``: N distinct voters on one poll from V VUs released together (``k6/burst.js``);
-- ``ramp``: the original guide's stages and thresholds, scaled (``k6/ramp.js``).
-
-Production rate limits stay on. nginx and the database limit each client address (the database
-keys anonymous callers on the ``X-Real-IP`` nginx sets from the TCP peer), so every VU gets its own
-loopback source address (k6 ``--local-ips``) and casts at most a bucket's burst: 50,000 voters
-need at least 2,500 VUs. Each scenario takes a fresh block of addresses (``127.B.0.1`` up), so
-buckets emptied by an earlier scenario of the run never answer the next one 429; the blocks avoid
-127.64.0.0/10, where ``pgvote.http.ApiClient`` picks its random caller addresses.
-
-Python prepares the poll (SQL, as its creator), starts k6, reads its JSON output, and verifies
-exactly once against the stored ballots (``verify.verify_poll``).
-"""
+"""The HTTP scenarios of ``pgvote loadtest``: k6 against one base URL (the stack's nginx), ``burst``
+(``k6/burst.js``) and the guide's ``ramp`` (``k6/ramp.js``). Production rate limits stay on, so every VU
+has its own loopback source address from a fresh ``127.B.0.0/16`` block per scenario, outside the
+127.64.0.0/10 of ``pgvote.http.ApiClient`` (docs/benchmarks.md)."""
 from __future__ import annotations
 
 import ipaddress
 import math
 import random
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from rich.console import Console
 
 from pgvote.loadtest.ballots import BallotSpec, identity
-from pgvote.loadtest.config import Stage, scaled_stages
+from pgvote.loadtest.config import scaled_stages
 from pgvote.loadtest.k6 import K6Run, run_k6
 from pgvote.loadtest.scenarios import create_poll, new_tag
 from pgvote.loadtest.servers import measuring
@@ -63,25 +53,14 @@ def server_ports(status: dict[str, Any]) -> dict[str, int]:
     """Listening port of each running server process of a stack's ``status()``: nginx, every PostgREST
     replica (by name), PgBouncer, PostgreSQL, the live-results publisher."""
     components = status.get("components", {})
-    ports: dict[str, int] = {}
-    if components.get("nginx", {}).get("port"):
-        ports["nginx"] = int(components["nginx"]["port"])
-    for replica in components.get("postgrest", []):
-        if replica.get("running"):
-            ports[replica["name"]] = int(replica["port"])
-    for name in ("pgbouncer", "postgres", "publisher"):
-        if components.get(name, {}).get("port"):
-            ports[name] = int(components[name]["port"])
-    return ports
+    ports = {r["name"]: int(r["port"]) for r in components.get("postgrest", []) if r.get("running")}
+    return ports | {name: int(components[name]["port"]) for name in ("nginx", "pgbouncer", "postgres", "publisher")
+                    if components.get(name, {}).get("port")}
 
 
-@dataclass(frozen=True)
-class RateLimit:
+class RateLimit(NamedTuple):
     burst: int
     per_minute: float
-
-    def as_dict(self) -> dict[str, float]:
-        return {"burst": self.burst, "per_minute": self.per_minute}
 
 
 def request_limit(admin_url: str) -> RateLimit:
@@ -114,22 +93,39 @@ def vus_needed(voters: int, limit: RateLimit) -> int:
     return math.ceil(voters / limit.burst)
 
 
-def _result(name: str, path: str, run: K6Run, ballots: BallotSpec, vus: int, local_ips: str,
-            target: HttpTarget, fn: str, measured: dict[str, Any],
-            verification: dict[str, Any] | None) -> dict[str, Any]:
+def _run(name: str, path: str, script: str, target: HttpTarget, plan: dict[str, Any], ballots: BallotSpec | None,
+         vus: int, voter_of: Callable[[BallotSpec, int, int], int], total: int | None, label: str, console: Console,
+         quiet: bool) -> tuple[dict[str, Any], K6Run]:
+    """Run a k6 script on a poll (``ballots``, else a new one) from ``vus`` fresh source addresses while
+    the servers are measured; verify what cast_vote stored. ``voter_of(ballots, vu, iter)``: the voter
+    number an iteration casts, as the script counts."""
+    fn = plan.get("fn", "cast_vote")
+    ballots = ballots or create_poll(target.admin_url, new_tag())
+    local_ips = source_addresses(vus)
+    plan = {"base_url": target.base_url, "fn": fn, "caller_header": False, "poll_id": ballots.poll_id,
+            "patterns": [list(p) for p in ballots.patterns], "tag": ballots.tag,
+            "limit": request_limit(target.admin_url)._asdict(), "call_timeout_s": CALL_TIMEOUT_S,
+            "max_attempts": MAX_ATTEMPTS, **plan}
+    measured: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="pgvote-k6-") as tmp, \
+            measuring(target.servers, target.bouncer_admin_url, measured):
+        run = run_k6(script, plan, Path(tmp), voter_of=lambda vu, it: ballots.fingerprint(voter_of(ballots, vu, it)),
+                     local_ips=local_ips, total=total, label=label, console=console, quiet=quiet)
     f = figures(run.records, run.t0, run.errors)
     metrics = run.summary.get("metrics", {})
+    acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in run.records if r[1] == "ack"}
+    verification = (verify_poll(target.admin_url, ballots.poll_id, acked, [identity(r[0]) for r in run.records]).as_dict()
+                    if fn == "cast_vote" else {"exactly_once": True, "skipped": "no ballots stored"})
     return {"name": name, "path": path, "fn": fn, "base_url": target.base_url, "poll_id": ballots.poll_id,
-            "voters": f.voters, "clients": vus, "local_ips": local_ips, "figures": f.as_dict(), **measured,
+            "voters": f["voters"], "clients": vus, "local_ips": local_ips, "figures": f, **measured,
             "cpu_seconds": {"k6": round(run.cpu_seconds, 2), **measured["cpu_seconds"]},
             "timeline": timeline(run.records, run.t0),
             "k6": {"exit_code": run.exit_code, "thresholds_crossed": run.thresholds_crossed,
-                   "requests": run.requests, "retries": run.requests - f.voters,
+                   "requests": run.requests, "retries": run.requests - f["voters"],
                    "peak_rss_mib": round(run.peak_rss_mib),
                    "http_req_duration_ms": metrics.get("http_req_duration", {}).get("values", {}),
                    "http_req_failed_rate": metrics.get("http_req_failed", {}).get("values", {}).get("rate")},
-            "verification": verification if verification is not None else {"exactly_once": True,
-                                                                              "skipped": "no ballots stored"}}
+            "verification": verification}, run
 
 
 def run_burst(target: HttpTarget, voters: int, vus: int | None, console: Console, *, quiet: bool = False,
@@ -147,48 +143,20 @@ def run_burst(target: HttpTarget, voters: int, vus: int | None, console: Console
     if per_vu > limit.burst:
         raise ValueError(f"{vus:,} VUs would each cast {per_vu} ballots, more than the per-address burst of "
                          f"{limit.burst}: use at least {vus_needed(voters, limit):,}")
-    ballots = ballots or create_poll(target.admin_url, new_tag())
-    local_ips = source_addresses(vus)
-    plan = {"base_url": target.base_url, "fn": fn, "caller_header": caller_header, "poll_id": ballots.poll_id,
-            "patterns": [list(p) for p in ballots.patterns], "tag": ballots.tag, "limit": limit.as_dict(),
-            "call_timeout_s": CALL_TIMEOUT_S, "max_attempts": MAX_ATTEMPTS, "voters": voters, "vus": vus,
-            "per_vu": per_vu, "max_duration_s": 1200}
-    measured: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="pgvote-k6-") as tmp, \
-            measuring(target.servers, target.bouncer_admin_url, measured):
-        run = run_k6("burst.js", plan, Path(tmp), voter_of=lambda vu, it: ballots.fingerprint((vu - 1) * per_vu + it),
-                     local_ips=local_ips, total=voters, label=f"{fn} over HTTP (k6, {vus:,} VUs)",
-                     console=console, quiet=quiet)
-    verification = _verify(target, ballots, run) if fn == "cast_vote" else None
-    return _result(f"HTTP burst ({fn})", "http", run, ballots, vus, local_ips, target, fn, measured, verification)
+    plan = {"fn": fn, "caller_header": caller_header, "voters": voters, "vus": vus, "per_vu": per_vu,
+            "max_duration_s": 1200}
+    return _run(f"HTTP burst ({fn})", "http", "burst.js", target, plan, ballots, vus,
+                lambda _, vu, it: (vu - 1) * per_vu + it, voters, f"{fn} over HTTP (k6, {vus:,} VUs)", console, quiet)[0]
 
 
 def run_ramp(target: HttpTarget, peak_vus: int, time_scale: float, console: Console, *,
              quiet: bool = False) -> dict[str, Any]:
     """The guide's k6 stages, VUs scaled so that its 50,000 become ``peak_vus``, durations x ``time_scale``."""
-    limit = request_limit(target.admin_url)
-    tag = new_tag()
-    ballots = create_poll(target.admin_url, tag)
-    stages: tuple[Stage, ...] = scaled_stages(peak_vus, time_scale)
-    local_ips = source_addresses(peak_vus)
-    plan = {"base_url": target.base_url, "fn": "cast_vote", "caller_header": False,
-            "poll_id": ballots.poll_id, "patterns": [list(p) for p in ballots.patterns], "tag": tag,
-            "limit": limit.as_dict(), "call_timeout_s": CALL_TIMEOUT_S, "max_attempts": MAX_ATTEMPTS,
-            "stages": [{"seconds": s.seconds, "target": s.target} for s in stages]}
-    measured: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="pgvote-k6-") as tmp, \
-            measuring(target.servers, target.bouncer_admin_url, measured):
-        run = run_k6("ramp.js", plan, Path(tmp),
-                     voter_of=lambda vu, it: ballots.fingerprint(vu * RAMP_VOTERS_PER_VU + it),
-                     local_ips=local_ips, total=None, label=f"guide's ramp over HTTP (k6, peak {peak_vus:,} VUs)",
-                     console=console, quiet=quiet)
-    result = _result("ramp (guide's k6 stages, scaled)", "ramp", run, ballots, peak_vus, local_ips, target,
-                     "cast_vote", measured, _verify(target, ballots, run))
+    stages = scaled_stages(peak_vus, time_scale)
+    result, run = _run("ramp (guide's k6 stages, scaled)", "ramp", "ramp.js", target,
+                       {"stages": [{"seconds": s.seconds, "target": s.target} for s in stages]}, None, peak_vus,
+                       lambda _, vu, it: vu * RAMP_VOTERS_PER_VU + it, None,
+                       f"guide's ramp over HTTP (k6, peak {peak_vus:,} VUs)", console, quiet)
     result["stages"] = [{"seconds": s.seconds, "target": s.target, "phase": s.phase} for s in stages]
     result["phases"] = phase_figures(run.records, run.t0, stages)
     return result
-
-
-def _verify(target: HttpTarget, ballots: BallotSpec, run: K6Run) -> dict[str, Any]:
-    acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in run.records if r[1] == "ack"}
-    return verify_poll(target.admin_url, ballots.poll_id, acked, [identity(r[0]) for r in run.records]).as_dict()

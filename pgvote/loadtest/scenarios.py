@@ -1,20 +1,8 @@
-"""The SQL-level scenarios of ``pgvote loadtest --sql``: pgbench through PgBouncer, each call exactly
-as PostgREST 12 makes it (``pgvote/bench/scripts/postgrest_rpc.sql``, ``-M extended``); each
-scenario creates its own poll, runs, and verifies what is stored (the HTTP ones, k6's, are in
-``http_scenarios``).
-
-- ``single``: N distinct voters, one ``cast_vote`` each, from C clients released together (pgbench
-  opens every connection first; its threads then start at one barrier);
-- ``bare``: the same transactions against the bare-insert reference (``scratch.py``): the drain ratio;
-- ``bulk``: the same N ballots through ``api.cast_votes`` as role ingest, in batches.
-
-pgbench runs ``-t per_client`` transactions per client, and client c's k-th transaction casts number
-``c * per_client + k`` (the script's own per-client counter): distinct by construction, with no
-shared sequence to contend on. Its log of committed transactions (``-l``) therefore names every
-acknowledged voter or batch: the acknowledged set ``verify.py`` checks against the stored ballots.
-pgbench does not retry a lost connection: an error ends its client, so further passes re-cast what
-was in flight after a retryable error and cast what aborted clients never reached (``cast_all``).
-"""
+"""The SQL-level scenarios of ``pgvote loadtest --sql``, pgbench through PgBouncer with PostgREST's
+statements: ``single`` (N voters from C clients released together), ``bare`` (the same against the
+bare-insert reference, sql/scratch.sql) and ``bulk`` (``api.cast_votes`` in batches). Client c's k-th
+transaction casts number ``c * per_client + k``, so pgbench's log of committed transactions names every
+acknowledged voter; further passes re-cast what a lost connection left unanswered (docs/benchmarks.md)."""
 from __future__ import annotations
 
 import json
@@ -42,36 +30,37 @@ from pgvote.loadtest.config import LoadtestConfig
 from pgvote.loadtest.servers import measuring
 from pgvote.loadtest.stats import Record, figures, latency_summary, timeline
 from pgvote.loadtest.verify import verify_poll
-from pgvote.paths import PROJECT_ROOT
+from pgvote.stack import read_postgrest_conf
 
 OPTIONS = ("PostgreSQL", "PgBouncer", "PostgREST", "psycopg")
 MAX_CHOICES = 2
 
 
-def create_poll(admin_url: str, tag: str) -> BallotSpec:
-    """A single-ballot poll (no revotes) open to anonymous voters, created by ``api.create_poll`` as a
-    signed-in creator would call it (role and JWT claims set as PostgREST sets them)."""
+def create_poll(admin_url: str, tag: str, options: tuple[str, ...] = OPTIONS, max_choices: int = MAX_CHOICES,
+                allow_revote: bool = False) -> BallotSpec:
+    """A single-ballot poll open to anonymous voters, created by ``api.create_poll`` as a signed-in creator
+    would call it (role and JWT claims set as PostgREST sets them)."""
     claims = json.dumps({"role": "authenticated", "sub": f"loadtest-creator-{tag}"})
     with psycopg.connect(admin_url, autocommit=True) as conn, conn.transaction():
         conn.execute("select set_config('role', 'authenticated', true), "
                      "set_config('request.jwt.claims', %s, true)", (claims,))
-        row = conn.execute("select api.create_poll(%s, %s, max_choices => %s, allow_revote => false)",
-                           (f"Load test {tag}: which part do you trust most?", list(OPTIONS), MAX_CHOICES)).fetchone()
+        row = conn.execute("select api.create_poll(%s, %s, max_choices => %s, allow_revote => %s)",
+                           (f"Load test {tag}: which part do you trust most?", list(options), max_choices,
+                            allow_revote)).fetchone()
     assert row is not None
     created: dict[str, Any] = row[0]
-    return BallotSpec(created["poll_id"], tuple(created["option_ids"]), tag, MAX_CHOICES)
+    return BallotSpec(created["poll_id"], tuple(created["option_ids"]), tag, max_choices)
 
 
 def pre_request_hook(admin_url: str) -> str | None:
     """``db-pre-request`` of the project's api/postgrest.conf, when that function exists in the database:
     PostgREST calls it in every request's transaction, so the load does too."""
-    conf = PROJECT_ROOT / "api" / "postgrest.conf"
-    match = re.search(r'^\s*db-pre-request\s*=\s*"([^"]+)"', conf.read_text(), re.MULTILINE) if conf.is_file() else None
-    if not match:
+    hook = read_postgrest_conf().get("db-pre-request")
+    if not hook:
         return None
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        row = conn.execute("select to_regprocedure(%s) is not null", (match[1] + "()",)).fetchone()
-    return match[1] if row and row[0] else None
+        row = conn.execute("select to_regprocedure(%s) is not null", (hook + "()",)).fetchone()
+    return hook if row and row[0] else None
 
 
 def new_tag() -> str:
@@ -145,7 +134,7 @@ def cast_all(cfg: LoadtestConfig, script: str | Path, clients: int, per_client: 
                 settle()
                 clients, per_client = _plan(len(pending), clients)
                 slots = [pending[i % len(pending)] for i in range(clients * per_client)]  # the last repeat: idempotent
-                scratch.stage_recasts(cfg.admin_url, slots)
+                scratch.stage(cfg.admin_url, "recasts", slots)
             else:
                 slots = pending
             run = Run(script, cfg.database_url, clients, transactions=per_client, protocol="extended",
@@ -191,15 +180,6 @@ def records(casts: dict[int, Cast], name: Callable[[int], str]) -> list[Record]:
     return out
 
 
-def _burst_result(name: str, path: str, clients: int, voters: int, outcomes: list[Outcome], recs: list[Record],
-                  measured: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    t0 = min((r[4] for r in recs if r[1] == "ack"), default=time.time())
-    errors = Counter(error for o in outcomes for error in o.aborted.values())
-    return {"name": name, "path": path, "voters": voters, "clients": clients,
-            "figures": figures(recs, t0, errors).as_dict(), "pgbench": _pgbench_figures(outcomes), **measured,
-            "timeline": timeline(recs, t0), **extra}
-
-
 def _pgbench_figures(outcomes: list[Outcome]) -> dict[str, Any]:
     """The first pass's figures (the burst itself), and how many re-cast passes followed."""
     first = outcomes[0]
@@ -208,15 +188,19 @@ def _pgbench_figures(outcomes: list[Outcome]) -> dict[str, Any]:
             "recast_transactions": sum(o.processed for o in outcomes[1:])}
 
 
+def _burst_result(name: str, path: str, clients: int, voters: int, outcomes: list[Outcome], recs: list[Record],
+                  measured: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    t0 = min((r[4] for r in recs if r[1] == "ack"), default=time.time())
+    errors = Counter(error for o in outcomes for error in o.aborted.values())
+    return {"name": name, "path": path, "voters": voters, "clients": clients, "figures": figures(recs, t0, errors),
+            "pgbench": _pgbench_figures(outcomes), **measured, "timeline": timeline(recs, t0), **extra}
+
+
 def _plan(voters: int, clients: int) -> tuple[int, int]:
     """(clients, transactions per client): every client casts the same number (pgbench -t), so the voters
     are rounded up to a multiple of the clients."""
     clients = max(1, min(clients, voters))
     return clients, math.ceil(voters / clients)
-
-
-def _scratch_role(cfg: LoadtestConfig) -> str:
-    return urlsplit(cfg.database_url).username or "authenticator"
 
 
 def run_single(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
@@ -227,12 +211,9 @@ def run_single(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> di
     variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
                                     per_client=per_client, hook=hook is not None, caller="voter")
     measured: dict[str, Any] = {}
-    scratch.setup(cfg.admin_url, _scratch_role(cfg))
-    try:
+    with scratch.schema(cfg.admin_url, cfg.database_url):
         casts, outcomes = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, "cast_vote", console, quiet,
                                    measured)
-    finally:
-        scratch.teardown(cfg.admin_url)
     recs = records(casts, ballots.fingerprint)
     acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in recs if r[1] == "ack"}
     check = verify_poll(cfg.admin_url, ballots.poll_id, acked, [identity(r[0]) for r in recs])
@@ -248,16 +229,12 @@ def run_bare(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict
     variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
                                     per_client=per_client)
     measured: dict[str, Any] = {}
-    scratch.setup(cfg.admin_url, _scratch_role(cfg))
-    try:
-        with tempfile.TemporaryDirectory(prefix="pgvote-loadtest-") as tmp:
-            casts, outcomes = cast_all(cfg, scratch.bare_script(Path(tmp)), clients, per_client, variables,
-                                       "bare insert", console, quiet, measured)
+    with scratch.schema(cfg.admin_url, cfg.database_url), tempfile.TemporaryDirectory(prefix="pgvote-loadtest-") as tmp:
+        casts, outcomes = cast_all(cfg, scratch.bare_script(Path(tmp)), clients, per_client, variables,
+                                   "bare insert", console, quiet, measured)
         recs = records(casts, ballots.fingerprint)
         acked = [r[0] for r in recs if r[1] == "ack"]
         stored, found = scratch.stored(cfg.admin_url, ballots.poll_id, acked)
-    finally:
-        scratch.teardown(cfg.admin_url)
     check = {"accepted": len(acked), "stored": stored, "lost": len(acked) - found,
              "duplicated": 0, "exactly_once": stored == found == len(acked)}  # the primary key forbids twins
     return _burst_result("bare-insert reference", "bare", clients, clients * per_client, outcomes, recs, measured,
@@ -279,14 +256,11 @@ def run_bulk_scenario(cfg: LoadtestConfig, console: Console, quiet: bool = False
     variables = postgrest_variables(poll_id=ballots.poll_id, prefix=ballots.prefix, per_client=per_client,
                                     role="ingest", hook=pre_request_hook(cfg.admin_url) is not None, bulk=True)
     measured: dict[str, Any] = {}
-    scratch.setup(cfg.admin_url, _scratch_role(cfg))
-    try:
-        scratch.stage_batches(cfg.admin_url, [json.dumps({"ballots": [ballots.bulk_item(v) for v in voters]})
-                                              for voters in plan])
+    with scratch.schema(cfg.admin_url, cfg.database_url):
+        scratch.stage(cfg.admin_url, "batches", [json.dumps({"ballots": [ballots.bulk_item(v) for v in voters]})
+                                                 for voters in plan])
         casts, outcomes = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, f"cast_votes, {count} batches",
                                    console, quiet, measured)
-    finally:
-        scratch.teardown(cfg.admin_url)
     committed = [(b, c.committed) for b, c in casts.items() if c.committed]
     acked = {ballots.bulk_identity(v): list(ballots.options_for(ballots.fingerprint(v)))
              for b, _ in committed for v in plan[b]}

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from pgvote.loadtest.config import Stage
@@ -30,39 +29,19 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
             "max_ms": ms[-1] if ms else math.nan}
 
 
-@dataclass(frozen=True)
-class RunFigures:
-    voters: int  # voters attempted
-    accepted: int  # voters whose ballot was acknowledged (200)
-    answers: dict[str, int]  # acknowledged: recorded / changed / unchanged
-    rejected: dict[str, int]  # final non-retryable answers, by "status code"
-    gave_up: int  # voters still unanswered after max attempts / the run timeout
-    requests: int  # every attempt (retries included)
-    retried_errors: dict[str, int]  # every non-200 attempt, by "status code"
-    drain_seconds: float  # release -> last acknowledgment
-    votes_per_second: float  # accepted / drain
-    request_latency: dict[str, float]  # one voter's calls: first attempt sent -> acknowledged (retries included)
-    time_to_ack: dict[str, float]  # release -> acknowledged: what a user of the burst waits
-    success_rate: float  # 200 answers / requests (k6's http_req_failed complement)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def figures(records: Sequence[Record], t0: float, errors: Counter[str]) -> RunFigures:
+def figures(records: Sequence[Record], t0: float, errors: Counter[str]) -> dict[str, Any]:
+    """The figures of a run from its records; ``errors``: every non-200 attempt, by "status code"."""
     acked = [r for r in records if r[1] == "ack"]
-    rejected = Counter(f"{r[2]} {r[3]}" for r in records if r[1] == "rejected")
-    drain = max((r[5] for r in acked), default=t0) - t0
-    requests = sum(r[6] for r in records)
-    return RunFigures(
-        voters=len(records), accepted=len(acked), answers=dict(Counter(r[3] for r in acked)),
-        rejected=dict(rejected), gave_up=sum(r[1] == "gave_up" for r in records), requests=requests,
-        retried_errors=dict(errors), drain_seconds=drain,
-        votes_per_second=len(acked) / drain if drain > 0 else math.nan,
-        request_latency=latency_summary([r[5] - r[4] for r in acked]),
-        time_to_ack=latency_summary([r[5] - t0 for r in acked]),
-        success_rate=len(acked) / requests if requests else math.nan,
-    )
+    drain = max((r[5] for r in acked), default=t0) - t0  # release -> last acknowledgment
+    requests = sum(r[6] for r in records)  # every attempt, retries included
+    return {"voters": len(records), "accepted": len(acked), "answers": dict(Counter(r[3] for r in acked)),
+            "rejected": dict(Counter(f"{r[2]} {r[3]}" for r in records if r[1] == "rejected")),  # final answers
+            "gave_up": sum(r[1] == "gave_up" for r in records), "requests": requests, "retried_errors": dict(errors),
+            "drain_seconds": drain, "votes_per_second": len(acked) / drain if drain > 0 else math.nan,
+            # one voter's calls: first attempt sent -> acknowledged; release -> acknowledged (what a user waits)
+            "request_latency": latency_summary([r[5] - r[4] for r in acked]),
+            "time_to_ack": latency_summary([r[5] - t0 for r in acked]),
+            "success_rate": len(acked) / requests if requests else math.nan}  # 200 answers / requests (k6's)
 
 
 def phase_figures(records: Sequence[Record], t0: float, stages: Sequence[Stage]) -> dict[str, dict[str, float]]:

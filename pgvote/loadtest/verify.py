@@ -1,24 +1,21 @@
-"""Exactly-once verification after a run, against what is stored.
-
-Voters are stored only as HMAC digests (``internal.voter_key``), so the expected key of every voter
-is computed by the database itself, in one statement, from the identities the run used
-(``fp:<fingerprint>`` or ``sub:<id>``). Then, for the run's poll:
-
-- every acknowledged voter has exactly one stored ballot (missing = **lost**);
-- no voter has two ballots (**duplicated**), and no ballot belongs to a voter the run never cast for
-  or never acknowledged;
-- each stored ballot holds exactly the options that voter cast (**mismatched**);
-- stored ballots == accepted, and ``poll_results`` (as the anonymous role) equals the counts
-  derived from the stored ballots, option by option.
-"""
+"""Exactly-once verification after a run, against what is stored (the counts: sql/verify.sql)."""
 from __future__ import annotations
 
-from collections import Counter
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
+
+VERIFY_SQL = (Path(__file__).parent / "sql" / "verify.sql").read_text()
+#: A problem per count that must be zero (or flag that must hold), in the order they are reported.
+PROBLEMS = (("lost", "{} acknowledged ballots are not stored"), ("duplicated", "{} voters have more than one ballot"),
+            ("unexpected", "{} stored ballots belong to voters this run never cast for"),
+            ("unacknowledged", "{} ballots were stored but never acknowledged to their voter"),
+            ("mismatched", "{} stored ballots differ from what the voter cast"))
 
 
 @dataclass(frozen=True)
@@ -43,13 +40,7 @@ class Verification:
         return {**self.__dict__, "exactly_once": self.exactly_once}
 
 
-def voter_keys(admin: psycopg.Connection, identities: Sequence[str]) -> dict[bytes, str]:
-    """HMAC voter key -> identity, computed by ``internal.voter_key`` in one round trip."""
-    rows = admin.execute("select i, internal.voter_key(i) from unnest(%s::text[]) as i", (list(identities),)).fetchall()
-    return {bytes(key): ident for ident, key in rows}
-
-
-def poll_results(admin: psycopg.Connection, poll_id: str) -> dict[str, Any] | None:
+def poll_results(admin: psycopg.Connection[Any], poll_id: str) -> dict[str, Any] | None:
     """``api.poll_results`` as an anonymous reader calls it (straight from the database: an HTTP cache
     in front may serve a result up to a second old); None when the poll does not exist."""
     try:
@@ -66,55 +57,21 @@ def verify_poll(admin_url: str, poll_id: str, acknowledged: Mapping[str, Sequenc
     """``acknowledged``: identity -> option ids that voter cast and got a 200 for; ``attempted``: other
     identities the run tried (not acknowledged: their ballot may or may not be stored)."""
     with psycopg.connect(admin_url, autocommit=True) as admin:
-        keys = voter_keys(admin, [*acknowledged, *(a for a in attempted if a not in acknowledged)])
-        stored_rows = admin.execute(
-            "select voter_key, option_ids::text[] from voting.ballots where poll_id = %s", (poll_id,)).fetchall()
         results = poll_results(admin, poll_id)
-    stored_by_voter = Counter(bytes(k) for k, _ in stored_rows)
-    ident_of = {bytes(k): keys.get(bytes(k)) for k, _ in stored_rows}
-    expected_keys = {key for key, ident in keys.items() if ident in acknowledged}
-
-    lost = len(expected_keys - set(stored_by_voter))
-    duplicated = sum(n - 1 for n in stored_by_voter.values() if n > 1)
-    unexpected = sum(1 for k, _ in stored_rows if ident_of[bytes(k)] is None)
-    unacknowledged = sum(1 for k, _ in stored_rows
-                         if ident_of[bytes(k)] is not None and ident_of[bytes(k)] not in acknowledged)
-    mismatched = 0
-    for k, options in stored_rows:
-        ident = ident_of[bytes(k)]
-        if ident is not None and ident in acknowledged and set(options) != set(acknowledged[ident]):
-            mismatched += 1
-
-    derived = Counter(o for _, options in stored_rows for o in options)
-    expected_counts = Counter(o for options in acknowledged.values() for o in options)
-    total = results.get("total_ballots") if results else None
-    reported = {o["option_id"]: o["votes"] for o in results.get("options", [])} if results else {}
-    tallies_match = results is not None and all(reported.get(o, 0) == n for o, n in derived.items()) \
-        and sum(reported.values()) == sum(derived.values())
-    tallies_expected = all(reported.get(o, 0) == n for o, n in expected_counts.items()) \
-        and sum(reported.values()) == sum(expected_counts.values())
-
-    problems = []
-    if lost:
-        problems.append(f"{lost} acknowledged ballots are not stored")
-    if duplicated:
-        problems.append(f"{duplicated} voters have more than one ballot")
-    if unexpected:
-        problems.append(f"{unexpected} stored ballots belong to voters this run never cast for")
-    if unacknowledged:
-        problems.append(f"{unacknowledged} ballots were stored but never acknowledged to their voter")
-    if mismatched:
-        problems.append(f"{mismatched} stored ballots differ from what the voter cast")
-    if len(stored_rows) != len(acknowledged):
-        problems.append(f"stored {len(stored_rows)} != accepted {len(acknowledged)}")
+        with admin.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(VERIFY_SQL, {"poll": poll_id, "acked": json.dumps({k: list(v) for k, v in acknowledged.items()}),
+                                           "attempted": list(attempted),
+                                           "results": json.dumps(results) if results else None}).fetchone()
+    assert row is not None
+    problems = [message.format(row[key]) for key, message in PROBLEMS if row[key]]
+    if row["stored"] != row["accepted"]:
+        problems.append(f"stored {row['stored']} != accepted {row['accepted']}")
     if results is None:
         problems.append("poll_results found no such poll")
-    elif total != len(stored_rows):
-        problems.append(f"poll_results total_ballots {total} != stored {len(stored_rows)}")
-    if not tallies_match:
-        problems.append("poll_results per-option counts differ from the stored ballots")
-    if not tallies_expected:
-        problems.append("poll_results per-option counts differ from the acknowledged ballots")
-    return Verification(len(acknowledged), len(stored_rows), lost, duplicated, unexpected, unacknowledged,
-                        mismatched, total,
-                        tallies_match, tallies_expected, problems)
+    elif row["results_total"] != row["stored"]:
+        problems.append(f"poll_results total_ballots {row['results_total']} != stored {row['stored']}")
+    problems += [message for key, message in (
+        ("tallies_match", "poll_results per-option counts differ from the stored ballots"),
+        ("tallies_expected_match", "poll_results per-option counts differ from the acknowledged ballots"))
+        if not row[key]]
+    return Verification(**row, problems=problems)

@@ -34,7 +34,7 @@ from pgvote import jwt
 from pgvote.bench.pgbench import raise_nofile_limit
 from pgvote.http import ApiClient
 from pgvote.loadtest.http_scenarios import source_addresses
-from pgvote.loadtest.k6 import k6_binary
+from pgvote.loadtest.k6 import K6Lines, k6_binary
 
 SCRIPT = Path(__file__).with_name("fault_load.js")
 RETRYABLE = frozenset({0, 502, 503, 504})  # no HTTP answer, or the proxy's "retry it" answers
@@ -220,38 +220,26 @@ class Round:
 
 # ---- running k6 ----------------------------------------------------------------------------------
 
-class _Follower:
-    """Reads k6's JSON lines as they are written, keeping the vote_attempts points."""
-
-    PREFIX = b'{"metric":"vote_attempts","type":"Point"'
+class _Follower(K6Lines):
+    """Keeps the vote_attempts points."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.offset, self.partial = path, 0, b""
+        super().__init__(path)
         self.attempts: list[Attempt] = []
         self.acked = 0
 
-    def read(self) -> None:
-        try:
-            with self.path.open("rb") as f:
-                f.seek(self.offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            return
-        self.offset += len(chunk)
-        lines = (self.partial + chunk).split(b"\n")
-        self.partial = lines.pop()
-        for line in lines:
-            if line.startswith(self.PREFIX):
-                data = json.loads(line)["data"]
-                tags = data["tags"]
-                finished = datetime.fromisoformat(data["time"]).timestamp()  # RFC 3339, ns
-                status = int(tags["status"])
-                self.attempts.append(Attempt(
-                    int(tags["ballot"]), int(tags["attempt"]), status,
-                    tags.get("answer", "") if status == 200 else tags.get("error", ""),
-                    finished - data["value"] / 1000, finished, body=tags.get("body", ""),
-                    options=tuple(filter(None, tags.get("options", "").split(",")))))
-                self.acked += status == 200
+    def point(self, line: bytes) -> None:
+        if line.startswith(b'{"metric":"vote_attempts","type":"Point"'):
+            data = json.loads(line)["data"]
+            tags = data["tags"]
+            finished = datetime.fromisoformat(data["time"]).timestamp()  # RFC 3339, ns
+            status = int(tags["status"])
+            self.attempts.append(Attempt(
+                int(tags["ballot"]), int(tags["attempt"]), status,
+                tags.get("answer", "") if status == 200 else tags.get("error", ""),
+                finished - data["value"] / 1000, finished, body=tags.get("body", ""),
+                options=tuple(filter(None, tags.get("options", "").split(",")))))
+            self.acked += status == 200
 
 
 def bearer(stack: Any, vote: Vote) -> str:
