@@ -12,7 +12,7 @@ switched off: routing is the hash alone again, over 2N. Each poll moves under it
 2. target: insert the copy, rebuild its tallies, commit: the decision;
 3. router: record the poll in router.moved, commit: calls go to the target from now on;
 4. source: COMMIT PREPARED. The calls queued behind the fence find no poll, answer poll_not_found, and
-   the router calls once more where the poll now is (router.moved_away).
+   the router calls once more where the poll now is (router.retry_or_forward).
 
 A run that died part-way is settled by `recover` (the next run starts with it): a prepared move whose
 poll the target holds rolls forward (3, 4); one whose poll the target does not hold rolls back.
@@ -89,7 +89,7 @@ def move_poll(router_url: str, source: ShardCluster, target: ShardCluster, poll_
     """Move one poll with its ballots from source to target while its votes go on (module docstring)."""
     rows = prepare_move(source, poll_id)
     copy_to(target, rows, poll_id)
-    _finish(router_url, source, PREFIX + poll_id, poll_id)
+    finish_move(router_url, source, PREFIX + poll_id, poll_id)
 
 
 def prepare_move(source: ShardCluster, poll_id: str) -> dict[str, bytes]:
@@ -124,13 +124,14 @@ def recover(router_url: str, shards: list[ShardCluster]) -> None:
         for gid in gids:
             poll_id = gid.removeprefix(PREFIX)
             if any(_holds(s, poll_id) for s in shards if s is not shard):
-                _finish(router_url, shard, gid, poll_id)
+                finish_move(router_url, shard, gid, poll_id)
             else:
                 with psycopg.connect(shard.admin_url, autocommit=True) as conn:
                     conn.execute(sql.SQL("rollback prepared {}").format(sql.Literal(gid)))
 
 
-def _finish(router_url: str, source: ShardCluster, gid: str, poll_id: str) -> None:
+def finish_move(router_url: str, source: ShardCluster, gid: str, poll_id: str) -> None:
+    """Steps 3 and 4: the router routes the poll to its new shard, then the source's prepared delete commits."""
     with psycopg.connect(router_url, autocommit=True) as router:
         router.execute("insert into router.moved (poll_id) values (%s) on conflict do nothing", (poll_id,))
     with psycopg.connect(source.admin_url, autocommit=True) as src:

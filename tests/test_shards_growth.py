@@ -4,14 +4,16 @@ twice. A module of its own: the growth changes its stack for good.
 """
 from __future__ import annotations
 
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 from reliability.checks import VotePolls, make_votes, verify
 from reliability.k6round import Live, run_round
 
-from pgvote.grow import add_shards, copy_to, move_polls, prepare_move
-from pgvote.shards import ShardedStack
+from pgvote.grow import PREFIX, add_shards, copy_to, finish_move, move_polls, prepare_move
+from pgvote.shards import ShardCluster, ShardedStack
 
 from fixtures.shards import ClusterAdmin, sharded_fixtures
 from helpers import Poll, PollFactory, fingerprint, user
@@ -33,9 +35,10 @@ def poll_in(stack: ShardedStack, make_poll: PollFactory, wanted: int, **body: ob
     raise AssertionError(f"200 new polls, none in partition {wanted} of 4")
 
 
-def holder(stack: ShardedStack, poll_id: str) -> list[int]:
+def holder(stack: ShardedStack, poll_id: str, shards: list[ShardCluster] | None = None) -> list[int]:
+    """The shards that hold the poll, among the stack's (or the given ones: the new ones of a growth too)."""
     found = []
-    for shard in stack.shards:
+    for shard in shards or stack.shards:
         with psycopg.connect(shard.admin_url, autocommit=True) as conn:
             if conn.execute("select from voting.polls where poll_id = %s", (poll_id,)).fetchone() is not None:
                 found.append(shard.index)
@@ -59,16 +62,42 @@ def test_growing_2_to_4_shards_under_k6_load_moves_polls_and_loses_nothing(stack
     polls = VotePolls({"poll_id": single.poll_id, "option_ids": single.option_ids},
                       {"poll_id": multiple.poll_id, "option_ids": multiple.option_ids})
     votes = make_votes(polls, 1200, f"grow-{uuid.uuid4().hex[:8]}")
-    new = add_shards(stack)  # the new clusters start before the load: the moves run under it
-    assert [s.index for s in new] == [2, 3]
-    # Two moves a crash interrupted: one after the target's copy committed (the decision: rolled forward),
-    # one before (rolled back, then moved again); move_polls settles both first, under the load.
-    forward, back = (poll_in(stack, make_poll, 2), poll_in(stack, make_poll, 3))
+    # Polls for two moves a crash interrupts and for calls queued behind a move, created before the growth
+    # (a poll created during one is created on its final shard).
+    forward, back, queued = (poll_in(stack, make_poll, 2), poll_in(stack, make_poll, 3), poll_in(stack, make_poll, 2))
+    assert (holder(stack, forward.poll_id), holder(stack, back.poll_id), holder(stack, queued.poll_id)) == ([0], [1], [0])
     for poll in (forward, back):
         assert api.rpc("cast_vote", {"poll_id": poll.poll_id, "option_ids": poll.option_ids[:1],
                                      "voter_fingerprint": fingerprint()}).status == 200
+    new = add_shards(stack)  # the new clusters start before the load: the moves run under it
+    assert [s.index for s in new] == [2, 3]
+    during_growth = make_poll()
+    assert holder(stack, during_growth.poll_id, stack.shards + new) == [partition(stack, during_growth.poll_id, 4)], \
+        "a poll created during the growth is created on its shard among 4"
+    # Two interrupted moves: one after the target's copy committed (the decision: rolled forward), one
+    # before (rolled back, then moved again); move_polls settles both first, under the load.
     copy_to(new[0], prepare_move(stack.shards[0], forward.poll_id), forward.poll_id)
     prepare_move(stack.shards[1], back.poll_id)
+    # Calls queued behind a move's fence find the poll gone on its old shard, and the router calls once
+    # more where it now is (cast_vote; cast_votes in a second round, beside a ballot of another poll).
+    rows = prepare_move(stack.shards[0], queued.poll_id)
+    with ThreadPoolExecutor(2) as pool:
+        vote = pool.submit(api.rpc, "cast_vote", {"poll_id": queued.poll_id, "option_ids": queued.option_ids[:1],
+                                                  "voter_fingerprint": fingerprint()})
+        batch = pool.submit(api.rpc, "cast_votes", {"ballots": [
+            {"poll_id": queued.poll_id, "option_ids": queued.option_ids[1:2], "voter_id": f"bulk-{uuid.uuid4()}"},
+            {"poll_id": staying.poll_id, "option_ids": staying.option_ids[1:2], "voter_id": f"bulk-{uuid.uuid4()}"}]},
+            claims={"role": "ingest", "sub": "edge"})
+        time.sleep(1.0)
+        assert not vote.done() and not batch.done(), "the calls wait behind the prepared fence"
+        copy_to(new[0], rows, queued.poll_id)
+        finish_move(stack.admin_url, stack.shards[0], PREFIX + queued.poll_id, queued.poll_id)
+        assert vote.result().status == 200 and vote.result().body["status"] == "recorded", vote.result().body
+        assert batch.result().status == 200, batch.result().body
+        assert [r["status"] for r in batch.result().body["results"]] == ["recorded", "recorded"], batch.result().body
+    assert holder(stack, queued.poll_id, stack.shards + new) == [2]
+    queued_results = api.rpc("poll_results", {"poll_id": queued.poll_id})
+    assert queued_results.body["total_ballots"] == 2, "both queued ballots stored once, on the new shard"
     moved: list[int] = []
 
     def grow_under_load(live: Live) -> None:
@@ -81,18 +110,19 @@ def test_growing_2_to_4_shards_under_k6_load_moves_polls_and_loses_nothing(stack
     assert len(stack.shards) == 4 and moved and moved[0] >= 3
     during = sum(result.marks["grow"] < a.finished < result.marks["moved"] for a in result.acks())
     after = sum(a.finished > result.marks["moved"] for a in result.acks())
-    assert after > 0, f"the moves ran under load ({during} acknowledged during them, {after} after)"
+    assert during > 0, f"the moves ran under load ({during} acknowledged during them, {after} after)"
     everywhere = ClusterAdmin([stack.admin_url] + [s.admin_url for s in stack.shards])
     verdict = verify(stack, everywhere, polls, result)
     assert verdict.duplicates == 0 and verdict.acknowledged_missing == 0
     assert holder(stack, single.poll_id) == [2] and holder(stack, multiple.poll_id) == [3]
     assert holder(stack, staying.poll_id) == [1]
     assert holder(stack, forward.poll_id) == [2] and holder(stack, back.poll_id) == [3]
+    assert holder(stack, during_growth.poll_id) == [partition(stack, during_growth.poll_id, 4)]
     for poll in (forward, back):
         recovered = api.rpc("poll_results", {"poll_id": poll.poll_id})
         assert recovered.status == 200 and recovered.body["total_ballots"] == 1, "the interrupted moves lost nothing"
     results = api.rpc("poll_results", {"poll_id": staying.poll_id})
-    assert results.status == 200 and results.body["total_ballots"] == 1
+    assert results.status == 200 and results.body["total_ballots"] == 2, "its vote and its ballot of the batch"
     with psycopg.connect(stack.admin_url, autocommit=True) as router:
         assert router.execute("select count(*) from router.moved").fetchone()[0] == 0
         assert router.execute("select active from router.growth").fetchone()[0] is False

@@ -29,10 +29,7 @@ begin
         exception when others then
             get stacked diagnostics state = returned_sqlstate, message = message_text, detail = pg_exception_detail,
                                     hint = pg_exception_hint;
-            if attempt = 1 and router.moved_away(poll_id, message) then
-                continue;  -- a growth moved the poll while this call waited: once more, where it is now
-            end if;
-            perform router.forward_error(state, message, detail, hint);
+            continue when router.retry_or_forward(attempt, poll_id, state, message, detail, hint);
         end;
     end loop;
     return null;  -- not reached: each attempt returns or raises

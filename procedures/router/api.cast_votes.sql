@@ -22,6 +22,7 @@ declare
     counts  jsonb := '{"recorded": 0, "changed": 0, "unchanged": 0, "rejected": 0}'::jsonb;
     outcome jsonb := '{}'::jsonb;  -- ordinal -> result
     pending integer[];             -- the ordinals still to send
+    missing jsonb;                 -- ordinal -> poll id of the ballots a shard answered poll_not_found
     state text; message text; detail text; hint text;
 begin
     perform internal.check_ballot_batch(ballots);
@@ -47,12 +48,14 @@ begin
             from batch as k, router.cast_votes(router.request_context(), k.hashes, k.items, k.ordinals) as c
         )
         select outcome || coalesce(jsonb_object_agg(a.ordinal::text, a.result), '{}'),
-               coalesce(array_agg(a.ordinal order by a.ordinal)
-                            filter (where attempt = 1 and a.result ->> 'code' = 'poll_not_found'
-                                    and exists (select from router.moved as m where m.poll_id = a.poll_id::uuid)),
-                        '{}')
-        into outcome, pending
+               coalesce(jsonb_object_agg(a.ordinal::text, a.poll_id)
+                            filter (where attempt = 1 and a.result ->> 'code' = 'poll_not_found'), '{}')
+        into outcome, missing
         from answered as a;
+        -- A statement of its own, so a snapshot of its own: it sees a move committed while the call waited.
+        pending := array(select m.key::integer from jsonb_each_text(missing) as m
+                         where exists (select from router.moved as r where r.poll_id = m.value::uuid)
+                         order by 1);
     end loop;
     select counts || coalesce(jsonb_object_agg(c.status, c.n), '{}')
     into counts
