@@ -52,13 +52,19 @@ def select_backend() -> str:
     return "local"
 
 
-def make_stack(state_dir: Path | None = None) -> Stack:
-    """The stack of this checkout per select_backend()."""
+def make_stack(state_dir: Path | None = None, ha: bool = False) -> Stack:
+    """The stack of this checkout per select_backend(); the local one in the HA profile when asked
+    (`pgvote up --ha`) or when its state dir remembers it."""
     if select_backend() == "testcontainers":
         from pgvote.containers import ContainerStack
 
         return ContainerStack(state_dir)
-    return LocalStack(state_dir)
+    stack = LocalStack(state_dir)
+    if ha or stack.profile == "ha":
+        from pgvote.ha import HaStack
+
+        return HaStack(state_dir)
+    return stack
 
 
 def require_running(stack: Stack, component: str = "nginx") -> None:

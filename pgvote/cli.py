@@ -65,7 +65,7 @@ def command(name: str, help: str, configure: Configure | None = None) -> Callabl
 
 def _stack(args: argparse.Namespace) -> Stack:
     state_dir = Path(args.state_dir) if args.state_dir else None
-    return make_stack(state_dir=state_dir)
+    return make_stack(state_dir=state_dir, ha=getattr(args, "ha", False))
 
 
 def _local_stack(args: argparse.Namespace) -> LocalStack:
@@ -119,6 +119,9 @@ export DATABASE_URL={stack.admin_url}""")
 
 def _up_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-migrate", action="store_true", help="start without running migrations")
+    p.add_argument("--ha", action="store_true",
+                   help="the HA profile: etcd, two PostgreSQL members under Patroni (leader and synchronous "
+                        "standby) behind HAProxy, results read from the standby (remembered by the state dir)")
 
 
 @command("up", "start PostgreSQL, run migrations, start PgBouncer, two PostgREST replicas and nginx", _up_options)
@@ -163,6 +166,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             table.add_row(label, state, str(entry.get("pid") or "-"), str(entry.get("port") or "-"),
                           "-" if restarts is None else str(restarts), escape(detail or ""))
     out.print(table)
+    for m in status.get("ha", {}).get("members", []):
+        lag = "-" if m["lag_bytes"] is None else f"{m['lag_bytes']} bytes behind"
+        out.print(f"{m['name']}: {m['role'] or 'unknown'} ({m['state'] or 'no answer'}), PostgreSQL pid "
+                  f"{m['pid'] or '-'} port {m['port']}, Patroni pid {m['patroni_pid'] or '-'} {m['url']}, lag {lag}")
     out.print(f"state dir: {escape(status['state_dir'])}")
     if "requested_state_dir" in status:
         out.print(f"(relocated from {escape(status['requested_state_dir'])}: the postgres user cannot reach it)")
