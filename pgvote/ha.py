@@ -279,8 +279,10 @@ class HaStack(LocalStack):
     # ---- the cluster ----------------------------------------------------------------------------
 
     def cluster(self) -> list[dict[str, Any]]:
-        """Patroni's /cluster members from the first member that answers ([] when none does)."""
-        for member in self.members:
+        """Patroni's /cluster members, as the leader sees them (a member cut off from etcd may answer
+        with the view it last had), else as the first member that answers ([] when none does)."""
+        leader = self.leader()
+        for member in ([leader] if leader else []) + self.members:
             try:
                 with urllib.request.urlopen(member.url + "/cluster", timeout=2) as resp:
                     members: list[dict[str, Any]] = json.load(resp).get("members", [])
@@ -290,8 +292,9 @@ class HaStack(LocalStack):
         return []
 
     def leader(self) -> Member | None:
-        names = [m["name"] for m in self.cluster() if m.get("role") == "leader" and m.get("state") == "running"]
-        return next((m for m in self.members if m.name in names), None)
+        """The member whose Patroni answers /primary with 200: it holds the leader key and runs a
+        writable PostgreSQL (what HAProxy's write port checks)."""
+        return next((m for m in self.members if _http_ok(m.url + "/primary")), None)
 
     def healthy(self) -> bool:
         """A running leader and a streaming synchronous standby, and HAProxy's write port reaches the leader."""
