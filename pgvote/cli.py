@@ -282,8 +282,11 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
                         "process (--quick: small sizes, a smoke run)")
     p.add_argument("--live", action="store_true",
                    help="live results instead: watchers held, messages/s, update latency, votes/s with ÷ without")
+    p.add_argument("--ha", action="store_true",
+                   help="on the HA stack (`pgvote up --ha`): votes/s with the synchronous standby ÷ without (same run), "
+                        "then the standby's replay lag and the age of the results clients see during the --votes burst")
     p.add_argument("--subscribers", type=int, default=10_000, help="--live: watchers of one poll (default 10,000)")
-    p.add_argument("--votes", type=int, default=50_000, help="--live: votes of each burst (default 50,000)")
+    p.add_argument("--votes", type=int, default=50_000, help="--live, --ha: votes of each burst (default 50,000)")
 
 
 @command("bench", "pgbench scenarios on a throw-away database of the local stack: votes/s, latency, same-run ratios",
@@ -299,6 +302,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         run_http_bench(stack, quick=args.quick, json_path=args.json,
                        report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
                        command="pgvote bench --http" + (" --quick" if args.quick else ""), console=out)
+        return 0
+    if args.ha:
+        from pgvote.bench.ha_bench import run_ha_bench
+        from pgvote.ha import HaStack
+
+        if not isinstance(stack, HaStack):
+            raise StackError("bench --ha needs the HA stack: start it with `pgvote up --ha`")
+        run_ha_bench(stack, quick=args.quick, voters=args.votes, json_path=args.json,
+                     report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
+                     command=f"pgvote bench --ha --votes {args.votes}" + (" --quick" if args.quick else ""), console=out)
         return 0
     if args.live:
         from pgvote.bench.live import run_live_bench
