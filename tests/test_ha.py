@@ -120,7 +120,7 @@ def test_results_fall_back_to_the_write_replicas_when_the_read_side_fails(ha: Ha
     api = _api(ha)
     poll = _poll(api)
     assert _vote(api, poll, "ha-fallback").status == 200
-    servers = [f"read/{m.name}{suffix}" for m in ha.members for suffix in ("", "-leader")]
+    servers = [f"read/db-{m.index}{suffix}" for m in ha.members for suffix in ("", "-leader")]
     try:
         for server in servers:
             ha.haproxy(f"disable server {server}")

@@ -15,6 +15,7 @@ far behind the standby's results are.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import threading
 import time
@@ -149,8 +150,11 @@ def run_ha_bench(stack: Any, *, quick: bool, voters: int, report_path: Path | No
     def progress(message: str) -> None:
         console.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {message}")
 
-    result = {"sync": sync_ratio(stack, 3.0 if quick else 10.0, 2 if quick else 3, progress),
+    load_before = os.getloadavg()[0]
+    # many short alternating rounds: the other processes of a shared machine weigh on both modes alike
+    result: dict[str, Any] = {"sync": sync_ratio(stack, 3.0 if quick else 6.0, 2 if quick else 6, progress),
               "burst": replica_lag_under_burst(stack, voters, console)}
+    result["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
     table = Table(title="HA: the synchronous standby's cost and lag")
     table.add_column("figure")
     table.add_column("value", justify="right")
@@ -162,7 +166,9 @@ def run_ha_bench(stack: Any, *, quick: bool, voters: int, report_path: Path | No
     if report_path:
         lines = [START, "## The synchronous standby (`pgvote bench --ha`)", "",
                  f"Command: `{command}` on `pgvote up --ha` (2 members under Patroni on this machine's 2 cores, "
-                 "shared with pgbench and k6). Method: `pgvote/bench/ha_bench.py`.", "",
+                 "shared with pgbench and k6; 1-minute load average "
+                 f"{result['load_average'][0]} at the start, {result['load_average'][1]} at the end). "
+                 "Method: `pgvote/bench/ha_bench.py`.", "",
                  "| figure | value |", "|---|---|", *[f"| {n} | {v} |" for n, v in rows(result)], "", END]
         write_markdown(report_path, "\n".join(lines), START, END)
         console.print(f"report: {report_path}")
