@@ -217,3 +217,22 @@ def _wait(predicate: Any, timeout: float) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def test_down_stops_every_process_and_up_brings_the_cluster_back(ha: HaStack) -> None:
+    api = _api(ha)
+    poll = _poll(api)
+    assert _vote(api, poll, "ha-down").status == 200
+    status = ha.status()
+    pids = [m["pid"] for m in status["ha"]["members"]] + [m["patroni_pid"] for m in status["ha"]["members"]]
+    pids += [c["pid"] for name, c in status["components"].items() if isinstance(c, dict) and c.get("pid")]
+    pids += [r["pid"] for r in status["components"]["postgrest"]]
+    assert all(pids) and len(set(pids)) >= 12, status["components"]
+    ha.down()
+    alive = [p for p in set(pids) if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]]
+    assert alive == [], f"still running after down: {alive}"
+    assert not ha.status()["ha"]["leader"]
+    ha.up()
+    assert ha.wait_healthy()
+    results = api.rpc("poll_results", {"poll_id": poll["poll_id"]})
+    assert results.status == 200 and results.body["total_ballots"] == 1, "the vote survived down and up"
