@@ -87,6 +87,9 @@ class HaStack(LocalStack):
     @classmethod
     def ephemeral(cls, prefix: str = "pgvote-ha-test-", server_port_for_bouncer: int | None = None,
                   bouncer_settings: dict[str, str] | None = None) -> HaStack:
+        """An HA stack in a fresh temp dir on free ports (PgBouncer's server is HAProxy: no overrides)."""
+        if server_port_for_bouncer is not None or bouncer_settings:
+            raise StackError("the HA stack's PgBouncer dials HAProxy's write port; it takes no overrides")
         return cls(state_dir=Path(tempfile.mkdtemp(prefix=prefix)), port_base=free_port(span=Ports.SPAN))
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -103,7 +106,10 @@ class HaStack(LocalStack):
         with self._locked():
             self._save_state()
             self._write_ha_configs()
-            self._write_spec(self._ha_components())
+            if self._supervisor_pid() is None:
+                self._write_spec(self._ha_components())  # the database tier first: migrations need the leader
+            else:
+                self._write_supervised_configs()  # running already: the whole spec, nothing is stopped
             try:
                 self._start_supervisor()
                 self._wait_cluster()
@@ -117,22 +123,25 @@ class HaStack(LocalStack):
                     raise StackError(f"the read PostgREST is not ready; {_tail(self.log_dir / 'postgrest-read.log')}")
             except BaseException:
                 with contextlib.suppress(Exception):
-                    self.down()
+                    self._stop_everything()
                 raise
 
     def down(self) -> None:
-        """The supervisor stops every component (Patroni stops its PostgreSQL); a postmaster a killed
-        Patroni left behind is stopped here."""
         if not self.state_dir.exists():
             return
         with self._locked():
-            self._stop_supervisor()
-            for member in self.members:
-                if self.member_postmaster(member) is not None:
-                    data = self._member_dir(member) / "data"
-                    ctl = [str(self.bindir / "pg_ctl"), "-D", str(data), "-w", "-t", "30", "-s", "stop", "-m", "fast"]
-                    with contextlib.suppress(StackError):
-                        self._run(ctl, "pg_ctl stop", timeout=45)
+            self._stop_everything()
+
+    def _stop_everything(self) -> None:
+        """The supervisor stops every component (Patroni stops its PostgreSQL); a postmaster a killed
+        Patroni left behind is stopped here."""
+        self._stop_supervisor()
+        for member in self.members:
+            if self.member_postmaster(member) is not None:
+                data = self._member_dir(member) / "data"
+                ctl = [str(self.bindir / "pg_ctl"), "-D", str(data), "-w", "-t", "30", "-s", "stop", "-m", "fast"]
+                with contextlib.suppress(StackError):
+                    self._run(ctl, "pg_ctl stop", timeout=45)
 
     def _save_state(self) -> None:
         super()._save_state()
@@ -239,14 +248,9 @@ class HaStack(LocalStack):
     def _render_read_postgrest(self) -> Path:
         """The results reader: straight to HAProxy's read port (a session of its own per pool
         connection, so its prepared statements stay), with the write replicas' settings otherwise."""
-        conf = self.state_dir / "postgrest-read.conf"
-        self._render_postgrest(Replica("read", 1, self.read_postgrest_port, self.read_postgrest_admin_port))
-        written = self._postgrest_conf(Replica("read", 1, self.read_postgrest_port, self.read_postgrest_admin_port))
-        text = written.read_text().replace(self.api_url.rsplit("/", 1)[0] + "/pgvote_session",
-                                           f"postgresql://authenticator@{HOST}:{self.read_port}/pgvote")
-        written.unlink()
-        self._write(conf, text, 0o600)
-        return conf
+        reader = Replica("read", 1, self.read_postgrest_port, self.read_postgrest_admin_port)
+        self._render_postgrest(reader, db_uri=f"postgresql://authenticator@{HOST}:{self.read_port}/pgvote")
+        return self._postgrest_conf(reader)
 
     def _read_upstreams(self) -> list[str]:
         return ["# GENERATED: results GETs to the standby's PostgREST; the live replicas when it fails.\n",
@@ -269,9 +273,17 @@ class HaStack(LocalStack):
         return []
 
     def leader(self) -> Member | None:
-        """The member whose Patroni answers /primary with 200: it holds the leader key and runs a
-        writable PostgreSQL (what HAProxy's write port checks)."""
-        return next((m for m in self.members if _http_ok(m.url + "/primary")), None)
+        """The member HAProxy's write port sends to (deploy/patroni/haproxy.cfg): Patroni answers /primary
+        (it holds the leader key) and its PostgreSQL is not in recovery."""
+        for m in self.members:
+            if _http_ok(m.url + "/primary"):
+                try:
+                    with urllib.request.urlopen(m.url + "/patroni", timeout=2) as resp:
+                        if json.load(resp).get("role") in ("master", "primary"):
+                            return m
+                except (urllib.error.URLError, OSError, ValueError):
+                    continue
+        return None
 
     def healthy(self) -> bool:
         """A running leader and a streaming synchronous standby, and HAProxy's write port reaches the leader."""

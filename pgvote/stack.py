@@ -1107,11 +1107,11 @@ class LocalStack:
     def _postgrest_conf(self, replica: Replica) -> Path:
         return self.state_dir / f"{replica.name}.conf"
 
-    def _render_postgrest(self, replica: Replica) -> None:
+    def _render_postgrest(self, replica: Replica, db_uri: str | None = None) -> None:
         """api/postgrest.conf with this replica's connection, secret and ports."""
         overrides: dict[str, str | int] = {
             # PgBouncer's session-mode alias: PostgREST prepares its statements (db/pgbouncer.ini).
-            "db-uri": self.api_url.rsplit("/", 1)[0] + "/pgvote_session",
+            "db-uri": db_uri or self.api_url.rsplit("/", 1)[0] + "/pgvote_session",
             "jwt-secret": self.jwt_secret,
             "server-host": HOST,
             "server-port": replica.port,
