@@ -22,6 +22,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from pgvote.ha import HaStack
@@ -36,10 +37,16 @@ PROMOTION_TIMEOUT = 60.0
 
 
 def _promoted(stack: HaStack, old: str) -> Callable[[], bool]:
-    """The other member is the running leader and HAProxy's write port reaches it."""
+    """The other member leads (Patroni's /primary and PostgreSQL's role) and HAProxy's write port reaches it."""
     def check() -> bool:
         leader = stack.leader()
-        return leader is not None and leader.name != old
+        if leader is None or leader.name == old:
+            return False
+        try:
+            with psycopg.connect(stack.admin_url, connect_timeout=2, autocommit=True) as conn:
+                return conn.execute("select inet_server_port()").fetchone() == (leader.pg_port,)
+        except psycopg.Error:
+            return False
     return check
 
 
@@ -86,6 +93,9 @@ def test_failover_mid_load_loses_no_acknowledged_vote(ha: HaStack, profile, figu
         FAULTS[kind](ha, old, live)
         assert wait_until(_promoted(ha, old.member.name), PROMOTION_TIMEOUT, 0.1), f"no promotion: {ha.cluster()}\n{_logs(ha)}"
         live.mark("promoted")
+        # the round is checked once the old leader is back as the synchronous standby
+        assert ha.wait_healthy(), f"the old leader did not rejoin: {ha.cluster()}\n{_logs(ha)}"
+        live.mark("rejoined")
 
     name = f"failover_{kind}[{round_no}]"
     result, verdict = fault_round(ha, name=name, votes=profile.failover_votes, vus=profile.vus, fault=fault,
@@ -97,6 +107,7 @@ def test_failover_mid_load_loses_no_acknowledged_vote(ha: HaStack, profile, figu
     assert member(ha, "sync_standby").member == old.member
     figures[name].update(result.around("fault", "fault_over"),
                          promotion_s=round(result.marks["promoted"] - result.marks["fault"], 3),
+                         rejoined_s=round(result.marks["rejoined"] - result.marks["fault"], 3),
                          new_leader=new.member.name, old_leader_pg_rewind=_rewinds(ha, old) > rewinds_before)
 
 
