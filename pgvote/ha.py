@@ -173,8 +173,7 @@ class HaStack(LocalStack):
         pg.update({"listen": f"{HOST}:{member.pg_port}", "connect_address": f"{HOST}:{member.pg_port}",
                    "data_dir": str(home / "data"), "bin_dir": str(self.bindir), "pgpass": str(home / "pgpass"),
                    "custom_conf": str(home / "pgvote-tuning.conf"),
-                   "parameters": {"unix_socket_directories": str(self.run_dir),
-                                  "cluster_name": f"pgvote-{member.name}"}})
+                   "parameters": {"unix_socket_directories": str(self.run_dir)}})
         pg["authentication"]["replication"]["username"] = "postgres"
         hba = (PROJECT_DIR / "db" / "pg_hba.conf").read_text().splitlines()
         pg["pg_hba"] = config["bootstrap"]["pg_hba"] = [" ".join(line.split()) for line in hba
