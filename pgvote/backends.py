@@ -52,13 +52,23 @@ def select_backend() -> str:
     return "local"
 
 
-def make_stack(state_dir: Path | None = None) -> Stack:
-    """The stack of this checkout per select_backend()."""
+def make_stack(state_dir: Path | None = None, ha: bool = False, shards: int | None = None) -> Stack:
+    """The stack of this checkout per select_backend(); the local one in the HA profile (`pgvote up --ha`)
+    or the sharded one (`pgvote up --shards N`) when asked or when its state dir remembers it."""
     if select_backend() == "testcontainers":
         from pgvote.containers import ContainerStack
 
         return ContainerStack(state_dir)
-    return LocalStack(state_dir)
+    stack = LocalStack(state_dir)
+    if ha or stack.profile == "ha":
+        if shards is not None or stack._load_state().get("shards"):
+            raise StackError("the HA and the sharded profiles do not combine: one state dir runs one of them")
+        from pgvote.ha import HaStack
+
+        return HaStack(state_dir)
+    from pgvote.shards import select_stack
+
+    return select_stack(stack, shards)
 
 
 def require_running(stack: Stack, component: str = "nginx") -> None:

@@ -33,7 +33,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from pgvote.backends import Stack, make_stack, require_running
-from pgvote.shards import select_stack
 from pgvote.stack import LocalStack, StackError
 
 ROUTER_SECONDS, QUICK_ROUTER_SECONDS = 10.0, 4.0  # pgbench seconds per run of `bench --router`
@@ -68,10 +67,7 @@ def command(name: str, help: str, configure: Configure | None = None) -> Callabl
 
 def _stack(args: argparse.Namespace) -> Stack:
     state_dir = Path(args.state_dir) if args.state_dir else None
-    stack = make_stack(state_dir=state_dir)
-    if isinstance(stack, LocalStack):  # the profile a state dir remembers, or `up --shards N`
-        return select_stack(stack, getattr(args, "shards", None))
-    return stack
+    return make_stack(state_dir=state_dir, ha=getattr(args, "ha", False), shards=getattr(args, "shards", None))
 
 
 def _local_stack(args: argparse.Namespace) -> LocalStack:
@@ -127,6 +123,9 @@ def _up_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-migrate", action="store_true", help="start without running migrations")
     p.add_argument("--shards", type=int, metavar="N",
                    help="N shard clusters (a power of two) behind a PL/Proxy router (docs/scaling.md)")
+    p.add_argument("--ha", action="store_true",
+                   help="the HA profile: etcd, two PostgreSQL members under Patroni (leader and synchronous "
+                        "standby) behind HAProxy, results read from the standby (remembered by the state dir)")
 
 
 @command("up", "start PostgreSQL, run migrations, start PgBouncer, two PostgREST replicas and nginx", _up_options)
@@ -185,6 +184,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             table.add_row(label, state, str(entry.get("pid") or "-"), str(entry.get("port") or "-"),
                           "-" if restarts is None else str(restarts), escape(detail or ""))
     out.print(table)
+    for m in status.get("ha", {}).get("members", []):
+        lag = "-" if m["lag_bytes"] is None else f"{m['lag_bytes']} bytes behind"
+        out.print(f"{m['name']}: {m['role'] or 'unknown'} ({m['state'] or 'no answer'}), PostgreSQL pid "
+                  f"{m['pid'] or '-'} port {m['port']}, Patroni pid {m['patroni_pid'] or '-'} {m['url']}, lag {lag}")
     out.print(f"state dir: {escape(status['state_dir'])}")
     if "requested_state_dir" in status:
         out.print(f"(relocated from {escape(status['requested_state_dir'])}: the postgres user cannot reach it)")
@@ -301,8 +304,11 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
                    help="on a sharded stack: cast_vote and cast_votes through the PL/Proxy router / directly on "
                         "the shard, same run (ratio, CPU per ballot of each)")
     p.add_argument("--clients", type=int, default=4, help="--router: pgbench clients (default 4)")
+    p.add_argument("--ha", action="store_true",
+                   help="on the HA stack (`pgvote up --ha`): votes/s with the synchronous standby ÷ without (same run), "
+                        "then the standby's replay lag and the age of the results clients see during the --votes burst")
     p.add_argument("--subscribers", type=int, default=10_000, help="--live: watchers of one poll (default 10,000)")
-    p.add_argument("--votes", type=int, default=50_000, help="--live: votes of each burst (default 50,000)")
+    p.add_argument("--votes", type=int, default=50_000, help="--live, --ha: votes of each burst (default 50,000)")
 
 
 @command("bench", "pgbench scenarios on a throw-away database of the local stack: votes/s, latency, same-run ratios",
@@ -329,6 +335,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         run_router_bench(stack, seconds=seconds, clients=args.clients, rounds=2,
                          report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
                          command=f"pgvote bench --router --clients {args.clients} --seconds {seconds:g}", console=out)
+        return 0
+    if args.ha:
+        from pgvote.bench.ha_bench import run_ha_bench
+        from pgvote.ha import HaStack
+
+        if not isinstance(stack, HaStack):
+            raise StackError("bench --ha needs the HA stack: start it with `pgvote up --ha`")
+        run_ha_bench(stack, quick=args.quick, voters=args.votes, json_path=args.json,
+                     report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
+                     command=f"pgvote bench --ha --votes {args.votes}" + (" --quick" if args.quick else ""), console=out)
         return 0
     if args.live:
         from pgvote.bench.live import run_live_bench

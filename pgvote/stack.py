@@ -309,6 +309,7 @@ class LocalStack:
         self.state_file = self.state_dir / "state.json"
 
         saved = self._load_state()
+        self.profile: str = saved.get("profile", "single")  # "ha": pgvote/ha.py's HaStack runs this state dir
         base = port_base or _env_port("PGVOTE_PORT_BASE") or saved.get("port_base") or Ports.DEFAULT_BASE
         if not 1024 <= base <= _ephemeral_low() - Ports.SPAN:
             raise StackError(
@@ -960,6 +961,10 @@ class LocalStack:
         for replica in self.replicas:
             self._render_postgrest(replica)
         self._render_nginx()
+        self._write_spec(self._components())
+
+    def _components(self) -> list[dict[str, Any]]:
+        """The supervisor's components, in start order (it stops them in reverse)."""
         ids: dict[str, Any] = {}
         if self.is_root:
             uid, gid = self._service_ids()
@@ -984,7 +989,9 @@ class LocalStack:
                            "log": str(self.log_dir / "nginx.out"), "cwd": str(self.state_dir), "env": env,
                            "stop_signal": int(signal.SIGQUIT), **ids})  # SIGQUIT: graceful, finishes requests
         components.append(self._publisher_component())
-        components += self._member_components()
+        return components + self._member_components()
+
+    def _write_spec(self, components: list[dict[str, Any]]) -> None:
         spec = supervisor.spec_path(self.state_dir)
         spec.parent.mkdir(exist_ok=True)
         self._write(spec, json.dumps({"components": components}, indent=2) + "\n", 0o600)
@@ -1105,11 +1112,11 @@ class LocalStack:
     def _postgrest_conf(self, replica: Replica) -> Path:
         return self.state_dir / f"{replica.name}.conf"
 
-    def _render_postgrest(self, replica: Replica) -> None:
+    def _render_postgrest(self, replica: Replica, db_uri: str | None = None) -> None:
         """api/postgrest.conf with this replica's connection, secret and ports."""
         overrides: dict[str, str | int] = {
             # PgBouncer's session-mode alias: PostgREST prepares its statements (db/pgbouncer.ini).
-            "db-uri": self.api_url.rsplit("/", 1)[0] + "/pgvote_session",
+            "db-uri": db_uri or self.api_url.rsplit("/", 1)[0] + "/pgvote_session",
             "jwt-secret": self.jwt_secret,
             "server-host": HOST,
             "server-port": replica.port,
@@ -1131,6 +1138,7 @@ class LocalStack:
         values = {
             "PGVOTE_LISTEN": f"{HOST}:{self.http_port}",
             "PGVOTE_UPSTREAMS": str(self.nginx_dir / "live-upstream.conf"),
+            "PGVOTE_READ_UPSTREAMS": str(self.nginx_dir / "read-upstream.conf"),
             "PGVOTE_NGINX_STATE": str(self.nginx_dir / "temp"),
             "PGVOTE_NGINX_LOGS": str(self.log_dir),
             "PGVOTE_STATIC": str(static),
@@ -1168,6 +1176,13 @@ class LocalStack:
         lines = [f"# GENERATED: the {self.live_colour} replicas, which nginx sends traffic to.\n"]
         lines += [f"server {HOST}:{r.port} max_fails=0;\n" for r in self.live_replicas()]
         self._write(self.nginx_dir / "live-upstream.conf", "".join(lines))
+        self._write(self.nginx_dir / "read-upstream.conf", "".join(self._read_upstreams()))
+
+    def _read_upstreams(self) -> list[str]:
+        """The servers of results GETs (nginx's postgrest_read): here the live replicas; the HA profile
+        (pgvote/ha.py) puts the standby's PostgREST first and the live replicas behind it as backups."""
+        return [f"# GENERATED: results reads go to the {self.live_colour} replicas.\n"] + [
+            f"server {HOST}:{r.port} max_fails=0;\n" for r in self.live_replicas()]
 
     # ---- process control -------------------------------------------------------------------------
 

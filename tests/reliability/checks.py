@@ -186,6 +186,7 @@ def fault_round(stack: Any, *, name: str, votes: int, vus: int, fault: Fault | N
         **verdict.as_dict(), **result.notes,
         "errors_by_kind": result.errors_by_kind(),
         "postgrest_broken_connection_400": result.errors_by_kind().get(BROKEN_CONNECTION, 0),
+        "read_only_server_400": sum(a.read_only_server for a in result.attempts),
         "longest_gap_without_ack_s": result.longest_ack_gap(),
         "latency_ms": result.latency_ms(),
         "votes_per_s": result.votes_per_s,

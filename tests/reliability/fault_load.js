@@ -2,7 +2,8 @@
 // (POST /rpc/cast_vote), re-sent identically after an infrastructure failure - no HTTP answer
 // (reset, refused, timed out: status 0), 502, 503 or 504, or PostgREST 12's answer to a pooled
 // connection that broke under the request (400 with an empty error code: it reports that failure
-// as a client error, PostgREST/postgrest#4681; no answer of the API has an empty code) - after a
+// as a client error, PostgREST/postgrest#4681; no answer of the API has an empty code), or its 400
+// 0A000 from a server that had just become a read-only standby (the HA stack's failover) - after a
 // short growing pause, a bounded number of times. Any other answer is the ballot's final one.
 // Identical re-casts are safe: the API answers "unchanged" for a ballot it already stored.
 //
@@ -29,8 +30,10 @@ const attempts = new Trend('vote_attempts', true);
 
 const RETRYABLE = { 0: true, 502: true, 503: true, 504: true };
 
+// 400 0A000: the server reached had just become a read-only standby (a failover; its BEGIN READ
+// WRITE failed, nothing ran)
 function retryable(res, error) {
-    return RETRYABLE[res.status] === true || (res.status === 400 && error === '');
+    return RETRYABLE[res.status] === true || (res.status === 400 && (error === '' || error === '0A000'));
 }
 const url = `${plan.base_url}/rpc/cast_vote`;
 

@@ -38,6 +38,7 @@ from pgvote.loadtest.k6 import K6Lines, k6_binary
 
 SCRIPT = Path(__file__).with_name("fault_load.js")
 RETRYABLE = frozenset({0, 502, 503, 504})  # no HTTP answer, or the proxy's "retry it" answers
+READ_ONLY_SERVER = "0A000"  # SQLSTATE of "cannot set transaction read-write mode during recovery"
 BROKEN_CONNECTION = "400 with an empty code"  # PostgREST 12: a pooled connection broke under the request
 MAX_ATTEMPTS = 30  # k6's attempts per ballot: 0.2 + 0.4 + 0.8 + 1 s ... = about 27 s of retrying
 CALL_TIMEOUT_S = 30  # nginx's proxy_read_timeout: a longer wait is nginx's 504 anyway
@@ -96,8 +97,15 @@ class Attempt:
         return self.status == 400 and self.detail == ""
 
     @property
+    def read_only_server(self) -> bool:
+        """400 0A000: PostgREST's BEGIN READ WRITE reached a server that had just become a read-only
+        standby (a leader demoting itself in the HA stack, before HAProxy stops sending it writes).
+        Nothing ran, so the client retries it."""
+        return self.status == 400 and self.detail == READ_ONLY_SERVER
+
+    @property
     def retryable(self) -> bool:
-        return self.status in RETRYABLE or self.broken_connection
+        return self.status in RETRYABLE or self.broken_connection or self.read_only_server
 
     @property
     def kind(self) -> str:

@@ -26,13 +26,16 @@ class Profile:
     freeze_seconds: float
     storm_calls: int  # concurrent calls of one voter in a duplicate storm
     fuzz_examples: int  # hypothesis examples per property test (6 property tests)
+    failover_votes: int  # votes per failover round of the HA stack (tests/reliability/test_failover.py)
 
 
 PROFILES = {
     "ci": Profile(name="ci", rounds=1, vus=250, crash_votes=3_000, kill_in_flight=200, fault_votes=2_000,
-                  network_votes=1_600, freeze_seconds=5.0, storm_calls=1_000, fuzz_examples=60),
+                  network_votes=1_600, freeze_seconds=5.0, storm_calls=1_000, fuzz_examples=60,
+                  failover_votes=4_000),
     "long": Profile(name="long", rounds=5, vus=400, crash_votes=6_000, kill_in_flight=200, fault_votes=5_000,
-                    network_votes=4_000, freeze_seconds=5.0, storm_calls=1_000, fuzz_examples=1_700),
+                    network_votes=4_000, freeze_seconds=5.0, storm_calls=1_000, fuzz_examples=1_700,
+                    failover_votes=6_000),
 }
 
 

@@ -1,0 +1,169 @@
+"""`pgvote bench --ha` on the HA stack (`pgvote up --ha`): the cost of the synchronous standby and how
+far behind the standby's results are.
+
+1. votes/s with the synchronous standby ÷ without it, same run: pgbench's cast_vote (spread polls,
+   direct to the leader through HAProxy's write port), in alternating rounds with the bench database's
+   synchronous_commit `on` (every commit waits for the standby's flush) and `local` (the leader's own
+   fsync alone: the durability of the single-node stack, with the WAL still shipped asynchronously);
+   the ratio of the medians.
+2. the 50,000-vote HTTP burst (k6 through nginx, `pgvote loadtest`'s burst) while a sampler reads,
+   every 100 ms, the standby's replay lag on the leader (pg_stat_replication: replay_lag and bytes)
+   and the results a client sees (GET /rpc/poll_results through nginx: its one-second cache, then the
+   standby's PostgREST), next to the leader's own total. The age of a client's answer: how long before
+   it the leader already had more ballots than the answer shows (0 when it shows the leader's total).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from rich.console import Console
+
+from pgvote.bench.fixtures import BENCH_DATABASE, SPREAD_POLLS, bench_database
+from pgvote.bench.pgbench import Run, run
+from pgvote.http import ApiClient
+from pgvote.loadtest.http_scenarios import HttpTarget, run_burst
+from pgvote.loadtest.scenarios import create_poll, new_tag
+from pgvote.tables import markdown, table, write_section
+
+START, END = "<!-- pgvote bench --ha: start -->", "<!-- pgvote bench --ha: end -->"
+CLIENTS = 64
+SAMPLE_S = 0.1
+
+
+def _pct(values: list[float], q: int) -> float:
+    if len(values) < 2:
+        return round(values[0], 1) if values else 0.0
+    return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 1)
+
+
+def sync_ratio(stack: Any, seconds: float, pairs: int, progress: Any) -> dict[str, Any]:
+    """Alternating rounds: synchronous_commit on / local for new sessions of the bench database."""
+    per_second: dict[str, list[float]] = {"on": [], "local": []}
+    with bench_database(stack.admin_url, stack.api_url, 1, SPREAD_POLLS, progress) as db:
+        for pair in range(pairs):
+            for mode in ("on", "local"):
+                with psycopg.connect(stack.admin_url, autocommit=True) as conn:
+                    conn.execute(sql.SQL("alter database {} set synchronous_commit = {}").format(
+                        sql.Identifier(BENCH_DATABASE), sql.Literal(mode)))
+                figures = run(Run("cast_vote.sql", db.admin_url, CLIENTS, seconds,
+                                  variables={"npolls": str(SPREAD_POLLS)}))
+                per_second[mode].append(round(figures.per_second, 1))
+                progress(f"pair {pair + 1}: synchronous_commit {mode}: {figures.per_second:.0f} votes/s")
+    sync, local = statistics.median(per_second["on"]), statistics.median(per_second["local"])
+    return {"clients": CLIENTS, "seconds_per_round": seconds, "votes_per_s": per_second,
+            "ratio": round(sync / local, 3)}
+
+
+class _Sampler(threading.Thread):
+    """Every SAMPLE_S: the leader's total and replication lag, and the total a client GET sees."""
+
+    def __init__(self, stack: Any, poll_id: str) -> None:
+        super().__init__(daemon=True)
+        self.stack, self.poll_id = stack, poll_id
+        self.stop = threading.Event()
+        self.leader: list[tuple[float, int]] = []
+        self.seen: list[tuple[float, int]] = []
+        self.lag_ms: list[float] = []
+        self.lag_bytes: list[int] = []
+
+    def run(self) -> None:
+        api = ApiClient(self.stack.http_url, timeout=10, source_ip="127.0.0.250")
+        with psycopg.connect(self.stack.admin_url, autocommit=True) as conn:
+            while not self.stop.is_set():
+                total = conn.execute("select (api.poll_results(%s::uuid) ->> 'total_ballots')::int",
+                                     (self.poll_id,)).fetchone()
+                self.leader.append((time.time(), int(total[0]) if total else 0))
+                lag = conn.execute("""select extract(epoch from replay_lag) * 1000,
+                                             pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)
+                                      from pg_stat_replication where sync_state = 'sync'""").fetchone()
+                if lag is not None:
+                    self.lag_ms.append(float(lag[0] or 0.0))
+                    self.lag_bytes.append(int(lag[1] or 0))
+                answer = api.rpc("poll_results", {"poll_id": self.poll_id}, method="GET")
+                if answer.status == 200:
+                    self.seen.append((time.time(), int(answer.body["total_ballots"])))
+                time.sleep(SAMPLE_S)
+
+    def ages_ms(self) -> list[float]:
+        """Per client answer: since when the leader had more ballots than it shows."""
+        ages = []
+        for t, total in self.seen:
+            ahead = next((lt for lt, lead in self.leader if lead > total), None)
+            ages.append(max(0.0, (t - ahead) * 1000) if ahead is not None and ahead <= t else 0.0)
+        return ages
+
+
+def replica_lag_under_burst(stack: Any, voters: int, console: Console) -> dict[str, Any]:
+    ballots = create_poll(stack.admin_url, new_tag())
+    sampler = _Sampler(stack, ballots.poll_id)
+    sampler.start()
+    try:
+        burst = run_burst(HttpTarget.for_stack(stack), voters, None, console, quiet=True, ballots=ballots)
+    finally:
+        time.sleep(2)  # the cache and the standby catch up: the last answers show the final total
+        sampler.stop.set()
+        sampler.join(10)
+    ages = sampler.ages_ms()
+    final = sampler.seen[-1][1] if sampler.seen else None
+    return {"voters": voters, "votes_per_s": round(burst["figures"]["votes_per_second"]),
+            "exactly_once": burst["verification"]["exactly_once"], "samples": len(sampler.lag_ms),
+            "replay_lag_ms": {"p50": _pct(sampler.lag_ms, 50), "p95": _pct(sampler.lag_ms, 95),
+                              "max": round(max(sampler.lag_ms, default=0.0), 1)},
+            "replay_lag_bytes": {"p50": _pct([float(b) for b in sampler.lag_bytes], 50),
+                                 "p95": _pct([float(b) for b in sampler.lag_bytes], 95),
+                                 "max": max(sampler.lag_bytes, default=0)},
+            "client_answers": len(ages),
+            "results_age_ms": {"p50": _pct(ages, 50), "p95": _pct(ages, 95), "max": round(max(ages, default=0.0), 1)},
+            "final_total_seen": final}
+
+
+def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+    s, b = r["sync"], r["burst"]
+    return [
+        ("votes/s, synchronous standby (synchronous_commit on), per round", ", ".join(map(str, s["votes_per_s"]["on"]))),
+        ("votes/s, leader alone (synchronous_commit local), per round", ", ".join(map(str, s["votes_per_s"]["local"]))),
+        (f"sync ÷ single node, medians ({s['clients']} pgbench clients, cast_vote, spread polls)", f"{s['ratio']:.2f}"),
+        (f"HTTP burst: {b['voters']:,} voters through nginx (k6), votes/s; exactly once",
+         f"{b['votes_per_s']}; {'yes' if b['exactly_once'] else 'NO'}"),
+        ("standby replay lag p50 / p95 / max (pg_stat_replication.replay_lag)",
+         f"{b['replay_lag_ms']['p50']} / {b['replay_lag_ms']['p95']} / {b['replay_lag_ms']['max']} ms"),
+        ("standby replay lag p50 / p95 / max in WAL bytes",
+         f"{b['replay_lag_bytes']['p50']:.0f} / {b['replay_lag_bytes']['p95']:.0f} / {b['replay_lag_bytes']['max']}"),
+        (f"age of the results a client sees (GET via nginx's 1 s cache and the standby; {b['client_answers']} answers) "
+         "p50 / p95 / max", f"{b['results_age_ms']['p50']} / {b['results_age_ms']['p95']} / {b['results_age_ms']['max']} ms"),
+    ]
+
+
+def run_ha_bench(stack: Any, *, quick: bool, voters: int, report_path: Path | None, json_path: Path | None,
+                 command: str, console: Console) -> dict[str, Any]:
+    started = time.monotonic()
+
+    def progress(message: str) -> None:
+        console.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {message}")
+
+    load_before = os.getloadavg()[0]
+    # many short alternating rounds: the other processes of a shared machine weigh on both modes alike
+    result: dict[str, Any] = {"sync": sync_ratio(stack, 3.0 if quick else 6.0, 2 if quick else 6, progress),
+              "burst": replica_lag_under_burst(stack, voters, console)}
+    result["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
+    console.print(table("HA: the synchronous standby's cost and lag", ("figure", "value"), rows(result), right=[1]))
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+    if report_path:
+        lines = [START, "## The synchronous standby (`pgvote bench --ha`)", "",
+                 f"Command: `{command}` on `pgvote up --ha` (2 members under Patroni on this machine's 2 cores, "
+                 "shared with pgbench and k6; 1-minute load average "
+                 f"{result['load_average'][0]} at the start, {result['load_average'][1]} at the end). "
+                 "Method: `pgvote/bench/ha_bench.py`.", "",
+                 *markdown(("figure", "value"), rows(result)), "", END]
+        write_section(report_path, "\n".join(lines), START, END)
+        console.print(f"report: {report_path}")
+    return result

@@ -1,0 +1,383 @@
+"""The HA profile of the local stack (`pgvote up --ha`): two PostgreSQL members under Patroni.
+
+    client -> nginx -> PostgREST x2 -> PgBouncer -> HAProxy :write (Patroni /primary) -> the leader
+                    -> PostgREST read (results GETs) -> HAProxy :read (Patroni /replica) -> the standby
+    Patroni x2 -> (each through its own HAProxy frontend) -> etcd
+
+etcd (one member), the two Patroni members (each owns its PostgreSQL: the stack never pg_ctls it), and
+HAProxy run as components of the stack's supervisor, before the tier of the single-node stack, which
+is unchanged but for PgBouncer's server address (HAProxy's write port) and the read PostgREST. Every
+commit waits for the synchronous standby (deploy/patroni/patroni.yml, the one Patroni configuration:
+this module replaces only the per-member addresses and paths). `admin_url` is HAProxy's write port, so
+it follows the leader. Each member reaches etcd through its own HAProxy frontend, whose server the
+failover tests disable through HAProxy's runtime API (:meth:`HaStack.cut_from_etcd`).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
+
+from pgvote.stack import (
+    HOST,
+    PROJECT_DIR,
+    LocalStack,
+    Ports,
+    Replica,
+    StackError,
+    _http_ok,
+    _pid_alive,
+    _read_pid,
+    _tail,
+    _wait_until,
+    free_port,
+)
+
+PROFILE = "ha"
+MEMBERS = 2
+PATRONI_CONFIG = PROJECT_DIR / "deploy" / "patroni" / "patroni.yml"
+CLUSTER_TIMEOUT = 120.0  # bootstrap of the leader and the standby's base backup
+
+
+@dataclass(frozen=True)
+class Member:
+    """One Patroni member: its PostgreSQL port, REST port and the HAProxy frontend it reaches etcd by."""
+
+    index: int
+    pg_port: int
+    rest_port: int
+    etcd_port: int
+
+    @property
+    def name(self) -> str:
+        return f"patroni-{self.index}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.rest_port}"
+
+
+class HaStack(LocalStack):
+    """LocalStack with the database tier replaced by etcd, two Patroni members and HAProxy."""
+
+    def __init__(self, state_dir: Path | None = None, port_base: int | None = None) -> None:
+        super().__init__(state_dir=state_dir, port_base=port_base)
+        base = self.ports.base + 70  # the reserved block of further members (see Ports)
+        self.etcd_port, self.etcd_peer_port = base, base + 1
+        self.members = [Member(i, base + 2 + i, base + 4 + i, base + 6 + i) for i in range(MEMBERS)]
+        self.write_port, self.read_port = base + 8, base + 9
+        self.read_postgrest_port, self.read_postgrest_admin_port = base + 10, base + 11
+        # PgBouncer, migrations and every admin connection reach the leader through HAProxy
+        self.pg_port = self.write_port
+        self.admin_url = f"postgresql://postgres@{HOST}:{self.pg_port}/pgvote"
+        self.direct_api_url = f"postgresql://authenticator@{HOST}:{self.pg_port}/pgvote"
+        self.haproxy_cfg = self.state_dir / "haproxy.cfg"
+        self.haproxy_socket = self.run_dir / "haproxy.sock"
+
+    @classmethod
+    def ephemeral(cls, prefix: str = "pgvote-ha-test-", server_port_for_bouncer: int | None = None,
+                  bouncer_settings: dict[str, str] | None = None) -> HaStack:
+        """An HA stack in a fresh temp dir on free ports (PgBouncer's server is HAProxy: no overrides)."""
+        if server_port_for_bouncer is not None or bouncer_settings:
+            raise StackError("the HA stack's PgBouncer dials HAProxy's write port; it takes no overrides")
+        return cls(state_dir=Path(tempfile.mkdtemp(prefix=prefix)), port_base=free_port(span=Ports.SPAN))
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def up(self, migrate: bool = True) -> None:
+        """etcd, HAProxy and both members first (the supervisor runs them), the database on the leader,
+        migrations, then the tier of the single-node stack and the read PostgREST."""
+        self._check_prerequisites()
+        for tool in ("etcd", "haproxy", "patroni"):
+            self._tool(tool)
+        self._ensure_dirs()
+        if (self.data_dir / "PG_VERSION").is_file():
+            raise StackError(f"{self.state_dir} holds a single-node stack: `pgvote clean` it or use another --state-dir")
+        with self._locked():
+            self._save_state()
+            self._write_ha_configs()
+            if self._supervisor_pid() is None:
+                self._write_spec(self._ha_components())  # the database tier first: migrations need the leader
+            else:
+                self._write_supervised_configs()  # running already: the whole spec, nothing is stopped
+            try:
+                self._start_supervisor()
+                self._wait_cluster()
+                self._ensure_database()
+                if migrate:
+                    self._migrate()
+                self._write_supervised_configs()
+                self._start_supervisor()
+                self._wait_tier()
+                if not _wait_until(lambda: self.component_ready("postgrest-read"), 60, 0.2):
+                    raise StackError(f"the read PostgREST is not ready; {_tail(self.log_dir / 'postgrest-read.log')}")
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self._stop_everything()
+                raise
+
+    def down(self) -> None:
+        if not self.state_dir.exists():
+            return
+        with self._locked():
+            self._stop_everything()
+
+    def _stop_everything(self) -> None:
+        """The supervisor stops every component (Patroni stops its PostgreSQL); a postmaster a killed
+        Patroni left behind is stopped here."""
+        self._stop_supervisor()
+        for member in self.members:
+            if self.member_postmaster(member) is not None:
+                data = self._member_dir(member) / "data"
+                ctl = [str(self.bindir / "pg_ctl"), "-D", str(data), "-w", "-t", "30", "-s", "stop", "-m", "fast"]
+                with contextlib.suppress(StackError):
+                    self._run(ctl, "pg_ctl stop", timeout=45)
+
+    def _save_state(self) -> None:
+        super()._save_state()
+        state = json.loads(self.state_file.read_text())
+        self._write(self.state_file, json.dumps({**state, "profile": PROFILE}, indent=2) + "\n")
+
+    # ---- configuration ---------------------------------------------------------------------------
+
+    def _member_dir(self, member: Member) -> Path:
+        return self.state_dir / member.name
+
+    def _tool(self, name: str) -> str:
+        found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
+        if not found:
+            raise StackError(f"{name} not found: the HA profile needs etcd-server, haproxy and patroni (scripts/install-deps)")
+        return found
+
+    def _patroni_config(self, member: Member) -> dict[str, Any]:
+        """deploy/patroni/patroni.yml with this member's addresses and paths; the local stack's trust
+        rules (db/pg_hba.conf) and one superuser for replication too, as in the single-node stack."""
+        config: dict[str, Any] = yaml.safe_load(PATRONI_CONFIG.read_text())
+        home = self._member_dir(member)
+        config["scope"] = f"pgvote-{self.ports.base}"
+        config["name"] = member.name
+        config["restapi"] = {"listen": f"{HOST}:{member.rest_port}", "connect_address": f"{HOST}:{member.rest_port}"}
+        config["etcd3"]["hosts"] = f"{HOST}:{member.etcd_port}"
+        config["log"] = {"level": "INFO", "format": "%(asctime)s %(levelname)s: %(message)s"}
+        pg = config["postgresql"]
+        pg.update({"listen": f"{HOST}:{member.pg_port}", "connect_address": f"{HOST}:{member.pg_port}",
+                   "data_dir": str(home / "data"), "bin_dir": str(self.bindir), "pgpass": str(home / "pgpass"),
+                   "custom_conf": str(home / "pgvote-tuning.conf"),
+                   "parameters": {"unix_socket_directories": str(self.run_dir)}})
+        pg["authentication"]["replication"]["username"] = "postgres"
+        hba = (PROJECT_DIR / "db" / "pg_hba.conf").read_text().splitlines()
+        pg["pg_hba"] = config["bootstrap"]["pg_hba"] = [" ".join(line.split()) for line in hba
+                                                        if line.strip() and not line.startswith("#")]
+        return config
+
+    def _write_ha_configs(self) -> None:
+        (self.state_dir / "etcd").mkdir(exist_ok=True)
+        self._chown(self.state_dir / "etcd")
+        for member in self.members:
+            home = self._member_dir(member)
+            home.mkdir(exist_ok=True)
+            home.chmod(0o700)
+            self._chown(home)
+            self._write(home / "pgvote-tuning.conf", (PROJECT_DIR / "db" / "postgresql.conf").read_text(), 0o600)
+            # JSON is YAML: Patroni reads it as its configuration file
+            self._write(home / "patroni.yml", json.dumps(self._patroni_config(member), indent=2) + "\n", 0o600)
+        self._write(self.haproxy_cfg, self._haproxy_config(), 0o600)
+
+    def _haproxy_config(self) -> str:
+        """deploy/patroni/haproxy.cfg (its addresses come from the environment, :meth:`_haproxy_env`), and
+        one etcd frontend per member: the member's own way to etcd, which the failover tests cut."""
+        lines = [(PROJECT_DIR / "deploy" / "patroni" / "haproxy.cfg").read_text()]
+        for m in self.members:
+            lines += [f"# GENERATED by pgvote/ha.py: {m.name}'s way to etcd",
+                      f"listen etcd-{m.index}", f"    bind {HOST}:{m.etcd_port}", f"    server etcd {HOST}:{self.etcd_port}", ""]
+        return "\n".join(lines)
+
+    def _haproxy_env(self) -> dict[str, str]:
+        env = {"PGVOTE_HAPROXY_SOCKET": str(self.haproxy_socket), "PGVOTE_WRITE_LISTEN": f"{HOST}:{self.write_port}",
+               "PGVOTE_READ_LISTEN": f"{HOST}:{self.read_port}"}
+        for m in self.members:
+            env[f"PGVOTE_DB{m.index}"] = f"{HOST}:{m.pg_port}"
+            env[f"PGVOTE_DB{m.index}_REST_PORT"] = str(m.rest_port)
+        return env
+
+    def _ha_components(self) -> list[dict[str, Any]]:
+        ids: dict[str, Any] = {}
+        if self.is_root:
+            uid, gid = self._service_ids()
+            ids = {"uid": uid, "gid": gid}
+        env = self._env()
+        peer, client = f"http://{HOST}:{self.etcd_peer_port}", f"http://{HOST}:{self.etcd_port}"
+        etcd = [self._tool("etcd"), "--name", "etcd-0", "--data-dir", str(self.state_dir / "etcd"),
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"etcd-0={peer}", "--initial-cluster-state", "new",
+                "--initial-cluster-token", f"pgvote-{self.ports.base}", "--logger", "zap", "--log-level", "warn"]
+        components: list[dict[str, Any]] = [
+            {"name": "etcd", "argv": etcd, "log": str(self.log_dir / "etcd.log"), "cwd": str(self.state_dir),
+             "env": env, **ids},
+            {"name": "haproxy", "argv": [self._tool("haproxy"), "-db", "-f", str(self.haproxy_cfg)],
+             "log": str(self.log_dir / "haproxy.log"), "cwd": str(self.state_dir), "env": {**env, **self._haproxy_env()},
+             **ids},
+        ]
+        for member in self.members:
+            components.append({"name": member.name,
+                               "argv": [self._tool("patroni"), str(self._member_dir(member) / "patroni.yml")],
+                               "log": str(self.log_dir / f"{member.name}.log"), "cwd": str(self.state_dir),
+                               "env": env, **ids})
+        return components
+
+    def _components(self) -> list[dict[str, Any]]:
+        """The HA components, the single-node tier without its PostgreSQL, and the read PostgREST."""
+        tier = [c for c in super()._components() if c["name"] != "postgres"]
+        read = next(c for c in tier if c["name"].startswith("postgrest-"))
+        return [*self._ha_components(), *tier,
+                {**read, "name": "postgrest-read", "argv": [read["argv"][0], str(self._render_read_postgrest())],
+                 "log": str(self.log_dir / "postgrest-read.log")}]
+
+    def _render_read_postgrest(self) -> Path:
+        """The results reader: straight to HAProxy's read port (a session of its own per pool
+        connection, so its prepared statements stay), with the write replicas' settings otherwise."""
+        reader = Replica("read", 1, self.read_postgrest_port, self.read_postgrest_admin_port)
+        self._render_postgrest(reader, db_uri=f"postgresql://authenticator@{HOST}:{self.read_port}/pgvote")
+        return self._postgrest_conf(reader)
+
+    def _read_upstreams(self) -> list[str]:
+        return ["# GENERATED: results GETs to the standby's PostgREST; the live replicas when it fails.\n",
+                f"server {HOST}:{self.read_postgrest_port} max_fails=0;\n",
+                *[f"server {HOST}:{r.port} max_fails=0 backup;\n" for r in self.live_replicas()]]
+
+    # ---- the cluster ----------------------------------------------------------------------------
+
+    def cluster(self) -> list[dict[str, Any]]:
+        """Patroni's /cluster members, as the leader sees them (a member cut off from etcd may answer
+        with the view it last had), else as the first member that answers ([] when none does)."""
+        leader = self.leader()
+        for member in ([leader] if leader else []) + self.members:
+            try:
+                with urllib.request.urlopen(member.url + "/cluster", timeout=2) as resp:
+                    members: list[dict[str, Any]] = json.load(resp).get("members", [])
+                    return members
+            except (urllib.error.URLError, OSError, ValueError):
+                continue
+        return []
+
+    def leader(self) -> Member | None:
+        """The member HAProxy's write port sends to (deploy/patroni/haproxy.cfg): Patroni answers /primary
+        (it holds the leader key) and its PostgreSQL is not in recovery."""
+        for m in self.members:
+            if _http_ok(m.url + "/primary"):
+                try:
+                    with urllib.request.urlopen(m.url + "/patroni", timeout=2) as resp:
+                        if json.load(resp).get("role") in ("master", "primary"):
+                            return m
+                except (urllib.error.URLError, OSError, ValueError):
+                    continue
+        return None
+
+    def healthy(self) -> bool:
+        """A running leader and a streaming synchronous standby, and HAProxy's write port reaches the leader."""
+        roles = sorted((m.get("role"), m.get("state")) for m in self.cluster())
+        if roles != [("leader", "running"), ("sync_standby", "streaming")] and \
+                roles != [("leader", "running"), ("sync_standby", "running")]:
+            return False
+        try:
+            url = f"postgresql://postgres@{HOST}:{self.write_port}/postgres"  # pgvote may not exist yet
+            with psycopg.connect(url, connect_timeout=3, autocommit=True) as conn:
+                return conn.execute("select not pg_is_in_recovery()").fetchone() == (True,)
+        except psycopg.Error:
+            return False
+
+    def wait_healthy(self, timeout: float = CLUSTER_TIMEOUT) -> bool:
+        return _wait_until(self.healthy, timeout, 0.25)
+
+    def _wait_cluster(self) -> None:
+        if not self.wait_healthy():
+            logs = "\n".join(f"{m.name}:\n{_tail(self.log_dir / f'{m.name}.log', 8)}" for m in self.members)
+            raise StackError(f"no leader with a synchronous standby after {CLUSTER_TIMEOUT:.0f} s "
+                             f"(cluster: {self.cluster()}); last lines of the Patroni logs:\n{logs}")
+
+    def member_postmaster(self, member: Member) -> int | None:
+        pid = _read_pid(self._member_dir(member) / "data" / "postmaster.pid")
+        return pid if _pid_alive(pid, "postgres") else None
+
+    def haproxy(self, command: str) -> str:
+        """One command of HAProxy's runtime API (its admin socket in the run dir)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.haproxy_socket))
+            sock.sendall(command.encode() + b"\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
+
+    def cut_from_etcd(self, member: Member) -> None:
+        """The member loses etcd: its frontend's server is disabled and its open sessions closed."""
+        self.haproxy(f"disable server etcd-{member.index}/etcd")
+        self.haproxy(f"shutdown sessions server etcd-{member.index}/etcd")
+
+    def reconnect_to_etcd(self, member: Member) -> None:
+        self.haproxy(f"enable server etcd-{member.index}/etcd")
+
+    def patroni_config(self, change: dict[str, Any]) -> None:
+        """PATCH the cluster's dynamic configuration (kept in etcd) through the leader's REST API."""
+        leader = self.leader() or self.members[0]
+        request = urllib.request.Request(leader.url + "/config", data=json.dumps(change).encode(), method="PATCH",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            resp.read()
+
+    # ---- status ----------------------------------------------------------------------------------
+
+    def component_ready(self, name: str) -> bool:
+        if name == "postgrest-read":
+            return _http_ok(f"http://{HOST}:{self.read_postgrest_admin_port}/ready")
+        return super().component_ready(name)
+
+    def status(self) -> dict[str, Any]:
+        result = super().status()
+        components = result["components"]
+        cluster = {m["name"]: m for m in self.cluster()}
+        supervisor_up = self._supervisor_pid() is not None
+        members = []
+        for member in self.members:
+            info = cluster.get(member.name, {})
+            lag = info.get("lag", 0 if info.get("role") == "leader" else None)
+            members.append({"name": member.name, "role": info.get("role"), "state": info.get("state"),
+                            "pid": self.member_postmaster(member), "port": member.pg_port, "url": member.url,
+                            "patroni_pid": self.component_pid(member.name) if supervisor_up else None,
+                            "lag_bytes": lag if isinstance(lag, int) else None, "timeline": info.get("timeline")})
+        for name, port in (("etcd", self.etcd_port), ("haproxy", self.write_port)):
+            pid = self.component_pid(name) if supervisor_up else None
+            components[name] = {"running": pid is not None, "pid": pid, "port": port,
+                                "log": str(self.log_dir / f"{name}.log")}
+        for member, m in zip(self.members, members):
+            components[member.name] = {"running": m["patroni_pid"] is not None, "pid": m["patroni_pid"],
+                                       "port": member.rest_port, "log": str(self.log_dir / f"{member.name}.log")}
+        read_pid = self.component_pid("postgrest-read") if supervisor_up else None
+        components["postgrest"].append({"name": "postgrest-read", "colour": "read", "role": "read",
+                                        "running": read_pid is not None, "pid": read_pid,
+                                        "port": self.read_postgrest_port, "admin_port": self.read_postgrest_admin_port,
+                                        "log": str(self.log_dir / "postgrest-read.log"), "live": True})
+        leader = next((m for m in members if m["role"] == "leader"), None)
+        # "postgres" is the leader, as clients reach it (HAProxy's write port)
+        components["postgres"] = {"running": leader is not None and leader["pid"] is not None,
+                                  "pid": leader["pid"] if leader else None, "port": self.write_port,
+                                  "log": str(self.log_dir / f"{leader['name'] if leader else 'patroni-0'}.log"),
+                                  "note": "the leader, through HAProxy's write port"}
+        result["profile"] = PROFILE
+        result["ha"] = {"members": members, "leader": leader["name"] if leader else None,
+                        "write_port": self.write_port, "read_port": self.read_port,
+                        "etcd": f"http://{HOST}:{self.etcd_port}"}
+        result["urls"]["leader_url"] = (f"postgresql://postgres@{HOST}:{leader['port']}/pgvote" if leader else None)
+        return result
