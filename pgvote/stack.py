@@ -667,10 +667,7 @@ class LocalStack:
         probe = wanted.parent
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
-        ok = subprocess.run(
-            ["runuser", "-u", self.service_user, "--", "test", "-x", str(probe)], capture_output=True, check=False
-        )
-        if ok.returncode == 0:
+        if self._service_can_execute(probe):
             return wanted
         return Path(tempfile.gettempdir()) / f"pgvote-{short_hash(str(wanted))}"
 
@@ -816,10 +813,25 @@ class LocalStack:
                 raise StackError(f"POSTGREST_BIN={env} is not an executable file")
             return env
         pinned = PROJECT_DIR / POSTGREST_TOOL
-        found = str(pinned) if os.access(pinned, os.X_OK) else shutil.which("postgrest")
-        if not found:
-            raise StackError(f"PostgREST {POSTGREST_VERSION} not found ({pinned}); run scripts/install-deps")
-        return found
+        if not os.access(pinned, os.X_OK):
+            found = shutil.which("postgrest")
+            if not found:
+                raise StackError(f"PostgREST {POSTGREST_VERSION} not found ({pinned}); run scripts/install-deps")
+            return found
+        if self.is_root and not self._service_can_execute(pinned):
+            # a checkout under /root (mode 700): the service user runs a copy in the state dir it can reach
+            copy = self.state_dir / "bin" / "postgrest"
+            if not copy.exists() or copy.stat().st_size != pinned.stat().st_size:
+                copy.parent.mkdir(exist_ok=True)
+                shutil.copy2(pinned, copy)
+                copy.chmod(0o755)
+            return str(copy)
+        return str(pinned)
+
+    def _service_can_execute(self, path: Path) -> bool:
+        probe = subprocess.run(["runuser", "-u", self.service_user, "--", "test", "-x", str(path)],
+                               capture_output=True, check=False)
+        return probe.returncode == 0
 
     def _nginx_bin(self) -> str:
         found = os.environ.get("NGINX_BIN") or shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
@@ -1134,7 +1146,9 @@ class LocalStack:
         for sub in ("", "temp", "logs"):
             (self.nginx_dir / sub).mkdir(parents=True, exist_ok=True)
             self._chown(self.nginx_dir / sub)
-        static = PROJECT_DIR / "deploy" / "nginx" / "static"
+        # a copy: nginx's workers (the service user, as root) may not reach a checkout under /root
+        static = self.nginx_dir / "static"
+        shutil.copytree(PROJECT_DIR / "deploy" / "nginx" / "static", static, dirs_exist_ok=True)
         values = {
             "PGVOTE_LISTEN": f"{HOST}:{self.http_port}",
             "PGVOTE_UPSTREAMS": str(self.nginx_dir / "live-upstream.conf"),
