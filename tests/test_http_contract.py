@@ -560,6 +560,24 @@ def test_vote_endpoint_burst_then_nginx_429_per_source_address(api, admin) -> No
     assert other.status == 400, "another address has its own allowance"
 
 
+def test_a_large_body_limited_by_nginx_still_gets_the_json_429(api) -> None:
+    """The error page of a call whose body is larger than the default 16 KB (a cast_votes batch within its
+    own 8 MB) is an internal redirect to a location that must not fail nginx's body check itself: that
+    would answer nginx's HTML 413 instead of the API's 429."""
+    burst = int(re.search(r"location = /rpc/cast_votes \{.*?zone=api_limit burst=(\d+)", TEMPLATE.read_text(),
+                          re.S).group(1))
+    source = random_loopback_address()
+    # about 50 KB of ballots for no poll: answered 200 with every ballot rejected, nothing stored
+    batch = {"ballots": [{"poll_id": "x", "option_ids": [], "voter_id": "v" * 200}] * 200}
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: api.rpc("cast_votes", batch, claims={"role": "ingest", "sub": "edge"},
+                                                  source_ip=source), range(3 * burst)))
+    limited = [r for r in answers if r.status == 429]
+    assert limited and {r.status for r in answers} <= {200, 429}, Counter(r.status for r in answers)
+    for r in limited:
+        assert_json_error(r, 429, "rate_limited")
+
+
 @contextlib.contextmanager
 def frozen_supervisor(stack: LocalStack) -> Iterator[None]:
     """SIGSTOP the stack's supervisor: components killed meanwhile stay dead until it resumes."""
