@@ -28,6 +28,7 @@ from typing import Any
 import psycopg
 import yaml
 
+from pgvote import supervisor
 from pgvote.stack import (
     HOST,
     PROJECT_DIR,
@@ -36,8 +37,6 @@ from pgvote.stack import (
     Replica,
     StackError,
     _http_ok,
-    _pid_alive,
-    _read_pid,
     _tail,
     _wait_until,
     free_port,
@@ -307,8 +306,7 @@ class HaStack(LocalStack):
                              f"(cluster: {self.cluster()}); last lines of the Patroni logs:\n{logs}")
 
     def member_postmaster(self, member: Member) -> int | None:
-        pid = _read_pid(self._member_dir(member) / "data" / "postmaster.pid")
-        return pid if _pid_alive(pid, "postgres") else None
+        return supervisor.live_pid(self._member_dir(member) / "data" / "postmaster.pid", "postgres")
 
     def haproxy(self, command: str) -> str:
         """One command of HAProxy's runtime API (its admin socket in the run dir)."""

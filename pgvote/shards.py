@@ -14,7 +14,6 @@ connections (backends x N); no second pooler sits between router and shards. `pg
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from psycopg import sql
 from pgvote import supervisor
 from pgvote.paths import DB_DIR, PROCEDURES_DIR
 from pgvote.procedures import Folder, sync_procedures
-from pgvote.stack import HOST, START_TIMEOUT, LocalStack, Ports, StackError, free_port
+from pgvote.stack import HOST, START_TIMEOUT, LocalStack, Ports, StackError, _wait_until, free_port
 
 #: The router's functions: all of procedures/router/, re-applied on every sync (see Folder).
 ROUTER = Folder(PROCEDURES_DIR / "router", ("api", "router"), remembers=False)
@@ -150,7 +149,7 @@ class ShardedStack(LocalStack):
             self._write_supervised_configs()
             self._start_supervisor()  # a running supervisor re-reads its spec
             name = f"postgres-{shard.name}"
-            if not _wait(lambda: name not in supervisor.read_status(self.state_dir).get("components", {})):
+            if not _wait_until(lambda: name not in supervisor.read_status(self.state_dir).get("components", {}), START_TIMEOUT):
                 raise StackError(f"the supervisor still watches {name} after {START_TIMEOUT:.0f} s")
             shard._stop_postgres()
 
@@ -173,15 +172,6 @@ class ShardedStack(LocalStack):
         result["shards"] = shards
         result["components"]["shards"] = shards
         return result
-
-
-def _wait(predicate: Any, timeout: float = START_TIMEOUT) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def configure_router(conn: psycopg.Connection, partitions: list[str]) -> None:

@@ -231,27 +231,6 @@ def _port_open(port: int, host: str = HOST, timeout: float = 0.3) -> bool:
         return False
 
 
-def _pid_alive(pid: int | None, name: str) -> bool:
-    """True when pid is a live (non-zombie) process whose command line mentions name."""
-    if not pid or pid <= 0:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    state = stat.rsplit(")", 1)[-1].split()[0]
-    return state not in ("Z", "X") and name in cmdline
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        first = path.read_text().split("\n", 1)[0].strip()
-        return int(first) if first else None
-    except (OSError, ValueError):
-        return None
-
-
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         text = path.read_text(errors="replace").splitlines()
@@ -512,7 +491,7 @@ class LocalStack:
         """Pid of a supervised component ("pgbouncer", "nginx", "postgrest-blue-1", ...) while it runs."""
         entry = supervisor.read_status(self.state_dir).get("components", {}).get(name, {})
         pid = entry.get("pid")
-        return pid if _pid_alive(pid, name.split("-")[0]) else None
+        return pid if supervisor.alive(pid, name.split("-")[0]) else None
 
     # ---- blue-green ------------------------------------------------------------------------------
 
@@ -543,9 +522,9 @@ class LocalStack:
             pid = self.component_pid("nginx")
             if pid is None:
                 raise StackError("nginx is not running")
-            old_workers = _children(pid)
+            old_workers = children(pid)
             os.kill(pid, signal.SIGHUP)
-            if not _wait_until(lambda: not any(_pid_alive(w, "nginx") for w in old_workers), START_TIMEOUT, 0.05):
+            if not _wait_until(lambda: not any(supervisor.alive(w, "nginx") for w in old_workers), START_TIMEOUT, 0.05):
                 raise StackError(f"nginx's workers of the previous configuration did not exit within {START_TIMEOUT:.0f} s")
 
     def stop_colour(self, colour: str) -> None:
@@ -883,8 +862,7 @@ class LocalStack:
 
     def _postgres_pid(self) -> int | None:
         """Pid of the running postmaster of this data dir, or None."""
-        pid = _read_pid(self.data_dir / "postmaster.pid")
-        return pid if _pid_alive(pid, "postgres") else None
+        return supervisor.live_pid(self.data_dir / "postmaster.pid", "postgres")
 
     def _running_pg_port(self) -> int | None:
         try:
@@ -1024,8 +1002,7 @@ class LocalStack:
                 "env": dict(self._env(), PGVOTE_ROOT=str(PROJECT_DIR))}
 
     def _supervisor_pid(self) -> int | None:
-        pid = _read_pid(self.supervisor_pidfile)
-        return pid if _pid_alive(pid, "pgvote.supervisor") else None
+        return supervisor.live_pid(self.supervisor_pidfile, "pgvote.supervisor")
 
     def _start_supervisor(self) -> None:
         """Start the supervisor (it starts the components), or tell the running one to re-read its spec."""
@@ -1048,15 +1025,12 @@ class LocalStack:
         """Stop the supervisor, which stops its components first; kill leftovers of a dead supervisor."""
         pid = self._supervisor_pid()
         if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-            if not _wait_until(lambda: not _pid_alive(pid, "pgvote.supervisor"), supervisor.STOP_TIMEOUT + 10):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            signal_and_wait(pid, "pgvote.supervisor", signal.SIGTERM, supervisor.STOP_TIMEOUT + 10)
         for name, info in supervisor.read_status(self.state_dir).get("components", {}).items():
             child = info.get("pid")
             # every postgres* entry is a cluster under pg_ctl, stopped by _stop_postgres, never killed
-            if name.split("-")[0] != "postgres" and _pid_alive(child, name.split("-")[0]):
-                self._signal_and_wait(child, name.split("-")[0], signal.SIGKILL, 5)
+            if name.split("-")[0] != "postgres" and supervisor.alive(child, name.split("-")[0]):
+                signal_and_wait(child, name.split("-")[0], signal.SIGKILL, 5)
         self.supervisor_pidfile.unlink(missing_ok=True)
 
     def _wait_tier(self) -> None:
@@ -1198,17 +1172,6 @@ class LocalStack:
         return [f"# GENERATED: results reads go to the {self.live_colour} replicas.\n"] + [
             f"server {HOST}:{r.port} max_fails=0;\n" for r in self.live_replicas()]
 
-    # ---- process control -------------------------------------------------------------------------
-
-    def _signal_and_wait(self, pid: int, name: str, sig: signal.Signals, timeout: float) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        if not _wait_until(lambda: not _pid_alive(pid, name), timeout):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            _wait_until(lambda: not _pid_alive(pid, name), 5)
-
-
 def render_template(template: str, values: dict[str, str]) -> str:
     """Substitute ${NAME} for each NAME in values, as the nginx image's envsubst step does; nginx's own
     $variables are left alone. Every ${PGVOTE_...} must be given."""
@@ -1246,7 +1209,17 @@ def read_postgrest_conf(path: Path | None = None) -> dict[str, str]:
     return settings
 
 
-def _children(pid: int) -> list[int]:
+def signal_and_wait(pid: int, name: str, sig: signal.Signals, timeout: float) -> None:
+    """Signal pid and wait until it is gone; SIGKILL it after timeout seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    if not _wait_until(lambda: not supervisor.alive(pid, name), timeout):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _wait_until(lambda: not supervisor.alive(pid, name), 5)
+
+
+def children(pid: int) -> list[int]:
     """Pids of the live children of pid."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
