@@ -142,10 +142,8 @@ class HaStack(LocalStack):
                 with contextlib.suppress(StackError):
                     self._run(ctl, "pg_ctl stop", timeout=45)
 
-    def _save_state(self) -> None:
-        super()._save_state()
-        state = json.loads(self.state_file.read_text())
-        self._write(self.state_file, json.dumps({**state, "profile": PROFILE}, indent=2) + "\n")
+    def _profile_state(self) -> dict[str, Any]:
+        return {"profile": PROFILE}
 
     # ---- configuration ---------------------------------------------------------------------------
 
@@ -210,38 +208,24 @@ class HaStack(LocalStack):
         return env
 
     def _ha_components(self) -> list[dict[str, Any]]:
-        ids: dict[str, Any] = {}
-        if self.is_root:
-            uid, gid = self._service_ids()
-            ids = {"uid": uid, "gid": gid}
-        env = self._env()
         peer, client = f"http://{HOST}:{self.etcd_peer_port}", f"http://{HOST}:{self.etcd_port}"
         etcd = [self._tool("etcd"), "--name", "etcd-0", "--data-dir", str(self.state_dir / "etcd"),
                 "--listen-client-urls", client, "--advertise-client-urls", client,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", f"etcd-0={peer}", "--initial-cluster-state", "new",
                 "--initial-cluster-token", f"pgvote-{self.ports.base}", "--logger", "zap", "--log-level", "warn"]
-        components: list[dict[str, Any]] = [
-            {"name": "etcd", "argv": etcd, "log": str(self.log_dir / "etcd.log"), "cwd": str(self.state_dir),
-             "env": env, **ids},
-            {"name": "haproxy", "argv": [self._tool("haproxy"), "-db", "-f", str(self.haproxy_cfg)],
-             "log": str(self.log_dir / "haproxy.log"), "cwd": str(self.state_dir), "env": {**env, **self._haproxy_env()},
-             **ids},
-        ]
-        for member in self.members:
-            components.append({"name": member.name,
-                               "argv": [self._tool("patroni"), str(self._member_dir(member) / "patroni.yml")],
-                               "log": str(self.log_dir / f"{member.name}.log"), "cwd": str(self.state_dir),
-                               "env": env, **ids})
-        return components
+        return [self._component("etcd", etcd),
+                self._component("haproxy", [self._tool("haproxy"), "-db", "-f", str(self.haproxy_cfg)],
+                                env={**self._env(), **self._haproxy_env()}),
+                *[self._component(m.name, [self._tool("patroni"), str(self._member_dir(m) / "patroni.yml")])
+                  for m in self.members]]
 
     def _components(self) -> list[dict[str, Any]]:
         """The HA components, the single-node tier without its PostgreSQL, and the read PostgREST."""
         tier = [c for c in super()._components() if c["name"] != "postgres"]
         read = next(c for c in tier if c["name"].startswith("postgrest-"))
         return [*self._ha_components(), *tier,
-                {**read, "name": "postgrest-read", "argv": [read["argv"][0], str(self._render_read_postgrest())],
-                 "log": str(self.log_dir / "postgrest-read.log")}]
+                self._component("postgrest-read", [read["argv"][0], str(self._render_read_postgrest())])]
 
     def _render_read_postgrest(self) -> Path:
         """The results reader: straight to HAProxy's read port (a session of its own per pool

@@ -13,7 +13,6 @@ connections (backends x N); no second pooler sits between router and shards. `pg
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +77,7 @@ class ShardCluster(LocalStack):
 
     def supervised(self) -> dict[str, Any]:
         """Its entry in the router stack's supervisor spec: restarted like the stack's own PostgreSQL."""
-        return {"name": f"postgres-{self.name}", "kind": "pg_ctl", "pidfile": str(self.data_dir / "postmaster.pid"),
-                "argv": self._as_service(self._pg_ctl_start()), "log": str(self.log_dir / "pg_ctl.log"),
-                "cwd": str(self.state_dir), "env": self._env()}
+        return self._pg_ctl_component(f"postgres-{self.name}")
 
 
 class ShardedStack(LocalStack):
@@ -110,11 +107,8 @@ class ShardedStack(LocalStack):
             raise StackError(f"PL/Proxy is not installed ({self._libdir()}/plproxy.so): install "
                              f"postgresql-{self.major}-plproxy (scripts/install-deps)")
 
-    def _save_state(self) -> None:
-        super()._save_state()
-        state = self._load_state()
-        state["shards"] = len(self.shards)
-        self._write(self.state_file, json.dumps(state, indent=2) + "\n")
+    def _profile_state(self) -> dict[str, Any]:
+        return {"shards": len(self.shards)}
 
     def _start_postgres(self) -> None:
         super()._start_postgres()

@@ -49,16 +49,8 @@ import psycopg
 from pgvote import supervisor
 from pgvote.paths import PROJECT_ROOT as PROJECT_DIR
 
-__all__ = [
-    "PROJECT_DIR",
-    "LocalStack",
-    "Ports",
-    "Replica",
-    "StackError",
-    "default_state_dir",
-    "find_server_bindir",
-    "free_port",
-]
+__all__ = ["PROJECT_DIR", "LocalStack", "Ports", "Replica", "StackError", "default_state_dir", "find_server_bindir",
+           "free_port"]
 
 
 SERVICE_USER = "postgres"  # system user that runs the servers when we are root
@@ -268,13 +260,8 @@ class LocalStack:
 
     backend = "local"
 
-    def __init__(
-        self,
-        state_dir: Path | None = None,
-        port_base: int | None = None,
-        server_port_for_bouncer: int | None = None,
-        bouncer_settings: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, state_dir: Path | None = None, port_base: int | None = None,
+                 server_port_for_bouncer: int | None = None, bouncer_settings: dict[str, str] | None = None) -> None:
         self.is_root = os.geteuid() == 0
         self.service_user = (
             os.environ.get("PGVOTE_SERVICE_USER", SERVICE_USER) if self.is_root else pwd.getpwuid(os.geteuid()).pw_name
@@ -329,12 +316,8 @@ class LocalStack:
     def ephemeral(cls, prefix: str = "pgvote-test-", server_port_for_bouncer: int | None = None,
                   bouncer_settings: dict[str, str] | None = None) -> LocalStack:
         """A stack in a fresh temp dir on free ports (for tests); pair with destroy()."""
-        return cls(
-            state_dir=Path(tempfile.mkdtemp(prefix=prefix)),
-            port_base=free_port(span=Ports.SPAN),
-            server_port_for_bouncer=server_port_for_bouncer,
-            bouncer_settings=bouncer_settings,
-        )
+        return cls(state_dir=Path(tempfile.mkdtemp(prefix=prefix)), port_base=free_port(span=Ports.SPAN),
+                   server_port_for_bouncer=server_port_for_bouncer, bouncer_settings=bouncer_settings)
 
     def __enter__(self) -> LocalStack:
         self.up()
@@ -717,28 +700,20 @@ class LocalStack:
             return {}
 
     def _save_state(self) -> None:
-        state = {
-            "backend": self.backend,
-            "port_base": self.ports.base,
-            "live_colour": self.live_colour,
-            "replicas": self.replica_counts,
-            "bindir": str(self.bindir),
-            "project_dir": str(PROJECT_DIR),
-        }
+        state = {"backend": self.backend, "port_base": self.ports.base, "live_colour": self.live_colour,
+                 "replicas": self.replica_counts, "bindir": str(self.bindir), "project_dir": str(PROJECT_DIR),
+                 **self._profile_state()}
         self._write(self.state_file, json.dumps(state, indent=2) + "\n")
+
+    def _profile_state(self) -> dict[str, Any]:
+        """What a profile's state dir remembers beyond the single node's (pgvote/ha.py, pgvote/shards.py)."""
+        return {}
 
     def _run(self, args: list[str], what: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run a server tool as the service user; failures become one StackError line."""
         try:
-            return subprocess.run(
-                self._as_service(args),
-                check=True,
-                capture_output=True,
-                text=True,
-                cwd=self.state_dir,
-                env=self._env(),
-                timeout=timeout,
-            )
+            return subprocess.run(self._as_service(args), check=True, capture_output=True, text=True, cwd=self.state_dir,
+                                  env=self._env(), timeout=timeout)
         except subprocess.CalledProcessError as exc:
             detail = (exc.stderr or exc.stdout or "").strip().splitlines()
             raise StackError(f"{what} failed (exit {exc.returncode}): {detail[-1] if detail else 'no output'}") from exc
@@ -775,11 +750,8 @@ class LocalStack:
                 )
 
     def _bouncer_bin(self) -> str:
-        found = (
-            os.environ.get("PGBOUNCER_BIN")
-            or shutil.which("pgbouncer")
-            or shutil.which("pgbouncer", path="/usr/sbin:/usr/local/sbin:/usr/bin")
-        )
+        found = (os.environ.get("PGBOUNCER_BIN") or shutil.which("pgbouncer")
+                 or shutil.which("pgbouncer", path="/usr/sbin:/usr/local/sbin:/usr/bin"))
         if not found:
             raise StackError("pgbouncer not found (apt-get install pgbouncer, or run scripts/install-deps)")
         return found
@@ -825,20 +797,11 @@ class LocalStack:
             return
         if self.data_dir.exists() and any(self.data_dir.iterdir()):
             raise StackError(f"{self.data_dir} exists but holds no cluster; remove it or pick another state dir")
-        self._run(
-            [
-                str(self.bindir / "initdb"),
-                "-D",
-                str(self.data_dir),
-                "-U",
-                "postgres",
-                "--auth=trust",  # dev stack: loopback + socket only, see db/pg_hba.conf
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-                "--data-checksums",  # detect storage corruption of vote data early
-            ],
-            "initdb",
-        )
+        self._run([str(self.bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                   "--auth=trust",  # dev stack: loopback + socket only, see db/pg_hba.conf
+                   "--encoding=UTF8", "--locale=C.UTF-8",
+                   "--data-checksums"],  # detect storage corruption of vote data early
+                  "initdb")
         with open(self.data_dir / "postgresql.conf", "a") as fh:
             fh.write(
                 "\n# ---- added by pgvote/stack.py ----\n"
@@ -902,19 +865,21 @@ class LocalStack:
                 "-t", str(int(START_TIMEOUT)), "-s", "start"]
 
     def _wait_postgres(self) -> None:
-        url = f"postgresql://postgres@{HOST}:{self.pg_port}/postgres"
-        deadline = time.monotonic() + START_TIMEOUT
-        last: Exception | None = None
-        while time.monotonic() < deadline:
+        last: list[Exception] = []
+
+        def accepts() -> bool:
             try:
-                with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
-                    conn.execute("select 1")
-                    return
+                with psycopg.connect(f"postgresql://postgres@{HOST}:{self.pg_port}/postgres", connect_timeout=5,
+                                     autocommit=True) as conn:
+                    return conn.execute("select 1") is not None
             except psycopg.OperationalError as exc:
-                last = exc
-                time.sleep(0.2)
+                last[:] = [exc]
+                return False
+
+        if _wait_until(accepts, START_TIMEOUT, 0.2):
+            return
         raise StackError(
-            f"PostgreSQL on port {self.pg_port} not accepting connections ({last}); "
+            f"PostgreSQL on port {self.pg_port} not accepting connections ({last[0] if last else None}); "
             f"last lines of {self.pg_log}:\n{_tail(self.pg_log)}"
         )
 
@@ -953,33 +918,33 @@ class LocalStack:
         self._render_nginx()
         self._write_spec(self._components())
 
+    def _component(self, name: str, argv: list[str], log: str = "", service: bool = True, **extra: Any) -> dict[str, Any]:
+        """A supervisor spec entry: it runs in the state dir with its log in the log dir, as the service
+        user when we are root (service=False: as the invoking user, or argv switches user itself)."""
+        ids = dict(zip(("uid", "gid"), self._service_ids())) if service and self.is_root else {}
+        return {"name": name, "argv": argv, "log": str(self.log_dir / (log or f"{name}.log")), "cwd": str(self.state_dir),
+                "env": self._env(), **ids, **extra}
+
+    def _pg_ctl_component(self, name: str) -> dict[str, Any]:
+        """A cluster under pg_ctl: started when its postmaster is gone, stopped by the launcher."""
+        return self._component(name, self._as_service(self._pg_ctl_start()), "pg_ctl.log", service=False, kind="pg_ctl",
+                               pidfile=str(self.data_dir / "postmaster.pid"))
+
     def _components(self) -> list[dict[str, Any]]:
         """The supervisor's components, in start order (it stops them in reverse)."""
-        ids: dict[str, Any] = {}
-        if self.is_root:
-            uid, gid = self._service_ids()
-            ids = {"uid": uid, "gid": gid}
-        env = self._env()
-        components: list[dict[str, Any]] = [
-            {"name": "postgres", "kind": "pg_ctl", "pidfile": str(self.data_dir / "postmaster.pid"),
-             "argv": self._as_service(self._pg_ctl_start()), "log": str(self.log_dir / "pg_ctl.log"),
-             "cwd": str(self.state_dir), "env": env},
-            # foreground (no -d): the supervisor is its parent and sees it exit
-            {"name": "pgbouncer", "argv": [self._bouncer_bin(), str(self.bouncer_ini)],
-             "log": str(self.log_dir / "pgbouncer.out"), "cwd": str(self.state_dir), "env": env,
-             "stop_signal": int(self._bouncer_immediate_signal()), **ids},
-        ]
         postgrest = self._postgrest_bin()
-        for replica in self.replicas:
-            components.append({"name": replica.name, "argv": [postgrest, str(self._postgrest_conf(replica))],
-                               "log": str(self.log_dir / f"{replica.name}.log"), "cwd": str(self.state_dir),
-                               "env": env, **ids})
-        components.append({"name": "nginx", "argv": [self._nginx_bin(), "-p", str(self.nginx_dir), "-e",
-                                                     str(self.nginx_log), "-c", str(self.nginx_dir / "nginx.conf")],
-                           "log": str(self.log_dir / "nginx.out"), "cwd": str(self.state_dir), "env": env,
-                           "stop_signal": int(signal.SIGQUIT), **ids})  # SIGQUIT: graceful, finishes requests
-        components.append(self._publisher_component())
-        return components + self._member_components()
+        return [
+            self._pg_ctl_component("postgres"),
+            # foreground (no -d): the supervisor is its parent and sees it exit
+            self._component("pgbouncer", [self._bouncer_bin(), str(self.bouncer_ini)], "pgbouncer.out",
+                            stop_signal=int(self._bouncer_immediate_signal())),
+            *[self._component(r.name, [postgrest, str(self._postgrest_conf(r))]) for r in self.replicas],
+            self._component("nginx", [self._nginx_bin(), "-p", str(self.nginx_dir), "-e", str(self.nginx_log),
+                                      "-c", str(self.nginx_dir / "nginx.conf")], "nginx.out",
+                            stop_signal=int(signal.SIGQUIT)),  # SIGQUIT: graceful, finishes requests
+            self._publisher_component(),
+            *self._member_components(),
+        ]
 
     def _write_spec(self, components: list[dict[str, Any]]) -> None:
         spec = supervisor.spec_path(self.state_dir)
@@ -993,13 +958,11 @@ class LocalStack:
     def _publisher_component(self) -> dict[str, Any]:
         """The live-results publisher (pgvote/publisher.py): reads tallies through PgBouncer, posts to
         nchan. Runs as the invoking user: it is this checkout's Python, and needs no server privilege."""
-        return {"name": "publisher",
-                "argv": [sys.executable, "-m", "pgvote.publisher", "--database-url", self.api_url,
-                         "--nchan-url", f"http://{HOST}:{self.ports.live_publish}",
-                         "--listen", f"{HOST}:{self.ports.publisher}",
-                         "--watch-file", str(self.state_dir / "publisher-watched.json")],
-                "log": str(self.log_dir / "publisher.log"), "cwd": str(self.state_dir),
-                "env": dict(self._env(), PGVOTE_ROOT=str(PROJECT_DIR))}
+        return self._component("publisher", [sys.executable, "-m", "pgvote.publisher", "--database-url", self.api_url,
+                                             "--nchan-url", f"http://{HOST}:{self.ports.live_publish}",
+                                             "--listen", f"{HOST}:{self.ports.publisher}",
+                                             "--watch-file", str(self.state_dir / "publisher-watched.json")],
+                               service=False, env=dict(self._env(), PGVOTE_ROOT=str(PROJECT_DIR)))
 
     def _supervisor_pid(self) -> int | None:
         return supervisor.live_pid(self.supervisor_pidfile, "pgvote.supervisor")
@@ -1052,16 +1015,9 @@ class LocalStack:
     def _render_bouncer(self) -> None:
         template = string.Template((PROJECT_DIR / "db" / "pgbouncer.ini").read_text())
         auth_file = self.state_dir / "userlist.txt"
-        ini = template.substitute(
-            listen_addr=HOST,
-            listen_port=self.bouncer_port,
-            unix_socket_dir=self.run_dir,
-            pg_host=HOST,
-            pg_port=self.server_port_for_bouncer or self.pg_port,
-            auth_file=auth_file,
-            logfile=self.bouncer_log,
-            pidfile=self.bouncer_pidfile,
-        )
+        ini = template.substitute(listen_addr=HOST, listen_port=self.bouncer_port, unix_socket_dir=self.run_dir,
+                                  pg_host=HOST, pg_port=self.server_port_for_bouncer or self.pg_port, auth_file=auth_file,
+                                  logfile=self.bouncer_log, pidfile=self.bouncer_pidfile)
         for key, value in self.bouncer_settings.items():  # overrides: replace the line, or add it to [pgbouncer]
             line = f"{key} = {value}"
             ini, found = re.subn(rf"^{re.escape(key)}\s*=.*$", line.replace("\\", "\\\\"), ini, flags=re.MULTILINE)
