@@ -28,7 +28,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pgvote.backends import Stack, make_stack, require_running
-from pgvote.stack import LocalStack, StackError
+from pgvote.stack import API_ROLES, LocalStack, StackError
 
 ROUTER_SECONDS, QUICK_ROUTER_SECONDS = 10.0, 4.0  # pgbench seconds per run of `bench --router`
 
@@ -199,7 +199,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 @command("token", "print a JWT signed with the local stack's secret (only the token, on stdout)",
-         ("--role", {"choices": ("anon", "authenticated", "ingest"), "default": "authenticated",
+         ("--role", {"choices": API_ROLES, "default": "authenticated",
                      "help": "the JWT role claim (default authenticated)"}),
          ("--sub", {"help": "the JWT sub claim: the voter / creator id (default: a random user-<uuid>)"}),
          ("--exp", {"type": int, "default": 3600,

@@ -19,7 +19,6 @@ import json
 import shutil
 import socket
 import tempfile
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from pgvote.stack import (
     Ports,
     Replica,
     StackError,
+    _http_json,
     _http_ok,
     _tail,
     _wait_until,
@@ -246,32 +246,25 @@ class HaStack(LocalStack):
         with the view it last had), else as the first member that answers ([] when none does)."""
         leader = self.leader()
         for member in ([leader] if leader else []) + self.members:
-            try:
-                with urllib.request.urlopen(member.url + "/cluster", timeout=2) as resp:
-                    members: list[dict[str, Any]] = json.load(resp).get("members", [])
-                    return members
-            except (urllib.error.URLError, OSError, ValueError):
-                continue
+            doc = _http_json(member.url + "/cluster")
+            if isinstance(doc, dict):
+                members: list[dict[str, Any]] = doc.get("members", [])
+                return members
         return []
 
     def leader(self) -> Member | None:
         """The member HAProxy's write port sends to (deploy/patroni/haproxy.cfg): Patroni answers /primary
         (it holds the leader key) and its PostgreSQL is not in recovery."""
         for m in self.members:
-            if _http_ok(m.url + "/primary"):
-                try:
-                    with urllib.request.urlopen(m.url + "/patroni", timeout=2) as resp:
-                        if json.load(resp).get("role") in ("master", "primary"):
-                            return m
-                except (urllib.error.URLError, OSError, ValueError):
-                    continue
+            if _http_ok(m.url + "/primary") and (_http_json(m.url + "/patroni") or {}).get("role") in ("master", "primary"):
+                return m
         return None
 
     def healthy(self) -> bool:
         """A running leader and a streaming synchronous standby, and HAProxy's write port reaches the leader."""
         roles = sorted((m.get("role"), m.get("state")) for m in self.cluster())
-        if roles != [("leader", "running"), ("sync_standby", "streaming")] and \
-                roles != [("leader", "running"), ("sync_standby", "running")]:
+        if roles not in ([("leader", "running"), ("sync_standby", "streaming")],
+                         [("leader", "running"), ("sync_standby", "running")]):
             return False
         try:
             url = f"postgresql://postgres@{HOST}:{self.write_port}/postgres"  # pgvote may not exist yet

