@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import socket
 import tempfile
 import urllib.request
@@ -39,6 +38,7 @@ from pgvote.stack import (
     _http_ok,
     _tail,
     _wait_until,
+    find_tool,
     free_port,
 )
 
@@ -151,10 +151,7 @@ class HaStack(LocalStack):
         return self.state_dir / member.name
 
     def _tool(self, name: str) -> str:
-        found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
-        if not found:
-            raise StackError(f"{name} not found: the HA profile needs etcd-server, haproxy and patroni (scripts/install-deps)")
-        return found
+        return find_tool(name, missing=": the HA profile needs etcd-server, haproxy and patroni (scripts/install-deps)")
 
     def _patroni_config(self, member: Member) -> dict[str, Any]:
         """deploy/patroni/patroni.yml with this member's addresses and paths; the local stack's trust

@@ -41,7 +41,6 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import psycopg
@@ -181,6 +180,14 @@ def find_server_bindir() -> Path:
     return Path(found[-1]).parent
 
 
+def find_tool(name: str, env: str = "", missing: str = "") -> str:
+    """$env, else name on PATH, else in the sbin directories Debian installs servers to."""
+    found = (env and os.environ.get(env)) or shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/usr/bin")
+    if not found:
+        raise StackError(f"{name} not found" + (missing or f" (apt-get install {name}, or run scripts/install-deps)"))
+    return found
+
+
 def _ephemeral_low() -> int:
     try:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
@@ -316,13 +323,6 @@ class LocalStack:
         """A stack in a fresh temp dir on free ports (for tests); pair with destroy()."""
         return cls(state_dir=Path(tempfile.mkdtemp(prefix=prefix)), port_base=free_port(span=Ports.SPAN),
                    server_port_for_bouncer=server_port_for_bouncer, bouncer_settings=bouncer_settings)
-
-    def __enter__(self) -> LocalStack:
-        self.up()
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.down()
 
     @property
     def replicas(self) -> list[Replica]:
@@ -718,11 +718,7 @@ class LocalStack:
                                  f"install {package} (scripts/install-deps)")
 
     def _bouncer_bin(self) -> str:
-        found = (os.environ.get("PGBOUNCER_BIN") or shutil.which("pgbouncer")
-                 or shutil.which("pgbouncer", path="/usr/sbin:/usr/local/sbin:/usr/bin"))
-        if not found:
-            raise StackError("pgbouncer not found (apt-get install pgbouncer, or run scripts/install-deps)")
-        return found
+        return find_tool("pgbouncer", "PGBOUNCER_BIN")
 
     def _postgrest_bin(self) -> str:
         """$POSTGREST_BIN, else the pinned binary scripts/install-deps put in tools/, else PATH."""
@@ -753,10 +749,7 @@ class LocalStack:
         return probe.returncode == 0
 
     def _nginx_bin(self) -> str:
-        found = os.environ.get("NGINX_BIN") or shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
-        if not found:
-            raise StackError("nginx not found (apt-get install nginx, or run scripts/install-deps)")
-        return found
+        return find_tool("nginx", "NGINX_BIN")
 
     # ---- PostgreSQL ------------------------------------------------------------------------------
 

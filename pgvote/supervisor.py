@@ -75,13 +75,6 @@ class Component:
     failures: int = 0
     state: str = "new"  # new | running | backoff
 
-    @classmethod
-    def from_spec(cls, entry: dict[str, Any]) -> Component:
-        return cls(name=entry["name"], argv=list(entry["argv"]), log=entry["log"], cwd=entry["cwd"],
-                   env=dict(entry["env"]), uid=entry.get("uid"), gid=entry.get("gid"),
-                   stop_signal=int(entry.get("stop_signal", signal.SIGTERM)), pidfile=entry.get("pidfile"),
-                   kind=entry.get("kind", "process"))
-
     def same_as(self, other: Component) -> bool:
         return (self.argv, self.kind, self.uid) == (other.argv, other.kind, other.uid)
 
@@ -133,7 +126,7 @@ class Supervisor:
 
     def load_spec(self) -> None:
         spec = json.loads(spec_path(self.state_dir).read_text())
-        wanted = {c.name: c for c in (Component.from_spec(e) for e in spec["components"])}
+        wanted = {c.name: c for c in (Component(**e) for e in spec["components"])}
         for name in [n for n in self.components if n not in wanted or not self.components[n].same_as(wanted[n])]:
             self.stop(self.components.pop(name))
         for name, component in wanted.items():
