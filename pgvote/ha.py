@@ -93,54 +93,41 @@ class HaStack(LocalStack):
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
-    def up(self, migrate: bool = True) -> None:
-        """etcd, HAProxy and both members first (the supervisor runs them), the database on the leader,
-        migrations, then the tier of the single-node stack and the read PostgREST."""
-        self._check_prerequisites()
+    # `up` is the single node's: etcd, HAProxy and both members first (the supervisor runs them), the
+    # database on the leader, migrations, then the tier of the single-node stack and the read PostgREST.
+
+    def _check_prerequisites(self) -> None:
+        super()._check_prerequisites()
         for tool in ("etcd", "haproxy", "patroni"):
             self._tool(tool)
-        self._ensure_dirs()
         if (self.data_dir / "PG_VERSION").is_file():
             raise StackError(f"{self.state_dir} holds a single-node stack: `pgvote clean` it or use another --state-dir")
-        with self._locked():
-            self._save_state()
-            self._write_ha_configs()
-            if self._supervisor_pid() is None:
-                self._write_spec(self._ha_components())  # the database tier first: migrations need the leader
-            else:
-                self._write_supervised_configs()  # running already: the whole spec, nothing is stopped
-            try:
-                self._start_supervisor()
-                self._wait_cluster()
-                self._ensure_database()
-                if migrate:
-                    self._migrate()
-                self._write_supervised_configs()
-                self._start_supervisor()
-                self._wait_tier()
-                if not _wait_until(lambda: self.component_ready("postgrest-read"), 60, 0.2):
-                    raise StackError(f"the read PostgREST is not ready; {_tail(self.log_dir / 'postgrest-read.log')}")
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    self._stop_everything()
-                raise
 
-    def down(self) -> None:
-        if not self.state_dir.exists():
-            return
-        with self._locked():
-            self._stop_everything()
+    def _prepare_database(self) -> None:
+        self._write_ha_configs()
+        if self._supervisor_pid() is None:
+            self._write_spec(self._ha_components())  # the database tier first: migrations need the leader
+        else:
+            self._write_supervised_configs()  # running already: the whole spec, nothing is stopped
 
-    def _stop_everything(self) -> None:
-        """The supervisor stops every component (Patroni stops its PostgreSQL); a postmaster a killed
-        Patroni left behind is stopped here."""
-        self._stop_supervisor()
+    def _start_postgres(self) -> None:
+        self._start_supervisor()
+        self._wait_cluster()
+
+    def _stop_postgres(self) -> None:
+        """The supervisor, stopped first, stopped every member (Patroni stops its PostgreSQL); a postmaster
+        a killed Patroni left behind is stopped here."""
         for member in self.members:
             if self.member_postmaster(member) is not None:
                 data = self._member_dir(member) / "data"
                 ctl = [str(self.bindir / "pg_ctl"), "-D", str(data), "-w", "-t", "30", "-s", "stop", "-m", "fast"]
                 with contextlib.suppress(StackError):
                     self._run(ctl, "pg_ctl stop", timeout=45)
+
+    def _wait_tier(self) -> None:
+        super()._wait_tier()
+        if not _wait_until(lambda: self.component_ready("postgrest-read"), 60, 0.2):
+            raise StackError(f"the read PostgREST is not ready; {_tail(self.log_dir / 'postgrest-read.log')}")
 
     def _profile_state(self) -> dict[str, Any]:
         return {"profile": PROFILE}

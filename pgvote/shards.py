@@ -70,8 +70,7 @@ class ShardCluster(LocalStack):
 
     def start(self) -> None:
         self._ensure_dirs()
-        self._initdb_if_needed()
-        self._write_server_config()
+        self._prepare_database()
         self._start_postgres()
         self._ensure_database()
 

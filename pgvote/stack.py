@@ -362,8 +362,7 @@ class LocalStack:
         self._ensure_dirs()
         with self._locked():
             self._save_state()
-            self._initdb_if_needed()
-            self._write_server_config()
+            self._prepare_database()
             started_postgres = self._postgres_pid() is None
             try:
                 self._start_postgres()
@@ -771,6 +770,11 @@ class LocalStack:
                 "# machine-specific settings (port, sockets), regenerated on every `pgvote up`\n"
                 "include 'pgvote-local.conf'\n"
             )
+
+    def _prepare_database(self) -> None:
+        """What `up` writes before PostgreSQL starts: the cluster and its configuration (pgvote/ha.py: Patroni's)."""
+        self._initdb_if_needed()
+        self._write_server_config()
 
     def _write_server_config(self) -> None:
         self._write(self.data_dir / "pgvote-tuning.conf", (PROJECT_DIR / "db" / "postgresql.conf").read_text(), 0o600)
