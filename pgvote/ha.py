@@ -4,13 +4,10 @@
                     -> PostgREST read (results GETs) -> HAProxy :read (Patroni /replica) -> the standby
     Patroni x2 -> (each through its own HAProxy frontend) -> etcd
 
-etcd (one member), the two Patroni members (each owns its PostgreSQL: the stack never pg_ctls it), and
-HAProxy run as components of the stack's supervisor, before the tier of the single-node stack, which
-is unchanged but for PgBouncer's server address (HAProxy's write port) and the read PostgREST. Every
-commit waits for the synchronous standby (deploy/patroni/patroni.yml, the one Patroni configuration:
-this module replaces only the per-member addresses and paths). `admin_url` is HAProxy's write port, so
-it follows the leader. Each member reaches etcd through its own HAProxy frontend, whose server the
-failover tests disable through HAProxy's runtime API (:meth:`HaStack.cut_from_etcd`).
+The design is docs/deployment.md ("High availability"). Here etcd, the Patroni members (each owns its
+PostgreSQL: the stack never pg_ctls it) and HAProxy are components of the stack's supervisor, started
+before the single node's tier; each member reaches etcd through its own HAProxy frontend, which the
+failover tests cut (:meth:`HaStack.cut_from_etcd`).
 """
 from __future__ import annotations
 

@@ -2,13 +2,9 @@
 
     client -> nginx -> PostgREST x2 -> PgBouncer -> router PostgreSQL --PL/Proxy--> shard-0 .. shard-(N-1)
 
-The stack's own PostgreSQL is the router: it runs the full schema (its pre-request hook and rate limits
-are the single node's), and its `api` functions are those of procedures/router/, which hand each call
-to the shard its poll id hashes to (router.poll_shard). Every shard is a cluster of its own
-(<state dir>/shards/shard-<i>, port base + 80 + i) migrated to the full schema, with the router's
-voter-key secret. PostgREST, PgBouncer and nginx are the single node's, unchanged. PL/Proxy keeps one
-connection per router backend and shard, so the router's PgBouncer pool already bounds the shards'
-connections (backends x N); no second pooler sits between router and shards. `pgvote grow`
+The stack's own PostgreSQL is the router (full schema, its `api` functions those of procedures/router/);
+every shard is a cluster of its own migrated to the full schema, with the router's voter-key secret.
+The design, and why no second pooler sits between router and shards: docs/scaling.md. `pgvote grow`
 (pgvote/grow.py) doubles N online.
 """
 from __future__ import annotations
@@ -32,10 +28,6 @@ SHARD_PORT_OFFSET = 80  # shard i listens on port base + 80 + i (Ports reserves 
 MAX_SHARDS = 16
 
 
-def shard_port(ports: Ports, index: int) -> int:
-    return ports.base + SHARD_PORT_OFFSET + index
-
-
 def check_count(count: int) -> int:
     """PL/Proxy maps a hash to hash & (N - 1): N must be a power of two."""
     if not 1 <= count <= MAX_SHARDS or count & (count - 1):
@@ -50,7 +42,7 @@ class ShardCluster(LocalStack):
         super().__init__(state_dir=router.state_dir / "shards" / f"shard-{index}", port_base=router.ports.base)
         self.index = index
         self.name = f"shard-{index}"
-        self.pg_port = shard_port(router.ports, index)
+        self.pg_port = router.ports.base + SHARD_PORT_OFFSET + index
         self.admin_url = f"postgresql://postgres@{HOST}:{self.pg_port}/pgvote"
 
     def _reachable_state_dir(self, wanted: Path) -> Path:
