@@ -304,27 +304,20 @@ class HaStack(LocalStack):
         result = super().status()
         components = result["components"]
         cluster = {m["name"]: m for m in self.cluster()}
-        supervisor_up = self._supervisor_pid() is not None
+        for name, port in (("etcd", self.etcd_port), ("haproxy", self.write_port),
+                           *((m.name, m.rest_port) for m in self.members)):
+            components[name] = self._status_entry(name, port)
         members = []
         for member in self.members:
             info = cluster.get(member.name, {})
             lag = info.get("lag", 0 if info.get("role") == "leader" else None)
             members.append({"name": member.name, "role": info.get("role"), "state": info.get("state"),
                             "pid": self.member_postmaster(member), "port": member.pg_port, "url": member.url,
-                            "patroni_pid": self.component_pid(member.name) if supervisor_up else None,
+                            "patroni_pid": components[member.name]["pid"],
                             "lag_bytes": lag if isinstance(lag, int) else None, "timeline": info.get("timeline")})
-        for name, port in (("etcd", self.etcd_port), ("haproxy", self.write_port)):
-            pid = self.component_pid(name) if supervisor_up else None
-            components[name] = {"running": pid is not None, "pid": pid, "port": port,
-                                "log": str(self.log_dir / f"{name}.log")}
-        for member, m in zip(self.members, members):
-            components[member.name] = {"running": m["patroni_pid"] is not None, "pid": m["patroni_pid"],
-                                       "port": member.rest_port, "log": str(self.log_dir / f"{member.name}.log")}
-        read_pid = self.component_pid("postgrest-read") if supervisor_up else None
         components["postgrest"].append({"name": "postgrest-read", "colour": "read", "role": "read",
-                                        "running": read_pid is not None, "pid": read_pid,
-                                        "port": self.read_postgrest_port, "admin_port": self.read_postgrest_admin_port,
-                                        "log": str(self.log_dir / "postgrest-read.log"), "live": True})
+                                        **self._status_entry("postgrest-read", self.read_postgrest_port,
+                                                             admin_port=self.read_postgrest_admin_port, live=True)})
         leader = next((m for m in members if m["role"] == "leader"), None)
         # "postgres" is the leader, as clients reach it (HAProxy's write port)
         components["postgres"] = {"running": leader is not None and leader["pid"] is not None,

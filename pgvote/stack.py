@@ -521,13 +521,7 @@ class LocalStack:
         pg_pid = self._postgres_pid()
         supervised = supervisor.read_status(self.state_dir).get("components", {})
         supervisor_pid = self._supervisor_pid()
-
-        def entry(name: str, port: int, log: Path, **extra: Any) -> dict[str, Any]:
-            pid = self.component_pid(name) if supervisor_pid else None
-            info = supervised.get(name, {})
-            return {"running": pid is not None, "pid": pid, "port": port, "log": str(log),
-                    "restarts": info.get("restarts", 0), "last_exit": info.get("last_exit"), **extra}
-
+        entry = self._status_entry
         try:
             bindir: str | None = str(self.bindir)
         except StackError:
@@ -556,6 +550,13 @@ class LocalStack:
         if self.requested_state_dir != self.state_dir:
             result["requested_state_dir"] = str(self.requested_state_dir)
         return result
+
+    def _status_entry(self, name: str, port: int, log: Path | None = None, **extra: Any) -> dict[str, Any]:
+        """A supervised component in status(): its pid while it runs, its restarts and last exit code."""
+        pid = self.component_pid(name) if self._supervisor_pid() else None
+        info = supervisor.read_status(self.state_dir).get("components", {}).get(name, {})
+        return {"running": pid is not None, "pid": pid, "port": port, "log": str(log or self.log_dir / f"{name}.log"),
+                "restarts": info.get("restarts", 0), "last_exit": info.get("last_exit"), **extra}
 
     # ---- locations / users ---------------------------------------------------------------------
 
