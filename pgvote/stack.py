@@ -137,9 +137,7 @@ class StackError(RuntimeError):
     """A failure the user can act on. The CLI prints str(err) (one line, maybe a log tail) and exits 1."""
 
 
-# --------------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------------
+# ---- helpers ---------------------------------------------------------------------------------------
 
 
 def short_hash(text: str) -> str:
@@ -258,9 +256,7 @@ def _wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> bool:
     return bool(predicate())
 
 
-# --------------------------------------------------------------------------------------------------
-# LocalStack
-# --------------------------------------------------------------------------------------------------
+# ---- LocalStack ------------------------------------------------------------------------------------
 
 
 class LocalStack:
@@ -744,9 +740,7 @@ class LocalStack:
         return str(pinned)
 
     def _service_can_execute(self, path: Path) -> bool:
-        probe = subprocess.run(["runuser", "-u", self.service_user, "--", "test", "-x", str(path)],
-                               capture_output=True, check=False)
-        return probe.returncode == 0
+        return subprocess.run(self._as_service(["test", "-x", str(path)]), capture_output=True, check=False).returncode == 0
 
     def _nginx_bin(self) -> str:
         return find_tool("nginx", "NGINX_BIN")
