@@ -54,9 +54,9 @@ def move_polls(stack: ShardedStack, new: list[ShardCluster],
     recover(stack.admin_url, every)
     moved = 0
     for shard in stack.shards:
-        while ids := _leaving(shard, len(every)):
-            for poll_id in ids:
-                move_poll(stack.admin_url, shard, every[_partition(shard, poll_id, len(every))], poll_id)
+        while leaving := _leaving(shard, len(every)):
+            for poll_id, partition in leaving:
+                move_poll(stack.admin_url, shard, every[partition], poll_id)
                 moved += 1
             progress(f"{shard.name}: {moved} polls moved")
     # Calls that queued behind the last fences retry through router.moved: give them time to.
@@ -132,19 +132,13 @@ def _copy_out(conn: psycopg.Connection, table: str, poll_id: str) -> bytes:
         return b"".join(bytes(chunk) for chunk in copy)
 
 
-def _leaving(shard: ShardCluster, partitions: int) -> list[str]:
-    """The polls of a shard whose partition among `partitions` is another shard (router.poll_shard's hash)."""
+def _leaving(shard: ShardCluster, partitions: int) -> list[tuple[str, int]]:
+    """The polls of a shard whose partition among `partitions` is another shard (router.poll_shard's hash),
+    each with that partition."""
     with psycopg.connect(shard.admin_url, autocommit=True) as conn:
-        return [r[0] for r in conn.execute(
-            "select poll_id::text from voting.polls where hashtext(poll_id::text) & %s <> %s",
-            (partitions - 1, shard.index)).fetchall()]
-
-
-def _partition(shard: ShardCluster, poll_id: str, partitions: int) -> int:
-    with psycopg.connect(shard.admin_url, autocommit=True) as conn:
-        row = conn.execute("select hashtext(%s) & %s", (poll_id, partitions - 1)).fetchone()
-    assert row is not None
-    return int(row[0])
+        return [(r[0], int(r[1])) for r in conn.execute(
+            "select poll_id::text, hashtext(poll_id::text) & %(mask)s from voting.polls"
+            " where hashtext(poll_id::text) & %(mask)s <> %(shard)s", {"mask": partitions - 1, "shard": shard.index}).fetchall()]
 
 
 def _holds(shard: ShardCluster, poll_id: str) -> bool:
