@@ -819,23 +819,18 @@ class LocalStack:
                 "-t", str(int(START_TIMEOUT)), "-s", "start"]
 
     def _wait_postgres(self) -> None:
-        last: list[Exception] = []
-
-        def accepts() -> bool:
+        url = f"postgresql://postgres@{HOST}:{self.pg_port}/postgres"
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
             try:
-                with psycopg.connect(f"postgresql://postgres@{HOST}:{self.pg_port}/postgres", connect_timeout=5,
-                                     autocommit=True) as conn:
-                    return conn.execute("select 1") is not None
+                with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
+                    conn.execute("select 1")
+                    return
             except psycopg.OperationalError as exc:
-                last[:] = [exc]
-                return False
-
-        if _wait_until(accepts, START_TIMEOUT, 0.2):
-            return
-        raise StackError(
-            f"PostgreSQL on port {self.pg_port} not accepting connections ({last[0] if last else None}); "
-            f"last lines of {self.pg_log}:\n{_tail(self.pg_log)}"
-        )
+                if time.monotonic() > deadline:
+                    raise StackError(f"PostgreSQL on port {self.pg_port} not accepting connections ({exc}); "
+                                     f"last lines of {self.pg_log}:\n{_tail(self.pg_log)}") from exc
+                time.sleep(0.2)
 
     def _ensure_database(self) -> None:
         url = f"postgresql://postgres@{HOST}:{self.pg_port}/postgres"
