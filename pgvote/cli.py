@@ -1,17 +1,10 @@
 """The `pgvote` command line.
 
-Subcommands live in one table (COMMANDS). To add one, write a small function taking the parsed
-arguments and returning an exit code, and register it::
+Subcommands live in one table (COMMANDS): a function taking the parsed arguments and returning an
+exit code, registered with its options (flags, add_argument keywords)::
 
-    @command("demo", "run the demo against the local stack")
+    @command("demo", "run the demo", ("--voters", {"type": int, "default": 100}), flag("--quick", "a short run"))
     def cmd_demo(args: argparse.Namespace) -> int: ...
-
-or, with its own options::
-
-    def _demo_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--voters", type=int, default=100)
-
-    @command("demo", "run the demo", configure=_demo_options)
 
 Exit codes: 0 ok, 1 error (printed as one line, no traceback unless --debug).
 """
@@ -19,6 +12,7 @@ Exit codes: 0 ok, 1 error (printed as one line, no traceback unless --debug).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -26,6 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from rich.console import Console
@@ -33,7 +28,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pgvote.backends import Stack, make_stack, require_running
-from pgvote.stack import LocalStack, StackError
+from pgvote.stack import API_ROLES, LocalStack, StackError
 
 ROUTER_SECONDS, QUICK_ROUTER_SECONDS = 10.0, 4.0  # pgbench seconds per run of `bench --router`
 
@@ -42,6 +37,7 @@ err = Console(stderr=True, soft_wrap=True)
 
 Handler = Callable[[argparse.Namespace], int]
 Configure = Callable[[argparse.ArgumentParser], None]
+Option = tuple[str, dict[str, Any]]  # a flag and its add_argument keywords
 
 
 @dataclass(frozen=True)
@@ -49,20 +45,30 @@ class Command:
     name: str
     help: str
     handler: Handler
-    configure: Configure | None = None
+    options: tuple[Option, ...] = ()
+    configure: Configure | None = None  # options a module defines itself (see _options_of)
 
 
 COMMANDS: dict[str, Command] = {}
 
 
-def command(name: str, help: str, configure: Configure | None = None) -> Callable[[Handler], Handler]:
+def command(name: str, help: str, *options: Option, configure: Configure | None = None) -> Callable[[Handler], Handler]:
     """Register a subcommand (a later registration with the same name replaces the earlier one)."""
 
     def register(handler: Handler) -> Handler:
-        COMMANDS[name] = Command(name, help, handler, configure)
+        COMMANDS[name] = Command(name, help, handler, options, configure)
         return handler
 
     return register
+
+
+def flag(name: str, help: str) -> Option:
+    return name, {"action": "store_true", "help": help}
+
+
+def _options_of(module: str, function: str) -> Configure:
+    """The options `module.function(parser)` adds (imported when the parser is built)."""
+    return lambda p: getattr(importlib.import_module(module), function)(p)
 
 
 def _stack(args: argparse.Namespace) -> Stack:
@@ -88,10 +94,14 @@ def _redact(url: str) -> str:
     return url
 
 
+def _print_url_table(urls: dict[str, str | None]) -> None:
+    for key, url in urls.items():
+        out.print(f"{key:18} {escape(url or '-')}")
+
+
 def _print_urls(stack: Stack) -> None:
     if not isinstance(stack, LocalStack):
-        for key, url in stack.status()["urls"].items():
-            out.print(f"{key:18} {escape(url or '-')}")
+        _print_url_table(stack.status()["urls"])
         return
     out.print(f"[bold]API (nginx, the one base URL)[/] {escape(stack.http_url)}")
     out.print(f"[bold]State dir[/]                     {escape(str(stack.state_dir))}")
@@ -114,21 +124,15 @@ Try it (paste into a shell):
 export DATABASE_URL={stack.admin_url}""")
 
 
-# --------------------------------------------------------------------------------------------------
-# subcommands
-# --------------------------------------------------------------------------------------------------
+# ---- subcommands -----------------------------------------------------------------------------------
 
 
-def _up_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-migrate", action="store_true", help="start without running migrations")
-    p.add_argument("--shards", type=int, metavar="N",
-                   help="N shard clusters (a power of two) behind a PL/Proxy router (docs/scaling.md)")
-    p.add_argument("--ha", action="store_true",
-                   help="the HA profile: etcd, two PostgreSQL members under Patroni (leader and synchronous "
-                        "standby) behind HAProxy, results read from the standby (remembered by the state dir)")
-
-
-@command("up", "start PostgreSQL, run migrations, start PgBouncer, two PostgREST replicas and nginx", _up_options)
+@command("up", "start PostgreSQL, run migrations, start PgBouncer, two PostgREST replicas and nginx",
+         flag("--no-migrate", "start without running migrations"),
+         ("--shards", {"type": int, "metavar": "N",
+                       "help": "N shard clusters (a power of two) behind a PL/Proxy router (docs/scaling.md)"}),
+         flag("--ha", "the HA profile: etcd, two PostgreSQL members under Patroni (leader and synchronous standby) "
+                      "behind HAProxy, results read from the standby (remembered by the state dir)"))
 def cmd_up(args: argparse.Namespace) -> int:
     stack = _stack(args)
     with err.status("starting the stack..."):
@@ -160,11 +164,8 @@ def cmd_grow(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-@command("status", "show what runs (pids, ports, restarts), where the state lives, and the URLs", _status_options)
+@command("status", "show what runs (pids, ports, restarts), where the state lives, and the URLs",
+         flag("--json", "machine-readable output"))
 def cmd_status(args: argparse.Namespace) -> int:
     status = _stack(args).status()
     if args.json:
@@ -191,20 +192,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     out.print(f"state dir: {escape(status['state_dir'])}")
     if "requested_state_dir" in status:
         out.print(f"(relocated from {escape(status['requested_state_dir'])}: the postgres user cannot reach it)")
-    for key, url in status["urls"].items():
-        out.print(f"{key:18} {escape(url or '-')}")
+    _print_url_table(status["urls"])
     return 0
 
 
-def _token_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--role", choices=("anon", "authenticated", "ingest"), default="authenticated",
-                   help="the JWT role claim (default authenticated)")
-    p.add_argument("--sub", help="the JWT sub claim: the voter / creator id (default: a random user-<uuid>)")
-    p.add_argument("--exp", type=int, default=3600,
-                   help="expiry in seconds from now (default 3600; negative: an expired token)")
-
-
-@command("token", "print a JWT signed with the local stack's secret (only the token, on stdout)", _token_options)
+@command("token", "print a JWT signed with the local stack's secret (only the token, on stdout)",
+         ("--role", {"choices": API_ROLES, "default": "authenticated",
+                     "help": "the JWT role claim (default authenticated)"}),
+         ("--sub", {"help": "the JWT sub claim: the voter / creator id (default: a random user-<uuid>)"}),
+         ("--exp", {"type": int, "default": 3600,
+                    "help": "expiry in seconds from now (default 3600; negative: an expired token)"}))
 def cmd_token(args: argparse.Namespace) -> int:
     import uuid
 
@@ -239,13 +236,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _schema_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--check", action="store_true", help="only compare with db/schema.sql; exit 1 if it differs")
-
-
 @command("schema", "rewrite db/schema.sql: the normalised schema a fresh `alembic upgrade head` builds "
                    "(in a scratch database of $DATABASE_URL's cluster, or of the local stack)",
-         configure=_schema_options)
+         flag("--check", "only compare with db/schema.sql; exit 1 if it differs"))
 def cmd_schema(args: argparse.Namespace) -> int:
     from pgvote.schema_dump import SCHEMA_FILE, migrated_schema
 
@@ -268,12 +261,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--voters", type=int, default=50_000, help="voters of the spike (default 50,000)")
-
-
 @command("demo", "the 50,000-vote spike over HTTP (k6 through nginx) and the bulk path on the local stack, "
-                 "verified exactly once, with the report and the final results", configure=_demo_options)
+                 "verified exactly once, with the report and the final results",
+         ("--voters", {"type": int, "default": 50_000, "help": "voters of the spike (default 50,000)"}))
 def cmd_demo(args: argparse.Namespace) -> int:
     from pgvote.demo import print_results, run_spike
 
@@ -287,42 +277,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="3 s per scenario (the whole run stays under 2 minutes)")
-    p.add_argument("--seconds", type=float, help="seconds per scenario (default 15, or 3 with --quick)")
-    p.add_argument("--json", type=Path, help="write every figure as JSON to this file")
-    p.add_argument("--chart", type=Path, help="PNG chart of votes/s against clients (default docs/benchmarks.png)")
-    p.add_argument("--report", type=Path, help="markdown report to update (default docs/benchmarks.md)")
-    p.add_argument("--no-report", action="store_true", help="print the tables only: no report, no chart")
-    p.add_argument("--http", action="store_true",
-                   help="the HTTP figures instead, k6 through the stack's nginx: cast_vote / a no-op RPC (H1), the "
-                        "50,000-voter burst (H2), the guide's ramp (H3), the rate-limit hook, CPU per vote by "
-                        "process (--quick: small sizes, a smoke run)")
-    p.add_argument("--live", action="store_true",
-                   help="live results instead: watchers held, messages/s, update latency, votes/s with ÷ without")
-    p.add_argument("--router", action="store_true",
-                   help="on a sharded stack: cast_vote and cast_votes through the PL/Proxy router / directly on "
-                        "the shard, same run (ratio, CPU per ballot of each)")
-    p.add_argument("--clients", type=int, default=4, help="--router: pgbench clients (default 4)")
-    p.add_argument("--ha", action="store_true",
-                   help="on the HA stack (`pgvote up --ha`): votes/s with the synchronous standby ÷ without (same run), "
-                        "then the standby's replay lag and the age of the results clients see during the --votes burst")
-    p.add_argument("--subscribers", type=int, default=10_000, help="--live: watchers of one poll (default 10,000)")
-    p.add_argument("--votes", type=int, default=50_000, help="--live, --ha: votes of each burst (default 50,000)")
-
-
 @command("bench", "pgbench scenarios on a throw-away database of the local stack: votes/s, latency, same-run ratios",
-         configure=_bench_options)
+         flag("--quick", "3 s per scenario (the whole run stays under 2 minutes)"),
+         ("--seconds", {"type": float, "help": "seconds per scenario (default 15, or 3 with --quick)"}),
+         ("--json", {"type": Path, "help": "write every figure as JSON to this file"}),
+         ("--chart", {"type": Path, "help": "PNG chart of votes/s against clients (default docs/benchmarks.png)"}),
+         ("--report", {"type": Path, "help": "markdown report to update (default docs/benchmarks.md)"}),
+         flag("--no-report", "print the tables only: no report, no chart"),
+         flag("--http", "the HTTP figures instead, k6 through the stack's nginx: cast_vote / a no-op RPC (H1), the "
+                        "50,000-voter burst (H2), the guide's ramp (H3), the rate-limit hook, CPU per vote by process "
+                        "(--quick: small sizes, a smoke run)"),
+         flag("--live", "live results instead: watchers held, messages/s, update latency, votes/s with ÷ without"),
+         flag("--router", "on a sharded stack: cast_vote and cast_votes through the PL/Proxy router / directly on the "
+                          "shard, same run (ratio, CPU per ballot of each)"),
+         ("--clients", {"type": int, "default": 4, "help": "--router: pgbench clients (default 4)"}),
+         flag("--ha", "on the HA stack (`pgvote up --ha`): votes/s with the synchronous standby ÷ without (same run), "
+                      "then the standby's replay lag and the age of the results clients see during the --votes burst"),
+         ("--subscribers", {"type": int, "default": 10_000, "help": "--live: watchers of one poll (default 10,000)"}),
+         ("--votes", {"type": int, "default": 50_000, "help": "--live, --ha: votes of each burst (default 50,000)"}))
 def cmd_bench(args: argparse.Namespace) -> int:
     from pgvote.bench.command import DEFAULT_CHART, DEFAULT_REPORT, run_bench
 
     stack = _local_stack(args)
     require_running(stack)
+    report_path = None if args.no_report else (args.report or DEFAULT_REPORT)
     if args.http:
         from pgvote.bench.http_bench import run_http_bench
 
-        run_http_bench(stack, quick=args.quick, json_path=args.json,
-                       report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
+        run_http_bench(stack, quick=args.quick, json_path=args.json, report_path=report_path,
                        command="pgvote bench --http" + (" --quick" if args.quick else ""), console=out)
         return 0
     if args.router:
@@ -332,8 +314,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if not isinstance(stack, ShardedStack):
             raise StackError("--router needs a sharded stack: `pgvote up --shards N` first")
         seconds = args.seconds or (QUICK_ROUTER_SECONDS if args.quick else ROUTER_SECONDS)
-        run_router_bench(stack, seconds=seconds, clients=args.clients, rounds=2,
-                         report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
+        run_router_bench(stack, seconds=seconds, clients=args.clients, rounds=2, report_path=report_path,
                          command=f"pgvote bench --router --clients {args.clients} --seconds {seconds:g}", console=out)
         return 0
     if args.ha:
@@ -342,62 +323,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         if not isinstance(stack, HaStack):
             raise StackError("bench --ha needs the HA stack: start it with `pgvote up --ha`")
-        run_ha_bench(stack, quick=args.quick, voters=args.votes, json_path=args.json,
-                     report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
+        run_ha_bench(stack, quick=args.quick, voters=args.votes, json_path=args.json, report_path=report_path,
                      command=f"pgvote bench --ha --votes {args.votes}" + (" --quick" if args.quick else ""), console=out)
         return 0
     if args.live:
         from pgvote.bench.live import run_live_bench
 
-        run_live_bench(stack, subscribers=args.subscribers, votes=args.votes, json_path=args.json,
-                       report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
+        run_live_bench(stack, subscribers=args.subscribers, votes=args.votes, json_path=args.json, report_path=report_path,
                        command=f"pgvote bench --live --subscribers {args.subscribers} --votes {args.votes}",
                        console=out)
         return 0
     run_bench(stack.admin_url, stack.api_url, quick=args.quick, seconds=args.seconds, json_path=args.json,
-              chart_path=None if args.no_report else (args.chart or DEFAULT_CHART),
-              report_path=None if args.no_report else (args.report or DEFAULT_REPORT),
+              chart_path=None if args.no_report else (args.chart or DEFAULT_CHART), report_path=report_path,
               command="pgvote bench" + (" --quick" if args.quick else ""), console=out)
     return 0
 
 
-def _partitions_options(p: argparse.ArgumentParser) -> None:
-    from partitions.cli import configure
-
-    configure(p)
-
-
 @command("partitions", "inspect, verify, create and split the hash partitions of $DATABASE_URL",
-         configure=_partitions_options)
+         configure=_options_of("partitions.cli", "configure"))
 def cmd_partitions(args: argparse.Namespace) -> int:
     from partitions.cli import run
 
     return run(args)
 
 
-def _stats_options(p: argparse.ArgumentParser) -> None:
-    from pgvote.stats import configure
-
-    configure(p)
-
-
 @command("stats", "live dashboard of the monitoring views and PgBouncer pools (--once --json for scripts)",
-         configure=_stats_options)
+         configure=_options_of("pgvote.stats", "configure"))
 def cmd_stats(args: argparse.Namespace) -> int:
     from pgvote.stats import run
 
     return run(args, lambda: _stack(args), console=out)
 
 
-def _loadtest_options(p: argparse.ArgumentParser) -> None:
-    from pgvote.loadtest.command import add_options
-
-    add_options(p)
-
-
 @command("loadtest", "the 50,000-vote spike on one poll, over HTTP with k6 (or --sql through PgBouncer), "
-                     "verified exactly once",
-         configure=_loadtest_options)
+                     "verified exactly once", configure=_options_of("pgvote.loadtest.command", "add_options"))
 def cmd_loadtest(args: argparse.Namespace) -> int:
     from pgvote.loadtest.command import run
 
@@ -408,9 +367,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     return run(args, stack, out)
 
 
-# --------------------------------------------------------------------------------------------------
-# entry point
-# --------------------------------------------------------------------------------------------------
+# ---- entry point -----------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -420,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for cmd in COMMANDS.values():
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        for name, keywords in cmd.options:
+            p.add_argument(name, **keywords)
         if cmd.configure:
             cmd.configure(p)
         p.set_defaults(handler=cmd.handler)

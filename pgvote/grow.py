@@ -1,21 +1,8 @@
-"""`pgvote grow`: a sharded stack from N to 2N shards, online (docs/scaling.md, "Growing from N to 2N").
+"""`pgvote grow`: a sharded stack from N to 2N shards, online.
 
-A poll of partition p maps to p or p + N with 2N partitions, so each old shard p gives the polls whose
-hash has bit N set to the new shard p + N, and no poll moves between old shards. When the growth starts,
-the router's cluster gets the 2N partitions and `router.growth` says so: router.poll_hashes keeps every
-poll not yet in `router.moved` on its old partition (its hash's old bits only), routes moved polls by
-their whole hash, and new polls are created moved. At the end the table is emptied and the growth
-switched off: routing is the hash alone again, over 2N. Each poll moves under its close fence:
-
-1. source: take the fence EXCLUSIVE (waits for the votes in flight, queues new ones), copy the poll, its
-   options and ballots out, delete them, PREPARE TRANSACTION (the prepared transaction keeps the fence);
-2. target: insert the copy, rebuild its tallies, commit: the decision;
-3. router: record the poll in router.moved, commit: calls go to the target from now on;
-4. source: COMMIT PREPARED. The calls queued behind the fence find no poll, answer poll_not_found, and
-   the router calls once more where the poll now is (router.retry_or_forward).
-
-A run that died part-way is settled by `recover` (the next run starts with it): a prepared move whose
-poll the target holds rolls forward (3, 4); one whose poll the target does not hold rolls back.
+docs/scaling.md ("Growing from N to 2N shards") gives the mapping, the router's per-poll switch, the
+four steps of a move (fence and take out, decide, switch, release; the step numbers below are its) and
+how `recover` settles a run that died part-way: forward when the target holds the poll, else back.
 """
 from __future__ import annotations
 
@@ -67,9 +54,9 @@ def move_polls(stack: ShardedStack, new: list[ShardCluster],
     recover(stack.admin_url, every)
     moved = 0
     for shard in stack.shards:
-        while ids := _leaving(shard, len(every)):
-            for poll_id in ids:
-                move_poll(stack.admin_url, shard, every[_partition(shard, poll_id, len(every))], poll_id)
+        while leaving := _leaving(shard, len(every)):
+            for poll_id, partition in leaving:
+                move_poll(stack.admin_url, shard, every[partition], poll_id)
                 moved += 1
             progress(f"{shard.name}: {moved} polls moved")
     # Calls that queued behind the last fences retry through router.moved: give them time to.
@@ -86,7 +73,7 @@ def move_polls(stack: ShardedStack, new: list[ShardCluster],
 
 
 def move_poll(router_url: str, source: ShardCluster, target: ShardCluster, poll_id: str) -> None:
-    """Move one poll with its ballots from source to target while its votes go on (module docstring)."""
+    """Move one poll with its ballots from source to target while its votes go on (docs/scaling.md)."""
     rows = prepare_move(source, poll_id)
     copy_to(target, rows, poll_id)
     finish_move(router_url, source, PREFIX + poll_id, poll_id)
@@ -145,19 +132,13 @@ def _copy_out(conn: psycopg.Connection, table: str, poll_id: str) -> bytes:
         return b"".join(bytes(chunk) for chunk in copy)
 
 
-def _leaving(shard: ShardCluster, partitions: int) -> list[str]:
-    """The polls of a shard whose partition among `partitions` is another shard (router.poll_shard's hash)."""
+def _leaving(shard: ShardCluster, partitions: int) -> list[tuple[str, int]]:
+    """The polls of a shard whose partition among `partitions` is another shard (router.poll_shard's hash),
+    each with that partition."""
     with psycopg.connect(shard.admin_url, autocommit=True) as conn:
-        return [r[0] for r in conn.execute(
-            "select poll_id::text from voting.polls where hashtext(poll_id::text) & %s <> %s",
-            (partitions - 1, shard.index)).fetchall()]
-
-
-def _partition(shard: ShardCluster, poll_id: str, partitions: int) -> int:
-    with psycopg.connect(shard.admin_url, autocommit=True) as conn:
-        row = conn.execute("select hashtext(%s) & %s", (poll_id, partitions - 1)).fetchone()
-    assert row is not None
-    return int(row[0])
+        return [(r[0], int(r[1])) for r in conn.execute(
+            "select poll_id::text, hashtext(poll_id::text) & %(mask)s from voting.polls"
+            " where hashtext(poll_id::text) & %(mask)s <> %(shard)s", {"mask": partitions - 1, "shard": shard.index}).fetchall()]
 
 
 def _holds(shard: ShardCluster, poll_id: str) -> bool:

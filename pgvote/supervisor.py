@@ -75,38 +75,43 @@ class Component:
     failures: int = 0
     state: str = "new"  # new | running | backoff
 
-    @classmethod
-    def from_spec(cls, entry: dict[str, Any]) -> Component:
-        return cls(name=entry["name"], argv=list(entry["argv"]), log=entry["log"], cwd=entry["cwd"],
-                   env=dict(entry["env"]), uid=entry.get("uid"), gid=entry.get("gid"),
-                   stop_signal=int(entry.get("stop_signal", signal.SIGTERM)), pidfile=entry.get("pidfile"),
-                   kind=entry.get("kind", "process"))
-
     def same_as(self, other: Component) -> bool:
         return (self.argv, self.kind, self.uid) == (other.argv, other.kind, other.uid)
 
 
-def _raise_nofile() -> None:
+def raise_nofile_limit() -> None:
+    """Soft RLIMIT_NOFILE := hard limit: one descriptor per client connection (pgbench refuses to start
+    more clients than it may open files; k6 holds a socket per VU, nginx one per watcher)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
+def alive(pid: int | None, name: str = "") -> bool:
+    """True when pid is a live (non-zombie) process whose command line mentions name."""
+    if not pid or pid <= 0:
         return False
     try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
     except OSError:
         return False
-    return state not in ("Z", "X")
+    return state not in ("Z", "X") and name in cmdline
 
 
-def _postmaster_pid(pidfile: str) -> int | None:
+def read_pid(path: str | Path) -> int | None:
+    """The pid on the first line of a pid file (a postmaster.pid too), or None."""
     try:
-        return int(Path(pidfile).read_text().split("\n", 1)[0])
+        first = Path(path).read_text().split("\n", 1)[0].strip()
+        return int(first) if first else None
     except (OSError, ValueError):
         return None
+
+
+def live_pid(path: str | Path, name: str = "") -> int | None:
+    """The pid file's pid while that process lives (and its command line mentions name)."""
+    pid = read_pid(path)
+    return pid if alive(pid, name) else None
 
 
 class Supervisor:
@@ -121,7 +126,7 @@ class Supervisor:
 
     def load_spec(self) -> None:
         spec = json.loads(spec_path(self.state_dir).read_text())
-        wanted = {c.name: c for c in (Component.from_spec(e) for e in spec["components"])}
+        wanted = {c.name: c for c in (Component(**e) for e in spec["components"])}
         for name in [n for n in self.components if n not in wanted or not self.components[n].same_as(wanted[n])]:
             self.stop(self.components.pop(name))
         for name, component in wanted.items():
@@ -133,7 +138,7 @@ class Supervisor:
             "pid": os.getpid(),
             "updated_at": time.time(),
             "components": {
-                c.name: {"pid": c.pid if _alive(c.pid) else None, "restarts": c.restarts, "last_exit": c.last_exit,
+                c.name: {"pid": c.pid if alive(c.pid) else None, "restarts": c.restarts, "last_exit": c.last_exit,
                          "started_at": c.started_at}
                 for c in self.components.values()
             },
@@ -159,7 +164,7 @@ class Supervisor:
             c.proc = subprocess.Popen(
                 c.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=c.cwd, env=c.env,
                 user=c.uid, group=c.gid, extra_groups=[] if c.uid is not None else None,
-                preexec_fn=_raise_nofile, start_new_session=True,
+                preexec_fn=raise_nofile_limit, start_new_session=True,
             )
         c.pid = c.proc.pid
         c.started_at = time.time()
@@ -172,24 +177,21 @@ class Supervisor:
             except BlockingIOError:
                 raise LauncherBusy from None
             assert c.pidfile is not None
-            pid = _postmaster_pid(c.pidfile)
-            if not _alive(pid):
+            if live_pid(c.pidfile) is None:
                 with open(c.log, "ab") as log:
                     subprocess.run(c.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    cwd=c.cwd, env=c.env, user=c.uid, group=c.gid,
                                    extra_groups=[] if c.uid is not None else None, timeout=120, check=False)
-                pid = _postmaster_pid(c.pidfile)
-        c.pid = pid if _alive(pid) else None
+        c.pid = live_pid(c.pidfile)
         c.started_at = time.time()
 
     def running(self, c: Component) -> bool:
         if c.kind == "pg_ctl":
             assert c.pidfile is not None
-            pid = _postmaster_pid(c.pidfile)
-            if _alive(pid):
+            pid = live_pid(c.pidfile)
+            if pid is not None:
                 c.pid = pid
-                return True
-            return False
+            return pid is not None
         return c.proc is not None and c.proc.poll() is None
 
     def check(self, c: Component, now: float) -> None:

@@ -16,11 +16,11 @@ import psycopg
 from rich.console import Console
 
 from pgvote import tables
-from pgvote.bench.pgbench import raise_nofile_limit
 from pgvote.http import ApiClient
 from pgvote.live_client import LiveRefused, LiveSubscriber, Transport
 from pgvote.loadtest.http_scenarios import HttpTarget, run_burst
 from pgvote.loadtest.scenarios import create_poll, new_tag
+from pgvote.supervisor import raise_nofile_limit
 
 PER_ADDRESS = 16  # watchers per loopback address, under nginx's limit of 32
 CONNECT_AT_ONCE = 200

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -14,6 +13,8 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from pgvote.supervisor import raise_nofile_limit
 
 SCRIPTS = Path(__file__).parent / "scripts"
 #: POST /rpc/cast_vote or /rpc/cast_votes as PostgREST 12 sends it (its header lists the variables).
@@ -27,14 +28,6 @@ def pgbench_binary() -> str:
     if not found:
         raise RuntimeError("pgbench not found: install the PostgreSQL server package (it ships pgbench)")
     return found
-
-
-def raise_nofile_limit() -> None:
-    """Soft RLIMIT_NOFILE := hard limit: one descriptor per client connection (pgbench refuses to start
-    more clients than it may open files; k6 holds a socket per VU)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def postgrest_variables(*, poll_id: str, patterns: Sequence[Sequence[str]] = (), prefix: str, per_client: int,

@@ -20,8 +20,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pgvote.bench.pgbench import raise_nofile_limit
 from pgvote.loadtest.stats import Record
+from pgvote.supervisor import raise_nofile_limit
 
 SCRIPTS = Path(__file__).parent / "k6"
 THRESHOLDS_CROSSED = 99  # k6's exit code when a threshold fails: the run itself completed

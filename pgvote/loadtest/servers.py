@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from pgvote.stack import _children as children
+from pgvote.stack import children
 
 MIB = 1024 * 1024
 

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from pgvote import jwt
-from pgvote.bench.pgbench import raise_nofile_limit
 from pgvote.http import ApiClient
 from pgvote.loadtest.http_scenarios import source_addresses
 from pgvote.loadtest.k6 import K6Lines, k6_binary
+from pgvote.supervisor import raise_nofile_limit
 
 SCRIPT = Path(__file__).with_name("fault_load.js")
 RETRYABLE = frozenset({0, 502, 503, 504})  # no HTTP answer, or the proxy's "retry it" answers
