@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from .checks import fault_round
+from .faults import wait_until
 from .k6round import Live
 from .profile import PROFILE
 
@@ -47,8 +48,10 @@ def test_sigkill_one_backend_mid_load_loses_no_acknowledged_vote(killable_stack,
     """A backend killed by SIGKILL makes the postmaster reset every backend and recover by itself."""
     def crash(live: Live) -> None:
         live.after_acks(profile.crash_votes // 3)
-        backends = cluster.backend_pids(killable_stack.admin_url)
-        assert backends, "no authenticator backend busy under load"
+        # a busy backend is a sample of a moment: the load may be between commits when first looked at
+        backends: list[int] = []
+        assert wait_until(lambda: backends.extend(cluster.backend_pids(killable_stack.admin_url)) or backends, 10), \
+            "no authenticator backend busy under load"
         master = cluster.postmaster_pid()
         cluster.kill_backend(backends[0])
         live.mark("kill")
