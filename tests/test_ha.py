@@ -21,9 +21,10 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
 
 from pgvote import cli
-from pgvote.ha import HaStack
+from pgvote.ha import PATRONI_CONFIG, HaStack
 from pgvote.http import ApiClient
 
 from fixtures.ha import member
@@ -185,7 +186,8 @@ def test_standby_lost_blocks_votes_in_strict_mode(ha: HaStack) -> None:
     frozen = standby.freeze_member()
     answers: list[Any] = []
     try:
-        time.sleep(12)  # longer than the ttl: the non-strict leader would have dropped the standby by now
+        # proving an absence takes a wait: past the ttl a non-strict leader would have dropped the standby
+        time.sleep(yaml.safe_load(PATRONI_CONFIG.read_text())["bootstrap"]["dcs"]["ttl"] + 2)
         call = threading.Thread(target=lambda: answers.append(_try(lambda: _vote(_api(ha, timeout=8), poll, "strict"))))
         call.start()
         call.join(20)
