@@ -77,22 +77,27 @@ def cast_as_anon_on_own_backend(url: str, poll: Poll, votes: list[tuple[str, str
 def test_compaction_merges_slots_of_exited_backends_without_changing_results(stack, make_poll, admin, api) -> None:
     """Direct connections (behind PgBouncer backends outlive their clients): each has its own
     backend and slot; once they close, their slots are merged into slot 0 and the results
-    stay the same."""
+    stay the same. The test holds the tally_maintenance lock for its whole run (advisory locks
+    are re-entrant within a session, so its own compaction still runs): pg_cron's
+    every-minute compaction would otherwise merge the slots before they are counted."""
     poll = make_poll(options=3)
-    in_parallel(8, lambda i: cast_as_anon_on_own_backend(
-        stack.direct_api_url, poll,
-        [(poll.option_ids[(i + j) % 3], f"compact-{poll.poll_id}-{i}-{j}") for j in range(10)]))
-    before = fresh_results(api, poll.poll_id).body
-    assert before["total_ballots"] == 80
-    slots = admin.execute("select count(*) from voting.tally_slots where poll_id = %s", (poll.poll_id,)).fetchone()[0]
-    assert slots >= 8, "every backend counted in its own slot"
+    with psycopg.connect(stack.admin_url, autocommit=True) as maintenance:
+        maintenance.execute("select pg_advisory_lock(internal.advisory_lock_namespace('tally_maintenance'), 0)")
+        in_parallel(8, lambda i: cast_as_anon_on_own_backend(
+            stack.direct_api_url, poll,
+            [(poll.option_ids[(i + j) % 3], f"compact-{poll.poll_id}-{i}-{j}") for j in range(10)]))
+        before = fresh_results(api, poll.poll_id).body
+        assert before["total_ballots"] == 80
+        slots = admin.execute("select count(*) from voting.tally_slots where poll_id = %s",
+                              (poll.poll_id,)).fetchone()[0]
+        assert slots >= 8, "every backend counted in its own slot"
 
-    deadline = time.monotonic() + 10  # closed backends leave pg_stat_activity asynchronously
-    while admin.execute("select count(*) from voting.tally_slots t where poll_id = %s and slot <> 0 and exists "
-                        "(select from pg_stat_activity a where a.pid = t.slot)", (poll.poll_id,)).fetchone()[0]:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert admin.execute("select internal.compact_tally_slots()").fetchone()[0] >= 8
+        deadline = time.monotonic() + 10  # closed backends leave pg_stat_activity asynchronously
+        while admin.execute("select count(*) from voting.tally_slots t where poll_id = %s and slot <> 0 and exists "
+                            "(select from pg_stat_activity a where a.pid = t.slot)", (poll.poll_id,)).fetchone()[0]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert maintenance.execute("select internal.compact_tally_slots()").fetchone()[0] >= 8
     assert admin.execute("select array_agg(slot) from voting.tally_slots where poll_id = %s",
                          (poll.poll_id,)).fetchone()[0] == [0]
     assert fresh_results(api, poll.poll_id).body == before
