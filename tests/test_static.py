@@ -209,10 +209,9 @@ def test_revisions_depend_only_on_frozen_files() -> None:
 
 
 def test_initial_revision_writes_the_partitions_the_manager_names(scratch_database) -> None:
-    """The initial revision's frozen DDL and partitions/layout.py name and bound the same slices."""
-    from partitions.layout import create_statements
-
-    alembic(scratch_database, "-x", "partitions=4", "upgrade", "0001")
+    """The initial revision's frozen DDL and partman.create_partitions (procedures/partman.create_partitions.sql)
+    name and bound the same slices."""
+    alembic(scratch_database, "-x", "partitions=4", "upgrade", "head")
     with psycopg.connect(scratch_database) as conn:
         written = conn.execute(
             """select c.relname, pg_get_expr(c.relpartbound, c.oid) from pg_inherits i
@@ -220,8 +219,7 @@ def test_initial_revision_writes_the_partitions_the_manager_names(scratch_databa
         ).fetchall()
         conn.execute("create schema layout_check")
         conn.execute("create table layout_check.ballots (poll_id uuid) partition by hash (poll_id)")
-        for statement in create_statements("layout_check", "ballots", 4):
-            conn.execute(statement)
+        conn.execute("select partman.create_partitions('layout_check.ballots', 4)").fetchall()
         expected = conn.execute(
             """select c.relname, pg_get_expr(c.relpartbound, c.oid) from pg_inherits i
                join pg_class c on c.oid = i.inhrelid where i.inhparent = 'layout_check.ballots'::regclass
