@@ -1235,8 +1235,6 @@ declare
     is_left boolean[] := array_fill(false, array[total]);
     remaining integer := 0;
     slot integer;
-    d integer;
-    r integer;
     whole boolean;
 begin
     foreach slot in array array(select distinct s from unnest(slots) as s) loop
@@ -1288,7 +1286,9 @@ declare
 begin
     if dry_run then
         raise notice using message = query, detail = 'sql';
-        return;
+        rows := null;
+        last := null;
+        return;  -- no row
     end if;
     return query execute query using after;
 end
@@ -1304,8 +1304,7 @@ CREATE FUNCTION partman.coverage(names text[], moduli integer[], remainders inte
     AS $$
 declare
     total integer := 1;
-    valid integer[] := '{}';
-    i integer;
+    valid integer[] := '{}'::integer[];
 begin
     for i in 1 .. coalesce(cardinality(names), 0) loop
         if moduli[i] < 1 or remainders[i] < 0 or remainders[i] >= moduli[i] then
@@ -1483,7 +1482,7 @@ declare
     lock text := format('%s, %s', internal.advisory_lock_namespace('split_mirror'), plan->>'mirror_lock_key');
     body text;
     target text;
-    upserts text[] := '{}';
+    upserts text[] := '{}'::text[];
     deletes text := '';
 begin
     foreach target in array array[plan->>'low', plan->>'high'] loop
@@ -1519,6 +1518,26 @@ end
 $_$;
 
 --
+-- Name: partitioned_tables(text); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.partitioned_tables(schema_name text) RETURNS TABLE(rel regclass, name text, strategy text, key text[])
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    select c.oid::regclass, n.nspname || '.' || c.relname,
+           case pt.partstrat when 'h' then 'hash' when 'l' then 'list' else 'range' end,
+           case when 0 = any (pt.partattrs::int2[]) then '{}'::text[] else array(
+               select a.attname::text from unnest(pt.partattrs::int2[]) with ordinality as k(attnum, o)
+               join pg_attribute as a on a.attrelid = c.oid and a.attnum = k.attnum order by k.o) end
+    from pg_partitioned_table as pt
+    join pg_class as c on c.oid = pt.partrelid
+    join pg_namespace as n on n.oid = c.relnamespace
+    where n.nspname = schema_name and not c.relispartition
+    order by c.relname
+$$;
+
+--
 -- Name: partitions(regclass); Type: FUNCTION; Schema: partman; Owner: -
 --
 
@@ -1550,10 +1569,10 @@ CREATE FUNCTION partman.prepare_split(plan jsonb, lock_timeout_ms integer, dry_r
     AS $$
 declare
     name text;
-    made text[] := '{}';
-    missing text[] := '{}';
+    made text[] := '{}'::text[];
+    missing text[] := '{}'::text[];
     mirrored boolean := false;
-    statements text[] := '{}';
+    statements text[] := '{}'::text[];
     statement text;
     needs_mirror boolean := plan->>'state' = 'attached';
     target record;
@@ -1659,16 +1678,11 @@ declare
     parents regclass[];
     parent regclass;
     retired text[];
-    split record;
     splits jsonb;
     matched boolean := false;
-    i integer;
 begin
     perform partman.take_split_lock();
-    parents := array(select c.oid::regclass from pg_catalog.pg_partitioned_table as pt
-                     join pg_catalog.pg_class as c on c.oid = pt.partrelid
-                     join pg_catalog.pg_namespace as n on n.oid = c.relnamespace
-                     where n.nspname = schema_name and not c.relispartition order by c.relname);
+    parents := array(select t.rel from partman.partitioned_tables(schema_name) as t);
     foreach parent in array parents loop
         retired := array(select l.name from partman.loose_tables(parent) as l where l.role = 'retired'
                          and (wanted is null or l.name = wanted || '_split_old'));
@@ -1768,7 +1782,6 @@ declare
     tables regclass[];
     parent regclass;
     slices integer[];
-    i integer;
     blocker text;
 begin
     perform partman.take_split_lock();
@@ -1780,10 +1793,7 @@ begin
             perform partman.refuse(pg_catalog.format('%s is not a partitioned table', table_name));
         end if;
     else
-        tables := array(select c.oid::regclass from pg_catalog.pg_partitioned_table as pt
-                        join pg_catalog.pg_class as c on c.oid = pt.partrelid
-                        join pg_catalog.pg_namespace as n on n.oid = c.relnamespace
-                        where n.nspname = schema_name and not c.relispartition and pt.partstrat = 'h' order by c.relname);
+        tables := array(select t.rel from partman.partitioned_tables(schema_name) as t where t.strategy = 'hash');
         if cardinality(tables) = 0 then
             perform partman.refuse(pg_catalog.format('no hash-partitioned table in schema %s', schema_name));
         end if;
@@ -2069,16 +2079,11 @@ declare
     key text;
     largest jsonb;
     parts jsonb;
-    tables jsonb := '[]';
+    tables jsonb := '[]'::jsonb;
 begin
-    for t in select c.oid::regclass as rel, n.nspname || '.' || c.relname as name, pt.partstrat,
-                    array(select a.attname::text from unnest(pt.partattrs::int2[]) with ordinality as k(attnum, o)
-                          join pg_attribute as a on a.attrelid = c.oid and a.attnum = k.attnum order by k.o) as key
-             from pg_partitioned_table as pt join pg_class as c on c.oid = pt.partrelid
-             join pg_namespace as n on n.oid = c.relnamespace
-             where n.nspname = schema_name and not c.relispartition order by c.relname loop
+    for t in select * from partman.partitioned_tables(schema_name) loop
         parts := '[]';
-        key := case when cardinality(t.key) = 1 then t.key[1] end;
+        key := t.key[1];  -- the first key column (the poll id of voting.ballots)
         for p in select * from partman.partitions(t.rel) loop
             counted := exact or (p.tuples < 0 and p.bytes <= 8 << 20);
             if counted then
@@ -2108,7 +2113,7 @@ begin
         end loop;
         tables := tables || (
             select jsonb_build_object(
-                'table', t.name, 'strategy', case t.partstrat when 'h' then 'hash' when 'l' then 'list' else 'range' end,
+                'table', t.name, 'strategy', t.strategy,
                 'key', to_jsonb(t.key),
                 'partitions', coalesce((select jsonb_agg(e || jsonb_build_object('share', (e->>'rows')::numeric
                                                          / nullif(s.total, 0))) from jsonb_array_elements(parts) as e), '[]'),
@@ -2135,7 +2140,7 @@ CREATE FUNCTION partman.switch_split(plan jsonb, lock_timeout_ms integer, dry_ru
     AS $$
 declare
     granted timestamptz;
-    statements text[] := '{}';
+    statements text[] := '{}'::text[];
     statement text;
     i integer := 0;
 begin
@@ -2280,10 +2285,7 @@ declare
     f record;
     problems integer;
 begin
-    for t in select c.oid::regclass as rel, n.nspname || '.' || c.relname as name, pt.partstrat
-             from pg_partitioned_table as pt join pg_class as c on c.oid = pt.partrelid
-             join pg_namespace as n on n.oid = c.relnamespace
-             where n.nspname = schema_name and not c.relispartition order by c.relname loop
+    for t in select * from partman.partitioned_tables(schema_name) loop
         tbl := t.name;
         for p in select * from partman.partitions(t.rel) loop
             if p.kind = 'default' then
@@ -2298,10 +2300,9 @@ begin
                 return next;
             end if;
         end loop;
-        if t.partstrat <> 'h' then
+        if t.strategy <> 'hash' then
             severity := 'note';
-            message := format('%s-partitioned: hash coverage does not apply',
-                              case t.partstrat when 'l' then 'list' else 'range' end);
+            message := format('%s-partitioned: hash coverage does not apply', t.strategy);
             return next;
             continue;
         end if;
@@ -3850,6 +3851,12 @@ REVOKE ALL ON FUNCTION partman.loose_tables(parent regclass) FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION partman.mirror_ddl(plan jsonb) FROM PUBLIC;
+
+--
+-- Name: FUNCTION partitioned_tables(schema_name text); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.partitioned_tables(schema_name text) FROM PUBLIC;
 
 --
 -- Name: FUNCTION partitions(parent regclass); Type: ACL; Schema: partman; Owner: -

@@ -15,8 +15,6 @@ declare
     is_left boolean[] := array_fill(false, array[total]);
     remaining integer := 0;
     slot integer;
-    d integer;
-    r integer;
     whole boolean;
 begin
     foreach slot in array array(select distinct s from unnest(slots) as s) loop

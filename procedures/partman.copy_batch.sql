@@ -28,7 +28,9 @@ declare
 begin
     if dry_run then
         raise notice using message = query, detail = 'sql';
-        return;
+        rows := null;
+        last := null;
+        return;  -- no row
     end if;
     return query execute query using after;
 end

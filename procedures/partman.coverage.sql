@@ -19,8 +19,7 @@ set search_path = pg_catalog, pg_temp
 as $function$
 declare
     total integer := 1;
-    valid integer[] := '{}';
-    i integer;
+    valid integer[] := '{}'::integer[];
 begin
     for i in 1 .. coalesce(cardinality(names), 0) loop
         if moduli[i] < 1 or remainders[i] < 0 or remainders[i] >= moduli[i] then

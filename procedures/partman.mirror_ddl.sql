@@ -33,7 +33,7 @@ declare
     lock text := format('%s, %s', internal.advisory_lock_namespace('split_mirror'), plan->>'mirror_lock_key');
     body text;
     target text;
-    upserts text[] := '{}';
+    upserts text[] := '{}'::text[];
     deletes text := '';
 begin
     foreach target in array array[plan->>'low', plan->>'high'] loop

@@ -22,10 +22,10 @@ set search_path = pg_catalog, pg_temp
 as $function$
 declare
     name text;
-    made text[] := '{}';
-    missing text[] := '{}';
+    made text[] := '{}'::text[];
+    missing text[] := '{}'::text[];
     mirrored boolean := false;
-    statements text[] := '{}';
+    statements text[] := '{}'::text[];
     statement text;
     needs_mirror boolean := plan->>'state' = 'attached';
     target record;

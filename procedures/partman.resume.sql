@@ -21,16 +21,11 @@ declare
     parents regclass[];
     parent regclass;
     retired text[];
-    split record;
     splits jsonb;
     matched boolean := false;
-    i integer;
 begin
     perform partman.take_split_lock();
-    parents := array(select c.oid::regclass from pg_catalog.pg_partitioned_table as pt
-                     join pg_catalog.pg_class as c on c.oid = pt.partrelid
-                     join pg_catalog.pg_namespace as n on n.oid = c.relnamespace
-                     where n.nspname = schema_name and not c.relispartition order by c.relname);
+    parents := array(select t.rel from partman.partitioned_tables(schema_name) as t);
     foreach parent in array parents loop
         retired := array(select l.name from partman.loose_tables(parent) as l where l.role = 'retired'
                          and (wanted is null or l.name = wanted || '_split_old'));

@@ -17,7 +17,6 @@ declare
     tables regclass[];
     parent regclass;
     slices integer[];
-    i integer;
     blocker text;
 begin
     perform partman.take_split_lock();
@@ -29,10 +28,7 @@ begin
             perform partman.refuse(pg_catalog.format('%s is not a partitioned table', table_name));
         end if;
     else
-        tables := array(select c.oid::regclass from pg_catalog.pg_partitioned_table as pt
-                        join pg_catalog.pg_class as c on c.oid = pt.partrelid
-                        join pg_catalog.pg_namespace as n on n.oid = c.relnamespace
-                        where n.nspname = schema_name and not c.relispartition and pt.partstrat = 'h' order by c.relname);
+        tables := array(select t.rel from partman.partitioned_tables(schema_name) as t where t.strategy = 'hash');
         if cardinality(tables) = 0 then
             perform partman.refuse(pg_catalog.format('no hash-partitioned table in schema %s', schema_name));
         end if;

@@ -25,16 +25,11 @@ declare
     key text;
     largest jsonb;
     parts jsonb;
-    tables jsonb := '[]';
+    tables jsonb := '[]'::jsonb;
 begin
-    for t in select c.oid::regclass as rel, n.nspname || '.' || c.relname as name, pt.partstrat,
-                    array(select a.attname::text from unnest(pt.partattrs::int2[]) with ordinality as k(attnum, o)
-                          join pg_attribute as a on a.attrelid = c.oid and a.attnum = k.attnum order by k.o) as key
-             from pg_partitioned_table as pt join pg_class as c on c.oid = pt.partrelid
-             join pg_namespace as n on n.oid = c.relnamespace
-             where n.nspname = schema_name and not c.relispartition order by c.relname loop
+    for t in select * from partman.partitioned_tables(schema_name) loop
         parts := '[]';
-        key := case when cardinality(t.key) = 1 then t.key[1] end;
+        key := t.key[1];  -- the first key column (the poll id of voting.ballots)
         for p in select * from partman.partitions(t.rel) loop
             counted := exact or (p.tuples < 0 and p.bytes <= 8 << 20);
             if counted then
@@ -64,7 +59,7 @@ begin
         end loop;
         tables := tables || (
             select jsonb_build_object(
-                'table', t.name, 'strategy', case t.partstrat when 'h' then 'hash' when 'l' then 'list' else 'range' end,
+                'table', t.name, 'strategy', t.strategy,
                 'key', to_jsonb(t.key),
                 'partitions', coalesce((select jsonb_agg(e || jsonb_build_object('share', (e->>'rows')::numeric
                                                          / nullif(s.total, 0))) from jsonb_array_elements(parts) as e), '[]'),

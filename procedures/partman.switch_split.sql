@@ -28,7 +28,7 @@ set search_path = pg_catalog, pg_temp
 as $function$
 declare
     granted timestamptz;
-    statements text[] := '{}';
+    statements text[] := '{}'::text[];
     statement text;
     i integer := 0;
 begin

@@ -18,10 +18,7 @@ declare
     f record;
     problems integer;
 begin
-    for t in select c.oid::regclass as rel, n.nspname || '.' || c.relname as name, pt.partstrat
-             from pg_partitioned_table as pt join pg_class as c on c.oid = pt.partrelid
-             join pg_namespace as n on n.oid = c.relnamespace
-             where n.nspname = schema_name and not c.relispartition order by c.relname loop
+    for t in select * from partman.partitioned_tables(schema_name) loop
         tbl := t.name;
         for p in select * from partman.partitions(t.rel) loop
             if p.kind = 'default' then
@@ -36,10 +33,9 @@ begin
                 return next;
             end if;
         end loop;
-        if t.partstrat <> 'h' then
+        if t.strategy <> 'hash' then
             severity := 'note';
-            message := format('%s-partitioned: hash coverage does not apply',
-                              case t.partstrat when 'l' then 'list' else 'range' end);
+            message := format('%s-partitioned: hash coverage does not apply', t.strategy);
             return next;
             continue;
         end if;

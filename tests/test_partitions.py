@@ -367,6 +367,36 @@ def test_split_refuses_unclear_requests_in_one_line(stack, request_, why) -> Non
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+def test_cli_killed_mid_copy_ends_its_backend_and_resume_completes_the_split(scratch) -> None:
+    """SIGKILL of the CLI itself while the procedure copies: the backend notices the lost client at its next
+    NOTICE and ends, leaving a split that status reports and --resume finishes with nothing lost."""
+    seed_ballots(scratch)
+    before = digest(scratch)
+    env = {**os.environ, "DATABASE_URL": scratch}
+    env.pop("PGOPTIONS", None)
+    cli = subprocess.Popen([PGVOTE, "partitions", "split", "voting.ballots_m16_r4", "--batch-size", "50",
+                            "--pause", "100"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with psycopg.connect(scratch, autocommit=True) as conn:
+            for _ in range(400):  # until a few batches are in the targets
+                if conn.execute("select count(*) from pg_class where relname = 'ballots_m32_r4'").fetchone()[0] and \
+                        conn.execute("select count(*) from voting.ballots_m32_r4").fetchone()[0] > 60:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("the copy did not start")
+    finally:
+        cli.kill()
+        cli.wait()
+    wait_for_split_sessions_to_end(scratch)
+    status = json.loads(pgvote(scratch, "status", "--json").stdout)
+    [unfinished] = next(t for t in status["tables"] if t["table"] == "voting.ballots")["unfinished_splits"]
+    assert "voting.ballots_m16_r4" in unfinished and "interrupted before its switch" in unfinished
+    assert pgvote(scratch, "split", "--resume").returncode == 0
+    assert pgvote(scratch, "verify").returncode == 0
+    assert digest(scratch) == before
+
+
 def test_split_killed_after_its_switch_leaves_only_the_old_table_for_resume(scratch) -> None:
     seed_ballots(scratch)
     before = digest(scratch)
