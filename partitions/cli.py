@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with psycopg.connect(database_url(), autocommit=True, application_name="pgvote partitions") as conn:
             if args.verbose:
-                conn.execute("set partman.verbose = on")
+                conn.execute("select set_config('partman.verbose', 'on', false)")
             return handler(args, conn)
     except (Refused, MissingDatabaseUrl) as exc:
         err.print(f"[red]refused:[/] {escape(str(exc))}")

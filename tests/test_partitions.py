@@ -320,8 +320,9 @@ def test_split_all_doubles_every_partition_of_a_table(scratch) -> None:
             [f"voting.events_m4_r{r}" for r in range(4)]
         conn.execute("insert into voting.events select gen_random_uuid(), g from generate_series(1, 4000) g")
     before = digest(scratch, "voting.events")
-    done = pgvote(scratch, "split", "--all", "--table", "voting.events", "--batch-size", "300")
+    done = pgvote(scratch, "-v", "split", "--all", "--table", "voting.events", "--batch-size", "300")
     assert done.returncode == 0, done.stderr
+    assert "alter table voting.events attach partition voting.events_m8_r4" in done.stderr, "-v logs the statements"
     assert sorted((m, r) for _, m, r in partitions(scratch, "voting.events")) == [(8, r) for r in range(8)]
     assert digest(scratch, "voting.events") == before
     assert pgvote(scratch, "verify").returncode == 0
