@@ -2203,6 +2203,11 @@ declare
     deadline timestamptz := clock_timestamp() + interval '10 s';
     holder record;
 begin
+    -- advisory locks stack: a session that kept the lock (its previous split failed) must not take it twice
+    if exists (select from partman.split_holder() as h where h.pid = pg_backend_pid()) then
+        perform set_config('application_name', 'pgvote split', false);
+        return;
+    end if;
     while not pg_try_advisory_lock(internal.advisory_lock_namespace('partition_split'), 0) loop
         if clock_timestamp() > deadline then
             select * into holder from partman.split_holder();

@@ -328,6 +328,18 @@ def test_split_all_doubles_every_partition_of_a_table(scratch) -> None:
     assert pgvote(scratch, "verify").returncode == 0
 
 
+def test_a_refused_split_keeps_the_session_lock_until_the_next_split_of_that_session_releases_it(scratch) -> None:
+    """A refusal raised after the split session lock was taken leaves it held by that session (a procedure
+    cannot clean up around its COMMITs); the session's next split takes it once, not twice, and releases it."""
+    with psycopg.connect(scratch, autocommit=True) as conn, psycopg.connect(scratch, autocommit=True) as other:
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute("call partman.split('voting.ballots')")
+        assert refused.value.sqlstate == "PM001" and "not a partition" in str(refused.value)
+        assert other.execute("select pid from partman.split_holder()").fetchone()[0] == conn.info.backend_pid
+        assert call(conn, "split", "voting.ballots_m16_r1", 100, 0.0, 500, True) == [], "a dry run reports no result"
+        assert other.execute("select count(*) from partman.split_holder()").fetchone()[0] == 0
+
+
 def test_split_called_in_a_transaction_block_fails_and_changes_nothing(stack) -> None:
     """The procedures commit between their steps: inside a transaction block the first COMMIT fails and
     the whole block rolls back (from a migration, call them inside autocommit_block())."""
