@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from pgvote.loadtest import scratch
+from pgvote.loadtest.scenarios import scratch_schema
 from pgvote.migrate import upgrade
 from pgvote.schema_dump import scratch_database
 
@@ -45,7 +45,7 @@ def bench_database(admin_url: str, bouncer_url: str, hot_ballots: int = HOT_POLL
         api_url = with_database(bouncer_url, BENCH_DATABASE)
         progress("migrating the bench database")
         upgrade(bench_admin)
-        with scratch.schema(bench_admin, api_url):  # the burst's bare-insert reference
+        with scratch_schema(bench_admin, api_url):  # the burst's bare-insert reference
             progress(f"creating {polls:,} polls, loading {hot_ballots:,} ballots into the hot poll")
             with psycopg.connect(bench_admin, autocommit=True) as conn:
                 conn.execute((SQL / "schema.sql").read_text())

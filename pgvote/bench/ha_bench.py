@@ -29,7 +29,7 @@ from rich.console import Console
 from pgvote.bench.fixtures import BENCH_DATABASE, SPREAD_POLLS, bench_database
 from pgvote.bench.pgbench import Run, run
 from pgvote.http import ApiClient
-from pgvote.loadtest.http_scenarios import HttpTarget, run_burst
+from pgvote.loadtest.k6 import HttpTarget, run_burst
 from pgvote.loadtest.scenarios import create_poll, new_tag
 from pgvote.tables import markdown, table, write_section
 

@@ -20,7 +20,7 @@ from rich.console import Console
 from pgvote import tables
 from pgvote.http import ApiClient
 from pgvote.loadtest import DEFAULT_RAMP_VUS
-from pgvote.loadtest.http_scenarios import HttpTarget, run_burst, run_ramp
+from pgvote.loadtest.k6 import HttpTarget, run_burst, run_ramp
 
 NOOP = "bench_noop_cast_vote"
 NOOP_SQL = (Path(__file__).parent / "sql" / "noop.sql").read_text()

@@ -18,7 +18,7 @@ from rich.console import Console
 from pgvote import tables
 from pgvote.http import ApiClient
 from pgvote.live_client import LiveRefused, LiveSubscriber, Transport
-from pgvote.loadtest.http_scenarios import HttpTarget, run_burst
+from pgvote.loadtest.k6 import HttpTarget, run_burst
 from pgvote.loadtest.scenarios import create_poll, new_tag
 from pgvote.supervisor import raise_nofile_limit
 

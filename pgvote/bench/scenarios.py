@@ -15,8 +15,7 @@ from partitions.sqlexec import one
 from pgvote.bench.fixtures import BenchDatabase
 from pgvote.bench.locks import LockWaitSampler, locks_held_by_one_call
 from pgvote.bench.pgbench import POSTGREST_RPC, Figures, Run, postgrest_variables, run
-from pgvote.loadtest import scratch
-from pgvote.loadtest.scenarios import create_poll
+from pgvote.loadtest.scenarios import bare_script, create_poll
 
 SWEEP_CLIENTS = (16, 64, 256, 1000)
 DIRECT_SWEEP_CLIENTS = (16, 64, 200)
@@ -133,7 +132,7 @@ def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None], 
     # bare inserts and as cast_vote, from the same clients through the same PgBouncer, each on a new poll.
     burst: dict[str, Measured] = {}
     with tempfile.TemporaryDirectory(prefix="pgvote-bench-") as tmp:
-        for name, script, table in (("burst_bare_insert", scratch.bare_script(Path(tmp)), "pgvote_loadtest.ballots"),
+        for name, script, table in (("burst_bare_insert", bare_script(Path(tmp)), "pgvote_loadtest.ballots"),
                                     ("burst_cast_vote", POSTGREST_RPC, "voting.ballots")):
             poll, option = fresh_poll(db.admin_url)
             progress(f"{name}: {SPIKE:,} votes as PostgREST sends them, {BURST_CLIENTS} clients through PgBouncer")

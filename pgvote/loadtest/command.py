@@ -13,9 +13,8 @@ from urllib.parse import urlsplit
 from rich.console import Console
 
 from pgvote.loadtest import LoadtestConfig, run_loadtest
-from pgvote.loadtest.chart import write_chart
-from pgvote.loadtest.http_scenarios import HttpTarget, server_ports
-from pgvote.loadtest.report import print_report, write_json
+from pgvote.loadtest.k6 import HttpTarget, server_ports
+from pgvote.loadtest.report import print_report, write_chart, write_json
 
 DEFAULT_CLIENTS = 2_000
 DEFAULT_BULK_CLIENTS = 4  # concurrent batches: more only queue on 2 cores

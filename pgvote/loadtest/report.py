@@ -1,18 +1,113 @@
-"""The end-of-run report: a table per scenario, pass/fail against the targets, JSON."""
+"""The figures and report of a run: per-voter records (k6's or pgbench's) into outcomes, rates, latency
+percentiles and a timeline; the live progress of k6; pass/fail against the targets; a table per
+scenario, JSON, and the PNG chart (the ``chart`` extra)."""
 from __future__ import annotations
 
 import json
 import math
 import os
 import platform
+import resource
+import subprocess
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pgvote import tables
-from pgvote.loadtest.config import LoadtestConfig, Targets
+
+if TYPE_CHECKING:
+    from pgvote.loadtest import LoadtestConfig, Targets
+
+#: One voter's fate: (fingerprint, outcome, status, answer-or-error, t_start, t_end, attempts, first_ok).
+#: outcome: "ack" (acknowledged), "rejected" (a final error), "gave_up" (retries exhausted); times in
+#: epoch seconds.
+Record = tuple[str, str, int, str, float, float, int, bool]
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of an ascending sequence; NaN when empty."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return float(sorted_values[rank - 1])
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
+    """p50/p95/p99/max in milliseconds."""
+    ms = sorted(s * 1000 for s in seconds)
+    return {"p50_ms": percentile(ms, 50), "p95_ms": percentile(ms, 95), "p99_ms": percentile(ms, 99),
+            "max_ms": ms[-1] if ms else math.nan}
+
+
+def figures(records: Sequence[Record], t0: float, errors: Counter[str]) -> dict[str, Any]:
+    """The figures of a run from its records; ``errors``: every non-200 attempt, by "status code"."""
+    acked = [r for r in records if r[1] == "ack"]
+    drain = max((r[5] for r in acked), default=t0) - t0  # release -> last acknowledgment
+    requests = sum(r[6] for r in records)  # every attempt, retries included
+    return {"voters": len(records), "accepted": len(acked), "answers": dict(Counter(r[3] for r in acked)),
+            "rejected": dict(Counter(f"{r[2]} {r[3]}" for r in records if r[1] == "rejected")),  # final answers
+            "gave_up": sum(r[1] == "gave_up" for r in records), "requests": requests, "retried_errors": dict(errors),
+            "drain_seconds": drain, "votes_per_second": len(acked) / drain if drain > 0 else math.nan,
+            # one voter's calls: first attempt sent -> acknowledged; release -> acknowledged (what a user waits)
+            "request_latency": latency_summary([r[5] - r[4] for r in acked]),
+            "time_to_ack": latency_summary([r[5] - t0 for r in acked]),
+            "success_rate": len(acked) / requests if requests else math.nan}  # 200 answers / requests (k6's)
+
+
+def timeline(records: Sequence[Record], t0: float, bins: int = 60) -> list[dict[str, float]]:
+    """Per time bin (by acknowledgment time): acknowledgments/s and p50/p95/p99 request latency (ms)."""
+    acked = [r for r in records if r[1] == "ack"]
+    if not acked:
+        return []
+    end = max(r[5] for r in acked) - t0
+    width = max(0.1, end / bins)
+    buckets: dict[int, list[float]] = {}
+    for r in acked:
+        buckets.setdefault(int((r[5] - t0) / width), []).append(r[5] - r[4])
+    out = []
+    for i in range(int(end / width) + 1):
+        lat = sorted(x * 1000 for x in buckets.get(i, []))
+        out.append({"t": round((i + 0.5) * width, 3), "votes_per_s": len(lat) / width,
+                    "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95), "p99_ms": percentile(lat, 99)})
+    return out
+
+
+def progress(proc: subprocess.Popen[bytes], label: str, total: int | None, console: Console, quiet: bool,
+             timeout: float, poll: Callable[[], tuple[int, int, Counter[str]]]) -> tuple[int, resource.struct_rusage]:
+    """Show voters done, acknowledged, the rate of the last second and the errors until ``proc`` exits;
+    ``poll()``: (done, acknowledged, errors) so far. Returns its exit code and resource usage."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("acked {task.fields[acked]:,}"), TextColumn("{task.fields[rate]:>7,.0f} votes/s"),
+               TimeElapsedColumn(), TextColumn("[red]{task.fields[errors]}"))
+    window: deque[tuple[float, int]] = deque()
+    deadline = time.monotonic() + timeout
+    with Progress(*columns, console=console, disable=quiet, refresh_per_second=4) as bar:
+        task = bar.add_task(label, total=total, acked=0, rate=0.0, errors="")
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # rusage: the child's CPU, not ours
+            done, acked, errors = poll()
+            now = time.monotonic()
+            window.append((now, acked))
+            while now - window[0][0] > 1.0:
+                window.popleft()
+            rate = (acked - window[0][1]) / max(1e-3, now - window[0][0])
+            bar.update(task, completed=done, acked=acked, rate=rate,
+                       errors="  ".join(f"{k}: {n:,}" for k, n in errors.most_common(4)))
+            if pid == proc.pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                return proc.returncode, usage
+            if now > deadline:
+                proc.kill()
+                proc.wait()
+                raise RuntimeError(f"{label}: still running after {timeout:.0f} s: stopped")
+            time.sleep(0.25)
+
 
 
 def checks(report: dict[str, Any], targets: Targets) -> list[dict[str, Any]]:
@@ -172,3 +267,34 @@ def _counts(d: dict[str, int]) -> str:
 
 def write_json(report: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(report, indent=2, default=str, allow_nan=True) + "\n")
+
+def write_chart(report: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        raise RuntimeError("charts need matplotlib: pip install 'pgvote[chart]'") from None
+
+    matplotlib.use("Agg")  # no display
+    import matplotlib.pyplot as plt
+
+    scenarios = [s for s in report["scenarios"] if s.get("timeline")]
+    if not scenarios:
+        return
+    fig, axes = plt.subplots(len(scenarios), 1, figsize=(10, 3.6 * len(scenarios)), squeeze=False)
+    for ax, s in zip(axes[:, 0], scenarios, strict=True):
+        tl = s["timeline"]
+        t = [b["t"] for b in tl]
+        ax.plot(t, [b["votes_per_s"] for b in tl], color="tab:blue", label="votes/s acknowledged")
+        ax.set_ylabel("votes/s", color="tab:blue")
+        ax.set_xlabel("seconds since release")
+        ax.set_title(f"{s['name']}: {s['voters']:,} voters, {s['clients']:,} {'VUs' if 'k6' in s else 'clients'}")
+        lat = ax.twinx()
+        for key, style in (("p50_ms", ":"), ("p95_ms", "--"), ("p99_ms", "-")):
+            lat.plot(t, [b[key] for b in tl], color="tab:red", linestyle=style, label=key.replace("_ms", ""))
+        lat.set_ylabel("latency (ms)", color="tab:red")
+        lines = ax.get_legend_handles_labels()
+        more = lat.get_legend_handles_labels()
+        ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
