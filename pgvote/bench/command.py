@@ -1,13 +1,11 @@
 """`pgvote bench [--quick]`: every scenario in one invocation, then the report."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import psycopg
 from rich.console import Console
 
-from pgvote import tables
 from pgvote.bench import report
 from pgvote.bench.fixtures import HOT_POLL_BALLOTS, SPREAD_POLLS, bench_database
 from pgvote.bench.scenarios import Results, run_all
@@ -18,11 +16,7 @@ QUICK_SECONDS, FULL_SECONDS = 3.0, 15.0
 
 def run_bench(admin_url: str, bouncer_url: str, *, quick: bool, seconds: float | None, json_path: Path | None,
               chart_path: Path | None, report_path: Path | None, command: str, console: Console) -> Results:
-    per_run = seconds or (QUICK_SECONDS if quick else FULL_SECONDS)
-    started = time.monotonic()
-
-    def progress(message: str) -> None:
-        console.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {message}")
+    per_run, progress = seconds or (QUICK_SECONDS if quick else FULL_SECONDS), report.stamp(console)
 
     with psycopg.connect(admin_url) as conn:
         version = conn.execute("select version()").fetchone()
@@ -31,16 +25,11 @@ def run_bench(admin_url: str, bouncer_url: str, *, quick: bool, seconds: float |
         results = run_all(db, per_run, progress, quick=quick)
     progress("done; the bench database is dropped")
 
-    report.print_tables(results, console)
-    if json_path:
-        report.write_json(results, server_version, command, json_path)
-        console.print(f"JSON: {json_path}")
+    report.publish_bench(results, server_version, command, report_path=report_path, json_path=json_path,
+                         console=console)
     if chart_path:
         report.write_chart(results, chart_path)
         console.print(f"chart: {chart_path}")
-    if report_path:
-        tables.write_section(report_path, report.markdown(results, server_version, command), report.START, report.END)
-        console.print(f"report: {report_path}")
     return results
 
 

@@ -4,7 +4,6 @@ written into docs/benchmarks.md with the figures). The no-op ``api.bench_noop_ca
 while the bench runs: created, the replicas' schema caches reloaded, dropped on the way out."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ from typing import Any
 import psycopg
 from rich.console import Console
 
-from pgvote import tables
+from pgvote.bench.report import publish, stamp
 from pgvote.http import ApiClient
 from pgvote.loadtest import DEFAULT_RAMP_VUS
 from pgvote.loadtest.k6 import HttpTarget, run_burst, run_ramp
@@ -25,7 +24,6 @@ from pgvote.loadtest.k6 import HttpTarget, run_burst, run_ramp
 NOOP = "bench_noop_cast_vote"
 NOOP_SQL = (Path(__file__).parent / "sql" / "noop.sql").read_text()
 DROP_NOOP = f"drop function if exists api.{NOOP}(uuid, uuid[], text, uuid)"
-START, END = "<!-- pgvote bench --http: start -->", "<!-- pgvote bench --http: end -->"
 RATIO_COLUMNS = ("ratio", "what", "value", "goal", "met")
 
 
@@ -93,12 +91,8 @@ def request_limit_off(stack: Any, progress: Callable[[str], None]) -> Iterator[N
 
 def run_http_bench(stack: Any, *, quick: bool, json_path: Path | None, report_path: Path | None, command: str,
                    console: Console) -> dict[str, Any]:
-    sizes = QUICK if quick else FULL
-    started = time.monotonic()
+    sizes, progress = QUICK if quick else FULL, stamp(console)
     load_before = os.getloadavg()[0]
-
-    def progress(message: str) -> None:
-        console.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {message}")
 
     nginx = HttpTarget.for_stack(stack)
     replica = stack.live_replicas()[0]
@@ -141,16 +135,20 @@ def run_http_bench(stack: Any, *, quick: bool, json_path: Path | None, report_pa
           "exactly_once": ramp["verification"]["exactly_once"], "voters": ramp["figures"]["voters"]}
     environment = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "cpus": os.cpu_count(),
                    "load_before": load_before, "load_after": os.getloadavg()[0]}
-    report = {"command": command, "sizes": sizes.__dict__, "environment": environment, "ratios": ratios, "h3": h3,
+    report: dict[str, Any] = {"command": command, "sizes": sizes.__dict__, "environment": environment, "ratios": ratios, "h3": h3,
               "cpu_ms_per_vote": {name: _cpu_per_vote(r) for name, r in runs.items()},
               "runs": {name: {k: v for k, v in r.items() if k != "timeline"} for name, r in runs.items()}}
-    print_tables(report, console)
-    if json_path:
-        json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-        console.print(f"JSON: {json_path}")
-    if report_path:
-        tables.write_section(report_path, markdown(report), START, END)
-        console.print(f"report: {report_path}")
+    columns, rows = _cpu_table(report)
+    env = environment
+    smoke = ["", "**Smoke run** (`--quick` sizes on a shared machine): it shows the machinery works end to end, not "
+                 "what the path can do; the figures come from a full `pgvote bench --http` on a quiet machine."]
+    publish("bench --http", [("HTTP ratios (same run)", RATIO_COLUMNS, _rows(report), (2,)),
+                             ("CPU milliseconds per vote, by process", columns, rows, range(1, len(columns)))],
+            [f"Command: `{command}`; sizes: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:g}"
+                                                      for k, v in sizes.__dict__.items())
+             + f". {env['date']}, {env['cpus']} cores, 1-minute load average {env['load_before']:.1f} before, "
+             f"{env['load_after']:.1f} after.", *(smoke if quick else [])],
+            report, report_path=report_path, json_path=json_path, console=console)
     return report
 
 
@@ -184,26 +182,3 @@ def _cpu_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = [[run, f"{report['runs'][run]['figures']['votes_per_second']:,.0f}", *(f"{per.get(n, 0):.2f}" for n in names)]
             for run, per in report["cpu_ms_per_vote"].items()]
     return ["run", "votes/s", *names], rows
-
-
-def print_tables(report: dict[str, Any], console: Console) -> None:
-    console.print(tables.table("HTTP ratios (same run)", RATIO_COLUMNS, _rows(report)))
-    columns, rows = _cpu_table(report)
-    console.print(tables.table("CPU milliseconds per vote, by process", columns, rows, range(1, len(columns))))
-
-
-def markdown(report: dict[str, Any]) -> str:
-    env = report["environment"]
-    lines = [START, f"Command: `{report['command']}`; sizes: "
-             + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:g}" for k, v in report["sizes"].items())
-             + f". {env['date']}, {env['cpus']} cores, 1-minute load average {env['load_before']:.1f} before, "
-             f"{env['load_after']:.1f} after."]
-    if report["sizes"] == QUICK.__dict__:
-        lines += ["", "**Smoke run** (`--quick` sizes on a shared machine): it shows the machinery works end to "
-                      "end, not what the path can do; the figures come from a full `pgvote bench --http` on a quiet "
-                      "machine."]
-    columns, rows = _cpu_table(report)
-    lines += ["", *tables.markdown(RATIO_COLUMNS, _rows(report), (2,)), "", "CPU milliseconds per vote, by process:", "",
-              *tables.markdown(columns, rows, range(1, len(columns)))]
-    lines += ["", END]
-    return "\n".join(lines)

@@ -1,16 +1,20 @@
-"""Present a benchmark run: terminal tables, JSON, the markdown section of docs/benchmarks.md, and a
-PNG chart of votes/s against clients."""
+"""Present a benchmark run, the one path of every ``pgvote bench`` mode: terminal tables, JSON, the
+command's markdown section of docs/benchmarks.md (``publish``), the alternating A/B rounds behind the
+same-run ratios (``alternate``), and the PNG chart of votes/s against clients."""
 from __future__ import annotations
 
 import json
 import os
 import platform
 import re
+import statistics
 import subprocess
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 
@@ -18,7 +22,9 @@ from pgvote import tables
 from pgvote.bench.pgbench import pgbench_binary
 from pgvote.bench.scenarios import Measured, Results
 
-START, END = "<!-- pgvote bench: start -->", "<!-- pgvote bench: end -->"
+T = TypeVar("T")
+#: One table of a report: title, columns, rows, the indexes of right-aligned columns.
+Table = tuple[str, Sequence[str], Sequence[Sequence[str]], Sequence[int]]
 RATIO_COLUMNS = ("ratio", "what", "value", "goal", "met")
 SCENARIO_COLUMNS = ("scenario", "path", "clients", "votes/s", "p50 ms", "p95 ms", "p99 ms", "lock waits seen (samples)")
 
@@ -34,6 +40,44 @@ def machine() -> dict[str, str]:
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+def stamp(console: Console) -> Callable[[str], None]:
+    """A progress printer: each message after the seconds since the run started."""
+    started = time.monotonic()
+    return lambda message: console.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {message}")
+
+
+def alternate(rounds: int, sides: dict[str, Callable[[], T]]) -> dict[str, list[T]]:
+    """``rounds`` of every side in turn (A, B, A, B ...): the other work of a shared machine weighs on each
+    side alike, so the ratio of their medians holds where their absolute figures drift."""
+    out: dict[str, list[T]] = {side: [] for side in sides}
+    for _ in range(rounds):
+        for side, measure in sides.items():
+            out[side].append(measure())
+    return out
+
+
+def median_ratio(values: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    return round(statistics.median(values[numerator]) / statistics.median(values[denominator]), 3)
+
+
+def publish(mode: str, tables_: Sequence[Table], intro: Sequence[str], result: Any, *, report_path: Path | None,
+            json_path: Path | None, console: Console, outro: Sequence[str] = ()) -> None:
+    """Print the tables; write ``result`` as JSON to ``json_path`` and, to ``report_path``, the section of
+    ``pgvote <mode>`` (its markers ``<!-- pgvote <mode>: start/end -->``): ``intro``, the tables, ``outro``."""
+    for title, columns, rows, right in tables_:
+        console.print(tables.table(title, columns, rows, right))
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        console.print(f"JSON: {json_path}")
+    if report_path:
+        lines = [f"<!-- pgvote {mode}: start -->", *intro]
+        for title, columns, rows, right in tables_:
+            lines += ["", *([f"{title}:", ""] if len(tables_) > 1 else []), *tables.markdown(columns, rows, right)]
+        tables.write_section(report_path, "\n".join([*lines, *outro, "", f"<!-- pgvote {mode}: end -->"]),
+                             f"<!-- pgvote {mode}: start -->", f"<!-- pgvote {mode}: end -->")
+        console.print(f"report: {report_path}")
+
+
 def as_json(results: Results, server_version: str, command: str) -> dict[str, Any]:
     return {"machine": machine(), "server": server_version, "command": command,
             "seconds_per_run": results.seconds_per_run,
@@ -44,14 +88,14 @@ def as_json(results: Results, server_version: str, command: str) -> dict[str, An
             "locks_per_call": results.locks_per_call}
 
 
-def ratio_rows(results: Results, no: str = "NO") -> list[tuple[str, ...]]:
-    """The ratios, then the read latencies of the 1M-ballot poll (``no``: how a missed goal reads)."""
-    rows: list[tuple[str, ...]] = [(r.name, r.description, f"{r.value:.2f}", r.goal_text, "yes" if r.met else no)
+def ratio_rows(results: Results) -> list[tuple[str, ...]]:
+    """The ratios, then the read latencies of the 1M-ballot poll."""
+    rows: list[tuple[str, ...]] = [(r.name, r.description, f"{r.value:.2f}", r.goal_text, "yes" if r.met else "NO")
                                    for r in results.ratios]
     if results.reads_warm:
         p95 = results.reads_warm.figures.p95_ms
         rows.append(("reads", "poll_results p95 on the 1,000,000-ballot poll, warm, no other load", f"{p95:.2f} ms",
-                     "<= 5 ms", "yes" if p95 <= 5 else no))
+                     "<= 5 ms", "yes" if p95 <= 5 else "NO"))
     if results.reads_under_writes:
         rows.append(("R5", "poll_results p95 on the 1,000,000-ballot poll while 64 clients vote on it (2 cores "
                      "saturated by the writers and pgbench)", f"{results.reads_under_writes.figures.p95_ms:.2f} ms",
@@ -59,13 +103,13 @@ def ratio_rows(results: Results, no: str = "NO") -> list[tuple[str, ...]]:
     return rows
 
 
-def scenario_rows(results: Results, label: bool = False) -> list[tuple[str, ...]]:
-    """Every measured scenario, then the reads (``label``: the description with the name, for the docs)."""
+def scenario_rows(results: Results) -> list[tuple[str, ...]]:
+    """Every measured scenario, then the reads."""
     def waits(m: Measured) -> str:
         return ", ".join(f"{k}: {v}" for k, v in sorted(m.lock_waits.items())) or "none"
 
     rows: list[tuple[str, ...]] = [
-        (f"{m.description} (`{m.name}`)" if label else m.name, m.path, str(m.clients), f"{m.figures.per_second:,.0f}",
+        (f"{m.description} (`{m.name}`)", m.path, str(m.clients), f"{m.figures.per_second:,.0f}",
          f"{m.figures.p50_ms:.1f}", f"{m.figures.p95_ms:.1f}", f"{m.figures.p99_ms:.1f}", waits(m))
         for m in results.measured.values()]
     for reads in (results.reads_warm, results.reads_under_writes):
@@ -76,25 +120,23 @@ def scenario_rows(results: Results, label: bool = False) -> list[tuple[str, ...]
     return rows
 
 
-def print_tables(results: Results, console: Console) -> None:
-    console.print(tables.table("Scenarios (same run)", SCENARIO_COLUMNS, scenario_rows(results), range(2, 7)))
-    console.print(tables.table("Ratios", RATIO_COLUMNS, ratio_rows(results)))
-
-
-def markdown(results: Results, server_version: str, command: str) -> str:
+def publish_bench(results: Results, server_version: str, command: str, *, report_path: Path | None,
+                  json_path: Path | None, console: Console) -> None:
+    """``pgvote bench``'s tables, JSON and section of docs/benchmarks.md."""
     mach = machine()
-    lines = [START, "## Throughput (`pgvote bench`)", "",
+    locks = ["", "Locks held at the end of one call (one transaction, rolled back):", ""]
+    for call, held in results.locks_per_call.items():
+        relations = sorted({rel for kind, rel, _ in held if kind == "relation"})
+        locks.append(f"- {call}: {len(held)} locks — " + "; ".join(f"{k} {r} {m}".replace("  ", " ") for k, r, m in held))
+        locks.append(f"  (relations: {', '.join(relations)})")
+    publish("bench", [("Ratios", RATIO_COLUMNS, ratio_rows(results), (2, 3)),
+                      ("Scenarios (same run)", SCENARIO_COLUMNS, scenario_rows(results), range(2, 7))],
+            ["## Throughput (`pgvote bench`)", "",
              f"Machine: {mach['cpu']}, {mach['memory']}, {mach['os']}; {server_version}; {mach['pgbouncer']}; "
              f"{mach['pgbench']}. Run {mach['date']}, {results.seconds_per_run:g} s per scenario, "
-             f"the load generator (pgbench) on the same 2 cores.", "", f"Command: `{command}`", "",
-             *tables.markdown(RATIO_COLUMNS, ratio_rows(results, "**no**"), (2, 3)), "",
-             *tables.markdown(SCENARIO_COLUMNS, scenario_rows(results, label=True), range(2, 7)),
-             "", "Locks held at the end of one call (one transaction, rolled back):", ""]
-    for call, locks in results.locks_per_call.items():
-        relations = sorted({rel for kind, rel, _ in locks if kind == "relation"})
-        lines.append(f"- {call}: {len(locks)} locks — " + "; ".join(f"{k} {r} {m}".replace("  ", " ") for k, r, m in locks))
-        lines.append(f"  (relations: {', '.join(relations)})")
-    return "\n".join([*lines, "", "![votes/s against clients](benchmarks.png)", "", END])
+             f"the load generator (pgbench) on the same 2 cores.", "", f"Command: `{command}`"],
+            as_json(results, server_version, command), report_path=report_path, json_path=json_path,
+            console=console, outro=[*locks, "", "![votes/s against clients](benchmarks.png)"])
 
 
 def write_chart(results: Results, path: Path) -> None:
@@ -123,7 +165,3 @@ def write_chart(results: Results, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def write_json(results: Results, server_version: str, command: str, path: Path) -> None:
-    path.write_text(json.dumps(as_json(results, server_version, command), indent=2, default=str))
