@@ -1,6 +1,5 @@
 """The benchmark's own database: created on the target cluster, migrated with the project's migrations,
-filled with bench polls (sql/schema.sql, sql/fill.sql) and the bare-insert reference (the load test's
-scratch schema), and dropped afterwards."""
+filled with bench polls (sql/schema.sql, sql/fill.sql), and dropped afterwards."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -11,7 +10,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from pgvote.loadtest.scenarios import scratch_schema
 from pgvote.migrate import upgrade
 from pgvote.schema_dump import scratch_database
 
@@ -45,12 +43,11 @@ def bench_database(admin_url: str, bouncer_url: str, hot_ballots: int = HOT_POLL
         api_url = with_database(bouncer_url, BENCH_DATABASE)
         progress("migrating the bench database")
         upgrade(bench_admin)
-        with scratch_schema(bench_admin, api_url):  # the burst's bare-insert reference
-            progress(f"creating {polls:,} polls, loading {hot_ballots:,} ballots into the hot poll")
-            with psycopg.connect(bench_admin, autocommit=True) as conn:
-                conn.execute((SQL / "schema.sql").read_text())
-                conn.execute((SQL / "fill.sql").read_text() % {"polls": int(polls), "ballots": int(hot_ballots)})
-                conn.execute("analyze")
-                hot = conn.execute("select poll_id::text, option_id::text from bench.polls where n = 1").fetchone()
-            assert hot is not None, "fill.sql made poll 1"
-            yield BenchDatabase(bench_admin, api_url, with_database(api_url, BENCH_DATABASE, "postgres"), *hot)
+        progress(f"creating {polls:,} polls, loading {hot_ballots:,} ballots into the hot poll")
+        with psycopg.connect(bench_admin, autocommit=True) as conn:
+            conn.execute((SQL / "schema.sql").read_text())
+            conn.execute((SQL / "fill.sql").read_text() % {"polls": int(polls), "ballots": int(hot_ballots)})
+            conn.execute("analyze")
+            hot = conn.execute("select poll_id::text, option_id::text from bench.polls where n = 1").fetchone()
+        assert hot is not None, "fill.sql made poll 1"
+        yield BenchDatabase(bench_admin, api_url, with_database(api_url, BENCH_DATABASE, "postgres"), *hot)

@@ -4,40 +4,26 @@ same-run ratios (``alternate``), and the PNG chart of votes/s against clients.""
 from __future__ import annotations
 
 import json
-import os
-import platform
 import re
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.console import Console
 
 from pgvote import tables
-from pgvote.bench.pgbench import pgbench_binary
 from pgvote.bench.scenarios import Measured, Results
+from pgvote.loadtest.report import machine
+from pgvote.loadtest.report import write_chart as chart
 
 T = TypeVar("T")
 #: One table of a report: title, columns, rows, the indexes of right-aligned columns.
 Table = tuple[str, Sequence[str], Sequence[Sequence[str]], Sequence[int]]
 RATIO_COLUMNS = ("ratio", "what", "value", "goal", "met")
 SCENARIO_COLUMNS = ("scenario", "path", "clients", "votes/s", "p50 ms", "p95 ms", "p99 ms", "lock waits seen (samples)")
-
-
-def machine() -> dict[str, str]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    total = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
-    pgbench = subprocess.run([pgbench_binary(), "--version"], capture_output=True, text=True).stdout.strip()
-    bouncer = subprocess.run(["pgbouncer", "--version"], capture_output=True, text=True).stdout.splitlines()
-    return {"cpu": f"{os.cpu_count()} x {cpu}", "memory": f"{int(total[1]) / 1024 / 1024 if total else 0:.0f} GiB",
-            "os": platform.platform(), "pgbench": pgbench, "pgbouncer": bouncer[0] if bouncer else "?",
-            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def stamp(console: Console) -> Callable[[str], None]:
@@ -140,28 +126,13 @@ def publish_bench(results: Results, server_version: str, command: str, *, report
 
 
 def write_chart(results: Results, path: Path) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        raise RuntimeError("charts need matplotlib: pip install 'pgvote[chart]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """votes/s against clients of each scenario family swept."""
     labels = {"bare_insert": "bare INSERT (direct, prepared)", "cast_vote_hot": "cast_vote (direct, prepared)",
               "postgrest": "cast_vote as PostgREST sends it (PgBouncer, extended)"}
-    series: dict[str, list[tuple[int, float]]] = {}
+    points: dict[str, list[tuple[int, float]]] = {}
     for m in results.measured.values():
-        family = re.sub(r"_\d+$", "", m.name)
-        if family in labels:
-            series.setdefault(labels[family], []).append((m.clients, m.figures.per_second))
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for label, points in series.items():
-        points.sort()
-        ax.plot([c for c, _ in points], [v for _, v in points], marker="o", label=label)
-    ax.set(xscale="log", xlabel="concurrent clients", ylabel="votes/s (one transaction per vote)",
-           title="pgvote: votes/s against clients, one hot poll (same run)")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        if (family := re.sub(r"_\d+$", "", m.name)) in labels:
+            points.setdefault(labels[family], []).append((m.clients, m.figures.per_second))
+    series = {label: ([float(c) for c, _ in sorted(p)], [v for _, v in sorted(p)]) for label, p in points.items()}
+    chart(path, [("pgvote: votes/s against clients, one hot poll (same run)", "concurrent clients", True,
+                  "votes/s (one transaction per vote)", series, "", {})])

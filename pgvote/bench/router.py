@@ -25,7 +25,9 @@ from rich.console import Console
 
 from pgvote.bench import pgbench
 from pgvote.bench.fixtures import with_database
-from pgvote.bench.report import alternate, machine, publish
+from pgvote.bench.report import alternate, publish
+from pgvote.loadtest.report import machine
+from pgvote.loadtest.scenarios import create_poll
 from pgvote.loadtest.servers import cluster_ticks
 from pgvote.migrate import upgrade
 from pgvote.shards import ShardedStack, configure_router, share_voter_key_secret
@@ -65,12 +67,8 @@ def run_router_bench(stack: ShardedStack, *, seconds: float, clients: int, round
         with psycopg.connect(router_url) as conn:
             configure_router(conn, [shard.conninfo(DATABASE)])
         share_voter_key_secret(router_url, [shard_url])
-        with psycopg.connect(router_url, autocommit=True) as conn:
-            with conn.transaction():
-                conn.execute("select set_config('request.jwt.claims', '{\"role\": \"authenticated\", \"sub\": \"bench\"}', true)")
-                created = conn.execute("select api.create_poll('router bench', array['a', 'b', 'c', 'd'])").fetchone()
-        assert created is not None
-        poll, option = created[0]["poll_id"], created[0]["option_ids"][0]
+        created = create_poll(router_url, "router", ("a", "b", "c", "d"), 1)
+        poll, option = created.poll_id, created.option_ids[0]
         for url in (router_url, shard_url):
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute(POLL)

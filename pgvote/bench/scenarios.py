@@ -2,20 +2,20 @@
 compared (absolute figures drift by 30% between runs on these machines)."""
 from __future__ import annotations
 
-import tempfile
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import psycopg
+from rich.console import Console
 
-from partitions.sqlexec import one
 from pgvote.bench.fixtures import BenchDatabase
 from pgvote.bench.locks import LockWaitSampler, locks_held_by_one_call
 from pgvote.bench.pgbench import POSTGREST_RPC, Figures, Run, postgrest_variables, run
-from pgvote.loadtest.scenarios import bare_script, create_poll
+from pgvote.loadtest import LoadtestConfig
+from pgvote.loadtest.scenarios import run_bare, run_bulk_scenario, run_single
 
 SWEEP_CLIENTS = (16, 64, 256, 1000)
 DIRECT_SWEEP_CLIENTS = (16, 64, 200)
@@ -66,24 +66,17 @@ class Results:
     bulk_seconds: dict[str, float] = field(default_factory=dict)  # bulk run name -> wall seconds for SPIKE ballots
 
 
-class NotExactlyOnce(RuntimeError):
-    pass
-
-
-def fresh_poll(admin_url: str) -> tuple[str, str]:
-    """A new poll (4 options, one choice, anonymous votes) and its first option: one per spike run."""
-    poll = create_poll(admin_url, "bench", ("a", "b", "c", "d"), 1)
-    return poll.poll_id, poll.option_ids[0]
-
-
-def verify_exactly_once(admin_url: str, poll: str, expected: int, table: str = "voting.ballots") -> None:
-    """Every ballot of the run stored once, and (for voting.ballots) counted once in the tallies."""
-    with psycopg.connect(admin_url) as conn:
-        stored = one(conn.execute(f"select count(*) from {table} where poll_id = %s", (poll,)))
-        counted = (one(conn.execute("select coalesce(sum(ballots), 0) from voting.tally_slots where poll_id = %s",
-                                    (poll,))) if table == "voting.ballots" else stored)
-    if stored != expected or counted != expected:
-        raise NotExactlyOnce(f"poll {poll}: {stored:,} stored, {counted:,} counted, {expected:,} sent")
+def _loadtest_measured(name: str, description: str, result: dict[str, Any]) -> Measured:
+    """A scenario of ``pgvote loadtest --sql`` as a bench row; one vote lost or doubled fails the bench."""
+    if not result["verification"]["exactly_once"]:
+        raise RuntimeError(f"{name}: not exactly once: {result['verification']}")
+    f = result.get("figures") or {"accepted": result["accepted"], "gave_up": 0,
+                                  "votes_per_second": result["ballots_per_second"],
+                                  "request_latency": result["batch_latency"] | {"p99_ms": result["batch_latency"]["max_ms"]}}
+    lat = f["request_latency"]
+    return Measured(name, description, result["clients"], "PgBouncer, extended",
+                    Figures(f["accepted"], f["votes_per_second"], f["gave_up"], lat["p50_ms"], lat["p95_ms"],
+                            lat["p99_ms"], lat["max_ms"]))
 
 
 def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None], quick: bool = False) -> Results:
@@ -128,36 +121,23 @@ def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None], 
         conn.execute("update rate_limit.limits set requests_per_minute = 1e6, burst = 1000000")
     hook = measure("postgrest_64_rate_limited", "the same with the rate-limit pre-request hook on",
                    POSTGREST_RPC, 64, production(hook=True), via_bouncer=True)
-    # The 50,000-vote burst: the same 50,000 PostgREST transactions (hook on, a bucket per client) as
-    # bare inserts and as cast_vote, from the same clients through the same PgBouncer, each on a new poll.
-    burst: dict[str, Measured] = {}
-    with tempfile.TemporaryDirectory(prefix="pgvote-bench-") as tmp:
-        for name, script, table in (("burst_bare_insert", bare_script(Path(tmp)), "pgvote_loadtest.ballots"),
-                                    ("burst_cast_vote", POSTGREST_RPC, "voting.ballots")):
-            poll, option = fresh_poll(db.admin_url)
-            progress(f"{name}: {SPIKE:,} votes as PostgREST sends them, {BURST_CLIENTS} clients through PgBouncer")
-            per_client = SPIKE // BURST_CLIENTS
-            figures = run(Run(script, db.api_url, BURST_CLIENTS, protocol="extended", transactions=per_client,
-                              variables=postgrest_variables(poll_id=poll, patterns=[[option]], prefix="burst-",
-                                                            per_client=per_client, hook=True, caller="client")))
-            verify_exactly_once(db.admin_url, poll, SPIKE, table)
-            burst[name] = results.measured[name] = Measured(
-                name, f"{SPIKE:,}-vote burst, {'cast_vote' if table == 'voting.ballots' else 'bare insert'}, "
-                "hook on, each vote once", BURST_CLIENTS, "PgBouncer, extended", figures)
-
-    # The bulk path: SPIKE ballots for one new poll through cast_votes as the ingest role through
-    # PgBouncer, for each (batch size, concurrent batches); the fastest counts.
+    # The 50,000-vote burst and the bulk path: `pgvote loadtest --sql`'s scenarios on the bench database
+    # (PostgREST's statements through PgBouncer, the hook on, verified exactly once): the same transactions
+    # as bare inserts and as cast_vote, then SPIKE ballots through cast_votes for each (batch size,
+    # concurrent batches); the fastest bulk run counts.
+    cfg = LoadtestConfig(database_url=db.api_url, admin_url=db.admin_url, voters=SPIKE, clients=BURST_CLIENTS)
+    quiet = Console(quiet=True)
+    for name, scenario in (("burst_bare_insert", run_bare), ("burst_cast_vote", run_single)):
+        progress(f"{name}: {SPIKE:,} votes as PostgREST sends them, {BURST_CLIENTS} clients through PgBouncer")
+        results.measured[name] = _loadtest_measured(name, f"{SPIKE:,}-vote burst, {name.removeprefix('burst_')}, "
+                                                    "hook on, each vote once", scenario(cfg, quiet, True))
     for batch, clients in (BULK_QUICK if quick else BULK_SWEEP):
-        poll, option = fresh_poll(db.admin_url)
         name = f"bulk_{batch}x{clients}"
         progress(f"{name}: {SPIKE:,} ballots through cast_votes, batches of {batch}, {clients} at a time")
-        figures = run(Run("bulk_cast_votes.sql", db.api_url, clients, protocol="extended",
-                          transactions=SPIKE // batch // clients,
-                          variables={"poll": poll, "opt": option, "batch": str(batch)}))
-        verify_exactly_once(db.admin_url, poll, SPIKE)
-        results.bulk_seconds[name] = SPIKE / (figures.per_second * batch)
-        results.measured[name] = Measured(name, f"cast_votes, batches of {batch} (rate: batches/s)", clients,
-                                          "PgBouncer, extended", figures)
+        bulk = run_bulk_scenario(replace(cfg, batch=batch, clients=clients), quiet, True)
+        results.bulk_seconds[name] = bulk["wall_seconds"]
+        results.measured[name] = _loadtest_measured(name, f"cast_votes, batches of {batch} (rate: ballots/s)", bulk)
+    burst = results.measured
 
     for number, candidate in enumerate(("shared_counter", "delta_log", "backend_slot"), start=1):
         measure(f"tally_{candidate}", f"tally candidate: ballot + {candidate.replace('_', ' ')}", "tally_candidate.sql",

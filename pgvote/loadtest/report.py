@@ -7,11 +7,14 @@ import json
 import math
 import os
 import platform
+import re
 import resource
+import shutil
 import subprocess
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pgvote import tables
+from pgvote.bench.pgbench import pgbench_binary
 
 if TYPE_CHECKING:
     from pgvote.loadtest import LoadtestConfig, Targets
@@ -168,27 +172,37 @@ def checks(report: dict[str, Any], targets: Targets) -> list[dict[str, Any]]:
     return out
 
 
+def machine() -> dict[str, str]:
+    """The machine and the tools of a run, for the reports."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    total = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
+    pgbench = subprocess.run([pgbench_binary(), "--version"], capture_output=True, text=True).stdout.strip()
+    found = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    bouncer = (subprocess.run([found, "--version"], capture_output=True, text=True).stdout.splitlines()
+               if Path(found).exists() else [])
+    return {"cpu": f"{os.cpu_count()} x {cpu}", "memory": f"{int(total[1]) / 1024 / 1024 if total else 0:.0f} GiB",
+            "os": platform.platform(), "pgbench": pgbench, "pgbouncer": bouncer[0] if bouncer else "?",
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
+
+
 def environment(cfg: LoadtestConfig) -> dict[str, Any]:
-    env: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(),
-                           "kernel": platform.release(), "cpus": len(os.sched_getaffinity(0)), "psycopg": psycopg.__version__}
+    env: dict[str, Any] = {**machine(), "python": platform.python_version(), "cpus": len(os.sched_getaffinity(0)),
+                           "psycopg": psycopg.__version__}
     try:
         with psycopg.connect(cfg.admin_url, autocommit=True, connect_timeout=5) as conn:
             env["postgresql"] = conn.execute("show server_version").fetchone()[0]  # type: ignore[index]
             env["shared_buffers"] = conn.execute("show shared_buffers").fetchone()[0]  # type: ignore[index]
-    except psycopg.Error:
-        pass
-    if cfg.bouncer_admin_url:
-        try:
+        if cfg.bouncer_admin_url:
             with psycopg.connect(cfg.bouncer_admin_url, autocommit=True, connect_timeout=5) as conn:
-                env["pgbouncer"] = conn.execute("SHOW VERSION").fetchone()[0]  # type: ignore[index]
                 cur = conn.execute("SHOW CONFIG")
                 names = [d.name for d in cur.description or []]
                 conf = {row[names.index("key")]: row[names.index("value")] for row in cur.fetchall()}
-                env["pgbouncer_config"] = {k: conf.get(k) for k in (
-                    "pool_mode", "default_pool_size", "max_db_connections", "reserve_pool_size",
-                    "max_client_conn", "query_wait_timeout")}
-        except psycopg.Error:
-            pass
+            env["pgbouncer_config"] = {k: conf.get(k) for k in (
+                "pool_mode", "default_pool_size", "max_db_connections", "reserve_pool_size", "max_client_conn",
+                "query_wait_timeout")}
+    except psycopg.Error:
+        pass
     return env
 
 
@@ -268,33 +282,47 @@ def _counts(d: dict[str, int]) -> str:
 def write_json(report: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(report, indent=2, default=str, allow_nan=True) + "\n")
 
-def write_chart(report: dict[str, Any], path: Path) -> None:
+#: One panel of a chart: title, x label, log x, left-axis (label, ylabel), {series: (xs, ys)}, and the same for a
+#: right axis (or None).
+Series = dict[str, tuple[list[float], list[float]]]
+Panel = tuple[str, str, bool, str, Series, str, Series]
+
+
+def write_chart(path: Path, panels: Sequence[Panel]) -> None:
+    """The one chart writer (the ``chart`` extra): a PNG of ``panels``, one above the other."""
     try:
         import matplotlib
     except ImportError:
         raise RuntimeError("charts need matplotlib: pip install 'pgvote[chart]'") from None
-
     matplotlib.use("Agg")  # no display
     import matplotlib.pyplot as plt
 
-    scenarios = [s for s in report["scenarios"] if s.get("timeline")]
-    if not scenarios:
+    if not panels:
         return
-    fig, axes = plt.subplots(len(scenarios), 1, figsize=(10, 3.6 * len(scenarios)), squeeze=False)
-    for ax, s in zip(axes[:, 0], scenarios, strict=True):
-        tl = s["timeline"]
-        t = [b["t"] for b in tl]
-        ax.plot(t, [b["votes_per_s"] for b in tl], color="tab:blue", label="votes/s acknowledged")
-        ax.set_ylabel("votes/s", color="tab:blue")
-        ax.set_xlabel("seconds since release")
-        ax.set_title(f"{s['name']}: {s['voters']:,} voters, {s['clients']:,} {'VUs' if 'k6' in s else 'clients'}")
-        lat = ax.twinx()
-        for key, style in (("p50_ms", ":"), ("p95_ms", "--"), ("p99_ms", "-")):
-            lat.plot(t, [b[key] for b in tl], color="tab:red", linestyle=style, label=key.replace("_ms", ""))
-        lat.set_ylabel("latency (ms)", color="tab:red")
-        lines = ax.get_legend_handles_labels()
-        more = lat.get_legend_handles_labels()
-        ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right", fontsize="small")
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 4.2 * len(panels)), squeeze=False)
+    for ax, (title, xlabel, log_x, left_label, left, right_label, right) in zip(axes[:, 0], panels, strict=True):
+        ax.set(title=title, xlabel=xlabel, ylabel=left_label, xscale="log" if log_x else "linear")
+        ax.grid(True, alpha=0.3)
+        for label, (xs, ys) in left.items():
+            ax.plot(xs, ys, marker="o" if log_x else None, label=label)
+        handles, labels = ax.get_legend_handles_labels()
+        if right:
+            twin = ax.twinx()
+            twin.set_ylabel(right_label)
+            for (label, (xs, ys)), style in zip(right.items(), (":", "--", "-"), strict=False):
+                twin.plot(xs, ys, color="tab:red", linestyle=style, label=label)
+            more = twin.get_legend_handles_labels()
+            handles, labels = handles + more[0], labels + more[1]
+        ax.legend(handles, labels, loc="upper right", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def timeline_panels(report: dict[str, Any]) -> list[Panel]:
+    """Throughput and p50/p95/p99 latency over time, one panel per scenario that has a timeline."""
+    return [(f"{s['name']}: {s['voters']:,} voters, {s['clients']:,} {'VUs' if 'k6' in s else 'clients'}",
+             "seconds since release", False, "votes/s", {"votes/s acknowledged": (
+                 [b["t"] for b in s["timeline"]], [b["votes_per_s"] for b in s["timeline"]])}, "latency (ms)",
+             {q: ([b["t"] for b in s["timeline"]], [b[f"{q}_ms"] for b in s["timeline"]]) for q in ("p50", "p95", "p99")})
+            for s in report["scenarios"] if s.get("timeline")]

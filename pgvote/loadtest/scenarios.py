@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import re
 import tempfile
 import time
 import uuid
@@ -22,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -29,7 +29,6 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg import sql
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pgvote.bench.pgbench import POSTGREST_RPC, SCRIPTS, Outcome, Run, Transaction, execute, postgrest_variables
 from pgvote.loadtest.report import Record, figures, latency_summary, timeline
@@ -126,30 +125,6 @@ def local_servers(cfg: LoadtestConfig) -> dict[str, int]:
     return {"postgres": admin.port or 5432, "pgbouncer": api.port or 5432}
 
 
-PROGRESS_LINE = re.compile(r"progress: ([0-9.]+) s, ([0-9.]+) tps, lat ([0-9.]+) ms")
-
-
-@contextmanager
-def progress_bar(label: str, total: int, console: Console, quiet: bool) -> Iterator[Callable[[str], None]]:
-    """A live bar fed by pgbench's ``-P 1`` lines: transactions done (tps x each second), rate, latency."""
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]:>7,.0f} tx/s, latency {task.fields[latency]:,.1f} ms"),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console, disable=quiet, refresh_per_second=4) as progress:
-        task = progress.add_task(label, total=total, rate=0.0, latency=0.0)
-        elapsed = 0.0
-
-        def update(line: str) -> None:
-            nonlocal elapsed
-            if match := PROGRESS_LINE.match(line):
-                t, tps, latency = (float(g) for g in match.groups())
-                progress.update(task, advance=tps * (t - elapsed), rate=tps, latency=latency)
-                elapsed = t
-
-        yield update
-        progress.update(task, completed=total)
-
-
 #: Passes of pgbench per scenario: the first casts everything, each next one re-casts, identically, what
 #: the previous left unanswered after a retryable error (a lost connection or PgBouncer's queue timeout:
 #: FATAL or a client-side message, PostgREST's 503) and casts what its aborted clients never reached.
@@ -190,8 +165,8 @@ def cast_all(cfg: LoadtestConfig, script: str | Path, clients: int, per_client: 
                 slots = pending
             run = Run(script, cfg.database_url, clients, transactions=per_client, protocol="extended",
                       variables={**variables, "per_client": str(per_client), "recast": str(int(recast > 0))})
-            with progress_bar(label + (f", re-cast {recast}" if recast else ""), len(slots), console, quiet) as shown:
-                outcome = execute(run, shown)
+            shown = f"{label}{f', re-cast {recast}' if recast else ''}, {len(slots):,} transactions"
+            outcome = execute(run, partial(console.print, f"[dim]{shown}:") if not quiet else lambda line: None)
             outcomes.append(outcome)
             pending = _settle_pass(outcome, per_client, slots, casts)
             if not pending:
