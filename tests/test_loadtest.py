@@ -393,7 +393,7 @@ def test_overload_queues_then_answers_a_clean_retryable_error(tiny_pool: LocalSt
     option = [poll.option_ids[0]]
     acknowledged = {f"fp:{prefix}{n}": option for prefix in (served_prefix, refused_prefix) for n in range(12)}
     check = verify_poll(tiny_pool.admin_url, poll.poll_id, acknowledged)
-    assert check.exactly_once, check.problems
+    assert check["exactly_once"], check["problems"]
 
 
 def hold_pool_until(url: str, started: threading.Barrier, release: threading.Event) -> None:

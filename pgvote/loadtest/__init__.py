@@ -26,7 +26,6 @@ class Targets:
     """Pass/fail thresholds: the guide's (k6 thresholds and "performance guarantees") and ours."""
 
     spike_success: float = 0.95  # guide: >= 95% success under spike load
-    normal_success: float = 0.99  # guide: >= 99% under normal load
     p95_ms: float = 500.0  # guide: http_req_duration p(95) < 500 ms
     votes_per_second: float = 50_000.0  # guide: 50,000+ votes/s
     memory_bytes: int = 2 * 1024**3  # guide: 1-2 GB of memory

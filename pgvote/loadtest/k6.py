@@ -220,7 +220,7 @@ def _run(name: str, path: str, script: str, target: HttpTarget, plan: dict[str, 
     t0 = min((r[4] for r in records), default=0.0)
     f = figures(records, t0, run.output.errors)
     acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in records if r[1] == "ack"}
-    verification = (verify_poll(target.admin_url, ballots.poll_id, acked, [identity(r[0]) for r in records]).as_dict()
+    verification = (verify_poll(target.admin_url, ballots.poll_id, acked, [identity(r[0]) for r in records])
                     if fn == "cast_vote" else {"exactly_once": True, "skipped": "no ballots stored"})
     failed = {tag: run.values(f"http_req_failed{{phase:{tag}}}") for tag in ("normal", "spike")}
     return {"name": name, "path": path, "fn": fn, "base_url": target.base_url, "poll_id": ballots.poll_id,

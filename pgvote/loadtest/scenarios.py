@@ -244,7 +244,7 @@ def run_single(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> di
     acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in recs if r[1] == "ack"}
     check = verify_poll(cfg.admin_url, ballots.poll_id, acked, [identity(r[0]) for r in recs])
     return _burst_result("single-vote burst", "db", clients, clients * per_client, outcomes, recs, measured,
-                         {"poll_id": ballots.poll_id, "pre_request": hook, "verification": check.as_dict()})
+                         {"poll_id": ballots.poll_id, "pre_request": hook, "verification": check})
 
 
 def run_bare(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
@@ -299,7 +299,7 @@ def run_bulk_scenario(cfg: LoadtestConfig, console: Console, quiet: bool = False
             "errors": dict(Counter(error for o in outcomes for error in o.aborted.values())),
             "batch_latency": latency_summary([t.seconds for _, t in committed]),
             "success_rate": len(acked) / cfg.voters if cfg.voters else math.nan, "pgbench": _pgbench_figures(outcomes),
-            **measured, "verification": check.as_dict()}
+            **measured, "verification": check}
 
 
 def settle(seconds: float = 1.0) -> None:
