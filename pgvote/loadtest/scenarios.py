@@ -31,7 +31,7 @@ from psycopg import sql
 from rich.console import Console
 
 from pgvote.bench.pgbench import POSTGREST_RPC, SCRIPTS, Outcome, Run, Transaction, execute, postgrest_variables
-from pgvote.loadtest.report import Record, figures, latency_summary, timeline
+from pgvote.loadtest.report import Record, figures, timeline
 from pgvote.loadtest.servers import measuring
 from pgvote.loadtest.verify import verify_poll
 from pgvote.stack import read_postgrest_conf
@@ -287,19 +287,14 @@ def run_bulk_scenario(cfg: LoadtestConfig, console: Console, quiet: bool = False
                                                  for voters in plan])
         casts, outcomes = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, f"cast_votes, {count} batches",
                                    console, quiet, measured)
-    committed = [(b, c.committed) for b, c in casts.items() if c.committed]
+    per_batch = records(casts, str)  # a record per batch; then one per ballot, its batch's fate
+    recs: list[Record] = [(ballots.fingerprint(v), *r[1:]) for r in per_batch for v in plan[int(r[0])]]
     acked = {ballots.bulk_identity(v): list(ballots.options_for(ballots.fingerprint(v)))
-             for b, _ in committed for v in plan[b]}
+             for r in per_batch if r[1] == "ack" for v in plan[int(r[0])]}
     check = verify_poll(cfg.admin_url, ballots.poll_id, acked, [ballots.bulk_identity(v) for v in range(cfg.voters)])
-    wall = max((t.end for _, t in committed), default=0.0) - min((t.end - t.seconds for _, t in committed), default=0.0)
-    return {"name": "bulk ingestion", "path": "bulk", "poll_id": ballots.poll_id, "voters": cfg.voters,
-            "batch": max(len(voters) for voters in plan), "clients": clients, "batches": count,
-            "committed_batches": len(committed), "accepted": len(acked), "wall_seconds": wall,
-            "ballots_per_second": len(acked) / wall if wall else math.nan,
-            "errors": dict(Counter(error for o in outcomes for error in o.aborted.values())),
-            "batch_latency": latency_summary([t.seconds for _, t in committed]),
-            "success_rate": len(acked) / cfg.voters if cfg.voters else math.nan, "pgbench": _pgbench_figures(outcomes),
-            **measured, "verification": check}
+    return _burst_result("bulk ingestion", "bulk", clients, cfg.voters, outcomes, recs, measured, {
+        "poll_id": ballots.poll_id, "batch": max(len(voters) for voters in plan), "batches": count,
+        "committed_batches": sum(r[1] == "ack" for r in per_batch), "verification": check})
 
 
 def settle(seconds: float = 1.0) -> None:
