@@ -24,9 +24,9 @@ import psycopg
 from psycopg import sql
 from rich.console import Console
 
-from pgvote.bench.fixtures import BENCH_DATABASE, SPREAD_POLLS, bench_database
 from pgvote.bench.pgbench import Run, run
 from pgvote.bench.report import alternate, median_ratio, publish, stamp
+from pgvote.bench.scenarios import BENCH_DATABASE, SPREAD_POLLS, bench_database
 from pgvote.http import ApiClient
 from pgvote.loadtest.k6 import HttpTarget, run_burst
 from pgvote.loadtest.report import percentile

@@ -1,4 +1,5 @@
-"""Present a benchmark run, the one path of every ``pgvote bench`` mode: terminal tables, JSON, the
+"""``pgvote bench [--quick]`` (``run_bench``: every scenario in one invocation, then the report), and how
+every ``pgvote bench`` mode presents its run: terminal tables, JSON, the
 command's markdown section of docs/benchmarks.md (``publish``), the alternating A/B rounds behind the
 same-run ratios (``alternate``), and the PNG chart of votes/s against clients."""
 from __future__ import annotations
@@ -12,12 +13,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
 from rich.console import Console
 
 from pgvote import tables
-from pgvote.bench.scenarios import Measured, Results
+from pgvote.bench.scenarios import HOT_POLL_BALLOTS, SPREAD_POLLS, Measured, Results, bench_database, run_all
 from pgvote.loadtest.report import machine
 from pgvote.loadtest.report import write_chart as chart
+from pgvote.paths import PROJECT_ROOT
 
 T = TypeVar("T")
 #: One table of a report: title, columns, rows, the indexes of right-aligned columns.
@@ -136,3 +139,29 @@ def write_chart(results: Results, path: Path) -> None:
     series = {label: ([float(c) for c, _ in sorted(p)], [v for _, v in sorted(p)]) for label, p in points.items()}
     chart(path, [("pgvote: votes/s against clients, one hot poll (same run)", "concurrent clients", True,
                   "votes/s (one transaction per vote)", series, "", {})])
+
+
+QUICK_SECONDS, FULL_SECONDS = 3.0, 15.0
+
+
+def run_bench(admin_url: str, bouncer_url: str, *, quick: bool, seconds: float | None, json_path: Path | None,
+              chart_path: Path | None, report_path: Path | None, command: str, console: Console) -> Results:
+    per_run, progress = seconds or (QUICK_SECONDS if quick else FULL_SECONDS), stamp(console)
+
+    with psycopg.connect(admin_url) as conn:
+        version = conn.execute("select version()").fetchone()
+        server_version = str(version[0] if version else "?").split(" on ")[0]
+    with bench_database(admin_url, bouncer_url, HOT_POLL_BALLOTS, SPREAD_POLLS, progress) as db:
+        results = run_all(db, per_run, progress, quick=quick)
+    progress("done; the bench database is dropped")
+
+    publish_bench(results, server_version, command, report_path=report_path, json_path=json_path,
+                         console=console)
+    if chart_path:
+        write_chart(results, chart_path)
+        console.print(f"chart: {chart_path}")
+    return results
+
+
+DEFAULT_REPORT = PROJECT_ROOT / "docs" / "benchmarks.md"
+DEFAULT_CHART = PROJECT_ROOT / "docs" / "benchmarks.png"

@@ -24,8 +24,8 @@ from psycopg import sql
 from rich.console import Console
 
 from pgvote.bench import pgbench
-from pgvote.bench.fixtures import with_database
 from pgvote.bench.report import alternate, publish
+from pgvote.bench.scenarios import with_database
 from pgvote.loadtest.report import machine
 from pgvote.loadtest.scenarios import create_poll
 from pgvote.loadtest.servers import cluster_ticks

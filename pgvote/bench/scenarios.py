@@ -1,21 +1,120 @@
-"""The benchmark's scenarios, run in one session so that only same-run ratios are
-compared (absolute figures drift by 30% between runs on these machines)."""
+"""The benchmark's scenarios, run in one session so that only same-run ratios are compared (absolute
+figures drift by 30% between runs on these machines), on its own database: created on the target
+cluster, migrated with the project's migrations, filled with bench polls (sql/schema.sql, sql/fill.sql),
+and dropped afterwards. Lock observations: lock waits sampled from pg_locks during a run, and the
+locks one cast_vote call holds at its end."""
 from __future__ import annotations
 
+import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from rich.console import Console
 
-from pgvote.bench.fixtures import BenchDatabase
-from pgvote.bench.locks import LockWaitSampler, locks_held_by_one_call
 from pgvote.bench.pgbench import POSTGREST_RPC, Figures, Run, postgrest_variables, run
 from pgvote.loadtest import LoadtestConfig
 from pgvote.loadtest.scenarios import run_bare, run_bulk_scenario, run_single
+from pgvote.migrate import upgrade
+from pgvote.schema_dump import scratch_database
+
+BENCH_DATABASE = "pgvote_bench"
+HOT_POLL_BALLOTS = 1_000_000
+SPREAD_POLLS = 10_000
+SQL = Path(__file__).parent / "sql"
+
+
+def with_database(url: str, database: str, user: str | None = None) -> str:
+    parts = urlsplit(url)
+    netloc = f"{user}@{parts.netloc.split('@', 1)[-1]}" if user else parts.netloc
+    return urlunsplit(parts._replace(path="/" + database, netloc=netloc))
+
+
+@dataclass(frozen=True)
+class BenchDatabase:
+    admin_url: str      # superuser, direct
+    api_url: str        # authenticator through PgBouncer
+    bouncer_url: str    # superuser through PgBouncer: the direct scenarios' calls on the production path
+    hot_poll: str
+    hot_option: str
+
+
+@contextmanager
+def bench_database(admin_url: str, bouncer_url: str, hot_ballots: int = HOT_POLL_BALLOTS,
+                   polls: int = SPREAD_POLLS,
+                   progress: Callable[[str], None] = lambda message: None) -> Iterator[BenchDatabase]:
+    """Create, migrate and fill pgvote_bench; drop it on the way out, whatever happens."""
+    with scratch_database(admin_url, name=BENCH_DATABASE) as bench_admin:
+        api_url = with_database(bouncer_url, BENCH_DATABASE)
+        progress("migrating the bench database")
+        upgrade(bench_admin)
+        progress(f"creating {polls:,} polls, loading {hot_ballots:,} ballots into the hot poll")
+        with psycopg.connect(bench_admin, autocommit=True) as conn:
+            conn.execute((SQL / "schema.sql").read_text())
+            conn.execute((SQL / "fill.sql").read_text() % {"polls": int(polls), "ballots": int(hot_ballots)})
+            conn.execute("analyze")
+            hot = conn.execute("select poll_id::text, option_id::text from bench.polls where n = 1").fetchone()
+        assert hot is not None, "fill.sql made poll 1"
+        yield BenchDatabase(bench_admin, api_url, with_database(api_url, BENCH_DATABASE, "postgres"), *hot)
+
+
+class LockWaitSampler:
+    """Samples ungranted locks of the current database every few milliseconds."""
+
+    def __init__(self, url: str, interval: float = 0.002) -> None:
+        self.url, self.interval = url, interval
+        self.seen: Counter[tuple[str, str, str]] = Counter()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self._stop.is_set():
+                for locktype, relation, query in conn.execute(
+                    """select l.locktype, coalesce(l.relation::regclass::text, ''), a.query
+                       from pg_locks l join pg_stat_activity a on a.pid = l.pid
+                       where not l.granted and a.datname = current_database()"""
+                ).fetchall():
+                    self.seen[(locktype, relation, query[:40])] += 1
+                self.samples += 1
+                time.sleep(self.interval)
+
+    def waits_by_type(self) -> dict[str, int]:
+        by_type: Counter[str] = Counter()
+        for (locktype, relation, _), n in self.seen.items():
+            by_type[f"{locktype} {relation}".strip()] += n
+        return dict(by_type)
+
+    def __enter__(self) -> LockWaitSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def locks_held_by_one_call(conn: psycopg.Connection, sql: str, params: tuple[object, ...]) -> list[tuple[str, str, str]]:
+    """Run one call in a transaction that is rolled back, and list the locks it held."""
+    with conn.transaction(force_rollback=True):
+        conn.execute(sql, params)
+        rows = conn.execute(
+            """select locktype, coalesce(relation::regclass::text, ''), mode from pg_locks
+               where pid = pg_backend_pid() and locktype <> 'virtualxid'
+                 and coalesce(relation::regclass::text, '') <> 'pg_locks'
+               order by 1, 2, 3"""
+        ).fetchall()
+    return [(str(a), str(b), str(c)) for a, b, c in rows]
+
 
 SWEEP_CLIENTS = (16, 64, 256, 1000)
 DIRECT_SWEEP_CLIENTS = (16, 64, 200)

@@ -105,43 +105,6 @@ class K6Output(K6Lines):
                                  ack and attempts == 1))
 
 
-@dataclass
-class K6Run:
-    exit_code: int
-    summary: dict[str, Any]  # handleSummary's data: metrics, thresholds ("ok" per threshold)
-    output: K6Output
-    cpu_seconds: float  # k6's own user + system time
-    peak_rss_mib: float  # k6's largest resident set
-
-    @property
-    def thresholds_crossed(self) -> list[str]:
-        return [f"{name}: {expression}" for name, metric in self.summary.get("metrics", {}).items()
-                for expression, verdict in metric.get("thresholds", {}).items() if not verdict.get("ok", True)]
-
-    def values(self, metric: str) -> dict[str, float]:
-        return dict(self.summary.get("metrics", {}).get(metric, {}).get("values", {}))
-
-
-def run_k6(script: str, plan: dict[str, Any], workdir: Path, *, voter_of: Callable[[int, int], str],
-           local_ips: str | None, total: int | None, label: str, console: Console, quiet: bool = False,
-           timeout: float = 1800.0) -> K6Run:
-    """Run ``SCRIPTS/script`` with ``plan`` (written to a file the script reads) and return every voter."""
-    out, summary_path, plan_path, log = (workdir / n for n in ("k6.json", "summary.json", "plan.json", "k6.log"))
-    plan_path.write_text(json.dumps({**plan, "summary_path": str(summary_path)}))
-    command = [k6_binary(), "run", "--quiet", "--no-color", "--no-usage-report", "--out", f"json={out}",
-               *(["--local-ips", local_ips] if local_ips else []), str(SCRIPTS / script)]
-    output = K6Output(out, voter_of)
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PGVOTE_PLAN": str(plan_path)}, preexec_fn=raise_nofile_limit)
-        exit_code, usage = progress(proc, label, total, console, quiet, timeout, output.poll)
-    if exit_code not in (0, THRESHOLDS_CROSSED) or not summary_path.is_file():
-        tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-10:])
-        raise K6Failed(f"k6 {script} exited with {exit_code}; last lines of {log}:\n{tail}")
-    return K6Run(exit_code, json.loads(summary_path.read_text()), output, usage.ru_utime + usage.ru_stime,
-                 usage.ru_maxrss / 1024)  # ru_maxrss: KiB on Linux
-
-
 @dataclass(frozen=True)
 class HttpTarget:
     """Where the load goes and what measures it.
@@ -201,9 +164,9 @@ def source_addresses(count: int) -> str:
 def _run(name: str, path: str, script: str, target: HttpTarget, plan: dict[str, Any], ballots: BallotSpec | None,
          vus: int, voter_of: Callable[[int, int], int], total: int | None, label: str, console: Console,
          quiet: bool) -> dict[str, Any]:
-    """Run a k6 script on a poll (``ballots``, else a new one) from ``vus`` fresh source addresses while
-    the servers are measured; verify what cast_vote stored. ``voter_of(vu, iter)``: the voter number an
-    iteration casts, as the script counts."""
+    """Run ``SCRIPTS/script`` with ``plan`` (written to a file the script reads) on a poll (``ballots``, else a
+    new one) from ``vus`` fresh source addresses while the servers are measured; verify what cast_vote
+    stored. ``voter_of(vu, iter)``: the voter number an iteration casts, as the script counts."""
     fn = plan.get("fn", "cast_vote")
     ballots = ballots or create_poll(target.admin_url, new_tag())
     local_ips = source_addresses(vus)
@@ -214,26 +177,44 @@ def _run(name: str, path: str, script: str, target: HttpTarget, plan: dict[str, 
     measured: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="pgvote-k6-") as tmp, \
             measuring(target.servers, target.bouncer_admin_url, measured):
-        run = run_k6(script, plan, Path(tmp), voter_of=lambda vu, it: ballots.fingerprint(voter_of(vu, it)),
-                     local_ips=local_ips, total=total, label=label, console=console, quiet=quiet)
-    records = run.output.records
+        out, summary_path, plan_path, log = (Path(tmp) / n for n in ("k6.json", "summary.json", "plan.json", "k6.log"))
+        plan_path.write_text(json.dumps({**plan, "summary_path": str(summary_path)}))
+        output = K6Output(out, lambda vu, it: ballots.fingerprint(voter_of(vu, it)))
+        with log.open("wb") as log_file:
+            proc = subprocess.Popen([k6_binary(), "run", "--quiet", "--no-color", "--no-usage-report", "--out",
+                                     f"json={out}", "--local-ips", local_ips, str(SCRIPTS / script)],
+                                    stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=raise_nofile_limit,
+                                    env={**os.environ, "PGVOTE_PLAN": str(plan_path)})
+            exit_code, usage = progress(proc, label, total, console, quiet, 1800.0, output.poll)
+        if exit_code not in (0, THRESHOLDS_CROSSED) or not summary_path.is_file():
+            tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-10:])
+            raise K6Failed(f"k6 {script} exited with {exit_code}; last lines of {log}:\n{tail}")
+        summary = json.loads(summary_path.read_text()).get("metrics", {})
+    records = output.records
     t0 = min((r[4] for r in records), default=0.0)
-    f = figures(records, t0, run.output.errors)
+    f = figures(records, t0, output.errors)
     acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in records if r[1] == "ack"}
     verification = (verify_poll(target.admin_url, ballots.poll_id, acked, [identity(r[0]) for r in records])
                     if fn == "cast_vote" else {"exactly_once": True, "skipped": "no ballots stored"})
-    failed = {tag: run.values(f"http_req_failed{{phase:{tag}}}") for tag in ("normal", "spike")}
+
+    def values(metric: str) -> dict[str, float]:
+        return dict(summary.get(metric, {}).get("values", {}))
+
+    failed = {tag: values(f"http_req_failed{{phase:{tag}}}") for tag in ("normal", "spike")}
     return {"name": name, "path": path, "fn": fn, "base_url": target.base_url, "poll_id": ballots.poll_id,
             "voters": f["voters"], "clients": vus, "local_ips": local_ips, "figures": f, **measured,
-            "cpu_seconds": {"k6": round(run.cpu_seconds, 2), **measured["cpu_seconds"]},
+            "cpu_seconds": {"k6": round(usage.ru_utime + usage.ru_stime, 2), **measured["cpu_seconds"]},
             "timeline": timeline(records, t0),
             "phases": {tag: {"success_rate": 1 - v["rate"], "requests": v.get("passes", 0) + v.get("fails", 0),
-                             "p95_ms": run.values(f"http_req_duration{{phase:{tag}}}").get("p(95)", math.nan)}
+                             "p95_ms": values(f"http_req_duration{{phase:{tag}}}").get("p(95)", math.nan)}
                        for tag, v in failed.items() if "rate" in v},
-            "k6": {"exit_code": run.exit_code, "thresholds_crossed": run.thresholds_crossed,
+            "k6": {"exit_code": exit_code, "thresholds_crossed": [  # handleSummary's verdict per threshold
+                       f"{name}: {expression}" for name, metric in summary.items()
+                       for expression, verdict in metric.get("thresholds", {}).items() if not verdict.get("ok", True)],
                    "requests": f["requests"], "retries": f["requests"] - f["voters"],
-                   "peak_rss_mib": round(run.peak_rss_mib), "http_req_duration_ms": run.values("http_req_duration"),
-                   "http_req_failed_rate": run.values("http_req_failed").get("rate")},
+                   "peak_rss_mib": round(usage.ru_maxrss / 1024),  # ru_maxrss: KiB on Linux
+                   "http_req_duration_ms": values("http_req_duration"),
+                   "http_req_failed_rate": values("http_req_failed").get("rate")},
             "verification": verification}
 
 
