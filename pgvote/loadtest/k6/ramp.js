@@ -37,6 +37,7 @@ export const options = {
         'http_req_duration{phase:spike}': ['p(95)<500'],
         'http_req_failed{phase:spike}': ['rate<0.05'],
         'http_req_failed{phase:normal}': ['rate<0.01'],
+        'http_req_duration{phase:normal}': ['p(95)<500'],
     },
     systemTags: ['status', 'vu', 'iter', 'error_code'],
     summaryTrendStats: ['avg', 'med', 'p(95)', 'p(99)', 'max'],
