@@ -30,7 +30,7 @@ from pgvote.bench.scenarios import BENCH_DATABASE, SPREAD_POLLS, bench_database
 from pgvote.http import ApiClient
 from pgvote.loadtest.k6 import HttpTarget, run_burst
 from pgvote.loadtest.report import percentile
-from pgvote.loadtest.scenarios import create_poll, new_tag
+from pgvote.loadtest.scenarios import create_poll
 
 CLIENTS = 64
 SAMPLE_S = 0.1
@@ -99,7 +99,7 @@ class _Sampler(threading.Thread):
 
 
 def replica_lag_under_burst(stack: Any, voters: int, console: Console) -> dict[str, Any]:
-    ballots = create_poll(stack.admin_url, new_tag())
+    ballots = create_poll(stack.admin_url)
     sampler = _Sampler(stack, ballots.poll_id)
     sampler.start()
     try:

@@ -20,7 +20,7 @@ from pgvote.http import ApiClient
 from pgvote.live_client import LiveRefused, LiveSubscriber, Transport
 from pgvote.loadtest.k6 import HttpTarget, run_burst
 from pgvote.loadtest.report import percentile as nearest_rank
-from pgvote.loadtest.scenarios import create_poll, new_tag
+from pgvote.loadtest.scenarios import create_poll
 from pgvote.supervisor import raise_nofile_limit
 
 PER_ADDRESS = 16  # watchers per loopback address, under nginx's limit of 32
@@ -125,7 +125,7 @@ def measure(stack: Any, subscribers: int, votes: int, console: Console) -> dict[
     load_before = os.getloadavg()[0]
     console.rule(f"burst without watchers: {votes:,} voters")
     before = run_burst(target, votes, None, console)
-    watched = create_poll(target.admin_url, new_tag())
+    watched = create_poll(target.admin_url)
     console.rule(f"{subscribers:,} watchers of one poll (EventSource and WebSocket, half each)")
     ours, theirs = multiprocessing.get_context("spawn").Pipe()
     fleet_process = multiprocessing.get_context("spawn").Process(

@@ -27,7 +27,7 @@ import psycopg
 from rich.console import Console
 
 from pgvote.loadtest.report import Record, figures, progress, timeline
-from pgvote.loadtest.scenarios import BallotSpec, create_poll, identity, new_tag
+from pgvote.loadtest.scenarios import BallotSpec, create_poll, identity
 from pgvote.loadtest.servers import measuring
 from pgvote.loadtest.verify import verify_poll
 from pgvote.supervisor import raise_nofile_limit
@@ -168,7 +168,7 @@ def _run(name: str, path: str, script: str, target: HttpTarget, plan: dict[str, 
     new one) from ``vus`` fresh source addresses while the servers are measured; verify what cast_vote
     stored. ``voter_of(vu, iter)``: the voter number an iteration casts, as the script counts."""
     fn = plan.get("fn", "cast_vote")
-    ballots = ballots or create_poll(target.admin_url, new_tag())
+    ballots = ballots or create_poll(target.admin_url)
     local_ips = source_addresses(vus)
     plan = {"base_url": target.base_url, "fn": fn, "caller_header": False, "poll_id": ballots.poll_id,
             "patterns": [list(p) for p in ballots.patterns], "tag": ballots.tag,

@@ -86,10 +86,12 @@ def identity(fingerprint: str, *, signed_in: bool = False) -> str:
     return ("sub:" if signed_in else "fp:") + fingerprint
 
 
-def create_poll(admin_url: str, tag: str, options: tuple[str, ...] = OPTIONS, max_choices: int = MAX_CHOICES,
-                allow_revote: bool = False) -> BallotSpec:
+def create_poll(admin_url: str, tag: str | None = None, options: tuple[str, ...] = OPTIONS,
+                max_choices: int = MAX_CHOICES, allow_revote: bool = False) -> BallotSpec:
     """A single-ballot poll open to anonymous voters, created by ``api.create_poll`` as a signed-in creator
-    would call it (role and JWT claims set as PostgREST sets them)."""
+    would call it (role and JWT claims set as PostgREST sets them); ``tag``, unique per run unless given,
+    makes the voters' fingerprints unique."""
+    tag = tag or new_tag()
     claims = json.dumps({"role": "authenticated", "sub": f"loadtest-creator-{tag}"})
     with psycopg.connect(admin_url, autocommit=True) as conn, conn.transaction():
         conn.execute("select set_config('role', 'authenticated', true), "
@@ -231,7 +233,7 @@ def _plan(voters: int, clients: int) -> tuple[int, int]:
 
 def run_single(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
     """The burst through ``api.cast_vote`` as PostgREST calls it, through PgBouncer, then verification."""
-    ballots = create_poll(cfg.admin_url, new_tag())
+    ballots = create_poll(cfg.admin_url)
     hook = pre_request_hook(cfg.admin_url)
     clients, per_client = _plan(cfg.voters, cfg.clients)
     variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
@@ -271,7 +273,7 @@ def run_bulk_scenario(cfg: LoadtestConfig, console: Console, quiet: bool = False
     """N ballots through ``api.cast_votes`` from ``clients`` connections, every client the same number
     of batches of at most ``batch`` ballots (so the batches are split evenly: voter v is in batch
     ``v * batches // voters``)."""
-    ballots = create_poll(cfg.admin_url, new_tag())
+    ballots = create_poll(cfg.admin_url)
     clients, per_client = _plan(math.ceil(cfg.voters / cfg.batch), cfg.clients)
     count = clients * per_client
     if count > cfg.voters:
