@@ -296,7 +296,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
          ("--subscribers", {"type": int, "default": 10_000, "help": "--live: watchers of one poll (default 10,000)"}),
          ("--votes", {"type": int, "default": 50_000, "help": "--live, --ha: votes of each burst (default 50,000)"}))
 def cmd_bench(args: argparse.Namespace) -> int:
-    from pgvote.bench.command import DEFAULT_CHART, DEFAULT_REPORT, run_bench
+    from pgvote.bench.report import DEFAULT_CHART, DEFAULT_REPORT, run_bench
 
     stack = _local_stack(args)
     require_running(stack)

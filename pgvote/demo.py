@@ -30,7 +30,7 @@ def print_results(stack: LocalStack, poll_id: str, console: Console) -> None:
 def run_spike(stack: LocalStack, voters: int = 50_000, console: Console | None = None) -> dict[str, Any]:
     """The k6 burst over HTTP (`pgvote loadtest`), then the bulk path; raises when a vote was lost or doubled."""
     from pgvote.loadtest import LoadtestConfig, run_loadtest
-    from pgvote.loadtest.http_scenarios import HttpTarget
+    from pgvote.loadtest.k6 import HttpTarget
     from pgvote.loadtest.report import print_report
 
     console = console or Console()

@@ -37,11 +37,9 @@ from rich.console import Console
 
 from pgvote.bench.pgbench import POSTGREST_RPC, SCRIPTS, Outcome, Run, execute, postgrest_variables
 from pgvote.http import ApiClient, Response
-from pgvote.loadtest import LoadtestConfig, run_loadtest, scratch
-from pgvote.loadtest.ballots import BallotSpec
-from pgvote.loadtest.http_scenarios import HttpTarget, request_limit, run_burst
-from pgvote.loadtest.k6 import K6Output, voter_records
-from pgvote.loadtest.scenarios import create_poll, run_bare
+from pgvote.loadtest import LoadtestConfig, run_loadtest
+from pgvote.loadtest.k6 import HttpTarget, K6Output, request_limit, run_burst
+from pgvote.loadtest.scenarios import BallotSpec, bare_script, create_poll, run_bare
 from pgvote.loadtest.verify import verify_poll
 from pgvote.stack import LocalStack
 
@@ -101,29 +99,35 @@ def k6_point(metric: str, vu: int, it: int, t: float, value: float, **tags: str)
 
 
 def test_k6_output_becomes_one_outcome_per_voter(tmp_path: Any) -> None:
-    """Each (vu, iter) is one voter: its attempts in time order, the last deciding. A 503 then a 200 is
-    acknowledged after one identical retry; a reset (status 0) then 504 to the last attempt gave up;
-    a 429 is a final failure; other metrics are ignored."""
+    """vote.js's one point per voter (``vote_outcomes``, by vu and iter) becomes its record: outcome, last
+    status and answer, first send (end - the value in ms) and last answer, attempts; every answer other
+    than 200 (``vote_errors``) is counted by status and k6 error code; other metrics are ignored."""
     t = 1_800_000_000.0
     lines = [
-        k6_point("http_req_duration", 1, 0, t + 1.0, 100.0, status="503"),
-        k6_point("http_req_blocked", 1, 0, t + 1.0, 1.0, status="503"),
+        k6_point("vote_errors", 1, 0, t + 1.0, 1.0, status="503", error_code=""),
         k6_point("http_req_duration", 1, 0, t + 2.0, 50.0, status="200"),
-        k6_point("vote_answers", 1, 0, t + 2.0, 1.0, answer="unchanged"),
-        k6_point("http_req_duration", 1, 1, t + 3.0, 10.0, status="429"),
-        k6_point("http_req_duration", 2, 0, t + 1.5, 5.0, status="0", error_code="1210"),
-        k6_point("http_req_duration", 2, 0, t + 2.5, 30_000.0, status="504"),
+        k6_point("vote_outcomes", 1, 0, t + 2.0, 1100.0, outcome="ack", status="200", answer="unchanged",
+                 attempts="2"),
+        k6_point("vote_errors", 1, 1, t + 3.0, 1.0, status="429", error_code=""),
+        k6_point("vote_outcomes", 1, 1, t + 3.0, 10.0, outcome="rejected", status="429", answer="rate_limited",
+                 attempts="1"),
+        k6_point("vote_errors", 2, 0, t + 1.5, 1.0, status="0", error_code="1210"),
+        k6_point("vote_outcomes", 2, 0, t + 2.5, 1000.0, outcome="gave_up", status="504", answer="504",
+                 attempts="2"),
+        k6_point("vote_outcomes", 2, 1, t + 2.5, 5.0, outcome="ack", status="200", answer="recorded",
+                 attempts="1"),
     ]
     out = tmp_path / "k6.json"
     out.write_text("\n".join(lines) + "\n")
-    output = K6Output(out)
-    output.read()
-    records = {r[0]: r for r in voter_records(output, lambda vu, it: f"v{vu}-{it}")}
+    output = K6Output(out, lambda vu, it: f"v{vu}-{it}")
+    assert output.poll()[:2] == (4, 2)
+    records = {r[0]: r for r in output.records}
     assert records["v1-0"][1:4] == ("ack", 200, "unchanged") and records["v1-0"][6:] == (2, False)
     assert abs(records["v1-0"][4] - (t + 0.9)) < 1e-3 and abs(records["v1-0"][5] - (t + 2.0)) < 1e-3
     assert records["v1-1"][1:3] == ("rejected", 429) and records["v1-1"][6] == 1
     assert records["v2-0"][1:3] == ("gave_up", 504) and records["v2-0"][6] == 2
-    assert output.errors == Counter({"503": 1, "429": 1, "0 1210": 1, "504": 1})
+    assert records["v2-1"][6:] == (1, True)
+    assert output.errors == Counter({"503": 1, "429": 1, "0 1210": 1})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,7 +162,7 @@ def test_bare_insert_reference_runs_the_same_envelope_and_leaves_nothing(stack: 
     the same clients and transactions through PgBouncer, every acknowledged row stored once; the
     scratch schema is gone afterwards."""
     with tempfile.TemporaryDirectory() as tmp:
-        bare = scratch.bare_script(Path(tmp)).read_text().splitlines()
+        bare = bare_script(Path(tmp)).read_text().splitlines()
     real = (SCRIPTS / POSTGREST_RPC).read_text().splitlines()
     assert [(a, b) for a, b in zip(real, bare, strict=True) if a != b] == [
         (line, line.replace('"api"."cast_vote"(', '"pgvote_loadtest"."cast_vote"(')) for line in real
@@ -179,7 +183,8 @@ def test_bulk_run_of_5000_ballots_is_stored_exactly_once(stack: LocalStack) -> N
                          bouncer_admin_url=stack.bouncer_admin_url, voters=5_000, clients=4, bulk=True, batch=500)
     (bulk,) = run_loadtest(cfg, quiet_console(), quiet=True)["scenarios"]
     assert (bulk["batches"], bulk["batch"], bulk["committed_batches"]) == (12, 417, 12), bulk
-    assert bulk["accepted"] == 5_000 and bulk["errors"] == {} and bulk["success_rate"] == 1.0
+    f = bulk["figures"]
+    assert f["accepted"] == f["voters"] == 5_000 and f["retried_errors"] == {} and f["success_rate"] == 1.0
     assert bulk["verification"]["exactly_once"], bulk["verification"]["problems"]
     assert bulk["verification"]["stored"] == 5_000
 
@@ -389,7 +394,7 @@ def test_overload_queues_then_answers_a_clean_retryable_error(tiny_pool: LocalSt
     option = [poll.option_ids[0]]
     acknowledged = {f"fp:{prefix}{n}": option for prefix in (served_prefix, refused_prefix) for n in range(12)}
     check = verify_poll(tiny_pool.admin_url, poll.poll_id, acknowledged)
-    assert check.exactly_once, check.problems
+    assert check["exactly_once"], check["problems"]
 
 
 def hold_pool_until(url: str, started: threading.Barrier, release: threading.Event) -> None:

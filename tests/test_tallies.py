@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 
-from pgvote.bench.locks import LockWaitSampler
+from pgvote.bench.scenarios import LockWaitSampler
 from pgvote.http import ApiClient
 
 from helpers import Poll, counts_from_ballots, results_counts, stored_ballots, user

@@ -14,9 +14,7 @@ far behind the standby's results are.
 """
 from __future__ import annotations
 
-import json
 import os
-import statistics
 import threading
 import time
 from pathlib import Path
@@ -26,40 +24,39 @@ import psycopg
 from psycopg import sql
 from rich.console import Console
 
-from pgvote.bench.fixtures import BENCH_DATABASE, SPREAD_POLLS, bench_database
 from pgvote.bench.pgbench import Run, run
+from pgvote.bench.report import alternate, median_ratio, publish, stamp
+from pgvote.bench.scenarios import BENCH_DATABASE, SPREAD_POLLS, bench_database
 from pgvote.http import ApiClient
-from pgvote.loadtest.http_scenarios import HttpTarget, run_burst
-from pgvote.loadtest.scenarios import create_poll, new_tag
-from pgvote.tables import markdown, table, write_section
+from pgvote.loadtest.k6 import HttpTarget, run_burst
+from pgvote.loadtest.report import percentile
+from pgvote.loadtest.scenarios import create_poll
 
-START, END = "<!-- pgvote bench --ha: start -->", "<!-- pgvote bench --ha: end -->"
 CLIENTS = 64
 SAMPLE_S = 0.1
 
 
-def _pct(values: list[float], q: int) -> float:
-    if len(values) < 2:
-        return round(values[0], 1) if values else 0.0
-    return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 1)
+def _pct(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {"p50": round(percentile(ordered, 50), 1), "p95": round(percentile(ordered, 95), 1),
+            "max": round(max(ordered, default=0.0), 1)}
 
 
 def sync_ratio(stack: Any, seconds: float, pairs: int, progress: Any) -> dict[str, Any]:
     """Alternating rounds: synchronous_commit on / local for new sessions of the bench database."""
-    per_second: dict[str, list[float]] = {"on": [], "local": []}
     with bench_database(stack.admin_url, stack.api_url, 1, SPREAD_POLLS, progress) as db:
-        for pair in range(pairs):
-            for mode in ("on", "local"):
-                with psycopg.connect(stack.admin_url, autocommit=True) as conn:
-                    conn.execute(sql.SQL("alter database {} set synchronous_commit = {}").format(
-                        sql.Identifier(BENCH_DATABASE), sql.Literal(mode)))
-                figures = run(Run("cast_vote.sql", db.admin_url, CLIENTS, seconds,
-                                  variables={"npolls": str(SPREAD_POLLS)}))
-                per_second[mode].append(round(figures.per_second, 1))
-                progress(f"pair {pair + 1}: synchronous_commit {mode}: {figures.per_second:.0f} votes/s")
-    sync, local = statistics.median(per_second["on"]), statistics.median(per_second["local"])
+        def measure(mode: str) -> float:
+            with psycopg.connect(stack.admin_url, autocommit=True) as conn:
+                conn.execute(sql.SQL("alter database {} set synchronous_commit = {}").format(
+                    sql.Identifier(BENCH_DATABASE), sql.Literal(mode)))
+            per_second = run(Run("cast_vote.sql", db.admin_url, CLIENTS, seconds,
+                                 variables={"npolls": str(SPREAD_POLLS)})).per_second
+            progress(f"synchronous_commit {mode}: {per_second:.0f} votes/s")
+            return round(per_second, 1)
+
+        per_second = alternate(pairs, {"on": lambda: measure("on"), "local": lambda: measure("local")})
     return {"clients": CLIENTS, "seconds_per_round": seconds, "votes_per_s": per_second,
-            "ratio": round(sync / local, 3)}
+            "ratio": median_ratio(per_second, "on", "local")}
 
 
 class _Sampler(threading.Thread):
@@ -102,7 +99,7 @@ class _Sampler(threading.Thread):
 
 
 def replica_lag_under_burst(stack: Any, voters: int, console: Console) -> dict[str, Any]:
-    ballots = create_poll(stack.admin_url, new_tag())
+    ballots = create_poll(stack.admin_url)
     sampler = _Sampler(stack, ballots.poll_id)
     sampler.start()
     try:
@@ -112,17 +109,11 @@ def replica_lag_under_burst(stack: Any, voters: int, console: Console) -> dict[s
         sampler.stop.set()
         sampler.join(10)
     ages = sampler.ages_ms()
-    final = sampler.seen[-1][1] if sampler.seen else None
     return {"voters": voters, "votes_per_s": round(burst["figures"]["votes_per_second"]),
             "exactly_once": burst["verification"]["exactly_once"], "samples": len(sampler.lag_ms),
-            "replay_lag_ms": {"p50": _pct(sampler.lag_ms, 50), "p95": _pct(sampler.lag_ms, 95),
-                              "max": round(max(sampler.lag_ms, default=0.0), 1)},
-            "replay_lag_bytes": {"p50": _pct([float(b) for b in sampler.lag_bytes], 50),
-                                 "p95": _pct([float(b) for b in sampler.lag_bytes], 95),
-                                 "max": max(sampler.lag_bytes, default=0)},
-            "client_answers": len(ages),
-            "results_age_ms": {"p50": _pct(ages, 50), "p95": _pct(ages, 95), "max": round(max(ages, default=0.0), 1)},
-            "final_total_seen": final}
+            "replay_lag_ms": _pct(sampler.lag_ms), "replay_lag_bytes": _pct([float(b) for b in sampler.lag_bytes]),
+            "client_answers": len(ages), "results_age_ms": _pct(ages),
+            "final_total_seen": sampler.seen[-1][1] if sampler.seen else None}
 
 
 def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
@@ -136,7 +127,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("standby replay lag p50 / p95 / max (pg_stat_replication.replay_lag)",
          f"{b['replay_lag_ms']['p50']} / {b['replay_lag_ms']['p95']} / {b['replay_lag_ms']['max']} ms"),
         ("standby replay lag p50 / p95 / max in WAL bytes",
-         f"{b['replay_lag_bytes']['p50']:.0f} / {b['replay_lag_bytes']['p95']:.0f} / {b['replay_lag_bytes']['max']}"),
+         f"{b['replay_lag_bytes']['p50']:.0f} / {b['replay_lag_bytes']['p95']:.0f} / {b['replay_lag_bytes']['max']:.0f}"),
         (f"age of the results a client sees (GET via nginx's 1 s cache and the standby; {b['client_answers']} answers) "
          "p50 / p95 / max", f"{b['results_age_ms']['p50']} / {b['results_age_ms']['p95']} / {b['results_age_ms']['max']} ms"),
     ]
@@ -144,26 +135,16 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
 
 def run_ha_bench(stack: Any, *, quick: bool, voters: int, report_path: Path | None, json_path: Path | None,
                  command: str, console: Console) -> dict[str, Any]:
-    started = time.monotonic()
-
-    def progress(message: str) -> None:
-        console.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {message}")
-
     load_before = os.getloadavg()[0]
     # many short alternating rounds: the other processes of a shared machine weigh on both modes alike
-    result: dict[str, Any] = {"sync": sync_ratio(stack, 3.0 if quick else 6.0, 2 if quick else 6, progress),
-              "burst": replica_lag_under_burst(stack, voters, console)}
-    result["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
-    console.print(table("HA: the synchronous standby's cost and lag", ("figure", "value"), rows(result), right=[1]))
-    if json_path:
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-    if report_path:
-        lines = [START, "## The synchronous standby (`pgvote bench --ha`)", "",
-                 f"Command: `{command}` on `pgvote up --ha` (2 members under Patroni on this machine's 2 cores, "
-                 "shared with pgbench and k6; 1-minute load average "
-                 f"{result['load_average'][0]} at the start, {result['load_average'][1]} at the end). "
-                 "Method: `pgvote/bench/ha_bench.py`.", "",
-                 *markdown(("figure", "value"), rows(result)), "", END]
-        write_section(report_path, "\n".join(lines), START, END)
-        console.print(f"report: {report_path}")
+    result: dict[str, Any] = {"sync": sync_ratio(stack, 3.0 if quick else 6.0, 2 if quick else 6, stamp(console)),
+                              "burst": replica_lag_under_burst(stack, voters, console),
+                              "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
+    publish("bench --ha", [("HA: the synchronous standby's cost and lag", ("figure", "value"), rows(result), (1,))],
+            ["## The synchronous standby (`pgvote bench --ha`)", "",
+             f"Command: `{command}` on `pgvote up --ha` (2 members under Patroni on this machine's 2 cores, "
+             "shared with pgbench and k6; 1-minute load average "
+             f"{result['load_average'][0]} at the start, {result['load_average'][1]} at the end). "
+             "Method: `pgvote/bench/ha_bench.py`."], result, report_path=report_path, json_path=json_path,
+            console=console)
     return result

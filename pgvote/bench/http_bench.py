@@ -4,7 +4,6 @@ written into docs/benchmarks.md with the figures). The no-op ``api.bench_noop_ca
 while the bench runs: created, the replicas' schema caches reloaded, dropped on the way out."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -17,15 +16,14 @@ from typing import Any
 import psycopg
 from rich.console import Console
 
-from pgvote import tables
+from pgvote.bench.report import publish, stamp
 from pgvote.http import ApiClient
 from pgvote.loadtest import DEFAULT_RAMP_VUS
-from pgvote.loadtest.http_scenarios import HttpTarget, run_burst, run_ramp
+from pgvote.loadtest.k6 import HttpTarget, run_burst, run_ramp
 
 NOOP = "bench_noop_cast_vote"
 NOOP_SQL = (Path(__file__).parent / "sql" / "noop.sql").read_text()
 DROP_NOOP = f"drop function if exists api.{NOOP}(uuid, uuid[], text, uuid)"
-START, END = "<!-- pgvote bench --http: start -->", "<!-- pgvote bench --http: end -->"
 RATIO_COLUMNS = ("ratio", "what", "value", "goal", "met")
 
 
@@ -93,12 +91,8 @@ def request_limit_off(stack: Any, progress: Callable[[str], None]) -> Iterator[N
 
 def run_http_bench(stack: Any, *, quick: bool, json_path: Path | None, report_path: Path | None, command: str,
                    console: Console) -> dict[str, Any]:
-    sizes = QUICK if quick else FULL
-    started = time.monotonic()
+    sizes, progress = QUICK if quick else FULL, stamp(console)
     load_before = os.getloadavg()[0]
-
-    def progress(message: str) -> None:
-        console.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {message}")
 
     nginx = HttpTarget.for_stack(stack)
     replica = stack.live_replicas()[0]
@@ -123,57 +117,48 @@ def run_http_bench(stack: Any, *, quick: bool, json_path: Path | None, report_pa
     progress(f"H3: the guide's ramp, peak {sizes.ramp_vus:,} VUs, durations x {sizes.ramp_time_scale:g}")
     ramp = runs["ramp"] = run_ramp(nginx, sizes.ramp_vus, sizes.ramp_time_scale, console)
 
-    v2, f2 = cast_h2["verification"], cast_h2["figures"]
-    k6 = ramp["k6"]
-    ratios = [
-        {"name": "H1", "what": f"cast_vote / no-op RPC, same arguments, same path ({sizes.h1_vus} VUs)",
-         "value": _rate(cast_h1) / _rate(noop_h1), "goal": 0.85},
-        {"name": "H2", "what": f"{sizes.h2_voters:,}-voter burst, {sizes.h2_vus:,} VUs: drain rate / no-op envelope",
-         "value": _rate(cast_h2) / _rate(noop_h2), "goal": None,
-         "exactly_once": v2["exactly_once"] and f2["accepted"] == f2["voters"] == sizes.h2_voters,
-         "accepted": f2["accepted"], "retries": cast_h2["k6"]["retries"], "problems": v2.get("problems", [])},
-        {"name": "hook", "what": "rate-limit hook: a bucket token per call / the limit switched off (direct to one "
-                                 "PostgREST)", "value": _rate(hook_on) / _rate(hook_off), "goal": 0.80},
-    ]
-    h3 = {"p95_ms": k6["http_req_duration_ms"].get("p(95)"), "error_rate": k6["http_req_failed_rate"],
-          "thresholds": {"http_req_duration": "p(95)<500", "http_req_failed": "rate<0.05"},
+    v2, f2, k6 = cast_h2["verification"], cast_h2["figures"], ramp["k6"]
+    values = {"H1": _rate(cast_h1) / _rate(noop_h1), "H2": _rate(cast_h2) / _rate(noop_h2),
+              "hook": _rate(hook_on) / _rate(hook_off)}
+    exactly_once = v2["exactly_once"] and f2["accepted"] == f2["voters"] == sizes.h2_voters
+    h3 = {"p95_ms": k6["http_req_duration_ms"].get("p(95)") or 0.0, "error_rate": k6["http_req_failed_rate"] or 0.0,
           "thresholds_crossed": k6["thresholds_crossed"], "k6_exit_code": k6["exit_code"],
           "exactly_once": ramp["verification"]["exactly_once"], "voters": ramp["figures"]["voters"]}
+    ratios = [
+        ("H1", f"cast_vote / no-op RPC, same arguments, same path ({sizes.h1_vus} VUs)", f"{values['H1']:.2f}",
+         ">= 0.85", _yes(values["H1"] >= 0.85)),
+        ("H2", f"{sizes.h2_voters:,}-voter burst, {sizes.h2_vus:,} VUs: drain rate / no-op envelope",
+         f"{values['H2']:.2f} ({f2['accepted']:,} accepted, {cast_h2['k6']['retries']:,} retries)",
+         "100% exactly once", _yes(exactly_once)),
+        ("hook", "rate-limit hook: a bucket token per call / the limit switched off (direct to one PostgREST)",
+         f"{values['hook']:.2f}", ">= 0.8", _yes(values["hook"] >= 0.80)),
+        ("H3", f"the guide's ramp ({h3['voters']:,} voters): p95, error rate (k6 exit {h3['k6_exit_code']})",
+         f"{h3['p95_ms']:,.0f} ms, {h3['error_rate']:.2%}", "the thresholds of k6/ramp.js",
+         _yes(not h3["thresholds_crossed"]) + (f" ({', '.join(h3['thresholds_crossed'])})" if h3["thresholds_crossed"]
+                                               else "")),
+    ]
     environment = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "cpus": os.cpu_count(),
                    "load_before": load_before, "load_after": os.getloadavg()[0]}
-    report = {"command": command, "sizes": sizes.__dict__, "environment": environment, "ratios": ratios, "h3": h3,
+    report: dict[str, Any] = {"command": command, "sizes": sizes.__dict__, "environment": environment, "ratios": ratios,
+                              "values": values, "h2_problems": v2.get("problems", []), "h3": h3,
               "cpu_ms_per_vote": {name: _cpu_per_vote(r) for name, r in runs.items()},
               "runs": {name: {k: v for k, v in r.items() if k != "timeline"} for name, r in runs.items()}}
-    print_tables(report, console)
-    if json_path:
-        json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-        console.print(f"JSON: {json_path}")
-    if report_path:
-        tables.write_section(report_path, markdown(report), START, END)
-        console.print(f"report: {report_path}")
+    columns, rows = _cpu_table(report)
+    env = environment
+    smoke = ["", "**Smoke run** (`--quick` sizes on a shared machine): it shows the machinery works end to end, not "
+                 "what the path can do; the figures come from a full `pgvote bench --http` on a quiet machine."]
+    publish("bench --http", [("HTTP ratios (same run)", RATIO_COLUMNS, ratios, (2,)),
+                             ("CPU milliseconds per vote, by process", columns, rows, range(1, len(columns)))],
+            [f"Command: `{command}`; sizes: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:g}"
+                                                      for k, v in sizes.__dict__.items())
+             + f". {env['date']}, {env['cpus']} cores, 1-minute load average {env['load_before']:.1f} before, "
+             f"{env['load_after']:.1f} after.", *(smoke if quick else [])],
+            report, report_path=report_path, json_path=json_path, console=console)
     return report
 
 
-def _met(ratio: dict[str, Any]) -> str:
-    if ratio["goal"] is None:
-        return "yes" if ratio.get("exactly_once") else "NO"
-    return "yes" if ratio["value"] >= ratio["goal"] else "NO"
-
-
-def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
-    rows = []
-    for r in report["ratios"]:
-        goal = f">= {r['goal']:g}" if r["goal"] is not None else "100% exactly once"
-        value = f"{r['value']:.2f}"
-        if r["name"] == "H2":
-            value += f" ({r['accepted']:,} accepted, {r['retries']:,} retries)"
-        rows.append((r["name"], r["what"], value, goal, _met(r)))
-    h3 = report["h3"]
-    crossed = ", ".join(h3["thresholds_crossed"]) or "none crossed"
-    rows.append(("H3", f"the guide's ramp ({h3['voters']:,} voters): p95, error rate (k6 exit {h3['k6_exit_code']})",
-                 f"{h3['p95_ms'] or 0:,.0f} ms, {(h3['error_rate'] or 0):.2%}", "p95 < 500 ms, errors < 5%",
-                 "yes" if not h3["thresholds_crossed"] else f"NO ({crossed})"))
-    return rows
+def _yes(met: bool) -> str:
+    return "yes" if met else "NO"
 
 
 def _cpu_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -184,26 +169,3 @@ def _cpu_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = [[run, f"{report['runs'][run]['figures']['votes_per_second']:,.0f}", *(f"{per.get(n, 0):.2f}" for n in names)]
             for run, per in report["cpu_ms_per_vote"].items()]
     return ["run", "votes/s", *names], rows
-
-
-def print_tables(report: dict[str, Any], console: Console) -> None:
-    console.print(tables.table("HTTP ratios (same run)", RATIO_COLUMNS, _rows(report)))
-    columns, rows = _cpu_table(report)
-    console.print(tables.table("CPU milliseconds per vote, by process", columns, rows, range(1, len(columns))))
-
-
-def markdown(report: dict[str, Any]) -> str:
-    env = report["environment"]
-    lines = [START, f"Command: `{report['command']}`; sizes: "
-             + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:g}" for k, v in report["sizes"].items())
-             + f". {env['date']}, {env['cpus']} cores, 1-minute load average {env['load_before']:.1f} before, "
-             f"{env['load_after']:.1f} after."]
-    if report["sizes"] == QUICK.__dict__:
-        lines += ["", "**Smoke run** (`--quick` sizes on a shared machine): it shows the machinery works end to "
-                      "end, not what the path can do; the figures come from a full `pgvote bench --http` on a quiet "
-                      "machine."]
-    columns, rows = _cpu_table(report)
-    lines += ["", *tables.markdown(RATIO_COLUMNS, _rows(report), (2,)), "", "CPU milliseconds per vote, by process:", "",
-              *tables.markdown(columns, rows, range(1, len(columns)))]
-    lines += ["", END]
-    return "\n".join(lines)

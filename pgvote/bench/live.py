@@ -3,7 +3,7 @@ docs/benchmarks.md, "How the live figures are made")."""
 from __future__ import annotations
 
 import asyncio
-import json
+import math
 import multiprocessing
 import os
 import time
@@ -15,17 +15,17 @@ from typing import Any
 import psycopg
 from rich.console import Console
 
-from pgvote import tables
+from pgvote.bench.report import publish
 from pgvote.http import ApiClient
 from pgvote.live_client import LiveRefused, LiveSubscriber, Transport
-from pgvote.loadtest.http_scenarios import HttpTarget, run_burst
-from pgvote.loadtest.scenarios import create_poll, new_tag
+from pgvote.loadtest.k6 import HttpTarget, run_burst
+from pgvote.loadtest.report import percentile as nearest_rank
+from pgvote.loadtest.scenarios import create_poll
 from pgvote.supervisor import raise_nofile_limit
 
 PER_ADDRESS = 16  # watchers per loopback address, under nginx's limit of 32
 CONNECT_AT_ONCE = 200
 SETTLE = 30.0  # seconds the watchers get to receive the final results after the burst
-START, END = "<!-- pgvote bench --live: start -->", "<!-- pgvote bench --live: end -->"
 
 
 @dataclass
@@ -47,10 +47,9 @@ class Fleet:
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(1000 * ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 1)
+    """The ``q`` (0..1) percentile of seconds, in ms; None when there are none."""
+    ms = nearest_rank(sorted(values), q * 100)
+    return None if math.isnan(ms) else round(1000 * ms, 1)
 
 
 def cast_times(admin_url: str, poll_id: str) -> list[float]:
@@ -126,7 +125,7 @@ def measure(stack: Any, subscribers: int, votes: int, console: Console) -> dict[
     load_before = os.getloadavg()[0]
     console.rule(f"burst without watchers: {votes:,} voters")
     before = run_burst(target, votes, None, console)
-    watched = create_poll(target.admin_url, new_tag())
+    watched = create_poll(target.admin_url)
     console.rule(f"{subscribers:,} watchers of one poll (EventSource and WebSocket, half each)")
     ours, theirs = multiprocessing.get_context("spawn").Pipe()
     fleet_process = multiprocessing.get_context("spawn").Process(
@@ -196,23 +195,13 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def markdown(r: dict[str, Any], command: str) -> str:
-    lines = [START, "## Live results (`pgvote bench --live`)", "",
-             (f"Command: `{command}` on the local stack ({os.cpu_count()} cores, shared with the drivers: k6 for "
-              "the votes, one asyncio process for the watchers; 1-minute load average "
-              f"{r['load_average'][0]} at the start, {r['load_average'][1]} at the end). "
-              "Method: the section below."), "",
-             *tables.markdown(("figure", "value"), rows(r))]
-    return "\n".join([*lines, "", END])
-
-
 def run_live_bench(stack: Any, *, subscribers: int, votes: int, report_path: Path | None, json_path: Path | None,
                    command: str, console: Console) -> dict[str, Any]:
-    result = measure(stack, subscribers, votes, console)
-    console.print(tables.table("live results under the vote burst", ("figure", "value"), rows(result), (1,)))
-    if json_path:
-        json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    if report_path:
-        tables.write_section(report_path, markdown(result, command), START, END)
-        console.print(f"report: {report_path}")
-    return result
+    r = measure(stack, subscribers, votes, console)
+    publish("bench --live", [("live results under the vote burst", ("figure", "value"), rows(r), (1,))],
+            ["## Live results (`pgvote bench --live`)", "",
+             f"Command: `{command}` on the local stack ({os.cpu_count()} cores, shared with the drivers: k6 for the "
+             "votes, one asyncio process for the watchers; 1-minute load average "
+             f"{r['load_average'][0]} at the start, {r['load_average'][1]} at the end). Method: the section below."],
+            r, report_path=report_path, json_path=json_path, console=console)
+    return r

@@ -1,37 +1,70 @@
-"""Present a benchmark run: terminal tables, JSON, the markdown section of docs/benchmarks.md, and a
-PNG chart of votes/s against clients."""
+"""``pgvote bench [--quick]`` (``run_bench``: every scenario in one invocation, then the report), and how
+every ``pgvote bench`` mode presents its run: terminal tables, JSON, the
+command's markdown section of docs/benchmarks.md (``publish``), the alternating A/B rounds behind the
+same-run ratios (``alternate``), and the PNG chart of votes/s against clients."""
 from __future__ import annotations
 
 import json
-import os
-import platform
 import re
-import subprocess
+import statistics
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import psycopg
 from rich.console import Console
 
 from pgvote import tables
-from pgvote.bench.pgbench import pgbench_binary
-from pgvote.bench.scenarios import Measured, Results
+from pgvote.bench.scenarios import HOT_POLL_BALLOTS, SPREAD_POLLS, Measured, Results, bench_database, run_all
+from pgvote.loadtest.report import machine
+from pgvote.loadtest.report import write_chart as chart
+from pgvote.paths import PROJECT_ROOT
 
-START, END = "<!-- pgvote bench: start -->", "<!-- pgvote bench: end -->"
+T = TypeVar("T")
+#: One table of a report: title, columns, rows, the indexes of right-aligned columns.
+Table = tuple[str, Sequence[str], Sequence[Sequence[str]], Sequence[int]]
 RATIO_COLUMNS = ("ratio", "what", "value", "goal", "met")
 SCENARIO_COLUMNS = ("scenario", "path", "clients", "votes/s", "p50 ms", "p95 ms", "p99 ms", "lock waits seen (samples)")
 
 
-def machine() -> dict[str, str]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    total = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
-    pgbench = subprocess.run([pgbench_binary(), "--version"], capture_output=True, text=True).stdout.strip()
-    bouncer = subprocess.run(["pgbouncer", "--version"], capture_output=True, text=True).stdout.splitlines()
-    return {"cpu": f"{os.cpu_count()} x {cpu}", "memory": f"{int(total[1]) / 1024 / 1024 if total else 0:.0f} GiB",
-            "os": platform.platform(), "pgbench": pgbench, "pgbouncer": bouncer[0] if bouncer else "?",
-            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
+def stamp(console: Console) -> Callable[[str], None]:
+    """A progress printer: each message after the seconds since the run started."""
+    started = time.monotonic()
+    return lambda message: console.print(f"[dim]{time.monotonic() - started:6.1f}s[/] {message}")
+
+
+def alternate(rounds: int, sides: dict[str, Callable[[], T]]) -> dict[str, list[T]]:
+    """``rounds`` of every side in turn (A, B, A, B ...): the other work of a shared machine weighs on each
+    side alike, so the ratio of their medians holds where their absolute figures drift."""
+    out: dict[str, list[T]] = {side: [] for side in sides}
+    for _ in range(rounds):
+        for side, measure in sides.items():
+            out[side].append(measure())
+    return out
+
+
+def median_ratio(values: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    return round(statistics.median(values[numerator]) / statistics.median(values[denominator]), 3)
+
+
+def publish(mode: str, tables_: Sequence[Table], intro: Sequence[str], result: Any, *, report_path: Path | None,
+            json_path: Path | None, console: Console, outro: Sequence[str] = ()) -> None:
+    """Print the tables; write ``result`` as JSON to ``json_path`` and, to ``report_path``, the section of
+    ``pgvote <mode>`` (its markers ``<!-- pgvote <mode>: start/end -->``): ``intro``, the tables, ``outro``."""
+    for title, columns, rows, right in tables_:
+        console.print(tables.table(title, columns, rows, right))
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        console.print(f"JSON: {json_path}")
+    if report_path:
+        lines = [f"<!-- pgvote {mode}: start -->", *intro]
+        for title, columns, rows, right in tables_:
+            lines += ["", *([f"{title}:", ""] if len(tables_) > 1 else []), *tables.markdown(columns, rows, right)]
+        tables.write_section(report_path, "\n".join([*lines, *outro, "", f"<!-- pgvote {mode}: end -->"]),
+                             f"<!-- pgvote {mode}: start -->", f"<!-- pgvote {mode}: end -->")
+        console.print(f"report: {report_path}")
 
 
 def as_json(results: Results, server_version: str, command: str) -> dict[str, Any]:
@@ -44,14 +77,14 @@ def as_json(results: Results, server_version: str, command: str) -> dict[str, An
             "locks_per_call": results.locks_per_call}
 
 
-def ratio_rows(results: Results, no: str = "NO") -> list[tuple[str, ...]]:
-    """The ratios, then the read latencies of the 1M-ballot poll (``no``: how a missed goal reads)."""
-    rows: list[tuple[str, ...]] = [(r.name, r.description, f"{r.value:.2f}", r.goal_text, "yes" if r.met else no)
+def ratio_rows(results: Results) -> list[tuple[str, ...]]:
+    """The ratios, then the read latencies of the 1M-ballot poll."""
+    rows: list[tuple[str, ...]] = [(r.name, r.description, f"{r.value:.2f}", r.goal_text, "yes" if r.met else "NO")
                                    for r in results.ratios]
     if results.reads_warm:
         p95 = results.reads_warm.figures.p95_ms
         rows.append(("reads", "poll_results p95 on the 1,000,000-ballot poll, warm, no other load", f"{p95:.2f} ms",
-                     "<= 5 ms", "yes" if p95 <= 5 else no))
+                     "<= 5 ms", "yes" if p95 <= 5 else "NO"))
     if results.reads_under_writes:
         rows.append(("R5", "poll_results p95 on the 1,000,000-ballot poll while 64 clients vote on it (2 cores "
                      "saturated by the writers and pgbench)", f"{results.reads_under_writes.figures.p95_ms:.2f} ms",
@@ -59,13 +92,13 @@ def ratio_rows(results: Results, no: str = "NO") -> list[tuple[str, ...]]:
     return rows
 
 
-def scenario_rows(results: Results, label: bool = False) -> list[tuple[str, ...]]:
-    """Every measured scenario, then the reads (``label``: the description with the name, for the docs)."""
+def scenario_rows(results: Results) -> list[tuple[str, ...]]:
+    """Every measured scenario, then the reads."""
     def waits(m: Measured) -> str:
         return ", ".join(f"{k}: {v}" for k, v in sorted(m.lock_waits.items())) or "none"
 
     rows: list[tuple[str, ...]] = [
-        (f"{m.description} (`{m.name}`)" if label else m.name, m.path, str(m.clients), f"{m.figures.per_second:,.0f}",
+        (f"{m.description} (`{m.name}`)", m.path, str(m.clients), f"{m.figures.per_second:,.0f}",
          f"{m.figures.p50_ms:.1f}", f"{m.figures.p95_ms:.1f}", f"{m.figures.p99_ms:.1f}", waits(m))
         for m in results.measured.values()]
     for reads in (results.reads_warm, results.reads_under_writes):
@@ -76,54 +109,59 @@ def scenario_rows(results: Results, label: bool = False) -> list[tuple[str, ...]
     return rows
 
 
-def print_tables(results: Results, console: Console) -> None:
-    console.print(tables.table("Scenarios (same run)", SCENARIO_COLUMNS, scenario_rows(results), range(2, 7)))
-    console.print(tables.table("Ratios", RATIO_COLUMNS, ratio_rows(results)))
-
-
-def markdown(results: Results, server_version: str, command: str) -> str:
+def publish_bench(results: Results, server_version: str, command: str, *, report_path: Path | None,
+                  json_path: Path | None, console: Console) -> None:
+    """``pgvote bench``'s tables, JSON and section of docs/benchmarks.md."""
     mach = machine()
-    lines = [START, "## Throughput (`pgvote bench`)", "",
+    locks = ["", "Locks held at the end of one call (one transaction, rolled back):", ""]
+    for call, held in results.locks_per_call.items():
+        relations = sorted({rel for kind, rel, _ in held if kind == "relation"})
+        locks.append(f"- {call}: {len(held)} locks — " + "; ".join(f"{k} {r} {m}".replace("  ", " ") for k, r, m in held))
+        locks.append(f"  (relations: {', '.join(relations)})")
+    publish("bench", [("Ratios", RATIO_COLUMNS, ratio_rows(results), (2, 3)),
+                      ("Scenarios (same run)", SCENARIO_COLUMNS, scenario_rows(results), range(2, 7))],
+            ["## Throughput (`pgvote bench`)", "",
              f"Machine: {mach['cpu']}, {mach['memory']}, {mach['os']}; {server_version}; {mach['pgbouncer']}; "
              f"{mach['pgbench']}. Run {mach['date']}, {results.seconds_per_run:g} s per scenario, "
-             f"the load generator (pgbench) on the same 2 cores.", "", f"Command: `{command}`", "",
-             *tables.markdown(RATIO_COLUMNS, ratio_rows(results, "**no**"), (2, 3)), "",
-             *tables.markdown(SCENARIO_COLUMNS, scenario_rows(results, label=True), range(2, 7)),
-             "", "Locks held at the end of one call (one transaction, rolled back):", ""]
-    for call, locks in results.locks_per_call.items():
-        relations = sorted({rel for kind, rel, _ in locks if kind == "relation"})
-        lines.append(f"- {call}: {len(locks)} locks — " + "; ".join(f"{k} {r} {m}".replace("  ", " ") for k, r, m in locks))
-        lines.append(f"  (relations: {', '.join(relations)})")
-    return "\n".join([*lines, "", "![votes/s against clients](benchmarks.png)", "", END])
+             f"the load generator (pgbench) on the same 2 cores.", "", f"Command: `{command}`"],
+            as_json(results, server_version, command), report_path=report_path, json_path=json_path,
+            console=console, outro=[*locks, "", "![votes/s against clients](benchmarks.png)"])
 
 
 def write_chart(results: Results, path: Path) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        raise RuntimeError("charts need matplotlib: pip install 'pgvote[chart]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """votes/s against clients of each scenario family swept."""
     labels = {"bare_insert": "bare INSERT (direct, prepared)", "cast_vote_hot": "cast_vote (direct, prepared)",
               "postgrest": "cast_vote as PostgREST sends it (PgBouncer, extended)"}
-    series: dict[str, list[tuple[int, float]]] = {}
+    points: dict[str, list[tuple[int, float]]] = {}
     for m in results.measured.values():
-        family = re.sub(r"_\d+$", "", m.name)
-        if family in labels:
-            series.setdefault(labels[family], []).append((m.clients, m.figures.per_second))
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for label, points in series.items():
-        points.sort()
-        ax.plot([c for c, _ in points], [v for _, v in points], marker="o", label=label)
-    ax.set(xscale="log", xlabel="concurrent clients", ylabel="votes/s (one transaction per vote)",
-           title="pgvote: votes/s against clients, one hot poll (same run)")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        if (family := re.sub(r"_\d+$", "", m.name)) in labels:
+            points.setdefault(labels[family], []).append((m.clients, m.figures.per_second))
+    series = {label: ([float(c) for c, _ in sorted(p)], [v for _, v in sorted(p)]) for label, p in points.items()}
+    chart(path, [("pgvote: votes/s against clients, one hot poll (same run)", "concurrent clients", True,
+                  "votes/s (one transaction per vote)", series, "", {})])
 
 
-def write_json(results: Results, server_version: str, command: str, path: Path) -> None:
-    path.write_text(json.dumps(as_json(results, server_version, command), indent=2, default=str))
+QUICK_SECONDS, FULL_SECONDS = 3.0, 15.0
+
+
+def run_bench(admin_url: str, bouncer_url: str, *, quick: bool, seconds: float | None, json_path: Path | None,
+              chart_path: Path | None, report_path: Path | None, command: str, console: Console) -> Results:
+    per_run, progress = seconds or (QUICK_SECONDS if quick else FULL_SECONDS), stamp(console)
+
+    with psycopg.connect(admin_url) as conn:
+        version = conn.execute("select version()").fetchone()
+        server_version = str(version[0] if version else "?").split(" on ")[0]
+    with bench_database(admin_url, bouncer_url, HOT_POLL_BALLOTS, SPREAD_POLLS, progress) as db:
+        results = run_all(db, per_run, progress, quick=quick)
+    progress("done; the bench database is dropped")
+
+    publish_bench(results, server_version, command, report_path=report_path, json_path=json_path,
+                         console=console)
+    if chart_path:
+        write_chart(results, chart_path)
+        console.print(f"chart: {chart_path}")
+    return results
+
+
+DEFAULT_REPORT = PROJECT_ROOT / "docs" / "benchmarks.md"
+DEFAULT_CHART = PROJECT_ROOT / "docs" / "benchmarks.png"

@@ -15,6 +15,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +23,16 @@ import psycopg
 from psycopg import sql
 from rich.console import Console
 
-from pgvote import tables
 from pgvote.bench import pgbench
-from pgvote.bench.fixtures import with_database
-from pgvote.bench.report import machine
+from pgvote.bench.report import alternate, publish
+from pgvote.bench.scenarios import with_database
+from pgvote.loadtest.report import machine
+from pgvote.loadtest.scenarios import create_poll
+from pgvote.loadtest.servers import cluster_ticks
 from pgvote.migrate import upgrade
 from pgvote.shards import ShardedStack, configure_router, share_voter_key_secret
 
 DATABASE = "pgvote_router_bench"
-START, END = "<!-- pgvote bench --router: start -->", "<!-- pgvote bench --router: end -->"
 BATCH = 500
 
 POLL = """
@@ -48,21 +50,8 @@ class Side:
 
 
 def cluster_cpu_seconds(data_dir: Path) -> float:
-    """User + system CPU of a cluster: its postmaster, the children it reaped, and the live ones."""
-    tick = os.sysconf("SC_CLK_TCK")
-    postmaster = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[-1].split()
-        except OSError:
-            continue
-        pid, parent = int(stat.parent.name), int(fields[1])
-        if pid == postmaster:
-            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-        elif parent == postmaster:
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+    """User + system CPU of the cluster whose postmaster.pid is in ``data_dir``."""
+    return cluster_ticks(int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_router_bench(stack: ShardedStack, *, seconds: float, clients: int, rounds: int,
@@ -78,12 +67,8 @@ def run_router_bench(stack: ShardedStack, *, seconds: float, clients: int, round
         with psycopg.connect(router_url) as conn:
             configure_router(conn, [shard.conninfo(DATABASE)])
         share_voter_key_secret(router_url, [shard_url])
-        with psycopg.connect(router_url, autocommit=True) as conn:
-            with conn.transaction():
-                conn.execute("select set_config('request.jwt.claims', '{\"role\": \"authenticated\", \"sub\": \"bench\"}', true)")
-                created = conn.execute("select api.create_poll('router bench', array['a', 'b', 'c', 'd'])").fetchone()
-        assert created is not None
-        poll, option = created[0]["poll_id"], created[0]["option_ids"][0]
+        created = create_poll(router_url, "router", ("a", "b", "c", "d"), 1)
+        poll, option = created.poll_id, created.option_ids[0]
         for url in (router_url, shard_url):
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute(POLL)
@@ -94,26 +79,28 @@ def run_router_bench(stack: ShardedStack, *, seconds: float, clients: int, round
         }
         results: dict[str, dict[str, Side]] = {}
         for name, (script, variables, ballots) in scenarios.items():
-            runs: dict[str, list[Side]] = {"direct": [], "router": []}
-            for _ in range(rounds):
-                for side, url in (("direct", shard_url), ("router", router_url)):
-                    console.print(f"[dim]{name}: {side}, {clients} clients, {seconds:.0f} s[/]")
-                    runs[side].append(_measure(stack, url, script, variables, ballots, clients, seconds))
+            console.print(f"[dim]{name}: direct and router in turn, {clients} clients, {seconds:.0f} s each[/]")
+            runs = alternate(rounds, {side: partial(_measure, stack, url, script, variables, ballots, clients, seconds)
+                                      for side, url in (("direct", shard_url), ("router", router_url))})
             results[name] = {side: Side(*(statistics.median(getattr(s, f) for s in sides)
                                           for f in Side.__dataclass_fields__))
                              for side, sides in runs.items()}
     finally:
         for url in (stack.admin_url, shard.admin_url):
             _drop(url)
-    figures = {"machine": machine(), "command": command, "clients": clients, "seconds": seconds, "rounds": rounds,
+    figures: dict[str, Any] = {"machine": machine(), "command": command, "clients": clients, "seconds": seconds, "rounds": rounds,
                "load": [load_before, os.getloadavg()[0]],
                "scenarios": {name: {side: s.__dict__ for side, s in sides.items()} | {
                    "ratio": sides["router"].votes_per_s / sides["direct"].votes_per_s}
                    for name, sides in results.items()}}
-    _print(figures, console)
-    if report_path:
-        tables.write_section(report_path, markdown(figures), START, END)
-        console.print(f"report: {report_path}")
+    m = figures["machine"]
+    publish("bench --router", [(f"router overhead, {clients} clients, median of {rounds} rounds", COLUMNS,
+                                _rows(figures), range(2, 7))],
+            ["", f"`{command}`, {m['date']}, {m['cpu']}, {m['memory']}; {clients} pgbench clients, {seconds:.0f} s "
+             f"per run, median of {rounds} alternating rounds; router and shard-0 on this machine, load average "
+             f"{figures['load'][0]:.1f} before, {figures['load'][1]:.1f} after (the machine is shared: the ratio "
+             "moves with the load, the CPU per ballot much less)."], figures, report_path=report_path,
+            json_path=None, console=console)
     return figures
 
 
@@ -142,26 +129,12 @@ def _drop(admin_url: str) -> None:
 COLUMNS = ("scenario", "path", "ballots/s", "p95 ms", "router CPU µs/ballot", "shard CPU µs/ballot", "routed ÷ direct")
 
 
-def _rows(figures: dict[str, Any], bold: str = "") -> list[tuple[str, ...]]:
+def _rows(figures: dict[str, Any]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for name, sides in figures["scenarios"].items():
         for side in ("direct", "router"):
             s = sides[side]
-            ratio = f"{bold}{sides['ratio']:.2f}{bold}" if side == "router" else ""
+            ratio = f"{sides['ratio']:.2f}" if side == "router" else ""
             rows.append((str(name), side, f"{s['votes_per_s']:,.0f}", f"{s['p95_ms']:.1f}", f"{s['router_cpu_us']:.0f}",
                          f"{s['shard_cpu_us']:.0f}", ratio))
     return rows
-
-
-def _print(figures: dict[str, Any], console: Console) -> None:
-    console.print(tables.table(f"router overhead, {figures['clients']} clients, median of {figures['rounds']} rounds",
-                               COLUMNS, _rows(figures), right=range(2, 7)))
-
-
-def markdown(figures: dict[str, Any]) -> str:
-    m = figures["machine"]
-    lines = [START, "", f"`{figures['command']}`, {m['date']}, {m['cpu']}, {m['memory']}; {figures['clients']} pgbench "
-             f"clients, {figures['seconds']:.0f} s per run, median of {figures['rounds']} alternating rounds; router "
-             f"and shard-0 on this machine, load average {figures['load'][0]:.1f} before, {figures['load'][1]:.1f} after "
-             "(the machine is shared: the ratio moves with the load, the CPU per ballot much less).", ""]
-    return "\n".join([*lines, *tables.markdown(COLUMNS, _rows(figures, bold="**"), right=range(2, 7)), "", END])

@@ -1,22 +1,120 @@
-"""The benchmark's scenarios, run in one session so that only same-run ratios are
-compared (absolute figures drift by 30% between runs on these machines)."""
+"""The benchmark's scenarios, run in one session so that only same-run ratios are compared (absolute
+figures drift by 30% between runs on these machines), on its own database: created on the target
+cluster, migrated with the project's migrations, filled with bench polls (sql/schema.sql, sql/fill.sql),
+and dropped afterwards. Lock observations: lock waits sampled from pg_locks during a run, and the
+locks one cast_vote call holds at its end."""
 from __future__ import annotations
 
-import tempfile
+import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from rich.console import Console
 
-from partitions.sqlexec import one
-from pgvote.bench.fixtures import BenchDatabase
-from pgvote.bench.locks import LockWaitSampler, locks_held_by_one_call
 from pgvote.bench.pgbench import POSTGREST_RPC, Figures, Run, postgrest_variables, run
-from pgvote.loadtest import scratch
-from pgvote.loadtest.scenarios import create_poll
+from pgvote.loadtest import LoadtestConfig
+from pgvote.loadtest.scenarios import run_bare, run_bulk_scenario, run_single
+from pgvote.migrate import upgrade
+from pgvote.schema_dump import scratch_database
+
+BENCH_DATABASE = "pgvote_bench"
+HOT_POLL_BALLOTS = 1_000_000
+SPREAD_POLLS = 10_000
+SQL = Path(__file__).parent / "sql"
+
+
+def with_database(url: str, database: str, user: str | None = None) -> str:
+    parts = urlsplit(url)
+    netloc = f"{user}@{parts.netloc.split('@', 1)[-1]}" if user else parts.netloc
+    return urlunsplit(parts._replace(path="/" + database, netloc=netloc))
+
+
+@dataclass(frozen=True)
+class BenchDatabase:
+    admin_url: str      # superuser, direct
+    api_url: str        # authenticator through PgBouncer
+    bouncer_url: str    # superuser through PgBouncer: the direct scenarios' calls on the production path
+    hot_poll: str
+    hot_option: str
+
+
+@contextmanager
+def bench_database(admin_url: str, bouncer_url: str, hot_ballots: int = HOT_POLL_BALLOTS,
+                   polls: int = SPREAD_POLLS,
+                   progress: Callable[[str], None] = lambda message: None) -> Iterator[BenchDatabase]:
+    """Create, migrate and fill pgvote_bench; drop it on the way out, whatever happens."""
+    with scratch_database(admin_url, name=BENCH_DATABASE) as bench_admin:
+        api_url = with_database(bouncer_url, BENCH_DATABASE)
+        progress("migrating the bench database")
+        upgrade(bench_admin)
+        progress(f"creating {polls:,} polls, loading {hot_ballots:,} ballots into the hot poll")
+        with psycopg.connect(bench_admin, autocommit=True) as conn:
+            conn.execute((SQL / "schema.sql").read_text())
+            conn.execute((SQL / "fill.sql").read_text() % {"polls": int(polls), "ballots": int(hot_ballots)})
+            conn.execute("analyze")
+            hot = conn.execute("select poll_id::text, option_id::text from bench.polls where n = 1").fetchone()
+        assert hot is not None, "fill.sql made poll 1"
+        yield BenchDatabase(bench_admin, api_url, with_database(api_url, BENCH_DATABASE, "postgres"), *hot)
+
+
+class LockWaitSampler:
+    """Samples ungranted locks of the current database every few milliseconds."""
+
+    def __init__(self, url: str, interval: float = 0.002) -> None:
+        self.url, self.interval = url, interval
+        self.seen: Counter[tuple[str, str, str]] = Counter()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self._stop.is_set():
+                for locktype, relation, query in conn.execute(
+                    """select l.locktype, coalesce(l.relation::regclass::text, ''), a.query
+                       from pg_locks l join pg_stat_activity a on a.pid = l.pid
+                       where not l.granted and a.datname = current_database()"""
+                ).fetchall():
+                    self.seen[(locktype, relation, query[:40])] += 1
+                self.samples += 1
+                time.sleep(self.interval)
+
+    def waits_by_type(self) -> dict[str, int]:
+        by_type: Counter[str] = Counter()
+        for (locktype, relation, _), n in self.seen.items():
+            by_type[f"{locktype} {relation}".strip()] += n
+        return dict(by_type)
+
+    def __enter__(self) -> LockWaitSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def locks_held_by_one_call(conn: psycopg.Connection, sql: str, params: tuple[object, ...]) -> list[tuple[str, str, str]]:
+    """Run one call in a transaction that is rolled back, and list the locks it held."""
+    with conn.transaction(force_rollback=True):
+        conn.execute(sql, params)
+        rows = conn.execute(
+            """select locktype, coalesce(relation::regclass::text, ''), mode from pg_locks
+               where pid = pg_backend_pid() and locktype <> 'virtualxid'
+                 and coalesce(relation::regclass::text, '') <> 'pg_locks'
+               order by 1, 2, 3"""
+        ).fetchall()
+    return [(str(a), str(b), str(c)) for a, b, c in rows]
+
 
 SWEEP_CLIENTS = (16, 64, 256, 1000)
 DIRECT_SWEEP_CLIENTS = (16, 64, 200)
@@ -67,24 +165,15 @@ class Results:
     bulk_seconds: dict[str, float] = field(default_factory=dict)  # bulk run name -> wall seconds for SPIKE ballots
 
 
-class NotExactlyOnce(RuntimeError):
-    pass
-
-
-def fresh_poll(admin_url: str) -> tuple[str, str]:
-    """A new poll (4 options, one choice, anonymous votes) and its first option: one per spike run."""
-    poll = create_poll(admin_url, "bench", ("a", "b", "c", "d"), 1)
-    return poll.poll_id, poll.option_ids[0]
-
-
-def verify_exactly_once(admin_url: str, poll: str, expected: int, table: str = "voting.ballots") -> None:
-    """Every ballot of the run stored once, and (for voting.ballots) counted once in the tallies."""
-    with psycopg.connect(admin_url) as conn:
-        stored = one(conn.execute(f"select count(*) from {table} where poll_id = %s", (poll,)))
-        counted = (one(conn.execute("select coalesce(sum(ballots), 0) from voting.tally_slots where poll_id = %s",
-                                    (poll,))) if table == "voting.ballots" else stored)
-    if stored != expected or counted != expected:
-        raise NotExactlyOnce(f"poll {poll}: {stored:,} stored, {counted:,} counted, {expected:,} sent")
+def _loadtest_measured(name: str, description: str, result: dict[str, Any]) -> Measured:
+    """A scenario of ``pgvote loadtest --sql`` as a bench row; one vote lost or doubled fails the bench."""
+    if not result["verification"]["exactly_once"]:
+        raise RuntimeError(f"{name}: not exactly once: {result['verification']}")
+    f = result["figures"]
+    lat = f["request_latency"]
+    return Measured(name, description, result["clients"], "PgBouncer, extended",
+                    Figures(f["accepted"], f["votes_per_second"], f["gave_up"], lat["p50_ms"], lat["p95_ms"],
+                            lat["p99_ms"], lat["max_ms"]))
 
 
 def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None], quick: bool = False) -> Results:
@@ -110,55 +199,41 @@ def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None], 
         results.measured[name] = m
         return m
 
-    bare = measure("bare_insert", "bare INSERT of one ballot row, hot poll", "bare_insert.sql", 64, hot)
-    cast_hot = measure("cast_vote_hot", "cast_vote, one hot poll", "cast_vote.sql", 64, hot)
+    measure("bare_insert", "bare INSERT of one ballot row, hot poll", "bare_insert.sql", 64, hot)
+    measure("cast_vote_hot", "cast_vote, one hot poll", "cast_vote.sql", 64, hot)
     # Direct connections cannot go past max_connections (300): the sweep stops at 200, and
     # runs before PgBouncer holds server connections of its own.
     for c in DIRECT_SWEEP_CLIENTS:
         if c != 64:
             measure(f"bare_insert_{c}", "bare INSERT of one ballot row, hot poll", "bare_insert.sql", c, hot)
             measure(f"cast_vote_hot_{c}", "cast_vote, one hot poll", "cast_vote.sql", c, hot)
-    cast_spread = measure("cast_vote_spread", "cast_vote spread over 10,000 polls", "cast_vote.sql", 64, spread)
-    cast_bouncer = measure("cast_vote_pgbouncer", "cast_vote, one hot poll, through PgBouncer without prepared statements",
-                           "cast_vote.sql", 64, hot, via_bouncer=True, as_superuser=True)
-    guide = measure("guide_baseline", "the original guide's vote path (4 statements, counter row)",
-                    "guide_baseline.sql", 64, hot)
-    sweep = {c: measure(f"postgrest_{c}", "cast_vote as PostgREST sends it, through PgBouncer",
-                        POSTGREST_RPC, c, production(), via_bouncer=True) for c in SWEEP_CLIENTS}
+    measure("cast_vote_spread", "cast_vote spread over 10,000 polls", "cast_vote.sql", 64, spread)
+    measure("cast_vote_pgbouncer", "cast_vote, one hot poll, through PgBouncer without prepared statements",
+            "cast_vote.sql", 64, hot, via_bouncer=True, as_superuser=True)
+    measure("guide_baseline", "the original guide's vote path (4 statements, counter row)", "guide_baseline.sql", 64, hot)
+    for c in SWEEP_CLIENTS:
+        measure(f"postgrest_{c}", "cast_vote as PostgREST sends it, through PgBouncer", POSTGREST_RPC, c, production(),
+                via_bouncer=True)
     with psycopg.connect(db.admin_url, autocommit=True) as conn:  # measure the hook's cost, refuse nothing
         conn.execute("update rate_limit.limits set requests_per_minute = 1e6, burst = 1000000")
-    hook = measure("postgrest_64_rate_limited", "the same with the rate-limit pre-request hook on",
+    measure("postgrest_64_rate_limited", "the same with the rate-limit pre-request hook on",
                    POSTGREST_RPC, 64, production(hook=True), via_bouncer=True)
-    # The 50,000-vote burst: the same 50,000 PostgREST transactions (hook on, a bucket per client) as
-    # bare inserts and as cast_vote, from the same clients through the same PgBouncer, each on a new poll.
-    burst: dict[str, Measured] = {}
-    with tempfile.TemporaryDirectory(prefix="pgvote-bench-") as tmp:
-        for name, script, table in (("burst_bare_insert", scratch.bare_script(Path(tmp)), "pgvote_loadtest.ballots"),
-                                    ("burst_cast_vote", POSTGREST_RPC, "voting.ballots")):
-            poll, option = fresh_poll(db.admin_url)
-            progress(f"{name}: {SPIKE:,} votes as PostgREST sends them, {BURST_CLIENTS} clients through PgBouncer")
-            per_client = SPIKE // BURST_CLIENTS
-            figures = run(Run(script, db.api_url, BURST_CLIENTS, protocol="extended", transactions=per_client,
-                              variables=postgrest_variables(poll_id=poll, patterns=[[option]], prefix="burst-",
-                                                            per_client=per_client, hook=True, caller="client")))
-            verify_exactly_once(db.admin_url, poll, SPIKE, table)
-            burst[name] = results.measured[name] = Measured(
-                name, f"{SPIKE:,}-vote burst, {'cast_vote' if table == 'voting.ballots' else 'bare insert'}, "
-                "hook on, each vote once", BURST_CLIENTS, "PgBouncer, extended", figures)
-
-    # The bulk path: SPIKE ballots for one new poll through cast_votes as the ingest role through
-    # PgBouncer, for each (batch size, concurrent batches); the fastest counts.
+    # The 50,000-vote burst and the bulk path: `pgvote loadtest --sql`'s scenarios on the bench database
+    # (PostgREST's statements through PgBouncer, the hook on, verified exactly once): the same transactions
+    # as bare inserts and as cast_vote, then SPIKE ballots through cast_votes for each (batch size,
+    # concurrent batches); the fastest bulk run counts.
+    cfg = LoadtestConfig(database_url=db.api_url, admin_url=db.admin_url, voters=SPIKE, clients=BURST_CLIENTS)
+    quiet = Console(quiet=True)
+    for name, scenario in (("burst_bare_insert", run_bare), ("burst_cast_vote", run_single)):
+        progress(f"{name}: {SPIKE:,} votes as PostgREST sends them, {BURST_CLIENTS} clients through PgBouncer")
+        results.measured[name] = _loadtest_measured(name, f"{SPIKE:,}-vote burst, {name.removeprefix('burst_')}, "
+                                                    "hook on, each vote once", scenario(cfg, quiet, True))
     for batch, clients in (BULK_QUICK if quick else BULK_SWEEP):
-        poll, option = fresh_poll(db.admin_url)
         name = f"bulk_{batch}x{clients}"
         progress(f"{name}: {SPIKE:,} ballots through cast_votes, batches of {batch}, {clients} at a time")
-        figures = run(Run("bulk_cast_votes.sql", db.api_url, clients, protocol="extended",
-                          transactions=SPIKE // batch // clients,
-                          variables={"poll": poll, "opt": option, "batch": str(batch)}))
-        verify_exactly_once(db.admin_url, poll, SPIKE)
-        results.bulk_seconds[name] = SPIKE / (figures.per_second * batch)
-        results.measured[name] = Measured(name, f"cast_votes, batches of {batch} (rate: batches/s)", clients,
-                                          "PgBouncer, extended", figures)
+        bulk = run_bulk_scenario(replace(cfg, batch=batch, clients=clients), quiet, True)
+        results.bulk_seconds[name] = bulk["figures"]["drain_seconds"]
+        results.measured[name] = _loadtest_measured(name, f"cast_votes, batches of {batch} (rate: ballots/s)", bulk)
 
     for number, candidate in enumerate(("shared_counter", "delta_log", "backend_slot"), start=1):
         measure(f"tally_{candidate}", f"tally candidate: ballot + {candidate.replace('_', ' ')}", "tally_candidate.sql",
@@ -193,26 +268,25 @@ def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None], 
         results.locks_per_call["cast_vote, revote"] = locks_held_by_one_call(
             conn, call, (db.hot_poll, other, "lock-probe-revote"))
 
-    def per_s(m: Measured) -> float:
-        return m.figures.per_second
+    def ratio(name: str, description: str, numerator: str, denominator: str, goal: float) -> Ratio:
+        value = results.measured[numerator].figures.per_second / results.measured[denominator].figures.per_second
+        return Ratio(name, description, value, goal, numerator, denominator)
 
     results.ratios = [
-        Ratio("R1", "write cost: cast_vote / bare INSERT (direct, prepared, 64 clients, hot poll)",
-              per_s(cast_hot) / per_s(bare), 0.80, "cast_vote_hot", "bare_insert"),
-        Ratio("R2", "hot poll: cast_vote on ONE poll / spread over 10,000 polls",
-              per_s(cast_hot) / per_s(cast_spread), 0.90, "cast_vote_hot", "cast_vote_spread"),
-        Ratio("R3", "vs the original guide's design (one hot poll, 64 clients)",
-              per_s(cast_hot) / per_s(guide), 4.0, "cast_vote_hot", "guide_baseline"),
-        Ratio("R4", "production path: cast_vote through PgBouncer (transaction mode, no prepared statements) / direct prepared",
-              per_s(cast_bouncer) / per_s(cast_hot), 0.60, "cast_vote_pgbouncer", "cast_vote_hot"),
-        Ratio("R4+", "the same with PostgREST's whole envelope (BEGIN, set_config, json_to_record call, COMMIT: 4 round trips)",
-              per_s(sweep[64]) / per_s(cast_hot), 0.60, "postgrest_64", "cast_vote_hot"),
-        Ratio("hook", "rate limiting on: PostgREST path with hooks.pre_request / without (PgBouncer, 64 clients)",
-              per_s(hook) / per_s(sweep[64]), 0.80, "postgrest_64_rate_limited", "postgrest_64"),
-        Ratio("burst", f"{SPIKE:,}-vote burst: cast_vote / bare insert, same transactions, clients and path "
+        ratio("R1", "write cost: cast_vote / bare INSERT (direct, prepared, 64 clients, hot poll)",
+              "cast_vote_hot", "bare_insert", 0.80),
+        ratio("R2", "hot poll: cast_vote on ONE poll / spread over 10,000 polls", "cast_vote_hot", "cast_vote_spread",
+              0.90),
+        ratio("R3", "vs the original guide's design (one hot poll, 64 clients)", "cast_vote_hot", "guide_baseline", 4.0),
+        ratio("R4", "production path: cast_vote through PgBouncer (transaction mode, no prepared statements) / direct "
+              "prepared", "cast_vote_pgbouncer", "cast_vote_hot", 0.60),
+        ratio("R4+", "the same with PostgREST's whole envelope (BEGIN, set_config, json_to_record call, COMMIT: 4 round "
+              "trips)", "postgrest_64", "cast_vote_hot", 0.60),
+        ratio("hook", "rate limiting on: PostgREST path with hooks.pre_request / without (PgBouncer, 64 clients)",
+              "postgrest_64_rate_limited", "postgrest_64", 0.80),
+        ratio("burst", f"{SPIKE:,}-vote burst: cast_vote / bare insert, same transactions, clients and path "
               f"(PostgREST's statements, hook on, {BURST_CLIENTS} clients through PgBouncer)",
-              per_s(burst["burst_cast_vote"]) / per_s(burst["burst_bare_insert"]), 0.80,
-              "burst_cast_vote", "burst_bare_insert"),
+              "burst_cast_vote", "burst_bare_insert", 0.80),
     ]
     fastest = min(results.bulk_seconds, key=results.bulk_seconds.__getitem__)
     results.ratios.append(Ratio("bulk", f"seconds for {SPIKE:,} ballots of one poll through cast_votes (ingest role, "

