@@ -26,14 +26,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
 from partitions.cli import call
-from partitions.sqlexec import one
 from pgvote.bench.pgbench import Run, Transaction, execute
 from pgvote.database_url import database_url
 from pgvote.loadtest.scenarios import create_poll
+
+
+def one(conn: psycopg.Connection, query: str, params: tuple[object, ...] = ()) -> Any:
+    """The first column of the one row a query returns."""
+    row = conn.execute(query, params).fetchone()
+    assert row is not None, query
+    return row[0]
 
 SCRIPT = """\\set p random(1, {n})
 \\set o random(1, 3)
@@ -56,8 +63,8 @@ def make_polls(conn: psycopg.Connection, admin_url: str, m: int, r: int, hot: in
     while len(hot_polls) < hot or len(cold_polls) < cold:
         spec = create_poll(admin_url, "split-benchmark", ("a", "b", "c"), 1, allow_revote=True)
         poll = (spec.poll_id, list(spec.option_ids))
-        inside = one(conn.execute("select satisfies_hash_partition('voting.ballots'::regclass, %s, %s, %s::uuid)",
-                                  (m, r, poll[0])))
+        inside = one(conn, "select satisfies_hash_partition('voting.ballots'::regclass, %s, %s, %s::uuid)",
+                     (m, r, poll[0]))
         if inside and len(hot_polls) < hot:
             hot_polls.append(poll)
         elif not inside and len(cold_polls) < cold:
@@ -75,7 +82,7 @@ def seed(conn: psycopg.Connection, polls: list[tuple[str, list[str]]], rows: int
                            array[(%(opts)s::uuid[])[(g %% %(n)s) * 3 + 1 + (g / %(n)s) %% 3]]
                     from generate_series(0, %(rows)s - 1) g""",
                  {"ids": ids, "opts": options, "n": len(ids), "rows": rows})
-    if one(conn.execute("select to_regprocedure('internal.rebuild_tallies(uuid)') is not null")):
+    if one(conn, "select to_regprocedure('internal.rebuild_tallies(uuid)') is not null"):
         for poll_id in ids:
             conn.execute("select internal.rebuild_tallies(%s)", (poll_id,))
     conn.execute(f"vacuum analyze {source}")
@@ -131,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                         if args.partition in (None, row[0], row[0].partition(".")[2]))
     hot, cold = make_polls(conn, database_url(), m, r, args.hot, args.cold)
     seeded = seed(conn, hot, args.rows, source)
-    rows = one(conn.execute(f"select count(*) from {source}"))
+    rows = one(conn, f"select count(*) from {source}")
     print(f"seeded {rows:,} rows into {source} in {seeded:.0f} s", file=sys.stderr)
 
     logs = Path(tempfile.mkdtemp(prefix="split-bench-"))
@@ -163,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             window("after", tx, result["switched_at"] + 1, load_ended - 1),
         ]
     figures = {
-        "machine": {"cpus": os.cpu_count(), "postgres": one(conn.execute("show server_version")),
+        "machine": {"cpus": os.cpu_count(), "postgres": one(conn, "show server_version"),
                     "load_average_1m": os.getloadavg()[0]},
         "partition": source, "rows": rows, "clients": args.clients, "batch_size": args.batch_size,
         "split": {**result, "writer_wait_ms": result["lock_wait_ms"] + result["held_ms"]},
@@ -171,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         "transactions": len(outcome.committed) if outcome else 0,
         "pgbench_aborted_clients": len(outcome.aborted) if outcome else 0,
         "pgbench_errors": list(outcome.aborted.values())[:5] if outcome else [],
-        "verify_healthy": not one(conn.execute("select count(*) from partman.verify('voting') "
-                                               "where severity = 'problem'")),
+        "verify_healthy": not one(conn, "select count(*) from partman.verify('voting') where severity = 'problem'"),
     }
     shutil.rmtree(logs, ignore_errors=True)
     print(json.dumps(figures, indent=2))
