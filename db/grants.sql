@@ -40,6 +40,11 @@ revoke all on all functions in schema shard from public, anon, authenticated, in
 grant usage on schema shard to pgvote_router;
 grant execute on all functions in schema shard to pgvote_router;
 
+-- The partition manager runs DDL with its caller's rights: the database owner (or a superuser)
+-- only. ALL ROUTINES, because ALL FUNCTIONS leaves out procedures.
+revoke all on schema partman from public, anon, authenticated, ingest, ops, pgvote_router;
+revoke all on all routines in schema partman from public, anon, authenticated, ingest, ops, pgvote_router;
+
 grant usage on schema monitoring to ops;
 grant select on all tables in schema monitoring to ops;
 -- ...and pg_stat_statements' function, which the latency views call as the reader: created after

@@ -55,6 +55,18 @@ CREATE SCHEMA monitoring;
 COMMENT ON SCHEMA monitoring IS 'Read-only health views for operators and Prometheus: readable by role ops, never by API roles.';
 
 --
+-- Name: partman; Type: SCHEMA; Schema: -; Owner: -
+--
+
+CREATE SCHEMA partman;
+
+--
+-- Name: SCHEMA partman; Type: COMMENT; Schema: -; Owner: -
+--
+
+COMMENT ON SCHEMA partman IS 'The partition manager: catalog reports and the online split of hash partitions. Run by the database owner only.';
+
+--
 -- Name: rate_limit; Type: SCHEMA; Schema: -; Owner: -
 --
 
@@ -1210,6 +1222,1179 @@ begin
     return key;
 end
 $$;
+
+--
+-- Name: compress(integer[], integer); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.compress(slots integer[], total integer) RETURNS TABLE(modulus integer, remainder integer)
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+declare
+    is_left boolean[] := array_fill(false, array[total]);
+    remaining integer := 0;
+    slot integer;
+    whole boolean;
+begin
+    foreach slot in array array(select distinct s from unnest(slots) as s) loop
+        is_left[slot + 1] := true;
+        remaining := remaining + 1;
+    end loop;
+    for d in 1 .. total loop
+        exit when remaining = 0;
+        continue when total % d <> 0;
+        for r in 0 .. d - 1 loop
+            whole := true;
+            for slot in r .. total - 1 by d loop
+                if not is_left[slot + 1] then
+                    whole := false;
+                    exit;
+                end if;
+            end loop;
+            continue when not whole;
+            for slot in r .. total - 1 by d loop
+                is_left[slot + 1] := false;
+                remaining := remaining - 1;
+            end loop;
+            modulus := d;
+            remainder := r;
+            return next;
+        end loop;
+    end loop;
+end
+$$;
+
+--
+-- Name: copy_batch(jsonb, text[], integer, boolean); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.copy_batch(plan jsonb, after text[], batch_size integer, dry_run boolean) RETURNS TABLE(rows bigint, last text[])
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+declare
+    query text := format(
+        'with batch as materialized (select %1$s from %2$s %3$s order by %4$s limit %5$s), '
+        'low as (insert into %6$s (%1$s) select %1$s from batch where %7$s on conflict do nothing), '
+        'high as (insert into %8$s (%1$s) select %1$s from batch where not %7$s on conflict do nothing) '
+        'select (select count(*) from batch), array[%9$s] from batch order by %10$s limit 1',
+        plan->>'cols', plan->>'source',
+        case when after is null and not dry_run then '' else format('where (%s) > (%s)', plan->>'pk', plan->>'pk_typed') end,
+        plan->>'pk', batch_size, plan->>'low', format(plan->>'fits', '', plan->'low_slice'->>1), plan->>'high',
+        plan->>'pk_text', plan->>'pk_desc');
+begin
+    if dry_run then
+        raise notice using message = query, detail = 'sql';
+        rows := null;
+        last := null;
+        return;  -- no row
+    end if;
+    return query execute query using after;
+end
+$_$;
+
+--
+-- Name: coverage(text[], integer[], integer[]); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.coverage(names text[], moduli integer[], remainders integer[]) RETURNS TABLE(kind text, first text, second text, modulus integer, remainder integer)
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+declare
+    total integer := 1;
+    valid integer[] := '{}'::integer[];
+begin
+    for i in 1 .. coalesce(cardinality(names), 0) loop
+        if moduli[i] < 1 or remainders[i] < 0 or remainders[i] >= moduli[i] then
+            return query select 'invalid', format('%s: modulus %s, remainder %s', names[i], moduli[i], remainders[i]),
+                                null::text, null::integer, null::integer;
+        else
+            valid := valid || i;
+            total := lcm(total::bigint, moduli[i]::bigint)::integer;
+            if total > 1 << 20 then
+                raise exception 'the moduli have a least common multiple above %: too large to check slot by slot',
+                    1 << 20 using errcode = '22023';
+            end if;
+        end if;
+    end loop;
+    return query
+        select 'gap', null::text, null::text, c.modulus, c.remainder
+        from partman.compress(array(select s from generate_series(0, total - 1) as s
+                                    where not exists (select from unnest(valid) as k
+                                                      where s % moduli[k] = remainders[k])), total) as c;
+    return query
+        select 'overlap', names[a], names[b], c.modulus, c.remainder
+        from unnest(valid) as a, unnest(valid) as b,
+             lateral partman.compress(array(select s from generate_series(remainders[a], total - 1, moduli[a]) as s
+                                            where s % moduli[b] = remainders[b]), total)
+                     with ordinality as c(modulus, remainder, o)
+        where a < b and (remainders[a] - remainders[b]) % gcd(moduli[a], moduli[b]) = 0
+        order by names[a], names[b], c.o;
+end
+$$;
+
+--
+-- Name: crash_point(text); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.crash_point(point text) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+begin
+    if current_setting('partman.crash_at', true) = point then
+        raise warning 'partman.crash_at = %: terminating this backend now', point;
+        perform pg_terminate_backend(pg_backend_pid());
+        perform pg_sleep(60);  -- the termination is taken at the sleep's first interrupt check
+    end if;
+end
+$$;
+
+--
+-- Name: create_partitions(text, integer, boolean); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.create_partitions(table_name text, modulus integer, dry_run boolean DEFAULT false) RETURNS TABLE(partition text, statement text)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+declare
+    parent regclass := to_regclass(case when strpos(table_name, '.') > 0 then table_name else 'voting.' || table_name end);
+    strategy "char";
+    schema_name text;
+    base text;
+    other record;
+begin
+    if modulus < 1 or modulus > 1024 or modulus & (modulus - 1) <> 0 then
+        perform partman.refuse(format('the partition count must be a power of two between 1 and 1024; got %s', modulus));
+    end if;
+    select pt.partstrat, n.nspname, c.relname into strategy, schema_name, base
+    from pg_partitioned_table as pt join pg_class as c on c.oid = pt.partrelid
+    join pg_namespace as n on n.oid = c.relnamespace where pt.partrelid = parent and not c.relispartition;
+    if not found then
+        perform partman.refuse(format('%s is not a partitioned table (run the migrations first: `pgvote migrate`)',
+                                      table_name));
+    elsif strategy <> 'h' then
+        perform partman.refuse(format('%s.%s is not hash-partitioned: create makes hash partitions only',
+                                      schema_name, base));
+    end if;
+    select * into other from partman.partitions(parent) as p
+    where p.kind <> 'hash' or p.modulus <> create_partitions.modulus limit 1;
+    if found then
+        perform partman.refuse(format('%s.%s already has partitions of another layout (%s: %s); create only builds '
+                                      'the initial set, use `split` to grow it', schema_name, base, other.name, other.bound));
+    end if;
+    select * into other from partman.loose_tables(parent) as l
+    where l.modulus = create_partitions.modulus and l.role <> 'retired' limit 1;
+    if found then
+        perform partman.refuse(format('%s exists but is not attached: attach or drop it first', other.name));
+    end if;
+    for partition, statement in
+        select format('%s.%s_m%s_r%s', schema_name, base, modulus, r),
+               format('create table if not exists %I.%I partition of %I.%I for values with (modulus %s, remainder %s)',
+                      schema_name, format('%s_m%s_r%s', base, modulus, r), schema_name, base, modulus, r)
+        from generate_series(0, modulus - 1) as r
+        where not exists (select from partman.partitions(parent) as p where p.remainder = r) loop
+        perform partman.run(statement, dry_run);
+        return next;
+    end loop;
+end
+$$;
+
+--
+-- Name: drop_retired(text, text, integer, boolean); Type: PROCEDURE; Schema: partman; Owner: -
+--
+
+CREATE PROCEDURE partman.drop_retired(IN schema_name text, IN table_name text, IN lock_timeout_ms integer, IN dry_run boolean)
+    LANGUAGE plpgsql
+    AS $$
+declare
+    attempt integer := 0;
+    started timestamptz := clock_timestamp();
+begin
+    loop
+        attempt := attempt + 1;
+        begin
+            perform pg_catalog.set_config('lock_timeout', lock_timeout_ms || 'ms', true);
+            perform partman.run(pg_catalog.format('drop table if exists %I.%I', schema_name, table_name), dry_run);
+            exit;
+        exception when lock_not_available then
+            if attempt >= 40 then
+                perform partman.refuse(pg_catalog.format('drop %s.%s: gave up after 40 attempts (locks busy); nothing is '
+                                                         'lost, rerun `pgvote partitions split --resume` later',
+                                                         schema_name, table_name));
+            end if;
+        end;
+        perform pg_catalog.pg_sleep(least(0.05 * attempt, 1.0));
+    end loop;
+    commit;
+    raise notice 'dropped the old partition %.% in % ms', schema_name, table_name,
+        round(extract(epoch from pg_catalog.clock_timestamp() - started) * 1000);
+end
+$$;
+
+--
+-- Name: loose_tables(regclass); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.loose_tables(parent regclass) RETURNS TABLE(rel regclass, name text, modulus integer, remainder integer, role text, tuples real, bytes bigint)
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+    select l.oid::regclass, n.nspname || '.' || l.relname, x.m[1]::integer, x.m[2]::integer,
+           case when x.m[3] is not null then 'retired'
+                when exists (select from pg_constraint as k where k.conrelid = l.oid and k.contype = 'c'
+                             and k.conname = l.relname || '_split_check')
+                    then case when x.m[1]::integer % 2 = 0 then 'target' else 'stray' end
+                when not exists (select from partman.partitions(parent) as q
+                                 where q.kind = 'hash' and not q.pending
+                                   and (x.m[2]::integer - q.remainder) % gcd(x.m[1]::integer, q.modulus) = 0)
+                    then 'detached'
+                else 'stray' end,
+           l.reltuples, pg_total_relation_size(l.oid)
+    from pg_class as p
+    join pg_class as l on l.relnamespace = p.relnamespace and starts_with(l.relname, p.relname || '_m')
+    join pg_namespace as n on n.oid = l.relnamespace
+    cross join lateral regexp_match(substr(l.relname, length(p.relname) + 1),
+                                    '^_m(\d+)_r(\d+)(_split_old)?$') as x(m)
+    where p.oid = parent and l.relkind in ('r', 'p') and not l.relispartition and x.m is not null
+      and x.m[1]::integer > 0
+    order by 3, 4, 2
+$_$;
+
+--
+-- Name: mirror_ddl(jsonb); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.mirror_ddl(plan jsonb) RETURNS text[]
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+declare
+    pk_old text := (select string_agg('old.' || quote_ident(c), ', ') from jsonb_array_elements_text(plan->'pk_list') as c);
+    pk_new text := (select string_agg('new.' || quote_ident(c), ', ') from jsonb_array_elements_text(plan->'pk_list') as c);
+    pk_t text := (select string_agg('t.' || quote_ident(c), ', ') from jsonb_array_elements_text(plan->'pk_list') as c);
+    vals text := (select string_agg('new.' || c, ', ') from regexp_split_to_table(plan->>'cols', ', ') as c);
+    conflict text := coalesce('do update set ' || (select string_agg(format('%1$I = excluded.%1$I', c), ', ')
+                                                   from jsonb_array_elements_text(plan->'non_key') as c), 'do nothing');
+    lock text := format('%s, %s', internal.advisory_lock_namespace('split_mirror'), plan->>'mirror_lock_key');
+    body text;
+    target text;
+    upserts text[] := '{}'::text[];
+    deletes text := '';
+begin
+    foreach target in array array[plan->>'low', plan->>'high'] loop
+        upserts := upserts || format('insert into %s as t (%s) values (%s) on conflict (%s) %s;',
+                                     target, plan->>'cols', vals, plan->>'pk', conflict);
+        deletes := deletes || format('delete from %s as t where (%s) = (%s); ', target, pk_t, pk_old);
+    end loop;
+    body := format($body$
+begin
+    if tg_op <> 'INSERT' and (tg_op = 'DELETE' or (%1$s) is distinct from (%2$s)) then
+        perform pg_catalog.pg_advisory_xact_lock_shared(%3$s);
+        %4$s
+    end if;
+    if tg_op <> 'DELETE' then
+        if %5$s then
+            %6$s
+        else
+            %7$s
+        end if;
+    end if;
+    return null;
+end
+$body$, pk_old, pk_new, lock, deletes, format(plan->>'fits', 'new.', plan->'low_slice'->>1), upserts[1], upserts[2]);
+    return array[
+        format('create or replace function %s() returns trigger language plpgsql '
+               'set search_path = pg_catalog, pg_temp as %L', plan->>'mirror_function', body),
+        format('revoke all on function %s() from public', plan->>'mirror_function'),
+        format('drop trigger if exists pgvote_split_mirror on %s', plan->>'source'),
+        format('create trigger pgvote_split_mirror after insert or update or delete on %s '
+               'for each row execute function %s()', plan->>'source', plan->>'mirror_function'),
+        format('alter table %s enable always trigger pgvote_split_mirror', plan->>'source')];
+end
+$_$;
+
+--
+-- Name: partitioned_tables(text); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.partitioned_tables(schema_name text) RETURNS TABLE(rel regclass, name text, strategy text, key text[])
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    select c.oid::regclass, n.nspname || '.' || c.relname,
+           case pt.partstrat when 'h' then 'hash' when 'l' then 'list' else 'range' end,
+           case when 0 = any (pt.partattrs::int2[]) then '{}'::text[] else array(
+               select a.attname::text from unnest(pt.partattrs::int2[]) with ordinality as k(attnum, o)
+               join pg_attribute as a on a.attrelid = c.oid and a.attnum = k.attnum order by k.o) end
+    from pg_partitioned_table as pt
+    join pg_class as c on c.oid = pt.partrelid
+    join pg_namespace as n on n.oid = c.relnamespace
+    where n.nspname = schema_name and not c.relispartition
+    order by c.relname
+$$;
+
+--
+-- Name: partitions(regclass); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.partitions(parent regclass) RETURNS TABLE(part regclass, name text, bound text, kind text, modulus integer, remainder integer, pending boolean, sub_partitioned boolean, tuples real, bytes bigint)
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+    select c.oid::regclass, n.nspname || '.' || c.relname, b.bound,
+           case when b.bound = 'DEFAULT' then 'default' when h.m is not null then 'hash'
+                when b.bound like 'FOR VALUES IN %' then 'list' else 'range' end,
+           h.m[1]::integer, h.m[2]::integer, i.inhdetachpending, c.relkind = 'p', c.reltuples,
+           pg_total_relation_size(c.oid)
+    from pg_inherits as i
+    join pg_class as c on c.oid = i.inhrelid
+    join pg_namespace as n on n.oid = c.relnamespace
+    cross join lateral (select pg_get_expr(c.relpartbound, c.oid) as bound) as b
+    cross join lateral regexp_match(b.bound, '^FOR VALUES WITH \(modulus (\d+), remainder (\d+)\)$') as h(m)
+    where i.inhparent = parent
+    order by 4, 5, 6, 2
+$_$;
+
+--
+-- Name: prepare_split(jsonb, integer, boolean); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.prepare_split(plan jsonb, lock_timeout_ms integer, dry_run boolean) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+declare
+    name text;
+    made text[] := '{}'::text[];
+    missing text[] := '{}'::text[];
+    mirrored boolean := false;
+    statements text[] := '{}'::text[];
+    statement text;
+    needs_mirror boolean := plan->>'state' = 'attached';
+    target record;
+    attempt integer := 0;
+begin
+    foreach name in array array[plan->>'low_name', plan->>'high_name'] loop
+        select c.relispartition as attached,
+               exists (select from pg_constraint as k where k.conrelid = c.oid and k.contype = 'c'
+                       and k.conname = name || '_split_check') as marked
+        into target from pg_class as c where c.oid = to_regclass(format('%I.%I', plan->>'schema', name));
+        if dry_run and not exists (select from partman.unfinished((plan->>'parent')::regclass)) then
+            missing := missing || name;
+        elsif target is null then
+            missing := missing || name;
+        elsif target.attached or not target.marked then
+            perform partman.refuse(format('%s.%s exists and was not made by `split` (or is attached): rename or drop it first',
+                                          plan->>'schema', name));
+        else
+            made := made || name;
+        end if;
+    end loop;
+    mirrored := exists (select from pg_trigger as t where t.tgrelid = (plan->>'source_oid')::oid
+                        and t.tgname = 'pgvote_split_mirror' and t.tgenabled in ('O', 'A'));
+    if cardinality(missing) = 0 and (mirrored or not needs_mirror) then
+        raise notice 'prepare: targets % in place%', array_to_string(made, ', '),
+            case when mirrored then ' and the mirror trigger' else '' end;
+        return;
+    end if;
+    foreach name in array missing loop
+        statements := statements
+            || format('create table %I.%I (like %s including all)', plan->>'schema', name, plan->>'parent')
+            || format('alter table %I.%I add constraint %I check (%s)', plan->>'schema', name, name || '_split_check',
+                      format(plan->>'fits', '', case when name = plan->>'low_name' then plan->'low_slice'->>1
+                                                     else plan->'high_slice'->>1 end));
+        if plan->>'owner' is not null then
+            statements := statements || format('alter table %I.%I owner to %I', plan->>'schema', name, plan->>'owner');
+        end if;
+    end loop;
+    if needs_mirror and not mirrored then
+        statements := statements || partman.mirror_ddl(plan);
+        if cardinality(made) > 0 then
+            statements := statements || format('truncate %s', (select string_agg(format('%I.%I', plan->>'schema', m), ', ')
+                                                               from unnest(made) as m));
+        end if;
+    end if;
+    raise notice 'prepare: targets % (unattached)%', array_to_string(missing, ', '),
+        case when needs_mirror and not mirrored then format(' and the mirror trigger on %s', plan->>'source_name') else '' end;
+    loop
+        attempt := attempt + 1;
+        begin
+            perform set_config('lock_timeout', lock_timeout_ms || 'ms', true);
+            foreach statement in array statements loop
+                perform partman.run(statement, dry_run);
+            end loop;
+            return;
+        exception when lock_not_available then
+            if attempt >= 40 then
+                perform partman.refuse('prepare: gave up after 40 attempts (locks busy); nothing is lost, '
+                                       'rerun `pgvote partitions split --resume` later');
+            end if;
+            raise notice 'prepare: % is busy (attempt %), retrying', plan->>'source_name', attempt;
+        end;
+        perform pg_sleep(least(0.05 * attempt, 1.0));
+    end loop;
+end
+$$;
+
+--
+-- Name: refuse(text); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.refuse(message text) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+begin
+    raise exception using message = message, errcode = 'PM001';
+end
+$$;
+
+--
+-- Name: release_split_lock(); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.release_split_lock() RETURNS void
+    LANGUAGE sql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    select pg_advisory_unlock(internal.advisory_lock_namespace('partition_split'), 0);
+    select set_config('application_name', 'pgvote partitions', false);
+$$;
+
+--
+-- Name: resume(text, text, integer, double precision, integer, boolean); Type: PROCEDURE; Schema: partman; Owner: -
+--
+
+CREATE PROCEDURE partman.resume(IN partition text DEFAULT NULL::text, IN schema_name text DEFAULT 'voting'::text, IN batch_size integer DEFAULT 5000, IN pause_ms double precision DEFAULT 0, IN lock_timeout_ms integer DEFAULT 500, IN dry_run boolean DEFAULT false)
+    LANGUAGE plpgsql
+    AS $$
+declare
+    wanted text := case when partition is null or pg_catalog.strpos(partition, '.') > 0 then partition
+                        else 'voting.' || partition end;
+    parents regclass[];
+    parent regclass;
+    retired text[];
+    splits jsonb;
+    matched boolean := false;
+begin
+    perform partman.take_split_lock();
+    parents := array(select t.rel from partman.partitioned_tables(schema_name) as t);
+    foreach parent in array parents loop
+        retired := array(select l.name from partman.loose_tables(parent) as l where l.role = 'retired'
+                         and (wanted is null or l.name = wanted || '_split_old'));
+        for i in 1 .. coalesce(pg_catalog.array_length(retired, 1), 0) loop
+            matched := true;
+            call partman.drop_retired(pg_catalog.split_part(retired[i], '.', 1), pg_catalog.split_part(retired[i], '.', 2),
+                                      lock_timeout_ms, dry_run);
+        end loop;
+    end loop;
+    select coalesce(jsonb_agg(pg_catalog.to_jsonb(u) || pg_catalog.jsonb_build_object('parent', p::oid)), '[]')
+    into splits
+    from unnest(parents) as p, partman.unfinished(p) as u where wanted is null or u.source = wanted;
+    if wanted is not null and jsonb_array_length(splits) = 0 and not matched then
+        perform partman.refuse(pg_catalog.format('no unfinished split of %s (see `pgvote partitions verify`)', wanted));
+    end if;
+    if jsonb_array_length(splits) = 0 then
+        raise notice 'resume: no unfinished split in schema %', schema_name;
+    end if;
+    for i in 0 .. jsonb_array_length(splits) - 1 loop
+        if splits->i->>'state' = 'missing' then
+            perform partman.refuse(splits->i->>'description');
+        end if;
+        call partman.split_slice((splits->i->>'parent')::oid::regclass, (splits->i->>'modulus')::integer,
+                                 (splits->i->>'remainder')::integer, true, batch_size, pause_ms, lock_timeout_ms, dry_run);
+    end loop;
+    perform partman.release_split_lock();
+end
+$$;
+
+--
+-- Name: run(text, boolean); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.run(statement text, dry_run boolean) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+begin
+    if dry_run then
+        raise notice using message = statement, detail = 'sql';
+        return;
+    end if;
+    if current_setting('partman.verbose', true) = 'on' then
+        raise notice using message = statement, detail = 'ran';
+    end if;
+    execute statement;
+end
+$$;
+
+--
+-- Name: split(text, integer, double precision, integer, boolean); Type: PROCEDURE; Schema: partman; Owner: -
+--
+
+CREATE PROCEDURE partman.split(IN partition text, IN batch_size integer DEFAULT 5000, IN pause_ms double precision DEFAULT 0, IN lock_timeout_ms integer DEFAULT 500, IN dry_run boolean DEFAULT false)
+    LANGUAGE plpgsql
+    AS $$
+declare
+    source regclass := pg_catalog.to_regclass(case when pg_catalog.strpos(partition, '.') > 0 then partition
+                                                   else 'voting.' || partition end);
+    parent regclass;
+    part record;
+    pending text;
+begin
+    perform partman.take_split_lock();
+    select i.inhparent::regclass into parent from pg_catalog.pg_inherits as i
+    join pg_catalog.pg_class as p on p.oid = i.inhparent
+    where i.inhrelid = source and not p.relispartition;
+    if parent is null then
+        perform partman.refuse(pg_catalog.format('%s is not a partition of a top-level partitioned table (names look '
+                                                 'like voting.ballots_m16_r3; see `pgvote partitions status`)', partition));
+    end if;
+    select * into part from partman.partitions(parent) as p where p.part = source;
+    if part.kind <> 'hash' then
+        perform partman.refuse(pg_catalog.format('%s is a %s partition: only hash partitions can be split', part.name, part.kind));
+    elsif part.pending then
+        perform partman.refuse(pg_catalog.format('%s is DETACH PENDING: finish it with `pgvote partitions split --resume`',
+                                                 part.name));
+    end if;
+    select u.source into pending from partman.unfinished(parent) as u limit 1;
+    if pending is not null then
+        perform partman.refuse(pg_catalog.format('%s has an unfinished split (%s): finish it first with '
+                                                 '`pgvote partitions split --resume`', parent, pending));
+    end if;
+    call partman.split_slice(parent, part.modulus, part.remainder, false, batch_size, pause_ms, lock_timeout_ms, dry_run);
+    perform partman.release_split_lock();
+end
+$$;
+
+--
+-- Name: split_all(text, text, integer, double precision, integer, boolean); Type: PROCEDURE; Schema: partman; Owner: -
+--
+
+CREATE PROCEDURE partman.split_all(IN table_name text DEFAULT NULL::text, IN schema_name text DEFAULT 'voting'::text, IN batch_size integer DEFAULT 5000, IN pause_ms double precision DEFAULT 0, IN lock_timeout_ms integer DEFAULT 500, IN dry_run boolean DEFAULT false)
+    LANGUAGE plpgsql
+    AS $$
+declare
+    tables regclass[];
+    parent regclass;
+    slices integer[];
+    blocker text;
+begin
+    perform partman.take_split_lock();
+    if table_name is not null then
+        tables := array(select c.oid::regclass from pg_catalog.pg_partitioned_table as pt
+                        join pg_catalog.pg_class as c on c.oid = pt.partrelid
+                        where c.oid = pg_catalog.to_regclass(table_name) and not c.relispartition);
+        if cardinality(tables) = 0 then
+            perform partman.refuse(pg_catalog.format('%s is not a partitioned table', table_name));
+        end if;
+    else
+        tables := array(select t.rel from partman.partitioned_tables(schema_name) as t where t.strategy = 'hash');
+        if cardinality(tables) = 0 then
+            perform partman.refuse(pg_catalog.format('no hash-partitioned table in schema %s', schema_name));
+        end if;
+    end if;
+    foreach parent in array tables loop
+        select coalesce((select pg_catalog.format('%s has an unfinished split (%s): finish it first with '
+                                                  '`pgvote partitions split --resume`', parent, u.source)
+                         from partman.unfinished(parent) as u limit 1),
+                        (select pg_catalog.format('%s is DETACH PENDING: run `pgvote partitions split --resume` first',
+                                                  p.name) from partman.partitions(parent) as p where p.pending limit 1))
+        into blocker;
+        if blocker is not null then
+            perform partman.refuse(blocker);
+        end if;
+        -- the list as it was before the first split
+        slices := array(select array[p.modulus, p.remainder] from partman.partitions(parent) as p where p.kind = 'hash');
+        raise notice 'split --all: %, % partitions to double', parent, coalesce(pg_catalog.array_length(slices, 1), 0);
+        for i in 1 .. coalesce(pg_catalog.array_length(slices, 1), 0) loop
+            raise notice 'split --all: %/%', i, pg_catalog.array_length(slices, 1);
+            call partman.split_slice(parent, slices[i][1], slices[i][2], false, batch_size, pause_ms, lock_timeout_ms,
+                                     dry_run);
+        end loop;
+    end loop;
+    perform partman.release_split_lock();
+end
+$$;
+
+--
+-- Name: split_holder(); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.split_holder() RETURNS TABLE(pid integer, application_name text)
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    select l.pid, coalesce(a.application_name, '')
+    from pg_locks as l
+    left join pg_stat_activity as a on a.pid = l.pid
+    where l.locktype = 'advisory' and l.granted
+      and l.database = (select oid from pg_database where datname = current_database())
+      and l.classid::bigint = internal.advisory_lock_namespace('partition_split')
+      and l.objid::bigint = 0 and l.objsubid = 2
+    limit 1
+$$;
+
+--
+-- Name: split_plan(regclass, integer, integer); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.split_plan(parent regclass, modulus integer, remainder integer) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+declare
+    t record;
+    src record;
+    m2 integer := 2 * modulus;
+    low text;
+    high text;
+    longest text;
+begin
+    select n.nspname as schema, c.relname as name, pt.partstrat, pt.partattrs::int2[] as attrs,
+           pg_get_userbyid(c.relowner) as owner,
+           (select string_agg(quote_ident(a.attname), ', ' order by a.attnum) from pg_attribute as a
+            where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped) as cols,
+           array(select a.attname::text from pg_index as x, unnest(x.indkey::int2[]) with ordinality as k(attnum, o)
+                 join pg_attribute as a on a.attnum = k.attnum
+                 where x.indrelid = c.oid and x.indisprimary and a.attrelid = c.oid order by k.o) as pk,
+           array(select format_type(a.atttypid, a.atttypmod) from pg_index as x,
+                        unnest(x.indkey::int2[]) with ordinality as k(attnum, o)
+                 join pg_attribute as a on a.attnum = k.attnum
+                 where x.indrelid = c.oid and x.indisprimary and a.attrelid = c.oid order by k.o) as pk_types,
+           array(select a.attname::text from pg_attribute as a where a.attrelid = c.oid and a.attnum > 0
+                 and not a.attisdropped and a.attnum <> all (coalesce((select x.indkey::int2[] from pg_index as x
+                     where x.indrelid = c.oid and x.indisprimary), '{}')) order by a.attnum) as non_key
+    into t
+    from pg_partitioned_table as pt join pg_class as c on c.oid = pt.partrelid
+    join pg_namespace as n on n.oid = c.relnamespace where c.oid = parent;
+    if t.partstrat <> 'h' then
+        perform partman.refuse(format('%s.%s is not hash-partitioned: only hash partitions can be split', t.schema, t.name));
+    elsif cardinality(t.attrs) <> 1 or t.attrs[array_lower(t.attrs, 1)] = 0 then
+        perform partman.refuse(format('%s.%s is partitioned by an expression or several columns: split supports '
+                                      'one key column only', t.schema, t.name));
+    elsif cardinality(t.pk) = 0 then
+        perform partman.refuse(format('%s.%s has no primary key: split copies by keyset and mirrors by key',
+                                      t.schema, t.name));
+    end if;
+    select c.rel, c.name, c.state, c.sub into src from (
+        select p.part as rel, p.name, case when p.pending then 'detach pending' else 'attached' end as state,
+               p.sub_partitioned as sub, case when p.pending then 2 else 1 end as o
+        from partman.partitions(parent) as p where p.modulus = split_plan.modulus and p.remainder = split_plan.remainder
+        union all
+        select l.rel, l.name, 'detached', false, 3 from partman.loose_tables(parent) as l
+        where l.modulus = split_plan.modulus and l.remainder = split_plan.remainder and l.role in ('detached', 'stray')
+    ) as c order by c.o limit 1;
+    if src.rel is null then
+        perform partman.refuse(format('split of %s.%s_m%s_r%s: the source table is missing; its targets cannot be '
+                                      'completed automatically', t.schema, t.name, modulus, remainder));
+    elsif src.sub then
+        perform partman.refuse(format('%s is itself partitioned: split it level by level by hand', src.name));
+    elsif m2 > 1024 then
+        perform partman.refuse(format('%s has modulus %s: doubling it exceeds the maximum of 1024', src.name, modulus));
+    end if;
+    low := format('%s_m%s_r%s', t.name, m2, remainder);
+    high := format('%s_m%s_r%s', t.name, m2, remainder + modulus);
+    select n into longest from unnest(array[low || '_split_check', high || '_split_check',
+                                            split_part(src.name, '.', 2) || '_split_mirror',
+                                            split_part(src.name, '.', 2) || '_split_old']) as n
+    where octet_length(n) > 63;
+    if found then
+        perform partman.refuse(format('the name %L would exceed PostgreSQL''s 63-byte identifier limit', longest));
+    end if;
+    return jsonb_build_object(
+        'parent', format('%I.%I', t.schema, t.name), 'parent_name', t.schema || '.' || t.name, 'schema', t.schema,
+        'modulus', modulus, 'remainder', remainder, 'state', src.state,
+        'source', format('%I.%I', t.schema, split_part(src.name, '.', 2)), 'source_name', src.name,
+        'source_oid', src.rel::oid,
+        'low', format('%I.%I', t.schema, low), 'low_name', low, 'high', format('%I.%I', t.schema, high), 'high_name', high,
+        'low_slice', jsonb_build_array(m2, remainder), 'high_slice', jsonb_build_array(m2, remainder + modulus),
+        'fits', format('satisfies_hash_partition(%L::regclass, %s, %%2$s, %%1$s%I)',
+                       format('%I.%I', t.schema, t.name), m2,
+                           (select a.attname from pg_attribute as a where a.attrelid = parent and a.attnum = t.attrs[array_lower(t.attrs, 1)])),
+        'cols', t.cols, 'pk', (select string_agg(quote_ident(c), ', ') from unnest(t.pk) as c),
+        'pk_list', to_jsonb(t.pk), 'non_key', to_jsonb(t.non_key),
+        'pk_typed', (select string_agg(format('($1[%s])::%s', o, ty), ', ' order by o)
+                     from unnest(t.pk_types) with ordinality as k(ty, o)),
+        'pk_text', (select string_agg(format('%I::text', c), ', ' order by o) from unnest(t.pk) with ordinality as k(c, o)),
+        'pk_desc', (select string_agg(format('%I desc', c), ', ' order by o) from unnest(t.pk) with ordinality as k(c, o)),
+        'owner', case when t.owner <> current_user then t.owner end,
+        'mirror_function', format('%I.%I', t.schema, split_part(src.name, '.', 2) || '_split_mirror'),
+        'retired_name', split_part(src.name, '.', 2) || '_split_old',
+        'mirror_lock_key', case when src.rel::oid::bigint >= 2147483648 then src.rel::oid::bigint - 4294967296
+                                else src.rel::oid::bigint end);
+end
+$_$;
+
+--
+-- Name: split_slice(regclass, integer, integer, boolean, integer, double precision, integer, boolean); Type: PROCEDURE; Schema: partman; Owner: -
+--
+
+CREATE PROCEDURE partman.split_slice(IN parent regclass, IN modulus integer, IN remainder integer, IN resumed boolean, IN batch_size integer, IN pause_ms double precision, IN lock_timeout_ms integer, IN dry_run boolean)
+    LANGUAGE plpgsql
+    AS $_$
+declare
+    plan jsonb := partman.split_plan(parent, modulus, remainder);
+    started timestamptz := pg_catalog.clock_timestamp();
+    copy_started timestamptz;
+    copy_ended timestamptz;
+    asked timestamptz;
+    granted timestamptz;
+    done timestamptz;
+    total bigint;
+    copied bigint := 0;
+    batches integer := 0;
+    attempt integer;
+    got record;
+    last text[];
+begin
+    raise notice '% % (modulus %, remainder %, %) into % and %',
+        case when resumed then 'resuming split of' else 'splitting' end, plan->>'source_name', modulus, remainder,
+        plan->>'state', plan->>'low_name', plan->>'high_name';
+    if not dry_run then
+        perform pg_catalog.set_config('application_name', pg_catalog.left('pgvote split ' || (plan->>'source_name'), 63), false);
+    end if;
+    perform partman.prepare_split(plan, lock_timeout_ms, dry_run);
+    commit;
+
+    if dry_run then
+        raise notice using message = 'copy: repeated until it returns no row, each batch in its own transaction '
+            'under the mirror lock with synchronous_commit off; the last key returned is the next batch''s $1',
+            detail = 'note';
+        perform partman.copy_batch(plan, null, batch_size, true);
+    else
+        select case when c.reltuples >= 0 then c.reltuples::bigint end into total
+        from pg_catalog.pg_class as c where c.oid = (plan->>'source_oid')::oid;
+        if total is null then
+            execute pg_catalog.format('select count(*) from %s', plan->>'source') into total;
+        end if;
+        raise notice using message = pg_catalog.format('copying %s', plan->>'source_name'),
+            detail = pg_catalog.format('progress 0 %s', total);
+        copy_started := pg_catalog.clock_timestamp();
+        loop
+            attempt := 0;
+            loop
+                attempt := attempt + 1;
+                begin
+                    perform pg_catalog.set_config('synchronous_commit', 'off', true);
+                    perform pg_catalog.set_config('lock_timeout', '2s', true);
+                    if pg_catalog.current_setting('is_superuser') = 'on' then
+                        perform pg_catalog.set_config('deadlock_timeout', '20ms', true);
+                    end if;
+                    perform pg_catalog.pg_advisory_xact_lock(internal.advisory_lock_namespace('split_mirror'),
+                                                             (plan->>'mirror_lock_key')::integer);
+                    select * into got from partman.copy_batch(plan, last, batch_size, false);
+                    exit;
+                exception when deadlock_detected or lock_not_available then
+                    if attempt >= 40 then
+                        perform partman.refuse(pg_catalog.format('copy batch %s: gave up after 40 attempts (locks busy); '
+                            'nothing is lost, rerun `pgvote partitions split --resume` later', batches + 1));
+                    end if;
+                    raise notice 'copy: batch % retried (attempt %): %', batches + 1, attempt, sqlerrm;
+                end;
+                perform pg_catalog.pg_sleep(least(0.05 * attempt, 1.0));
+            end loop;
+            commit;
+            exit when got.rows is null;
+            batches := batches + 1;
+            copied := copied + got.rows;
+            last := got.last;
+            raise notice using message = pg_catalog.format('copying %s', plan->>'source_name'),
+                detail = pg_catalog.format('progress %s %s', copied, greatest(total, copied));
+            perform partman.crash_point('batch:' || batches);
+            if pause_ms > 0 then
+                perform pg_catalog.pg_sleep(pause_ms / 1000);
+            end if;
+        end loop;
+        copy_ended := pg_catalog.clock_timestamp();
+        raise notice 'copy: % rows in % batches, % s', copied, batches,
+            round(extract(epoch from copy_ended - copy_started)::numeric, 1);
+        commit;
+        perform partman.wait_for_snapshots(30);
+        commit;
+    end if;
+
+    attempt := 0;
+    loop
+        attempt := attempt + 1;
+        begin
+            asked := pg_catalog.clock_timestamp();
+            granted := partman.switch_split(plan, lock_timeout_ms, dry_run);
+            exit;
+        exception when lock_not_available then
+            if attempt >= 40 then
+                perform partman.refuse('switch: gave up after 40 attempts (locks busy); nothing is lost, '
+                                       'rerun `pgvote partitions split --resume` later');
+            end if;
+            raise notice 'switch: locks not granted within % ms (attempt %), retrying', lock_timeout_ms, attempt;
+        end;
+        perform pg_catalog.pg_sleep(least(0.05 * attempt, 1.0));
+    end loop;
+    commit;
+    done := pg_catalog.clock_timestamp();
+    if not dry_run then
+        raise notice 'switch: % replaced by % and %; lock wait % ms, locks held % ms (attempt %)', plan->>'source_name',
+            plan->>'low_name', plan->>'high_name', round(extract(epoch from granted - asked)::numeric * 1000, 1),
+            round(extract(epoch from done - granted)::numeric * 1000, 1), attempt;
+        perform partman.crash_point('after-switch');
+    end if;
+    call partman.drop_retired(plan->>'schema', plan->>'retired_name', lock_timeout_ms, dry_run);
+    perform partman.run(pg_catalog.format('analyze %s, %s', plan->>'low', plan->>'high'), dry_run);
+    commit;
+    if not dry_run then
+        perform pg_catalog.set_config('application_name', 'pgvote split', false);
+        raise notice using message = pg_catalog.format('split of %s done', plan->>'source_name'),
+            detail = 'result ' || pg_catalog.jsonb_build_object(
+                'source', plan->>'source_name', 'targets', pg_catalog.jsonb_build_array(
+                    (plan->>'schema') || '.' || (plan->>'low_name'), (plan->>'schema') || '.' || (plan->>'high_name')),
+                'rows_copied', copied, 'batches', batches,
+                'copy_seconds', extract(epoch from copy_ended - copy_started),
+                'lock_wait_ms', extract(epoch from granted - asked) * 1000,
+                'held_ms', extract(epoch from done - granted) * 1000, 'attempts', attempt,
+                'seconds', extract(epoch from pg_catalog.clock_timestamp() - started),
+                'dry_run', dry_run, 'resumed', resumed,
+                'copy_started_at', extract(epoch from copy_started), 'copy_ended_at', extract(epoch from copy_ended),
+                'switch_started_at', extract(epoch from asked), 'switched_at', extract(epoch from done))::text;
+    end if;
+end
+$_$;
+
+--
+-- Name: status(text, boolean, integer); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.status(schema_name text, exact boolean DEFAULT false, top integer DEFAULT 3) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+declare
+    t record;
+    p record;
+    rows bigint;
+    counted boolean;
+    key text;
+    largest jsonb;
+    parts jsonb;
+    tables jsonb := '[]'::jsonb;
+begin
+    for t in select * from partman.partitioned_tables(schema_name) loop
+        parts := '[]';
+        key := t.key[1];  -- the first key column (the poll id of voting.ballots)
+        for p in select * from partman.partitions(t.rel) loop
+            counted := exact or (p.tuples < 0 and p.bytes <= 8 << 20);
+            if counted then
+                execute format('select count(*) from %s', p.part) into rows;
+            else
+                rows := case when p.tuples >= 0 then p.tuples::bigint end;
+            end if;
+            largest := '[]';
+            if key is not null and top > 0 and not p.sub_partitioned then
+                if exact then
+                    execute format('select coalesce(jsonb_agg(jsonb_build_object(''value'', v, ''rows'', n)), ''[]'') '
+                                   'from (select %1$I::text as v, count(*) as n from %2$s group by 1 '
+                                   'order by 2 desc, 1 limit %3$s) as g', key, p.part, top) into largest;
+                else
+                    select coalesce(jsonb_agg(jsonb_build_object('value', v, 'rows', round(f * rows)) order by f desc), '[]')
+                    into largest
+                    from (select v, f from pg_stats as s, unnest(s.most_common_vals::text::text[], s.most_common_freqs) as u(v, f)
+                          where s.schemaname = split_part(p.name, '.', 1) and s.tablename = split_part(p.name, '.', 2)
+                            and s.attname = key and not s.inherited and rows is not null
+                          order by f desc limit top) as m;
+                end if;
+            end if;
+            parts := parts || jsonb_build_object(
+                'name', p.name, 'bound', p.bound, 'modulus', p.modulus, 'remainder', p.remainder,
+                'state', case when p.pending then 'detach pending' else 'attached' end, 'rows', rows,
+                'exact', counted, 'bytes', p.bytes, 'largest', largest);
+        end loop;
+        tables := tables || (
+            select jsonb_build_object(
+                'table', t.name, 'strategy', t.strategy,
+                'key', to_jsonb(t.key),
+                'partitions', coalesce((select jsonb_agg(e || jsonb_build_object('share', (e->>'rows')::numeric
+                                                         / nullif(s.total, 0))) from jsonb_array_elements(parts) as e), '[]'),
+                'total_rows', s.total, 'total_bytes', s.bytes,
+                'skew', s.biggest / nullif(s.total::numeric / nullif(s.known, 0), 0),
+                'unfinished_splits', to_jsonb(array(select u.description from partman.unfinished(t.rel) as u)),
+                'stray_tables', to_jsonb(array(select l.name from partman.loose_tables(t.rel) as l where l.role = 'stray')),
+                'retired_tables', to_jsonb(array(select l.name from partman.loose_tables(t.rel) as l where l.role = 'retired')))
+            from (select sum((e->>'rows')::bigint) as total, sum((e->>'bytes')::bigint) as bytes,
+                         max((e->>'rows')::bigint) as biggest, count(e->>'rows') as known
+                  from jsonb_array_elements(parts) as e) as s);
+    end loop;
+    return tables;
+end
+$_$;
+
+--
+-- Name: switch_split(jsonb, integer, boolean); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.switch_split(plan jsonb, lock_timeout_ms integer, dry_run boolean) RETURNS timestamp with time zone
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+declare
+    granted timestamptz;
+    statements text[] := '{}'::text[];
+    statement text;
+    i integer := 0;
+begin
+    perform set_config('lock_timeout', lock_timeout_ms || 'ms', true);
+    perform partman.run(format('lock table %s in access exclusive mode', plan->>'parent'), dry_run);
+    perform partman.run(format('lock table %s in access exclusive mode', plan->>'source'), dry_run);
+    granted := clock_timestamp();
+    if not dry_run then
+        if (select count(*) from pg_class as c join pg_constraint as k on k.conrelid = c.oid and k.contype = 'c'
+            and k.conname = c.relname || '_split_check' where not c.relispartition
+            and c.oid in (to_regclass(plan->>'low'), to_regclass(plan->>'high'))) <> 2 then
+            perform partman.refuse(format('switch: a target of %s disappeared during the copy; run '
+                                          '`pgvote partitions split --resume` to make it again', plan->>'source_name'));
+        end if;
+        if plan->>'state' = 'attached' and not exists (
+            select from pg_trigger as t where t.tgrelid = (plan->>'source_oid')::oid
+            and t.tgname = 'pgvote_split_mirror' and t.tgenabled in ('O', 'A')) then
+            perform partman.refuse(format('switch: the mirror trigger on %s was dropped or disabled during the copy; '
+                                          'run `pgvote partitions split --resume` to copy again', plan->>'source_name'));
+        end if;
+    end if;
+    if plan->>'state' = 'attached' then
+        statements := statements || format('alter table %s detach partition %s', plan->>'parent', plan->>'source');
+    elsif plan->>'state' = 'detach pending' then
+        statements := statements || format('alter table %s detach partition %s finalize', plan->>'parent', plan->>'source');
+    end if;
+    statements := statements
+        || format('alter table %s attach partition %s for values with (modulus %s, remainder %s)', plan->>'parent',
+                  plan->>'low', plan->'low_slice'->>0, plan->'low_slice'->>1)
+        || format('alter table %s attach partition %s for values with (modulus %s, remainder %s)', plan->>'parent',
+                  plan->>'high', plan->'high_slice'->>0, plan->'high_slice'->>1)
+        || format('alter table %s drop constraint %I', plan->>'low', plan->>'low_name' || '_split_check')
+        || format('alter table %s drop constraint %I', plan->>'high', plan->>'high_name' || '_split_check');
+    if plan->>'state' = 'attached' then
+        statements := statements || format('drop trigger if exists pgvote_split_mirror on %s', plan->>'source');
+    end if;
+    statements := statements
+        || format('drop function if exists %s()', plan->>'mirror_function')
+        || format('alter table %s rename to %I', plan->>'source', plan->>'retired_name');
+    foreach statement in array statements loop
+        perform partman.run(statement, dry_run);
+        i := i + 1;
+        if i = 1 and not dry_run then
+            perform partman.crash_point('switch');
+        end if;
+    end loop;
+    return granted;
+end
+$$;
+
+--
+-- Name: take_split_lock(); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.take_split_lock() RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+declare
+    deadline timestamptz := clock_timestamp() + interval '10 s';
+    holder record;
+begin
+    -- advisory locks stack: a session that kept the lock (its previous split failed) must not take it twice
+    if exists (select from partman.split_holder() as h where h.pid = pg_backend_pid()) then
+        perform set_config('application_name', 'pgvote split', false);
+        return;
+    end if;
+    while not pg_try_advisory_lock(internal.advisory_lock_namespace('partition_split'), 0) loop
+        if clock_timestamp() > deadline then
+            select * into holder from partman.split_holder();
+            perform partman.refuse(format('another split is running (%s): wait for it, or end that session',
+                                          coalesce(format('pid %s, %L', holder.pid, holder.application_name),
+                                                   'a session that just ended')));
+        end if;
+        perform pg_sleep(0.1);
+    end loop;
+    perform set_config('application_name', 'pgvote split', false);
+end
+$$;
+
+--
+-- Name: unfinished(regclass); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.unfinished(parent regclass) RETURNS TABLE(source text, modulus integer, remainder integer, source_rel regclass, state text, targets text[], mirror boolean, running integer, description text)
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    with loose as (select * from partman.loose_tables(parent)),
+    parts as (select * from partman.partitions(parent) where kind = 'hash'),
+    base as (select n.nspname || '.' || c.relname as name from pg_class as c
+             join pg_namespace as n on n.oid = c.relnamespace where c.oid = parent),
+    slices as (
+        select l.modulus / 2 as m, l.remainder % (l.modulus / 2) as r from loose as l where l.role = 'target'
+        union select l.modulus, l.remainder from loose as l where l.role = 'detached'
+        union select p.modulus, p.remainder from parts as p where p.pending
+    ),
+    found as (
+        select s.m, s.r, src.rel, coalesce(src.name, (select name from base) || '_m' || s.m || '_r' || s.r) as name,
+               coalesce(src.state, 'missing') as state,
+               array(select l.name from loose as l where l.role = 'target' and l.modulus = 2 * s.m
+                     and l.remainder in (s.r, s.r + s.m) order by l.remainder) as targets,
+               exists (select from pg_trigger as t where t.tgrelid = src.rel and t.tgname = 'pgvote_split_mirror'
+                       and t.tgenabled in ('O', 'A')) as mirror,
+               (select h.pid from partman.split_holder() as h
+                where src.rel is null or h.application_name in ('pgvote split', 'pgvote split ' || src.name)) as running
+        from slices as s
+        left join lateral (
+            select c.rel, c.name, c.state from (
+                select p.part as rel, p.name, case when p.pending then 'detach pending' else 'attached' end as state,
+                       case when p.pending then 2 else 1 end as o
+                from parts as p where p.modulus = s.m and p.remainder = s.r
+                union all
+                select l.rel, l.name, 'detached', 3 from loose as l
+                where l.modulus = s.m and l.remainder = s.r and l.role in ('detached', 'stray')
+            ) as c order by c.o limit 1
+        ) as src on true
+    )
+    select f.name, f.m, f.r, f.rel, f.state, f.targets, f.mirror, f.running,
+           case when f.running is not null
+                    then format('split of %s (modulus %s, remainder %s) is running (pid %s)', f.name, f.m, f.r, f.running)
+                when f.state = 'missing'
+                    then format('split of %s (modulus %s, remainder %s): the source table is missing; targets %s '
+                                'cannot be completed automatically', f.name, f.m, f.r,
+                                coalesce(nullif(array_to_string(f.targets, ', '), ''), 'no targets yet'))
+                else format('split of %s (modulus %s, remainder %s) %s (%s); finish it with '
+                            '`pgvote partitions split --resume`', f.name, f.m, f.r,
+                            case f.state when 'attached' then 'interrupted before its switch'
+                                         when 'detach pending' then 'source is DETACH PENDING: inserts for this slice fail'
+                                         else 'source is detached: its slice has no partition' end,
+                            coalesce(nullif(array_to_string(f.targets, ', '), ''), 'no targets yet')) end
+    from found as f
+    order by f.m, f.r
+$$;
+
+--
+-- Name: verify(text); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.verify(schema_name text) RETURNS TABLE(tbl text, severity text, message text)
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+declare
+    t record;
+    p record;
+    f record;
+    problems integer;
+begin
+    for t in select * from partman.partitioned_tables(schema_name) loop
+        tbl := t.name;
+        for p in select * from partman.partitions(t.rel) loop
+            if p.kind = 'default' then
+                severity := 'problem';
+                message := format('default partition %s: rows that fit no other partition hide there '
+                                  '(hash tables cannot have one; a list/range table should not)', p.name);
+                return next;
+            end if;
+            if p.sub_partitioned then
+                severity := 'note';
+                message := format('%s is itself partitioned: its own partitions are not checked', p.name);
+                return next;
+            end if;
+        end loop;
+        if t.strategy <> 'hash' then
+            severity := 'note';
+            message := format('%s-partitioned: hash coverage does not apply', t.strategy);
+            return next;
+            continue;
+        end if;
+        problems := 0;
+        for f in select c.* from partman.coverage(
+                     array(select q.name from partman.partitions(t.rel) as q where q.kind = 'hash' and not q.pending),
+                     array(select q.modulus from partman.partitions(t.rel) as q where q.kind = 'hash' and not q.pending),
+                     array(select q.remainder from partman.partitions(t.rel) as q where q.kind = 'hash' and not q.pending))
+                 as c loop
+            problems := problems + 1;
+            severity := 'problem';
+            message := case f.kind
+                when 'gap' then format('gap: no partition covers (modulus %s, remainder %s) (%s%% of the hash space): '
+                                       'inserts there fail with "no partition of relation found for row"',
+                                       f.modulus, f.remainder, round(100.0 / f.modulus, 2))
+                when 'overlap' then format('overlap: %s and %s both cover (modulus %s, remainder %s)',
+                                           f.first, f.second, f.modulus, f.remainder)
+                else format('invalid hash bound %s', f.first) end;
+            return next;
+        end loop;
+        for f in select * from partman.unfinished(t.rel) loop
+            severity := case when f.running is null then 'problem' else 'note' end;
+            message := f.description;
+            return next;
+        end loop;
+        for p in select * from partman.partitions(t.rel) as q
+                 where q.pending and not exists (select from partman.unfinished(t.rel) as u where u.source_rel = q.part) loop
+            severity := 'problem';
+            message := format('%s is DETACH PENDING: inserts for its slice fail', p.name);
+            return next;
+        end loop;
+        for f in select * from partman.loose_tables(t.rel) as l where l.role in ('retired', 'stray') loop
+            severity := 'note';
+            message := case f.role
+                when 'retired' then format('%s is the old partition of a finished split, not dropped yet '
+                                           '(`pgvote partitions split --resume` drops it)', f.name)
+                else format('%s is named like a partition of %s but is not attached', f.name, t.name) end;
+            return next;
+        end loop;
+        if problems = 0 then
+            severity := 'ok';
+            select format('%s hash partitions (modulus %s) cover the hash space exactly once', sum(m.n),
+                          string_agg(m.modulus::text, ', ' order by m.modulus))
+            into message from (select q.modulus, count(*) as n from partman.partitions(t.rel) as q
+                               where q.kind = 'hash' and not q.pending group by 1) as m;
+            return next;
+        end if;
+    end loop;
+    if tbl is null then
+        return query select schema_name, 'problem'::text, format('no partitioned table in schema %s', schema_name);
+    end if;
+end
+$$;
+
+--
+-- Name: wait_for_snapshots(double precision); Type: FUNCTION; Schema: partman; Owner: -
+--
+
+CREATE FUNCTION partman.wait_for_snapshots(seconds double precision) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+declare
+    waiting text[];
+    started timestamptz := clock_timestamp();
+    older constant text := $q$
+        select array(select pid || '@' || xact_start from pg_stat_activity
+                     where datname = current_database() and pid <> pg_backend_pid() and backend_type = 'client backend'
+                       and backend_xmin is not null and xact_start is not null)$q$;
+    now_open text[];
+begin
+    execute older into waiting;
+    while cardinality(waiting) > 0 loop
+        perform pg_sleep(0.01);
+        perform pg_stat_clear_snapshot();
+        execute older into now_open;
+        waiting := array(select w from unnest(waiting) as w where w = any (now_open));
+        if cardinality(waiting) > 0 and clock_timestamp() > started + make_interval(secs => seconds) then
+            raise warning 'snapshots: % transaction(s) older than the copy are still open after % s (%); switching '
+                          'anyway: a REPEATABLE READ one among them may miss copied rows',
+                cardinality(waiting), seconds, array_to_string(waiting, ', ');
+            return;
+        end if;
+    end loop;
+    raise notice 'snapshots: older transactions gone after % ms', round(extract(epoch from clock_timestamp() - started) * 1000);
+end
+$_$;
 
 --
 -- Name: cast_vote(jsonb, uuid, uuid[], text, uuid); Type: FUNCTION; Schema: shard; Owner: -
@@ -2623,6 +3808,162 @@ REVOKE ALL ON FUNCTION internal.take_rate_token(limit_name text, bucket_key byte
 --
 
 REVOKE ALL ON FUNCTION internal.voter_key(identity text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION compress(slots integer[], total integer); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.compress(slots integer[], total integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION copy_batch(plan jsonb, after text[], batch_size integer, dry_run boolean); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.copy_batch(plan jsonb, after text[], batch_size integer, dry_run boolean) FROM PUBLIC;
+
+--
+-- Name: FUNCTION coverage(names text[], moduli integer[], remainders integer[]); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.coverage(names text[], moduli integer[], remainders integer[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION crash_point(point text); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.crash_point(point text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION create_partitions(table_name text, modulus integer, dry_run boolean); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.create_partitions(table_name text, modulus integer, dry_run boolean) FROM PUBLIC;
+
+--
+-- Name: PROCEDURE drop_retired(IN schema_name text, IN table_name text, IN lock_timeout_ms integer, IN dry_run boolean); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON PROCEDURE partman.drop_retired(IN schema_name text, IN table_name text, IN lock_timeout_ms integer, IN dry_run boolean) FROM PUBLIC;
+
+--
+-- Name: FUNCTION loose_tables(parent regclass); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.loose_tables(parent regclass) FROM PUBLIC;
+
+--
+-- Name: FUNCTION mirror_ddl(plan jsonb); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.mirror_ddl(plan jsonb) FROM PUBLIC;
+
+--
+-- Name: FUNCTION partitioned_tables(schema_name text); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.partitioned_tables(schema_name text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION partitions(parent regclass); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.partitions(parent regclass) FROM PUBLIC;
+
+--
+-- Name: FUNCTION prepare_split(plan jsonb, lock_timeout_ms integer, dry_run boolean); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.prepare_split(plan jsonb, lock_timeout_ms integer, dry_run boolean) FROM PUBLIC;
+
+--
+-- Name: FUNCTION refuse(message text); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.refuse(message text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION release_split_lock(); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.release_split_lock() FROM PUBLIC;
+
+--
+-- Name: PROCEDURE resume(IN partition text, IN schema_name text, IN batch_size integer, IN pause_ms double precision, IN lock_timeout_ms integer, IN dry_run boolean); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON PROCEDURE partman.resume(IN partition text, IN schema_name text, IN batch_size integer, IN pause_ms double precision, IN lock_timeout_ms integer, IN dry_run boolean) FROM PUBLIC;
+
+--
+-- Name: FUNCTION run(statement text, dry_run boolean); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.run(statement text, dry_run boolean) FROM PUBLIC;
+
+--
+-- Name: PROCEDURE split(IN partition text, IN batch_size integer, IN pause_ms double precision, IN lock_timeout_ms integer, IN dry_run boolean); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON PROCEDURE partman.split(IN partition text, IN batch_size integer, IN pause_ms double precision, IN lock_timeout_ms integer, IN dry_run boolean) FROM PUBLIC;
+
+--
+-- Name: PROCEDURE split_all(IN table_name text, IN schema_name text, IN batch_size integer, IN pause_ms double precision, IN lock_timeout_ms integer, IN dry_run boolean); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON PROCEDURE partman.split_all(IN table_name text, IN schema_name text, IN batch_size integer, IN pause_ms double precision, IN lock_timeout_ms integer, IN dry_run boolean) FROM PUBLIC;
+
+--
+-- Name: FUNCTION split_holder(); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.split_holder() FROM PUBLIC;
+
+--
+-- Name: FUNCTION split_plan(parent regclass, modulus integer, remainder integer); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.split_plan(parent regclass, modulus integer, remainder integer) FROM PUBLIC;
+
+--
+-- Name: PROCEDURE split_slice(IN parent regclass, IN modulus integer, IN remainder integer, IN resumed boolean, IN batch_size integer, IN pause_ms double precision, IN lock_timeout_ms integer, IN dry_run boolean); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON PROCEDURE partman.split_slice(IN parent regclass, IN modulus integer, IN remainder integer, IN resumed boolean, IN batch_size integer, IN pause_ms double precision, IN lock_timeout_ms integer, IN dry_run boolean) FROM PUBLIC;
+
+--
+-- Name: FUNCTION status(schema_name text, exact boolean, top integer); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.status(schema_name text, exact boolean, top integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION switch_split(plan jsonb, lock_timeout_ms integer, dry_run boolean); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.switch_split(plan jsonb, lock_timeout_ms integer, dry_run boolean) FROM PUBLIC;
+
+--
+-- Name: FUNCTION take_split_lock(); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.take_split_lock() FROM PUBLIC;
+
+--
+-- Name: FUNCTION unfinished(parent regclass); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.unfinished(parent regclass) FROM PUBLIC;
+
+--
+-- Name: FUNCTION verify(schema_name text); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.verify(schema_name text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION wait_for_snapshots(seconds double precision); Type: ACL; Schema: partman; Owner: -
+--
+
+REVOKE ALL ON FUNCTION partman.wait_for_snapshots(seconds double precision) FROM PUBLIC;
 
 --
 -- Name: FUNCTION pg_stat_statements(showtext boolean, OUT userid oid, OUT dbid oid, OUT toplevel boolean, OUT queryid bigint, OUT query text, OUT plans bigint, OUT total_plan_time double precision, OUT min_plan_time double precision, OUT max_plan_time double precision, OUT mean_plan_time double precision, OUT stddev_plan_time double precision, OUT calls bigint, OUT total_exec_time double precision, OUT min_exec_time double precision, OUT max_exec_time double precision, OUT mean_exec_time double precision, OUT stddev_exec_time double precision, OUT rows bigint, OUT shared_blks_hit bigint, OUT shared_blks_read bigint, OUT shared_blks_dirtied bigint, OUT shared_blks_written bigint, OUT local_blks_hit bigint, OUT local_blks_read bigint, OUT local_blks_dirtied bigint, OUT local_blks_written bigint, OUT temp_blks_read bigint, OUT temp_blks_written bigint, OUT blk_read_time double precision, OUT blk_write_time double precision, OUT temp_blk_read_time double precision, OUT temp_blk_write_time double precision, OUT wal_records bigint, OUT wal_fpi bigint, OUT wal_bytes numeric, OUT jit_functions bigint, OUT jit_generation_time double precision, OUT jit_inlining_count bigint, OUT jit_inlining_time double precision, OUT jit_optimization_count bigint, OUT jit_optimization_time double precision, OUT jit_emission_count bigint, OUT jit_emission_time double precision); Type: ACL; Schema: public; Owner: -

@@ -1,1 +1,1 @@
-"""The hash-partition manager of pgvote's partitioned tables (see partitions/layout.py)."""
+"""The thin CLI of the partition manager, whose logic is the schema partman (procedures/partman.*.sql)."""

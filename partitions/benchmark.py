@@ -9,7 +9,7 @@ On a FRESH local stack (it adds polls and bulk ballots that stay there):
 3. runs pgbench through PgBouncer (`-M extended`, as PostgREST without prepared statements):
    one script votes on hot polls, one on cold polls (anonymous voters drawn from a small range,
    so about a third of the calls are revotes), every transaction logged (-l);
-4. after `--split-after` seconds splits the partition in this process (split_partition);
+4. after `--split-after` seconds splits the partition from this process (CALL partman.split);
 5. reads the pgbench logs: votes/s before, during the copy and after the split, and the latency
    of calls that were in flight while the switch held its locks (the writers' wait).
 """
@@ -26,16 +26,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
-from partitions import catalog
-from partitions.split import SplitOptions, split_partition
-from partitions.sqlexec import one
-from partitions.verify import healthy, verify
+from partitions.cli import call
 from pgvote.bench.pgbench import Run, Transaction, execute
 from pgvote.database_url import database_url
 from pgvote.loadtest.scenarios import create_poll
+
+
+def one(conn: psycopg.Connection, query: str, params: tuple[object, ...] = ()) -> Any:
+    """The first column of the one row a query returns."""
+    row = conn.execute(query, params).fetchone()
+    assert row is not None, query
+    return row[0]
 
 SCRIPT = """\\set p random(1, {n})
 \\set o random(1, 3)
@@ -49,18 +54,17 @@ commit;
 """
 
 
-def make_polls(conn: psycopg.Connection, admin_url: str, source: catalog.Partition, hot: int, cold: int,
+def make_polls(conn: psycopg.Connection, admin_url: str, m: int, r: int, hot: int, cold: int,
                ) -> tuple[list[tuple[str, list[str]]], list[tuple[str, list[str]]]]:
     """Polls made by api.create_poll as a signed-in creator (3 options, revotes on) until ``hot`` of them hash
-    into ``source`` and ``cold`` elsewhere."""
-    m, r = source.bound.slice
+    into slice (m, r) and ``cold`` elsewhere."""
     hot_polls: list[tuple[str, list[str]]] = []
     cold_polls: list[tuple[str, list[str]]] = []
     while len(hot_polls) < hot or len(cold_polls) < cold:
         spec = create_poll(admin_url, "split-benchmark", ("a", "b", "c"), 1, allow_revote=True)
         poll = (spec.poll_id, list(spec.option_ids))
-        inside = one(conn.execute("select satisfies_hash_partition('voting.ballots'::regclass, %s, %s, %s::uuid)",
-                                  (m, r, poll[0])))
+        inside = one(conn, "select satisfies_hash_partition('voting.ballots'::regclass, %s, %s, %s::uuid)",
+                     (m, r, poll[0]))
         if inside and len(hot_polls) < hot:
             hot_polls.append(poll)
         elif not inside and len(cold_polls) < cold:
@@ -68,7 +72,7 @@ def make_polls(conn: psycopg.Connection, admin_url: str, source: catalog.Partiti
     return hot_polls, cold_polls
 
 
-def seed(conn: psycopg.Connection, polls: list[tuple[str, list[str]]], rows: int, source: catalog.Partition) -> float:
+def seed(conn: psycopg.Connection, polls: list[tuple[str, list[str]]], rows: int, source: str) -> float:
     started = time.monotonic()
     ids = [p for p, _ in polls]
     options = [o for _, opts in polls for o in opts]
@@ -78,10 +82,10 @@ def seed(conn: psycopg.Connection, polls: list[tuple[str, list[str]]], rows: int
                            array[(%(opts)s::uuid[])[(g %% %(n)s) * 3 + 1 + (g / %(n)s) %% 3]]
                     from generate_series(0, %(rows)s - 1) g""",
                  {"ids": ids, "opts": options, "n": len(ids), "rows": rows})
-    if one(conn.execute("select to_regprocedure('internal.rebuild_tallies(uuid)') is not null")):
+    if one(conn, "select to_regprocedure('internal.rebuild_tallies(uuid)') is not null"):
         for poll_id in ids:
             conn.execute("select internal.rebuild_tallies(%s)", (poll_id,))
-    conn.execute(f"vacuum analyze {source.qualified}")
+    conn.execute(f"vacuum analyze {source}")
     conn.execute("checkpoint")
     return time.monotonic() - started
 
@@ -124,18 +128,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=32, help="pgbench clients; 0: split an idle server")
     ap.add_argument("--split-after", type=float, default=20.0)
     ap.add_argument("--duration", type=int, default=90, help="seconds of load in all (the split must end before)")
-    ap.add_argument("--batch-size", type=int, default=SplitOptions.batch_size)
+    ap.add_argument("--batch-size", type=int, default=5000)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
 
     conn = psycopg.connect(database_url(), autocommit=True)
-    table = catalog.find_table(conn, "voting.ballots")
-    assert table is not None
-    source = next(p for p in table.attached if args.partition in (None, p.qualified, p.name))
-    hot, cold = make_polls(conn, database_url(), source, args.hot, args.cold)
+    source, m, r = next(row for row in conn.execute("select name, modulus, remainder from partman.partitions("
+                                                     "'voting.ballots') where not pending")
+                        if args.partition in (None, row[0], row[0].partition(".")[2]))
+    hot, cold = make_polls(conn, database_url(), m, r, args.hot, args.cold)
     seeded = seed(conn, hot, args.rows, source)
-    rows = one(conn.execute(f"select count(*) from {source.qualified}"))
-    print(f"seeded {rows:,} rows into {source.qualified} in {seeded:.0f} s", file=sys.stderr)
+    rows = one(conn, f"select count(*) from {source}")
+    print(f"seeded {rows:,} rows into {source} in {seeded:.0f} s", file=sys.stderr)
 
     logs = Path(tempfile.mkdtemp(prefix="split-bench-"))
     tag = f"sb{int(time.time())}"
@@ -144,10 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             n=len(polls), voters=args.voters, tag=f"{tag}-{name}",
             polls="{" + ",".join(p for p, _ in polls) + "}",
             options="{" + ",".join(o for _, opts in polls for o in opts) + "}"))
-    options = SplitOptions(batch_size=args.batch_size)
     outcome, windows = None, []
     if args.clients == 0:  # the split alone, on an idle server
-        result = split_partition(conn, source.qualified, options)
+        [result] = call(conn, "split", source, args.batch_size)
     else:
         run = Run(Path(f"{logs / 'hot.sql'}@1"), args.api_url, args.clients, args.duration, "extended",
                   more_scripts=(f"{logs / 'cold.sql'}@1",))
@@ -156,26 +159,26 @@ def main(argv: list[str] | None = None) -> int:
             load = pool.submit(execute, run)
             time.sleep(args.split_after)
             split_started = time.time()
-            result = split_partition(conn, source.qualified, options)
+            [result] = call(conn, "split", source, args.batch_size)
             outcome = load.result(timeout=args.duration + 120)
         tx, load_ended = outcome.committed, load_started + args.duration
         windows = [
             window("before", tx, max(load_started + 5, split_started - 15), split_started),
-            window("copy", tx, result.copy_started_at, result.copy_ended_at),
-            window("switch (calls ending within 2 s of the lock request)", tx, result.switch_started_at,
-                   result.switch_started_at + 2),
-            window("after", tx, result.switched_at + 1, load_ended - 1),
+            window("copy", tx, result["copy_started_at"], result["copy_ended_at"]),
+            window("switch (calls ending within 2 s of the lock request)", tx, result["switch_started_at"],
+                   result["switch_started_at"] + 2),
+            window("after", tx, result["switched_at"] + 1, load_ended - 1),
         ]
     figures = {
-        "machine": {"cpus": os.cpu_count(), "postgres": one(conn.execute("show server_version")),
+        "machine": {"cpus": os.cpu_count(), "postgres": one(conn, "show server_version"),
                     "load_average_1m": os.getloadavg()[0]},
-        "partition": source.qualified, "rows": rows, "clients": args.clients, "batch_size": args.batch_size,
-        "split": {**asdict(result), "writer_wait_ms": result.writer_wait_ms},
+        "partition": source, "rows": rows, "clients": args.clients, "batch_size": args.batch_size,
+        "split": {**result, "writer_wait_ms": result["lock_wait_ms"] + result["held_ms"]},
         "windows": [asdict(w) for w in windows],
         "transactions": len(outcome.committed) if outcome else 0,
         "pgbench_aborted_clients": len(outcome.aborted) if outcome else 0,
         "pgbench_errors": list(outcome.aborted.values())[:5] if outcome else [],
-        "verify_healthy": healthy(verify(conn)),
+        "verify_healthy": not one(conn, "select count(*) from partman.verify('voting') where severity = 'problem'"),
     }
     shutil.rmtree(logs, ignore_errors=True)
     print(json.dumps(figures, indent=2))

@@ -30,7 +30,7 @@ from pgvote.paths import DB_DIR, PROCEDURES_DIR
 ALWAYS_APPLIED = ("roles.sql", "grants.sql", "schedules.sql")
 
 #: The schemas whose functions procedures/ owns (files are named <schema>.<function>.sql).
-OWNED_SCHEMAS = ("api", "hooks", "internal", "shard")
+OWNED_SCHEMAS = ("api", "hooks", "internal", "shard", "partman")
 
 
 @dataclass(frozen=True)

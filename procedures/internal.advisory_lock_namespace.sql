@@ -7,12 +7,10 @@
 --                         SHARE: every vote; EXCLUSIVE: close_poll, rebuild_tallies.
 --   2 tally_maintenance   rebuild_tallies and compact_tally_slots, one at a time; key 0.
 --   3 partition_split     the partition manager's session lock, one split at a time per
---                         database; key 0 (partitions/catalog.py SPLIT_LOCK_NAMESPACE).
+--                         database; key 0 (partman.take_split_lock).
 --   4 split_mirror        a split's copy batches against its mirror trigger; key the oid of
---                         the partition being split (partitions/catalog.py MIRROR_LOCK_NAMESPACE).
+--                         the partition being split (partman.mirror_ddl, partman.split_slice).
 --
--- The partition manager cannot call this (it names its locks before any query), so it keeps
--- the two numbers as constants; tests/test_concurrency.py holds them equal to these.
 -- An unregistered feature gives NULL, and a lock on NULL locks nothing: the same test
 -- requires every feature named in procedures/ to be registered here.
 create or replace function internal.advisory_lock_namespace(feature text) returns integer

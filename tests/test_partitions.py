@@ -23,13 +23,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from partitions import catalog
-from partitions.bounds import parse_bound
-from partitions.coverage import check_coverage, compress
-from partitions.create import create_partitions
-from partitions.split import SplitOptions, split_partition
-from partitions.sqlexec import Refused
-from partitions.verify import healthy, verify
+from partitions.cli import call
 from pgvote import migrate
 
 from helpers import Poll, counts_from_ballots, fingerprint, results_counts
@@ -45,11 +39,12 @@ VOTERS = 20  # parallel HTTP clients (nginx -> PostgREST -> PgBouncer) during th
 
 
 def pgvote(url: str, *args: str, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The real CLI, as a DBA runs it, on DATABASE_URL=url."""
+    """The real CLI, as a DBA runs it, on DATABASE_URL=url; crash_at makes the split's backend terminate
+    itself at that point (partman.crash_point)."""
     env = {**os.environ, "DATABASE_URL": url, "COLUMNS": "200"}
-    env.pop("PGVOTE_SPLIT_CRASH_AT", None)
+    env.pop("PGOPTIONS", None)
     if crash_at:
-        env["PGVOTE_SPLIT_CRASH_AT"] = crash_at
+        env["PGOPTIONS"] = f"-c partman.crash_at={crash_at}"
     return subprocess.run([PGVOTE, "partitions", *args], env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -97,24 +92,24 @@ def catalog_fingerprint(url: str) -> list[tuple]:
                order by 1, 2, 3""").fetchall()
 
 
-def ballots(url: str) -> catalog.PartitionedTable:
+def partitions(url: str, table: str = "voting.ballots") -> list[tuple[str, int, int]]:
+    """(name, modulus, remainder) of the attached partitions, by partman.partitions."""
     with psycopg.connect(url) as conn:
-        table = catalog.find_table(conn, "voting.ballots")
-    assert table is not None
-    return table
+        return conn.execute("select split_part(name, '.', 2), modulus, remainder from partman.partitions(%s) "
+                            "where not pending", (table,)).fetchall()
+
+
+def healthy(conn: psycopg.Connection) -> bool:
+    return not conn.execute("select count(*) from partman.verify('voting') where severity = 'problem'").fetchone()[0]
 
 
 def partition_of(admin: psycopg.Connection, poll_id: str) -> str:
     """The partition a poll's ballots go to, computed from the bounds."""
-    with psycopg.connect(admin.info.dsn) as conn:
-        table = catalog.find_table(conn, "voting.ballots")
-        assert table is not None
-        for p in table.attached:
-            m, r = p.bound.slice
-            if conn.execute("select satisfies_hash_partition('voting.ballots'::regclass, %s, %s, %s::uuid)",
-                            (m, r, poll_id)).fetchone()[0]:
-                return p.qualified
-    raise AssertionError(f"no partition for {poll_id}")
+    found = admin.execute("""select name from partman.partitions('voting.ballots') where not pending
+                             and satisfies_hash_partition('voting.ballots'::regclass, modulus, remainder, %s::uuid)""",
+                          (poll_id,)).fetchone()
+    assert found, f"no partition for {poll_id}"
+    return str(found[0])
 
 
 def wait_for_split_sessions_to_end(url: str) -> None:
@@ -148,28 +143,43 @@ def mirror_functions(url: str) -> list[str]:
     ([("a", 1, 0), ("b", 1, 0)], [], [("a", "b", [(1, 0)])]),
     ([("a", 3, 0), ("b", 3, 1), ("c", 2, 0), ("d", 6, 5)], [], [("a", "c", [(6, 0)]), ("b", "c", [(6, 4)])]),
 ])
-def test_coverage_finds_gaps_and_overlaps_in_bound_lists(bounds, gaps, overlaps) -> None:
-    coverage = check_coverage(bounds)
-    assert list(coverage.gaps) == gaps
-    assert [(o.first, o.second, list(o.slots)) for o in coverage.overlaps] == overlaps
-    assert coverage.ok == (not gaps and not overlaps)
+def test_coverage_finds_gaps_and_overlaps_in_bound_lists(admin, bounds, gaps, overlaps) -> None:
+    found = admin.execute("select kind, first, second, modulus, remainder from partman.coverage(%s, %s, %s)",
+                          ([b[0] for b in bounds], [b[1] for b in bounds], [b[2] for b in bounds])).fetchall()
+    assert [(m, r) for kind, _, _, m, r in found if kind == "gap"] == gaps
+    pairs: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for kind, a, b, m, r in found:
+        if kind == "overlap":
+            pairs.setdefault((a, b), []).append((m, r))
+    assert [(a, b, s) for (a, b), s in pairs.items()] == overlaps
 
 
-def test_coverage_rejects_impossible_bounds() -> None:
-    assert check_coverage([("a", 4, 4), ("b", 1, 0)]).invalid == ("a: modulus 4, remainder 4",)
+def test_coverage_rejects_impossible_bounds(admin) -> None:
+    found = admin.execute("select kind, first from partman.coverage(array['a', 'b'], array[4, 1], array[4, 0])")
+    assert found.fetchall() == [("invalid", "a: modulus 4, remainder 4")]
 
 
-def test_compress_describes_gap_slots_coarsest_first() -> None:
+def test_compress_describes_gap_slots_coarsest_first(admin) -> None:
+    def compress(slots: set[int], total: int) -> list[tuple[int, int]]:
+        return admin.execute("select * from partman.compress(%s, %s)", (sorted(slots), total)).fetchall()
     assert compress({3, 19}, 32) == [(16, 3)]
     assert compress({3}, 32) == [(32, 3)]
     assert compress(set(range(8)), 8) == [(1, 0)]
 
 
-def test_partition_bounds_are_parsed_as_postgres_prints_them() -> None:
-    assert parse_bound("FOR VALUES WITH (modulus 16, remainder 3)").slice == (16, 3)
-    assert parse_bound("DEFAULT").kind == "default"
-    assert parse_bound("FOR VALUES IN (1, 2)").kind == "list"
-    assert parse_bound("FOR VALUES FROM (1) TO (5)").kind == "range"
+def test_partition_bounds_are_parsed_as_postgres_prints_them(scratch) -> None:
+    with psycopg.connect(scratch, autocommit=True) as conn:
+        conn.execute("create table voting.kinds (k int not null) partition by list (k)")
+        conn.execute("create table voting.kinds_in partition of voting.kinds for values in (1, 2)")
+        conn.execute("create table voting.kinds_d partition of voting.kinds default")
+        conn.execute("create table voting.ranged (k int not null) partition by range (k)")
+        conn.execute("create table voting.ranged_r partition of voting.ranged for values from (1) to (5)")
+        found = conn.execute("select name, kind, modulus, remainder from partman.partitions('voting.kinds') union all "
+                             "select name, kind, modulus, remainder from partman.partitions('voting.ranged') union all "
+                             "(select name, kind, modulus, remainder from partman.partitions('voting.ballots') "
+                             "where remainder = 3)").fetchall()
+    assert sorted(found) == [("voting.ballots_m16_r3", "hash", 16, 3), ("voting.kinds_d", "default", None, None),
+                             ("voting.kinds_in", "list", None, None), ("voting.ranged_r", "range", None, None)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,9 +225,9 @@ def test_verify_detects_a_detached_partition_as_a_gap_and_resume_closes_it(scrat
     before = digest(scratch)
     with psycopg.connect(scratch, autocommit=True) as conn:
         conn.execute("alter table voting.ballots detach partition voting.ballots_m16_r5")
-        findings = verify(conn)
-    assert not healthy(findings)
-    assert any("gap: no partition covers (modulus 16, remainder 5)" in f.message for f in findings), findings
+        findings = [m for m, in conn.execute("select message from partman.verify('voting')")]
+        assert not healthy(conn)
+    assert any("gap: no partition covers (modulus 16, remainder 5)" in m for m in findings), findings
     done = pgvote(scratch, "verify")
     assert done.returncode == 1 and "(modulus 16, remainder 5)" in done.stdout
 
@@ -225,7 +235,7 @@ def test_verify_detects_a_detached_partition_as_a_gap_and_resume_closes_it(scrat
     assert done.returncode == 0, done.stderr
     assert pgvote(scratch, "verify").returncode == 0
     assert digest(scratch) == before
-    assert {"ballots_m32_r5", "ballots_m32_r21"} <= {p.name for p in ballots(scratch).attached}
+    assert {"ballots_m32_r5", "ballots_m32_r21"} <= {name for name, _, _ in partitions(scratch)}
 
 
 def test_verify_detects_a_default_partition(scratch) -> None:
@@ -291,9 +301,8 @@ def test_create_builds_the_initial_set_once(scratch) -> None:
 
     dry = pgvote(scratch, "create", "--table", "voting.events", "--modulus", "8", "--dry-run")
     assert dry.returncode == 0 and dry.stdout.count("create table if not exists") == 8
-    assert len(ballots(scratch).partitions) == 16
-    with psycopg.connect(scratch) as conn:
-        assert not catalog.find_table(conn, "voting.events").partitions, "--dry-run created nothing"
+    assert len(partitions(scratch)) == 16
+    assert not partitions(scratch, "voting.events"), "--dry-run created nothing"
 
     assert pgvote(scratch, "create", "--table", "voting.events", "--modulus", "8").returncode == 0
     again = pgvote(scratch, "create", "--table", "voting.events", "--modulus", "8")
@@ -307,21 +316,37 @@ def test_create_builds_the_initial_set_once(scratch) -> None:
 def test_split_all_doubles_every_partition_of_a_table(scratch) -> None:
     with psycopg.connect(scratch, autocommit=True) as conn:
         conn.execute("create table voting.events (id uuid primary key, n int) partition by hash (id)")
-        assert create_partitions(conn, "voting.events", 4) == [f"voting.events_m4_r{r}" for r in range(4)]
+        assert [r for r, in conn.execute("select partition from partman.create_partitions('voting.events', 4)")] == \
+            [f"voting.events_m4_r{r}" for r in range(4)]
         conn.execute("insert into voting.events select gen_random_uuid(), g from generate_series(1, 4000) g")
     before = digest(scratch, "voting.events")
-    done = pgvote(scratch, "split", "--all", "--table", "voting.events", "--batch-size", "300")
+    done = pgvote(scratch, "-v", "split", "--all", "--table", "voting.events", "--batch-size", "300")
     assert done.returncode == 0, done.stderr
-    with psycopg.connect(scratch) as conn:
-        events = catalog.find_table(conn, "voting.events")
-    assert sorted(p.bound.slice for p in events.partitions) == [(8, r) for r in range(8)]
+    assert "alter table voting.events attach partition voting.events_m8_r4" in done.stderr, "-v logs the statements"
+    assert sorted((m, r) for _, m, r in partitions(scratch, "voting.events")) == [(8, r) for r in range(8)]
     assert digest(scratch, "voting.events") == before
     assert pgvote(scratch, "verify").returncode == 0
 
 
-def test_library_calls_need_an_autocommit_connection(stack) -> None:
-    with psycopg.connect(stack.admin_url) as conn, pytest.raises(Refused, match="autocommit"):
-        split_partition(conn, "voting.ballots_m16_r0")
+def test_a_refused_split_keeps_the_session_lock_until_the_next_split_of_that_session_releases_it(scratch) -> None:
+    """A refusal raised after the split session lock was taken leaves it held by that session (a procedure
+    cannot clean up around its COMMITs); the session's next split takes it once, not twice, and releases it."""
+    with psycopg.connect(scratch, autocommit=True) as conn, psycopg.connect(scratch, autocommit=True) as other:
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute("call partman.split('voting.ballots')")
+        assert refused.value.sqlstate == "PM001" and "not a partition" in str(refused.value)
+        assert other.execute("select pid from partman.split_holder()").fetchone()[0] == conn.info.backend_pid
+        assert call(conn, "split", "voting.ballots_m16_r1", 100, 0.0, 500, True) == [], "a dry run reports no result"
+        assert other.execute("select count(*) from partman.split_holder()").fetchone()[0] == 0
+
+
+def test_split_called_in_a_transaction_block_fails_and_changes_nothing(stack) -> None:
+    """The procedures commit between their steps: inside a transaction block the first COMMIT fails and
+    the whole block rolls back (from a migration, call them inside autocommit_block())."""
+    before = catalog_fingerprint(stack.admin_url)
+    with psycopg.connect(stack.admin_url) as conn, pytest.raises(psycopg.errors.InvalidTransactionTermination):
+        conn.execute("call partman.split('voting.ballots_m16_r0')")
+    assert catalog_fingerprint(stack.admin_url) == before
 
 
 # --------------------------------------------------------------------------------------------------
@@ -331,14 +356,14 @@ def test_library_calls_need_an_autocommit_connection(stack) -> None:
 
 def test_dry_run_prints_the_sql_and_changes_nothing(stack) -> None:
     before = catalog_fingerprint(stack.admin_url)
-    source = ballots(stack.admin_url).attached[0].qualified
+    source = "voting." + partitions(stack.admin_url)[0][0]
     one = pgvote(stack.admin_url, "split", source, "--dry-run")
     assert one.returncode == 0, one.stderr
-    for expected in ("create trigger", "with batch as materialized", "lock table \"voting\".\"ballots\" in access "
-                     "exclusive mode", "detach partition", "attach partition", "drop table", "dry run"):
+    for expected in ("create trigger", "with batch as materialized", "lock table voting.ballots in access exclusive mode",
+                     "detach partition", "attach partition", "drop table", "dry run"):
         assert expected in one.stdout
     every = pgvote(stack.admin_url, "split", "--all", "--dry-run")
-    assert every.returncode == 0 and every.stdout.count("detach partition") == len(ballots(stack.admin_url).attached)
+    assert every.returncode == 0 and every.stdout.count("detach partition") == len(partitions(stack.admin_url))
     assert pgvote(stack.admin_url, "create", "--modulus", "16", "--dry-run").returncode in (0, 2)
     assert catalog_fingerprint(stack.admin_url) == before
 
@@ -355,11 +380,41 @@ def test_split_refuses_unclear_requests_in_one_line(stack, request_, why) -> Non
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+def test_cli_killed_mid_copy_ends_its_backend_and_resume_completes_the_split(scratch) -> None:
+    """SIGKILL of the CLI itself while the procedure copies: the backend notices the lost client at its next
+    NOTICE and ends, leaving a split that status reports and --resume finishes with nothing lost."""
+    seed_ballots(scratch)
+    before = digest(scratch)
+    env = {**os.environ, "DATABASE_URL": scratch}
+    env.pop("PGOPTIONS", None)
+    cli = subprocess.Popen([PGVOTE, "partitions", "split", "voting.ballots_m16_r4", "--batch-size", "50",
+                            "--pause", "100"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with psycopg.connect(scratch, autocommit=True) as conn:
+            for _ in range(400):  # until a few batches are in the targets
+                if conn.execute("select count(*) from pg_class where relname = 'ballots_m32_r4'").fetchone()[0] and \
+                        conn.execute("select count(*) from voting.ballots_m32_r4").fetchone()[0] > 60:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("the copy did not start")
+    finally:
+        cli.kill()
+        cli.wait()
+    wait_for_split_sessions_to_end(scratch)
+    status = json.loads(pgvote(scratch, "status", "--json").stdout)
+    [unfinished] = next(t for t in status["tables"] if t["table"] == "voting.ballots")["unfinished_splits"]
+    assert "voting.ballots_m16_r4" in unfinished and "interrupted before its switch" in unfinished
+    assert pgvote(scratch, "split", "--resume").returncode == 0
+    assert pgvote(scratch, "verify").returncode == 0
+    assert digest(scratch) == before
+
+
 def test_split_killed_after_its_switch_leaves_only_the_old_table_for_resume(scratch) -> None:
     seed_ballots(scratch)
     before = digest(scratch)
     killed = pgvote(scratch, "split", "voting.ballots_m16_r2", crash_at="after-switch")
-    assert killed.returncode == -9
+    assert killed.returncode == 1 and "terminat" in killed.stderr, killed.stderr
     wait_for_split_sessions_to_end(scratch)
     verified = pgvote(scratch, "verify")
     assert verified.returncode == 0, "the switch committed: healthy"
@@ -378,7 +433,7 @@ def test_killed_split_is_reported_and_resume_completes_it(scratch, crash_at) -> 
     seed_ballots(scratch)
     source = "voting.ballots_m16_r0"
     killed = pgvote(scratch, "split", source, "--batch-size", "100", crash_at=crash_at.split()[0])
-    assert killed.returncode == -9, killed.stderr
+    assert killed.returncode == 1 and "terminat" in killed.stderr, killed.stderr
     wait_for_split_sessions_to_end(scratch)
 
     status = json.loads(pgvote(scratch, "status", "--json").stdout)
@@ -392,7 +447,7 @@ def test_killed_split_is_reported_and_resume_completes_it(scratch, crash_at) -> 
 
     with psycopg.connect(scratch, autocommit=True) as conn:
         if "without mirror" in crash_at:
-            conn.execute(f"drop trigger {catalog.MIRROR_TRIGGER} on {source}")
+            conn.execute(f"drop trigger pgvote_split_mirror on {source}")
         conn.execute(f"update {source} set option_ids = array[gen_random_uuid()], changed_at = now() "
                      "where voter_key < '\\x40'")  # about a quarter of the rows, copied or not
         conn.execute(f"""insert into voting.ballots (poll_id, voter_key, ballot_id, option_ids)
@@ -403,7 +458,7 @@ def test_killed_split_is_reported_and_resume_completes_it(scratch, crash_at) -> 
     assert resumed.returncode == 0, resumed.stderr
     assert pgvote(scratch, "verify").returncode == 0
     assert digest(scratch) == before
-    assert {p.name for p in ballots(scratch).attached} >= {"ballots_m32_r0", "ballots_m32_r16"}
+    assert {name for name, _, _ in partitions(scratch)} >= {"ballots_m32_r0", "ballots_m32_r16"}
     assert mirror_functions(scratch) == []
 
 
@@ -466,7 +521,7 @@ def test_split_under_cast_vote_load_loses_nothing(stack, make_poll, admin, api) 
                 time.sleep(0.05)
             with psycopg.connect(stack.admin_url, autocommit=True) as conn:
                 split_running.set()
-                result = split_partition(conn, source, SplitOptions(batch_size=50, pause=0.01))
+                [result] = call(conn, "split", source, 50, 10.0)
                 split_running.clear()
             time.sleep(0.3)  # and a little after the switch
         finally:
@@ -475,7 +530,7 @@ def test_split_under_cast_vote_load_loses_nothing(stack, make_poll, admin, api) 
             f.result()
 
     assert {status for status, _ in statuses} == {200}, statuses
-    assert result.rows_copied >= 1500 and result.batches > 1
+    assert result["rows_copied"] >= 1500 and result["batches"] > 1
     assert during_split["recorded"] > 0 and during_split["changed"] > 0, "votes and revotes ran during the split"
 
     ids = [p.poll_id for p in polls]
@@ -490,10 +545,10 @@ def test_split_under_cast_vote_load_loses_nothing(stack, make_poll, admin, api) 
         assert counts_from_ballots(admin, poll.poll_id) == dict(expected), "every voter's last acknowledged ballot"
         assert results_counts(fresh_results(api, poll.poll_id)) == counts_from_ballots(admin, poll.poll_id)
 
-    children = set(result.targets)
+    children = set(result["targets"])
     homes = {r[0] for r in admin.execute("select distinct tableoid::regclass::text from voting.ballots "
                                          "where poll_id = any(%s::uuid[])", (ids,))}
     assert homes <= children and admin.execute("select to_regclass(%s)", (source,)).fetchone()[0] is None
-    assert healthy(verify(admin))
-    print(f"\nsplit under load: {result.rows_copied} rows, {result.batches} batches, "
-          f"switch lock wait {result.lock_wait_ms:.1f} ms, held {result.held_ms:.1f} ms")
+    assert healthy(admin)
+    print(f"\nsplit under load: {result['rows_copied']} rows, {result['batches']} batches, "
+          f"switch lock wait {result['lock_wait_ms']:.1f} ms, held {result['held_ms']:.1f} ms")

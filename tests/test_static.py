@@ -20,7 +20,7 @@ def test_plpgsql_check_reports_no_error_or_warning(admin) -> None:
     functions = admin.execute(
         """select p.oid, p.oid::regprocedure::text from pg_proc p
            join pg_namespace n on n.oid = p.pronamespace join pg_language l on l.oid = p.prolang
-           where n.nspname in ('api', 'internal', 'hooks', 'shard') and l.lanname = 'plpgsql'"""
+           where n.nspname in ('api', 'internal', 'hooks', 'shard', 'partman') and l.lanname = 'plpgsql'"""
     ).fetchall()
     assert len(functions) >= 8
     findings = [
@@ -67,7 +67,7 @@ def schema_objects(url: str) -> tuple[int, int, int]:
         row = conn.execute(
             """select (select count(*) from pg_namespace where nspname in ('api', 'voting', 'internal')),
                       (select count(*) from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-                       where n.nspname in ('api', 'internal', 'hooks', 'shard')),
+                       where n.nspname in ('api', 'internal', 'hooks', 'shard', 'partman')),
                       (select count(*) from pg_inherits where inhparent = to_regclass('voting.ballots'))"""
         ).fetchone()
     return int(row[0]), int(row[1]), int(row[2])
@@ -209,10 +209,9 @@ def test_revisions_depend_only_on_frozen_files() -> None:
 
 
 def test_initial_revision_writes_the_partitions_the_manager_names(scratch_database) -> None:
-    """The initial revision's frozen DDL and partitions/layout.py name and bound the same slices."""
-    from partitions.layout import create_statements
-
-    alembic(scratch_database, "-x", "partitions=4", "upgrade", "0001")
+    """The initial revision's frozen DDL and partman.create_partitions (procedures/partman.create_partitions.sql)
+    name and bound the same slices."""
+    alembic(scratch_database, "-x", "partitions=4", "upgrade", "head")
     with psycopg.connect(scratch_database) as conn:
         written = conn.execute(
             """select c.relname, pg_get_expr(c.relpartbound, c.oid) from pg_inherits i
@@ -220,8 +219,7 @@ def test_initial_revision_writes_the_partitions_the_manager_names(scratch_databa
         ).fetchall()
         conn.execute("create schema layout_check")
         conn.execute("create table layout_check.ballots (poll_id uuid) partition by hash (poll_id)")
-        for statement in create_statements("layout_check", "ballots", 4):
-            conn.execute(statement)
+        conn.execute("select partman.create_partitions('layout_check.ballots', 4)").fetchall()
         expected = conn.execute(
             """select c.relname, pg_get_expr(c.relpartbound, c.oid) from pg_inherits i
                join pg_class c on c.oid = i.inhrelid where i.inhparent = 'layout_check.ballots'::regclass
@@ -273,7 +271,7 @@ def test_upgrade_drops_functions_no_file_defines(scratch_database) -> None:
         functions = {r[0] for r in conn.execute(
             """select p.oid::regprocedure::text from pg_proc p
                where p.pronamespace in ('api'::regnamespace, 'internal'::regnamespace, 'hooks'::regnamespace,
-                                        'shard'::regnamespace)
+                                        'shard'::regnamespace, 'partman'::regnamespace)
                  and not exists (select from pg_depend d where d.objid = p.oid and d.deptype = 'e')""")}
         assert not {"internal.retired_helper(integer)", "api.poll_results(text)",
                     "api.close_poll(uuid,text)"} & functions

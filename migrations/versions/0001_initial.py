@@ -7,7 +7,7 @@ Create Date: 2026-11-27
 `alembic -x partitions=N upgrade head` creates N hash partitions of voting.ballots
 (default 16, a power of two). The DDL is generated here, not by the partition manager's
 code: a revision runs the same SQL forever, whatever later code does. The manager reads
-the names written here (`<table>_m<modulus>_r<remainder>`, partitions/layout.py), and
+the names written here (`<table>_m<modulus>_r<remainder>`, procedures/partman.partitions.sql), and
 tests/test_static.py checks that both still agree.
 """
 from alembic import context

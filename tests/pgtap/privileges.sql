@@ -17,7 +17,8 @@ from (values ('api', array['anon', 'authenticated', 'ingest']),
              ('voting', array[]::text[]),
              ('internal', array[]::text[]),
              ('rate_limit', array[]::text[]),
-             ('monitoring', array['ops'])) as s(name, usage),
+             ('monitoring', array['ops']),
+             ('partman', array[]::text[])) as s(name, usage),
      (values ('anon'), ('authenticated'), ('ingest'), ('authenticator'), ('ops')) as r(name);
 
 -- Functions: each endpoint executable by exactly the roles of api/README.md's endpoint table.
@@ -31,6 +32,17 @@ from (values ('api', 'cast_vote', array['uuid', 'uuid[]', 'text', 'uuid'], array
              ('api', 'cast_votes', array['jsonb'], array['ingest']),
              ('hooks', 'pre_request', array[]::text[], array['anon', 'authenticated', 'ingest'])) as f(schema, name, args, callers),
      (values ('anon'), ('authenticated'), ('ingest'), ('authenticator'), ('ops')) as r(name);
+
+-- The partition manager's functions and procedures run DDL with the caller's rights: executable by
+-- none of these roles (only the owner and superusers), whatever routines the schema holds.
+select function_privs_are('partman', p.proname,
+                          array(select format_type(a.t, null) from unnest(p.proargtypes::oid[]) with ordinality as a(t, o)
+                                order by a.o), r.name, array[]::text[])
+from pg_proc as p
+join pg_namespace as n on n.oid = p.pronamespace,
+     (values ('anon'), ('authenticated'), ('ingest'), ('authenticator'), ('ops'), ('pgvote_router')) as r(name)
+where n.nspname = 'partman'
+order by p.proname, r.name;
 
 -- Tables, partitions and views of every project schema: no privilege for the request roles or
 -- authenticator; ops only SELECT on the monitoring views.
