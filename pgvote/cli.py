@@ -356,9 +356,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 @command("loadtest", "the 50,000-vote spike on one poll, over HTTP with k6 (or --sql through PgBouncer), "
-                     "verified exactly once", configure=_options_of("pgvote.loadtest.command", "add_options"))
+                     "verified exactly once", configure=_options_of("pgvote.loadtest", "add_options"))
 def cmd_loadtest(args: argparse.Namespace) -> int:
-    from pgvote.loadtest.command import run
+    from pgvote.loadtest import run
 
     stack = None
     if not (args.database_url and args.admin_url):

@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -28,12 +28,12 @@ from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 from rich.console import Console
 
 from pgvote.bench.pgbench import POSTGREST_RPC, SCRIPTS, Outcome, Run, Transaction, execute, postgrest_variables
 from pgvote.loadtest.report import Record, figures, timeline
-from pgvote.loadtest.servers import measuring
-from pgvote.loadtest.verify import verify_poll
+from pgvote.loadtest.servers import local_ports, measuring
 from pgvote.stack import read_postgrest_conf
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ OPTIONS = ("PostgreSQL", "PgBouncer", "PostgREST", "psycopg")
 MAX_CHOICES = 2
 SCHEMA = "pgvote_loadtest"
 SETUP_SQL = (Path(__file__).parent / "sql" / "scratch.sql").read_text()
+VERIFY_SQL = (Path(__file__).parent / "sql" / "verify.sql").read_text()
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,33 @@ def create_poll(admin_url: str, tag: str | None = None, options: tuple[str, ...]
     return BallotSpec(created["poll_id"], tuple(created["option_ids"]), tag, max_choices)
 
 
+def poll_results(admin: psycopg.Connection[Any], poll_id: str) -> dict[str, Any] | None:
+    """``api.poll_results`` as an anonymous reader calls it (straight from the database: an HTTP cache
+    in front may serve a result up to a second old); None when the poll does not exist."""
+    try:
+        with admin.transaction():
+            admin.execute("select set_config('role', 'anon', true)")
+            row = admin.execute("select api.poll_results(%s)", (poll_id,)).fetchone()
+    except psycopg.Error:  # poll_not_found (SQLSTATE PGRST): the transaction is rolled back
+        return None
+    return row[0] if row else None
+
+
+def verify_poll(admin_url: str, poll_id: str, acknowledged: Mapping[str, Sequence[str]],
+                attempted: Sequence[str] = ()) -> dict[str, Any]:
+    """``acknowledged``: identity -> option ids that voter cast and got a 200 for; ``attempted``: other
+    identities the run tried (not acknowledged: their ballot may or may not be stored). The counts of
+    sql/verify.sql, its ``problems`` and ``exactly_once`` (no problem)."""
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        results = poll_results(admin, poll_id)
+        with admin.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(VERIFY_SQL, {"poll": poll_id, "acked": json.dumps({k: list(v) for k, v in acknowledged.items()}),
+                                           "attempted": list(attempted),
+                                           "results": json.dumps(results) if results else None}).fetchone()
+    assert row is not None
+    return {**row, "exactly_once": not row["problems"]}
+
+
 def pre_request_hook(admin_url: str) -> str | None:
     """``db-pre-request`` of the project's api/postgrest.conf, when that function exists in the database:
     PostgREST calls it in every request's transaction, so the load does too."""
@@ -117,14 +145,6 @@ def pre_request_hook(admin_url: str) -> str | None:
 
 def new_tag() -> str:
     return uuid.uuid4().hex[:10]
-
-
-def local_servers(cfg: LoadtestConfig) -> dict[str, int]:
-    """Listening ports of PostgreSQL and PgBouncer behind the URLs, when they run on this machine."""
-    admin, api = urlsplit(cfg.admin_url), urlsplit(cfg.database_url)
-    if not {admin.hostname, api.hostname} <= {"127.0.0.1", "localhost", "::1"}:
-        return {}
-    return {"postgres": admin.port or 5432, "pgbouncer": api.port or 5432}
 
 
 #: Passes of pgbench per scenario: the first casts everything, each next one re-casts, identically, what
@@ -156,10 +176,11 @@ def cast_all(cfg: LoadtestConfig, script: str | Path, clients: int, per_client: 
     casts: dict[int, Cast] = {}
     outcomes: list[Outcome] = []
     pending = list(range(clients * per_client))
-    with measuring(local_servers(cfg), cfg.bouncer_admin_url, measured, cfg.sample_interval):
+    servers = local_ports(postgres=cfg.admin_url, pgbouncer=cfg.database_url)
+    with measuring(servers, cfg.bouncer_admin_url, measured, cfg.sample_interval):
         for recast in range(MAX_PASSES):
             if recast:
-                settle()
+                time.sleep(1)  # the servers finish the previous pass's tail
                 clients, per_client = _plan(len(pending), clients)
                 slots = [pending[i % len(pending)] for i in range(clients * per_client)]  # the last repeat: idempotent
                 stage(cfg.admin_url, "recasts", slots)
@@ -297,11 +318,6 @@ def run_bulk_scenario(cfg: LoadtestConfig, console: Console, quiet: bool = False
     return _burst_result("bulk ingestion", "bulk", clients, cfg.voters, outcomes, recs, measured, {
         "poll_id": ballots.poll_id, "batch": max(len(voters) for voters in plan), "batches": count,
         "committed_batches": sum(r[1] == "ack" for r in per_batch), "verification": check})
-
-
-def settle(seconds: float = 1.0) -> None:
-    """Let the servers finish the previous scenario's tail (autovacuum wakeups, closing clients)."""
-    time.sleep(seconds)
 
 
 @contextmanager

@@ -9,12 +9,28 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 
 from pgvote.stack import children
 
 MIB = 1024 * 1024
+
+
+def server_ports(status: dict[str, Any]) -> dict[str, int]:
+    """Listening port of each running server process of a stack's ``status()``: nginx, every PostgREST
+    replica (by name), PgBouncer, PostgreSQL, the live-results publisher."""
+    components = status.get("components", {})
+    ports = {r["name"]: int(r["port"]) for r in components.get("postgrest", []) if r.get("running")}
+    return ports | {name: int(components[name]["port"]) for name in ("nginx", "pgbouncer", "postgres", "publisher")
+                    if components.get(name, {}).get("port")}
+
+
+def local_ports(**urls: str) -> dict[str, int]:
+    """name -> port of each URL that points at this machine (its servers can be measured)."""
+    return {name: port for name, url in urls.items() if (u := urlsplit(url)).hostname in ("127.0.0.1", "localhost", "::1")
+            and (port := u.port)}
 
 
 def listening_pids(port: int) -> list[int]:
