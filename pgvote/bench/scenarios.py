@@ -199,14 +199,12 @@ def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None], 
         results.measured[name] = m
         return m
 
-    measure("bare_insert", "bare INSERT of one ballot row, hot poll", "bare_insert.sql", 64, hot)
-    measure("cast_vote_hot", "cast_vote, one hot poll", "cast_vote.sql", 64, hot)
-    # Direct connections cannot go past max_connections (300): the sweep stops at 200, and
-    # runs before PgBouncer holds server connections of its own.
-    for c in DIRECT_SWEEP_CLIENTS:
-        if c != 64:
-            measure(f"bare_insert_{c}", "bare INSERT of one ballot row, hot poll", "bare_insert.sql", c, hot)
-            measure(f"cast_vote_hot_{c}", "cast_vote, one hot poll", "cast_vote.sql", c, hot)
+    # Direct connections cannot go past max_connections (300): the sweep stops at 200, and runs before
+    # PgBouncer holds server connections of its own.
+    for c in sorted(DIRECT_SWEEP_CLIENTS, key=lambda c: c != 64):  # 64 first, as the ratios' pair
+        suffix = "" if c == 64 else f"_{c}"
+        measure(f"bare_insert{suffix}", "bare INSERT of one ballot row, hot poll", "bare_insert.sql", c, hot)
+        measure(f"cast_vote_hot{suffix}", "cast_vote, one hot poll", "cast_vote.sql", c, hot)
     measure("cast_vote_spread", "cast_vote spread over 10,000 polls", "cast_vote.sql", 64, spread)
     measure("cast_vote_pgbouncer", "cast_vote, one hot poll, through PgBouncer without prepared statements",
             "cast_vote.sql", 64, hot, via_bouncer=True, as_superuser=True)
