@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,26 @@ def pool_totals(admin: psycopg.Connection[Any]) -> dict[str, int]:
 
 
 @contextmanager
+def sampling(step: Callable[[], object], interval: float) -> Iterator[None]:
+    """``step()`` every ``interval`` s in a thread of its own while the block runs (the load's clock readings
+    never wait for it)."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            step()
+            stop.wait(interval)
+
+    thread = threading.Thread(target=loop, name="sampler", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+@contextmanager
 def measuring(servers: dict[str, int], bouncer_admin_url: str | None, figures: dict[str, Any],
               interval: float = 0.25) -> Iterator[None]:
     """While the block runs, sample the memory of ``postgres`` and ``pgbouncer`` and PgBouncer's pools every
@@ -104,36 +124,29 @@ def measuring(servers: dict[str, int], bouncer_admin_url: str | None, figures: d
     readable = bool(pg) and os.access(f"/proc/{pg[0]}/smaps_rollup", os.R_OK)
     samples: list[tuple[int, int, int, int]] = []  # postgres PSS, its shared part, its processes, PgBouncer PSS
     peaks: dict[str, int] = {}
-    stop = threading.Event()
 
-    def sample() -> None:
-        admin = None
+    def sample(admin: psycopg.Connection[Any] | None) -> None:
+        if readable:
+            pgs = [pss(p) for p in [pg[0], *children(pg[0])]]
+            samples.append((sum(t for t, _ in pgs), sum(s for _, s in pgs), sum(t > 0 for t, _ in pgs),
+                            sum(pss(p)[0] for p in bouncers)))
         try:
-            admin = psycopg.connect(bouncer_admin_url, autocommit=True, connect_timeout=5) if bouncer_admin_url else None
+            for key, value in (pool_totals(admin) if admin else {}).items():
+                peaks[key] = max(peaks.get(key, 0), value)
         except psycopg.Error:
             pass
-        while not stop.is_set():
-            if readable:
-                pgs = [pss(p) for p in [pg[0], *children(pg[0])]]
-                samples.append((sum(t for t, _ in pgs), sum(s for _, s in pgs), sum(t > 0 for t, _ in pgs),
-                                sum(pss(p)[0] for p in bouncers)))
-            try:
-                for key, value in (pool_totals(admin) if admin else {}).items():
-                    peaks[key] = max(peaks.get(key, 0), value)
-            except psycopg.Error:
-                pass
-            stop.wait(interval)
+
+    try:
+        admin = psycopg.connect(bouncer_admin_url, autocommit=True, connect_timeout=5) if bouncer_admin_url else None
+    except psycopg.Error:
+        admin = None
+    before = cpu_ticks(servers)
+    try:
+        with sampling(lambda: sample(admin), interval):
+            yield
+    finally:
         if admin is not None:
             admin.close()
-
-    thread = threading.Thread(target=sample, name="server-sampler", daemon=True)
-    before = cpu_ticks(servers)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=10)
         after, hz = cpu_ticks(servers), os.sysconf("SC_CLK_TCK")
         memory: dict[str, Any] = {"available": bool(samples)}
         if samples:
