@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg.rows import dict_row
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -184,13 +185,11 @@ def environment(cfg: LoadtestConfig) -> dict[str, Any]:
                            "psycopg": psycopg.__version__}
     try:
         with psycopg.connect(cfg.admin_url, autocommit=True, connect_timeout=5) as conn:
-            env["postgresql"] = conn.execute("show server_version").fetchone()[0]  # type: ignore[index]
-            env["shared_buffers"] = conn.execute("show shared_buffers").fetchone()[0]  # type: ignore[index]
+            env["postgresql"], env["shared_buffers"] = conn.execute(
+                "select current_setting('server_version'), current_setting('shared_buffers')").fetchone() or ("?", "?")
         if cfg.bouncer_admin_url:
-            with psycopg.connect(cfg.bouncer_admin_url, autocommit=True, connect_timeout=5) as conn:
-                cur = conn.execute("SHOW CONFIG")
-                names = [d.name for d in cur.description or []]
-                conf = {row[names.index("key")]: row[names.index("value")] for row in cur.fetchall()}
+            with psycopg.connect(cfg.bouncer_admin_url, autocommit=True, connect_timeout=5, row_factory=dict_row) as c:
+                conf = {row["key"]: row["value"] for row in c.execute("SHOW CONFIG")}
             env["pgbouncer_config"] = {k: conf.get(k) for k in (
                 "pool_mode", "default_pool_size", "max_db_connections", "reserve_pool_size", "max_client_conn",
                 "query_wait_timeout")}

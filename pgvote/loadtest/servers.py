@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg.rows import dict_row
 
 from pgvote.stack import children
 
@@ -85,9 +86,8 @@ def cpu_ticks(ports: dict[str, int]) -> dict[str, int]:
 
 def pool_totals(admin: psycopg.Connection[Any]) -> dict[str, int]:
     """PgBouncer's SHOW POOLS over every pool but its own: clients connected, waiting, servers active, longest wait."""
-    cur = admin.execute("SHOW POOLS")
-    names = [d.name for d in cur.description or []]
-    rows = [r for r in (dict(zip(names, row)) for row in cur.fetchall()) if r.get("database") != "pgbouncer"]
+    with admin.cursor(row_factory=dict_row) as cur:
+        rows = [r for r in cur.execute("SHOW POOLS") if r.get("database") != "pgbouncer"]
     totals = {k: sum(int(r.get(k) or 0) for r in rows) for k in ("cl_active", "cl_waiting", "sv_active")}
     return {**totals, "clients": totals["cl_active"] + totals["cl_waiting"],
             "maxwait": max((int(r.get("maxwait") or 0) for r in rows), default=0)}
