@@ -169,11 +169,11 @@ def retryable(error: str) -> bool:
 
 
 def cast_all(cfg: LoadtestConfig, script: str | Path, clients: int, per_client: int, variables: dict[str, str],
-             label: str, console: Console, quiet: bool,
-             measured: dict[str, Any]) -> tuple[dict[int, Cast], list[Outcome]]:
+             label: str, console: Console, quiet: bool) -> tuple[dict[int, Cast], list[Outcome], dict[str, Any]]:
     """Numbers 0 .. clients x per_client - 1 through PgBouncer, as many passes as needed (``MAX_PASSES``);
-    the servers' memory, pools and CPU while they run go into ``measured``, with pgbench's own CPU."""
+    also the servers' memory, pools and CPU while they ran, with pgbench's own CPU."""
     casts: dict[int, Cast] = {}
+    measured: dict[str, Any] = {}
     outcomes: list[Outcome] = []
     pending = list(range(clients * per_client))
     servers = local_ports(postgres=cfg.admin_url, pgbouncer=cfg.database_url)
@@ -195,7 +195,7 @@ def cast_all(cfg: LoadtestConfig, script: str | Path, clients: int, per_client: 
             if not pending:
                 break
     measured["cpu_seconds"] = {"pgbench": round(sum(o.cpu_seconds for o in outcomes), 2), **measured["cpu_seconds"]}
-    return casts, outcomes
+    return casts, outcomes, measured
 
 
 def _settle_pass(outcome: Outcome, per_client: int, slots: list[int], casts: dict[int, Cast]) -> list[int]:
@@ -229,20 +229,16 @@ def records(casts: dict[int, Cast], name: Callable[[int], str]) -> list[Record]:
     return out
 
 
-def _pgbench_figures(outcomes: list[Outcome]) -> dict[str, Any]:
-    """The first pass's figures (the burst itself), and how many re-cast passes followed."""
-    first = outcomes[0]
-    return {"exit_code": first.exit_code, "transactions": first.processed, "tps": first.per_second,
-            "aborted_clients": len(first.aborted), "recast_passes": len(outcomes) - 1,
-            "recast_transactions": sum(o.processed for o in outcomes[1:])}
-
-
 def _burst_result(name: str, path: str, clients: int, voters: int, outcomes: list[Outcome], recs: list[Record],
                   measured: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     t0 = min((r[4] for r in recs if r[1] == "ack"), default=time.time())
     errors = Counter(error for o in outcomes for error in o.aborted.values())
+    first = outcomes[0]  # the burst itself; then how many re-cast passes followed
     return {"name": name, "path": path, "voters": voters, "clients": clients, "figures": figures(recs, t0, errors),
-            "pgbench": _pgbench_figures(outcomes), **measured, "timeline": timeline(recs, t0), **extra}
+            "pgbench": {"exit_code": first.exit_code, "transactions": first.processed, "tps": first.per_second,
+                        "aborted_clients": len(first.aborted), "recast_passes": len(outcomes) - 1,
+                        "recast_transactions": sum(o.processed for o in outcomes[1:])},
+            **measured, "timeline": timeline(recs, t0), **extra}
 
 
 def _plan(voters: int, clients: int) -> tuple[int, int]:
@@ -259,10 +255,9 @@ def run_single(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> di
     clients, per_client = _plan(cfg.voters, cfg.clients)
     variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
                                     per_client=per_client, hook=hook is not None, caller="voter")
-    measured: dict[str, Any] = {}
     with scratch_schema(cfg.admin_url, cfg.database_url):
-        casts, outcomes = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, "cast_vote", console, quiet,
-                                   measured)
+        casts, outcomes, measured = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, "cast_vote", console,
+                                             quiet)
     recs = records(casts, ballots.fingerprint)
     acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in recs if r[1] == "ack"}
     check = verify_poll(cfg.admin_url, ballots.poll_id, acked, [identity(r[0]) for r in recs])
@@ -277,10 +272,9 @@ def run_bare(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict
     # no pre-request hook: its bucket write per caller is part of what the ratio charges cast_vote with
     variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
                                     per_client=per_client)
-    measured: dict[str, Any] = {}
     with scratch_schema(cfg.admin_url, cfg.database_url), tempfile.TemporaryDirectory(prefix="pgvote-loadtest-") as tmp:
-        casts, outcomes = cast_all(cfg, bare_script(Path(tmp)), clients, per_client, variables,
-                                   "bare insert", console, quiet, measured)
+        casts, outcomes, measured = cast_all(cfg, bare_script(Path(tmp)), clients, per_client, variables,
+                                             "bare insert", console, quiet)
         recs = records(casts, ballots.fingerprint)
         acked = [r[0] for r in recs if r[1] == "ack"]
         stored, found = stored_in_scratch(cfg.admin_url, ballots.poll_id, acked)
@@ -304,12 +298,11 @@ def run_bulk_scenario(cfg: LoadtestConfig, console: Console, quiet: bool = False
         plan[v * count // cfg.voters].append(v)
     variables = postgrest_variables(poll_id=ballots.poll_id, prefix=ballots.prefix, per_client=per_client,
                                     role="ingest", hook=pre_request_hook(cfg.admin_url) is not None, bulk=True)
-    measured: dict[str, Any] = {}
     with scratch_schema(cfg.admin_url, cfg.database_url):
         stage(cfg.admin_url, "batches", [json.dumps({"ballots": [ballots.bulk_item(v) for v in voters]})
                                                  for voters in plan])
-        casts, outcomes = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, f"cast_votes, {count} batches",
-                                   console, quiet, measured)
+        casts, outcomes, measured = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables,
+                                             f"cast_votes, {count} batches", console, quiet)
     per_batch = records(casts, str)  # a record per batch; then one per ballot, its batch's fate
     recs: list[Record] = [(ballots.fingerprint(v), *r[1:]) for r in per_batch for v in plan[int(r[0])]]
     acked = {ballots.bulk_identity(v): list(ballots.options_for(ballots.fingerprint(v)))
