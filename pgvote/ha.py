@@ -31,12 +31,12 @@ from pgvote.stack import (
     Ports,
     Replica,
     StackError,
-    _http_json,
-    _http_ok,
-    _tail,
-    _wait_until,
     find_tool,
     free_port,
+    http_json,
+    http_ok,
+    tail,
+    wait_until,
 )
 
 PROFILE = "ha"
@@ -123,8 +123,8 @@ class HaStack(LocalStack):
 
     def _wait_tier(self) -> None:
         super()._wait_tier()
-        if not _wait_until(lambda: self.component_ready("postgrest-read"), 60, 0.2):
-            raise StackError(f"the read PostgREST is not ready; {_tail(self.log_dir / 'postgrest-read.log')}")
+        if not wait_until(lambda: self.component_ready("postgrest-read"), 60, 0.2):
+            raise StackError(f"the read PostgREST is not ready; {tail(self.log_dir / 'postgrest-read.log')}")
 
     def _profile_state(self) -> dict[str, Any]:
         return {"profile": PROFILE}
@@ -204,16 +204,12 @@ class HaStack(LocalStack):
     def _components(self) -> list[dict[str, Any]]:
         """The HA components, the single-node tier without its PostgreSQL, and the read PostgREST."""
         tier = [c for c in super()._components() if c["name"] != "postgres"]
-        read = next(c for c in tier if c["name"].startswith("postgrest-"))
-        return [*self._ha_components(), *tier,
-                self._component("postgrest-read", [read["argv"][0], str(self._render_read_postgrest())])]
-
-    def _render_read_postgrest(self) -> Path:
-        """The results reader: straight to HAProxy's read port (a session of its own per pool
-        connection, so its prepared statements stay), with the write replicas' settings otherwise."""
+        # the results reader: straight to HAProxy's read port (a session of its own per pool connection,
+        # so its prepared statements stay), with the write replicas' settings otherwise
         reader = Replica("read", 1, self.read_postgrest_port, self.read_postgrest_admin_port)
-        self._render_postgrest(reader, db_uri=f"postgresql://authenticator@{HOST}:{self.read_port}/pgvote")
-        return self._postgrest_conf(reader)
+        return [*self._ha_components(), *tier,
+                self._postgrest_component(reader, f"postgresql://authenticator@{HOST}:{self.read_port}/pgvote",
+                                         "postgrest-read")]
 
     def _read_upstreams(self) -> list[str]:
         return ["# GENERATED: results GETs to the standby's PostgREST; the live replicas when it fails.\n",
@@ -227,7 +223,7 @@ class HaStack(LocalStack):
         with the view it last had), else as the first member that answers ([] when none does)."""
         leader = self.leader()
         for member in ([leader] if leader else []) + self.members:
-            doc = _http_json(member.url + "/cluster")
+            doc = http_json(member.url + "/cluster")[1]
             if isinstance(doc, dict):
                 members: list[dict[str, Any]] = doc.get("members", [])
                 return members
@@ -236,8 +232,9 @@ class HaStack(LocalStack):
     def leader(self) -> Member | None:
         """The member HAProxy's write port sends to (deploy/patroni/haproxy.cfg): Patroni answers /primary
         (it holds the leader key) and its PostgreSQL is not in recovery."""
-        for m in self.members:
-            if _http_ok(m.url + "/primary") and (_http_json(m.url + "/patroni") or {}).get("role") in ("master", "primary"):
+        for m in self.members:  # /primary answers Patroni's status document, 200 only on the leader
+            status, doc = http_json(m.url + "/primary")
+            if status == 200 and (doc or {}).get("role") in ("master", "primary"):
                 return m
         return None
 
@@ -255,11 +252,11 @@ class HaStack(LocalStack):
             return False
 
     def wait_healthy(self, timeout: float = CLUSTER_TIMEOUT) -> bool:
-        return _wait_until(self.healthy, timeout, 0.25)
+        return wait_until(self.healthy, timeout, 0.25)
 
     def _wait_cluster(self) -> None:
         if not self.wait_healthy():
-            logs = "\n".join(f"{m.name}:\n{_tail(self.log_dir / f'{m.name}.log', 8)}" for m in self.members)
+            logs = "\n".join(f"{m.name}:\n{tail(self.log_dir / f'{m.name}.log', 8)}" for m in self.members)
             raise StackError(f"no leader with a synchronous standby after {CLUSTER_TIMEOUT:.0f} s "
                              f"(cluster: {self.cluster()}); last lines of the Patroni logs:\n{logs}")
 
@@ -297,7 +294,7 @@ class HaStack(LocalStack):
 
     def component_ready(self, name: str) -> bool:
         if name == "postgrest-read":
-            return _http_ok(f"http://{HOST}:{self.read_postgrest_admin_port}/ready")
+            return http_ok(f"http://{HOST}:{self.read_postgrest_admin_port}/ready")
         return super().component_ready(name)
 
     def status(self) -> dict[str, Any]:

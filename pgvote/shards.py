@@ -18,7 +18,7 @@ from psycopg import sql
 from pgvote import supervisor
 from pgvote.paths import DB_DIR, PROCEDURES_DIR
 from pgvote.procedures import Folder, sync_procedures
-from pgvote.stack import HOST, START_TIMEOUT, LocalStack, Ports, StackError, _wait_until, free_port
+from pgvote.stack import HOST, START_TIMEOUT, LocalStack, Ports, StackError, free_port, wait_until
 
 #: The router's functions: all of procedures/router/, re-applied on every sync (see Folder).
 ROUTER = Folder(PROCEDURES_DIR / "router", ("api", "router"), remembers=False)
@@ -134,7 +134,7 @@ class ShardedStack(LocalStack):
             self._write_supervised_configs()
             self._start_supervisor()  # a running supervisor re-reads its spec
             name = f"postgres-{shard.name}"
-            if not _wait_until(lambda: name not in supervisor.read_status(self.state_dir).get("components", {}), START_TIMEOUT):
+            if not wait_until(lambda: name not in supervisor.read_status(self.state_dir).get("components", {}), START_TIMEOUT):
                 raise StackError(f"the supervisor still watches {name} after {START_TIMEOUT:.0f} s")
             shard._stop_postgres()
 

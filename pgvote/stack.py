@@ -38,7 +38,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,35 +80,19 @@ class Ports:
     Fixed ports must lie below Linux's ephemeral range (32768-60999): the thousands of outgoing
     connections of a load test could otherwise occupy one and make a restart fail with "address
     already in use". The base's block of SPAN ports: +0 PostgreSQL, +1 PgBouncer, +2 nginx (the HTTP
-    base URL), +10.. the PostgREST replicas (port, admin port) in slot order, +40.. reserved for
-    further members (standbys, shards, the live-results publisher).
+    base URL), +10.. the PostgREST replicas (port, admin port) in slot order, +40 the live-results
+    publisher's endpoint (nginx asks it which polls may be watched), +41 nchan's publishing endpoint
+    (loopback, only the publisher posts there), +70.. the HA members, +80.. the shards.
     """
 
     base: int
     SPAN = 100
     DEFAULT_BASE = 15432
-
-    @property
-    def postgres(self) -> int:
-        return self.base
-
-    @property
-    def pgbouncer(self) -> int:
-        return self.base + 1
-
-    @property
-    def http(self) -> int:
-        return self.base + 2
-
-    @property
-    def publisher(self) -> int:
-        """The live-results publisher's own endpoint (nginx asks it which poll ids may be watched)."""
-        return self.base + 40
-
-    @property
-    def live_publish(self) -> int:
-        """nchan's publisher endpoint in nginx, on loopback: only the publisher posts there."""
-        return self.base + 41
+    postgres = property(lambda self: int(self.base))
+    pgbouncer = property(lambda self: int(self.base + 1))
+    http = property(lambda self: int(self.base + 2))
+    publisher = property(lambda self: int(self.base + 40))
+    live_publish = property(lambda self: int(self.base + 41))
 
     def postgrest(self, slot: int) -> tuple[int, int]:
         """(API port, admin port) of the PostgREST replica in slot 0..14."""
@@ -213,14 +197,14 @@ def free_port(host: str = HOST, span: int = 1) -> int:
     rng = secrets.SystemRandom()
     for _ in range(200):
         port = rng.randrange(lo, hi)
-        if all(_bindable(port + i, host) and not _port_open(port + i, host) for i in range(span)):
+        if all(_bindable(port + i, host) and not port_open(port + i, host) for i in range(span)):
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # fall back to the kernel's choice
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
-def _port_open(port: int, host: str = HOST, timeout: float = 0.3) -> bool:
+def port_open(port: int, host: str = HOST, timeout: float = 0.3) -> bool:
     """True when something accepts TCP connections on host:port."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -229,7 +213,7 @@ def _port_open(port: int, host: str = HOST, timeout: float = 0.3) -> bool:
         return False
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def tail(path: Path, lines: int = 15) -> str:
     try:
         text = path.read_text(errors="replace").splitlines()
     except OSError:
@@ -247,7 +231,8 @@ def _env_port(name: str) -> int | None:
         raise StackError(f"{name}={value!r} is not a port number") from None
 
 
-def _wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> bool:
+def wait_until(predicate: Callable[..., object], timeout: float, interval: float = 0.1) -> bool:
+    """Poll predicate until it is true (True) or timeout seconds have passed (its last answer)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -406,7 +391,7 @@ class LocalStack:
                     os.kill(pid, signal.SIGUSR1)
         expected = self._executable_api_functions()
         for replica in self.replicas:
-            if not _wait_until(lambda r=replica: self._served_api_functions(r) == expected, START_TIMEOUT, 0.2):
+            if not wait_until(lambda r=replica: self._served_api_functions(r) == expected, START_TIMEOUT, 0.2):
                 raise StackError(f"{replica.name} did not reload its schema cache within {START_TIMEOUT:.0f} s")
 
     def _executable_api_functions(self) -> dict[str, dict[str, list[str]]]:
@@ -431,7 +416,7 @@ class LocalStack:
             headers = {"Accept": "application/openapi+json"}
             if role != "anon":
                 headers["Authorization"] = "Bearer " + jwt.sign(self.jwt_secret, jwt.claims_for(role, "schema-check"))
-            doc = _http_json(replica.url + "/", headers, timeout=5)
+            doc = http_json(replica.url + "/", headers, timeout=5)[1]
             if not isinstance(doc, dict):
                 return {}
             served[role] = {}
@@ -454,11 +439,11 @@ class LocalStack:
         if name == "pgbouncer":
             return self._bouncer_ready()
         if name == "nginx":
-            return _http_ok(f"{self.http_url}/nginx-health")
+            return http_ok(f"{self.http_url}/nginx-health")
         replica = next((r for r in self.replicas if r.name == name), None)
         if replica is None:
             raise StackError(f"no component {name!r} in this stack")
-        return _http_ok(f"http://{HOST}:{replica.admin_port}/ready")
+        return http_ok(f"http://{HOST}:{replica.admin_port}/ready")
 
     def component_pid(self, name: str) -> int | None:
         """Pid of a supervised component ("pgbouncer", "nginx", "postgrest-blue-1", ...) while it runs."""
@@ -497,7 +482,7 @@ class LocalStack:
                 raise StackError("nginx is not running")
             old_workers = children(pid)
             os.kill(pid, signal.SIGHUP)
-            if not _wait_until(lambda: not any(supervisor.alive(w, "nginx") for w in old_workers), START_TIMEOUT, 0.05):
+            if not wait_until(lambda: not any(supervisor.alive(w, "nginx") for w in old_workers), START_TIMEOUT, 0.05):
                 raise StackError(f"nginx's workers of the previous configuration did not exit within {START_TIMEOUT:.0f} s")
 
     def stop_colour(self, colour: str) -> None:
@@ -800,7 +785,7 @@ class LocalStack:
                 raise StackError(f"PostgreSQL of {self.state_dir} already runs on port {running} (asked for "
                                  f"{self.pg_port}); run `pgvote down` first")
         else:
-            if _port_open(self.pg_port):
+            if port_open(self.pg_port):
                 raise StackError(f"port {self.pg_port} is already in use on {HOST}; set PGVOTE_PORT_BASE to a free block")
             if not self.pg_log.exists():
                 self.pg_log.touch()
@@ -811,7 +796,7 @@ class LocalStack:
                 if self._postgres_pid() is not None:  # the supervisor started it in the meantime
                     self._wait_postgres()
                     return
-                raise StackError(f"PostgreSQL did not start ({exc}); last lines of {self.pg_log}:\n{_tail(self.pg_log)}") from exc
+                raise StackError(f"PostgreSQL did not start ({exc}); last lines of {self.pg_log}:\n{tail(self.pg_log)}") from exc
         self._wait_postgres()
 
     def _pg_ctl_start(self) -> list[str]:
@@ -829,7 +814,7 @@ class LocalStack:
             except psycopg.OperationalError as exc:
                 if time.monotonic() > deadline:
                     raise StackError(f"PostgreSQL on port {self.pg_port} not accepting connections ({exc}); "
-                                     f"last lines of {self.pg_log}:\n{_tail(self.pg_log)}") from exc
+                                     f"last lines of {self.pg_log}:\n{tail(self.pg_log)}") from exc
                 time.sleep(0.2)
 
     def _ensure_database(self) -> None:
@@ -862,8 +847,6 @@ class LocalStack:
     def _write_supervised_configs(self) -> None:
         """Render every supervised component's config and the supervisor's spec (read on start / SIGHUP)."""
         self._render_bouncer()
-        for replica in self.replicas:
-            self._render_postgrest(replica)
         self._render_nginx()
         self._write_spec(self._components())
 
@@ -881,13 +864,12 @@ class LocalStack:
 
     def _components(self) -> list[dict[str, Any]]:
         """The supervisor's components, in start order (it stops them in reverse)."""
-        postgrest = self._postgrest_bin()
         return [
             self._pg_ctl_component("postgres"),
             # foreground (no -d): the supervisor is its parent and sees it exit
             self._component("pgbouncer", [self._bouncer_bin(), str(self.bouncer_ini)], "pgbouncer.out",
                             stop_signal=int(self._bouncer_immediate_signal())),
-            *[self._component(r.name, [postgrest, str(self._postgrest_conf(r))]) for r in self.replicas],
+            *[self._postgrest_component(r) for r in self.replicas],
             self._component("nginx", [self._nginx_bin(), "-p", str(self.nginx_dir), "-e", str(self.nginx_log),
                                       "-c", str(self.nginx_dir / "nginx.conf")], "nginx.out",
                             stop_signal=int(signal.SIGQUIT)),  # SIGQUIT: graceful, finishes requests
@@ -929,9 +911,9 @@ class LocalStack:
             subprocess.run([sys.executable, "-m", "pgvote.supervisor", str(self.state_dir), str(self.supervisor_pidfile)],
                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.state_dir, env=env,
                            timeout=30, check=True)
-        if not _wait_until(lambda: self._supervisor_pid() is not None, 10):
+        if not wait_until(lambda: self._supervisor_pid() is not None, 10):
             raise StackError(f"the supervisor did not start; last lines of {self.supervisor_log}:\n"
-                             f"{_tail(self.supervisor_log)}")
+                             f"{tail(self.supervisor_log)}")
 
     def _stop_supervisor(self) -> None:
         """Stop the supervisor, which stops its components first; kill leftovers of a dead supervisor."""
@@ -951,13 +933,13 @@ class LocalStack:
         for replica in self.replicas:
             checks.append((replica.name, lambda r=replica: self.component_ready(r.name), self.log_dir / f"{replica.name}.log"))
         checks.append(("nginx", lambda: self.component_ready("nginx"), self.nginx_log))
-        checks.append(("publisher", lambda: _http_ok(f"http://{HOST}:{self.ports.publisher}/health"),
+        checks.append(("publisher", lambda: http_ok(f"http://{HOST}:{self.ports.publisher}/health"),
                        self.log_dir / "publisher.log"))
         for what, ready, log in checks:
-            if not _wait_until(ready, START_TIMEOUT, 0.1):
+            if not wait_until(ready, START_TIMEOUT, 0.1):
                 if self._supervisor_pid() is None:
                     log = self.supervisor_log
-                raise StackError(f"{what} not ready after {START_TIMEOUT:.0f} s; last lines of {log}:\n{_tail(log)}")
+                raise StackError(f"{what} not ready after {START_TIMEOUT:.0f} s; last lines of {log}:\n{tail(log)}")
 
     # ---- PgBouncer -----------------------------------------------------------------------------
 
@@ -989,7 +971,7 @@ class LocalStack:
         return signal.SIGTERM
 
     def _bouncer_ready(self) -> bool:
-        if not _port_open(self.bouncer_port):
+        if not port_open(self.bouncer_port):
             return False
         try:  # a real login on the admin console (simple query protocol)
             with psycopg.connect(self.bouncer_admin_url, autocommit=True, connect_timeout=5) as conn:
@@ -1000,22 +982,15 @@ class LocalStack:
 
     # ---- PostgREST -----------------------------------------------------------------------------
 
-    def _postgrest_conf(self, replica: Replica) -> Path:
-        return self.state_dir / f"{replica.name}.conf"
-
-    def _render_postgrest(self, replica: Replica, db_uri: str | None = None) -> None:
-        """api/postgrest.conf with this replica's connection, secret and ports."""
-        overrides: dict[str, str | int] = {
-            # PgBouncer's session-mode alias: PostgREST prepares its statements (db/pgbouncer.ini).
-            "db-uri": db_uri or self.api_url.rsplit("/", 1)[0] + "/pgvote_session",
-            "jwt-secret": self.jwt_secret,
-            "server-host": HOST,
-            "server-port": replica.port,
-            "admin-server-port": replica.admin_port,
-        }
-        text = render_postgrest_conf((PROJECT_DIR / "api" / "postgrest.conf").read_text(), overrides)
-        header = f"# GENERATED by pgvote/stack.py from api/postgrest.conf for {replica.name}; do not edit.\n"
-        self._write(self._postgrest_conf(replica), header + text, 0o600)
+    def _postgrest_component(self, replica: Replica, db_uri: str | None = None, name: str = "") -> dict[str, Any]:
+        """A PostgREST replica: api/postgrest.conf as it is (a copy the service user can read), this
+        replica's connection, secret and ports in PGRST_* variables, which override the file's values."""
+        conf = self.state_dir / "postgrest.conf"
+        self._write(conf, (PROJECT_DIR / "api" / "postgrest.conf").read_text(), 0o600)
+        env = {"PGRST_DB_URI": db_uri or self.api_url.rsplit("/", 1)[0] + "/pgvote_session",  # session-mode alias
+               "PGRST_JWT_SECRET": self.jwt_secret, "PGRST_SERVER_HOST": HOST, "PGRST_SERVER_PORT": str(replica.port),
+               "PGRST_ADMIN_SERVER_PORT": str(replica.admin_port)}
+        return self._component(name or replica.name, [self._postgrest_bin(), str(conf)], env={**self._env(), **env})
 
     # ---- nginx ---------------------------------------------------------------------------------
 
@@ -1038,29 +1013,12 @@ class LocalStack:
             "PGVOTE_LIVE_PUBLISHER": f"{HOST}:{self.ports.publisher}",
             "PGVOTE_LIVE_PUBLISH_LISTEN": f"{HOST}:{self.ports.live_publish}",
         }
-        template = (PROJECT_DIR / "deploy" / "nginx" / "pgvote.conf.template").read_text()
-        self._write(self.nginx_dir / "pgvote.conf", render_template(template, values))
+        nginx = PROJECT_DIR / "deploy" / "nginx"
+        self._write(self.nginx_dir / "pgvote.conf", render_template((nginx / "pgvote.conf.template").read_text(), values))
         self._render_upstreams()
-        main = (
-            "# GENERATED by pgvote/stack.py on every `pgvote up`; do not edit (edit deploy/nginx/).\n"
-            "# The process-level settings a container image would own; the API is in pgvote.conf.\n"
-            f"load_module {NCHAN_MODULE};  # live results (deploy/nginx/pgvote.conf.template)\n"
-            "daemon off;  # the supervisor is nginx's parent\n"
-            "worker_processes 2;\n"
-            "worker_rlimit_nofile 20000;\n"
-            f"pid {self.run_dir / 'nginx.pid'};\n"
-            f"error_log {self.nginx_log} warn;\n"
-            # one connection per live watcher: either worker may take most of 10,000 of them
-            "events {\n    worker_connections 16384;\n}\n"
-            "http {\n"
-            "    include /etc/nginx/mime.types;\n"
-            "    default_type application/octet-stream;\n"
-            "    sendfile on;\n"
-            "    keepalive_timeout 65;\n"
-            f"    include {self.nginx_dir / 'pgvote.conf'};\n"
-            "}\n"
-        )
-        self._write(self.nginx_dir / "nginx.conf", main)
+        main = {"PGVOTE_NCHAN_MODULE": str(NCHAN_MODULE), "PGVOTE_NGINX_PID": str(self.run_dir / "nginx.pid"),
+                "PGVOTE_NGINX_ERROR_LOG": str(self.nginx_log), "PGVOTE_API_CONF": str(self.nginx_dir / "pgvote.conf")}
+        self._write(self.nginx_dir / "nginx.conf", render_template((nginx / "local-main.conf.template").read_text(), main))
 
     def _render_upstreams(self) -> None:
         # max_fails=0: a replica is never marked down. Under overload connects time out on every replica
@@ -1087,23 +1045,6 @@ def render_template(template: str, values: dict[str, str]) -> str:
     return text
 
 
-def render_postgrest_conf(text: str, overrides: dict[str, str | int]) -> str:
-    """A PostgREST config file with the given keys replaced (or appended): the one reader of
-    api/postgrest.conf's format (`key = value`, strings quoted, numbers bare)."""
-    def fmt(key: str, value: str | int) -> str:
-        return f"{key} = {value}" if isinstance(value, int) else f'{key} = "{value}"'
-
-    lines, seen = [], set()
-    for line in text.splitlines():
-        match = re.match(r"^\s*([A-Za-z0-9.-]+)\s*=", line)
-        if match and match[1] in overrides:
-            line = fmt(match[1], overrides[match[1]])
-            seen.add(match[1])
-        lines.append(line)
-    lines += [fmt(k, v) for k, v in overrides.items() if k not in seen]
-    return "\n".join(lines) + "\n"
-
-
 def read_postgrest_conf(path: Path | None = None) -> dict[str, str]:
     """The settings of api/postgrest.conf (or path) as strings, quotes removed."""
     settings: dict[str, str] = {}
@@ -1118,10 +1059,10 @@ def signal_and_wait(pid: int, name: str, sig: signal.Signals, timeout: float) ->
     """Signal pid and wait until it is gone; SIGKILL it after timeout seconds."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    if not _wait_until(lambda: not supervisor.alive(pid, name), timeout):
+    if not wait_until(lambda: not supervisor.alive(pid, name), timeout):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        _wait_until(lambda: not supervisor.alive(pid, name), 5)
+        wait_until(lambda: not supervisor.alive(pid, name), 5)
 
 
 def children(pid: int) -> list[int]:
@@ -1137,18 +1078,21 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def _http_json(url: str, headers: dict[str, str] | None = None, timeout: float = 2) -> Any:
-    """The JSON document at url, or None when none answers."""
+def http_json(url: str, headers: dict[str, str] | None = None, timeout: float = 2) -> tuple[int, Any]:
+    """(status, JSON body or None) of a GET of url; (0, None) when nothing answers."""
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as resp:
-            return json.load(resp)
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return bool(resp.status == 200)
+            body = resp.read()
+            status = int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
     except (urllib.error.URLError, OSError):
-        return False
+        return 0, None
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, None
+
+
+def http_ok(url: str) -> bool:
+    return http_json(url)[0] == 200

@@ -18,13 +18,12 @@ import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from pgvote.stack import LocalStack
+from pgvote.stack import LocalStack, wait_until
 
 PROXY_SCRIPT = Path(__file__).with_name("tcp_proxy.py")
 
@@ -47,15 +46,6 @@ def _cmdline(pid: int) -> str:
 
 def _all_pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 class Cluster:
