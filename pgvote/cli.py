@@ -100,14 +100,10 @@ def _print_url_table(urls: dict[str, str | None]) -> None:
 
 
 def _print_urls(stack: Stack) -> None:
+    out.print(f"state dir          {escape(str(stack.state_dir))}")
+    _print_url_table(stack.status()["urls"])
     if not isinstance(stack, LocalStack):
-        _print_url_table(stack.status()["urls"])
         return
-    out.print(f"[bold]API (nginx, the one base URL)[/] {escape(stack.http_url)}")
-    out.print(f"[bold]State dir[/]                     {escape(str(stack.state_dir))}")
-    out.print(f"[bold]PostgreSQL (superuser)[/]        {escape(stack.admin_url)}")
-    out.print(f"[bold]PgBouncer (API role)[/]          {escape(stack.api_url)}")
-    out.print(f"[bold]PgBouncer admin console[/]       {escape(stack.bouncer_admin_url)}")
     # plain print: must stay copy-pasteable (no wrapping, no markup)
     pgvote = shutil.which("pgvote") or os.path.abspath(sys.argv[0])
     print(f"""

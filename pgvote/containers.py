@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import string
 from pathlib import Path
 from typing import Any
 
-from pgvote.stack import PROJECT_DIR, StackError, default_state_dir, short_hash
+from pgvote.stack import BOUNCER_USERS, PROJECT_DIR, StackError, default_state_dir, render_bouncer_ini, short_hash
 
 MISSING = "testcontainers is not installed: pip install -e '.[docker]' (or set PGVOTE_BACKEND=local)"
 
@@ -99,13 +98,12 @@ class ContainerStack:
             migrations.upgrade(self.admin_url)
         # PgBouncer from the local stack's template, rendered for the container network; the image runs it
         # as an unprivileged user, hence world-readable files
-        ini = string.Template((PROJECT_DIR / "db" / "pgbouncer.ini").read_text()).substitute(
-            listen_addr="0.0.0.0", listen_port=6432, unix_socket_dir="", pg_host="postgres", pg_port=5432,
-            auth_file="/etc/pgbouncer/userlist.txt", logfile="", pidfile="")
+        ini = render_bouncer_ini(listen_addr="0.0.0.0", listen_port=6432, unix_socket_dir="", pg_host="postgres",
+                                 pg_port=5432, auth_file="/etc/pgbouncer/userlist.txt", logfile="", pidfile="")
         bouncer = (DockerContainer(os.environ.get("PGVOTE_PGBOUNCER_IMAGE", "edoburu/pgbouncer:latest"))
                    .with_name(f"{self.name}-pgbouncer").with_network(network)
                    .with_command("pgbouncer /etc/pgbouncer/pgbouncer.ini"))
-        for name, text in (("pgbouncer.ini", ini), ("userlist.txt", '"postgres" ""\n"authenticator" ""\n')):
+        for name, text in (("pgbouncer.ini", ini), ("userlist.txt", BOUNCER_USERS)):
             path = self.state_dir / f"container-{name}"
             path.write_text(text)
             path.chmod(0o644)

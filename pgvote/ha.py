@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +27,9 @@ from pgvote.stack import (
     HOST,
     PROJECT_DIR,
     LocalStack,
-    Ports,
     Replica,
     StackError,
     find_tool,
-    free_port,
     http_json,
     http_ok,
     tail,
@@ -80,14 +77,6 @@ class HaStack(LocalStack):
         self.haproxy_cfg = self.state_dir / "haproxy.cfg"
         self.haproxy_socket = self.run_dir / "haproxy.sock"
 
-    @classmethod
-    def ephemeral(cls, prefix: str = "pgvote-ha-test-", server_port_for_bouncer: int | None = None,
-                  bouncer_settings: dict[str, str] | None = None) -> HaStack:
-        """An HA stack in a fresh temp dir on free ports (PgBouncer's server is HAProxy: no overrides)."""
-        if server_port_for_bouncer is not None or bouncer_settings:
-            raise StackError("the HA stack's PgBouncer dials HAProxy's write port; it takes no overrides")
-        return cls(state_dir=Path(tempfile.mkdtemp(prefix=prefix)), port_base=free_port(span=Ports.SPAN))
-
     # ---- lifecycle -------------------------------------------------------------------------------
 
     # `up` is the single node's: etcd, HAProxy and both members first (the supervisor runs them), the
@@ -116,10 +105,8 @@ class HaStack(LocalStack):
         a killed Patroni left behind is stopped here."""
         for member in self.members:
             if self.member_postmaster(member) is not None:
-                data = self._member_dir(member) / "data"
-                ctl = [str(self.bindir / "pg_ctl"), "-D", str(data), "-w", "-t", "30", "-s", "stop", "-m", "fast"]
                 with contextlib.suppress(StackError):
-                    self._run(ctl, "pg_ctl stop", timeout=45)
+                    self._pg_ctl_stop(self._member_dir(member) / "data")
 
     def _wait_tier(self) -> None:
         super()._wait_tier()

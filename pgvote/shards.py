@@ -18,7 +18,7 @@ from psycopg import sql
 from pgvote import supervisor
 from pgvote.paths import DB_DIR, PROCEDURES_DIR
 from pgvote.procedures import Folder, sync_procedures
-from pgvote.stack import HOST, START_TIMEOUT, LocalStack, Ports, StackError, free_port, wait_until
+from pgvote.stack import HOST, START_TIMEOUT, LocalStack, StackError, wait_until
 
 #: The router's functions: all of procedures/router/, re-applied on every sync (see Folder).
 ROUTER = Folder(PROCEDURES_DIR / "router", ("api", "router"), remembers=False)
@@ -81,14 +81,6 @@ class ShardedStack(LocalStack):
             raise StackError(f"{self.state_dir} holds no sharded stack: start one with `pgvote up --shards N`")
         self.shards = [ShardCluster(self, i) for i in range(check_count(int(count)))]
         self.held_down: set[int] = set()  # shards stop_shard took out of supervision
-
-    @classmethod
-    def ephemeral_sharded(cls, shards: int = 2, prefix: str = "pgvote-shards-") -> ShardedStack:
-        """A sharded stack in a fresh temp dir on free ports (for tests); pair with destroy()."""
-        import tempfile
-
-        return cls(state_dir=Path(tempfile.mkdtemp(prefix=prefix)), port_base=free_port(span=Ports.SPAN),
-                   shards=shards)
 
     # ---- the launcher's steps, extended to the shards ------------------------------------------
 

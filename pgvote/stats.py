@@ -28,33 +28,19 @@ MULTI_ROW_VIEWS = ("api_latency", "rate_limits")
 BOUNCER_COMMANDS = {"pools": "SHOW POOLS", "stats": "SHOW STATS", "databases": "SHOW DATABASES"}
 
 
-def _plain(value: Any) -> Any:
-    """JSON-friendly: Decimal -> int/float, datetimes -> ISO 8601."""
-    if isinstance(value, decimal.Decimal):
-        exponent = value.as_tuple().exponent
-        return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    return value
-
-
-def _rows(cur: psycopg.Cursor[Any]) -> list[dict[str, Any]]:
-    names = [d.name for d in cur.description or []]
-    return [{n: _plain(v) for n, v in zip(names, row)} for row in cur.fetchall()]
-
-
 def collect_database(conn: psycopg.Connection[Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """One sample of every monitoring view. A view that fails (e.g. pg_stat_statements not preloaded)
-    is reported under errors; the others are still read."""
+    """One sample of every monitoring view, as JSON (numbers, ISO 8601 times). A view that fails (e.g.
+    pg_stat_statements not preloaded) is reported under errors; the others are still read."""
     out: dict[str, Any] = {}
     errors: dict[str, str] = {}
     with conn.transaction():  # one snapshot-consistent read-only transaction per sample
         conn.execute("set transaction read only")
         for view in SINGLE_ROW_VIEWS + MULTI_ROW_VIEWS:
             try:
-                with conn.transaction(), conn.cursor() as cur:  # a savepoint: one failing view spares the others
-                    cur.execute(f"select * from monitoring.{view}")  # names from the constant lists above
-                    rows = _rows(cur)
+                with conn.transaction():  # a savepoint: one failing view spares the others
+                    # names from the constant lists above
+                    row = conn.execute(f"select coalesce(json_agg(v), '[]') from monitoring.{view} v").fetchone()
+                rows = row[0] if row else []
                 out[view] = rows if view in MULTI_ROW_VIEWS else (rows[0] if rows else {})
             except psycopg.Error as exc:
                 errors[view] = (exc.diag.message_primary or str(exc)).strip()
@@ -67,7 +53,11 @@ def collect_bouncer(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     for key, command in BOUNCER_COMMANDS.items():
         cur = conn.cursor(binary=False)
         cur.execute(command, prepare=False)
-        out[key] = [row for row in _rows(cur) if row.get("database", row.get("name")) != "pgbouncer"]
+        names = [d.name for d in cur.description or []]
+        # PgBouncer types its counters numeric: plain numbers for JSON and arithmetic
+        rows = [{n: (int(v) if v == v.to_integral_value() else float(v)) if isinstance(v, decimal.Decimal) else v
+                 for n, v in zip(names, row)} for row in cur.fetchall()]
+        out[key] = [row for row in rows if row.get("database", row.get("name")) != "pgbouncer"]
     return out
 
 
