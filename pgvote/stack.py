@@ -601,8 +601,10 @@ class LocalStack:
                              "run scripts/install-deps") from None
         return entry.pw_uid, entry.pw_gid
 
-    def _as_service(self, args: list[str]) -> list[str]:
-        return ["runuser", "-u", self.service_user, "--", *args] if self.is_root else args
+    def _as_service(self) -> dict[str, Any]:
+        """subprocess keywords that run a command as the service user (as root; else as we are)."""
+        uid, gid = self._service_ids() if self.is_root else (None, None)
+        return {"user": uid, "group": gid, "extra_groups": [] if self.is_root else None}
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
@@ -662,8 +664,8 @@ class LocalStack:
     def _run(self, args: list[str], what: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run a server tool as the service user; failures become one StackError line."""
         try:
-            return subprocess.run(self._as_service(args), check=True, capture_output=True, text=True, cwd=self.state_dir,
-                                  env=self._env(), timeout=timeout)
+            return subprocess.run(args, check=True, capture_output=True, text=True, cwd=self.state_dir,
+                                  env=self._env(), timeout=timeout, **self._as_service())
         except subprocess.CalledProcessError as exc:
             detail = (exc.stderr or exc.stdout or "").strip().splitlines()
             raise StackError(f"{what} failed (exit {exc.returncode}): {detail[-1] if detail else 'no output'}") from exc
@@ -678,8 +680,6 @@ class LocalStack:
                 raise StackError(f"{PROJECT_DIR / needed} not found: run from the checkout or set PGVOTE_ROOT")
         if self.is_root:
             self._service_ids()
-            if not shutil.which("runuser"):
-                raise StackError("runuser not found (package util-linux); needed to run PostgreSQL as non-root")
         self._bouncer_bin()
         self._postgrest_bin()
         self._nginx_bin()
@@ -724,7 +724,7 @@ class LocalStack:
         return str(pinned)
 
     def _service_can_execute(self, path: Path) -> bool:
-        return subprocess.run(self._as_service(["test", "-x", str(path)]), capture_output=True, check=False).returncode == 0
+        return subprocess.run(["test", "-x", str(path)], capture_output=True, check=False, **self._as_service()).returncode == 0
 
     def _nginx_bin(self) -> str:
         return find_tool("nginx", "NGINX_BIN")
@@ -861,7 +861,7 @@ class LocalStack:
 
     def _pg_ctl_component(self, name: str) -> dict[str, Any]:
         """A cluster under pg_ctl: started when its postmaster is gone, stopped by the launcher."""
-        return self._component(name, self._as_service(self._pg_ctl_start()), "pg_ctl.log", service=False, kind="pg_ctl",
+        return self._component(name, self._pg_ctl_start(), "pg_ctl.log", kind="pg_ctl",
                                pidfile=str(self.data_dir / "postmaster.pid"))
 
     def _components(self) -> list[dict[str, Any]]:
