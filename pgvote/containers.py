@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pgvote.stack import BOUNCER_USERS, PROJECT_DIR, StackError, default_state_dir, render_bouncer_ini, short_hash
+from pgvote.paths import PROJECT_ROOT
+from pgvote.stack import BOUNCER_USERS, StackError, default_state_dir, render_bouncer_ini, short_hash
 
 MISSING = "testcontainers is not installed: pip install -e '.[docker]' (or set PGVOTE_BACKEND=local)"
 
@@ -80,12 +81,12 @@ class ContainerStack:
         # db/postgresql.conf preloads pg_cron, which the official image lacks: build the image compose uses
         image = os.environ.get("PGVOTE_POSTGRES_IMAGE") or "pgvote-postgres:local"
         if "PGVOTE_POSTGRES_IMAGE" not in os.environ:
-            DockerImage(path=str(PROJECT_DIR / "deploy" / "postgres"), tag=image).build()
+            DockerImage(path=str(PROJECT_ROOT / "deploy" / "postgres"), tag=image).build()
         pg = (PostgresContainer(image, username="postgres", password="postgres", dbname="pgvote", driver=None)
               .with_name(f"{self.name}-postgres").with_network(network).with_network_aliases("postgres")
               .with_env("POSTGRES_HOST_AUTH_METHOD", "trust")
-              .with_volume_mapping(str(PROJECT_DIR / "db" / "postgresql.conf"), "/etc/postgresql/pgvote-tuning.conf")
-              .with_volume_mapping(str(PROJECT_DIR / "deploy" / "postgresql.conf"), "/etc/postgresql/postgresql.conf")
+              .with_volume_mapping(str(PROJECT_ROOT / "db" / "postgresql.conf"), "/etc/postgresql/pgvote-tuning.conf")
+              .with_volume_mapping(str(PROJECT_ROOT / "deploy" / "postgresql.conf"), "/etc/postgresql/postgresql.conf")
               .with_command("postgres -c config_file=/etc/postgresql/postgresql.conf").with_kwargs(shm_size="256m"))
         if self.pg_port:
             pg = pg.with_bind_ports(5432, self.pg_port)

@@ -46,11 +46,7 @@ from typing import Any, Self
 import psycopg
 
 from pgvote import supervisor
-from pgvote.paths import PROJECT_ROOT as PROJECT_DIR
-
-__all__ = ["PROJECT_DIR", "LocalStack", "Ports", "Replica", "StackError", "default_state_dir", "find_server_bindir",
-           "free_port"]
-
+from pgvote.paths import PROJECT_ROOT
 
 SERVICE_USER = "postgres"  # system user that runs the servers when we are root
 HOST = "127.0.0.1"
@@ -137,28 +133,24 @@ def default_state_dir() -> Path:
     if env:
         return Path(env).expanduser().absolute()
     if os.geteuid() == 0:
-        return Path(tempfile.gettempdir()) / f"pgvote-{short_hash(str(PROJECT_DIR))}"
-    return PROJECT_DIR / ".pgvote"
+        return Path(tempfile.gettempdir()) / f"pgvote-{short_hash(str(PROJECT_ROOT))}"
+    return PROJECT_ROOT / ".pgvote"
 
 
-def _version_key(path: str) -> tuple[int, ...]:
-    name = Path(path).parent.parent.name  # /usr/lib/postgresql/<major>/bin/initdb
-    return tuple(int(p) for p in re.findall(r"\d+", name)) or (0,)
-
-
-def find_server_bindir() -> Path:
-    """Directory of the newest installed PostgreSQL *server* ($PGVOTE_PG_BINDIR overrides).
-
-    pg_config on PATH may belong to a newer client library without a server, so look for initdb.
-    """
+def find_server_bindir(major: str | None = None) -> Path:
+    """Directory of the PostgreSQL *server* of that major, else the newest installed ($PGVOTE_PG_BINDIR
+    overrides). pg_config on PATH may belong to a newer client library without a server: look for initdb."""
     env = os.environ.get("PGVOTE_PG_BINDIR")
     if env:
         if not (Path(env) / "initdb").is_file():
             raise StackError(f"PGVOTE_PG_BINDIR={env} has no initdb")
         return Path(env)
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=_version_key)
+    found = sorted(glob.glob(f"/usr/lib/postgresql/{major or '*'}/bin/initdb"),
+                   key=lambda path: [int(n) for n in re.findall(r"\d+", path)])  # /usr/lib/postgresql/<major>/...
     if not found:
-        raise StackError("no PostgreSQL server found (no /usr/lib/postgresql/*/bin/initdb); run scripts/install-deps")
+        raise StackError(f"no PostgreSQL {major or 'server'} found (no /usr/lib/postgresql/{major or '*'}/bin/initdb): "
+                         + (f"install postgresql-{major} or remove the state dir (`pgvote clean`)" if major
+                            else "run scripts/install-deps"))
     return Path(found[-1]).parent
 
 
@@ -434,15 +426,17 @@ class LocalStack:
             self._start_postgres()
 
     def component_ready(self, name: str) -> bool:
-        """A supervised component answers: PgBouncer a real admin login, a replica `/ready`, nginx its health page."""
+        """A supervised component answers: PgBouncer a real admin login, the others their health URL."""
         if name == "pgbouncer":
             return self._bouncer_ready()
-        if name == "nginx":
-            return http_ok(f"{self.http_url}/nginx-health")
-        replica = next((r for r in self.replicas if r.name == name), None)
-        if replica is None:
+        if name not in self._health_urls():
             raise StackError(f"no component {name!r} in this stack")
-        return http_ok(f"http://{HOST}:{replica.admin_port}/ready")
+        return http_ok(self._health_urls()[name])
+
+    def _health_urls(self) -> dict[str, str]:
+        """What answers 200 once each HTTP component is ready: a replica's /ready, nginx's and the publisher's health."""
+        return {**{r.name: f"http://{HOST}:{r.admin_port}/ready" for r in self.replicas},
+                "nginx": f"{self.http_url}/nginx-health", "publisher": f"http://{HOST}:{self.ports.publisher}/health"}
 
     def component_pid(self, name: str) -> int | None:
         """Pid of a supervised component ("pgbouncer", "nginx", "postgrest-blue-1", ...) while it runs."""
@@ -545,17 +539,7 @@ class LocalStack:
         """Server binaries: those matching an existing cluster's major, else the newest installed."""
         if self._bindir is None:
             version_file = self.data_dir / "PG_VERSION"
-            if version_file.is_file():
-                major = version_file.read_text().strip()
-                candidate = Path(f"/usr/lib/postgresql/{major}/bin")
-                if os.environ.get("PGVOTE_PG_BINDIR"):
-                    candidate = find_server_bindir()
-                if not (candidate / "postgres").is_file():
-                    raise StackError(f"the cluster in {self.data_dir} was created by PostgreSQL {major}, whose server is "
-                                     f"not installed; install postgresql-{major} or remove the state dir (`pgvote clean`)")
-                self._bindir = candidate
-            else:
-                self._bindir = find_server_bindir()
+            self._bindir = find_server_bindir(version_file.read_text().strip() if version_file.is_file() else None)
         return self._bindir
 
     @property
@@ -653,7 +637,7 @@ class LocalStack:
 
     def _save_state(self) -> None:
         state = {"backend": self.backend, "port_base": self.ports.base, "live_colour": self.live_colour,
-                 "replicas": self.replica_counts, "bindir": str(self.bindir), "project_dir": str(PROJECT_DIR),
+                 "replicas": self.replica_counts, "bindir": str(self.bindir), "project_dir": str(PROJECT_ROOT),
                  **self._profile_state()}
         self._write(self.state_file, json.dumps(state, indent=2) + "\n")
 
@@ -676,8 +660,8 @@ class LocalStack:
 
     def _check_prerequisites(self) -> None:
         for needed in ("db/postgresql.conf", "db/pg_hba.conf", "db/pgbouncer.ini", "api/postgrest.conf"):
-            if not (PROJECT_DIR / needed).is_file():
-                raise StackError(f"{PROJECT_DIR / needed} not found: run from the checkout or set PGVOTE_ROOT")
+            if not (PROJECT_ROOT / needed).is_file():
+                raise StackError(f"{PROJECT_ROOT / needed} not found: run from the checkout or set PGVOTE_ROOT")
         if self.is_root:
             self._service_ids()
         self._bouncer_bin()
@@ -688,7 +672,7 @@ class LocalStack:
         if not NGINX_BODY_TEMP.is_dir():  # nginx with nchan checks it whatever the configuration says
             raise StackError(f"{NGINX_BODY_TEMP} is missing: run scripts/install-deps (or mkdir it as root)")
         # every shared_preload_libraries entry of db/postgresql.conf must exist, or postgres won't start
-        tuning = (PROJECT_DIR / "db" / "postgresql.conf").read_text()
+        tuning = (PROJECT_ROOT / "db" / "postgresql.conf").read_text()
         matches = re.findall(r"^\s*shared_preload_libraries\s*=\s*'([^']*)'", tuning, flags=re.MULTILINE)
         libdir = self._libdir()
         for lib in (x.strip() for x in (matches[-1].split(",") if matches else []) if x.strip()):
@@ -707,7 +691,7 @@ class LocalStack:
             if not os.access(env, os.X_OK):
                 raise StackError(f"POSTGREST_BIN={env} is not an executable file")
             return env
-        pinned = PROJECT_DIR / POSTGREST_TOOL
+        pinned = PROJECT_ROOT / POSTGREST_TOOL
         if not os.access(pinned, os.X_OK):
             found = shutil.which("postgrest")
             if not found:
@@ -756,8 +740,8 @@ class LocalStack:
         self._write_server_config()
 
     def _write_server_config(self) -> None:
-        self._write(self.data_dir / "pgvote-tuning.conf", (PROJECT_DIR / "db" / "postgresql.conf").read_text(), 0o600)
-        self._write(self.data_dir / "pg_hba.conf", (PROJECT_DIR / "db" / "pg_hba.conf").read_text(), 0o600)
+        self._write(self.data_dir / "pgvote-tuning.conf", (PROJECT_ROOT / "db" / "postgresql.conf").read_text(), 0o600)
+        self._write(self.data_dir / "pg_hba.conf", (PROJECT_ROOT / "db" / "pg_hba.conf").read_text(), 0o600)
         local = (
             "# Generated by pgvote/stack.py on every `pgvote up`; do not edit (edit db/postgresql.conf).\n"
             f"port = {self.pg_port}\n"
@@ -895,7 +879,7 @@ class LocalStack:
                                              "--nchan-url", f"http://{HOST}:{self.ports.live_publish}",
                                              "--listen", f"{HOST}:{self.ports.publisher}",
                                              "--watch-file", str(self.state_dir / "publisher-watched.json")],
-                               service=False, env=dict(self._env(), PGVOTE_ROOT=str(PROJECT_DIR)))
+                               service=False, env=dict(self._env(), PGVOTE_ROOT=str(PROJECT_ROOT)))
 
     def _supervisor_pid(self) -> int | None:
         return supervisor.live_pid(self.supervisor_pidfile, "pgvote.supervisor")
@@ -906,7 +890,7 @@ class LocalStack:
         if pid is not None:
             os.kill(pid, signal.SIGHUP)
             return
-        env = dict(os.environ, PGVOTE_ROOT=str(PROJECT_DIR))
+        env = dict(os.environ, PGVOTE_ROOT=str(PROJECT_ROOT))
         self.supervisor_pidfile.unlink(missing_ok=True)
         with open(self.supervisor_log, "ab") as log:
             # it detaches itself (outlives `pgvote up` and the terminal) and writes its pid file
@@ -930,18 +914,12 @@ class LocalStack:
         self.supervisor_pidfile.unlink(missing_ok=True)
 
     def _wait_tier(self) -> None:
-        """Wait until PgBouncer, every replica and nginx answer (raise with the right log tail if not)."""
-        checks: list[tuple[str, Any, Path]] = [("PgBouncer", lambda: self.component_ready("pgbouncer"), self.bouncer_log)]
-        for replica in self.replicas:
-            checks.append((replica.name, lambda r=replica: self.component_ready(r.name), self.log_dir / f"{replica.name}.log"))
-        checks.append(("nginx", lambda: self.component_ready("nginx"), self.nginx_log))
-        checks.append(("publisher", lambda: http_ok(f"http://{HOST}:{self.ports.publisher}/health"),
-                       self.log_dir / "publisher.log"))
-        for what, ready, log in checks:
-            if not wait_until(ready, START_TIMEOUT, 0.1):
-                if self._supervisor_pid() is None:
-                    log = self.supervisor_log
-                raise StackError(f"{what} not ready after {START_TIMEOUT:.0f} s; last lines of {log}:\n{tail(log)}")
+        """Wait until PgBouncer, every replica, nginx and the publisher answer (raise with the right log tail if not)."""
+        for name in ["pgbouncer", *self._health_urls()]:
+            if not wait_until(lambda n=name: self.component_ready(n), START_TIMEOUT):
+                log = {"nginx": self.nginx_log}.get(name, self.log_dir / f"{name}.log")
+                log = log if self._supervisor_pid() else self.supervisor_log
+                raise StackError(f"{name} not ready after {START_TIMEOUT:.0f} s; last lines of {log}:\n{tail(log)}")
 
     # ---- PgBouncer -----------------------------------------------------------------------------
 
@@ -986,7 +964,7 @@ class LocalStack:
         """A PostgREST replica: api/postgrest.conf as it is (a copy the service user can read), this
         replica's connection, secret and ports in PGRST_* variables, which override the file's values."""
         conf = self.state_dir / "postgrest.conf"
-        self._write(conf, (PROJECT_DIR / "api" / "postgrest.conf").read_text(), 0o600)
+        self._write(conf, (PROJECT_ROOT / "api" / "postgrest.conf").read_text(), 0o600)
         env = {"PGRST_DB_URI": db_uri or self.api_url.rsplit("/", 1)[0] + "/pgvote_session",  # session-mode alias
                "PGRST_JWT_SECRET": self.jwt_secret, "PGRST_SERVER_HOST": HOST, "PGRST_SERVER_PORT": str(replica.port),
                "PGRST_ADMIN_SERVER_PORT": str(replica.admin_port)}
@@ -1002,7 +980,7 @@ class LocalStack:
             self._chown(self.nginx_dir / sub)
         # a copy: nginx's workers (the service user, as root) may not reach a checkout under /root
         static = self.nginx_dir / "static"
-        shutil.copytree(PROJECT_DIR / "deploy" / "nginx" / "static", static, dirs_exist_ok=True)
+        shutil.copytree(PROJECT_ROOT / "deploy" / "nginx" / "static", static, dirs_exist_ok=True)
         values = {
             "PGVOTE_LISTEN": f"{HOST}:{self.http_port}",
             "PGVOTE_UPSTREAMS": str(self.nginx_dir / "live-upstream.conf"),
@@ -1013,7 +991,7 @@ class LocalStack:
             "PGVOTE_LIVE_PUBLISHER": f"{HOST}:{self.ports.publisher}",
             "PGVOTE_LIVE_PUBLISH_LISTEN": f"{HOST}:{self.ports.live_publish}",
         }
-        nginx = PROJECT_DIR / "deploy" / "nginx"
+        nginx = PROJECT_ROOT / "deploy" / "nginx"
         self._write(self.nginx_dir / "pgvote.conf", render_template((nginx / "pgvote.conf.template").read_text(), values))
         self._render_upstreams()
         main = {"PGVOTE_NCHAN_MODULE": str(NCHAN_MODULE), "PGVOTE_NGINX_PID": str(self.run_dir / "nginx.pid"),
@@ -1041,7 +1019,7 @@ BOUNCER_USERS = '"postgres" ""\n"authenticator" ""\n'
 
 def render_bouncer_ini(**values: object) -> str:
     """db/pgbouncer.ini with its $placeholders filled (the local stack's and the container backend's)."""
-    return string.Template((PROJECT_DIR / "db" / "pgbouncer.ini").read_text()).substitute(values)
+    return string.Template((PROJECT_ROOT / "db" / "pgbouncer.ini").read_text()).substitute(values)
 
 
 def render_template(template: str, values: dict[str, str]) -> str:
@@ -1057,7 +1035,7 @@ def render_template(template: str, values: dict[str, str]) -> str:
 def read_postgrest_conf(path: Path | None = None) -> dict[str, str]:
     """The settings of api/postgrest.conf (or path) as strings, quotes removed."""
     settings: dict[str, str] = {}
-    for line in (path or PROJECT_DIR / "api" / "postgrest.conf").read_text().splitlines():
+    for line in (path or PROJECT_ROOT / "api" / "postgrest.conf").read_text().splitlines():
         match = re.match(r'^\s*([A-Za-z0-9.-]+)\s*=\s*(?:"([^"]*)"|(\S+))', line)
         if match:
             settings[match[1]] = match[2] if match[2] is not None else match[3]
