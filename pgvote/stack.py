@@ -701,7 +701,7 @@ class LocalStack:
             # a checkout under /root (mode 700): the service user runs a copy in the state dir it can reach
             copy = self.state_dir / "bin" / "postgrest"
             if not copy.exists() or copy.stat().st_size != pinned.stat().st_size:
-                copy.parent.mkdir(exist_ok=True)
+                copy.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(pinned, copy)
                 copy.chmod(0o755)
             return str(copy)
