@@ -389,15 +389,12 @@ class LocalStack:
         """role -> {function: sorted argument names} of the api functions each API role may execute."""
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             rows = conn.execute(
-                """select r.rolname, p.proname, coalesce(array(select unnest(p.proargnames) order by 1), '{}')
-                   from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-                   cross join (values ('anon'), ('authenticated'), ('ingest')) as r(rolname)
-                   where n.nspname = 'api' and p.prokind = 'f'
-                     and has_function_privilege(r.rolname, p.oid, 'execute')""").fetchall()
-        found: dict[str, dict[str, list[str]]] = {role: {} for role in API_ROLES}
-        for role, name, args in rows:
-            found[role][name] = sorted(args)
-        return found
+                """select r, coalesce(jsonb_object_agg(p.proname, array(select unnest(p.proargnames) order by 1))
+                                      filter (where p.oid is not null), '{}')
+                   from unnest(%s::text[]) r left join pg_proc p on p.pronamespace = 'api'::regnamespace
+                    and p.prokind = 'f' and has_function_privilege(r, p.oid, 'execute') group by r""",
+                (list(API_ROLES),)).fetchall()
+        return {role: {name: args or [] for name, args in functions.items()} for role, functions in rows}
 
     def _served_api_functions(self, replica: Replica) -> dict[str, dict[str, list[str]]]:
         from pgvote import jwt
