@@ -25,8 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
+from pgvote import tables
 from pgvote.backends import Stack, make_stack, require_running
 from pgvote.stack import API_ROLES, LocalStack, StackError
 
@@ -167,20 +167,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
-    table = Table(title=f"pgvote stack ({status['backend']})")
-    for col in ("component", "state", "pid", "port", "restarts", "log / note"):
-        table.add_column(col)
+    rows = []
     for name, comp in status["components"].items():
         for entry in comp if isinstance(comp, list) else [comp]:
-            label = entry.get("name", name)
-            if "colour" in entry:
-                label += " (live)" if entry.get("live") else " (idle)"
-            state = "[green]running[/]" if entry["running"] else "[red]stopped[/]"
+            label = entry.get("name", name) + ((" (live)" if entry.get("live") else " (idle)") if "colour" in entry else "")
             detail = entry.get("note") if not entry["running"] and entry.get("note") else entry.get("log", "")
             restarts = entry.get("restarts")
-            table.add_row(label, state, str(entry.get("pid") or "-"), str(entry.get("port") or "-"),
-                          "-" if restarts is None else str(restarts), escape(detail or ""))
-    out.print(table)
+            rows.append((label, "[green]running[/]" if entry["running"] else "[red]stopped[/]", str(entry.get("pid") or "-"),
+                         str(entry.get("port") or "-"), "-" if restarts is None else str(restarts), escape(detail or "")))
+    out.print(tables.table(f"pgvote stack ({status['backend']})",
+                           ("component", "state", "pid", "port", "restarts", "log / note"), rows))
     for m in status.get("ha", {}).get("members", []):
         lag = "-" if m["lag_bytes"] is None else f"{m['lag_bytes']} bytes behind"
         out.print(f"{m['name']}: {m['role'] or 'unknown'} ({m['state'] or 'no answer'}), PostgreSQL pid "
