@@ -99,8 +99,8 @@ class ContainerStack:
             migrations.upgrade(self.admin_url)
         # PgBouncer from the local stack's template, rendered for the container network; the image runs it
         # as an unprivileged user, hence world-readable files
-        ini = render_bouncer_ini(listen_addr="0.0.0.0", listen_port=6432, unix_socket_dir="", pg_host="postgres",
-                                 pg_port=5432, auth_file="/etc/pgbouncer/userlist.txt", logfile="", pidfile="")
+        ini = render_bouncer_ini(LISTEN_ADDR="0.0.0.0", LISTEN_PORT=6432, UNIX_SOCKET_DIR="", PG_HOST="postgres",
+                                 PG_PORT=5432, AUTH_FILE="/etc/pgbouncer/userlist.txt", LOGFILE="", PIDFILE="")
         bouncer = (DockerContainer(os.environ.get("PGVOTE_PGBOUNCER_IMAGE", "edoburu/pgbouncer:latest"))
                    .with_name(f"{self.name}-pgbouncer").with_network(network)
                    .with_command("pgbouncer /etc/pgbouncer/pgbouncer.ini"))

@@ -31,7 +31,6 @@ import secrets
 import shutil
 import signal
 import socket
-import string
 import subprocess
 import sys
 import tempfile
@@ -922,9 +921,9 @@ class LocalStack:
 
     def _render_bouncer(self) -> None:
         auth_file = self.state_dir / "userlist.txt"
-        ini = render_bouncer_ini(listen_addr=HOST, listen_port=self.bouncer_port, unix_socket_dir=self.run_dir,
-                                 pg_host=HOST, pg_port=self.server_port_for_bouncer or self.pg_port, auth_file=auth_file,
-                                 logfile=self.bouncer_log, pidfile=self.bouncer_pidfile)
+        ini = render_bouncer_ini(LISTEN_ADDR=HOST, LISTEN_PORT=self.bouncer_port, UNIX_SOCKET_DIR=self.run_dir,
+                                 PG_HOST=HOST, PG_PORT=self.server_port_for_bouncer or self.pg_port, AUTH_FILE=auth_file,
+                                 LOGFILE=self.bouncer_log, PIDFILE=self.bouncer_pidfile)
         for key, value in self.bouncer_settings.items():  # overrides: replace the line, or add it to [pgbouncer]
             line = f"{key} = {value}"
             ini, found = re.subn(rf"^{re.escape(key)}\s*=.*$", line.replace("\\", "\\\\"), ini, flags=re.MULTILINE)
@@ -1015,8 +1014,8 @@ BOUNCER_USERS = '"postgres" ""\n"authenticator" ""\n'
 
 
 def render_bouncer_ini(**values: object) -> str:
-    """db/pgbouncer.ini with its $placeholders filled (the local stack's and the container backend's)."""
-    return string.Template((PROJECT_ROOT / "db" / "pgbouncer.ini").read_text()).substitute(values)
+    """db/pgbouncer.ini with its ${PGVOTE_*} placeholders filled (the local stack's and the container backend's)."""
+    return render_template((PROJECT_ROOT / "db" / "pgbouncer.ini").read_text(), {f"PGVOTE_{k}": str(v) for k, v in values.items()})
 
 
 def render_template(template: str, values: dict[str, str]) -> str:
