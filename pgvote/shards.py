@@ -181,14 +181,3 @@ def share_voter_key_secret(router_url: str, shard_urls: list[str]) -> None:
             if conn.execute("select exists (select from voting.ballots)").fetchone() == (True,):
                 raise StackError(f"{url} holds ballots under another voter-key secret than the router's")
             conn.execute("update internal.voter_key_secret set inner_pad = %s, outer_pad = %s", secret)
-
-
-def select_stack(stack: LocalStack, shards: int | None) -> LocalStack:
-    """The stack a command drives: sharded when asked (`--shards N`) or when its state dir remembers it."""
-    saved = stack._load_state().get("shards")
-    if shards is None and not saved:
-        return stack
-    if shards is not None and saved and shards != saved:
-        raise StackError(f"{stack.state_dir} runs {saved} shards: `pgvote grow` doubles them online "
-                         "(docs/scaling.md); `pgvote clean` first for a new stack")
-    return ShardedStack(stack.requested_state_dir, shards=shards or int(str(saved)))
