@@ -60,15 +60,21 @@ def make_stack(state_dir: Path | None = None, ha: bool = False, shards: int | No
 
         return ContainerStack(state_dir)
     stack = LocalStack(state_dir)
+    saved = stack._load_state().get("shards")
     if ha or stack.profile == "ha":
-        if shards is not None or stack._load_state().get("shards"):
+        if shards is not None or saved:
             raise StackError("the HA and the sharded profiles do not combine: one state dir runs one of them")
         from pgvote.ha import HaStack
 
         return HaStack(state_dir)
-    from pgvote.shards import select_stack
+    if shards is None and not saved:
+        return stack
+    if shards is not None and saved and shards != saved:
+        raise StackError(f"{stack.state_dir} runs {saved} shards: `pgvote grow` doubles them online "
+                         "(docs/scaling.md); `pgvote clean` first for a new stack")
+    from pgvote.shards import ShardedStack
 
-    return select_stack(stack, shards)
+    return ShardedStack(stack.requested_state_dir, shards=shards or int(str(saved)))
 
 
 def require_running(stack: Stack, component: str = "nginx") -> None:

@@ -25,8 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
+from pgvote import tables
 from pgvote.backends import Stack, make_stack, require_running
 from pgvote.stack import API_ROLES, LocalStack, StackError
 
@@ -100,14 +100,10 @@ def _print_url_table(urls: dict[str, str | None]) -> None:
 
 
 def _print_urls(stack: Stack) -> None:
+    out.print(f"state dir          {escape(str(stack.state_dir))}")
+    _print_url_table(stack.status()["urls"])
     if not isinstance(stack, LocalStack):
-        _print_url_table(stack.status()["urls"])
         return
-    out.print(f"[bold]API (nginx, the one base URL)[/] {escape(stack.http_url)}")
-    out.print(f"[bold]State dir[/]                     {escape(str(stack.state_dir))}")
-    out.print(f"[bold]PostgreSQL (superuser)[/]        {escape(stack.admin_url)}")
-    out.print(f"[bold]PgBouncer (API role)[/]          {escape(stack.api_url)}")
-    out.print(f"[bold]PgBouncer admin console[/]       {escape(stack.bouncer_admin_url)}")
     # plain print: must stay copy-pasteable (no wrapping, no markup)
     pgvote = shutil.which("pgvote") or os.path.abspath(sys.argv[0])
     print(f"""
@@ -171,20 +167,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
-    table = Table(title=f"pgvote stack ({status['backend']})")
-    for col in ("component", "state", "pid", "port", "restarts", "log / note"):
-        table.add_column(col)
+    rows = []
     for name, comp in status["components"].items():
         for entry in comp if isinstance(comp, list) else [comp]:
-            label = entry.get("name", name)
-            if "colour" in entry:
-                label += " (live)" if entry.get("live") else " (idle)"
-            state = "[green]running[/]" if entry["running"] else "[red]stopped[/]"
+            label = entry.get("name", name) + ((" (live)" if entry.get("live") else " (idle)") if "colour" in entry else "")
             detail = entry.get("note") if not entry["running"] and entry.get("note") else entry.get("log", "")
             restarts = entry.get("restarts")
-            table.add_row(label, state, str(entry.get("pid") or "-"), str(entry.get("port") or "-"),
-                          "-" if restarts is None else str(restarts), escape(detail or ""))
-    out.print(table)
+            rows.append((label, "[green]running[/]" if entry["running"] else "[red]stopped[/]", str(entry.get("pid") or "-"),
+                         str(entry.get("port") or "-"), "-" if restarts is None else str(restarts), escape(detail or "")))
+    out.print(tables.table(f"pgvote stack ({status['backend']})",
+                           ("component", "state", "pid", "port", "restarts", "log / note"), rows))
     for m in status.get("ha", {}).get("members", []):
         lag = "-" if m["lag_bytes"] is None else f"{m['lag_bytes']} bytes behind"
         out.print(f"{m['name']}: {m['role'] or 'unknown'} ({m['state'] or 'no answer'}), PostgreSQL pid "

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import string
 from pathlib import Path
 from typing import Any
 
-from pgvote.stack import PROJECT_DIR, StackError, default_state_dir, short_hash
+from pgvote.paths import PROJECT_ROOT
+from pgvote.stack import BOUNCER_USERS, StackError, default_state_dir, render_bouncer_ini, short_hash
 
 MISSING = "testcontainers is not installed: pip install -e '.[docker]' (or set PGVOTE_BACKEND=local)"
 
@@ -81,12 +81,12 @@ class ContainerStack:
         # db/postgresql.conf preloads pg_cron, which the official image lacks: build the image compose uses
         image = os.environ.get("PGVOTE_POSTGRES_IMAGE") or "pgvote-postgres:local"
         if "PGVOTE_POSTGRES_IMAGE" not in os.environ:
-            DockerImage(path=str(PROJECT_DIR / "deploy" / "postgres"), tag=image).build()
+            DockerImage(path=str(PROJECT_ROOT / "deploy" / "postgres"), tag=image).build()
         pg = (PostgresContainer(image, username="postgres", password="postgres", dbname="pgvote", driver=None)
               .with_name(f"{self.name}-postgres").with_network(network).with_network_aliases("postgres")
               .with_env("POSTGRES_HOST_AUTH_METHOD", "trust")
-              .with_volume_mapping(str(PROJECT_DIR / "db" / "postgresql.conf"), "/etc/postgresql/pgvote-tuning.conf")
-              .with_volume_mapping(str(PROJECT_DIR / "deploy" / "postgresql.conf"), "/etc/postgresql/postgresql.conf")
+              .with_volume_mapping(str(PROJECT_ROOT / "db" / "postgresql.conf"), "/etc/postgresql/pgvote-tuning.conf")
+              .with_volume_mapping(str(PROJECT_ROOT / "deploy" / "postgresql.conf"), "/etc/postgresql/postgresql.conf")
               .with_command("postgres -c config_file=/etc/postgresql/postgresql.conf").with_kwargs(shm_size="256m"))
         if self.pg_port:
             pg = pg.with_bind_ports(5432, self.pg_port)
@@ -99,13 +99,12 @@ class ContainerStack:
             migrations.upgrade(self.admin_url)
         # PgBouncer from the local stack's template, rendered for the container network; the image runs it
         # as an unprivileged user, hence world-readable files
-        ini = string.Template((PROJECT_DIR / "db" / "pgbouncer.ini").read_text()).substitute(
-            listen_addr="0.0.0.0", listen_port=6432, unix_socket_dir="", pg_host="postgres", pg_port=5432,
-            auth_file="/etc/pgbouncer/userlist.txt", logfile="", pidfile="")
+        ini = render_bouncer_ini(LISTEN_ADDR="0.0.0.0", LISTEN_PORT=6432, UNIX_SOCKET_DIR="", PG_HOST="postgres",
+                                 PG_PORT=5432, AUTH_FILE="/etc/pgbouncer/userlist.txt", LOGFILE="", PIDFILE="")
         bouncer = (DockerContainer(os.environ.get("PGVOTE_PGBOUNCER_IMAGE", "edoburu/pgbouncer:latest"))
                    .with_name(f"{self.name}-pgbouncer").with_network(network)
                    .with_command("pgbouncer /etc/pgbouncer/pgbouncer.ini"))
-        for name, text in (("pgbouncer.ini", ini), ("userlist.txt", '"postgres" ""\n"authenticator" ""\n')):
+        for name, text in (("pgbouncer.ini", ini), ("userlist.txt", BOUNCER_USERS)):
             path = self.state_dir / f"container-{name}"
             path.write_text(text)
             path.chmod(0o644)

@@ -16,8 +16,6 @@ from urllib.parse import urlencode, urlsplit
 
 from pgvote import jwt
 
-__all__ = ["ApiClient", "Headers", "Response", "random_loopback_address"]
-
 
 class Headers(dict[str, str]):
     """Response headers with case-insensitive lookup (keys stored lower-case)."""

@@ -12,8 +12,6 @@ import json
 import time
 from typing import Any
 
-__all__ = ["sign", "claims_for"]
-
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

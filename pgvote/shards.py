@@ -18,7 +18,7 @@ from psycopg import sql
 from pgvote import supervisor
 from pgvote.paths import DB_DIR, PROCEDURES_DIR
 from pgvote.procedures import Folder, sync_procedures
-from pgvote.stack import HOST, START_TIMEOUT, LocalStack, Ports, StackError, _wait_until, free_port
+from pgvote.stack import HOST, START_TIMEOUT, LocalStack, StackError, wait_until
 
 #: The router's functions: all of procedures/router/, re-applied on every sync (see Folder).
 ROUTER = Folder(PROCEDURES_DIR / "router", ("api", "router"), remembers=False)
@@ -82,14 +82,6 @@ class ShardedStack(LocalStack):
         self.shards = [ShardCluster(self, i) for i in range(check_count(int(count)))]
         self.held_down: set[int] = set()  # shards stop_shard took out of supervision
 
-    @classmethod
-    def ephemeral_sharded(cls, shards: int = 2, prefix: str = "pgvote-shards-") -> ShardedStack:
-        """A sharded stack in a fresh temp dir on free ports (for tests); pair with destroy()."""
-        import tempfile
-
-        return cls(state_dir=Path(tempfile.mkdtemp(prefix=prefix)), port_base=free_port(span=Ports.SPAN),
-                   shards=shards)
-
     # ---- the launcher's steps, extended to the shards ------------------------------------------
 
     def _check_prerequisites(self) -> None:
@@ -134,7 +126,7 @@ class ShardedStack(LocalStack):
             self._write_supervised_configs()
             self._start_supervisor()  # a running supervisor re-reads its spec
             name = f"postgres-{shard.name}"
-            if not _wait_until(lambda: name not in supervisor.read_status(self.state_dir).get("components", {}), START_TIMEOUT):
+            if not wait_until(lambda: name not in supervisor.read_status(self.state_dir).get("components", {}), START_TIMEOUT):
                 raise StackError(f"the supervisor still watches {name} after {START_TIMEOUT:.0f} s")
             shard._stop_postgres()
 
@@ -189,14 +181,3 @@ def share_voter_key_secret(router_url: str, shard_urls: list[str]) -> None:
             if conn.execute("select exists (select from voting.ballots)").fetchone() == (True,):
                 raise StackError(f"{url} holds ballots under another voter-key secret than the router's")
             conn.execute("update internal.voter_key_secret set inner_pad = %s, outer_pad = %s", secret)
-
-
-def select_stack(stack: LocalStack, shards: int | None) -> LocalStack:
-    """The stack a command drives: sharded when asked (`--shards N`) or when its state dir remembers it."""
-    saved = stack._load_state().get("shards")
-    if shards is None and not saved:
-        return stack
-    if shards is not None and saved and shards != saved:
-        raise StackError(f"{stack.state_dir} runs {saved} shards: `pgvote grow` doubles them online "
-                         "(docs/scaling.md); `pgvote clean` first for a new stack")
-    return ShardedStack(stack.requested_state_dir, shards=shards or int(str(saved)))

@@ -31,26 +31,21 @@ import secrets
 import shutil
 import signal
 import socket
-import string
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 
 from pgvote import supervisor
-from pgvote.paths import PROJECT_ROOT as PROJECT_DIR
-
-__all__ = ["PROJECT_DIR", "LocalStack", "Ports", "Replica", "StackError", "default_state_dir", "find_server_bindir",
-           "free_port"]
-
+from pgvote.paths import PROJECT_ROOT
 
 SERVICE_USER = "postgres"  # system user that runs the servers when we are root
 HOST = "127.0.0.1"
@@ -80,35 +75,19 @@ class Ports:
     Fixed ports must lie below Linux's ephemeral range (32768-60999): the thousands of outgoing
     connections of a load test could otherwise occupy one and make a restart fail with "address
     already in use". The base's block of SPAN ports: +0 PostgreSQL, +1 PgBouncer, +2 nginx (the HTTP
-    base URL), +10.. the PostgREST replicas (port, admin port) in slot order, +40.. reserved for
-    further members (standbys, shards, the live-results publisher).
+    base URL), +10.. the PostgREST replicas (port, admin port) in slot order, +40 the live-results
+    publisher's endpoint (nginx asks it which polls may be watched), +41 nchan's publishing endpoint
+    (loopback, only the publisher posts there), +70.. the HA members, +80.. the shards.
     """
 
     base: int
     SPAN = 100
     DEFAULT_BASE = 15432
-
-    @property
-    def postgres(self) -> int:
-        return self.base
-
-    @property
-    def pgbouncer(self) -> int:
-        return self.base + 1
-
-    @property
-    def http(self) -> int:
-        return self.base + 2
-
-    @property
-    def publisher(self) -> int:
-        """The live-results publisher's own endpoint (nginx asks it which poll ids may be watched)."""
-        return self.base + 40
-
-    @property
-    def live_publish(self) -> int:
-        """nchan's publisher endpoint in nginx, on loopback: only the publisher posts there."""
-        return self.base + 41
+    postgres = property(lambda self: int(self.base))
+    pgbouncer = property(lambda self: int(self.base + 1))
+    http = property(lambda self: int(self.base + 2))
+    publisher = property(lambda self: int(self.base + 40))
+    live_publish = property(lambda self: int(self.base + 41))
 
     def postgrest(self, slot: int) -> tuple[int, int]:
         """(API port, admin port) of the PostgREST replica in slot 0..14."""
@@ -153,28 +132,24 @@ def default_state_dir() -> Path:
     if env:
         return Path(env).expanduser().absolute()
     if os.geteuid() == 0:
-        return Path(tempfile.gettempdir()) / f"pgvote-{short_hash(str(PROJECT_DIR))}"
-    return PROJECT_DIR / ".pgvote"
+        return Path(tempfile.gettempdir()) / f"pgvote-{short_hash(str(PROJECT_ROOT))}"
+    return PROJECT_ROOT / ".pgvote"
 
 
-def _version_key(path: str) -> tuple[int, ...]:
-    name = Path(path).parent.parent.name  # /usr/lib/postgresql/<major>/bin/initdb
-    return tuple(int(p) for p in re.findall(r"\d+", name)) or (0,)
-
-
-def find_server_bindir() -> Path:
-    """Directory of the newest installed PostgreSQL *server* ($PGVOTE_PG_BINDIR overrides).
-
-    pg_config on PATH may belong to a newer client library without a server, so look for initdb.
-    """
+def find_server_bindir(major: str | None = None) -> Path:
+    """Directory of the PostgreSQL *server* of that major, else the newest installed ($PGVOTE_PG_BINDIR
+    overrides). pg_config on PATH may belong to a newer client library without a server: look for initdb."""
     env = os.environ.get("PGVOTE_PG_BINDIR")
     if env:
         if not (Path(env) / "initdb").is_file():
             raise StackError(f"PGVOTE_PG_BINDIR={env} has no initdb")
         return Path(env)
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=_version_key)
+    found = sorted(glob.glob(f"/usr/lib/postgresql/{major or '*'}/bin/initdb"),
+                   key=lambda path: [int(n) for n in re.findall(r"\d+", path)])  # /usr/lib/postgresql/<major>/...
     if not found:
-        raise StackError("no PostgreSQL server found (no /usr/lib/postgresql/*/bin/initdb); run scripts/install-deps")
+        raise StackError(f"no PostgreSQL {major or 'server'} found (no /usr/lib/postgresql/{major or '*'}/bin/initdb): "
+                         + (f"install postgresql-{major} or remove the state dir (`pgvote clean`)" if major
+                            else "run scripts/install-deps"))
     return Path(found[-1]).parent
 
 
@@ -213,14 +188,14 @@ def free_port(host: str = HOST, span: int = 1) -> int:
     rng = secrets.SystemRandom()
     for _ in range(200):
         port = rng.randrange(lo, hi)
-        if all(_bindable(port + i, host) and not _port_open(port + i, host) for i in range(span)):
+        if all(_bindable(port + i, host) and not port_open(port + i, host) for i in range(span)):
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # fall back to the kernel's choice
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
-def _port_open(port: int, host: str = HOST, timeout: float = 0.3) -> bool:
+def port_open(port: int, host: str = HOST, timeout: float = 0.3) -> bool:
     """True when something accepts TCP connections on host:port."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -229,7 +204,7 @@ def _port_open(port: int, host: str = HOST, timeout: float = 0.3) -> bool:
         return False
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def tail(path: Path, lines: int = 15) -> str:
     try:
         text = path.read_text(errors="replace").splitlines()
     except OSError:
@@ -247,7 +222,8 @@ def _env_port(name: str) -> int | None:
         raise StackError(f"{name}={value!r} is not a port number") from None
 
 
-def _wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> bool:
+def wait_until(predicate: Callable[..., object], timeout: float, interval: float = 0.1) -> bool:
+    """Poll predicate until it is true (True) or timeout seconds have passed (its last answer)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -314,11 +290,10 @@ class LocalStack:
     # ---- public API ------------------------------------------------------------------------------
 
     @classmethod
-    def ephemeral(cls, prefix: str = "pgvote-test-", server_port_for_bouncer: int | None = None,
-                  bouncer_settings: dict[str, str] | None = None) -> LocalStack:
-        """A stack in a fresh temp dir on free ports (for tests); pair with destroy()."""
-        return cls(state_dir=Path(tempfile.mkdtemp(prefix=prefix)), port_base=free_port(span=Ports.SPAN),
-                   server_port_for_bouncer=server_port_for_bouncer, bouncer_settings=bouncer_settings)
+    def ephemeral(cls, prefix: str = "pgvote-test-", **options: Any) -> Self:
+        """A stack in a fresh temp dir on free ports (for tests); pair with destroy(). options: the
+        constructor's (PgBouncer overrides; a sharded stack's shards)."""
+        return cls(state_dir=Path(tempfile.mkdtemp(prefix=prefix)), port_base=free_port(span=Ports.SPAN), **options)
 
     @property
     def replicas(self) -> list[Replica]:
@@ -406,22 +381,19 @@ class LocalStack:
                     os.kill(pid, signal.SIGUSR1)
         expected = self._executable_api_functions()
         for replica in self.replicas:
-            if not _wait_until(lambda r=replica: self._served_api_functions(r) == expected, START_TIMEOUT, 0.2):
+            if not wait_until(lambda r=replica: self._served_api_functions(r) == expected, START_TIMEOUT, 0.2):
                 raise StackError(f"{replica.name} did not reload its schema cache within {START_TIMEOUT:.0f} s")
 
     def _executable_api_functions(self) -> dict[str, dict[str, list[str]]]:
         """role -> {function: sorted argument names} of the api functions each API role may execute."""
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             rows = conn.execute(
-                """select r.rolname, p.proname, coalesce(array(select unnest(p.proargnames) order by 1), '{}')
-                   from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-                   cross join (values ('anon'), ('authenticated'), ('ingest')) as r(rolname)
-                   where n.nspname = 'api' and p.prokind = 'f'
-                     and has_function_privilege(r.rolname, p.oid, 'execute')""").fetchall()
-        found: dict[str, dict[str, list[str]]] = {role: {} for role in API_ROLES}
-        for role, name, args in rows:
-            found[role][name] = sorted(args)
-        return found
+                """select r, coalesce(jsonb_object_agg(p.proname, array(select unnest(p.proargnames) order by 1))
+                                      filter (where p.oid is not null), '{}')
+                   from unnest(%s::text[]) r left join pg_proc p on p.pronamespace = 'api'::regnamespace
+                    and p.prokind = 'f' and has_function_privilege(r, p.oid, 'execute') group by r""",
+                (list(API_ROLES),)).fetchall()
+        return {role: {name: args or [] for name, args in functions.items()} for role, functions in rows}
 
     def _served_api_functions(self, replica: Replica) -> dict[str, dict[str, list[str]]]:
         from pgvote import jwt
@@ -431,7 +403,7 @@ class LocalStack:
             headers = {"Accept": "application/openapi+json"}
             if role != "anon":
                 headers["Authorization"] = "Bearer " + jwt.sign(self.jwt_secret, jwt.claims_for(role, "schema-check"))
-            doc = _http_json(replica.url + "/", headers, timeout=5)
+            doc = http_json(replica.url + "/", headers, timeout=5)[1]
             if not isinstance(doc, dict):
                 return {}
             served[role] = {}
@@ -450,15 +422,17 @@ class LocalStack:
             self._start_postgres()
 
     def component_ready(self, name: str) -> bool:
-        """A supervised component answers: PgBouncer a real admin login, a replica `/ready`, nginx its health page."""
+        """A supervised component answers: PgBouncer a real admin login, the others their health URL."""
         if name == "pgbouncer":
             return self._bouncer_ready()
-        if name == "nginx":
-            return _http_ok(f"{self.http_url}/nginx-health")
-        replica = next((r for r in self.replicas if r.name == name), None)
-        if replica is None:
+        if name not in self._health_urls():
             raise StackError(f"no component {name!r} in this stack")
-        return _http_ok(f"http://{HOST}:{replica.admin_port}/ready")
+        return http_ok(self._health_urls()[name])
+
+    def _health_urls(self) -> dict[str, str]:
+        """What answers 200 once each HTTP component is ready: a replica's /ready, nginx's and the publisher's health."""
+        return {**{r.name: f"http://{HOST}:{r.admin_port}/ready" for r in self.replicas},
+                "nginx": f"{self.http_url}/nginx-health", "publisher": f"http://{HOST}:{self.ports.publisher}/health"}
 
     def component_pid(self, name: str) -> int | None:
         """Pid of a supervised component ("pgbouncer", "nginx", "postgrest-blue-1", ...) while it runs."""
@@ -497,7 +471,7 @@ class LocalStack:
                 raise StackError("nginx is not running")
             old_workers = children(pid)
             os.kill(pid, signal.SIGHUP)
-            if not _wait_until(lambda: not any(supervisor.alive(w, "nginx") for w in old_workers), START_TIMEOUT, 0.05):
+            if not wait_until(lambda: not any(supervisor.alive(w, "nginx") for w in old_workers), START_TIMEOUT, 0.05):
                 raise StackError(f"nginx's workers of the previous configuration did not exit within {START_TIMEOUT:.0f} s")
 
     def stop_colour(self, colour: str) -> None:
@@ -561,17 +535,7 @@ class LocalStack:
         """Server binaries: those matching an existing cluster's major, else the newest installed."""
         if self._bindir is None:
             version_file = self.data_dir / "PG_VERSION"
-            if version_file.is_file():
-                major = version_file.read_text().strip()
-                candidate = Path(f"/usr/lib/postgresql/{major}/bin")
-                if os.environ.get("PGVOTE_PG_BINDIR"):
-                    candidate = find_server_bindir()
-                if not (candidate / "postgres").is_file():
-                    raise StackError(f"the cluster in {self.data_dir} was created by PostgreSQL {major}, whose server is "
-                                     f"not installed; install postgresql-{major} or remove the state dir (`pgvote clean`)")
-                self._bindir = candidate
-            else:
-                self._bindir = find_server_bindir()
+            self._bindir = find_server_bindir(version_file.read_text().strip() if version_file.is_file() else None)
         return self._bindir
 
     @property
@@ -617,8 +581,10 @@ class LocalStack:
                              "run scripts/install-deps") from None
         return entry.pw_uid, entry.pw_gid
 
-    def _as_service(self, args: list[str]) -> list[str]:
-        return ["runuser", "-u", self.service_user, "--", *args] if self.is_root else args
+    def _as_service(self) -> dict[str, Any]:
+        """subprocess keywords that run a command as the service user (as root; else as we are)."""
+        uid, gid = self._service_ids() if self.is_root else (None, None)
+        return {"user": uid, "group": gid, "extra_groups": [] if self.is_root else None}
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
@@ -667,7 +633,7 @@ class LocalStack:
 
     def _save_state(self) -> None:
         state = {"backend": self.backend, "port_base": self.ports.base, "live_colour": self.live_colour,
-                 "replicas": self.replica_counts, "bindir": str(self.bindir), "project_dir": str(PROJECT_DIR),
+                 "replicas": self.replica_counts, "bindir": str(self.bindir), "project_dir": str(PROJECT_ROOT),
                  **self._profile_state()}
         self._write(self.state_file, json.dumps(state, indent=2) + "\n")
 
@@ -678,8 +644,8 @@ class LocalStack:
     def _run(self, args: list[str], what: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run a server tool as the service user; failures become one StackError line."""
         try:
-            return subprocess.run(self._as_service(args), check=True, capture_output=True, text=True, cwd=self.state_dir,
-                                  env=self._env(), timeout=timeout)
+            return subprocess.run(args, check=True, capture_output=True, text=True, cwd=self.state_dir,
+                                  env=self._env(), timeout=timeout, **self._as_service())
         except subprocess.CalledProcessError as exc:
             detail = (exc.stderr or exc.stdout or "").strip().splitlines()
             raise StackError(f"{what} failed (exit {exc.returncode}): {detail[-1] if detail else 'no output'}") from exc
@@ -690,12 +656,10 @@ class LocalStack:
 
     def _check_prerequisites(self) -> None:
         for needed in ("db/postgresql.conf", "db/pg_hba.conf", "db/pgbouncer.ini", "api/postgrest.conf"):
-            if not (PROJECT_DIR / needed).is_file():
-                raise StackError(f"{PROJECT_DIR / needed} not found: run from the checkout or set PGVOTE_ROOT")
+            if not (PROJECT_ROOT / needed).is_file():
+                raise StackError(f"{PROJECT_ROOT / needed} not found: run from the checkout or set PGVOTE_ROOT")
         if self.is_root:
             self._service_ids()
-            if not shutil.which("runuser"):
-                raise StackError("runuser not found (package util-linux); needed to run PostgreSQL as non-root")
         self._bouncer_bin()
         self._postgrest_bin()
         self._nginx_bin()
@@ -704,7 +668,7 @@ class LocalStack:
         if not NGINX_BODY_TEMP.is_dir():  # nginx with nchan checks it whatever the configuration says
             raise StackError(f"{NGINX_BODY_TEMP} is missing: run scripts/install-deps (or mkdir it as root)")
         # every shared_preload_libraries entry of db/postgresql.conf must exist, or postgres won't start
-        tuning = (PROJECT_DIR / "db" / "postgresql.conf").read_text()
+        tuning = (PROJECT_ROOT / "db" / "postgresql.conf").read_text()
         matches = re.findall(r"^\s*shared_preload_libraries\s*=\s*'([^']*)'", tuning, flags=re.MULTILINE)
         libdir = self._libdir()
         for lib in (x.strip() for x in (matches[-1].split(",") if matches else []) if x.strip()):
@@ -723,7 +687,7 @@ class LocalStack:
             if not os.access(env, os.X_OK):
                 raise StackError(f"POSTGREST_BIN={env} is not an executable file")
             return env
-        pinned = PROJECT_DIR / POSTGREST_TOOL
+        pinned = PROJECT_ROOT / POSTGREST_TOOL
         if not os.access(pinned, os.X_OK):
             found = shutil.which("postgrest")
             if not found:
@@ -733,14 +697,14 @@ class LocalStack:
             # a checkout under /root (mode 700): the service user runs a copy in the state dir it can reach
             copy = self.state_dir / "bin" / "postgrest"
             if not copy.exists() or copy.stat().st_size != pinned.stat().st_size:
-                copy.parent.mkdir(exist_ok=True)
+                copy.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(pinned, copy)
                 copy.chmod(0o755)
             return str(copy)
         return str(pinned)
 
     def _service_can_execute(self, path: Path) -> bool:
-        return subprocess.run(self._as_service(["test", "-x", str(path)]), capture_output=True, check=False).returncode == 0
+        return subprocess.run(["test", "-x", str(path)], capture_output=True, check=False, **self._as_service()).returncode == 0
 
     def _nginx_bin(self) -> str:
         return find_tool("nginx", "NGINX_BIN")
@@ -772,8 +736,8 @@ class LocalStack:
         self._write_server_config()
 
     def _write_server_config(self) -> None:
-        self._write(self.data_dir / "pgvote-tuning.conf", (PROJECT_DIR / "db" / "postgresql.conf").read_text(), 0o600)
-        self._write(self.data_dir / "pg_hba.conf", (PROJECT_DIR / "db" / "pg_hba.conf").read_text(), 0o600)
+        self._write(self.data_dir / "pgvote-tuning.conf", (PROJECT_ROOT / "db" / "postgresql.conf").read_text(), 0o600)
+        self._write(self.data_dir / "pg_hba.conf", (PROJECT_ROOT / "db" / "pg_hba.conf").read_text(), 0o600)
         local = (
             "# Generated by pgvote/stack.py on every `pgvote up`; do not edit (edit db/postgresql.conf).\n"
             f"port = {self.pg_port}\n"
@@ -800,7 +764,7 @@ class LocalStack:
                 raise StackError(f"PostgreSQL of {self.state_dir} already runs on port {running} (asked for "
                                  f"{self.pg_port}); run `pgvote down` first")
         else:
-            if _port_open(self.pg_port):
+            if port_open(self.pg_port):
                 raise StackError(f"port {self.pg_port} is already in use on {HOST}; set PGVOTE_PORT_BASE to a free block")
             if not self.pg_log.exists():
                 self.pg_log.touch()
@@ -811,7 +775,7 @@ class LocalStack:
                 if self._postgres_pid() is not None:  # the supervisor started it in the meantime
                     self._wait_postgres()
                     return
-                raise StackError(f"PostgreSQL did not start ({exc}); last lines of {self.pg_log}:\n{_tail(self.pg_log)}") from exc
+                raise StackError(f"PostgreSQL did not start ({exc}); last lines of {self.pg_log}:\n{tail(self.pg_log)}") from exc
         self._wait_postgres()
 
     def _pg_ctl_start(self) -> list[str]:
@@ -829,7 +793,7 @@ class LocalStack:
             except psycopg.OperationalError as exc:
                 if time.monotonic() > deadline:
                     raise StackError(f"PostgreSQL on port {self.pg_port} not accepting connections ({exc}); "
-                                     f"last lines of {self.pg_log}:\n{_tail(self.pg_log)}") from exc
+                                     f"last lines of {self.pg_log}:\n{tail(self.pg_log)}") from exc
                 time.sleep(0.2)
 
     def _ensure_database(self) -> None:
@@ -849,9 +813,12 @@ class LocalStack:
             raise StackError(f"migrations failed against {self.admin_url}: {type(exc).__name__}: {exc}") from exc
 
     def _stop_postgres(self) -> None:
-        if self._postgres_pid() is None:
-            return
-        ctl = [str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-w", "-t", "60", "-s", "stop"]
+        if self._postgres_pid() is not None:
+            self._pg_ctl_stop(self.data_dir)
+
+    def _pg_ctl_stop(self, data_dir: Path) -> None:
+        """Fast shutdown of the cluster in data_dir, immediate if that fails."""
+        ctl = [str(self.bindir / "pg_ctl"), "-D", str(data_dir), "-w", "-t", "60", "-s", "stop"]
         try:
             self._run([*ctl, "-m", "fast"], "pg_ctl stop", timeout=75)
         except StackError:
@@ -862,8 +829,6 @@ class LocalStack:
     def _write_supervised_configs(self) -> None:
         """Render every supervised component's config and the supervisor's spec (read on start / SIGHUP)."""
         self._render_bouncer()
-        for replica in self.replicas:
-            self._render_postgrest(replica)
         self._render_nginx()
         self._write_spec(self._components())
 
@@ -876,18 +841,17 @@ class LocalStack:
 
     def _pg_ctl_component(self, name: str) -> dict[str, Any]:
         """A cluster under pg_ctl: started when its postmaster is gone, stopped by the launcher."""
-        return self._component(name, self._as_service(self._pg_ctl_start()), "pg_ctl.log", service=False, kind="pg_ctl",
+        return self._component(name, self._pg_ctl_start(), "pg_ctl.log", kind="pg_ctl",
                                pidfile=str(self.data_dir / "postmaster.pid"))
 
     def _components(self) -> list[dict[str, Any]]:
         """The supervisor's components, in start order (it stops them in reverse)."""
-        postgrest = self._postgrest_bin()
         return [
             self._pg_ctl_component("postgres"),
             # foreground (no -d): the supervisor is its parent and sees it exit
             self._component("pgbouncer", [self._bouncer_bin(), str(self.bouncer_ini)], "pgbouncer.out",
                             stop_signal=int(self._bouncer_immediate_signal())),
-            *[self._component(r.name, [postgrest, str(self._postgrest_conf(r))]) for r in self.replicas],
+            *[self._postgrest_component(r) for r in self.replicas],
             self._component("nginx", [self._nginx_bin(), "-p", str(self.nginx_dir), "-e", str(self.nginx_log),
                                       "-c", str(self.nginx_dir / "nginx.conf")], "nginx.out",
                             stop_signal=int(signal.SIGQUIT)),  # SIGQUIT: graceful, finishes requests
@@ -911,7 +875,7 @@ class LocalStack:
                                              "--nchan-url", f"http://{HOST}:{self.ports.live_publish}",
                                              "--listen", f"{HOST}:{self.ports.publisher}",
                                              "--watch-file", str(self.state_dir / "publisher-watched.json")],
-                               service=False, env=dict(self._env(), PGVOTE_ROOT=str(PROJECT_DIR)))
+                               service=False, env=dict(self._env(), PGVOTE_ROOT=str(PROJECT_ROOT)))
 
     def _supervisor_pid(self) -> int | None:
         return supervisor.live_pid(self.supervisor_pidfile, "pgvote.supervisor")
@@ -922,16 +886,16 @@ class LocalStack:
         if pid is not None:
             os.kill(pid, signal.SIGHUP)
             return
-        env = dict(os.environ, PGVOTE_ROOT=str(PROJECT_DIR))
+        env = dict(os.environ, PGVOTE_ROOT=str(PROJECT_ROOT))
         self.supervisor_pidfile.unlink(missing_ok=True)
         with open(self.supervisor_log, "ab") as log:
             # it detaches itself (outlives `pgvote up` and the terminal) and writes its pid file
             subprocess.run([sys.executable, "-m", "pgvote.supervisor", str(self.state_dir), str(self.supervisor_pidfile)],
                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.state_dir, env=env,
                            timeout=30, check=True)
-        if not _wait_until(lambda: self._supervisor_pid() is not None, 10):
+        if not wait_until(lambda: self._supervisor_pid() is not None, 10):
             raise StackError(f"the supervisor did not start; last lines of {self.supervisor_log}:\n"
-                             f"{_tail(self.supervisor_log)}")
+                             f"{tail(self.supervisor_log)}")
 
     def _stop_supervisor(self) -> None:
         """Stop the supervisor, which stops its components first; kill leftovers of a dead supervisor."""
@@ -946,27 +910,20 @@ class LocalStack:
         self.supervisor_pidfile.unlink(missing_ok=True)
 
     def _wait_tier(self) -> None:
-        """Wait until PgBouncer, every replica and nginx answer (raise with the right log tail if not)."""
-        checks: list[tuple[str, Any, Path]] = [("PgBouncer", lambda: self.component_ready("pgbouncer"), self.bouncer_log)]
-        for replica in self.replicas:
-            checks.append((replica.name, lambda r=replica: self.component_ready(r.name), self.log_dir / f"{replica.name}.log"))
-        checks.append(("nginx", lambda: self.component_ready("nginx"), self.nginx_log))
-        checks.append(("publisher", lambda: _http_ok(f"http://{HOST}:{self.ports.publisher}/health"),
-                       self.log_dir / "publisher.log"))
-        for what, ready, log in checks:
-            if not _wait_until(ready, START_TIMEOUT, 0.1):
-                if self._supervisor_pid() is None:
-                    log = self.supervisor_log
-                raise StackError(f"{what} not ready after {START_TIMEOUT:.0f} s; last lines of {log}:\n{_tail(log)}")
+        """Wait until PgBouncer, every replica, nginx and the publisher answer (raise with the right log tail if not)."""
+        for name in ["pgbouncer", *self._health_urls()]:
+            if not wait_until(lambda n=name: self.component_ready(n), START_TIMEOUT):
+                log = {"nginx": self.nginx_log}.get(name, self.log_dir / f"{name}.log")
+                log = log if self._supervisor_pid() else self.supervisor_log
+                raise StackError(f"{name} not ready after {START_TIMEOUT:.0f} s; last lines of {log}:\n{tail(log)}")
 
     # ---- PgBouncer -----------------------------------------------------------------------------
 
     def _render_bouncer(self) -> None:
-        template = string.Template((PROJECT_DIR / "db" / "pgbouncer.ini").read_text())
         auth_file = self.state_dir / "userlist.txt"
-        ini = template.substitute(listen_addr=HOST, listen_port=self.bouncer_port, unix_socket_dir=self.run_dir,
-                                  pg_host=HOST, pg_port=self.server_port_for_bouncer or self.pg_port, auth_file=auth_file,
-                                  logfile=self.bouncer_log, pidfile=self.bouncer_pidfile)
+        ini = render_bouncer_ini(LISTEN_ADDR=HOST, LISTEN_PORT=self.bouncer_port, UNIX_SOCKET_DIR=self.run_dir,
+                                 PG_HOST=HOST, PG_PORT=self.server_port_for_bouncer or self.pg_port, AUTH_FILE=auth_file,
+                                 LOGFILE=self.bouncer_log, PIDFILE=self.bouncer_pidfile)
         for key, value in self.bouncer_settings.items():  # overrides: replace the line, or add it to [pgbouncer]
             line = f"{key} = {value}"
             ini, found = re.subn(rf"^{re.escape(key)}\s*=.*$", line.replace("\\", "\\\\"), ini, flags=re.MULTILINE)
@@ -974,8 +931,7 @@ class LocalStack:
                 ini = ini.rstrip("\n") + f"\n{line}\n"  # [pgbouncer] is the template's last section
         header = "; GENERATED by pgvote/stack.py from db/pgbouncer.ini on every `pgvote up`; do not edit.\n"
         self._write(self.bouncer_ini, header + ini, 0o600)
-        # DEV STACK ONLY: auth_type = trust still requires the user to be listed; passwords are ignored.
-        self._write(auth_file, '"postgres" ""\n"authenticator" ""\n', 0o600)
+        self._write(auth_file, BOUNCER_USERS, 0o600)
 
     def _bouncer_immediate_signal(self) -> signal.Signals:
         """Immediate-shutdown signal: SIGTERM up to 1.22, SIGQUIT from 1.23 (SIGTERM then waits for clients)."""
@@ -989,7 +945,7 @@ class LocalStack:
         return signal.SIGTERM
 
     def _bouncer_ready(self) -> bool:
-        if not _port_open(self.bouncer_port):
+        if not port_open(self.bouncer_port):
             return False
         try:  # a real login on the admin console (simple query protocol)
             with psycopg.connect(self.bouncer_admin_url, autocommit=True, connect_timeout=5) as conn:
@@ -1000,22 +956,15 @@ class LocalStack:
 
     # ---- PostgREST -----------------------------------------------------------------------------
 
-    def _postgrest_conf(self, replica: Replica) -> Path:
-        return self.state_dir / f"{replica.name}.conf"
-
-    def _render_postgrest(self, replica: Replica, db_uri: str | None = None) -> None:
-        """api/postgrest.conf with this replica's connection, secret and ports."""
-        overrides: dict[str, str | int] = {
-            # PgBouncer's session-mode alias: PostgREST prepares its statements (db/pgbouncer.ini).
-            "db-uri": db_uri or self.api_url.rsplit("/", 1)[0] + "/pgvote_session",
-            "jwt-secret": self.jwt_secret,
-            "server-host": HOST,
-            "server-port": replica.port,
-            "admin-server-port": replica.admin_port,
-        }
-        text = render_postgrest_conf((PROJECT_DIR / "api" / "postgrest.conf").read_text(), overrides)
-        header = f"# GENERATED by pgvote/stack.py from api/postgrest.conf for {replica.name}; do not edit.\n"
-        self._write(self._postgrest_conf(replica), header + text, 0o600)
+    def _postgrest_component(self, replica: Replica, db_uri: str | None = None, name: str = "") -> dict[str, Any]:
+        """A PostgREST replica: api/postgrest.conf as it is (a copy the service user can read), this
+        replica's connection, secret and ports in PGRST_* variables, which override the file's values."""
+        conf = self.state_dir / "postgrest.conf"
+        self._write(conf, (PROJECT_ROOT / "api" / "postgrest.conf").read_text(), 0o600)
+        env = {"PGRST_DB_URI": db_uri or self.api_url.rsplit("/", 1)[0] + "/pgvote_session",  # session-mode alias
+               "PGRST_JWT_SECRET": self.jwt_secret, "PGRST_SERVER_HOST": HOST, "PGRST_SERVER_PORT": str(replica.port),
+               "PGRST_ADMIN_SERVER_PORT": str(replica.admin_port)}
+        return self._component(name or replica.name, [self._postgrest_bin(), str(conf)], env={**self._env(), **env})
 
     # ---- nginx ---------------------------------------------------------------------------------
 
@@ -1027,7 +976,7 @@ class LocalStack:
             self._chown(self.nginx_dir / sub)
         # a copy: nginx's workers (the service user, as root) may not reach a checkout under /root
         static = self.nginx_dir / "static"
-        shutil.copytree(PROJECT_DIR / "deploy" / "nginx" / "static", static, dirs_exist_ok=True)
+        shutil.copytree(PROJECT_ROOT / "deploy" / "nginx" / "static", static, dirs_exist_ok=True)
         values = {
             "PGVOTE_LISTEN": f"{HOST}:{self.http_port}",
             "PGVOTE_UPSTREAMS": str(self.nginx_dir / "live-upstream.conf"),
@@ -1038,29 +987,12 @@ class LocalStack:
             "PGVOTE_LIVE_PUBLISHER": f"{HOST}:{self.ports.publisher}",
             "PGVOTE_LIVE_PUBLISH_LISTEN": f"{HOST}:{self.ports.live_publish}",
         }
-        template = (PROJECT_DIR / "deploy" / "nginx" / "pgvote.conf.template").read_text()
-        self._write(self.nginx_dir / "pgvote.conf", render_template(template, values))
+        nginx = PROJECT_ROOT / "deploy" / "nginx"
+        self._write(self.nginx_dir / "pgvote.conf", render_template((nginx / "pgvote.conf.template").read_text(), values))
         self._render_upstreams()
-        main = (
-            "# GENERATED by pgvote/stack.py on every `pgvote up`; do not edit (edit deploy/nginx/).\n"
-            "# The process-level settings a container image would own; the API is in pgvote.conf.\n"
-            f"load_module {NCHAN_MODULE};  # live results (deploy/nginx/pgvote.conf.template)\n"
-            "daemon off;  # the supervisor is nginx's parent\n"
-            "worker_processes 2;\n"
-            "worker_rlimit_nofile 20000;\n"
-            f"pid {self.run_dir / 'nginx.pid'};\n"
-            f"error_log {self.nginx_log} warn;\n"
-            # one connection per live watcher: either worker may take most of 10,000 of them
-            "events {\n    worker_connections 16384;\n}\n"
-            "http {\n"
-            "    include /etc/nginx/mime.types;\n"
-            "    default_type application/octet-stream;\n"
-            "    sendfile on;\n"
-            "    keepalive_timeout 65;\n"
-            f"    include {self.nginx_dir / 'pgvote.conf'};\n"
-            "}\n"
-        )
-        self._write(self.nginx_dir / "nginx.conf", main)
+        main = {"PGVOTE_NCHAN_MODULE": str(NCHAN_MODULE), "PGVOTE_NGINX_PID": str(self.run_dir / "nginx.pid"),
+                "PGVOTE_NGINX_ERROR_LOG": str(self.nginx_log), "PGVOTE_API_CONF": str(self.nginx_dir / "pgvote.conf")}
+        self._write(self.nginx_dir / "nginx.conf", render_template((nginx / "local-main.conf.template").read_text(), main))
 
     def _render_upstreams(self) -> None:
         # max_fails=0: a replica is never marked down. Under overload connects time out on every replica
@@ -1077,6 +1009,15 @@ class LocalStack:
         return [f"# GENERATED: results reads go to the {self.live_colour} replicas.\n"] + [
             f"server {HOST}:{r.port} max_fails=0;\n" for r in self.live_replicas()]
 
+# DEV STACK ONLY: auth_type = trust still requires the user to be listed; passwords are ignored.
+BOUNCER_USERS = '"postgres" ""\n"authenticator" ""\n'
+
+
+def render_bouncer_ini(**values: object) -> str:
+    """db/pgbouncer.ini with its ${PGVOTE_*} placeholders filled (the local stack's and the container backend's)."""
+    return render_template((PROJECT_ROOT / "db" / "pgbouncer.ini").read_text(), {f"PGVOTE_{k}": str(v) for k, v in values.items()})
+
+
 def render_template(template: str, values: dict[str, str]) -> str:
     """Substitute ${NAME} for each NAME in values, as the nginx image's envsubst step does; nginx's own
     $variables are left alone. Every ${PGVOTE_...} must be given."""
@@ -1087,27 +1028,10 @@ def render_template(template: str, values: dict[str, str]) -> str:
     return text
 
 
-def render_postgrest_conf(text: str, overrides: dict[str, str | int]) -> str:
-    """A PostgREST config file with the given keys replaced (or appended): the one reader of
-    api/postgrest.conf's format (`key = value`, strings quoted, numbers bare)."""
-    def fmt(key: str, value: str | int) -> str:
-        return f"{key} = {value}" if isinstance(value, int) else f'{key} = "{value}"'
-
-    lines, seen = [], set()
-    for line in text.splitlines():
-        match = re.match(r"^\s*([A-Za-z0-9.-]+)\s*=", line)
-        if match and match[1] in overrides:
-            line = fmt(match[1], overrides[match[1]])
-            seen.add(match[1])
-        lines.append(line)
-    lines += [fmt(k, v) for k, v in overrides.items() if k not in seen]
-    return "\n".join(lines) + "\n"
-
-
 def read_postgrest_conf(path: Path | None = None) -> dict[str, str]:
     """The settings of api/postgrest.conf (or path) as strings, quotes removed."""
     settings: dict[str, str] = {}
-    for line in (path or PROJECT_DIR / "api" / "postgrest.conf").read_text().splitlines():
+    for line in (path or PROJECT_ROOT / "api" / "postgrest.conf").read_text().splitlines():
         match = re.match(r'^\s*([A-Za-z0-9.-]+)\s*=\s*(?:"([^"]*)"|(\S+))', line)
         if match:
             settings[match[1]] = match[2] if match[2] is not None else match[3]
@@ -1118,10 +1042,10 @@ def signal_and_wait(pid: int, name: str, sig: signal.Signals, timeout: float) ->
     """Signal pid and wait until it is gone; SIGKILL it after timeout seconds."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    if not _wait_until(lambda: not supervisor.alive(pid, name), timeout):
+    if not wait_until(lambda: not supervisor.alive(pid, name), timeout):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        _wait_until(lambda: not supervisor.alive(pid, name), 5)
+        wait_until(lambda: not supervisor.alive(pid, name), 5)
 
 
 def children(pid: int) -> list[int]:
@@ -1137,18 +1061,21 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def _http_json(url: str, headers: dict[str, str] | None = None, timeout: float = 2) -> Any:
-    """The JSON document at url, or None when none answers."""
+def http_json(url: str, headers: dict[str, str] | None = None, timeout: float = 2) -> tuple[int, Any]:
+    """(status, JSON body or None) of a GET of url; (0, None) when nothing answers."""
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as resp:
-            return json.load(resp)
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return bool(resp.status == 200)
+            body = resp.read()
+            status = int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
     except (urllib.error.URLError, OSError):
-        return False
+        return 0, None
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, None
+
+
+def http_ok(url: str) -> bool:
+    return http_json(url)[0] == 200

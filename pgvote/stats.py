@@ -19,8 +19,6 @@ from rich.table import Table
 
 from pgvote import tables
 
-__all__ = ["Collector", "collect", "configure", "rates", "render", "run"]
-
 #: Single-row views of the monitoring schema, shown in this order.
 SINGLE_ROW_VIEWS = ("vote_rate", "rollback_rate", "connections", "aggregation_backlog", "cache_hit_ratio")
 #: Multi-row views.
@@ -28,33 +26,19 @@ MULTI_ROW_VIEWS = ("api_latency", "rate_limits")
 BOUNCER_COMMANDS = {"pools": "SHOW POOLS", "stats": "SHOW STATS", "databases": "SHOW DATABASES"}
 
 
-def _plain(value: Any) -> Any:
-    """JSON-friendly: Decimal -> int/float, datetimes -> ISO 8601."""
-    if isinstance(value, decimal.Decimal):
-        exponent = value.as_tuple().exponent
-        return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    return value
-
-
-def _rows(cur: psycopg.Cursor[Any]) -> list[dict[str, Any]]:
-    names = [d.name for d in cur.description or []]
-    return [{n: _plain(v) for n, v in zip(names, row)} for row in cur.fetchall()]
-
-
 def collect_database(conn: psycopg.Connection[Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """One sample of every monitoring view. A view that fails (e.g. pg_stat_statements not preloaded)
-    is reported under errors; the others are still read."""
+    """One sample of every monitoring view, as JSON (numbers, ISO 8601 times). A view that fails (e.g.
+    pg_stat_statements not preloaded) is reported under errors; the others are still read."""
     out: dict[str, Any] = {}
     errors: dict[str, str] = {}
     with conn.transaction():  # one snapshot-consistent read-only transaction per sample
         conn.execute("set transaction read only")
         for view in SINGLE_ROW_VIEWS + MULTI_ROW_VIEWS:
             try:
-                with conn.transaction(), conn.cursor() as cur:  # a savepoint: one failing view spares the others
-                    cur.execute(f"select * from monitoring.{view}")  # names from the constant lists above
-                    rows = _rows(cur)
+                with conn.transaction():  # a savepoint: one failing view spares the others
+                    # names from the constant lists above
+                    row = conn.execute(f"select coalesce(json_agg(v), '[]') from monitoring.{view} v").fetchone()
+                rows = row[0] if row else []
                 out[view] = rows if view in MULTI_ROW_VIEWS else (rows[0] if rows else {})
             except psycopg.Error as exc:
                 errors[view] = (exc.diag.message_primary or str(exc)).strip()
@@ -67,7 +51,11 @@ def collect_bouncer(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     for key, command in BOUNCER_COMMANDS.items():
         cur = conn.cursor(binary=False)
         cur.execute(command, prepare=False)
-        out[key] = [row for row in _rows(cur) if row.get("database", row.get("name")) != "pgbouncer"]
+        names = [d.name for d in cur.description or []]
+        # PgBouncer types its counters numeric: plain numbers for JSON and arithmetic
+        rows = [{n: (int(v) if v == v.to_integral_value() else float(v)) if isinstance(v, decimal.Decimal) else v
+                 for n, v in zip(names, row)} for row in cur.fetchall()]
+        out[key] = [row for row in rows if row.get("database", row.get("name")) != "pgbouncer"]
     return out
 
 
@@ -103,12 +91,6 @@ class Collector:
     def close(self) -> None:
         for conn in self.conns.values():
             conn.close()
-
-
-def collect(database_url: str, bouncer_admin_url: str | None = None) -> dict[str, Any]:
-    """One complete sample (see Collector.sample), on connections opened and closed for it."""
-    with contextlib.closing(Collector(database_url, bouncer_admin_url)) as collector:
-        return collector.sample()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,21 +193,18 @@ def render(sample: dict[str, Any], rate: dict[str, float | None]) -> Group:
 
 def live(database_url: str, bouncer_admin_url: str | None, interval: float, console: Console,
          max_samples: int | None = None) -> None:
-    """Refresh the dashboard every `interval` seconds until Ctrl-C (or `max_samples`, for tests)."""
+    """Refresh the dashboard every `interval` seconds until Ctrl-C (or `max_samples`: `--once`, tests)."""
     previous: dict[str, Any] | None = None
-    last = time.monotonic()
-    count = 0
-    collector = Collector(database_url, bouncer_admin_url)
-    try:
-        with Live(console=console, refresh_per_second=4, screen=False) as view:
-            while max_samples is None or count < max_samples:
-                sample = collector.sample()
-                now = time.monotonic()
-                view.update(render(sample, rates(previous, sample, now - last)))
-                previous, last, count = sample, now, count + 1
-                time.sleep(max(0.0, interval - (time.monotonic() - now)))
-    finally:
-        collector.close()
+    last, count = time.monotonic(), 0
+    with contextlib.closing(Collector(database_url, bouncer_admin_url)) as collector, \
+            Live(console=console, refresh_per_second=4, screen=False) as view:
+        while max_samples is None or count < max_samples:
+            if count:
+                time.sleep(max(0.0, interval - (time.monotonic() - last)))
+            sample = collector.sample()
+            now = time.monotonic()
+            view.update(render(sample, rates(previous, sample, now - last)))
+            previous, last, count = sample, now, count + 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -243,31 +222,22 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, local_stack: Callable[[], Any], console: Console) -> int:
     """Resolve the URLs (options, $DATABASE_URL, the running local stack) and show or print the stats."""
-    from pgvote.stack import StackError
+    from pgvote.backends import require_running
 
     database_url = args.database_url or os.environ.get("DATABASE_URL")
     bouncer_url = args.bouncer_admin_url
     if not database_url or bouncer_url is None:
         stack = local_stack()
-        running = stack.status()["components"]
         if not database_url:
-            if not running["postgres"]["running"]:
-                raise StackError("no database to read: pass --database-url, set DATABASE_URL, or start the stack "
-                                 "with `pgvote up`")
+            require_running(stack, "postgres")
             database_url = stack.admin_url
-        if bouncer_url is None and running["pgbouncer"]["running"]:
+        if bouncer_url is None and stack.status()["components"]["pgbouncer"]["running"]:
             bouncer_url = stack.bouncer_admin_url
-    if bouncer_url in ("", "none"):
-        bouncer_url = None
-    if args.once:
-        sample = collect(database_url, bouncer_url)
-        if args.json:
-            print(json.dumps(sample, indent=2, sort_keys=True))
-        else:
-            console.print(render(sample, rates(None, sample, 0)))
+    bouncer_url = None if bouncer_url in ("", "none") else bouncer_url
+    if args.once and args.json:
+        with contextlib.closing(Collector(database_url, bouncer_url)) as collector:
+            print(json.dumps(collector.sample(), indent=2, sort_keys=True))
         return 0
-    try:
-        live(database_url, bouncer_url, max(args.interval, 0.2), console)
-    except KeyboardInterrupt:
-        pass
+    with contextlib.suppress(KeyboardInterrupt):
+        live(database_url, bouncer_url, max(args.interval, 0.2), console, 1 if args.once else None)
     return 0

@@ -157,19 +157,17 @@ class Supervisor:
     # ---- process control -------------------------------------------------------------------------
 
     def start(self, c: Component) -> None:
-        if c.kind == "pg_ctl":
-            self._start_pg_ctl(c)
-            return
         with open(c.log, "ab") as log:
-            c.proc = subprocess.Popen(
-                c.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=c.cwd, env=c.env,
-                user=c.uid, group=c.gid, extra_groups=[] if c.uid is not None else None,
-                preexec_fn=raise_nofile_limit, start_new_session=True,
-            )
+            spawn: Any = {"stdin": subprocess.DEVNULL, "stdout": log, "stderr": subprocess.STDOUT, "cwd": c.cwd, "env": c.env,
+                          "user": c.uid, "group": c.gid, "extra_groups": [] if c.uid is not None else None}
+            if c.kind == "pg_ctl":
+                self._start_pg_ctl(c, spawn)
+                return
+            c.proc = subprocess.Popen(c.argv, preexec_fn=raise_nofile_limit, start_new_session=True, **spawn)
         c.pid = c.proc.pid
         c.started_at = time.time()
 
-    def _start_pg_ctl(self, c: Component) -> None:
+    def _start_pg_ctl(self, c: Component, spawn: dict[str, Any]) -> None:
         # The launcher holds this lock while it starts or stops PostgreSQL itself: never race it.
         with open(self.state_dir / ".lock", "a+") as lock:
             try:
@@ -178,10 +176,7 @@ class Supervisor:
                 raise LauncherBusy from None
             assert c.pidfile is not None
             if live_pid(c.pidfile) is None:
-                with open(c.log, "ab") as log:
-                    subprocess.run(c.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=c.cwd, env=c.env, user=c.uid, group=c.gid,
-                                   extra_groups=[] if c.uid is not None else None, timeout=120, check=False)
+                subprocess.run(c.argv, timeout=120, check=False, **spawn)
         c.pid = live_pid(c.pidfile)
         c.started_at = time.time()
 

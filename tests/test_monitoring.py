@@ -166,9 +166,9 @@ def test_stats_once_json_from_the_cli(stack, small_load, ops_url) -> None:
     assert db["vote_rate"]["ballots_inserted_total"] >= small_load["recorded"]
     assert db["connections"]["max_connections"] == 300
     pools = {(p["database"], p["user"]): p for p in sample["pgbouncer"]["pools"]}
-    assert ("pgvote", "authenticator") in pools
-    assert pools[("pgvote", "authenticator")]["pool_mode"] == "transaction"
-    assert any(s["database"] == "pgvote" and s["total_xact_count"] > 0 for s in sample["pgbouncer"]["stats"])
+    # PostgREST's requests run on the session-mode alias (db/pgbouncer.ini); other clients use `pgvote`
+    assert pools[("pgvote_session", "authenticator")]["pool_mode"] == "session"
+    assert any(s["database"] == "pgvote_session" and s["total_xact_count"] > 0 for s in sample["pgbouncer"]["stats"])
     assert any(d["name"] == "pgvote" and d["pool_size"] == 40 for d in sample["pgbouncer"]["databases"])
 
 

@@ -25,10 +25,10 @@ from reliability.checks import VotePolls, make_votes, verify
 from reliability.k6round import Live, run_round
 from test_cast_vote import assert_error
 
+from pgvote.backends import make_stack
 from pgvote.http import ApiClient, Headers, Response, random_loopback_address
 from pgvote.paths import PROCEDURES_DIR, PROJECT_ROOT
-from pgvote.shards import ShardedStack, select_stack
-from pgvote.stack import LocalStack
+from pgvote.shards import ShardedStack
 
 from fixtures.shards import sharded_fixtures
 from helpers import Poll, PollFactory, fingerprint, stored_ballots, user
@@ -69,7 +69,7 @@ def test_status_json_lists_the_shards_and_the_state_dir_remembers_the_profile(st
     assert [s["url"] for s in status["shards"]] == [s.admin_url for s in stack.shards]
     assert all(s["running"] for s in status["shards"])
     # the same state dir opened without --shards is the sharded stack again (status, down, up)
-    again = select_stack(LocalStack(stack.requested_state_dir), None)
+    again = make_stack(stack.requested_state_dir)
     assert isinstance(again, ShardedStack) and len(again.shards) == 2
     heads = set()
     for url in [stack.admin_url] + [s["url"] for s in status["shards"]]:

@@ -18,13 +18,12 @@ import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from pgvote.stack import LocalStack
+from pgvote.stack import LocalStack, children, wait_until
 
 PROXY_SCRIPT = Path(__file__).with_name("tcp_proxy.py")
 
@@ -43,19 +42,6 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
-
-
-def _all_pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 class Cluster:
@@ -81,8 +67,7 @@ class Cluster:
     def pids(self) -> list[int]:
         """Postmaster first, then all its children (backends, checkpointer, walwriter, ...)."""
         master = self.postmaster_pid()
-        children = [p for p in _all_pids() if (st := _proc_stat(p)) is not None and st[1] == master]
-        return [master, *children]
+        return [master, *children(master)]
 
     def backend_pids(self, admin_url: str, usename: str = "authenticator", active_only: bool = True) -> list[int]:
         with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
