@@ -18,8 +18,6 @@ from pgvote.loadtest.report import checks, environment, print_report, timeline_p
 from pgvote.loadtest.scenarios import run_bare, run_bulk_scenario, run_single
 from pgvote.loadtest.servers import local_ports, server_ports
 
-__all__ = ["HttpTarget", "LoadtestConfig", "Targets", "run_loadtest"]
-
 #: The guide's 50,000 peak users / 25: this machine's 20,000 open files hold k6's sockets, nginx's
 #: two per request and the servers' own (``--vus`` changes it).
 DEFAULT_RAMP_VUS = 2_000
