@@ -114,8 +114,7 @@ async def _fleet(conn: Connection, port: int, poll_id: str, subscribers: int) ->
 
 
 def _fleet_process(conn: Connection, port: int, poll_id: str, subscribers: int) -> None:
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(_fleet(conn, port, poll_id, subscribers))
+    asyncio.run(_fleet(conn, port, poll_id, subscribers))
 
 
 def measure(stack: Any, subscribers: int, votes: int, console: Console) -> dict[str, Any]:

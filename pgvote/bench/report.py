@@ -70,10 +70,10 @@ def publish(mode: str, tables_: Sequence[Table], intro: Sequence[str], result: A
 def as_json(results: Results, server_version: str, command: str) -> dict[str, Any]:
     return {"machine": machine(), "server": server_version, "command": command,
             "seconds_per_run": results.seconds_per_run,
-            "measured": {k: {**asdict(m), "figures": m.figures.as_dict()} for k, m in results.measured.items()},
+            "measured": {k: asdict(m) for k, m in results.measured.items()},
             "ratios": [{**asdict(r), "met": r.met} for r in results.ratios],
-            "reads_warm": results.reads_warm.figures.as_dict() if results.reads_warm else None,
-            "reads_under_writes": results.reads_under_writes.figures.as_dict() if results.reads_under_writes else None,
+            **{k: asdict(m.figures) if m else None for k, m in (("reads_warm", results.reads_warm),
+                                                                 ("reads_under_writes", results.reads_under_writes))},
             "locks_per_call": results.locks_per_call}
 
 

@@ -56,10 +56,8 @@ class BallotSpec:
     @property
     def patterns(self) -> tuple[tuple[str, ...], ...]:
         """Every option set of 1..max_choices options, in the poll's option order."""
-        out: list[tuple[str, ...]] = []
-        for k in range(1, self.max_choices + 1):
-            out.extend(itertools.combinations(self.option_ids, k))
-        return tuple(out)
+        return tuple(itertools.chain.from_iterable(itertools.combinations(self.option_ids, k)
+                                                   for k in range(1, self.max_choices + 1)))
 
     @property
     def prefix(self) -> str:
