@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,18 +57,14 @@ def make_polls(conn: psycopg.Connection, admin_url: str, m: int, r: int, hot: in
                ) -> tuple[list[tuple[str, list[str]]], list[tuple[str, list[str]]]]:
     """Polls made by api.create_poll as a signed-in creator (3 options, revotes on) until ``hot`` of them hash
     into slice (m, r) and ``cold`` elsewhere."""
-    hot_polls: list[tuple[str, list[str]]] = []
-    cold_polls: list[tuple[str, list[str]]] = []
-    while len(hot_polls) < hot or len(cold_polls) < cold:
+    found: dict[bool, list[tuple[str, list[str]]]] = {True: [], False: []}
+    while len(found[True]) < hot or len(found[False]) < cold:
         spec = create_poll(admin_url, "split-benchmark", ("a", "b", "c"), 1, allow_revote=True)
-        poll = (spec.poll_id, list(spec.option_ids))
-        inside = one(conn, "select satisfies_hash_partition('voting.ballots'::regclass, %s, %s, %s::uuid)",
-                     (m, r, poll[0]))
-        if inside and len(hot_polls) < hot:
-            hot_polls.append(poll)
-        elif not inside and len(cold_polls) < cold:
-            cold_polls.append(poll)
-    return hot_polls, cold_polls
+        inside = bool(one(conn, "select satisfies_hash_partition('voting.ballots'::regclass, %s, %s, %s::uuid)",
+                          (m, r, spec.poll_id)))
+        if len(found[inside]) < (hot if inside else cold):
+            found[inside].append((spec.poll_id, list(spec.option_ids)))
+    return found[True], found[False]
 
 
 def seed(conn: psycopg.Connection, polls: list[tuple[str, list[str]]], rows: int, source: str) -> float:
@@ -90,30 +85,18 @@ def seed(conn: psycopg.Connection, polls: list[tuple[str, list[str]]], rows: int
     return time.monotonic() - started
 
 
-@dataclass
-class Window:
-    name: str
-    seconds: float
-    hot_per_second: float
-    cold_per_second: float
-    per_second: float
-    max_ms: float
-    p99_ms: float
-    hot_max_ms: float  # calls on polls of the partition being split
-    hot_p99_ms: float
-
-
-def window(name: str, tx: list[Transaction], start: float, end: float) -> Window:
-    inside = [t for t in tx if start <= t.end < end]
-    span = max(end - start, 1e-9)
-
-    def tail(lat: list[float]) -> tuple[float, float]:
-        lat = sorted(lat) or [0.0]
-        return round(lat[-1], 1), round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1)
-
-    return Window(name, round(span, 2), round(sum(t.script == 0 for t in inside) / span),
-                  round(sum(t.script == 1 for t in inside) / span), round(len(inside) / span),
-                  *tail([t.seconds * 1000 for t in inside]), *tail([t.seconds * 1000 for t in inside if t.script == 0]))
+def window(name: str, tx: list[Transaction], start: float, end: float) -> dict[str, Any]:
+    """votes/s (all, hot polls, cold polls) of the transactions ending in [start, end), and their latency tails
+    (all, and the calls on polls of the partition being split)."""
+    inside, span = [t for t in tx if start <= t.end < end], max(end - start, 1e-9)
+    out: dict[str, Any] = {"name": name, "seconds": round(span, 2),
+                           "hot_per_second": round(sum(t.script == 0 for t in inside) / span),
+                           "cold_per_second": round(sum(t.script == 1 for t in inside) / span),
+                           "per_second": round(len(inside) / span)}
+    for prefix, calls in (("", inside), ("hot_", [t for t in inside if t.script == 0])):
+        lat = sorted(t.seconds * 1000 for t in calls) or [0.0]
+        out |= {f"{prefix}max_ms": round(lat[-1], 1), f"{prefix}p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1)}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                     "load_average_1m": os.getloadavg()[0]},
         "partition": source, "rows": rows, "clients": args.clients, "batch_size": args.batch_size,
         "split": {**result, "writer_wait_ms": result["lock_wait_ms"] + result["held_ms"]},
-        "windows": [asdict(w) for w in windows],
+        "windows": windows,
         "transactions": len(outcome.committed) if outcome else 0,
         "pgbench_aborted_clients": len(outcome.aborted) if outcome else 0,
         "pgbench_errors": list(outcome.aborted.values())[:5] if outcome else [],

@@ -38,7 +38,7 @@ class Refused(Exception):
 class Notices:
     """What the procedures report while they run, by DETAIL: 'progress <rows> <total>' (the bar),
     'sql' and 'note' (the dry-run script, on stdout), 'result <json>' (one per split); the rest is
-    the log, on stderr."""
+    the log, on stderr ('ran': the statements, with -v)."""
 
     def __init__(self, verbose: bool = False) -> None:
         self.results: list[dict[str, Any]] = []
@@ -47,8 +47,9 @@ class Notices:
 
     def __call__(self, diag: psycopg.errors.Diagnostic) -> None:
         message, detail = diag.message_primary or "", diag.message_detail or ""
-        if detail.startswith("progress "):
-            done, total = (int(n) for n in detail.split()[1:])
+        kind, _, rest = detail.partition(" ")
+        if kind == "progress":
+            done, total = map(int, rest.split())
             if self.bar is None:
                 self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                     TextColumn("rows"), TimeElapsedColumn(), TimeRemainingColumn(), console=err)
@@ -56,13 +57,11 @@ class Notices:
                 self.bar.add_task(escape(message), total=total or None)
             self.bar.update(self.bar.tasks[0].id, completed=done, total=max(total, done) or None)
             return
-        if detail.startswith("result "):
+        if kind == "result":
             self.stop()
-            self.results.append(json.loads(detail.removeprefix("result ")))
-        if detail == "sql":
-            print(message.strip() + ";")
-        elif detail == "note":
-            print(f"-- {message}")
+            self.results.append(json.loads(rest))
+        if detail in ("sql", "note"):
+            print(message.strip() + ";" if detail == "sql" else f"-- {message}")
         elif (detail != "ran" or self.verbose) and not message.endswith(", skipping"):
             err.print(("WARNING " if diag.severity == "WARNING" else "") + escape(message), highlight=False)
 

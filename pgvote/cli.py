@@ -292,42 +292,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     stack = _local_stack(args)
     require_running(stack)
-    report_path = None if args.no_report else (args.report or DEFAULT_REPORT)
+    quick = " --quick" if args.quick else ""
+    files: dict[str, Any] = {"report_path": None if args.no_report else (args.report or DEFAULT_REPORT), "console": out}
     if args.http:
         from pgvote.bench.http_bench import run_http_bench
 
-        run_http_bench(stack, quick=args.quick, json_path=args.json, report_path=report_path,
-                       command="pgvote bench --http" + (" --quick" if args.quick else ""), console=out)
-        return 0
-    if args.router:
+        run_http_bench(stack, quick=args.quick, json_path=args.json, command=f"pgvote bench --http{quick}", **files)
+    elif args.router:
         from pgvote.bench.router import run_router_bench
         from pgvote.shards import ShardedStack
 
         if not isinstance(stack, ShardedStack):
             raise StackError("--router needs a sharded stack: `pgvote up --shards N` first")
         seconds = args.seconds or (QUICK_ROUTER_SECONDS if args.quick else ROUTER_SECONDS)
-        run_router_bench(stack, seconds=seconds, clients=args.clients, rounds=2, report_path=report_path,
-                         command=f"pgvote bench --router --clients {args.clients} --seconds {seconds:g}", console=out)
-        return 0
-    if args.ha:
+        run_router_bench(stack, seconds=seconds, clients=args.clients, rounds=2, **files,
+                         command=f"pgvote bench --router --clients {args.clients} --seconds {seconds:g}")
+    elif args.ha:
         from pgvote.bench.ha_bench import run_ha_bench
         from pgvote.ha import HaStack
 
         if not isinstance(stack, HaStack):
             raise StackError("bench --ha needs the HA stack: start it with `pgvote up --ha`")
-        run_ha_bench(stack, quick=args.quick, voters=args.votes, json_path=args.json, report_path=report_path,
-                     command=f"pgvote bench --ha --votes {args.votes}" + (" --quick" if args.quick else ""), console=out)
-        return 0
-    if args.live:
+        run_ha_bench(stack, quick=args.quick, voters=args.votes, json_path=args.json, **files,
+                     command=f"pgvote bench --ha --votes {args.votes}{quick}")
+    elif args.live:
         from pgvote.bench.live import run_live_bench
 
-        run_live_bench(stack, subscribers=args.subscribers, votes=args.votes, json_path=args.json, report_path=report_path,
-                       command=f"pgvote bench --live --subscribers {args.subscribers} --votes {args.votes}",
-                       console=out)
-        return 0
-    run_bench(stack.admin_url, stack.api_url, quick=args.quick, seconds=args.seconds, json_path=args.json,
-              chart_path=None if args.no_report else (args.chart or DEFAULT_CHART), report_path=report_path,
-              command="pgvote bench" + (" --quick" if args.quick else ""), console=out)
+        run_live_bench(stack, subscribers=args.subscribers, votes=args.votes, json_path=args.json, **files,
+                       command=f"pgvote bench --live --subscribers {args.subscribers} --votes {args.votes}")
+    else:
+        run_bench(stack.admin_url, stack.api_url, quick=args.quick, seconds=args.seconds, json_path=args.json,
+                  chart_path=None if args.no_report else (args.chart or DEFAULT_CHART), **files,
+                  command=f"pgvote bench{quick}")
     return 0
 
 
@@ -348,9 +344,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 @command("loadtest", "the 50,000-vote spike on one poll, over HTTP with k6 (or --sql through PgBouncer), "
-                     "verified exactly once", configure=_options_of("pgvote.loadtest.command", "add_options"))
+                     "verified exactly once", configure=_options_of("pgvote.loadtest", "add_options"))
 def cmd_loadtest(args: argparse.Namespace) -> int:
-    from pgvote.loadtest.command import run
+    from pgvote.loadtest import run
 
     stack = None
     if not (args.database_url and args.admin_url):

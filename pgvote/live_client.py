@@ -17,8 +17,6 @@ import struct
 from types import TracebackType
 from typing import Any, Literal, Self
 
-__all__ = ["LiveRefused", "LiveSubscriber", "Transport"]
-
 Transport = Literal["sse", "ws"]
 
 

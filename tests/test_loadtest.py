@@ -39,8 +39,7 @@ from pgvote.bench.pgbench import POSTGREST_RPC, SCRIPTS, Outcome, Run, execute, 
 from pgvote.http import ApiClient, Response
 from pgvote.loadtest import LoadtestConfig, run_loadtest
 from pgvote.loadtest.k6 import HttpTarget, K6Output, request_limit, run_burst
-from pgvote.loadtest.scenarios import BallotSpec, bare_script, create_poll, run_bare
-from pgvote.loadtest.verify import verify_poll
+from pgvote.loadtest.scenarios import BallotSpec, bare_script, create_poll, run_bare, verify_poll
 from pgvote.stack import LocalStack
 
 from helpers import Poll, counts_from_ballots, fingerprint, results_counts, stored_ballots

@@ -15,7 +15,6 @@ far behind the standby's results are.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,13 @@ from pgvote.http import ApiClient
 from pgvote.loadtest.k6 import HttpTarget, run_burst
 from pgvote.loadtest.report import percentile
 from pgvote.loadtest.scenarios import create_poll
+from pgvote.loadtest.servers import sampling
 
 CLIENTS = 64
 SAMPLE_S = 0.1
+SAMPLE_SQL = """select (api.poll_results(%s::uuid) ->> 'total_ballots')::int, extract(epoch from r.replay_lag) * 1000,
+                       pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn)
+                from (select) one left join pg_stat_replication r on r.sync_state = 'sync'"""
 
 
 def _pct(values: list[float]) -> dict[str, float]:
@@ -59,61 +62,36 @@ def sync_ratio(stack: Any, seconds: float, pairs: int, progress: Any) -> dict[st
             "ratio": median_ratio(per_second, "on", "local")}
 
 
-class _Sampler(threading.Thread):
-    """Every SAMPLE_S: the leader's total and replication lag, and the total a client GET sees."""
-
-    def __init__(self, stack: Any, poll_id: str) -> None:
-        super().__init__(daemon=True)
-        self.stack, self.poll_id = stack, poll_id
-        self.stop = threading.Event()
-        self.leader: list[tuple[float, int]] = []
-        self.seen: list[tuple[float, int]] = []
-        self.lag_ms: list[float] = []
-        self.lag_bytes: list[int] = []
-
-    def run(self) -> None:
-        api = ApiClient(self.stack.http_url, timeout=10, source_ip="127.0.0.250")
-        with psycopg.connect(self.stack.admin_url, autocommit=True) as conn:
-            while not self.stop.is_set():
-                total = conn.execute("select (api.poll_results(%s::uuid) ->> 'total_ballots')::int",
-                                     (self.poll_id,)).fetchone()
-                self.leader.append((time.time(), int(total[0]) if total else 0))
-                lag = conn.execute("""select extract(epoch from replay_lag) * 1000,
-                                             pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)
-                                      from pg_stat_replication where sync_state = 'sync'""").fetchone()
-                if lag is not None:
-                    self.lag_ms.append(float(lag[0] or 0.0))
-                    self.lag_bytes.append(int(lag[1] or 0))
-                answer = api.rpc("poll_results", {"poll_id": self.poll_id}, method="GET")
-                if answer.status == 200:
-                    self.seen.append((time.time(), int(answer.body["total_ballots"])))
-                time.sleep(SAMPLE_S)
-
-    def ages_ms(self) -> list[float]:
-        """Per client answer: since when the leader had more ballots than it shows."""
-        ages = []
-        for t, total in self.seen:
-            ahead = next((lt for lt, lead in self.leader if lead > total), None)
-            ages.append(max(0.0, (t - ahead) * 1000) if ahead is not None and ahead <= t else 0.0)
-        return ages
-
-
 def replica_lag_under_burst(stack: Any, voters: int, console: Console) -> dict[str, Any]:
+    """The burst while, every SAMPLE_S, the leader's total and the synchronous standby's replay lag (one
+    query) and the total a client GET sees are read."""
     ballots = create_poll(stack.admin_url)
-    sampler = _Sampler(stack, ballots.poll_id)
-    sampler.start()
-    try:
-        burst = run_burst(HttpTarget.for_stack(stack), voters, None, console, quiet=True, ballots=ballots)
-    finally:
-        time.sleep(2)  # the cache and the standby catch up: the last answers show the final total
-        sampler.stop.set()
-        sampler.join(10)
-    ages = sampler.ages_ms()
+    api = ApiClient(stack.http_url, timeout=10, source_ip="127.0.0.250")
+    leader: list[tuple[float, int]] = []
+    seen: list[tuple[float, int]] = []
+    lag: list[tuple[float, float]] = []  # (ms, WAL bytes)
+
+    def sample(conn: psycopg.Connection) -> None:
+        total, lag_ms, lag_bytes = conn.execute(SAMPLE_SQL, (ballots.poll_id,)).fetchone() or (0, None, None)
+        leader.append((time.time(), int(total or 0)))
+        if lag_ms is not None:
+            lag.append((float(lag_ms), float(lag_bytes or 0)))
+        answer = api.rpc("poll_results", {"poll_id": ballots.poll_id}, method="GET")
+        if answer.status == 200:
+            seen.append((time.time(), int(answer.body["total_ballots"])))
+
+    with psycopg.connect(stack.admin_url, autocommit=True) as conn, sampling(lambda: sample(conn), SAMPLE_S):
+        try:
+            burst = run_burst(HttpTarget.for_stack(stack), voters, None, console, quiet=True, ballots=ballots)
+        finally:
+            time.sleep(2)  # the cache and the standby catch up: the last answers show the final total
+    # per client answer: since when the leader had more ballots than it shows
+    ahead = (next((lt for lt, lead in leader if lead > total), None) for _, total in seen)
+    ages = [max(0.0, (t - a) * 1000) if a is not None and a <= t else 0.0 for (t, _), a in zip(seen, ahead)]
     return {"voters": voters, "votes_per_s": round(burst["figures"]["votes_per_second"]),
-            "exactly_once": burst["verification"]["exactly_once"], "samples": len(sampler.lag_ms),
-            "replay_lag_ms": _pct(sampler.lag_ms), "replay_lag_bytes": _pct([float(b) for b in sampler.lag_bytes]),
-            "client_answers": len(ages), "results_age_ms": _pct(ages),
-            "final_total_seen": sampler.seen[-1][1] if sampler.seen else None}
+            "exactly_once": burst["verification"]["exactly_once"], "samples": len(lag),
+            "replay_lag_ms": _pct([ms for ms, _ in lag]), "replay_lag_bytes": _pct([b for _, b in lag]),
+            "client_answers": len(ages), "results_age_ms": _pct(ages), "final_total_seen": seen[-1][1] if seen else None}
 
 
 def rows(r: dict[str, Any]) -> list[tuple[str, str]]:

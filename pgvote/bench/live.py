@@ -55,9 +55,8 @@ def percentile(values: list[float], q: float) -> float | None:
 def cast_times(admin_url: str, poll_id: str) -> list[float]:
     """When each ballot of the poll was cast (epoch seconds), in order: the n-th is the n-th commit, closely."""
     with psycopg.connect(admin_url) as conn:
-        rows = conn.execute("select extract(epoch from cast_at)::float8 from voting.ballots where poll_id = %s "
-                            "order by cast_at", (poll_id,)).fetchall()
-    return [float(r[0]) for r in rows]
+        return [float(t) for t, in conn.execute("select extract(epoch from cast_at)::float8 from voting.ballots "
+                                                "where poll_id = %s order by cast_at", (poll_id,))]
 
 
 def server_cpu_per_vote_ms(burst: dict[str, Any]) -> float:
@@ -115,8 +114,7 @@ async def _fleet(conn: Connection, port: int, poll_id: str, subscribers: int) ->
 
 
 def _fleet_process(conn: Connection, port: int, poll_id: str, subscribers: int) -> None:
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(_fleet(conn, port, poll_id, subscribers))
+    asyncio.run(_fleet(conn, port, poll_id, subscribers))
 
 
 def measure(stack: Any, subscribers: int, votes: int, console: Console) -> dict[str, Any]:
@@ -158,10 +156,8 @@ def measure(stack: Any, subscribers: int, votes: int, console: Console) -> dict[
         "final_total": final, "final_received_by": sum(t == final for t in fleet.latest.values()),
         "messages_delivered": fleet.delivered, "messages_per_second": fleet.delivered / max(1e-3, delivery_seconds),
         "messages_timed": len(last),
-        "latency_published_p50_ms": percentile(published, 0.5),
-        "latency_published_p95_ms": percentile(published, 0.95),
-        "latency_first_p50_ms": percentile(first, 0.5), "latency_first_p95_ms": percentile(first, 0.95),
-        "latency_last_p50_ms": percentile(last, 0.5), "latency_last_p95_ms": percentile(last, 0.95),
+        **{f"latency_{name}_p{q}_ms": percentile(values, q / 100)
+           for name, values in (("published", published), ("first", first), ("last", last)) for q in (50, 95)},
         "without_before": before, "with": with_watchers, "without_after": after,
         "votes_per_second": {"without": without_vps, "with": with_watchers["figures"]["votes_per_second"],
                              "without_before": before["figures"]["votes_per_second"],

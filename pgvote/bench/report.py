@@ -70,10 +70,10 @@ def publish(mode: str, tables_: Sequence[Table], intro: Sequence[str], result: A
 def as_json(results: Results, server_version: str, command: str) -> dict[str, Any]:
     return {"machine": machine(), "server": server_version, "command": command,
             "seconds_per_run": results.seconds_per_run,
-            "measured": {k: {**asdict(m), "figures": m.figures.as_dict()} for k, m in results.measured.items()},
+            "measured": {k: asdict(m) for k, m in results.measured.items()},
             "ratios": [{**asdict(r), "met": r.met} for r in results.ratios],
-            "reads_warm": results.reads_warm.figures.as_dict() if results.reads_warm else None,
-            "reads_under_writes": results.reads_under_writes.figures.as_dict() if results.reads_under_writes else None,
+            **{k: asdict(m.figures) if m else None for k, m in (("reads_warm", results.reads_warm),
+                                                                 ("reads_under_writes", results.reads_under_writes))},
             "locks_per_call": results.locks_per_call}
 
 
@@ -109,25 +109,6 @@ def scenario_rows(results: Results) -> list[tuple[str, ...]]:
     return rows
 
 
-def publish_bench(results: Results, server_version: str, command: str, *, report_path: Path | None,
-                  json_path: Path | None, console: Console) -> None:
-    """``pgvote bench``'s tables, JSON and section of docs/benchmarks.md."""
-    mach = machine()
-    locks = ["", "Locks held at the end of one call (one transaction, rolled back):", ""]
-    for call, held in results.locks_per_call.items():
-        relations = sorted({rel for kind, rel, _ in held if kind == "relation"})
-        locks.append(f"- {call}: {len(held)} locks — " + "; ".join(f"{k} {r} {m}".replace("  ", " ") for k, r, m in held))
-        locks.append(f"  (relations: {', '.join(relations)})")
-    publish("bench", [("Ratios", RATIO_COLUMNS, ratio_rows(results), (2, 3)),
-                      ("Scenarios (same run)", SCENARIO_COLUMNS, scenario_rows(results), range(2, 7))],
-            ["## Throughput (`pgvote bench`)", "",
-             f"Machine: {mach['cpu']}, {mach['memory']}, {mach['os']}; {server_version}; {mach['pgbouncer']}; "
-             f"{mach['pgbench']}. Run {mach['date']}, {results.seconds_per_run:g} s per scenario, "
-             f"the load generator (pgbench) on the same 2 cores.", "", f"Command: `{command}`"],
-            as_json(results, server_version, command), report_path=report_path, json_path=json_path,
-            console=console, outro=[*locks, "", "![votes/s against clients](benchmarks.png)"])
-
-
 def write_chart(results: Results, path: Path) -> None:
     """votes/s against clients of each scenario family swept."""
     labels = {"bare_insert": "bare INSERT (direct, prepared)", "cast_vote_hot": "cast_vote (direct, prepared)",
@@ -149,14 +130,25 @@ def run_bench(admin_url: str, bouncer_url: str, *, quick: bool, seconds: float |
     per_run, progress = seconds or (QUICK_SECONDS if quick else FULL_SECONDS), stamp(console)
 
     with psycopg.connect(admin_url) as conn:
-        version = conn.execute("select version()").fetchone()
-        server_version = str(version[0] if version else "?").split(" on ")[0]
+        server_version = str(conn.execute("select version()").fetchone()[0]).split(" on ")[0]  # type: ignore[index]
     with bench_database(admin_url, bouncer_url, HOT_POLL_BALLOTS, SPREAD_POLLS, progress) as db:
         results = run_all(db, per_run, progress, quick=quick)
     progress("done; the bench database is dropped")
 
-    publish_bench(results, server_version, command, report_path=report_path, json_path=json_path,
-                         console=console)
+    mach = machine()
+    locks = ["", "Locks held at the end of one call (one transaction, rolled back):", ""]
+    for call, held in results.locks_per_call.items():
+        relations = sorted({rel for kind, rel, _ in held if kind == "relation"})
+        locks.append(f"- {call}: {len(held)} locks — " + "; ".join(f"{k} {r} {m}".replace("  ", " ") for k, r, m in held))
+        locks.append(f"  (relations: {', '.join(relations)})")
+    publish("bench", [("Ratios", RATIO_COLUMNS, ratio_rows(results), (2, 3)),
+                      ("Scenarios (same run)", SCENARIO_COLUMNS, scenario_rows(results), range(2, 7))],
+            ["## Throughput (`pgvote bench`)", "",
+             f"Machine: {mach['cpu']}, {mach['memory']}, {mach['os']}; {server_version}; {mach['pgbouncer']}; "
+             f"{mach['pgbench']}. Run {mach['date']}, {results.seconds_per_run:g} s per scenario, "
+             f"the load generator (pgbench) on the same 2 cores.", "", f"Command: `{command}`"],
+            as_json(results, server_version, command), report_path=report_path, json_path=json_path,
+            console=console, outro=[*locks, "", "![votes/s against clients](benchmarks.png)"])
     if chart_path:
         write_chart(results, chart_path)
         console.print(f"chart: {chart_path}")

@@ -20,16 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from rich.console import Console
 
 from pgvote.bench import pgbench
 from pgvote.bench.report import alternate, publish
-from pgvote.bench.scenarios import with_database
 from pgvote.loadtest.report import machine
 from pgvote.loadtest.scenarios import create_poll
 from pgvote.loadtest.servers import cluster_ticks
 from pgvote.migrate import upgrade
+from pgvote.schema_dump import scratch_database
 from pgvote.shards import ShardedStack, configure_router, share_voter_key_secret
 
 DATABASE = "pgvote_router_bench"
@@ -58,10 +57,8 @@ def run_router_bench(stack: ShardedStack, *, seconds: float, clients: int, round
                      report_path: Path | None, command: str, console: Console) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     shard = stack.shards[0]
-    router_url, shard_url = with_database(stack.admin_url, DATABASE), with_database(shard.admin_url, DATABASE)
-    for url in (stack.admin_url, shard.admin_url):
-        _recreate(url)
-    try:
+    with scratch_database(stack.admin_url, name=DATABASE) as router_url, \
+            scratch_database(shard.admin_url, name=DATABASE) as shard_url:
         upgrade(shard_url)
         upgrade(router_url)
         with psycopg.connect(router_url) as conn:
@@ -85,9 +82,6 @@ def run_router_bench(stack: ShardedStack, *, seconds: float, clients: int, round
             results[name] = {side: Side(*(statistics.median(getattr(s, f) for s in sides)
                                           for f in Side.__dataclass_fields__))
                              for side, sides in runs.items()}
-    finally:
-        for url in (stack.admin_url, shard.admin_url):
-            _drop(url)
     figures: dict[str, Any] = {"machine": machine(), "command": command, "clients": clients, "seconds": seconds, "rounds": rounds,
                "load": [load_before, os.getloadavg()[0]],
                "scenarios": {name: {side: s.__dict__ for side, s in sides.items()} | {
@@ -113,17 +107,6 @@ def _measure(stack: ShardedStack, url: str, script: str, variables: dict[str, st
     stored = figures.transactions * ballots
     return Side(figures.per_second * ballots, figures.p95_ms, (after[0] - before[0]) / stored * 1e6,
                 (after[1] - before[1]) / stored * 1e6)
-
-
-def _recreate(admin_url: str) -> None:
-    _drop(admin_url)
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(DATABASE)))
-
-
-def _drop(admin_url: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(DATABASE)))
 
 
 COLUMNS = ("scenario", "path", "ballots/s", "p95 ms", "router CPU µs/ballot", "shard CPU µs/ballot", "routed ÷ direct")

@@ -5,13 +5,11 @@ and dropped afterwards. Lock observations: lock waits sampled from pg_locks duri
 locks one cast_vote call holds at its end."""
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from rich.console import Console
 from pgvote.bench.pgbench import POSTGREST_RPC, Figures, Run, postgrest_variables, run
 from pgvote.loadtest import LoadtestConfig
 from pgvote.loadtest.scenarios import run_bare, run_bulk_scenario, run_single
+from pgvote.loadtest.servers import sampling
 from pgvote.migrate import upgrade
 from pgvote.schema_dump import scratch_database
 
@@ -73,20 +72,15 @@ class LockWaitSampler:
         self.url, self.interval = url, interval
         self.seen: Counter[tuple[str, str, str]] = Counter()
         self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._stack = ExitStack()
 
-    def _run(self) -> None:
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            while not self._stop.is_set():
-                for locktype, relation, query in conn.execute(
-                    """select l.locktype, coalesce(l.relation::regclass::text, ''), a.query
-                       from pg_locks l join pg_stat_activity a on a.pid = l.pid
-                       where not l.granted and a.datname = current_database()"""
-                ).fetchall():
-                    self.seen[(locktype, relation, query[:40])] += 1
-                self.samples += 1
-                time.sleep(self.interval)
+    def _sample(self, conn: psycopg.Connection) -> None:
+        for locktype, relation, query in conn.execute(
+                """select l.locktype, coalesce(l.relation::regclass::text, ''), a.query
+                   from pg_locks l join pg_stat_activity a on a.pid = l.pid
+                   where not l.granted and a.datname = current_database()""").fetchall():
+            self.seen[(locktype, relation, query[:40])] += 1
+        self.samples += 1
 
     def waits_by_type(self) -> dict[str, int]:
         by_type: Counter[str] = Counter()
@@ -95,12 +89,12 @@ class LockWaitSampler:
         return dict(by_type)
 
     def __enter__(self) -> LockWaitSampler:
-        self._thread.start()
+        conn = self._stack.enter_context(psycopg.connect(self.url, autocommit=True))
+        self._stack.enter_context(sampling(lambda: self._sample(conn), self.interval))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        self._stack.close()
 
 
 def locks_held_by_one_call(conn: psycopg.Connection, sql: str, params: tuple[object, ...]) -> list[tuple[str, str, str]]:
@@ -199,14 +193,12 @@ def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None], 
         results.measured[name] = m
         return m
 
-    measure("bare_insert", "bare INSERT of one ballot row, hot poll", "bare_insert.sql", 64, hot)
-    measure("cast_vote_hot", "cast_vote, one hot poll", "cast_vote.sql", 64, hot)
-    # Direct connections cannot go past max_connections (300): the sweep stops at 200, and
-    # runs before PgBouncer holds server connections of its own.
-    for c in DIRECT_SWEEP_CLIENTS:
-        if c != 64:
-            measure(f"bare_insert_{c}", "bare INSERT of one ballot row, hot poll", "bare_insert.sql", c, hot)
-            measure(f"cast_vote_hot_{c}", "cast_vote, one hot poll", "cast_vote.sql", c, hot)
+    # Direct connections cannot go past max_connections (300): the sweep stops at 200, and runs before
+    # PgBouncer holds server connections of its own.
+    for c in sorted(DIRECT_SWEEP_CLIENTS, key=lambda c: c != 64):  # 64 first, as the ratios' pair
+        suffix = "" if c == 64 else f"_{c}"
+        measure(f"bare_insert{suffix}", "bare INSERT of one ballot row, hot poll", "bare_insert.sql", c, hot)
+        measure(f"cast_vote_hot{suffix}", "cast_vote, one hot poll", "cast_vote.sql", c, hot)
     measure("cast_vote_spread", "cast_vote spread over 10,000 polls", "cast_vote.sql", 64, spread)
     measure("cast_vote_pgbouncer", "cast_vote, one hot poll, through PgBouncer without prepared statements",
             "cast_vote.sql", 64, hot, via_bouncer=True, as_superuser=True)

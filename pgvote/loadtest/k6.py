@@ -27,9 +27,8 @@ import psycopg
 from rich.console import Console
 
 from pgvote.loadtest.report import Record, figures, progress, timeline
-from pgvote.loadtest.scenarios import BallotSpec, create_poll, identity
-from pgvote.loadtest.servers import measuring
-from pgvote.loadtest.verify import verify_poll
+from pgvote.loadtest.scenarios import BallotSpec, create_poll, identity, verify_poll
+from pgvote.loadtest.servers import measuring, server_ports
 from pgvote.supervisor import raise_nofile_limit
 
 SCRIPTS = Path(__file__).parent / "k6"
@@ -123,15 +122,6 @@ class HttpTarget:
     def for_stack(cls, stack: Any) -> HttpTarget:
         """The stack's nginx, measured with every server process the stack runs."""
         return cls(stack.http_url, stack.admin_url, server_ports(stack.status()), stack.bouncer_admin_url)
-
-
-def server_ports(status: dict[str, Any]) -> dict[str, int]:
-    """Listening port of each running server process of a stack's ``status()``: nginx, every PostgREST
-    replica (by name), PgBouncer, PostgreSQL, the live-results publisher."""
-    components = status.get("components", {})
-    ports = {r["name"]: int(r["port"]) for r in components.get("postgrest", []) if r.get("running")}
-    return ports | {name: int(components[name]["port"]) for name in ("nginx", "pgbouncer", "postgres", "publisher")
-                    if components.get(name, {}).get("port")}
 
 
 class RateLimit(NamedTuple):

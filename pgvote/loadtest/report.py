@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg.rows import dict_row
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -121,10 +122,15 @@ def checks(report: dict[str, Any], targets: Targets) -> list[dict[str, Any]]:
     def add(source: str, target: str, value: Any, ok: bool | None) -> None:
         out.append({"source": source, "target": target, "value": value, "pass": ok})
 
+    def every_once(label: str, s: dict[str, Any]) -> None:
+        f, v = s["figures"], s["verification"]
+        add("ours", f"{label}100% accepted, exactly once", f"{f['accepted']:,}/{s['voters']:,}, lost {v['lost']}, "
+            f"duplicated {v['duplicated']}", f["accepted"] == s["voters"] and v["exactly_once"])
+
     by_path = {s["path"]: s for s in report["scenarios"]}
     single = by_path.get("db") or by_path.get("http")
     if single:
-        f, v, mem = single["figures"], single["verification"], single["memory"]
+        f, mem = single["figures"], single["memory"]
         add("guide", "success >= 95% under spike (the burst)", f"{f['success_rate']:.2%}",
             f["success_rate"] >= targets.spike_success)
         add("guide", "p95 < 500 ms", f"{f['request_latency']['p95_ms']:,.0f} ms",
@@ -136,8 +142,7 @@ def checks(report: dict[str, Any], targets: Targets) -> list[dict[str, Any]]:
                 mem["peak_total_mib"] * 1024 * 1024 <= targets.memory_bytes)
             add("ours", "<= 1 GB beyond shared memory", f"{mem['peak_beyond_shared_mib']:,.0f} MiB",
                 mem["peak_beyond_shared_mib"] * 1024 * 1024 <= targets.memory_beyond_shared_bytes)
-        add("ours", "100% accepted, exactly once", f"{f['accepted']:,}/{single['voters']:,}, lost {v['lost']}, "
-            f"duplicated {v['duplicated']}", f["accepted"] == single["voters"] and v["exactly_once"])
+        every_once("", single)
     bare = by_path.get("bare")
     if single and bare and single["path"] == "db":
         ratio = single["figures"]["votes_per_second"] / bare["figures"]["votes_per_second"]
@@ -154,11 +159,10 @@ def checks(report: dict[str, Any], targets: Targets) -> list[dict[str, Any]]:
             v["exactly_once"])
     bulk = by_path.get("bulk")
     if bulk:
-        f, v = bulk["figures"], bulk["verification"]
+        f = bulk["figures"]
         add("ours", f"bulk: {bulk['voters']:,} ballots in <= 1 s", f"{f['drain_seconds']:.2f} s",
             f["drain_seconds"] <= targets.bulk_seconds)
-        add("ours", "bulk: 100% accepted, exactly once", f"{f['accepted']:,}/{bulk['voters']:,}, lost {v['lost']}, "
-            f"duplicated {v['duplicated']}", f["accepted"] == bulk["voters"] and v["exactly_once"])
+        every_once("bulk: ", bulk)
     return out
 
 
@@ -181,13 +185,11 @@ def environment(cfg: LoadtestConfig) -> dict[str, Any]:
                            "psycopg": psycopg.__version__}
     try:
         with psycopg.connect(cfg.admin_url, autocommit=True, connect_timeout=5) as conn:
-            env["postgresql"] = conn.execute("show server_version").fetchone()[0]  # type: ignore[index]
-            env["shared_buffers"] = conn.execute("show shared_buffers").fetchone()[0]  # type: ignore[index]
+            env["postgresql"], env["shared_buffers"] = conn.execute(
+                "select current_setting('server_version'), current_setting('shared_buffers')").fetchone() or ("?", "?")
         if cfg.bouncer_admin_url:
-            with psycopg.connect(cfg.bouncer_admin_url, autocommit=True, connect_timeout=5) as conn:
-                cur = conn.execute("SHOW CONFIG")
-                names = [d.name for d in cur.description or []]
-                conf = {row[names.index("key")]: row[names.index("value")] for row in cur.fetchall()}
+            with psycopg.connect(cfg.bouncer_admin_url, autocommit=True, connect_timeout=5, row_factory=dict_row) as c:
+                conf = {row["key"]: row["value"] for row in c.execute("SHOW CONFIG")}
             env["pgbouncer_config"] = {k: conf.get(k) for k in (
                 "pool_mode", "default_pool_size", "max_db_connections", "reserve_pool_size", "max_client_conn",
                 "query_wait_timeout")}
@@ -202,50 +204,39 @@ def _ms(x: float) -> str:
 
 def print_report(report: dict[str, Any], console: Console) -> None:
     for s in report["scenarios"]:
-        users = "VUs" if "k6" in s else "clients"
-        v = s["verification"]
-        f = s["figures"]
+        v, f, k6, p, mem, pool = (s.get(k) or {} for k in ("verification", "figures", "k6", "pgbench", "memory", "pool"))
         lat, tta = f["request_latency"], f["time_to_ack"]
         rows = [("accepted", f"{f['accepted']:,} of {f['voters']:,} ({f['answers'] and _counts(f['answers'])})"),
                 ("rejected by status", _counts(f["rejected"]) or "0"), ("gave up", str(f["gave_up"])),
                 ("lost", str(v["lost"])), ("duplicated", str(v["duplicated"])),
                 ("drain time", f"{f['drain_seconds']:.2f} s"), ("votes/s", f"{f['votes_per_second']:,.0f}"),
-                ("latency p50/p95/p99/max", "/".join(_ms(lat[k]) for k in ("p50_ms", "p95_ms", "p99_ms",
-                                                                          "max_ms")) + " ms"),
+                ("latency p50/p95/p99/max", "/".join(_ms(lat[f"{q}_ms"]) for q in ("p50", "p95", "p99", "max")) + " ms"),
                 ("time to ack since release p50/p95", f"{_ms(tta['p50_ms'])}/{_ms(tta['p95_ms'])} ms"),
                 ("success rate (200 / requests)", f"{f['success_rate']:.2%} of {f['requests']:,}"),
                 ("errors (re-cast when retryable)", _counts(f["retried_errors"]) or "0")]
-        if "k6" in s:
-            k6 = s["k6"]
-            rows.append(("k6 requests (identical retries)", f"{k6['requests']:,} ({k6['retries']:,})"))
-            rows.append(("k6 peak memory (RSS)", f"{k6['peak_rss_mib']:,} MiB"))
-            rows.append(("k6 exit, thresholds crossed", f"{k6['exit_code']}, "
-                                                         f"{', '.join(k6['thresholds_crossed']) or 'none'}"))
-            rows.append(("source addresses (one per VU)", s["local_ips"]))
-        for phase, pf in s.get("phases", {}).items():
-            rows.append((f"{phase} load: success, p95", f"{pf['success_rate']:.2%}, {_ms(pf['p95_ms'])} ms"))
+        if k6:
+            rows += [("k6 requests (identical retries)", f"{k6['requests']:,} ({k6['retries']:,})"),
+                     ("k6 peak memory (RSS)", f"{k6['peak_rss_mib']:,} MiB"),
+                     ("k6 exit, thresholds crossed", f"{k6['exit_code']}, {', '.join(k6['thresholds_crossed']) or 'none'}"),
+                     ("source addresses (one per VU)", s["local_ips"])]
+        rows += [(f"{phase} load: success, p95", f"{pf['success_rate']:.2%}, {_ms(pf['p95_ms'])} ms")
+                 for phase, pf in s.get("phases", {}).items()]
         if s["path"] == "bulk":
-            rows.append(("batches (at most), committed", f"{s['batches']} ({s['batch']} ballots), "
-                                                         f"{s['committed_batches']}"))
-        if "pgbench" in s:
-            p = s["pgbench"]
+            rows.append(("batches (at most), committed", f"{s['batches']} ({s['batch']} ballots), {s['committed_batches']}"))
+        if p:
             rows.append(("pgbench: first pass tps, clients aborted; re-cast passes (transactions)",
-                         f"{p['tps']:,.0f}, {p['aborted_clients']}; {p['recast_passes']} "
-                         f"({p['recast_transactions']:,})"))
-        mem = s["memory"]
+                         f"{p['tps']:,.0f}, {p['aborted_clients']}; {p['recast_passes']} ({p['recast_transactions']:,})"))
         if mem.get("available"):
-            rows.append(("peak PSS PostgreSQL + PgBouncer",
-                         (f"{mem['peak_total_mib']:,.0f} MiB ({mem['peak_postgres_pss_mib']:,.0f} + "
-                          f"{mem['peak_bouncer_pss_mib']:,.0f}; {mem['peak_beyond_shared_mib']:,.0f} beyond shm)")))
-        if s.get("pool"):
-            p = s["pool"]
-            rows.append(("PgBouncer peaks", (f"{p.get('clients', 0):,} clients, {p.get('cl_waiting', 0):,} waiting, "
-                                             f"{p.get('sv_active', 0)} servers, maxwait {p.get('maxwait', 0)} s")))
+            rows.append(("peak PSS PostgreSQL + PgBouncer", f"{mem['peak_total_mib']:,.0f} MiB ({mem['peak_postgres_pss_mib']:,.0f}"
+                         f" + {mem['peak_bouncer_pss_mib']:,.0f}; {mem['peak_beyond_shared_mib']:,.0f} beyond shm)"))
+        if pool:
+            rows.append(("PgBouncer peaks", f"{pool.get('clients', 0):,} clients, {pool.get('cl_waiting', 0):,} waiting, "
+                                            f"{pool.get('sv_active', 0)} servers, maxwait {pool.get('maxwait', 0)} s"))
         if s.get("cpu_seconds"):
-            rows.append(("CPU seconds used", ", ".join(f"{k} {v:.1f}" for k, v in s["cpu_seconds"].items())))
+            rows.append(("CPU seconds used", ", ".join(f"{k} {n:.1f}" for k, n in s["cpu_seconds"].items())))
         rows.append(("exactly once", "[green]yes[/]" if v["exactly_once"] else f"[red]NO[/] {v.get('problems')}"))
-        console.print(tables.table(f"{s['name']} — {s['voters']:,} voters, {s.get('clients', '-')} {users}",
-                                   ("figure", "value"), rows, (1,)))
+        console.print(tables.table(f"{s['name']} — {s['voters']:,} voters, {s.get('clients', '-')} "
+                                   f"{'VUs' if k6 else 'clients'}", ("figure", "value"), rows, (1,)))
     env = report.get("environment", {})
     if "load_average_before" in env:
         console.print(f"machine: {env.get('cpus')} cores, PostgreSQL {env.get('postgresql', '?')}, "

@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -28,12 +28,12 @@ from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 from rich.console import Console
 
 from pgvote.bench.pgbench import POSTGREST_RPC, SCRIPTS, Outcome, Run, Transaction, execute, postgrest_variables
 from pgvote.loadtest.report import Record, figures, timeline
-from pgvote.loadtest.servers import measuring
-from pgvote.loadtest.verify import verify_poll
+from pgvote.loadtest.servers import local_ports, measuring
 from pgvote.stack import read_postgrest_conf
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ OPTIONS = ("PostgreSQL", "PgBouncer", "PostgREST", "psycopg")
 MAX_CHOICES = 2
 SCHEMA = "pgvote_loadtest"
 SETUP_SQL = (Path(__file__).parent / "sql" / "scratch.sql").read_text()
+VERIFY_SQL = (Path(__file__).parent / "sql" / "verify.sql").read_text()
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,8 @@ class BallotSpec:
     @property
     def patterns(self) -> tuple[tuple[str, ...], ...]:
         """Every option set of 1..max_choices options, in the poll's option order."""
-        out: list[tuple[str, ...]] = []
-        for k in range(1, self.max_choices + 1):
-            out.extend(itertools.combinations(self.option_ids, k))
-        return tuple(out)
+        return tuple(itertools.chain.from_iterable(itertools.combinations(self.option_ids, k)
+                                                   for k in range(1, self.max_choices + 1)))
 
     @property
     def prefix(self) -> str:
@@ -104,6 +103,33 @@ def create_poll(admin_url: str, tag: str | None = None, options: tuple[str, ...]
     return BallotSpec(created["poll_id"], tuple(created["option_ids"]), tag, max_choices)
 
 
+def poll_results(admin: psycopg.Connection[Any], poll_id: str) -> dict[str, Any] | None:
+    """``api.poll_results`` as an anonymous reader calls it (straight from the database: an HTTP cache
+    in front may serve a result up to a second old); None when the poll does not exist."""
+    try:
+        with admin.transaction():
+            admin.execute("select set_config('role', 'anon', true)")
+            row = admin.execute("select api.poll_results(%s)", (poll_id,)).fetchone()
+    except psycopg.Error:  # poll_not_found (SQLSTATE PGRST): the transaction is rolled back
+        return None
+    return row[0] if row else None
+
+
+def verify_poll(admin_url: str, poll_id: str, acknowledged: Mapping[str, Sequence[str]],
+                attempted: Sequence[str] = ()) -> dict[str, Any]:
+    """``acknowledged``: identity -> option ids that voter cast and got a 200 for; ``attempted``: other
+    identities the run tried (not acknowledged: their ballot may or may not be stored). The counts of
+    sql/verify.sql, its ``problems`` and ``exactly_once`` (no problem)."""
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        results = poll_results(admin, poll_id)
+        with admin.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(VERIFY_SQL, {"poll": poll_id, "acked": json.dumps({k: list(v) for k, v in acknowledged.items()}),
+                                           "attempted": list(attempted),
+                                           "results": json.dumps(results) if results else None}).fetchone()
+    assert row is not None
+    return {**row, "exactly_once": not row["problems"]}
+
+
 def pre_request_hook(admin_url: str) -> str | None:
     """``db-pre-request`` of the project's api/postgrest.conf, when that function exists in the database:
     PostgREST calls it in every request's transaction, so the load does too."""
@@ -117,14 +143,6 @@ def pre_request_hook(admin_url: str) -> str | None:
 
 def new_tag() -> str:
     return uuid.uuid4().hex[:10]
-
-
-def local_servers(cfg: LoadtestConfig) -> dict[str, int]:
-    """Listening ports of PostgreSQL and PgBouncer behind the URLs, when they run on this machine."""
-    admin, api = urlsplit(cfg.admin_url), urlsplit(cfg.database_url)
-    if not {admin.hostname, api.hostname} <= {"127.0.0.1", "localhost", "::1"}:
-        return {}
-    return {"postgres": admin.port or 5432, "pgbouncer": api.port or 5432}
 
 
 #: Passes of pgbench per scenario: the first casts everything, each next one re-casts, identically, what
@@ -149,17 +167,18 @@ def retryable(error: str) -> bool:
 
 
 def cast_all(cfg: LoadtestConfig, script: str | Path, clients: int, per_client: int, variables: dict[str, str],
-             label: str, console: Console, quiet: bool,
-             measured: dict[str, Any]) -> tuple[dict[int, Cast], list[Outcome]]:
+             label: str, console: Console, quiet: bool) -> tuple[dict[int, Cast], list[Outcome], dict[str, Any]]:
     """Numbers 0 .. clients x per_client - 1 through PgBouncer, as many passes as needed (``MAX_PASSES``);
-    the servers' memory, pools and CPU while they run go into ``measured``, with pgbench's own CPU."""
+    also the servers' memory, pools and CPU while they ran, with pgbench's own CPU."""
     casts: dict[int, Cast] = {}
+    measured: dict[str, Any] = {}
     outcomes: list[Outcome] = []
     pending = list(range(clients * per_client))
-    with measuring(local_servers(cfg), cfg.bouncer_admin_url, measured, cfg.sample_interval):
+    servers = local_ports(postgres=cfg.admin_url, pgbouncer=cfg.database_url)
+    with measuring(servers, cfg.bouncer_admin_url, measured, cfg.sample_interval):
         for recast in range(MAX_PASSES):
             if recast:
-                settle()
+                time.sleep(1)  # the servers finish the previous pass's tail
                 clients, per_client = _plan(len(pending), clients)
                 slots = [pending[i % len(pending)] for i in range(clients * per_client)]  # the last repeat: idempotent
                 stage(cfg.admin_url, "recasts", slots)
@@ -174,7 +193,7 @@ def cast_all(cfg: LoadtestConfig, script: str | Path, clients: int, per_client: 
             if not pending:
                 break
     measured["cpu_seconds"] = {"pgbench": round(sum(o.cpu_seconds for o in outcomes), 2), **measured["cpu_seconds"]}
-    return casts, outcomes
+    return casts, outcomes, measured
 
 
 def _settle_pass(outcome: Outcome, per_client: int, slots: list[int], casts: dict[int, Cast]) -> list[int]:
@@ -208,20 +227,16 @@ def records(casts: dict[int, Cast], name: Callable[[int], str]) -> list[Record]:
     return out
 
 
-def _pgbench_figures(outcomes: list[Outcome]) -> dict[str, Any]:
-    """The first pass's figures (the burst itself), and how many re-cast passes followed."""
-    first = outcomes[0]
-    return {"exit_code": first.exit_code, "transactions": first.processed, "tps": first.per_second,
-            "aborted_clients": len(first.aborted), "recast_passes": len(outcomes) - 1,
-            "recast_transactions": sum(o.processed for o in outcomes[1:])}
-
-
 def _burst_result(name: str, path: str, clients: int, voters: int, outcomes: list[Outcome], recs: list[Record],
                   measured: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     t0 = min((r[4] for r in recs if r[1] == "ack"), default=time.time())
     errors = Counter(error for o in outcomes for error in o.aborted.values())
+    first = outcomes[0]  # the burst itself; then how many re-cast passes followed
     return {"name": name, "path": path, "voters": voters, "clients": clients, "figures": figures(recs, t0, errors),
-            "pgbench": _pgbench_figures(outcomes), **measured, "timeline": timeline(recs, t0), **extra}
+            "pgbench": {"exit_code": first.exit_code, "transactions": first.processed, "tps": first.per_second,
+                        "aborted_clients": len(first.aborted), "recast_passes": len(outcomes) - 1,
+                        "recast_transactions": sum(o.processed for o in outcomes[1:])},
+            **measured, "timeline": timeline(recs, t0), **extra}
 
 
 def _plan(voters: int, clients: int) -> tuple[int, int]:
@@ -238,10 +253,9 @@ def run_single(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> di
     clients, per_client = _plan(cfg.voters, cfg.clients)
     variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
                                     per_client=per_client, hook=hook is not None, caller="voter")
-    measured: dict[str, Any] = {}
     with scratch_schema(cfg.admin_url, cfg.database_url):
-        casts, outcomes = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, "cast_vote", console, quiet,
-                                   measured)
+        casts, outcomes, measured = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, "cast_vote", console,
+                                             quiet)
     recs = records(casts, ballots.fingerprint)
     acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in recs if r[1] == "ack"}
     check = verify_poll(cfg.admin_url, ballots.poll_id, acked, [identity(r[0]) for r in recs])
@@ -256,10 +270,9 @@ def run_bare(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict
     # no pre-request hook: its bucket write per caller is part of what the ratio charges cast_vote with
     variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
                                     per_client=per_client)
-    measured: dict[str, Any] = {}
     with scratch_schema(cfg.admin_url, cfg.database_url), tempfile.TemporaryDirectory(prefix="pgvote-loadtest-") as tmp:
-        casts, outcomes = cast_all(cfg, bare_script(Path(tmp)), clients, per_client, variables,
-                                   "bare insert", console, quiet, measured)
+        casts, outcomes, measured = cast_all(cfg, bare_script(Path(tmp)), clients, per_client, variables,
+                                             "bare insert", console, quiet)
         recs = records(casts, ballots.fingerprint)
         acked = [r[0] for r in recs if r[1] == "ack"]
         stored, found = stored_in_scratch(cfg.admin_url, ballots.poll_id, acked)
@@ -283,12 +296,11 @@ def run_bulk_scenario(cfg: LoadtestConfig, console: Console, quiet: bool = False
         plan[v * count // cfg.voters].append(v)
     variables = postgrest_variables(poll_id=ballots.poll_id, prefix=ballots.prefix, per_client=per_client,
                                     role="ingest", hook=pre_request_hook(cfg.admin_url) is not None, bulk=True)
-    measured: dict[str, Any] = {}
     with scratch_schema(cfg.admin_url, cfg.database_url):
         stage(cfg.admin_url, "batches", [json.dumps({"ballots": [ballots.bulk_item(v) for v in voters]})
                                                  for voters in plan])
-        casts, outcomes = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, f"cast_votes, {count} batches",
-                                   console, quiet, measured)
+        casts, outcomes, measured = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables,
+                                             f"cast_votes, {count} batches", console, quiet)
     per_batch = records(casts, str)  # a record per batch; then one per ballot, its batch's fate
     recs: list[Record] = [(ballots.fingerprint(v), *r[1:]) for r in per_batch for v in plan[int(r[0])]]
     acked = {ballots.bulk_identity(v): list(ballots.options_for(ballots.fingerprint(v)))
@@ -297,11 +309,6 @@ def run_bulk_scenario(cfg: LoadtestConfig, console: Console, quiet: bool = False
     return _burst_result("bulk ingestion", "bulk", clients, cfg.voters, outcomes, recs, measured, {
         "poll_id": ballots.poll_id, "batch": max(len(voters) for voters in plan), "batches": count,
         "committed_batches": sum(r[1] == "ack" for r in per_batch), "verification": check})
-
-
-def settle(seconds: float = 1.0) -> None:
-    """Let the servers finish the previous scenario's tail (autovacuum wakeups, closing clients)."""
-    time.sleep(seconds)
 
 
 @contextmanager

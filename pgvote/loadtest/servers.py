@@ -5,16 +5,33 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
+from psycopg.rows import dict_row
 
 from pgvote.stack import children
 
 MIB = 1024 * 1024
+
+
+def server_ports(status: dict[str, Any]) -> dict[str, int]:
+    """Listening port of each running server process of a stack's ``status()``: nginx, every PostgREST
+    replica (by name), PgBouncer, PostgreSQL, the live-results publisher."""
+    components = status.get("components", {})
+    ports = {r["name"]: int(r["port"]) for r in components.get("postgrest", []) if r.get("running")}
+    return ports | {name: int(components[name]["port"]) for name in ("nginx", "pgbouncer", "postgres", "publisher")
+                    if components.get(name, {}).get("port")}
+
+
+def local_ports(**urls: str) -> dict[str, int]:
+    """name -> port of each URL that points at this machine (its servers can be measured)."""
+    return {name: port for name, url in urls.items() if (u := urlsplit(url)).hostname in ("127.0.0.1", "localhost", "::1")
+            and (port := u.port)}
 
 
 def listening_pids(port: int) -> list[int]:
@@ -69,12 +86,31 @@ def cpu_ticks(ports: dict[str, int]) -> dict[str, int]:
 
 def pool_totals(admin: psycopg.Connection[Any]) -> dict[str, int]:
     """PgBouncer's SHOW POOLS over every pool but its own: clients connected, waiting, servers active, longest wait."""
-    cur = admin.execute("SHOW POOLS")
-    names = [d.name for d in cur.description or []]
-    rows = [r for r in (dict(zip(names, row)) for row in cur.fetchall()) if r.get("database") != "pgbouncer"]
+    with admin.cursor(row_factory=dict_row) as cur:
+        rows = [r for r in cur.execute("SHOW POOLS") if r.get("database") != "pgbouncer"]
     totals = {k: sum(int(r.get(k) or 0) for r in rows) for k in ("cl_active", "cl_waiting", "sv_active")}
     return {**totals, "clients": totals["cl_active"] + totals["cl_waiting"],
             "maxwait": max((int(r.get("maxwait") or 0) for r in rows), default=0)}
+
+
+@contextmanager
+def sampling(step: Callable[[], object], interval: float) -> Iterator[None]:
+    """``step()`` every ``interval`` s in a thread of its own while the block runs (the load's clock readings
+    never wait for it)."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            step()
+            stop.wait(interval)
+
+    thread = threading.Thread(target=loop, name="sampler", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
 
 
 @contextmanager
@@ -88,36 +124,29 @@ def measuring(servers: dict[str, int], bouncer_admin_url: str | None, figures: d
     readable = bool(pg) and os.access(f"/proc/{pg[0]}/smaps_rollup", os.R_OK)
     samples: list[tuple[int, int, int, int]] = []  # postgres PSS, its shared part, its processes, PgBouncer PSS
     peaks: dict[str, int] = {}
-    stop = threading.Event()
 
-    def sample() -> None:
-        admin = None
+    def sample(admin: psycopg.Connection[Any] | None) -> None:
+        if readable:
+            pgs = [pss(p) for p in [pg[0], *children(pg[0])]]
+            samples.append((sum(t for t, _ in pgs), sum(s for _, s in pgs), sum(t > 0 for t, _ in pgs),
+                            sum(pss(p)[0] for p in bouncers)))
         try:
-            admin = psycopg.connect(bouncer_admin_url, autocommit=True, connect_timeout=5) if bouncer_admin_url else None
+            for key, value in (pool_totals(admin) if admin else {}).items():
+                peaks[key] = max(peaks.get(key, 0), value)
         except psycopg.Error:
             pass
-        while not stop.is_set():
-            if readable:
-                pgs = [pss(p) for p in [pg[0], *children(pg[0])]]
-                samples.append((sum(t for t, _ in pgs), sum(s for _, s in pgs), sum(t > 0 for t, _ in pgs),
-                                sum(pss(p)[0] for p in bouncers)))
-            try:
-                for key, value in (pool_totals(admin) if admin else {}).items():
-                    peaks[key] = max(peaks.get(key, 0), value)
-            except psycopg.Error:
-                pass
-            stop.wait(interval)
+
+    try:
+        admin = psycopg.connect(bouncer_admin_url, autocommit=True, connect_timeout=5) if bouncer_admin_url else None
+    except psycopg.Error:
+        admin = None
+    before = cpu_ticks(servers)
+    try:
+        with sampling(lambda: sample(admin), interval):
+            yield
+    finally:
         if admin is not None:
             admin.close()
-
-    thread = threading.Thread(target=sample, name="server-sampler", daemon=True)
-    before = cpu_ticks(servers)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=10)
         after, hz = cpu_ticks(servers), os.sysconf("SC_CLK_TCK")
         memory: dict[str, Any] = {"available": bool(samples)}
         if samples:

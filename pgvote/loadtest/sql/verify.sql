@@ -1,4 +1,4 @@
--- Exactly-once check of one poll after a load run (pgvote/loadtest/verify.py): the counts, and `problems`, one
+-- Exactly-once check of one poll after a load run (pgvote/loadtest/scenarios.py): the counts, and `problems`, one
 -- line per count that must be zero or flag that must hold (none: exactly once).
 -- Inputs: %(poll)s the run's poll; %(acked)s jsonb {identity: [option ids]} of the acknowledged voters
 -- ("fp:<fingerprint>" or "sub:<id>"); %(attempted)s text[] of every identity tried (acknowledged or not);
