@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ from pgvote.http import ApiClient
 from pgvote.stack import read_postgrest_conf
 
 from .faults import Bouncer
-from .k6round import BROKEN_CONNECTION, Fault, Round, Vote, run_round
+from .k6round import BROKEN_CONNECTION, RETRYABLE, Fault, Round, Vote, run_round
 from helpers import counts_from_ballots
 
 NIL_BALLOT = "00000000-0000-0000-0000-000000000000"
@@ -138,8 +139,15 @@ def _check_stored(admin: psycopg.Connection, polls: VotePolls, votes: Sequence[V
 
 
 def _check_tallies(api: ApiClient, admin: psycopg.Connection, poll: dict[str, Any], votes: Sequence[Vote]) -> None:
-    # POST: never served from nginx's one-second results cache (it caches GET and HEAD)
-    results = api.rpc("poll_results", {"poll_id": poll["poll_id"]})
+    # POST: never served from nginx's one-second results cache (it caches GET and HEAD). Retried like any
+    # client retries: right after a fault, a PostgREST pool connection may still be the broken one
+    # (503, or PostgREST 12.0.2's empty-code 400) until PostgREST replaces it.
+    for _ in range(20):
+        results = api.rpc("poll_results", {"poll_id": poll["poll_id"]})
+        code = results.body.get("code") if isinstance(results.body, dict) else None
+        if not (results.status in RETRYABLE or (results.status == 400 and code == "")):
+            break
+        time.sleep(0.5)
     assert results.status == 200, results.body
     reported = {o["option_id"]: o["votes"] for o in results.body["options"]}
     from_votes = Counter(o for v in votes for o in v.option_ids)
