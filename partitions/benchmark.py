@@ -17,7 +17,6 @@ On a FRESH local stack (it adds polls and bulk ballots that stay there):
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ from rich.console import Console
 
 from partitions.cli import call
 from pgvote.bench.pgbench import Outcome, Run, Transaction, execute
-from pgvote.bench.report import publish
+from pgvote.bench.report import Section, run_mode
 from pgvote.database_url import database_url
 from pgvote.loadtest.report import machine, percentile
 from pgvote.loadtest.scenarios import create_poll
@@ -103,7 +102,13 @@ def options(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args, console = options(argv), Console()
-    load_before = os.getloadavg()[0]
+    command = "python -m partitions.benchmark " + " ".join("URL" if "://" in a else a for a in (argv or sys.argv[1:]))
+    run_mode("partitions benchmark", lambda: measure(args, console), command=command,
+             report_path=None if args.no_report else args.report, json_path=args.json, console=console)
+    return 0
+
+
+def measure(args: argparse.Namespace, console: Console) -> tuple[dict[str, Any], Section]:
     conn = psycopg.connect(database_url(), autocommit=True)
     source, m, r = next(row for row in conn.execute("select name, modulus, remainder from partman.partitions("
                                                      "'voting.ballots') where not pending")
@@ -117,12 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.clients == 0:  # the split alone, on an idle server
         [result] = call(conn, "split", source, args.batch_size)
     else:
-        sides = {"hot": hot, "cold": cold}
-        variables = {"voters": str(args.voters), "tag": f"sb{int(time.time())}",
-                     **{f"{side}_n": str(len(polls)) for side, polls in sides.items()},
-                     **{f"{side}_polls": "{" + ",".join(p for p, _ in polls) + "}" for side, polls in sides.items()},
-                     **{f"{side}_options": "{" + ",".join(o for _, opts in polls for o in opts) + "}"
-                        for side, polls in sides.items()}}
+        variables = {"voters": str(args.voters), "tag": f"sb{int(time.time())}"}
+        for side, polls in (("hot", hot), ("cold", cold)):  # the -D variables of split_load.sql
+            variables |= {f"{side}_n": str(len(polls)), f"{side}_polls": "{" + ",".join(p for p, _ in polls) + "}",
+                          f"{side}_options": "{" + ",".join(o for _, opts in polls for o in opts) + "}"}
         with ThreadPoolExecutor(1) as pool:
             load_started = time.time()
             load = pool.submit(execute, Run(SQL / "split_load.sql", args.api_url, args.clients, args.duration,
@@ -139,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                    result["switch_started_at"] + 2),
             window("after", tx, result["switched_at"] + 1, load_started + args.duration - 1),
         ]
+        if outcome.aborted:
+            console.print(outcome.output[-1500:])
     healthy = not one(conn, "select count(*) from partman.verify('voting') where severity = 'problem'")
     calls, failed = (len(outcome.committed), len(outcome.aborted)) if outcome else (0, 0)
     wait = result["lock_wait_ms"] + result["held_ms"]
@@ -146,26 +151,19 @@ def main(argv: list[str] | None = None) -> int:
                  f"{result['copy_seconds']:.1f} s ({result['batches']} batches)",
                  f"{result['lock_wait_ms']:.1f} + {result['held_ms']:.1f} ms", f"{wait:.0f} ms", f"{calls:,}",
                  str(failed), "healthy" if healthy else "PROBLEMS")
-    m_ = machine()
-    command = "python -m partitions.benchmark " + " ".join("URL" if "://" in a else a for a in (argv or sys.argv[1:]))
-    figures = {"machine": m_, "server": one(conn, "show server_version"), "command": command,
-               "partition": source, "rows": rows, "clients": args.clients, "batch_size": args.batch_size,
-               "split": {**result, "writer_wait_ms": wait}, "windows": windows, "transactions": calls,
-               "pgbench_aborted_clients": failed, "pgbench_errors": list(outcome.aborted.values())[:5] if outcome else [],
-               "verify_healthy": healthy, "load_average": [load_before, os.getloadavg()[0]]}
-    publish("partitions benchmark", [
+    mach = machine()
+    figures = {"machine": mach, "server": one(conn, "show server_version"), "partition": source, "rows": rows,
+               "clients": args.clients, "batch_size": args.batch_size, "split": {**result, "writer_wait_ms": wait},
+               "windows": windows, "transactions": calls, "pgbench_aborted_clients": failed,
+               "pgbench_errors": list(outcome.aborted.values())[:5] if outcome else [], "verify_healthy": healthy}
+    return figures, Section([
         ("split", ("partition", "rows", "rows copied", "split, total", "copy", "switch: lock wait + locks held",
                    "writers' wait", "calls", "failed clients", "`verify` after"), [split_row], range(1, 9)),
         *([("cast_vote in the same run (votes/s: transactions ending in the window ÷ its length)",
             ("window", "seconds", "votes/s", "hot polls", "cold polls", "p99 ms", "max ms", "hot p99 ms",
              "hot max ms"), windows, range(1, 9))] if windows else [])],
-        [f"Command: `{command}`; {m_['date']}, {m_['cpu']}, {m_['memory']}, PostgreSQL {figures['server']}; "
-         f"{args.clients} pgbench clients, batches of {args.batch_size:,}; 1-minute load average "
-         f"{load_before:.1f} before, {figures['load_average'][1]:.1f} after."],
-        figures, report_path=None if args.no_report else args.report, json_path=args.json, console=console)
-    if outcome and outcome.aborted:
-        console.print(outcome.output[-1500:])
-    return 0
+        f"; {mach['cpu']}, {mach['memory']}, PostgreSQL {figures['server']}; {args.clients} pgbench clients, "
+        f"batches of {args.batch_size:,}")
 
 
 if __name__ == "__main__":

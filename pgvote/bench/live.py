@@ -9,13 +9,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from rich.console import Console
 
-from pgvote.bench.report import publish
+from pgvote.bench.report import Section, command_line, run_mode
 from pgvote.http import ApiClient
 from pgvote.live_client import LiveRefused, LiveSubscriber, Transport
 from pgvote.loadtest.k6 import HttpTarget, run_burst
@@ -120,7 +119,6 @@ def _fleet_process(conn: Connection, port: int, poll_id: str, subscribers: int) 
 def measure(stack: Any, subscribers: int, votes: int, console: Console) -> dict[str, Any]:
     """The four steps of the method (docs/benchmarks.md), and the figures."""
     target = HttpTarget.for_stack(stack)
-    load_before = os.getloadavg()[0]
     console.rule(f"burst without watchers: {votes:,} voters")
     before = run_burst(target, votes, None, console)
     watched = create_poll(target.admin_url)
@@ -150,7 +148,6 @@ def measure(stack: Any, subscribers: int, votes: int, console: Console) -> dict[
     after = run_burst(target, votes, None, console)
     without_vps = (before["figures"]["votes_per_second"] + after["figures"]["votes_per_second"]) / 2
     return {
-        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "subscribers_wanted": subscribers, "subscribers_held": held,
         "connect_failures": failures, "connect_seconds": round(connect_seconds, 1),
         "final_total": final, "final_received_by": sum(t == final for t in fleet.latest.values()),
@@ -191,13 +188,13 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def run_live_bench(stack: Any, *, subscribers: int, votes: int, report_path: Path | None, json_path: Path | None,
-                   command: str, console: Console) -> dict[str, Any]:
-    r = measure(stack, subscribers, votes, console)
-    publish("bench --live", [("live results under the vote burst", ("figure", "value"), rows(r), (1,))],
-            ["## Live results (`pgvote bench --live`)", "",
-             f"Command: `{command}` on the local stack ({os.cpu_count()} cores, shared with the drivers: k6 for the "
-             "votes, one asyncio process for the watchers; 1-minute load average "
-             f"{r['load_average'][0]} at the start, {r['load_average'][1]} at the end). Method: the section below."],
-            r, report_path=report_path, json_path=json_path, console=console)
-    return r
+def bench(stack: Any, args: Any, *, console: Console, **files: Any) -> dict[str, Any]:
+    def measured() -> tuple[dict[str, Any], Section]:
+        r = measure(stack, args.subscribers, args.votes, console)
+        return r, Section([("live results under the vote burst", ("figure", "value"), rows(r), (1,))],
+                          f" on the local stack ({os.cpu_count()} cores, shared with the drivers: k6 for the votes, "
+                          "one asyncio process for the watchers)", "## Live results (`pgvote bench --live`)",
+                          ["Method: the section below."])
+
+    return run_mode("bench --live", measured, command=command_line("live", args, ("subscribers", "votes")), console=console,
+                    **files)

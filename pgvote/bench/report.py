@@ -5,11 +5,13 @@ same-run ratios (``alternate``), and the PNG chart of votes/s against clients.""
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +29,15 @@ T = TypeVar("T")
 Table = tuple[str, Sequence[str], Sequence[Sequence[str]], Sequence[int]]
 RATIO_COLUMNS = ("ratio", "what", "value", "goal", "met")
 SCENARIO_COLUMNS = ("scenario", "path", "clients", "votes/s", "p50 ms", "p95 ms", "p99 ms", "lock waits seen (samples)")
+
+#: ``pgvote bench --<mode>``: the module whose ``bench(stack, args, ...)`` runs it, and the stack it needs (module,
+#: class, how to start it)
+BENCH_MODES: dict[str, tuple[str, tuple[str, str, str] | None]] = {
+    "http": ("pgvote.bench.http_bench", None),
+    "router": ("pgvote.bench.router", ("pgvote.shards", "ShardedStack", "a sharded stack: `pgvote up --shards N` first")),
+    "ha": ("pgvote.bench.ha_bench", ("pgvote.ha", "HaStack", "the HA stack: start it with `pgvote up --ha`")),
+    "live": ("pgvote.bench.live", None),
+}
 
 
 def stamp(console: Console) -> Callable[[str], None]:
@@ -65,6 +76,40 @@ def publish(mode: str, tables_: Sequence[Table], intro: Sequence[str], result: A
         tables.write_section(report_path, "\n".join([*lines, *outro, "", f"<!-- pgvote {mode}: end -->"]),
                              f"<!-- pgvote {mode}: start -->", f"<!-- pgvote {mode}: end -->")
         console.print(f"report: {report_path}")
+
+
+@dataclass(frozen=True)
+class Section:
+    """How a ``pgvote bench --<mode>`` run is shown: its tables, where and how it ran (after its command),
+    its ``## ...`` heading if it has one, more lines after the intro."""
+
+    tables: Sequence[Table]
+    setting: str  # after the command, from its own separator ("; sizes ...", " on the HA stack ...")
+    heading: str = ""
+    more: Sequence[str] = ()
+
+
+def command_line(mode: str, args: Any, options: Sequence[str]) -> str:
+    """``pgvote bench --<mode>`` with the ``options`` that change what it measures, as given."""
+    given = [f"--{o} {v:g}" if isinstance(v, float) else f"--{o} {v}" for o in options
+             if (v := getattr(args, o, None)) not in (None, False, True)]
+    return " ".join(["pgvote bench", f"--{mode}", *given, *(["--quick"] if getattr(args, "quick", False) else [])])
+
+
+def run_mode(name: str, measure: Callable[[], tuple[dict[str, Any], Section]], *, command: str,
+             report_path: Path | None, json_path: Path | None, console: Console) -> dict[str, Any]:
+    """The one shape of every ``pgvote bench --<mode>`` (``name``: "bench --<mode>", its section's markers) and
+    of the partition benchmark: ``measure()`` (its figures and their section), the command, the date and the
+    1-minute load average before and after it added to both, then published."""
+    before = os.getloadavg()[0]
+    result, s = measure()
+    load = result["load_average"] = [round(before, 1), round(os.getloadavg()[0], 1)]
+    result |= {"command": command, "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
+    publish(name, s.tables,
+            [*([s.heading, ""] if s.heading else []), f"Command: `{command}`, {result['date']}{s.setting}; 1-minute "
+             f"load average {load[0]} at the start, {load[1]} at the end.", *s.more],
+            result, report_path=report_path, json_path=json_path, console=console)
+    return result
 
 
 def as_json(results: Results, server_version: str, command: str) -> dict[str, Any]:
