@@ -12,7 +12,7 @@ On a FRESH local stack (it adds polls and bulk ballots that stay there):
 4. after `--split-after` seconds splits the partition from this process (CALL partman.split);
 5. reads the pgbench log: votes/s before, during the copy and after the split, and the latency of calls
    that were in flight while the switch held its locks (the writers' wait); prints the tables and writes
-   them as the `pgvote partitions benchmark` section of `--report` (`pgvote bench`'s publish), `--json`.
+   them as the `pgvote partitions benchmark` section of `--report` (`pgvote bench`'s run_mode), `--json`.
 """
 from __future__ import annotations
 

@@ -99,7 +99,7 @@ def bench(stack: Any, args: Any, *, console: Console, **files: Any) -> dict[str,
         return r, Section([("HA: the synchronous standby's cost and lag", ("figure", "value"), rows(r), (1,))],
                           " on `pgvote up --ha` (2 members under Patroni on this machine's 2 cores, shared with "
                           "pgbench and k6)", "## The synchronous standby (`pgvote bench --ha`)",
-                          ["Method: `pgvote/bench/ha_bench.py`."])
+                          ["", "Method: `pgvote/bench/ha_bench.py`."])
 
     return run_mode("bench --ha", measure, command=command_line("ha", args, ("votes",)), console=console, **files)
 

@@ -194,7 +194,7 @@ def bench(stack: Any, args: Any, *, console: Console, **files: Any) -> dict[str,
         return r, Section([("live results under the vote burst", ("figure", "value"), rows(r), (1,))],
                           f" on the local stack ({os.cpu_count()} cores, shared with the drivers: k6 for the votes, "
                           "one asyncio process for the watchers)", "## Live results (`pgvote bench --live`)",
-                          ["Method: the section below."])
+                          ["", "Method: the section below."])
 
     return run_mode("bench --live", measured, command=command_line("live", args, ("subscribers", "votes")), console=console,
                     **files)
