@@ -3,7 +3,6 @@ docs/benchmarks.md, "How the live figures are made")."""
 from __future__ import annotations
 
 import asyncio
-import math
 import multiprocessing
 import os
 import time
@@ -18,7 +17,7 @@ from pgvote.bench.report import Section, command_line, run_mode
 from pgvote.http import ApiClient
 from pgvote.live_client import LiveRefused, LiveSubscriber, Transport
 from pgvote.loadtest.k6 import HttpTarget, run_burst
-from pgvote.loadtest.report import percentile as nearest_rank
+from pgvote.loadtest.report import latency_summary
 from pgvote.loadtest.scenarios import create_poll
 from pgvote.supervisor import raise_nofile_limit
 
@@ -43,12 +42,6 @@ class Fleet:
         self.first.setdefault(seq, now)
         self.last[seq] = now
         self.total_of[seq] = self.latest[watcher] = message["results"]["total_ballots"]
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """The ``q`` (0..1) percentile of seconds, in ms; None when there are none."""
-    ms = nearest_rank(sorted(values), q * 100)
-    return None if math.isnan(ms) else round(1000 * ms, 1)
 
 
 def cast_times(admin_url: str, poll_id: str) -> list[float]:
@@ -153,8 +146,8 @@ def measure(stack: Any, subscribers: int, votes: int, console: Console) -> dict[
         "final_total": final, "final_received_by": sum(t == final for t in fleet.latest.values()),
         "messages_delivered": fleet.delivered, "messages_per_second": fleet.delivered / max(1e-3, delivery_seconds),
         "messages_timed": len(last),
-        **{f"latency_{name}_p{q}_ms": percentile(values, q / 100)
-           for name, values in (("published", published), ("first", first), ("last", last)) for q in (50, 95)},
+        "latency": {name: latency_summary(values) for name, values in (("published", published), ("first", first),
+                                                                        ("last", last))},
         "without_before": before, "with": with_watchers, "without_after": after,
         "votes_per_second": {"without": without_vps, "with": with_watchers["figures"]["votes_per_second"],
                              "without_before": before["figures"]["votes_per_second"],
@@ -167,7 +160,7 @@ def measure(stack: Any, subscribers: int, votes: int, console: Console) -> dict[
 
 
 def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
-    vps, cpu = r["votes_per_second"], r["cpu_ms_per_vote"]
+    vps, cpu, lat = r["votes_per_second"], r["cpu_ms_per_vote"], r["latency"]
     return [
         ("watchers held on one poll (half EventSource, half WebSocket)",
          (f"{r['subscribers_held']:,} of {r['subscribers_wanted']:,} (connected in {r['connect_seconds']} s"
@@ -175,11 +168,11 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("watchers that received the exact final total", f"{r['final_received_by']:,}"),
         ("messages delivered per second during the burst", f"{r['messages_per_second']:,.0f}"),
         ("update latency, ballot cast → published, p50 / p95",
-         f"{r['latency_published_p50_ms']} / {r['latency_published_p95_ms']} ms"),
+         f"{lat['published']['p50_ms']:.1f} / {lat['published']['p95_ms']:.1f} ms"),
         ("update latency, ballot cast → first watcher, p50 / p95",
-         f"{r['latency_first_p50_ms']} / {r['latency_first_p95_ms']} ms ({r['messages_timed']} messages)"),
+         f"{lat['first']['p50_ms']:.1f} / {lat['first']['p95_ms']:.1f} ms ({r['messages_timed']} messages)"),
         ("update latency, ballot cast → last watcher, p50 / p95",
-         f"{r['latency_last_p50_ms']} / {r['latency_last_p95_ms']} ms"),
+         f"{lat['last']['p50_ms']:.1f} / {lat['last']['p95_ms']:.1f} ms"),
         ("votes/s through nginx without (before, after) / with the watchers",
          (f"{vps['without']:,.0f} ({vps['without_before']:,.0f}, {vps['without_after']:,.0f}) / {vps['with']:,.0f} "
           f"({r['with']['voters']:,} voters each burst, exactly once: {'yes' if r['exactly_once'] else 'NO'})")),
