@@ -569,9 +569,15 @@ def test_a_large_body_limited_by_nginx_still_gets_the_json_429(api) -> None:
     source = random_loopback_address()
     # about 50 KB of ballots for no poll: answered 200 with every ballot rejected, nothing stored
     batch = {"ballots": [{"poll_id": "x", "option_ids": [], "voter_id": "v" * 200}] * 200}
-    with ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(lambda _: api.rpc("cast_votes", batch, claims={"role": "ingest", "sub": "edge"},
-                                                  source_ip=source), range(3 * burst)))
+    answers: list = []
+    # The limit is a rate: on a loaded machine the upstream's answers can pace the callers below it, so
+    # more rounds are sent (bounded) until nginx limits some.
+    with ThreadPoolExecutor(64) as pool:
+        for _ in range(5):
+            answers += pool.map(lambda _: api.rpc("cast_votes", batch, claims={"role": "ingest", "sub": "edge"},
+                                                  source_ip=source), range(3 * burst))
+            if any(r.status == 429 for r in answers):
+                break
     limited = [r for r in answers if r.status == 429]
     assert limited and {r.status for r in answers} <= {200, 429}, Counter(r.status for r in answers)
     for r in limited:
