@@ -96,7 +96,7 @@ def _redact(url: str) -> str:
 
 def _print_url_table(urls: dict[str, str | None]) -> None:
     for key, url in urls.items():
-        out.print(f"{key:18} {escape(url or '-')}")
+        out.print(f"{key:18} {escape(_redact(url) if url else '-')}")
 
 
 def _print_urls(stack: Stack) -> None:
