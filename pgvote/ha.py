@@ -7,14 +7,12 @@
 The design is docs/deployment.md ("High availability"). Here etcd, the Patroni members (each owns its
 PostgreSQL: the stack never pg_ctls it) and HAProxy are components of the stack's supervisor, started
 before the single node's tier; each member reaches etcd through its own HAProxy frontend, which the
-failover tests cut (:meth:`HaStack.cut_from_etcd`).
+failover tests cut (tests/fixtures/ha.py).
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import socket
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,10 +190,9 @@ class HaStack(LocalStack):
                 self._postgrest_component(reader, f"postgresql://authenticator@{HOST}:{self.read_port}/pgvote",
                                          "postgrest-read")]
 
-    def _read_upstreams(self) -> list[str]:
-        return ["# GENERATED: results GETs to the standby's PostgREST; the live replicas when it fails.\n",
-                f"server {HOST}:{self.read_postgrest_port} max_fails=0;\n",
-                *[f"server {HOST}:{r.port} max_fails=0 backup;\n" for r in self.live_replicas()]]
+    def _read_upstreams(self, live: str) -> str:
+        return ("# GENERATED: results GETs to the standby's PostgREST; the live replicas when it fails.\n"
+                f"server {HOST}:{self.read_postgrest_port} max_fails=0;\n" + live.replace(";\n", " backup;\n"))
 
     # ---- the cluster ----------------------------------------------------------------------------
 
@@ -243,33 +240,6 @@ class HaStack(LocalStack):
 
     def member_postmaster(self, member: Member) -> int | None:
         return supervisor.live_pid(self._member_dir(member) / "data" / "postmaster.pid", "postgres")
-
-    def haproxy(self, command: str) -> str:
-        """One command of HAProxy's runtime API (its admin socket in the run dir)."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(5)
-            sock.connect(str(self.haproxy_socket))
-            sock.sendall(command.encode() + b"\n")
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks).decode()
-
-    def cut_from_etcd(self, member: Member) -> None:
-        """The member loses etcd: its frontend's server is disabled and its open sessions closed."""
-        self.haproxy(f"disable server etcd-{member.index}/etcd")
-        self.haproxy(f"shutdown sessions server etcd-{member.index}/etcd")
-
-    def reconnect_to_etcd(self, member: Member) -> None:
-        self.haproxy(f"enable server etcd-{member.index}/etcd")
-
-    def patroni_config(self, change: dict[str, Any]) -> None:
-        """PATCH the cluster's dynamic configuration (kept in etcd) through the leader's REST API."""
-        leader = self.leader() or self.members[0]
-        request = urllib.request.Request(leader.url + "/config", data=json.dumps(change).encode(), method="PATCH",
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            resp.read()
 
     # ---- status ----------------------------------------------------------------------------------
 

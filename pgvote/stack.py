@@ -1,20 +1,9 @@
-"""Local stack launcher: the production topology as plain local processes.
+"""Local stack launcher: client -> nginx -> PostgREST x2 -> PgBouncer -> PostgreSQL as local processes.
 
-    client -> nginx -> PostgREST x2 (blue-1, blue-2) -> PgBouncer -> PostgreSQL
-
-Used by the `pgvote` CLI and by pytest fixtures::
-
-    stack = LocalStack.ephemeral()   # fresh temp state dir, free ports
-    stack.up()       # initdb (first time), postgres, database, migrations, then the supervised tier
-    ...stack.http_url...             # the ONE base URL clients use (nginx)
-    stack.destroy()
-
-Everything a stack owns (cluster, sockets, logs, pid files, generated configs, nginx's temp files) lives
-in its state dir, so several stacks run side by side. Every listening port derives from one base
-(PGVOTE_PORT_BASE, below Linux's ephemeral range, see `Ports`). PgBouncer, the PostgREST replicas and
-nginx run as children of a supervisor process (pgvote/supervisor.py) that restarts any that exits and
-restarts PostgreSQL when its postmaster is gone. Server processes run as the invoking user, or as the
-`postgres` system user when invoked as root, because initdb/postgres/pgbouncer refuse to run as root.
+Everything a stack owns (cluster, sockets, logs, configs) lives in its state dir and every port derives
+from one base (`Ports`), so several stacks run side by side. A supervisor process (pgvote/supervisor.py)
+restarts any component that exits. As root, servers run as the `postgres` system user: initdb, postgres
+and pgbouncer refuse to run as root.
 """
 
 from __future__ import annotations
@@ -190,13 +179,10 @@ def free_port(host: str = HOST, span: int = 1) -> int:
         port = rng.randrange(lo, hi)
         if all(_bindable(port + i, host) and not port_open(port + i, host) for i in range(span)):
             return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # fall back to the kernel's choice
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    raise StackError(f"no {span} free consecutive ports between {lo} and {hi}")
 
 
 def port_open(port: int, host: str = HOST, timeout: float = 0.3) -> bool:
-    """True when something accepts TCP connections on host:port."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
@@ -210,16 +196,6 @@ def tail(path: Path, lines: int = 15) -> str:
     except OSError:
         return f"(no log at {path})"
     return "\n".join(text[-lines:]) if text else f"(log {path} is empty)"
-
-
-def _env_port(name: str) -> int | None:
-    value = os.environ.get(name)
-    if not value:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise StackError(f"{name}={value!r} is not a port number") from None
 
 
 def wait_until(predicate: Callable[..., object], timeout: float, interval: float = 0.1) -> bool:
@@ -255,7 +231,10 @@ class LocalStack:
 
         saved = self._load_state()
         self.profile: str = saved.get("profile", "single")  # "ha": pgvote/ha.py's HaStack runs this state dir
-        base = port_base or _env_port("PGVOTE_PORT_BASE") or saved.get("port_base") or Ports.DEFAULT_BASE
+        env_base = os.environ.get("PGVOTE_PORT_BASE", "")
+        if not env_base.isdigit() and env_base:
+            raise StackError(f"PGVOTE_PORT_BASE={env_base!r} is not a port number")
+        base = port_base or int(env_base or 0) or saved.get("port_base") or Ports.DEFAULT_BASE
         if not 1024 <= base <= _ephemeral_low() - Ports.SPAN:
             raise StackError(f"PGVOTE_PORT_BASE={base}: the stack's ports {base}..{base + Ports.SPAN - 1} must lie between "
                              f"1024 and the start of the ephemeral port range ({_ephemeral_low()})")
@@ -396,14 +375,14 @@ class LocalStack:
         return {role: {name: args or [] for name, args in functions.items()} for role, functions in rows}
 
     def _served_api_functions(self, replica: Replica) -> dict[str, dict[str, list[str]]]:
+        """role -> {function: sorted argument names} of the /rpc/ paths of the replica's OpenAPI document."""
         from pgvote import jwt
 
         served: dict[str, dict[str, list[str]]] = {}
         for role in API_ROLES:
-            headers = {"Accept": "application/openapi+json"}
-            if role != "anon":
-                headers["Authorization"] = "Bearer " + jwt.sign(self.jwt_secret, jwt.claims_for(role, "schema-check"))
-            doc = http_json(replica.url + "/", headers, timeout=5)[1]
+            auth = {} if role == "anon" else {"Authorization": "Bearer " + jwt.sign(self.jwt_secret,
+                                                                                   jwt.claims_for(role, "schema-check"))}
+            doc = http_json(replica.url + "/", {"Accept": "application/openapi+json", **auth}, timeout=5)[1]
             if not isinstance(doc, dict):
                 return {}
             served[role] = {}
@@ -427,7 +406,7 @@ class LocalStack:
             return self._bouncer_ready()
         if name not in self._health_urls():
             raise StackError(f"no component {name!r} in this stack")
-        return http_ok(self._health_urls()[name])
+        return http_json(self._health_urls()[name])[0] == 200
 
     def _health_urls(self) -> dict[str, str]:
         """What answers 200 once each HTTP component is ready: a replica's /ready, nginx's and the publisher's health."""
@@ -617,13 +596,11 @@ class LocalStack:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """Serialise up/down of one state dir across processes (e.g. parallel test workers)."""
+        """Serialise up/down of one state dir across processes (e.g. parallel test workers); closing the
+        file releases the lock."""
         with open(self.state_dir / ".lock", "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+            yield
 
     def _load_state(self) -> dict[str, Any]:
         try:
@@ -660,9 +637,9 @@ class LocalStack:
                 raise StackError(f"{PROJECT_ROOT / needed} not found: run from the checkout or set PGVOTE_ROOT")
         if self.is_root:
             self._service_ids()
-        self._bouncer_bin()
         self._postgrest_bin()
-        self._nginx_bin()
+        for tool in ("pgbouncer", "nginx"):
+            find_tool(tool, tool.upper() + "_BIN")
         if not NCHAN_MODULE.is_file():
             raise StackError(f"{NCHAN_MODULE} not found: install libnginx-mod-nchan (scripts/install-deps)")
         if not NGINX_BODY_TEMP.is_dir():  # nginx with nchan checks it whatever the configuration says
@@ -676,9 +653,6 @@ class LocalStack:
                 package = _LIB_PACKAGES.get(lib, "the package providing it").format(major=self.major)
                 raise StackError(f"db/postgresql.conf preloads {lib!r} but {libdir}/{lib}.so is missing; "
                                  f"install {package} (scripts/install-deps)")
-
-    def _bouncer_bin(self) -> str:
-        return find_tool("pgbouncer", "PGBOUNCER_BIN")
 
     def _postgrest_bin(self) -> str:
         """$POSTGREST_BIN, else the pinned binary scripts/install-deps put in tools/, else PATH."""
@@ -706,9 +680,6 @@ class LocalStack:
     def _service_can_execute(self, path: Path) -> bool:
         return subprocess.run(["test", "-x", str(path)], capture_output=True, check=False, **self._as_service()).returncode == 0
 
-    def _nginx_bin(self) -> str:
-        return find_tool("nginx", "NGINX_BIN")
-
     # ---- PostgreSQL ------------------------------------------------------------------------------
 
     def _initdb_if_needed(self) -> None:
@@ -721,14 +692,9 @@ class LocalStack:
                    "--encoding=UTF8", "--locale=C.UTF-8",
                    "--data-checksums"],  # detect storage corruption of vote data early
                   "initdb")
-        with open(self.data_dir / "postgresql.conf", "a") as fh:
-            fh.write(
-                "\n# ---- added by pgvote/stack.py ----\n"
-                "# tuned settings, copied from the project's db/postgresql.conf on every `pgvote up`\n"
-                "include 'pgvote-tuning.conf'\n"
-                "# machine-specific settings (port, sockets), regenerated on every `pgvote up`\n"
-                "include 'pgvote-local.conf'\n"
-            )
+        with open(self.data_dir / "postgresql.conf", "a") as fh:  # both rewritten on every `pgvote up`
+            fh.write("\n# added by pgvote/stack.py: db/postgresql.conf, then this machine's port and sockets\n"
+                     "include 'pgvote-tuning.conf'\ninclude 'pgvote-local.conf'\n")
 
     def _prepare_database(self) -> None:
         """What `up` writes before PostgreSQL starts: the cluster and its configuration (pgvote/ha.py: Patroni's)."""
@@ -738,14 +704,10 @@ class LocalStack:
     def _write_server_config(self) -> None:
         self._write(self.data_dir / "pgvote-tuning.conf", (PROJECT_ROOT / "db" / "postgresql.conf").read_text(), 0o600)
         self._write(self.data_dir / "pg_hba.conf", (PROJECT_ROOT / "db" / "pg_hba.conf").read_text(), 0o600)
-        local = (
-            "# Generated by pgvote/stack.py on every `pgvote up`; do not edit (edit db/postgresql.conf).\n"
-            f"port = {self.pg_port}\n"
-            f"listen_addresses = '{HOST}'\n"
-            f"unix_socket_directories = '{self.run_dir}'\n"
-            f"cluster_name = 'pgvote-{self.pg_port}'\n"
-        )
-        self._write(self.data_dir / "pgvote-local.conf", local, 0o600)
+        self._write(self.data_dir / "pgvote-local.conf",
+                    "# Generated by pgvote/stack.py on every `pgvote up`; do not edit (edit db/postgresql.conf).\n"
+                    f"port = {self.pg_port}\nlisten_addresses = '{HOST}'\nunix_socket_directories = '{self.run_dir}'\n"
+                    f"cluster_name = 'pgvote-{self.pg_port}'\n", 0o600)
 
     def _postgres_pid(self) -> int | None:
         """Pid of the running postmaster of this data dir, or None."""
@@ -783,22 +745,21 @@ class LocalStack:
                 "-t", str(int(START_TIMEOUT)), "-s", "start"]
 
     def _wait_postgres(self) -> None:
-        url = f"postgresql://postgres@{HOST}:{self.pg_port}/postgres"
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
-                    conn.execute("select 1")
-                    return
-            except psycopg.OperationalError as exc:
-                if time.monotonic() > deadline:
-                    raise StackError(f"PostgreSQL on port {self.pg_port} not accepting connections ({exc}); "
-                                     f"last lines of {self.pg_log}:\n{tail(self.pg_log)}") from exc
-                time.sleep(0.2)
+        def accepting() -> bool:
+            with contextlib.suppress(psycopg.OperationalError), psycopg.connect(self._postgres_db, connect_timeout=5):
+                return True
+            return False
+
+        if not wait_until(accepting, START_TIMEOUT, 0.2):
+            raise StackError(f"PostgreSQL on port {self.pg_port} not accepting connections; "
+                             f"last lines of {self.pg_log}:\n{tail(self.pg_log)}")
+
+    @property
+    def _postgres_db(self) -> str:
+        return f"postgresql://postgres@{HOST}:{self.pg_port}/postgres"
 
     def _ensure_database(self) -> None:
-        url = f"postgresql://postgres@{HOST}:{self.pg_port}/postgres"
-        with psycopg.connect(url, autocommit=True) as conn:
+        with psycopg.connect(self._postgres_db, autocommit=True) as conn:
             if conn.execute("select 1 from pg_database where datname = 'pgvote'").fetchone() is None:
                 conn.execute("create database pgvote owner postgres")
 
@@ -849,10 +810,10 @@ class LocalStack:
         return [
             self._pg_ctl_component("postgres"),
             # foreground (no -d): the supervisor is its parent and sees it exit
-            self._component("pgbouncer", [self._bouncer_bin(), str(self.bouncer_ini)], "pgbouncer.out",
+            self._component("pgbouncer", [find_tool("pgbouncer", "PGBOUNCER_BIN"), str(self.bouncer_ini)], "pgbouncer.out",
                             stop_signal=int(self._bouncer_immediate_signal())),
             *[self._postgrest_component(r) for r in self.replicas],
-            self._component("nginx", [self._nginx_bin(), "-p", str(self.nginx_dir), "-e", str(self.nginx_log),
+            self._component("nginx", [find_tool("nginx", "NGINX_BIN"), "-p", str(self.nginx_dir), "-e", str(self.nginx_log),
                                       "-c", str(self.nginx_dir / "nginx.conf")], "nginx.out",
                             stop_signal=int(signal.SIGQUIT)),  # SIGQUIT: graceful, finishes requests
             self._publisher_component(),
@@ -936,7 +897,8 @@ class LocalStack:
     def _bouncer_immediate_signal(self) -> signal.Signals:
         """Immediate-shutdown signal: SIGTERM up to 1.22, SIGQUIT from 1.23 (SIGTERM then waits for clients)."""
         try:
-            out = subprocess.run([self._bouncer_bin(), "--version"], capture_output=True, text=True, check=False)
+            out = subprocess.run([find_tool("pgbouncer", "PGBOUNCER_BIN"), "--version"], capture_output=True, text=True,
+                                 check=False)
             match = re.search(r"(\d+)\.(\d+)", out.stdout)
             if match and (int(match[1]), int(match[2])) >= (1, 23):
                 return signal.SIGQUIT
@@ -998,16 +960,14 @@ class LocalStack:
         # max_fails=0: a replica is never marked down. Under overload connects time out on every replica
         # at once, and marking them down turns the overload into seconds of 502s for everyone; a dead
         # replica refuses at once and nginx passes the request to the next one (proxy_next_upstream).
-        lines = [f"# GENERATED: the {self.live_colour} replicas, which nginx sends traffic to.\n"]
-        lines += [f"server {HOST}:{r.port} max_fails=0;\n" for r in self.live_replicas()]
-        self._write(self.nginx_dir / "live-upstream.conf", "".join(lines))
-        self._write(self.nginx_dir / "read-upstream.conf", "".join(self._read_upstreams()))
+        servers = "".join(f"server {HOST}:{r.port} max_fails=0;\n" for r in self.live_replicas())
+        self._write(self.nginx_dir / "live-upstream.conf", f"# GENERATED: the {self.live_colour} replicas\n{servers}")
+        self._write(self.nginx_dir / "read-upstream.conf", self._read_upstreams(servers))
 
-    def _read_upstreams(self) -> list[str]:
+    def _read_upstreams(self, live: str) -> str:
         """The servers of results GETs (nginx's postgrest_read): here the live replicas; the HA profile
         (pgvote/ha.py) puts the standby's PostgREST first and the live replicas behind it as backups."""
-        return [f"# GENERATED: results reads go to the {self.live_colour} replicas.\n"] + [
-            f"server {HOST}:{r.port} max_fails=0;\n" for r in self.live_replicas()]
+        return f"# GENERATED: results reads go to the {self.live_colour} replicas\n{live}"
 
 # DEV STACK ONLY: auth_type = trust still requires the user to be listed; passwords are ignored.
 BOUNCER_USERS = '"postgres" ""\n"authenticator" ""\n'
@@ -1076,6 +1036,3 @@ def http_json(url: str, headers: dict[str, str] | None = None, timeout: float = 
     except ValueError:
         return status, None
 
-
-def http_ok(url: str) -> bool:
-    return http_json(url)[0] == 200
