@@ -11,23 +11,11 @@ import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from email.message import Message
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from pgvote import jwt
-
-
-class Headers(dict[str, str]):
-    """Response headers with case-insensitive lookup (keys stored lower-case)."""
-
-    def __getitem__(self, name: str) -> str:
-        return super().__getitem__(name.lower())
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and super().__contains__(name.lower())
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return super().get(name.lower(), default)
 
 
 @dataclass(frozen=True)
@@ -35,12 +23,9 @@ class Response:
     """Status, headers and body of one answer; body is the parsed JSON (None when empty, text when not JSON)."""
 
     status: int
-    headers: Headers
+    headers: Message  # http.client's HTTPMessage: case-insensitive lookup, None for a missing header
     body: Any
     text: str = field(repr=False, default="")
-
-    def json(self) -> Any:
-        return self.body
 
 
 # The system's randomness, not the random module's shared generator: property-based tests (hypothesis)
@@ -118,8 +103,6 @@ class ApiClient:
             conn.request(method, path, body=payload, headers=dict(headers or {}))
             answer = conn.getresponse()
             raw = answer.read()
-            got = Headers((k.lower(), v) for k, v in answer.getheaders())
-            status = answer.status
         finally:
             conn.close()
         text = raw.decode("utf-8", errors="replace")
@@ -129,4 +112,4 @@ class ApiClient:
                 parsed = json.loads(text)
             except ValueError:
                 parsed = text
-        return Response(status, got, parsed, text)
+        return Response(answer.status, answer.headers, parsed, text)
