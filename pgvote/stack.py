@@ -484,12 +484,10 @@ class LocalStack:
                 "postgres": {"running": pg_pid is not None, "pid": pg_pid, "port": self.pg_port, "log": str(self.pg_log),
                              "restarts": supervised.get("postgres", {}).get("restarts", 0)},
                 "pgbouncer": entry("pgbouncer", self.bouncer_port, self.bouncer_log),
-                "postgrest": [{"name": r.name, "colour": r.colour, "role": "write",
-                               **entry(r.name, r.port, self.log_dir / f"{r.name}.log", admin_port=r.admin_port,
-                                       live=r.colour == self.live_colour)} for r in self.replicas],
+                "postgrest": [{"name": r.name, "colour": r.colour, "role": "write", **entry(
+                    r.name, r.port, admin_port=r.admin_port, live=r.colour == self.live_colour)} for r in self.replicas],
                 "nginx": entry("nginx", self.http_port, self.nginx_log),
-                "publisher": entry("publisher", self.ports.publisher, self.log_dir / "publisher.log",
-                                   nchan_port=self.ports.live_publish),
+                "publisher": entry("publisher", self.ports.publisher, nchan_port=self.ports.live_publish),
                 "supervisor": {"running": supervisor_pid is not None, "pid": supervisor_pid, "log": str(self.supervisor_log)},
             },
             "urls": {"http": self.http_url, "admin_url": self.admin_url, "api_url": self.api_url,
@@ -656,17 +654,10 @@ class LocalStack:
 
     def _postgrest_bin(self) -> str:
         """$POSTGREST_BIN, else the pinned binary scripts/install-deps put in tools/, else PATH."""
-        env = os.environ.get("POSTGREST_BIN")
-        if env:
-            if not os.access(env, os.X_OK):
-                raise StackError(f"POSTGREST_BIN={env} is not an executable file")
-            return env
         pinned = PROJECT_ROOT / POSTGREST_TOOL
-        if not os.access(pinned, os.X_OK):
-            found = shutil.which("postgrest")
-            if not found:
-                raise StackError(f"PostgREST {POSTGREST_VERSION} not found ({pinned}); run scripts/install-deps")
-            return found
+        if os.environ.get("POSTGREST_BIN") or not os.access(pinned, os.X_OK):
+            return find_tool("postgrest", "POSTGREST_BIN",
+                             f": PostgREST {POSTGREST_VERSION} is not at {pinned} (run scripts/install-deps)")
         if self.is_root and not self._service_can_execute(pinned):
             # a checkout under /root (mode 700): the service user runs a copy in the state dir it can reach
             copy = self.state_dir / "bin" / "postgrest"
@@ -807,11 +798,12 @@ class LocalStack:
 
     def _components(self) -> list[dict[str, Any]]:
         """The supervisor's components, in start order (it stops them in reverse)."""
+        bouncer = find_tool("pgbouncer", "PGBOUNCER_BIN")
         return [
             self._pg_ctl_component("postgres"),
             # foreground (no -d): the supervisor is its parent and sees it exit
-            self._component("pgbouncer", [find_tool("pgbouncer", "PGBOUNCER_BIN"), str(self.bouncer_ini)], "pgbouncer.out",
-                            stop_signal=int(self._bouncer_immediate_signal())),
+            self._component("pgbouncer", [bouncer, str(self.bouncer_ini)], "pgbouncer.out",
+                            stop_signal=int(self._bouncer_immediate_signal(bouncer))),
             *[self._postgrest_component(r) for r in self.replicas],
             self._component("nginx", [find_tool("nginx", "NGINX_BIN"), "-p", str(self.nginx_dir), "-e", str(self.nginx_log),
                                       "-c", str(self.nginx_dir / "nginx.conf")], "nginx.out",
@@ -894,17 +886,11 @@ class LocalStack:
         self._write(self.bouncer_ini, header + ini, 0o600)
         self._write(auth_file, BOUNCER_USERS, 0o600)
 
-    def _bouncer_immediate_signal(self) -> signal.Signals:
+    def _bouncer_immediate_signal(self, bouncer: str) -> signal.Signals:
         """Immediate-shutdown signal: SIGTERM up to 1.22, SIGQUIT from 1.23 (SIGTERM then waits for clients)."""
-        try:
-            out = subprocess.run([find_tool("pgbouncer", "PGBOUNCER_BIN"), "--version"], capture_output=True, text=True,
-                                 check=False)
-            match = re.search(r"(\d+)\.(\d+)", out.stdout)
-            if match and (int(match[1]), int(match[2])) >= (1, 23):
-                return signal.SIGQUIT
-        except (OSError, StackError):
-            pass
-        return signal.SIGTERM
+        version = re.search(r"(\d+)\.(\d+)", subprocess.run([bouncer, "--version"], capture_output=True, text=True,
+                                                              check=False).stdout)
+        return signal.SIGQUIT if version and (int(version[1]), int(version[2])) >= (1, 23) else signal.SIGTERM
 
     def _bouncer_ready(self) -> bool:
         if not port_open(self.bouncer_port):
