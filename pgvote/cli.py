@@ -8,12 +8,12 @@ import argparse
 import importlib
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from rich.console import Console
 from rich.markup import escape
@@ -76,12 +76,7 @@ def _local_stack(args: argparse.Namespace) -> LocalStack:
 
 def _redact(url: str) -> str:
     """Hide a password in a connection URL before printing it."""
-    parts = urlsplit(url)
-    if parts.password:
-        host = parts.hostname or ""
-        netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    return re.sub(r"^(\w+://[^:/@]*):[^/]*@", r"\1:***@", url)
 
 
 def _print_url_table(urls: dict[str, str | None]) -> None:

@@ -100,10 +100,9 @@ class HaStack(LocalStack):
     def _stop_postgres(self) -> None:
         """The supervisor, stopped first, stopped every member (Patroni stops its PostgreSQL); a postmaster
         a killed Patroni left behind is stopped here."""
-        for member in self.members:
-            if self.member_postmaster(member) is not None:
-                with contextlib.suppress(StackError):
-                    self._pg_ctl_stop(self._member_dir(member) / "data")
+        for member in (m for m in self.members if self.member_postmaster(m) is not None):
+            with contextlib.suppress(StackError):
+                self._pg_ctl_stop(self._member_dir(member) / "data")
 
     def _profile_state(self) -> dict[str, Any]:
         return {"profile": PROFILE}
@@ -163,8 +162,7 @@ class HaStack(LocalStack):
         env = {"PGVOTE_HAPROXY_SOCKET": str(self.haproxy_socket), "PGVOTE_WRITE_LISTEN": f"{HOST}:{self.write_port}",
                "PGVOTE_READ_LISTEN": f"{HOST}:{self.read_port}"}
         for m in self.members:
-            env[f"PGVOTE_DB{m.index}"] = f"{HOST}:{m.pg_port}"
-            env[f"PGVOTE_DB{m.index}_REST_PORT"] = str(m.rest_port)
+            env |= {f"PGVOTE_DB{m.index}": f"{HOST}:{m.pg_port}", f"PGVOTE_DB{m.index}_REST_PORT": str(m.rest_port)}
         return env
 
     def _ha_components(self) -> list[dict[str, Any]]:

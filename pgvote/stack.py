@@ -701,19 +701,14 @@ class LocalStack:
                     f"cluster_name = 'pgvote-{self.pg_port}'\n", 0o600)
 
     def _postgres_pid(self) -> int | None:
-        """Pid of the running postmaster of this data dir, or None."""
         return supervisor.live_pid(self.data_dir / "postmaster.pid", "postgres")
-
-    def _running_pg_port(self) -> int | None:
-        try:
-            return int((self.data_dir / "postmaster.pid").read_text().splitlines()[3])
-        except (OSError, ValueError, IndexError):
-            return None
 
     def _start_postgres(self) -> None:
         if self._postgres_pid() is not None:
-            running = self._running_pg_port()
-            if running is not None and running != self.pg_port:
+            running = self.pg_port
+            with contextlib.suppress(OSError, ValueError, IndexError):  # postmaster.pid's 4th line: its port
+                running = int((self.data_dir / "postmaster.pid").read_text().splitlines()[3])
+            if running != self.pg_port:
                 raise StackError(f"PostgreSQL of {self.state_dir} already runs on port {running} (asked for "
                                  f"{self.pg_port}); run `pgvote down` first")
         else:
@@ -985,7 +980,7 @@ def read_postgrest_conf(path: Path | None = None) -> dict[str, str]:
 
 
 def signal_and_wait(pid: int, name: str, sig: signal.Signals, timeout: float) -> None:
-    """Signal pid and wait until it is gone; SIGKILL it after timeout seconds."""
+    """SIGKILL after timeout seconds."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
     if not wait_until(lambda: not supervisor.alive(pid, name), timeout):
@@ -998,12 +993,10 @@ def children(pid: int) -> list[int]:
     """Pids of the live children of pid."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[-1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            found.append(int(stat.parent.name))
+        with contextlib.suppress(OSError):
+            state, parent = stat.read_text().rsplit(")", 1)[-1].split()[:2]
+            if int(parent) == pid and state not in ("Z", "X"):
+                found.append(int(stat.parent.name))
     return found
 
 
