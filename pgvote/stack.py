@@ -320,7 +320,6 @@ class LocalStack:
                 if migrate:
                     self._migrate()
                 self._write_supervised_configs()
-                self._start_supervisor()
                 self._wait_tier()
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -427,13 +426,15 @@ class LocalStack:
             raise StackError(f"colour {colour!r}: use one of {', '.join(COLOURS)}")
         if not 1 <= replicas <= 7:
             raise StackError("a colour runs 1 to 7 replicas")
+        self._run_replicas(colour, replicas)
+        return [r for r in self.replicas if r.colour == colour]
+
+    def _run_replicas(self, colour: str, count: int) -> None:
         with self._locked():
-            self.replica_counts[colour] = replicas
+            self.replica_counts[colour] = count
             self._save_state()
             self._write_supervised_configs()
-            self._start_supervisor()
             self._wait_tier()
-        return [r for r in self.replicas if r.colour == colour]
 
     def switch_live(self, colour: str) -> None:
         """Send new requests to `colour`'s replicas: rewrite the upstreams file and reload nginx
@@ -457,11 +458,7 @@ class LocalStack:
         """Stop the replicas of a colour nginx no longer sends traffic to."""
         if colour == self.live_colour:
             raise StackError(f"{colour} is the live colour: switch nginx to the other one first")
-        with self._locked():
-            self.replica_counts[colour] = 0
-            self._save_state()
-            self._write_supervised_configs()
-            self._start_supervisor()
+        self._run_replicas(colour, 0)
 
     # ---- status ----------------------------------------------------------------------------------
 
@@ -774,10 +771,12 @@ class LocalStack:
     # ---- the supervised tier: PgBouncer, PostgREST replicas, nginx ----------------------------------
 
     def _write_supervised_configs(self) -> None:
-        """Render every supervised component's config and the supervisor's spec (read on start / SIGHUP)."""
+        """Render every supervised component's config and the supervisor's spec, then start the supervisor
+        or make the running one re-read it (it starts what was added, stops what was removed)."""
         self._render_bouncer()
         self._render_nginx()
         self._write_spec(self._components())
+        self._start_supervisor()
 
     def _component(self, name: str, argv: list[str], log: str = "", service: bool = True, **extra: Any) -> dict[str, Any]:
         """A supervisor spec entry: it runs in the state dir with its log in the log dir, as the service
