@@ -32,29 +32,25 @@ class ContainerStack:
         self._set_urls()
 
     def _set_urls(self) -> None:
-        pw = self._secrets()
+        """From the env file's KEY=value lines (empty passwords until up() writes it)."""
+        pw = dict.fromkeys(SECRETS, "")
+        if self.env_file.is_file():
+            pw.update(line.partition("=")[::2] for line in self.env_file.read_text().splitlines())
         bouncer = "127.0.0.1:6432"
         self.admin_url = f"postgresql://postgres:{pw['POSTGRES_PASSWORD']}@{bouncer}/pgvote_session"
         self.api_url = f"postgresql://authenticator:{pw['AUTHENTICATOR_PASSWORD']}@{bouncer}/pgvote"
         self.direct_api_url = f"postgresql://authenticator:{pw['AUTHENTICATOR_PASSWORD']}@{bouncer}/pgvote_session"
         self.bouncer_admin_url = f"postgresql://postgres:{pw['POSTGRES_PASSWORD']}@{bouncer}/pgbouncer"
 
-    def _secrets(self) -> dict[str, str]:
-        """The env file's values (KEY=value lines); empty strings until up() writes it."""
-        found = dict.fromkeys(SECRETS, "")
-        if self.env_file.is_file():
-            found.update(line.partition("=")[::2] for line in self.env_file.read_text().splitlines())
-        return found
-
-    def compose(self, *args: str, capture: bool = False) -> str:
+    def compose(self, *args: str) -> str:
         if not shutil.which("docker"):
             raise StackError("PGVOTE_BACKEND=compose but there is no docker CLI; use PGVOTE_BACKEND=local")
         argv = ["docker", "compose", "-p", self.project, "-f", str(COMPOSE_FILE), "--env-file", str(self.env_file), *args]
-        proc = subprocess.run(argv, capture_output=capture, text=True, check=False)
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise StackError(f"`{' '.join(argv[:2] + list(args))}` failed (exit {proc.returncode}): "
-                             f"{(proc.stderr or '').strip()[-500:]}")
-        return proc.stdout or ""
+            raise StackError(f"`{' '.join(argv[:2] + list(args))}` failed (exit {proc.returncode}; is the compose "
+                             f"plugin installed?): {proc.stderr.strip()[-500:]}")
+        return proc.stdout
 
     def up(self, migrate: bool = True) -> None:
         """Build the images, start every service and wait until they are healthy (compose runs the migrations)."""
@@ -78,7 +74,7 @@ class ContainerStack:
     def status(self) -> dict[str, Any]:
         services: list[dict[str, Any]] = []
         if self.env_file.is_file() and shutil.which("docker"):
-            text = self.compose("ps", "--all", "--format", "json", capture=True).strip()
+            text = self.compose("ps", "--all", "--format", "json").strip()
             # compose v2 prints one JSON object per line (older releases: one array)
             services = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines()]
         return {"backend": self.backend, "state_dir": str(self.state_dir),
