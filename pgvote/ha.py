@@ -95,7 +95,10 @@ class HaStack(LocalStack):
 
     def _start_postgres(self) -> None:
         self._start_supervisor()
-        self._wait_cluster()
+        if not self.wait_healthy():
+            logs = "\n".join(f"{m.name}:\n{tail(self.log_dir / f'{m.name}.log', 8)}" for m in self.members)
+            raise StackError(f"no leader with a synchronous standby after {CLUSTER_TIMEOUT:.0f} s "
+                             f"(cluster: {self.cluster()}); last lines of the Patroni logs:\n{logs}")
 
     def _stop_postgres(self) -> None:
         """The supervisor, stopped first, stopped every member (Patroni stops its PostgreSQL); a postmaster
@@ -229,12 +232,6 @@ class HaStack(LocalStack):
 
     def wait_healthy(self, timeout: float = CLUSTER_TIMEOUT) -> bool:
         return wait_until(self.healthy, timeout, 0.25)
-
-    def _wait_cluster(self) -> None:
-        if not self.wait_healthy():
-            logs = "\n".join(f"{m.name}:\n{tail(self.log_dir / f'{m.name}.log', 8)}" for m in self.members)
-            raise StackError(f"no leader with a synchronous standby after {CLUSTER_TIMEOUT:.0f} s "
-                             f"(cluster: {self.cluster()}); last lines of the Patroni logs:\n{logs}")
 
     def member_postmaster(self, member: Member) -> int | None:
         return supervisor.live_pid(self._member_dir(member) / "data" / "postmaster.pid", "postgres")

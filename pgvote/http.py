@@ -82,11 +82,9 @@ class ApiClient:
         if method in ("GET", "HEAD"):
             if body:
                 path += "?" + urlencode({k: _query_value(v) for k, v in body.items()})
-        elif raw_body is not None:
-            payload = raw_body.encode() if isinstance(raw_body, str) else raw_body
-            sent_headers["Content-Type"] = "application/json"
         else:
-            payload = json.dumps({} if body is None else body).encode()
+            raw = json.dumps({} if body is None else body) if raw_body is None else raw_body
+            payload = raw.encode() if isinstance(raw, str) else raw
             sent_headers["Content-Type"] = "application/json"
         if token is None and claims is not None:
             token = self.token(claims)

@@ -143,8 +143,7 @@ class ShardedStack(LocalStack):
         shards = [{"name": s.name, "url": s.admin_url, "port": s.pg_port, "running": s._postgres_pid() is not None,
                    "pid": s._postgres_pid(), "data_dir": str(s.data_dir), "log": str(s.pg_log)}
                   for s in self.shards]
-        result["profile"] = "sharded"
-        result["shards"] = shards
+        result.update(profile="sharded", shards=shards)
         result["components"]["shards"] = shards
         return result
 

@@ -274,13 +274,9 @@ class LocalStack:
 
     @property
     def replicas(self) -> list[Replica]:
-        """Every PostgREST replica the stack runs, blue ones first (slots 0..), then green ones."""
-        found: list[Replica] = []
-        for colour_index, colour in enumerate(COLOURS):
-            for number in range(1, self.replica_counts.get(colour, 0) + 1):
-                port, admin = self.ports.postgrest(colour_index * 7 + number - 1)
-                found.append(Replica(colour, number, port, admin))
-        return found
+        """Every PostgREST replica the stack runs, blue ones first (slots 0..6), then green ones (7..13)."""
+        return [Replica(colour, n, *self.ports.postgrest(i * 7 + n - 1)) for i, colour in enumerate(COLOURS)
+                for n in range(1, self.replica_counts.get(colour, 0) + 1)]
 
     def live_replicas(self) -> list[Replica]:
         return [r for r in self.replicas if r.colour == self.live_colour]
@@ -396,8 +392,12 @@ class LocalStack:
 
     def component_ready(self, name: str) -> bool:
         """A supervised component answers: PgBouncer a real admin login, the others their health URL."""
-        if name == "pgbouncer":
-            return self._bouncer_ready()
+        if name == "pgbouncer":  # a real login on the admin console (simple query protocol)
+            with contextlib.suppress(psycopg.Error), psycopg.connect(self.bouncer_admin_url, autocommit=True,
+                                                                     connect_timeout=5) as conn:
+                conn.cursor(binary=False).execute("SHOW VERSION", prepare=False)
+                return True
+            return False
         if name not in self._health_urls():
             raise StackError(f"no component {name!r} in this stack")
         return http_json(self._health_urls()[name])[0] == 200
@@ -556,16 +556,12 @@ class LocalStack:
         return {"user": uid, "group": gid, "extra_groups": [] if self.is_root else None}
 
     def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env["LC_ALL"] = "C.UTF-8"
-        if self.is_root:
-            env["HOME"] = str(self.state_dir)
-        return env
+        home = {"HOME": str(self.state_dir)} if self.is_root else {}
+        return {**{k: v for k, v in os.environ.items() if not k.startswith("PG")}, "LC_ALL": "C.UTF-8", **home}
 
     def _chown(self, path: Path) -> None:
         if self.is_root:
-            uid, gid = self._service_ids()
-            os.chown(path, uid, gid)
+            os.chown(path, *self._service_ids())
 
     def _write(self, path: Path, text: str, mode: int = 0o644) -> None:
         tmp = path.with_name(f".{path.name}.tmp")
@@ -593,10 +589,9 @@ class LocalStack:
             yield
 
     def _load_state(self) -> dict[str, Any]:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             return dict(json.loads(self.state_file.read_text()))
-        except (OSError, ValueError):
-            return {}
+        return {}
 
     def _save_state(self) -> None:
         state = {"backend": self.backend, "port_base": self.ports.base, "live_colour": self.live_colour,
@@ -665,9 +660,13 @@ class LocalStack:
 
     # ---- PostgreSQL ------------------------------------------------------------------------------
 
-    def _initdb_if_needed(self) -> None:
-        if (self.data_dir / "PG_VERSION").is_file():
-            return
+    def _prepare_database(self) -> None:
+        """What `up` writes before PostgreSQL starts: the cluster and its configuration (pgvote/ha.py: Patroni's)."""
+        if not (self.data_dir / "PG_VERSION").is_file():
+            self._initdb()
+        self._write_server_config()
+
+    def _initdb(self) -> None:
         if self.data_dir.exists() and any(self.data_dir.iterdir()):
             raise StackError(f"{self.data_dir} exists but holds no cluster; remove it or pick another state dir")
         self._run([str(self.bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
@@ -678,11 +677,6 @@ class LocalStack:
         with open(self.data_dir / "postgresql.conf", "a") as fh:  # both rewritten on every `pgvote up`
             fh.write("\n# added by pgvote/stack.py: db/postgresql.conf, then this machine's port and sockets\n"
                      "include 'pgvote-tuning.conf'\ninclude 'pgvote-local.conf'\n")
-
-    def _prepare_database(self) -> None:
-        """What `up` writes before PostgreSQL starts: the cluster and its configuration (pgvote/ha.py: Patroni's)."""
-        self._initdb_if_needed()
-        self._write_server_config()
 
     def _write_server_config(self) -> None:
         self._write(self.data_dir / "pgvote-tuning.conf", (PROJECT_ROOT / "db" / "postgresql.conf").read_text(), 0o600)
@@ -883,16 +877,6 @@ class LocalStack:
         version = re.search(r"(\d+)\.(\d+)", subprocess.run([bouncer, "--version"], capture_output=True, text=True,
                                                               check=False).stdout)
         return signal.SIGQUIT if version and (int(version[1]), int(version[2])) >= (1, 23) else signal.SIGTERM
-
-    def _bouncer_ready(self) -> bool:
-        if not port_open(self.bouncer_port):
-            return False
-        try:  # a real login on the admin console (simple query protocol)
-            with psycopg.connect(self.bouncer_admin_url, autocommit=True, connect_timeout=5) as conn:
-                conn.cursor(binary=False).execute("SHOW VERSION", prepare=False)
-            return True
-        except psycopg.Error:
-            return False
 
     # ---- PostgREST -----------------------------------------------------------------------------
 

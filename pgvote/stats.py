@@ -32,8 +32,7 @@ def collect_database(conn: psycopg.Connection[Any]) -> tuple[dict[str, Any], dic
         conn.execute("set transaction read only")
         for view in SINGLE_ROW_VIEWS + MULTI_ROW_VIEWS:
             try:
-                with conn.transaction():  # a savepoint: one failing view spares the others
-                    # names from the constant lists above
+                with conn.transaction():  # a savepoint: one failing view spares the others (names: constants)
                     row = conn.execute(f"select coalesce(json_agg(v), '[]') from monitoring.{view} v").fetchone()
                 rows = row[0] if row else []
                 out[view] = rows if view in MULTI_ROW_VIEWS else (rows[0] if rows else {})

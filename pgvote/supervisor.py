@@ -230,8 +230,8 @@ class Supervisor:
 
     def run(self) -> int:
         signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_wanted", True))
-        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop_wanted", True))
-        signal.signal(signal.SIGINT, lambda *_: setattr(self, "stop_wanted", True))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: setattr(self, "stop_wanted", True))
         self.note(f"supervisor started (pid {os.getpid()})")
         while not self.stop_wanted:
             if not spec_path(self.state_dir).is_file():
@@ -253,16 +253,14 @@ class Supervisor:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m pgvote.supervisor <state dir> <pid file>`: detach (the launcher's child exits at once,
-    so no launcher ever holds a zombie), write the pid file, supervise."""
-    if len(argv) != 2:
-        print("usage: python -m pgvote.supervisor <state dir> <pid file>", file=sys.stderr)
-        return 2
+    """`python -m pgvote.supervisor <state dir> <pid file>` (run by the launcher): detach (the launcher's
+    child exits at once, so no launcher ever holds a zombie), write the pid file, supervise."""
+    state_dir, pid_file = argv
     if os.fork() > 0:
         return 0
     os.setsid()
-    Path(argv[1]).write_text(f"{os.getpid()}\n")
-    return Supervisor(Path(argv[0])).run()
+    Path(pid_file).write_text(f"{os.getpid()}\n")
+    return Supervisor(Path(state_dir)).run()
 
 
 if __name__ == "__main__":
