@@ -19,6 +19,8 @@ bucket on purpose. Tests that stop replicas or add a function use a private stac
 from __future__ import annotations
 
 import contextlib
+import http.client
+import io
 import json
 import os
 import re
@@ -35,7 +37,7 @@ import pytest
 from test_cast_vote import assert_error
 
 from pgvote import jwt
-from pgvote.http import ApiClient, Headers, Response, random_loopback_address
+from pgvote.http import ApiClient, Response, random_loopback_address
 from pgvote.paths import PROCEDURES_DIR, PROJECT_ROOT
 from pgvote.stack import LocalStack, read_postgrest_conf
 
@@ -481,8 +483,8 @@ def raw_http(port: int, request: bytes) -> Response:
         while chunk := conn.recv(65536):
             received += chunk
     head, _, payload = received.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = Headers((name.strip().lower(), value.strip()) for name, value in (line.split(":", 1) for line in lines))
+    status_line, _, lines = head.partition(b"\r\n")
+    headers = http.client.parse_headers(io.BytesIO(lines + b"\r\n\r\n"))
     text = payload.decode("utf-8", errors="replace")
     try:
         body = json.loads(text)
