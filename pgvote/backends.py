@@ -1,14 +1,11 @@
-"""Which stack `pgvote` drives: local processes (pgvote.stack) or containers (pgvote.containers).
+"""Which stack `pgvote` drives: local processes (pgvote.stack) or `docker compose` (pgvote.containers).
 
 Both implement `Stack`, the interface the CLI and the tools use. The container backend is checked
 statically only (mypy): these machines have no Docker engine, so it is unproven here.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,33 +26,14 @@ class Stack(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
-def docker_available(timeout: float = 5.0) -> bool:
-    """True when a Docker engine answers `docker info` within timeout seconds."""
-    if not shutil.which("docker"):
-        return False
-    try:
-        proc = subprocess.run(["docker", "info"], capture_output=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return proc.returncode == 0
-
-
-def select_backend() -> str:
-    """'local' or 'testcontainers': $PGVOTE_BACKEND, else testcontainers when Docker answers and it is installed."""
-    choice = os.environ.get("PGVOTE_BACKEND", "").strip().lower()
-    if choice in ("local", "testcontainers"):
-        return choice
-    if choice:
-        raise StackError(f"PGVOTE_BACKEND={choice!r}: use 'local' or 'testcontainers'")
-    if importlib.util.find_spec("testcontainers") is not None and docker_available():
-        return "testcontainers"
-    return "local"
-
-
 def make_stack(state_dir: Path | None = None, ha: bool = False, shards: int | None = None) -> Stack:
-    """The stack of this checkout per select_backend(); the local one in the HA profile (`pgvote up --ha`)
-    or the sharded one (`pgvote up --shards N`) when asked or when its state dir remembers it."""
-    if select_backend() == "testcontainers":
+    """The stack of this checkout: $PGVOTE_BACKEND=compose, the container one; else the local one, in the HA
+    profile (`pgvote up --ha`) or the sharded one (`pgvote up --shards N`) when asked or when its state dir
+    remembers it."""
+    backend = os.environ.get("PGVOTE_BACKEND", "local").strip().lower() or "local"
+    if backend not in ("local", "compose"):
+        raise StackError(f"PGVOTE_BACKEND={backend!r}: use 'local' or 'compose'")
+    if backend == "compose":
         from pgvote.containers import ContainerStack
 
         return ContainerStack(state_dir)

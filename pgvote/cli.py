@@ -1,12 +1,5 @@
-"""The `pgvote` command line.
-
-Subcommands live in one table (COMMANDS): a function taking the parsed arguments and returning an
-exit code, registered with its options (flags, add_argument keywords)::
-
-    @command("demo", "run the demo", ("--voters", {"type": int, "default": 100}), flag("--quick", "a short run"))
-    def cmd_demo(args: argparse.Namespace) -> int: ...
-
-Exit codes: 0 ok, 1 error (printed as one line, no traceback unless --debug).
+"""The `pgvote` command line: each subcommand a function of the parsed arguments returning an exit code,
+registered with its options by @command. Exit codes: 0 ok, 1 error (one line, a traceback with --debug).
 """
 
 from __future__ import annotations
@@ -15,13 +8,12 @@ import argparse
 import importlib
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from rich.console import Console
 from rich.markup import escape
@@ -37,24 +29,22 @@ Handler = Callable[[argparse.Namespace], int]
 Configure = Callable[[argparse.ArgumentParser], None]
 Option = tuple[str, dict[str, Any]]  # a flag and its add_argument keywords
 
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    help: str
-    handler: Handler
-    options: tuple[Option, ...] = ()
-    configure: Configure | None = None  # options a module defines itself (see _options_of)
-
-
-COMMANDS: dict[str, Command] = {}
+PARSER = argparse.ArgumentParser(prog="pgvote", description="pgvote: nginx -> PostgREST -> PgBouncer -> PostgreSQL")
+PARSER.add_argument("--state-dir", help="stack state directory (default: $PGVOTE_STATE_DIR or per checkout)")
+PARSER.add_argument("--debug", action="store_true", help="show tracebacks")
+SUBCOMMANDS = PARSER.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
 
 def command(name: str, help: str, *options: Option, configure: Configure | None = None) -> Callable[[Handler], Handler]:
-    """Register a subcommand (a later registration with the same name replaces the earlier one)."""
+    """Register a subcommand: its parser, its options (configure: those a module defines itself)."""
 
     def register(handler: Handler) -> Handler:
-        COMMANDS[name] = Command(name, help, handler, options, configure)
+        p = SUBCOMMANDS.add_parser(name, help=help, description=help)
+        for option, keywords in options:
+            p.add_argument(option, **keywords)
+        if configure:
+            configure(p)
+        p.set_defaults(handler=handler)
         return handler
 
     return register
@@ -65,7 +55,7 @@ def flag(name: str, help: str) -> Option:
 
 
 def _options_of(module: str, function: str) -> Configure:
-    """The options `module.function(parser)` adds (imported when the parser is built)."""
+    """The options `module.function(parser)` adds."""
     return lambda p: getattr(importlib.import_module(module), function)(p)
 
 
@@ -84,17 +74,12 @@ def _local_stack(args: argparse.Namespace) -> LocalStack:
 
 def _redact(url: str) -> str:
     """Hide a password in a connection URL before printing it."""
-    parts = urlsplit(url)
-    if parts.password:
-        host = parts.hostname or ""
-        netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    return re.sub(r"^(\w+://[^:/@]*):[^/]*@", r"\1:***@", url)
 
 
 def _print_url_table(urls: dict[str, str | None]) -> None:
     for key, url in urls.items():
-        out.print(f"{key:18} {escape(url or '-')}")
+        out.print(f"{key:18} {escape(_redact(url) if url else '-')}")
 
 
 def _print_urls(stack: Stack) -> None:
@@ -335,23 +320,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 # ---- entry point -----------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pgvote", description="pgvote: nginx -> PostgREST -> PgBouncer -> PostgreSQL")
-    parser.add_argument("--state-dir", help="stack state directory (default: $PGVOTE_STATE_DIR or per checkout)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for cmd in COMMANDS.values():
-        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
-        for name, keywords in cmd.options:
-            p.add_argument(name, **keywords)
-        if cmd.configure:
-            cmd.configure(p)
-        p.set_defaults(handler=cmd.handler)
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = PARSER.parse_args(argv)
     handler: Handler = args.handler
     try:
         return handler(args)

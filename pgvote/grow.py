@@ -68,7 +68,6 @@ def move_polls(stack: ShardedStack, new: list[ShardCluster],
     with stack._locked():
         stack._save_state()
         stack._write_supervised_configs()
-        stack._start_supervisor()
     return moved
 
 

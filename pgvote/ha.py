@@ -7,14 +7,12 @@
 The design is docs/deployment.md ("High availability"). Here etcd, the Patroni members (each owns its
 PostgreSQL: the stack never pg_ctls it) and HAProxy are components of the stack's supervisor, started
 before the single node's tier; each member reaches etcd through its own HAProxy frontend, which the
-failover tests cut (:meth:`HaStack.cut_from_etcd`).
+failover tests cut (tests/fixtures/ha.py).
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import socket
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,15 +95,17 @@ class HaStack(LocalStack):
 
     def _start_postgres(self) -> None:
         self._start_supervisor()
-        self._wait_cluster()
+        if not self.wait_healthy():
+            logs = "\n".join(f"{m.name}:\n{tail(self.log_dir / f'{m.name}.log', 8)}" for m in self.members)
+            raise StackError(f"no leader with a synchronous standby after {CLUSTER_TIMEOUT:.0f} s "
+                             f"(cluster: {self.cluster()}); last lines of the Patroni logs:\n{logs}")
 
     def _stop_postgres(self) -> None:
         """The supervisor, stopped first, stopped every member (Patroni stops its PostgreSQL); a postmaster
         a killed Patroni left behind is stopped here."""
-        for member in self.members:
-            if self.member_postmaster(member) is not None:
-                with contextlib.suppress(StackError):
-                    self._pg_ctl_stop(self._member_dir(member) / "data")
+        for member in (m for m in self.members if self.member_postmaster(m) is not None):
+            with contextlib.suppress(StackError):
+                self._pg_ctl_stop(self._member_dir(member) / "data")
 
     def _profile_state(self) -> dict[str, Any]:
         return {"profile": PROFILE}
@@ -165,8 +165,7 @@ class HaStack(LocalStack):
         env = {"PGVOTE_HAPROXY_SOCKET": str(self.haproxy_socket), "PGVOTE_WRITE_LISTEN": f"{HOST}:{self.write_port}",
                "PGVOTE_READ_LISTEN": f"{HOST}:{self.read_port}"}
         for m in self.members:
-            env[f"PGVOTE_DB{m.index}"] = f"{HOST}:{m.pg_port}"
-            env[f"PGVOTE_DB{m.index}_REST_PORT"] = str(m.rest_port)
+            env |= {f"PGVOTE_DB{m.index}": f"{HOST}:{m.pg_port}", f"PGVOTE_DB{m.index}_REST_PORT": str(m.rest_port)}
         return env
 
     def _ha_components(self) -> list[dict[str, Any]]:
@@ -192,10 +191,9 @@ class HaStack(LocalStack):
                 self._postgrest_component(reader, f"postgresql://authenticator@{HOST}:{self.read_port}/pgvote",
                                          "postgrest-read")]
 
-    def _read_upstreams(self) -> list[str]:
-        return ["# GENERATED: results GETs to the standby's PostgREST; the live replicas when it fails.\n",
-                f"server {HOST}:{self.read_postgrest_port} max_fails=0;\n",
-                *[f"server {HOST}:{r.port} max_fails=0 backup;\n" for r in self.live_replicas()]]
+    def _read_upstreams(self, live: str) -> str:
+        return ("# GENERATED: results GETs to the standby's PostgREST; the live replicas when it fails.\n"
+                f"server {HOST}:{self.read_postgrest_port} max_fails=0;\n" + live.replace(";\n", " backup;\n"))
 
     # ---- the cluster ----------------------------------------------------------------------------
 
@@ -235,41 +233,8 @@ class HaStack(LocalStack):
     def wait_healthy(self, timeout: float = CLUSTER_TIMEOUT) -> bool:
         return wait_until(self.healthy, timeout, 0.25)
 
-    def _wait_cluster(self) -> None:
-        if not self.wait_healthy():
-            logs = "\n".join(f"{m.name}:\n{tail(self.log_dir / f'{m.name}.log', 8)}" for m in self.members)
-            raise StackError(f"no leader with a synchronous standby after {CLUSTER_TIMEOUT:.0f} s "
-                             f"(cluster: {self.cluster()}); last lines of the Patroni logs:\n{logs}")
-
     def member_postmaster(self, member: Member) -> int | None:
         return supervisor.live_pid(self._member_dir(member) / "data" / "postmaster.pid", "postgres")
-
-    def haproxy(self, command: str) -> str:
-        """One command of HAProxy's runtime API (its admin socket in the run dir)."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(5)
-            sock.connect(str(self.haproxy_socket))
-            sock.sendall(command.encode() + b"\n")
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks).decode()
-
-    def cut_from_etcd(self, member: Member) -> None:
-        """The member loses etcd: its frontend's server is disabled and its open sessions closed."""
-        self.haproxy(f"disable server etcd-{member.index}/etcd")
-        self.haproxy(f"shutdown sessions server etcd-{member.index}/etcd")
-
-    def reconnect_to_etcd(self, member: Member) -> None:
-        self.haproxy(f"enable server etcd-{member.index}/etcd")
-
-    def patroni_config(self, change: dict[str, Any]) -> None:
-        """PATCH the cluster's dynamic configuration (kept in etcd) through the leader's REST API."""
-        leader = self.leader() or self.members[0]
-        request = urllib.request.Request(leader.url + "/config", data=json.dumps(change).encode(), method="PATCH",
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            resp.read()
 
     # ---- status ----------------------------------------------------------------------------------
 

@@ -11,23 +11,11 @@ import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from email.message import Message
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from pgvote import jwt
-
-
-class Headers(dict[str, str]):
-    """Response headers with case-insensitive lookup (keys stored lower-case)."""
-
-    def __getitem__(self, name: str) -> str:
-        return super().__getitem__(name.lower())
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and super().__contains__(name.lower())
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return super().get(name.lower(), default)
 
 
 @dataclass(frozen=True)
@@ -35,12 +23,9 @@ class Response:
     """Status, headers and body of one answer; body is the parsed JSON (None when empty, text when not JSON)."""
 
     status: int
-    headers: Headers
+    headers: Message  # http.client's HTTPMessage: case-insensitive lookup, None for a missing header
     body: Any
     text: str = field(repr=False, default="")
-
-    def json(self) -> Any:
-        return self.body
 
 
 # The system's randomness, not the random module's shared generator: property-based tests (hypothesis)
@@ -97,11 +82,9 @@ class ApiClient:
         if method in ("GET", "HEAD"):
             if body:
                 path += "?" + urlencode({k: _query_value(v) for k, v in body.items()})
-        elif raw_body is not None:
-            payload = raw_body.encode() if isinstance(raw_body, str) else raw_body
-            sent_headers["Content-Type"] = "application/json"
         else:
-            payload = json.dumps({} if body is None else body).encode()
+            raw = json.dumps({} if body is None else body) if raw_body is None else raw_body
+            payload = raw.encode() if isinstance(raw, str) else raw
             sent_headers["Content-Type"] = "application/json"
         if token is None and claims is not None:
             token = self.token(claims)
@@ -118,8 +101,6 @@ class ApiClient:
             conn.request(method, path, body=payload, headers=dict(headers or {}))
             answer = conn.getresponse()
             raw = answer.read()
-            got = Headers((k.lower(), v) for k, v in answer.getheaders())
-            status = answer.status
         finally:
             conn.close()
         text = raw.decode("utf-8", errors="replace")
@@ -129,4 +110,4 @@ class ApiClient:
                 parsed = json.loads(text)
             except ValueError:
                 parsed = text
-        return Response(status, got, parsed, text)
+        return Response(answer.status, answer.headers, parsed, text)

@@ -124,7 +124,6 @@ class ShardedStack(LocalStack):
         with self._locked():  # the supervisor cannot restart it meanwhile (it needs this lock)
             self.held_down.add(index)
             self._write_supervised_configs()
-            self._start_supervisor()  # a running supervisor re-reads its spec
             name = f"postgres-{shard.name}"
             if not wait_until(lambda: name not in supervisor.read_status(self.state_dir).get("components", {}), START_TIMEOUT):
                 raise StackError(f"the supervisor still watches {name} after {START_TIMEOUT:.0f} s")
@@ -136,7 +135,6 @@ class ShardedStack(LocalStack):
             self.shards[index].start()
             self.held_down.discard(index)
             self._write_supervised_configs()
-            self._start_supervisor()
 
     # ---- status ----------------------------------------------------------------------------------
 
@@ -145,8 +143,7 @@ class ShardedStack(LocalStack):
         shards = [{"name": s.name, "url": s.admin_url, "port": s.pg_port, "running": s._postgres_pid() is not None,
                    "pid": s._postgres_pid(), "data_dir": str(s.data_dir), "log": str(s.pg_log)}
                   for s in self.shards]
-        result["profile"] = "sharded"
-        result["shards"] = shards
+        result.update(profile="sharded", shards=shards)
         result["components"]["shards"] = shards
         return result
 

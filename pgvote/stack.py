@@ -1,20 +1,9 @@
-"""Local stack launcher: the production topology as plain local processes.
+"""Local stack launcher: client -> nginx -> PostgREST x2 -> PgBouncer -> PostgreSQL as local processes.
 
-    client -> nginx -> PostgREST x2 (blue-1, blue-2) -> PgBouncer -> PostgreSQL
-
-Used by the `pgvote` CLI and by pytest fixtures::
-
-    stack = LocalStack.ephemeral()   # fresh temp state dir, free ports
-    stack.up()       # initdb (first time), postgres, database, migrations, then the supervised tier
-    ...stack.http_url...             # the ONE base URL clients use (nginx)
-    stack.destroy()
-
-Everything a stack owns (cluster, sockets, logs, pid files, generated configs, nginx's temp files) lives
-in its state dir, so several stacks run side by side. Every listening port derives from one base
-(PGVOTE_PORT_BASE, below Linux's ephemeral range, see `Ports`). PgBouncer, the PostgREST replicas and
-nginx run as children of a supervisor process (pgvote/supervisor.py) that restarts any that exits and
-restarts PostgreSQL when its postmaster is gone. Server processes run as the invoking user, or as the
-`postgres` system user when invoked as root, because initdb/postgres/pgbouncer refuse to run as root.
+Everything a stack owns (cluster, sockets, logs, configs) lives in its state dir and every port derives
+from one base (`Ports`), so several stacks run side by side. A supervisor process (pgvote/supervisor.py)
+restarts any component that exits. As root, servers run as the `postgres` system user: initdb, postgres
+and pgbouncer refuse to run as root.
 """
 
 from __future__ import annotations
@@ -169,12 +158,10 @@ def _ephemeral_low() -> int:
 
 
 def _bindable(port: int, host: str = HOST) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-            return True
-        except OSError:
-            return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, contextlib.suppress(OSError):
+        s.bind((host, port))
+        return True
+    return False
 
 
 def free_port(host: str = HOST, span: int = 1) -> int:
@@ -190,13 +177,10 @@ def free_port(host: str = HOST, span: int = 1) -> int:
         port = rng.randrange(lo, hi)
         if all(_bindable(port + i, host) and not port_open(port + i, host) for i in range(span)):
             return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # fall back to the kernel's choice
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    raise StackError(f"no {span} free consecutive ports between {lo} and {hi}")
 
 
 def port_open(port: int, host: str = HOST, timeout: float = 0.3) -> bool:
-    """True when something accepts TCP connections on host:port."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
@@ -210,16 +194,6 @@ def tail(path: Path, lines: int = 15) -> str:
     except OSError:
         return f"(no log at {path})"
     return "\n".join(text[-lines:]) if text else f"(log {path} is empty)"
-
-
-def _env_port(name: str) -> int | None:
-    value = os.environ.get(name)
-    if not value:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise StackError(f"{name}={value!r} is not a port number") from None
 
 
 def wait_until(predicate: Callable[..., object], timeout: float, interval: float = 0.1) -> bool:
@@ -255,7 +229,10 @@ class LocalStack:
 
         saved = self._load_state()
         self.profile: str = saved.get("profile", "single")  # "ha": pgvote/ha.py's HaStack runs this state dir
-        base = port_base or _env_port("PGVOTE_PORT_BASE") or saved.get("port_base") or Ports.DEFAULT_BASE
+        env_base = os.environ.get("PGVOTE_PORT_BASE", "")
+        if not env_base.isdigit() and env_base:
+            raise StackError(f"PGVOTE_PORT_BASE={env_base!r} is not a port number")
+        base = port_base or int(env_base or 0) or saved.get("port_base") or Ports.DEFAULT_BASE
         if not 1024 <= base <= _ephemeral_low() - Ports.SPAN:
             raise StackError(f"PGVOTE_PORT_BASE={base}: the stack's ports {base}..{base + Ports.SPAN - 1} must lie between "
                              f"1024 and the start of the ephemeral port range ({_ephemeral_low()})")
@@ -297,13 +274,9 @@ class LocalStack:
 
     @property
     def replicas(self) -> list[Replica]:
-        """Every PostgREST replica the stack runs, blue ones first (slots 0..), then green ones."""
-        found: list[Replica] = []
-        for colour_index, colour in enumerate(COLOURS):
-            for number in range(1, self.replica_counts.get(colour, 0) + 1):
-                port, admin = self.ports.postgrest(colour_index * 7 + number - 1)
-                found.append(Replica(colour, number, port, admin))
-        return found
+        """Every PostgREST replica the stack runs, blue ones first (slots 0..6), then green ones (7..13)."""
+        return [Replica(colour, n, *self.ports.postgrest(i * 7 + n - 1)) for i, colour in enumerate(COLOURS)
+                for n in range(1, self.replica_counts.get(colour, 0) + 1)]
 
     def live_replicas(self) -> list[Replica]:
         return [r for r in self.replicas if r.colour == self.live_colour]
@@ -341,7 +314,6 @@ class LocalStack:
                 if migrate:
                     self._migrate()
                 self._write_supervised_configs()
-                self._start_supervisor()
                 self._wait_tier()
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -362,11 +334,8 @@ class LocalStack:
     def destroy(self) -> None:
         """down() and delete the state dir (cluster data included)."""
         self.down()
-        shutil.rmtree(self.state_dir, ignore_errors=True)
-        if self.run_dir.parent != self.state_dir:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-        if self.requested_state_dir != self.state_dir:
-            shutil.rmtree(self.requested_state_dir, ignore_errors=True)
+        for path in (self.state_dir, self.run_dir, self.requested_state_dir):  # the latter two: when relocated
+            shutil.rmtree(path, ignore_errors=True)
 
     def reload_postgrest(self) -> None:
         """Make every replica reload its schema cache (after a migration: the LISTEN channel is off
@@ -396,14 +365,14 @@ class LocalStack:
         return {role: {name: args or [] for name, args in functions.items()} for role, functions in rows}
 
     def _served_api_functions(self, replica: Replica) -> dict[str, dict[str, list[str]]]:
+        """role -> {function: sorted argument names} of the /rpc/ paths of the replica's OpenAPI document."""
         from pgvote import jwt
 
         served: dict[str, dict[str, list[str]]] = {}
         for role in API_ROLES:
-            headers = {"Accept": "application/openapi+json"}
-            if role != "anon":
-                headers["Authorization"] = "Bearer " + jwt.sign(self.jwt_secret, jwt.claims_for(role, "schema-check"))
-            doc = http_json(replica.url + "/", headers, timeout=5)[1]
+            auth = {} if role == "anon" else {"Authorization": "Bearer " + jwt.sign(self.jwt_secret,
+                                                                                   jwt.claims_for(role, "schema-check"))}
+            doc = http_json(replica.url + "/", {"Accept": "application/openapi+json", **auth}, timeout=5)[1]
             if not isinstance(doc, dict):
                 return {}
             served[role] = {}
@@ -423,11 +392,15 @@ class LocalStack:
 
     def component_ready(self, name: str) -> bool:
         """A supervised component answers: PgBouncer a real admin login, the others their health URL."""
-        if name == "pgbouncer":
-            return self._bouncer_ready()
+        if name == "pgbouncer":  # a real login on the admin console (simple query protocol)
+            with contextlib.suppress(psycopg.Error), psycopg.connect(self.bouncer_admin_url, autocommit=True,
+                                                                     connect_timeout=5) as conn:
+                conn.cursor(binary=False).execute("SHOW VERSION", prepare=False)
+                return True
+            return False
         if name not in self._health_urls():
             raise StackError(f"no component {name!r} in this stack")
-        return http_ok(self._health_urls()[name])
+        return http_json(self._health_urls()[name])[0] == 200
 
     def _health_urls(self) -> dict[str, str]:
         """What answers 200 once each HTTP component is ready: a replica's /ready, nginx's and the publisher's health."""
@@ -448,13 +421,15 @@ class LocalStack:
             raise StackError(f"colour {colour!r}: use one of {', '.join(COLOURS)}")
         if not 1 <= replicas <= 7:
             raise StackError("a colour runs 1 to 7 replicas")
+        self._run_replicas(colour, replicas)
+        return [r for r in self.replicas if r.colour == colour]
+
+    def _run_replicas(self, colour: str, count: int) -> None:
         with self._locked():
-            self.replica_counts[colour] = replicas
+            self.replica_counts[colour] = count
             self._save_state()
             self._write_supervised_configs()
-            self._start_supervisor()
             self._wait_tier()
-        return [r for r in self.replicas if r.colour == colour]
 
     def switch_live(self, colour: str) -> None:
         """Send new requests to `colour`'s replicas: rewrite the upstreams file and reload nginx
@@ -478,11 +453,7 @@ class LocalStack:
         """Stop the replicas of a colour nginx no longer sends traffic to."""
         if colour == self.live_colour:
             raise StackError(f"{colour} is the live colour: switch nginx to the other one first")
-        with self._locked():
-            self.replica_counts[colour] = 0
-            self._save_state()
-            self._write_supervised_configs()
-            self._start_supervisor()
+        self._run_replicas(colour, 0)
 
     # ---- status ----------------------------------------------------------------------------------
 
@@ -505,12 +476,10 @@ class LocalStack:
                 "postgres": {"running": pg_pid is not None, "pid": pg_pid, "port": self.pg_port, "log": str(self.pg_log),
                              "restarts": supervised.get("postgres", {}).get("restarts", 0)},
                 "pgbouncer": entry("pgbouncer", self.bouncer_port, self.bouncer_log),
-                "postgrest": [{"name": r.name, "colour": r.colour, "role": "write",
-                               **entry(r.name, r.port, self.log_dir / f"{r.name}.log", admin_port=r.admin_port,
-                                       live=r.colour == self.live_colour)} for r in self.replicas],
+                "postgrest": [{"name": r.name, "colour": r.colour, "role": "write", **entry(
+                    r.name, r.port, admin_port=r.admin_port, live=r.colour == self.live_colour)} for r in self.replicas],
                 "nginx": entry("nginx", self.http_port, self.nginx_log),
-                "publisher": entry("publisher", self.ports.publisher, self.log_dir / "publisher.log",
-                                   nchan_port=self.ports.live_publish),
+                "publisher": entry("publisher", self.ports.publisher, nchan_port=self.ports.live_publish),
                 "supervisor": {"running": supervisor_pid is not None, "pid": supervisor_pid, "log": str(self.supervisor_log)},
             },
             "urls": {"http": self.http_url, "admin_url": self.admin_url, "api_url": self.api_url,
@@ -587,16 +556,12 @@ class LocalStack:
         return {"user": uid, "group": gid, "extra_groups": [] if self.is_root else None}
 
     def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env["LC_ALL"] = "C.UTF-8"
-        if self.is_root:
-            env["HOME"] = str(self.state_dir)
-        return env
+        home = {"HOME": str(self.state_dir)} if self.is_root else {}
+        return {**{k: v for k, v in os.environ.items() if not k.startswith("PG")}, "LC_ALL": "C.UTF-8", **home}
 
     def _chown(self, path: Path) -> None:
         if self.is_root:
-            uid, gid = self._service_ids()
-            os.chown(path, uid, gid)
+            os.chown(path, *self._service_ids())
 
     def _write(self, path: Path, text: str, mode: int = 0o644) -> None:
         tmp = path.with_name(f".{path.name}.tmp")
@@ -617,19 +582,16 @@ class LocalStack:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """Serialise up/down of one state dir across processes (e.g. parallel test workers)."""
+        """Serialise up/down of one state dir across processes (e.g. parallel test workers); closing the
+        file releases the lock."""
         with open(self.state_dir / ".lock", "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+            yield
 
     def _load_state(self) -> dict[str, Any]:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             return dict(json.loads(self.state_file.read_text()))
-        except (OSError, ValueError):
-            return {}
+        return {}
 
     def _save_state(self) -> None:
         state = {"backend": self.backend, "port_base": self.ports.base, "live_colour": self.live_colour,
@@ -660,9 +622,9 @@ class LocalStack:
                 raise StackError(f"{PROJECT_ROOT / needed} not found: run from the checkout or set PGVOTE_ROOT")
         if self.is_root:
             self._service_ids()
-        self._bouncer_bin()
         self._postgrest_bin()
-        self._nginx_bin()
+        for tool in ("pgbouncer", "nginx"):
+            find_tool(tool, tool.upper() + "_BIN")
         if not NCHAN_MODULE.is_file():
             raise StackError(f"{NCHAN_MODULE} not found: install libnginx-mod-nchan (scripts/install-deps)")
         if not NGINX_BODY_TEMP.is_dir():  # nginx with nchan checks it whatever the configuration says
@@ -677,22 +639,12 @@ class LocalStack:
                 raise StackError(f"db/postgresql.conf preloads {lib!r} but {libdir}/{lib}.so is missing; "
                                  f"install {package} (scripts/install-deps)")
 
-    def _bouncer_bin(self) -> str:
-        return find_tool("pgbouncer", "PGBOUNCER_BIN")
-
     def _postgrest_bin(self) -> str:
         """$POSTGREST_BIN, else the pinned binary scripts/install-deps put in tools/, else PATH."""
-        env = os.environ.get("POSTGREST_BIN")
-        if env:
-            if not os.access(env, os.X_OK):
-                raise StackError(f"POSTGREST_BIN={env} is not an executable file")
-            return env
         pinned = PROJECT_ROOT / POSTGREST_TOOL
-        if not os.access(pinned, os.X_OK):
-            found = shutil.which("postgrest")
-            if not found:
-                raise StackError(f"PostgREST {POSTGREST_VERSION} not found ({pinned}); run scripts/install-deps")
-            return found
+        if os.environ.get("POSTGREST_BIN") or not os.access(pinned, os.X_OK):
+            return find_tool("postgrest", "POSTGREST_BIN",
+                             f": PostgREST {POSTGREST_VERSION} is not at {pinned} (run scripts/install-deps)")
         if self.is_root and not self._service_can_execute(pinned):
             # a checkout under /root (mode 700): the service user runs a copy in the state dir it can reach
             copy = self.state_dir / "bin" / "postgrest"
@@ -706,14 +658,15 @@ class LocalStack:
     def _service_can_execute(self, path: Path) -> bool:
         return subprocess.run(["test", "-x", str(path)], capture_output=True, check=False, **self._as_service()).returncode == 0
 
-    def _nginx_bin(self) -> str:
-        return find_tool("nginx", "NGINX_BIN")
-
     # ---- PostgreSQL ------------------------------------------------------------------------------
 
-    def _initdb_if_needed(self) -> None:
-        if (self.data_dir / "PG_VERSION").is_file():
-            return
+    def _prepare_database(self) -> None:
+        """What `up` writes before PostgreSQL starts: the cluster and its configuration (pgvote/ha.py: Patroni's)."""
+        if not (self.data_dir / "PG_VERSION").is_file():
+            self._initdb()
+        self._write_server_config()
+
+    def _initdb(self) -> None:
         if self.data_dir.exists() and any(self.data_dir.iterdir()):
             raise StackError(f"{self.data_dir} exists but holds no cluster; remove it or pick another state dir")
         self._run([str(self.bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
@@ -721,46 +674,27 @@ class LocalStack:
                    "--encoding=UTF8", "--locale=C.UTF-8",
                    "--data-checksums"],  # detect storage corruption of vote data early
                   "initdb")
-        with open(self.data_dir / "postgresql.conf", "a") as fh:
-            fh.write(
-                "\n# ---- added by pgvote/stack.py ----\n"
-                "# tuned settings, copied from the project's db/postgresql.conf on every `pgvote up`\n"
-                "include 'pgvote-tuning.conf'\n"
-                "# machine-specific settings (port, sockets), regenerated on every `pgvote up`\n"
-                "include 'pgvote-local.conf'\n"
-            )
-
-    def _prepare_database(self) -> None:
-        """What `up` writes before PostgreSQL starts: the cluster and its configuration (pgvote/ha.py: Patroni's)."""
-        self._initdb_if_needed()
-        self._write_server_config()
+        with open(self.data_dir / "postgresql.conf", "a") as fh:  # both rewritten on every `pgvote up`
+            fh.write("\n# added by pgvote/stack.py: db/postgresql.conf, then this machine's port and sockets\n"
+                     "include 'pgvote-tuning.conf'\ninclude 'pgvote-local.conf'\n")
 
     def _write_server_config(self) -> None:
         self._write(self.data_dir / "pgvote-tuning.conf", (PROJECT_ROOT / "db" / "postgresql.conf").read_text(), 0o600)
         self._write(self.data_dir / "pg_hba.conf", (PROJECT_ROOT / "db" / "pg_hba.conf").read_text(), 0o600)
-        local = (
-            "# Generated by pgvote/stack.py on every `pgvote up`; do not edit (edit db/postgresql.conf).\n"
-            f"port = {self.pg_port}\n"
-            f"listen_addresses = '{HOST}'\n"
-            f"unix_socket_directories = '{self.run_dir}'\n"
-            f"cluster_name = 'pgvote-{self.pg_port}'\n"
-        )
-        self._write(self.data_dir / "pgvote-local.conf", local, 0o600)
+        self._write(self.data_dir / "pgvote-local.conf",
+                    "# Generated by pgvote/stack.py on every `pgvote up`; do not edit (edit db/postgresql.conf).\n"
+                    f"port = {self.pg_port}\nlisten_addresses = '{HOST}'\nunix_socket_directories = '{self.run_dir}'\n"
+                    f"cluster_name = 'pgvote-{self.pg_port}'\n", 0o600)
 
     def _postgres_pid(self) -> int | None:
-        """Pid of the running postmaster of this data dir, or None."""
         return supervisor.live_pid(self.data_dir / "postmaster.pid", "postgres")
-
-    def _running_pg_port(self) -> int | None:
-        try:
-            return int((self.data_dir / "postmaster.pid").read_text().splitlines()[3])
-        except (OSError, ValueError, IndexError):
-            return None
 
     def _start_postgres(self) -> None:
         if self._postgres_pid() is not None:
-            running = self._running_pg_port()
-            if running is not None and running != self.pg_port:
+            running = self.pg_port
+            with contextlib.suppress(OSError, ValueError, IndexError):  # postmaster.pid's 4th line: its port
+                running = int((self.data_dir / "postmaster.pid").read_text().splitlines()[3])
+            if running != self.pg_port:
                 raise StackError(f"PostgreSQL of {self.state_dir} already runs on port {running} (asked for "
                                  f"{self.pg_port}); run `pgvote down` first")
         else:
@@ -783,22 +717,21 @@ class LocalStack:
                 "-t", str(int(START_TIMEOUT)), "-s", "start"]
 
     def _wait_postgres(self) -> None:
-        url = f"postgresql://postgres@{HOST}:{self.pg_port}/postgres"
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
-                    conn.execute("select 1")
-                    return
-            except psycopg.OperationalError as exc:
-                if time.monotonic() > deadline:
-                    raise StackError(f"PostgreSQL on port {self.pg_port} not accepting connections ({exc}); "
-                                     f"last lines of {self.pg_log}:\n{tail(self.pg_log)}") from exc
-                time.sleep(0.2)
+        def accepting() -> bool:
+            with contextlib.suppress(psycopg.OperationalError), psycopg.connect(self._postgres_db, connect_timeout=5):
+                return True
+            return False
+
+        if not wait_until(accepting, START_TIMEOUT, 0.2):
+            raise StackError(f"PostgreSQL on port {self.pg_port} not accepting connections; "
+                             f"last lines of {self.pg_log}:\n{tail(self.pg_log)}")
+
+    @property
+    def _postgres_db(self) -> str:
+        return f"postgresql://postgres@{HOST}:{self.pg_port}/postgres"
 
     def _ensure_database(self) -> None:
-        url = f"postgresql://postgres@{HOST}:{self.pg_port}/postgres"
-        with psycopg.connect(url, autocommit=True) as conn:
+        with psycopg.connect(self._postgres_db, autocommit=True) as conn:
             if conn.execute("select 1 from pg_database where datname = 'pgvote'").fetchone() is None:
                 conn.execute("create database pgvote owner postgres")
 
@@ -827,10 +760,12 @@ class LocalStack:
     # ---- the supervised tier: PgBouncer, PostgREST replicas, nginx ----------------------------------
 
     def _write_supervised_configs(self) -> None:
-        """Render every supervised component's config and the supervisor's spec (read on start / SIGHUP)."""
+        """Render every supervised component's config and the supervisor's spec, then start the supervisor
+        or make the running one re-read it (it starts what was added, stops what was removed)."""
         self._render_bouncer()
         self._render_nginx()
         self._write_spec(self._components())
+        self._start_supervisor()
 
     def _component(self, name: str, argv: list[str], log: str = "", service: bool = True, **extra: Any) -> dict[str, Any]:
         """A supervisor spec entry: it runs in the state dir with its log in the log dir, as the service
@@ -846,13 +781,14 @@ class LocalStack:
 
     def _components(self) -> list[dict[str, Any]]:
         """The supervisor's components, in start order (it stops them in reverse)."""
+        bouncer = find_tool("pgbouncer", "PGBOUNCER_BIN")
         return [
             self._pg_ctl_component("postgres"),
             # foreground (no -d): the supervisor is its parent and sees it exit
-            self._component("pgbouncer", [self._bouncer_bin(), str(self.bouncer_ini)], "pgbouncer.out",
-                            stop_signal=int(self._bouncer_immediate_signal())),
+            self._component("pgbouncer", [bouncer, str(self.bouncer_ini)], "pgbouncer.out",
+                            stop_signal=int(self._bouncer_immediate_signal(bouncer))),
             *[self._postgrest_component(r) for r in self.replicas],
-            self._component("nginx", [self._nginx_bin(), "-p", str(self.nginx_dir), "-e", str(self.nginx_log),
+            self._component("nginx", [find_tool("nginx", "NGINX_BIN"), "-p", str(self.nginx_dir), "-e", str(self.nginx_log),
                                       "-c", str(self.nginx_dir / "nginx.conf")], "nginx.out",
                             stop_signal=int(signal.SIGQUIT)),  # SIGQUIT: graceful, finishes requests
             self._publisher_component(),
@@ -921,9 +857,11 @@ class LocalStack:
 
     def _render_bouncer(self) -> None:
         auth_file = self.state_dir / "userlist.txt"
-        ini = render_bouncer_ini(LISTEN_ADDR=HOST, LISTEN_PORT=self.bouncer_port, UNIX_SOCKET_DIR=self.run_dir,
-                                 PG_HOST=HOST, PG_PORT=self.server_port_for_bouncer or self.pg_port, AUTH_FILE=auth_file,
-                                 LOGFILE=self.bouncer_log, PIDFILE=self.bouncer_pidfile)
+        values = {"LISTEN_ADDR": HOST, "LISTEN_PORT": self.bouncer_port, "UNIX_SOCKET_DIR": self.run_dir, "PG_HOST": HOST,
+                  "PG_PORT": self.server_port_for_bouncer or self.pg_port, "AUTH_FILE": auth_file,
+                  "LOGFILE": self.bouncer_log, "PIDFILE": self.bouncer_pidfile}
+        ini = render_template((PROJECT_ROOT / "db" / "pgbouncer.ini").read_text(),
+                              {f"PGVOTE_{k}": str(v) for k, v in values.items()})
         for key, value in self.bouncer_settings.items():  # overrides: replace the line, or add it to [pgbouncer]
             line = f"{key} = {value}"
             ini, found = re.subn(rf"^{re.escape(key)}\s*=.*$", line.replace("\\", "\\\\"), ini, flags=re.MULTILINE)
@@ -931,28 +869,14 @@ class LocalStack:
                 ini = ini.rstrip("\n") + f"\n{line}\n"  # [pgbouncer] is the template's last section
         header = "; GENERATED by pgvote/stack.py from db/pgbouncer.ini on every `pgvote up`; do not edit.\n"
         self._write(self.bouncer_ini, header + ini, 0o600)
-        self._write(auth_file, BOUNCER_USERS, 0o600)
+        # dev stack only: auth_type = trust still requires the user to be listed; passwords are ignored
+        self._write(auth_file, '"postgres" ""\n"authenticator" ""\n', 0o600)
 
-    def _bouncer_immediate_signal(self) -> signal.Signals:
+    def _bouncer_immediate_signal(self, bouncer: str) -> signal.Signals:
         """Immediate-shutdown signal: SIGTERM up to 1.22, SIGQUIT from 1.23 (SIGTERM then waits for clients)."""
-        try:
-            out = subprocess.run([self._bouncer_bin(), "--version"], capture_output=True, text=True, check=False)
-            match = re.search(r"(\d+)\.(\d+)", out.stdout)
-            if match and (int(match[1]), int(match[2])) >= (1, 23):
-                return signal.SIGQUIT
-        except (OSError, StackError):
-            pass
-        return signal.SIGTERM
-
-    def _bouncer_ready(self) -> bool:
-        if not port_open(self.bouncer_port):
-            return False
-        try:  # a real login on the admin console (simple query protocol)
-            with psycopg.connect(self.bouncer_admin_url, autocommit=True, connect_timeout=5) as conn:
-                conn.cursor(binary=False).execute("SHOW VERSION", prepare=False)
-            return True
-        except psycopg.Error:
-            return False
+        version = re.search(r"(\d+)\.(\d+)", subprocess.run([bouncer, "--version"], capture_output=True, text=True,
+                                                              check=False).stdout)
+        return signal.SIGQUIT if version and (int(version[1]), int(version[2])) >= (1, 23) else signal.SIGTERM
 
     # ---- PostgREST -----------------------------------------------------------------------------
 
@@ -998,24 +922,14 @@ class LocalStack:
         # max_fails=0: a replica is never marked down. Under overload connects time out on every replica
         # at once, and marking them down turns the overload into seconds of 502s for everyone; a dead
         # replica refuses at once and nginx passes the request to the next one (proxy_next_upstream).
-        lines = [f"# GENERATED: the {self.live_colour} replicas, which nginx sends traffic to.\n"]
-        lines += [f"server {HOST}:{r.port} max_fails=0;\n" for r in self.live_replicas()]
-        self._write(self.nginx_dir / "live-upstream.conf", "".join(lines))
-        self._write(self.nginx_dir / "read-upstream.conf", "".join(self._read_upstreams()))
+        servers = "".join(f"server {HOST}:{r.port} max_fails=0;\n" for r in self.live_replicas())
+        self._write(self.nginx_dir / "live-upstream.conf", f"# GENERATED: the {self.live_colour} replicas\n{servers}")
+        self._write(self.nginx_dir / "read-upstream.conf", self._read_upstreams(servers))
 
-    def _read_upstreams(self) -> list[str]:
+    def _read_upstreams(self, live: str) -> str:
         """The servers of results GETs (nginx's postgrest_read): here the live replicas; the HA profile
         (pgvote/ha.py) puts the standby's PostgREST first and the live replicas behind it as backups."""
-        return [f"# GENERATED: results reads go to the {self.live_colour} replicas.\n"] + [
-            f"server {HOST}:{r.port} max_fails=0;\n" for r in self.live_replicas()]
-
-# DEV STACK ONLY: auth_type = trust still requires the user to be listed; passwords are ignored.
-BOUNCER_USERS = '"postgres" ""\n"authenticator" ""\n'
-
-
-def render_bouncer_ini(**values: object) -> str:
-    """db/pgbouncer.ini with its ${PGVOTE_*} placeholders filled (the local stack's and the container backend's)."""
-    return render_template((PROJECT_ROOT / "db" / "pgbouncer.ini").read_text(), {f"PGVOTE_{k}": str(v) for k, v in values.items()})
+        return f"# GENERATED: results reads go to the {self.live_colour} replicas\n{live}"
 
 
 def render_template(template: str, values: dict[str, str]) -> str:
@@ -1039,7 +953,7 @@ def read_postgrest_conf(path: Path | None = None) -> dict[str, str]:
 
 
 def signal_and_wait(pid: int, name: str, sig: signal.Signals, timeout: float) -> None:
-    """Signal pid and wait until it is gone; SIGKILL it after timeout seconds."""
+    """SIGKILL after timeout seconds."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
     if not wait_until(lambda: not supervisor.alive(pid, name), timeout):
@@ -1052,12 +966,10 @@ def children(pid: int) -> list[int]:
     """Pids of the live children of pid."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[-1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            found.append(int(stat.parent.name))
+        with contextlib.suppress(OSError):
+            state, parent = stat.read_text().rsplit(")", 1)[-1].split()[:2]
+            if int(parent) == pid and state not in ("Z", "X"):
+                found.append(int(stat.parent.name))
     return found
 
 
@@ -1076,6 +988,3 @@ def http_json(url: str, headers: dict[str, str] | None = None, timeout: float = 
     except ValueError:
         return status, None
 
-
-def http_ok(url: str) -> bool:
-    return http_json(url)[0] == 200

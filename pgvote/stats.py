@@ -19,11 +19,8 @@ from rich.table import Table
 
 from pgvote import tables
 
-#: Single-row views of the monitoring schema, shown in this order.
 SINGLE_ROW_VIEWS = ("vote_rate", "rollback_rate", "connections", "aggregation_backlog", "cache_hit_ratio")
-#: Multi-row views.
-MULTI_ROW_VIEWS = ("api_latency", "rate_limits")
-BOUNCER_COMMANDS = {"pools": "SHOW POOLS", "stats": "SHOW STATS", "databases": "SHOW DATABASES"}
+MULTI_ROW_VIEWS = ("api_latency", "rate_limits")  # of the monitoring schema, like the single-row ones
 
 
 def collect_database(conn: psycopg.Connection[Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -35,8 +32,7 @@ def collect_database(conn: psycopg.Connection[Any]) -> tuple[dict[str, Any], dic
         conn.execute("set transaction read only")
         for view in SINGLE_ROW_VIEWS + MULTI_ROW_VIEWS:
             try:
-                with conn.transaction():  # a savepoint: one failing view spares the others
-                    # names from the constant lists above
+                with conn.transaction():  # a savepoint: one failing view spares the others (names: constants)
                     row = conn.execute(f"select coalesce(json_agg(v), '[]') from monitoring.{view} v").fetchone()
                 rows = row[0] if row else []
                 out[view] = rows if view in MULTI_ROW_VIEWS else (rows[0] if rows else {})
@@ -48,9 +44,9 @@ def collect_database(conn: psycopg.Connection[Any]) -> tuple[dict[str, Any], dic
 def collect_bouncer(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """SHOW POOLS / STATS / DATABASES of the admin console (simple query protocol, no prepare)."""
     out = {}
-    for key, command in BOUNCER_COMMANDS.items():
+    for key in ("pools", "stats", "databases"):
         cur = conn.cursor(binary=False)
-        cur.execute(command, prepare=False)
+        cur.execute(f"SHOW {key}", prepare=False)
         names = [d.name for d in cur.description or []]
         # PgBouncer types its counters numeric: plain numbers for JSON and arithmetic
         rows = [{n: (int(v) if v == v.to_integral_value() else float(v)) if isinstance(v, decimal.Decimal) else v
@@ -74,11 +70,7 @@ class Collector:
     def sample(self) -> dict[str, Any]:
         """{"sampled_at", "database": {view: row or rows}, "pgbouncer": {...} or None, "errors": {...}}."""
         sample: dict[str, Any] = {"sampled_at": dt.datetime.now(dt.UTC).isoformat(), "pgbouncer": None}
-        try:
-            sample["database"], sample["errors"] = collect_database(self._conn("database"))
-        except psycopg.OperationalError:
-            self.conns["database"].close()
-            raise
+        sample["database"], sample["errors"] = collect_database(self._conn("database"))
         if self.urls["pgbouncer"]:
             try:
                 sample["pgbouncer"] = collect_bouncer(self._conn("pgbouncer"))
@@ -93,27 +85,19 @@ class Collector:
             conn.close()
 
 
-# ------------------------------------------------------------------------------------------------
-# live dashboard
-
-
 def rates(previous: dict[str, Any] | None, current: dict[str, Any], seconds: float) -> dict[str, float | None]:
     """Per-second rates of the cumulative counters between two samples (None without a previous one)."""
-    def delta(*path: str) -> float | None:
-        if previous is None or seconds <= 0:
-            return None
-        a: Any = previous
-        b: Any = current
-        for key in path:
-            a, b = (a or {}).get(key), (b or {}).get(key)
-        if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+    def delta(view: str, column: str) -> float | None:
+        a = ((previous or {}).get("database", {}).get(view) or {}).get(column)
+        b = (current.get("database", {}).get(view) or {}).get(column)
+        if previous is None or seconds <= 0 or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
             return None
         return max(b - a, 0) / seconds
 
-    commits, rollbacks = delta("database", "rollback_rate", "xact_commit"), delta("database", "rollback_rate", "xact_rollback")
+    commits, rollbacks = delta("rollback_rate", "xact_commit"), delta("rollback_rate", "xact_rollback")
     out: dict[str, float | None] = {
-        "ballots_inserted_per_s": delta("database", "vote_rate", "ballots_inserted_total"),
-        "ballots_updated_per_s": delta("database", "vote_rate", "ballots_updated_total"),
+        "ballots_inserted_per_s": delta("vote_rate", "ballots_inserted_total"),
+        "ballots_updated_per_s": delta("vote_rate", "ballots_updated_total"),
         "commits_per_s": commits,
         "rollbacks_per_s": rollbacks,
         "rollback_ratio": (rollbacks / (commits + rollbacks)) if commits is not None and rollbacks is not None
@@ -205,10 +189,6 @@ def live(database_url: str, bouncer_admin_url: str | None, interval: float, cons
             now = time.monotonic()
             view.update(render(sample, rates(previous, sample, now - last)))
             previous, last, count = sample, now, count + 1
-
-
-# ------------------------------------------------------------------------------------------------
-# command line (registered in pgvote/cli.py)
 
 
 def configure(p: argparse.ArgumentParser) -> None:

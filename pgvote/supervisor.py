@@ -1,11 +1,9 @@
 """Keeps the stack's long-running processes alive: PgBouncer, the PostgREST replicas, nginx, PostgreSQL.
 
-`pgvote up` starts one supervisor per state dir (``python -m pgvote.supervisor <state dir> <pid file>``,
-detached).
-It reads ``supervisor/spec.json`` (written by the launcher), runs every process component in the
-foreground as its child, and restarts one that exits, with a backoff when it keeps failing; PostgreSQL
-runs under pg_ctl (it daemonises) and is started again when its postmaster is gone. Every start,
-exit and restart is recorded in ``supervisor/status.json``, which `pgvote status` shows.
+`pgvote up` starts one detached supervisor per state dir. It reads ``supervisor/spec.json`` (written by
+the launcher), runs every process component in the foreground as its child and restarts one that exits,
+with a backoff when it keeps failing; PostgreSQL runs under pg_ctl (it daemonises) and is started again
+when its postmaster is gone. Starts, exits and restarts go to ``supervisor/status.json`` (`pgvote status`).
 
 Signals: SIGHUP re-reads the spec (components added are started, removed ones stopped: how blue-green
 adds and retires PostgREST replicas); SIGTERM stops every child and exits. The supervisor also exits,
@@ -36,16 +34,10 @@ def spec_path(state_dir: Path) -> Path:
     return state_dir / "supervisor" / "spec.json"
 
 
-def status_path(state_dir: Path) -> Path:
-    return state_dir / "supervisor" / "status.json"
-
-
 def read_status(state_dir: Path) -> dict[str, Any]:
-    try:
-        loaded: dict[str, Any] = json.loads(status_path(state_dir).read_text())
-        return loaded
-    except (OSError, ValueError):
-        return {}
+    with contextlib.suppress(OSError, ValueError):
+        return dict(json.loads((state_dir / "supervisor" / "status.json").read_text()))
+    return {}
 
 
 class LauncherBusy(Exception):
@@ -99,18 +91,13 @@ def alive(pid: int | None, name: str = "") -> bool:
     return state not in ("Z", "X") and name in cmdline
 
 
-def read_pid(path: str | Path) -> int | None:
-    """The pid on the first line of a pid file (a postmaster.pid too), or None."""
+def live_pid(path: str | Path, name: str = "") -> int | None:
+    """The pid on the first line of a pid file (a postmaster.pid too) while that process lives (and its
+    command line mentions name)."""
     try:
-        first = Path(path).read_text().split("\n", 1)[0].strip()
-        return int(first) if first else None
+        pid = int(Path(path).read_text().split("\n", 1)[0])
     except (OSError, ValueError):
         return None
-
-
-def live_pid(path: str | Path, name: str = "") -> int | None:
-    """The pid file's pid while that process lives (and its command line mentions name)."""
-    pid = read_pid(path)
     return pid if alive(pid, name) else None
 
 
@@ -133,7 +120,7 @@ class Supervisor:
             self.components.setdefault(name, component)
 
     def write_status(self) -> None:
-        path = status_path(self.state_dir)
+        path = self.state_dir / "supervisor" / "status.json"
         data = {
             "pid": os.getpid(),
             "updated_at": time.time(),
@@ -243,8 +230,8 @@ class Supervisor:
 
     def run(self) -> int:
         signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_wanted", True))
-        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop_wanted", True))
-        signal.signal(signal.SIGINT, lambda *_: setattr(self, "stop_wanted", True))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: setattr(self, "stop_wanted", True))
         self.note(f"supervisor started (pid {os.getpid()})")
         while not self.stop_wanted:
             if not spec_path(self.state_dir).is_file():
@@ -266,16 +253,14 @@ class Supervisor:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m pgvote.supervisor <state dir> <pid file>`: detach (the launcher's child exits at once,
-    so no launcher ever holds a zombie), write the pid file, supervise."""
-    if len(argv) != 2:
-        print("usage: python -m pgvote.supervisor <state dir> <pid file>", file=sys.stderr)
-        return 2
+    """`python -m pgvote.supervisor <state dir> <pid file>` (run by the launcher): detach (the launcher's
+    child exits at once, so no launcher ever holds a zombie), write the pid file, supervise."""
+    state_dir, pid_file = argv
     if os.fork() > 0:
         return 0
     os.setsid()
-    Path(argv[1]).write_text(f"{os.getpid()}\n")
-    return Supervisor(Path(argv[0])).run()
+    Path(pid_file).write_text(f"{os.getpid()}\n")
+    return Supervisor(Path(state_dir)).run()
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pgvote import cli
 from pgvote.ha import PATRONI_CONFIG, HaStack
 from pgvote.http import ApiClient
 
-from fixtures.ha import member
+from fixtures.ha import haproxy, member, patroni_config
 from helpers import user
 
 
@@ -124,13 +124,13 @@ def test_results_fall_back_to_the_write_replicas_when_the_read_side_fails(ha: Ha
     servers = [f"read/db-{m.index}{suffix}" for m in ha.members for suffix in ("", "-leader")]
     try:
         for server in servers:
-            ha.haproxy(f"disable server {server}")
-            ha.haproxy(f"shutdown sessions server {server}")
+            haproxy(ha, f"disable server {server}")
+            haproxy(ha, f"shutdown sessions server {server}")
         results = api.rpc("poll_results", {"poll_id": poll["poll_id"]}, method="GET")
         assert results.status == 200 and results.body["total_ballots"] == 1, results.body
     finally:
         for server in servers:
-            ha.haproxy(f"enable server {server}")
+            haproxy(ha, f"enable server {server}")
     get = [u for r, u in _access_log(ha, poll["poll_id"], want=3) if r.startswith("GET")]
     assert len(get) == 1
     tried = re.split(r",? : |, ", get[0])  # ", ": the next server of the upstream; " : " after error_page
@@ -179,7 +179,7 @@ def test_standby_lost_blocks_votes_in_strict_mode(ha: HaStack) -> None:
     """synchronous_mode_strict: the leader keeps waiting for a standby, so no vote is acknowledged while
     none runs; the vote whose client gave up had committed on the leader and is acknowledged by its
     identical re-cast once the standby is back."""
-    ha.patroni_config({"synchronous_mode_strict": True})
+    patroni_config(ha, {"synchronous_mode_strict": True})
     assert _wait(lambda: _setting(ha, "synchronous_standby_names") != "", 15)
     poll = _poll(_api(ha))
     standby = member(ha, "sync_standby")

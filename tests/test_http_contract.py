@@ -19,6 +19,8 @@ bucket on purpose. Tests that stop replicas or add a function use a private stac
 from __future__ import annotations
 
 import contextlib
+import http.client
+import io
 import json
 import os
 import re
@@ -35,7 +37,7 @@ import pytest
 from test_cast_vote import assert_error
 
 from pgvote import jwt
-from pgvote.http import ApiClient, Headers, Response, random_loopback_address
+from pgvote.http import ApiClient, Response, random_loopback_address
 from pgvote.paths import PROCEDURES_DIR, PROJECT_ROOT
 from pgvote.stack import LocalStack, read_postgrest_conf
 
@@ -481,8 +483,8 @@ def raw_http(port: int, request: bytes) -> Response:
         while chunk := conn.recv(65536):
             received += chunk
     head, _, payload = received.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = Headers((name.strip().lower(), value.strip()) for name, value in (line.split(":", 1) for line in lines))
+    status_line, _, lines = head.partition(b"\r\n")
+    headers = http.client.parse_headers(io.BytesIO(lines + b"\r\n\r\n"))
     text = payload.decode("utf-8", errors="replace")
     try:
         body = json.loads(text)
@@ -569,9 +571,15 @@ def test_a_large_body_limited_by_nginx_still_gets_the_json_429(api) -> None:
     source = random_loopback_address()
     # about 50 KB of ballots for no poll: answered 200 with every ballot rejected, nothing stored
     batch = {"ballots": [{"poll_id": "x", "option_ids": [], "voter_id": "v" * 200}] * 200}
-    with ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(lambda _: api.rpc("cast_votes", batch, claims={"role": "ingest", "sub": "edge"},
-                                                  source_ip=source), range(3 * burst)))
+    answers: list = []
+    # The limit is a rate: on a loaded machine the upstream's answers can pace the callers below it, so
+    # more rounds are sent (bounded) until nginx limits some.
+    with ThreadPoolExecutor(64) as pool:
+        for _ in range(5):
+            answers += pool.map(lambda _: api.rpc("cast_votes", batch, claims={"role": "ingest", "sub": "edge"},
+                                                  source_ip=source), range(3 * burst))
+            if any(r.status == 429 for r in answers):
+                break
     limited = [r for r in answers if r.status == 429]
     assert limited and {r.status for r in answers} <= {200, 429}, Counter(r.status for r in answers)
     for r in limited:

@@ -26,7 +26,7 @@ from reliability.k6round import Live, run_round
 from test_cast_vote import assert_error
 
 from pgvote.backends import make_stack
-from pgvote.http import ApiClient, Headers, Response, random_loopback_address
+from pgvote.http import ApiClient, Response, random_loopback_address
 from pgvote.paths import PROCEDURES_DIR, PROJECT_ROOT
 from pgvote.shards import ShardedStack
 
@@ -299,7 +299,7 @@ def raw_call(stack: ShardedStack, fn: str, body: Any, claims: dict[str, Any] | N
         answer = conn.getresponse()
         text = answer.read().decode()
         retry_after = [v for k, v in answer.getheaders() if k.lower() == "retry-after"]
-        return Response(answer.status, Headers((k.lower(), v) for k, v in answer.getheaders()),
+        return Response(answer.status, answer.headers,
                         json.loads(text) if text else None, text), retry_after
     finally:
         conn.close()

@@ -31,7 +31,7 @@ from .checks import fault_round
 from .faults import wait_until
 from .k6round import Live
 from .profile import PROFILE
-from fixtures.ha import MemberProcesses, member
+from fixtures.ha import MemberProcesses, cut_from_etcd, member, reconnect_to_etcd
 
 PROMOTION_TIMEOUT = 60.0
 
@@ -64,11 +64,11 @@ def _stop_patroni(stack: HaStack, leader: MemberProcesses, live: Live) -> None:
 
 
 def _cut_from_etcd(stack: HaStack, leader: MemberProcesses, live: Live) -> None:
-    stack.cut_from_etcd(leader.member)
+    cut_from_etcd(stack, leader.member)
     live.mark("fault")
     assert wait_until(_promoted(stack, leader.member.name), PROMOTION_TIMEOUT, 0.1), \
         f"no promotion while cut off: {stack.cluster()}\n{_logs(stack)}"
-    stack.reconnect_to_etcd(leader.member)
+    reconnect_to_etcd(stack, leader.member)
     live.mark("fault_over")
 
 
