@@ -22,8 +22,6 @@ from pgvote import tables
 from pgvote.backends import Stack, make_stack, require_running
 from pgvote.stack import API_ROLES, LocalStack, StackError
 
-ROUTER_SECONDS, QUICK_ROUTER_SECONDS = 10.0, 4.0  # pgbench seconds per run of `bench --router`
-
 out = Console(soft_wrap=True)  # soft_wrap: never break URLs/paths in the middle
 err = Console(stderr=True, soft_wrap=True)
 
@@ -273,42 +271,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
          ("--subscribers", {"type": int, "default": 10_000, "help": "--live: watchers of one poll (default 10,000)"}),
          ("--votes", {"type": int, "default": 50_000, "help": "--live, --ha: votes of each burst (default 50,000)"}))
 def cmd_bench(args: argparse.Namespace) -> int:
-    from pgvote.bench.report import DEFAULT_CHART, DEFAULT_REPORT, run_bench
+    from pgvote.bench.report import BENCH_MODES, DEFAULT_CHART, DEFAULT_REPORT, run_bench
 
     stack = _local_stack(args)
     require_running(stack)
-    quick = " --quick" if args.quick else ""
-    files: dict[str, Any] = {"report_path": None if args.no_report else (args.report or DEFAULT_REPORT), "console": out}
-    if args.http:
-        from pgvote.bench.http_bench import run_http_bench
-
-        run_http_bench(stack, quick=args.quick, json_path=args.json, command=f"pgvote bench --http{quick}", **files)
-    elif args.router:
-        from pgvote.bench.router import run_router_bench
-        from pgvote.shards import ShardedStack
-
-        if not isinstance(stack, ShardedStack):
-            raise StackError("--router needs a sharded stack: `pgvote up --shards N` first")
-        seconds = args.seconds or (QUICK_ROUTER_SECONDS if args.quick else ROUTER_SECONDS)
-        run_router_bench(stack, seconds=seconds, clients=args.clients, rounds=2, **files,
-                         command=f"pgvote bench --router --clients {args.clients} --seconds {seconds:g}")
-    elif args.ha:
-        from pgvote.bench.ha_bench import run_ha_bench
-        from pgvote.ha import HaStack
-
-        if not isinstance(stack, HaStack):
-            raise StackError("bench --ha needs the HA stack: start it with `pgvote up --ha`")
-        run_ha_bench(stack, quick=args.quick, voters=args.votes, json_path=args.json, **files,
-                     command=f"pgvote bench --ha --votes {args.votes}{quick}")
-    elif args.live:
-        from pgvote.bench.live import run_live_bench
-
-        run_live_bench(stack, subscribers=args.subscribers, votes=args.votes, json_path=args.json, **files,
-                       command=f"pgvote bench --live --subscribers {args.subscribers} --votes {args.votes}")
+    files: dict[str, Any] = {"report_path": None if args.no_report else (args.report or DEFAULT_REPORT),
+                             "json_path": args.json, "console": out}
+    if mode := next((m for m in BENCH_MODES if getattr(args, m)), None):
+        module, needs = BENCH_MODES[mode]
+        if needs and not isinstance(stack, getattr(importlib.import_module(needs[0]), needs[1])):
+            raise StackError(f"bench --{mode} needs {needs[2]}")
+        importlib.import_module(module).bench(stack, args, **files)
     else:
-        run_bench(stack.admin_url, stack.api_url, quick=args.quick, seconds=args.seconds, json_path=args.json,
+        run_bench(stack.admin_url, stack.api_url, quick=args.quick, seconds=args.seconds,
                   chart_path=None if args.no_report else (args.chart or DEFAULT_CHART), **files,
-                  command=f"pgvote bench{quick}")
+                  command=f"pgvote bench{' --quick' if args.quick else ''}")
     return 0
 
 

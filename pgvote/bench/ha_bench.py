@@ -14,7 +14,6 @@ far behind the standby's results are.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from psycopg import sql
 from rich.console import Console
 
 from pgvote.bench.pgbench import Run, run
-from pgvote.bench.report import alternate, median_ratio, publish, stamp
+from pgvote.bench.report import Section, alternate, command_line, median_ratio, run_mode, stamp
 from pgvote.bench.scenarios import BENCH_DATABASE, SPREAD_POLLS, bench_database
 from pgvote.http import ApiClient
 from pgvote.loadtest.k6 import HttpTarget, run_burst
@@ -34,9 +33,7 @@ from pgvote.loadtest.servers import sampling
 
 CLIENTS = 64
 SAMPLE_S = 0.1
-SAMPLE_SQL = """select (api.poll_results(%s::uuid) ->> 'total_ballots')::int, extract(epoch from r.replay_lag) * 1000,
-                       pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn)
-                from (select) one left join pg_stat_replication r on r.sync_state = 'sync'"""
+SAMPLE_SQL = (Path(__file__).parent / "sql" / "ha_sample.sql").read_text()
 
 
 def _pct(values: list[float]) -> dict[str, float]:
@@ -94,6 +91,19 @@ def replica_lag_under_burst(stack: Any, voters: int, console: Console) -> dict[s
             "client_answers": len(ages), "results_age_ms": _pct(ages), "final_total_seen": seen[-1][1] if seen else None}
 
 
+def bench(stack: Any, args: Any, *, console: Console, **files: Any) -> dict[str, Any]:
+    # many short alternating rounds: the other processes of a shared machine weigh on both modes alike
+    def measure() -> tuple[dict[str, Any], Section]:
+        r = {"sync": sync_ratio(stack, 3.0 if args.quick else 6.0, 2 if args.quick else 6, stamp(console)),
+             "burst": replica_lag_under_burst(stack, args.votes, console)}
+        return r, Section([("HA: the synchronous standby's cost and lag", ("figure", "value"), rows(r), (1,))],
+                          " on `pgvote up --ha` (2 members under Patroni on this machine's 2 cores, shared with "
+                          "pgbench and k6)", "## The synchronous standby (`pgvote bench --ha`)",
+                          ["", "Method: `pgvote/bench/ha_bench.py`."])
+
+    return run_mode("bench --ha", measure, command=command_line("ha", args, ("votes",)), console=console, **files)
+
+
 def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
     s, b = r["sync"], r["burst"]
     return [
@@ -109,20 +119,3 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         (f"age of the results a client sees (GET via nginx's 1 s cache and the standby; {b['client_answers']} answers) "
          "p50 / p95 / max", f"{b['results_age_ms']['p50']} / {b['results_age_ms']['p95']} / {b['results_age_ms']['max']} ms"),
     ]
-
-
-def run_ha_bench(stack: Any, *, quick: bool, voters: int, report_path: Path | None, json_path: Path | None,
-                 command: str, console: Console) -> dict[str, Any]:
-    load_before = os.getloadavg()[0]
-    # many short alternating rounds: the other processes of a shared machine weigh on both modes alike
-    result: dict[str, Any] = {"sync": sync_ratio(stack, 3.0 if quick else 6.0, 2 if quick else 6, stamp(console)),
-                              "burst": replica_lag_under_burst(stack, voters, console),
-                              "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
-    publish("bench --ha", [("HA: the synchronous standby's cost and lag", ("figure", "value"), rows(result), (1,))],
-            ["## The synchronous standby (`pgvote bench --ha`)", "",
-             f"Command: `{command}` on `pgvote up --ha` (2 members under Patroni on this machine's 2 cores, "
-             "shared with pgbench and k6; 1-minute load average "
-             f"{result['load_average'][0]} at the start, {result['load_average'][1]} at the end). "
-             "Method: `pgvote/bench/ha_bench.py`."], result, report_path=report_path, json_path=json_path,
-            console=console)
-    return result

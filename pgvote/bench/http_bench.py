@@ -8,14 +8,13 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from rich.console import Console
 
-from pgvote.bench.report import publish, stamp
+from pgvote.bench.report import RATIO_COLUMNS, Section, command_line, run_mode, stamp
 from pgvote.http import ApiClient
 from pgvote.loadtest import DEFAULT_RAMP_VUS
 from pgvote.loadtest.k6 import HttpTarget, run_burst, run_ramp
@@ -23,7 +22,6 @@ from pgvote.loadtest.k6 import HttpTarget, run_burst, run_ramp
 NOOP = "bench_noop_cast_vote"
 NOOP_SQL = (Path(__file__).parent / "sql" / "noop.sql").read_text()
 DROP_NOOP = f"drop function if exists api.{NOOP}(uuid, uuid[], text, uuid)"
-RATIO_COLUMNS = ("ratio", "what", "value", "goal", "met")
 CPU_ORDER = ("k6", "nginx", "postgrest", "pgbouncer", "postgres")
 FULL = {"h1_voters": 4_000, "h1_vus": 200, "h2_voters": 50_000, "h2_vus": 2_500, "ramp_vus": DEFAULT_RAMP_VUS,
         "ramp_time_scale": 0.25}
@@ -68,10 +66,14 @@ def _yes(met: bool) -> str:
     return "yes" if met else "NO"
 
 
-def run_http_bench(stack: Any, *, quick: bool, json_path: Path | None, report_path: Path | None, command: str,
-                   console: Console) -> dict[str, Any]:
-    sizes, progress = QUICK if quick else FULL, stamp(console)
-    load_before = os.getloadavg()[0]
+def bench(stack: Any, args: Any, *, console: Console, **files: Any) -> dict[str, Any]:
+    sizes = QUICK if args.quick else FULL
+    return run_mode("bench --http", lambda: measure(stack, sizes, console), command=command_line("http", args, ()),
+                    console=console, **files)
+
+
+def measure(stack: Any, sizes: dict[str, Any], console: Console) -> tuple[dict[str, Any], Section]:
+    progress = stamp(console)
     nginx = HttpTarget.for_stack(stack)
     direct = HttpTarget(stack.live_replicas()[0].url, stack.admin_url, nginx.servers, stack.bouncer_admin_url)
     runs: dict[str, dict[str, Any]] = {}
@@ -116,8 +118,6 @@ def run_http_bench(stack: Any, *, quick: bool, json_path: Path | None, report_pa
          f"{h3['p95_ms']:,.0f} ms, {h3['error_rate']:.2%}", "the thresholds of k6/ramp.js",
          _yes(not crossed) + (f" ({', '.join(crossed)})" if crossed else "")),
     ]
-    env = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "cpus": os.cpu_count(),
-           "load_before": load_before, "load_after": os.getloadavg()[0]}
     # CPU milliseconds per vote of each run, a column per process (k6, nginx, PostgREST, PgBouncer, PostgreSQL)
     cpu = {name: {n: round(s * 1000 / (r["figures"]["accepted"] or 1), 3) for n, s in r["cpu_seconds"].items()}
            for name, r in runs.items()}
@@ -125,17 +125,13 @@ def run_http_bench(stack: Any, *, quick: bool, json_path: Path | None, report_pa
                    key=lambda n: CPU_ORDER.index(n.split("-")[0]) if n.split("-")[0] in CPU_ORDER else 9)
     cpu_rows = [[run, f"{rate.get(run, ramp['figures']['votes_per_second']):,.0f}",
                  *(f"{per.get(n, 0):.2f}" for n in names)] for run, per in cpu.items()]
-    report: dict[str, Any] = {"command": command, "sizes": sizes, "environment": env, "ratios": ratios,
-                              "values": values, "h2_problems": v2.get("problems", []), "h3": h3, "cpu_ms_per_vote": cpu,
+    report: dict[str, Any] = {"sizes": sizes, "ratios": ratios, "values": values, "h2_problems": v2.get("problems", []), "h3": h3,
+                              "cpu_ms_per_vote": cpu,
                               "runs": {name: {k: v for k, v in r.items() if k != "timeline"} for name, r in runs.items()}}
     smoke = ["", "**Smoke run** (`--quick` sizes on a shared machine): it shows the machinery works end to end, not "
                  "what the path can do; the figures come from a full `pgvote bench --http` on a quiet machine."]
-    publish("bench --http", [("HTTP ratios (same run)", RATIO_COLUMNS, ratios, (2,)),
-                             ("CPU milliseconds per vote, by process", ["run", "votes/s", *names], cpu_rows,
-                              range(1, len(names) + 2))],
-            [f"Command: `{command}`; sizes: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:g}"
-                                                      for k, v in sizes.items())
-             + f". {env['date']}, {env['cpus']} cores, 1-minute load average {env['load_before']:.1f} before, "
-             f"{env['load_after']:.1f} after.", *(smoke if quick else [])],
-            report, report_path=report_path, json_path=json_path, console=console)
-    return report
+    return report, Section(
+        [("HTTP ratios (same run)", RATIO_COLUMNS, ratios, (2,)),
+         ("CPU milliseconds per vote, by process", ["run", "votes/s", *names], cpu_rows, range(1, len(names) + 2))],
+        "; sizes: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:g}" for k, v in sizes.items())
+        + f"; {os.cpu_count()} cores", more=smoke if sizes is QUICK else ())

@@ -3,23 +3,21 @@ docs/benchmarks.md, "How the live figures are made")."""
 from __future__ import annotations
 
 import asyncio
-import math
 import multiprocessing
 import os
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from rich.console import Console
 
-from pgvote.bench.report import publish
+from pgvote.bench.report import Section, command_line, run_mode
 from pgvote.http import ApiClient
 from pgvote.live_client import LiveRefused, LiveSubscriber, Transport
 from pgvote.loadtest.k6 import HttpTarget, run_burst
-from pgvote.loadtest.report import percentile as nearest_rank
+from pgvote.loadtest.report import latency_summary
 from pgvote.loadtest.scenarios import create_poll
 from pgvote.supervisor import raise_nofile_limit
 
@@ -44,12 +42,6 @@ class Fleet:
         self.first.setdefault(seq, now)
         self.last[seq] = now
         self.total_of[seq] = self.latest[watcher] = message["results"]["total_ballots"]
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """The ``q`` (0..1) percentile of seconds, in ms; None when there are none."""
-    ms = nearest_rank(sorted(values), q * 100)
-    return None if math.isnan(ms) else round(1000 * ms, 1)
 
 
 def cast_times(admin_url: str, poll_id: str) -> list[float]:
@@ -120,7 +112,6 @@ def _fleet_process(conn: Connection, port: int, poll_id: str, subscribers: int) 
 def measure(stack: Any, subscribers: int, votes: int, console: Console) -> dict[str, Any]:
     """The four steps of the method (docs/benchmarks.md), and the figures."""
     target = HttpTarget.for_stack(stack)
-    load_before = os.getloadavg()[0]
     console.rule(f"burst without watchers: {votes:,} voters")
     before = run_burst(target, votes, None, console)
     watched = create_poll(target.admin_url)
@@ -150,14 +141,13 @@ def measure(stack: Any, subscribers: int, votes: int, console: Console) -> dict[
     after = run_burst(target, votes, None, console)
     without_vps = (before["figures"]["votes_per_second"] + after["figures"]["votes_per_second"]) / 2
     return {
-        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "subscribers_wanted": subscribers, "subscribers_held": held,
         "connect_failures": failures, "connect_seconds": round(connect_seconds, 1),
         "final_total": final, "final_received_by": sum(t == final for t in fleet.latest.values()),
         "messages_delivered": fleet.delivered, "messages_per_second": fleet.delivered / max(1e-3, delivery_seconds),
         "messages_timed": len(last),
-        **{f"latency_{name}_p{q}_ms": percentile(values, q / 100)
-           for name, values in (("published", published), ("first", first), ("last", last)) for q in (50, 95)},
+        "latency": {name: latency_summary(values) for name, values in (("published", published), ("first", first),
+                                                                        ("last", last))},
         "without_before": before, "with": with_watchers, "without_after": after,
         "votes_per_second": {"without": without_vps, "with": with_watchers["figures"]["votes_per_second"],
                              "without_before": before["figures"]["votes_per_second"],
@@ -170,7 +160,7 @@ def measure(stack: Any, subscribers: int, votes: int, console: Console) -> dict[
 
 
 def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
-    vps, cpu = r["votes_per_second"], r["cpu_ms_per_vote"]
+    vps, cpu, lat = r["votes_per_second"], r["cpu_ms_per_vote"], r["latency"]
     return [
         ("watchers held on one poll (half EventSource, half WebSocket)",
          (f"{r['subscribers_held']:,} of {r['subscribers_wanted']:,} (connected in {r['connect_seconds']} s"
@@ -178,11 +168,11 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("watchers that received the exact final total", f"{r['final_received_by']:,}"),
         ("messages delivered per second during the burst", f"{r['messages_per_second']:,.0f}"),
         ("update latency, ballot cast → published, p50 / p95",
-         f"{r['latency_published_p50_ms']} / {r['latency_published_p95_ms']} ms"),
+         f"{lat['published']['p50_ms']:.1f} / {lat['published']['p95_ms']:.1f} ms"),
         ("update latency, ballot cast → first watcher, p50 / p95",
-         f"{r['latency_first_p50_ms']} / {r['latency_first_p95_ms']} ms ({r['messages_timed']} messages)"),
+         f"{lat['first']['p50_ms']:.1f} / {lat['first']['p95_ms']:.1f} ms ({r['messages_timed']} messages)"),
         ("update latency, ballot cast → last watcher, p50 / p95",
-         f"{r['latency_last_p50_ms']} / {r['latency_last_p95_ms']} ms"),
+         f"{lat['last']['p50_ms']:.1f} / {lat['last']['p95_ms']:.1f} ms"),
         ("votes/s through nginx without (before, after) / with the watchers",
          (f"{vps['without']:,.0f} ({vps['without_before']:,.0f}, {vps['without_after']:,.0f}) / {vps['with']:,.0f} "
           f"({r['with']['voters']:,} voters each burst, exactly once: {'yes' if r['exactly_once'] else 'NO'})")),
@@ -191,13 +181,13 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def run_live_bench(stack: Any, *, subscribers: int, votes: int, report_path: Path | None, json_path: Path | None,
-                   command: str, console: Console) -> dict[str, Any]:
-    r = measure(stack, subscribers, votes, console)
-    publish("bench --live", [("live results under the vote burst", ("figure", "value"), rows(r), (1,))],
-            ["## Live results (`pgvote bench --live`)", "",
-             f"Command: `{command}` on the local stack ({os.cpu_count()} cores, shared with the drivers: k6 for the "
-             "votes, one asyncio process for the watchers; 1-minute load average "
-             f"{r['load_average'][0]} at the start, {r['load_average'][1]} at the end). Method: the section below."],
-            r, report_path=report_path, json_path=json_path, console=console)
-    return r
+def bench(stack: Any, args: Any, *, console: Console, **files: Any) -> dict[str, Any]:
+    def measured() -> tuple[dict[str, Any], Section]:
+        r = measure(stack, args.subscribers, args.votes, console)
+        return r, Section([("live results under the vote burst", ("figure", "value"), rows(r), (1,))],
+                          f" on the local stack ({os.cpu_count()} cores, shared with the drivers: k6 for the votes, "
+                          "one asyncio process for the watchers)", "## Live results (`pgvote bench --live`)",
+                          ["", "Method: the section below."])
+
+    return run_mode("bench --live", measured, command=command_line("live", args, ("subscribers", "votes")), console=console,
+                    **files)

@@ -1,15 +1,17 @@
 """``pgvote bench [--quick]`` (``run_bench``: every scenario in one invocation, then the report), and how
 every ``pgvote bench`` mode presents its run: terminal tables, JSON, the
-command's markdown section of docs/benchmarks.md (``publish``), the alternating A/B rounds behind the
+command's markdown section of docs/benchmarks.md (``run_mode``), the alternating A/B rounds behind the
 same-run ratios (``alternate``), and the PNG chart of votes/s against clients."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +29,15 @@ T = TypeVar("T")
 Table = tuple[str, Sequence[str], Sequence[Sequence[str]], Sequence[int]]
 RATIO_COLUMNS = ("ratio", "what", "value", "goal", "met")
 SCENARIO_COLUMNS = ("scenario", "path", "clients", "votes/s", "p50 ms", "p95 ms", "p99 ms", "lock waits seen (samples)")
+
+#: ``pgvote bench --<mode>``: the module whose ``bench(stack, args, ...)`` runs it, and the stack it needs (module,
+#: class, how to start it)
+BENCH_MODES: dict[str, tuple[str, tuple[str, str, str] | None]] = {
+    "http": ("pgvote.bench.http_bench", None),
+    "router": ("pgvote.bench.router", ("pgvote.shards", "ShardedStack", "a sharded stack: `pgvote up --shards N` first")),
+    "ha": ("pgvote.bench.ha_bench", ("pgvote.ha", "HaStack", "the HA stack: start it with `pgvote up --ha`")),
+    "live": ("pgvote.bench.live", None),
+}
 
 
 def stamp(console: Console) -> Callable[[str], None]:
@@ -49,26 +60,52 @@ def median_ratio(values: dict[str, list[float]], numerator: str, denominator: st
     return round(statistics.median(values[numerator]) / statistics.median(values[denominator]), 3)
 
 
-def publish(mode: str, tables_: Sequence[Table], intro: Sequence[str], result: Any, *, report_path: Path | None,
-            json_path: Path | None, console: Console, outro: Sequence[str] = ()) -> None:
-    """Print the tables; write ``result`` as JSON to ``json_path`` and, to ``report_path``, the section of
-    ``pgvote <mode>`` (its markers ``<!-- pgvote <mode>: start/end -->``): ``intro``, the tables, ``outro``."""
-    for title, columns, rows, right in tables_:
+@dataclass(frozen=True)
+class Section:
+    """What a benchmark run shows: its tables, where and how it ran (after its command line, from its own
+    separator: "; sizes ...", " on the HA stack ..."), its ``## ...`` heading if any, lines after the tables."""
+
+    tables: Sequence[Table]
+    setting: str
+    heading: str = ""
+    more: Sequence[str] = ()
+
+
+def command_line(mode: str, args: Any, options: Sequence[str]) -> str:
+    """``pgvote bench --<mode>`` with the ``options`` that change what it measures, as given."""
+    given = [f"--{o} {v:g}" if isinstance(v, float) else f"--{o} {v}" for o in options
+             if (v := getattr(args, o, None)) not in (None, False, True)]
+    return " ".join(["pgvote bench", f"--{mode}", *given, *(["--quick"] if getattr(args, "quick", False) else [])])
+
+
+def run_mode(name: str, measure: Callable[[], tuple[dict[str, Any], Section]], *, command: str,
+             report_path: Path | None, json_path: Path | None, console: Console) -> dict[str, Any]:
+    """The one shape of every benchmark (``pgvote bench`` and its modes, the partition benchmark): ``measure()``
+    (its figures and their section); the command, the date and the 1-minute load average before and after it
+    added to the figures; the tables printed, the figures written as JSON to ``json_path`` and, to
+    ``report_path``, the section ``pgvote <name>`` (between its markers ``<!-- pgvote <name>: start/end -->``)."""
+    before = os.getloadavg()[0]
+    result, s = measure()
+    load = result["load_average"] = [round(before, 1), round(os.getloadavg()[0], 1)]
+    result |= {"command": command, "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
+    for title, columns, rows, right in s.tables:
         console.print(tables.table(title, columns, rows, right))
     if json_path:
         json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
         console.print(f"JSON: {json_path}")
     if report_path:
-        lines = [f"<!-- pgvote {mode}: start -->", *intro]
-        for title, columns, rows, right in tables_:
-            lines += ["", *([f"{title}:", ""] if len(tables_) > 1 else []), *tables.markdown(columns, rows, right)]
-        tables.write_section(report_path, "\n".join([*lines, *outro, "", f"<!-- pgvote {mode}: end -->"]),
-                             f"<!-- pgvote {mode}: start -->", f"<!-- pgvote {mode}: end -->")
+        start, end = f"<!-- pgvote {name}: start -->", f"<!-- pgvote {name}: end -->"
+        lines = [start, *([s.heading, ""] if s.heading else []), f"Command: `{command}`, {result['date']}{s.setting}; "
+                 f"1-minute load average {load[0]} at the start, {load[1]} at the end."]
+        for title, columns, rows, right in s.tables:
+            lines += ["", *([f"{title}:", ""] if len(s.tables) > 1 else []), *tables.markdown(columns, rows, right)]
+        tables.write_section(report_path, "\n".join([*lines, *s.more, "", end]), start, end)
         console.print(f"report: {report_path}")
+    return result
 
 
-def as_json(results: Results, server_version: str, command: str) -> dict[str, Any]:
-    return {"machine": machine(), "server": server_version, "command": command,
+def as_json(results: Results, server_version: str) -> dict[str, Any]:
+    return {"machine": machine(), "server": server_version,
             "seconds_per_run": results.seconds_per_run,
             "measured": {k: asdict(m) for k, m in results.measured.items()},
             "ratios": [{**asdict(r), "met": r.met} for r in results.ratios],
@@ -128,31 +165,34 @@ QUICK_SECONDS, FULL_SECONDS = 3.0, 15.0
 def run_bench(admin_url: str, bouncer_url: str, *, quick: bool, seconds: float | None, json_path: Path | None,
               chart_path: Path | None, report_path: Path | None, command: str, console: Console) -> Results:
     per_run, progress = seconds or (QUICK_SECONDS if quick else FULL_SECONDS), stamp(console)
+    done: list[Results] = []  # what measure() ran, for the chart
 
-    with psycopg.connect(admin_url) as conn:
-        server_version = str(conn.execute("select version()").fetchone()[0]).split(" on ")[0]  # type: ignore[index]
-    with bench_database(admin_url, bouncer_url, HOT_POLL_BALLOTS, SPREAD_POLLS, progress) as db:
-        results = run_all(db, per_run, progress, quick=quick)
-    progress("done; the bench database is dropped")
+    def measure() -> tuple[dict[str, Any], Section]:
+        with psycopg.connect(admin_url) as conn:
+            server = str(conn.execute("select version()").fetchone()[0]).split(" on ")[0]  # type: ignore[index]
+        with bench_database(admin_url, bouncer_url, HOT_POLL_BALLOTS, SPREAD_POLLS, progress) as db:
+            results = run_all(db, per_run, progress, quick=quick)
+        progress("done; the bench database is dropped")
+        done.append(results)
+        m = machine()
+        locks = ["", "Locks held at the end of one call (one transaction, rolled back):", ""]
+        for call, held in results.locks_per_call.items():
+            relations = sorted({rel for kind, rel, _ in held if kind == "relation"})
+            locks += [f"- {call}: {len(held)} locks — " + "; ".join(f"{k} {r} {mode}".replace("  ", " ")
+                                                                 for k, r, mode in held),
+                      f"  (relations: {', '.join(relations)})"]
+        return as_json(results, server), Section(
+            [("Ratios", RATIO_COLUMNS, ratio_rows(results), (2, 3)),
+             ("Scenarios (same run)", SCENARIO_COLUMNS, scenario_rows(results), range(2, 7))],
+            f"; {m['cpu']}, {m['memory']}, {m['os']}; {server}; {m['pgbouncer']}; {m['pgbench']}; "
+            f"{results.seconds_per_run:g} s per scenario, the load generator (pgbench) on the same 2 cores",
+            "## Throughput (`pgvote bench`)", [*locks, "", "![votes/s against clients](benchmarks.png)"])
 
-    mach = machine()
-    locks = ["", "Locks held at the end of one call (one transaction, rolled back):", ""]
-    for call, held in results.locks_per_call.items():
-        relations = sorted({rel for kind, rel, _ in held if kind == "relation"})
-        locks.append(f"- {call}: {len(held)} locks — " + "; ".join(f"{k} {r} {m}".replace("  ", " ") for k, r, m in held))
-        locks.append(f"  (relations: {', '.join(relations)})")
-    publish("bench", [("Ratios", RATIO_COLUMNS, ratio_rows(results), (2, 3)),
-                      ("Scenarios (same run)", SCENARIO_COLUMNS, scenario_rows(results), range(2, 7))],
-            ["## Throughput (`pgvote bench`)", "",
-             f"Machine: {mach['cpu']}, {mach['memory']}, {mach['os']}; {server_version}; {mach['pgbouncer']}; "
-             f"{mach['pgbench']}. Run {mach['date']}, {results.seconds_per_run:g} s per scenario, "
-             f"the load generator (pgbench) on the same 2 cores.", "", f"Command: `{command}`"],
-            as_json(results, server_version, command), report_path=report_path, json_path=json_path,
-            console=console, outro=[*locks, "", "![votes/s against clients](benchmarks.png)"])
+    run_mode("bench", measure, command=command, report_path=report_path, json_path=json_path, console=console)
     if chart_path:
-        write_chart(results, chart_path)
+        write_chart(done[0], chart_path)
         console.print(f"chart: {chart_path}")
-    return results
+    return done[0]
 
 
 DEFAULT_REPORT = PROJECT_ROOT / "docs" / "benchmarks.md"

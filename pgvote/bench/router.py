@@ -23,7 +23,7 @@ import psycopg
 from rich.console import Console
 
 from pgvote.bench import pgbench
-from pgvote.bench.report import alternate, publish
+from pgvote.bench.report import Section, alternate, command_line, run_mode
 from pgvote.loadtest.report import machine
 from pgvote.loadtest.scenarios import create_poll
 from pgvote.loadtest.servers import cluster_ticks
@@ -33,6 +33,7 @@ from pgvote.shards import ShardedStack, configure_router, share_voter_key_secret
 
 DATABASE = "pgvote_router_bench"
 BATCH = 500
+SECONDS, QUICK_SECONDS, ROUNDS = 10.0, 4.0, 2  # pgbench seconds per run, alternating rounds
 
 POLL = """
 create schema bench;
@@ -53,9 +54,14 @@ def cluster_cpu_seconds(data_dir: Path) -> float:
     return cluster_ticks(int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_router_bench(stack: ShardedStack, *, seconds: float, clients: int, rounds: int,
-                     report_path: Path | None, command: str, console: Console) -> dict[str, Any]:
-    load_before = os.getloadavg()[0]
+def bench(stack: ShardedStack, args: Any, *, console: Console, **files: Any) -> dict[str, Any]:
+    args.seconds = args.seconds or (QUICK_SECONDS if args.quick else SECONDS)
+    return run_mode("bench --router", lambda: measure(stack, args.seconds, args.clients, ROUNDS, console),
+                    command=command_line("router", args, ("clients", "seconds")), console=console, **files)
+
+
+def measure(stack: ShardedStack, seconds: float, clients: int, rounds: int,
+            console: Console) -> tuple[dict[str, Any], Section]:
     shard = stack.shards[0]
     with scratch_database(stack.admin_url, name=DATABASE) as router_url, \
             scratch_database(shard.admin_url, name=DATABASE) as shard_url:
@@ -82,20 +88,17 @@ def run_router_bench(stack: ShardedStack, *, seconds: float, clients: int, round
             results[name] = {side: Side(*(statistics.median(getattr(s, f) for s in sides)
                                           for f in Side.__dataclass_fields__))
                              for side, sides in runs.items()}
-    figures: dict[str, Any] = {"machine": machine(), "command": command, "clients": clients, "seconds": seconds, "rounds": rounds,
-               "load": [load_before, os.getloadavg()[0]],
-               "scenarios": {name: {side: s.__dict__ for side, s in sides.items()} | {
-                   "ratio": sides["router"].votes_per_s / sides["direct"].votes_per_s}
-                   for name, sides in results.items()}}
+    figures: dict[str, Any] = {
+        "machine": machine(), "clients": clients, "seconds": seconds, "rounds": rounds,
+        "scenarios": {name: {side: s.__dict__ for side, s in sides.items()}
+                      | {"ratio": sides["router"].votes_per_s / sides["direct"].votes_per_s}
+                      for name, sides in results.items()}}
     m = figures["machine"]
-    publish("bench --router", [(f"router overhead, {clients} clients, median of {rounds} rounds", COLUMNS,
-                                _rows(figures), range(2, 7))],
-            ["", f"`{command}`, {m['date']}, {m['cpu']}, {m['memory']}; {clients} pgbench clients, {seconds:.0f} s "
-             f"per run, median of {rounds} alternating rounds; router and shard-0 on this machine, load average "
-             f"{figures['load'][0]:.1f} before, {figures['load'][1]:.1f} after (the machine is shared: the ratio "
-             "moves with the load, the CPU per ballot much less)."], figures, report_path=report_path,
-            json_path=None, console=console)
-    return figures
+    return figures, Section(
+        [(f"router overhead, {clients} clients, median of {rounds} rounds", COLUMNS, _rows(figures), range(2, 7))],
+        f"; {m['cpu']}, {m['memory']}; {clients} pgbench clients, {seconds:.0f} s per run, median of "
+        f"{rounds} alternating rounds; router and shard-0 on this machine (shared: the ratio moves with the load, "
+        "the CPU per ballot much less)")
 
 
 def _measure(stack: ShardedStack, url: str, script: str, variables: dict[str, str], ballots: int, clients: int,

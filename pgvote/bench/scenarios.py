@@ -29,6 +29,7 @@ BENCH_DATABASE = "pgvote_bench"
 HOT_POLL_BALLOTS = 1_000_000
 SPREAD_POLLS = 10_000
 SQL = Path(__file__).parent / "sql"
+LOCK_WAITS_SQL, LOCKS_HELD_SQL = ((SQL / f"{name}.sql").read_text() for name in ("lock_waits", "locks_held"))
 
 
 def with_database(url: str, database: str, user: str | None = None) -> str:
@@ -75,10 +76,7 @@ class LockWaitSampler:
         self._stack = ExitStack()
 
     def _sample(self, conn: psycopg.Connection) -> None:
-        for locktype, relation, query in conn.execute(
-                """select l.locktype, coalesce(l.relation::regclass::text, ''), a.query
-                   from pg_locks l join pg_stat_activity a on a.pid = l.pid
-                   where not l.granted and a.datname = current_database()""").fetchall():
+        for locktype, relation, query in conn.execute(LOCK_WAITS_SQL).fetchall():
             self.seen[(locktype, relation, query[:40])] += 1
         self.samples += 1
 
@@ -101,12 +99,7 @@ def locks_held_by_one_call(conn: psycopg.Connection, sql: str, params: tuple[obj
     """Run one call in a transaction that is rolled back, and list the locks it held."""
     with conn.transaction(force_rollback=True):
         conn.execute(sql, params)
-        rows = conn.execute(
-            """select locktype, coalesce(relation::regclass::text, ''), mode from pg_locks
-               where pid = pg_backend_pid() and locktype <> 'virtualxid'
-                 and coalesce(relation::regclass::text, '') <> 'pg_locks'
-               order by 1, 2, 3"""
-        ).fetchall()
+        rows = conn.execute(LOCKS_HELD_SQL).fetchall()
     return [(str(a), str(b), str(c)) for a, b, c in rows]
 
 

@@ -5,6 +5,7 @@ is made and measured: docs/benchmarks.md."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -14,7 +15,7 @@ from typing import Any
 from rich.console import Console
 
 from pgvote.loadtest.k6 import HttpTarget, run_burst, run_ramp
-from pgvote.loadtest.report import checks, environment, print_report, timeline_panels, write_chart, write_json
+from pgvote.loadtest.report import checks, environment, print_report, timeline_panels, write_chart
 from pgvote.loadtest.scenarios import run_bare, run_bulk_scenario, run_single
 from pgvote.loadtest.servers import local_ports, server_ports
 
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace, stack: Any | None, console: Console) -> int:
     report = run_loadtest(config_from_args(args, stack), console, quiet=args.quiet)
     print_report(report, console)
     if args.json:
-        write_json(report, Path(args.json))
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
         console.print(f"report written to {args.json}")
     if args.chart:
         write_chart(Path(args.chart), timeline_panels(report))

@@ -3,7 +3,6 @@ percentiles and a timeline; the live progress of k6; pass/fail against the targe
 scenario, JSON, and the PNG chart (the ``chart`` extra)."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -252,9 +251,6 @@ def print_report(report: dict[str, Any], console: Console) -> None:
 def _counts(d: dict[str, int]) -> str:
     return ", ".join(f"{k}: {n:,}" for k, n in sorted(d.items(), key=lambda kv: -kv[1]))
 
-
-def write_json(report: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(report, indent=2, default=str, allow_nan=True) + "\n")
 
 #: One panel of a chart: title, x label, log x, left-axis (label, ylabel), {series: (xs, ys)}, and the same for a
 #: right axis (or None).

@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 OPTIONS = ("PostgreSQL", "PgBouncer", "PostgREST", "psycopg")
 MAX_CHOICES = 2
 SCHEMA = "pgvote_loadtest"
-SETUP_SQL = (Path(__file__).parent / "sql" / "scratch.sql").read_text()
-VERIFY_SQL = (Path(__file__).parent / "sql" / "verify.sql").read_text()
+SETUP_SQL, STORED_SQL, VERIFY_SQL = ((Path(__file__).parent / "sql" / f"{name}.sql").read_text()
+                                     for name in ("scratch", "scratch_stored", "verify"))
 
 
 @dataclass(frozen=True)
@@ -343,11 +343,7 @@ def bare_script(directory: Path) -> Path:
 def stored_in_scratch(admin_url: str, poll_id: str, fingerprints: list[str]) -> tuple[int, int]:
     """(ballots stored for the poll, how many of ``fingerprints`` have one)."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        row = conn.execute(
-            "select (select count(*) from pgvote_loadtest.ballots where poll_id = %(poll)s), "
-            "(select count(*) from pgvote_loadtest.ballots b join unnest(%(fps)s::text[]) f "
-            " on b.voter_key = sha256(convert_to('fp:' || f, 'UTF8')) where b.poll_id = %(poll)s)",
-            {"poll": poll_id, "fps": fingerprints}).fetchone()
+        row = conn.execute(STORED_SQL, {"poll": poll_id, "fps": fingerprints}).fetchone()
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
