@@ -59,14 +59,18 @@ def _options_of(module: str, function: str) -> Configure:
     return lambda p: getattr(importlib.import_module(module), function)(p)
 
 
-def _stack(args: argparse.Namespace) -> Stack:
+def _stack(args: argparse.Namespace, profile_flags: bool = True) -> Stack:
+    """The stack of --state-dir; `up --ha` / `--shards N` choose its profile (profile_flags), else the
+    state dir's remembered one does."""
     state_dir = Path(args.state_dir) if args.state_dir else None
+    if not profile_flags:
+        return make_stack(state_dir=state_dir)
     return make_stack(state_dir=state_dir, ha=getattr(args, "ha", False), shards=getattr(args, "shards", None))
 
 
-def _local_stack(args: argparse.Namespace) -> LocalStack:
+def _local_stack(args: argparse.Namespace, profile_flags: bool = True) -> LocalStack:
     """The local stack: what the HTTP tools (demo, token, bench) need beyond the common interface."""
-    stack = _stack(args)
+    stack = _stack(args, profile_flags)
     if not isinstance(stack, LocalStack):
         raise StackError(f"this command needs the local stack (PGVOTE_BACKEND=local), not {stack.backend}")
     return stack
@@ -273,7 +277,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from pgvote.bench.report import BENCH_MODES, DEFAULT_CHART, DEFAULT_REPORT, run_bench
 
-    stack = _local_stack(args)
+    stack = _local_stack(args, profile_flags=False)  # bench --ha names a benchmark: the state dir says what runs
     require_running(stack)
     files: dict[str, Any] = {"report_path": None if args.no_report else (args.report or DEFAULT_REPORT),
                              "json_path": args.json, "console": out}
