@@ -93,6 +93,16 @@ def test_token_prints_only_a_jwt_postgrest_accepts(stack: LocalStack) -> None:
     assert as_anon.status == 401, as_anon.body  # anon may not create polls
 
 
+@pytest.mark.parametrize(("mode", "start"), [("ha", "`pgvote up --ha`"), ("router", "`pgvote up --shards N`")])
+def test_a_bench_mode_on_the_plain_stack_names_the_stack_it_needs(stack: LocalStack, mode: str, start: str) -> None:
+    # --ha here picks a benchmark, not the profile: read as the profile it would probe an HA cluster that is not
+    # there and end in a connection error instead of saying which stack to start
+    done = pgvote_cli(stack, "bench", f"--{mode}", "--quick", "--no-report")
+    assert done.returncode == 1 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: bench --{mode} needs ") and start in lines[0]
+
+
 def test_the_supervisor_restarts_a_killed_replica_nginx_and_pgbouncer(private_stack: LocalStack) -> None:
     api = ApiClient(private_stack.http_url, private_stack.jwt_secret)
     for name in ("postgrest-blue-1", "nginx", "pgbouncer"):
