@@ -30,7 +30,7 @@ from partitions.cli import call
 from pgvote.bench.pgbench import Outcome, Run, Transaction, execute
 from pgvote.bench.report import Section, run_mode
 from pgvote.database_url import database_url
-from pgvote.loadtest.report import machine, percentile
+from pgvote.loadtest.report import percentile
 from pgvote.loadtest.scenarios import create_poll
 from pgvote.paths import PROJECT_ROOT
 
@@ -151,8 +151,7 @@ def measure(args: argparse.Namespace, console: Console) -> tuple[dict[str, Any],
                  f"{result['copy_seconds']:.1f} s ({result['batches']} batches)",
                  f"{result['lock_wait_ms']:.1f} + {result['held_ms']:.1f} ms", f"{wait:.0f} ms", f"{calls:,}",
                  str(failed), "healthy" if healthy else "PROBLEMS")
-    mach = machine()
-    figures = {"machine": mach, "server": one(conn, "show server_version"), "partition": source, "rows": rows,
+    figures = {"server": one(conn, "show server_version"), "partition": source, "rows": rows,
                "clients": args.clients, "batch_size": args.batch_size, "split": {**result, "writer_wait_ms": wait},
                "windows": windows, "transactions": calls, "pgbench_aborted_clients": failed,
                "pgbench_errors": list(outcome.aborted.values())[:5] if outcome else [], "verify_healthy": healthy}
@@ -162,7 +161,7 @@ def measure(args: argparse.Namespace, console: Console) -> tuple[dict[str, Any],
         *([("cast_vote in the same run (votes/s: transactions ending in the window ÷ its length)",
             ("window", "seconds", "votes/s", "hot polls", "cold polls", "p99 ms", "max ms", "hot p99 ms",
              "hot max ms"), windows, range(1, 9))] if windows else [])],
-        f"; {mach['cpu']}, {mach['memory']}, PostgreSQL {figures['server']}; {args.clients} pgbench clients, "
+        f"; PostgreSQL {figures['server']}; {args.clients} pgbench clients, "
         f"batches of {args.batch_size:,}")
 
 

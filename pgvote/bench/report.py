@@ -81,12 +81,13 @@ def command_line(mode: str, args: Any, options: Sequence[str]) -> str:
 def run_mode(name: str, measure: Callable[[], tuple[dict[str, Any], Section]], *, command: str,
              report_path: Path | None, json_path: Path | None, console: Console) -> dict[str, Any]:
     """The one shape of every benchmark (``pgvote bench`` and its modes, the partition benchmark): ``measure()``
-    (its figures and their section); the command, the date and the 1-minute load average before and after it
-    added to the figures; the tables printed, the figures written as JSON to ``json_path`` and, to
+    (its figures and their section); the machine, the command, the date and the 1-minute load average before
+    and after it added to the figures; the tables printed, the figures written as JSON to ``json_path`` and, to
     ``report_path``, the section ``pgvote <name>`` (between its markers ``<!-- pgvote <name>: start/end -->``)."""
     before = os.getloadavg()[0]
     result, s = measure()
     load = result["load_average"] = [round(before, 1), round(os.getloadavg()[0], 1)]
+    m = result.setdefault("machine", machine())
     result |= {"command": command, "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
     for title, columns, rows, right in s.tables:
         console.print(tables.table(title, columns, rows, right))
@@ -95,7 +96,8 @@ def run_mode(name: str, measure: Callable[[], tuple[dict[str, Any], Section]], *
         console.print(f"JSON: {json_path}")
     if report_path:
         start, end = f"<!-- pgvote {name}: start -->", f"<!-- pgvote {name}: end -->"
-        lines = [start, *([s.heading, ""] if s.heading else []), f"Command: `{command}`, {result['date']}{s.setting}; "
+        lines = [start, *([s.heading, ""] if s.heading else []),
+                 f"Command: `{command}`, {result['date']}, {m['cpu']}, {m['memory']}{s.setting}; "
                  f"1-minute load average {load[0]} at the start, {load[1]} at the end."]
         for title, columns, rows, right in s.tables:
             lines += ["", *([f"{title}:", ""] if len(s.tables) > 1 else []), *tables.markdown(columns, rows, right)]
@@ -174,7 +176,7 @@ def run_bench(admin_url: str, bouncer_url: str, *, quick: bool, seconds: float |
             results = run_all(db, per_run, progress, quick=quick)
         progress("done; the bench database is dropped")
         done.append(results)
-        m = machine()
+        m = machine()  # the tools' versions in the setting too: the ratios depend on them
         locks = ["", "Locks held at the end of one call (one transaction, rolled back):", ""]
         for call, held in results.locks_per_call.items():
             relations = sorted({rel for kind, rel, _ in held if kind == "relation"})
@@ -184,7 +186,7 @@ def run_bench(admin_url: str, bouncer_url: str, *, quick: bool, seconds: float |
         return as_json(results, server), Section(
             [("Ratios", RATIO_COLUMNS, ratio_rows(results), (2, 3)),
              ("Scenarios (same run)", SCENARIO_COLUMNS, scenario_rows(results), range(2, 7))],
-            f"; {m['cpu']}, {m['memory']}, {m['os']}; {server}; {m['pgbouncer']}; {m['pgbench']}; "
+            f", {m['os']}; {server}; {m['pgbouncer']}; {m['pgbench']}; "
             f"{results.seconds_per_run:g} s per scenario, the load generator (pgbench) on the same 2 cores",
             "## Throughput (`pgvote bench`)", [*locks, "", "![votes/s against clients](benchmarks.png)"])
 

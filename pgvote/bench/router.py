@@ -24,7 +24,6 @@ from rich.console import Console
 
 from pgvote.bench import pgbench
 from pgvote.bench.report import Section, alternate, command_line, run_mode
-from pgvote.loadtest.report import machine
 from pgvote.loadtest.scenarios import create_poll
 from pgvote.loadtest.servers import cluster_ticks
 from pgvote.migrate import upgrade
@@ -89,14 +88,13 @@ def measure(stack: ShardedStack, seconds: float, clients: int, rounds: int,
                                           for f in Side.__dataclass_fields__))
                              for side, sides in runs.items()}
     figures: dict[str, Any] = {
-        "machine": machine(), "clients": clients, "seconds": seconds, "rounds": rounds,
+        "clients": clients, "seconds": seconds, "rounds": rounds,
         "scenarios": {name: {side: s.__dict__ for side, s in sides.items()}
                       | {"ratio": sides["router"].votes_per_s / sides["direct"].votes_per_s}
                       for name, sides in results.items()}}
-    m = figures["machine"]
     return figures, Section(
         [(f"router overhead, {clients} clients, median of {rounds} rounds", COLUMNS, _rows(figures), range(2, 7))],
-        f"; {m['cpu']}, {m['memory']}; {clients} pgbench clients, {seconds:.0f} s per run, median of "
+        f"; {clients} pgbench clients, {seconds:.0f} s per run, median of "
         f"{rounds} alternating rounds; router and shard-0 on this machine (shared: the ratio moves with the load, "
         "the CPU per ballot much less)")
 
