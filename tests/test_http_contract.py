@@ -586,6 +586,18 @@ def test_a_large_body_limited_by_nginx_still_gets_the_json_429(api) -> None:
         assert_json_error(r, 429, "rate_limited")
 
 
+def test_a_bad_token_with_a_large_batch_gets_its_401_not_a_502(api) -> None:
+    """PostgREST answers a bad token before it reads the body and closes with the body unread, so the
+    connection is reset and the reset can overtake the 401 (docs/postgrest.md). nginx sends such a batch
+    round the replicas again until one answers: every call gets PostgREST's own 401, never nginx's 502."""
+    batch = {"ballots": [{"poll_id": str(uuid.uuid4()), "option_ids": [], "voter_id": "v" * 200}] * 1000}  # ~280 KB
+    forged = jwt.sign("not-the-secret-" * 4, {"role": "ingest", "sub": "edge"})
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: api.rpc("cast_votes", batch, token=forged, source_ip=random_loopback_address()),
+                                range(120)))
+    assert Counter((r.status, r.body.get("code")) for r in answers) == {(401, "PGRST301"): 120}
+
+
 @contextlib.contextmanager
 def frozen_supervisor(stack: LocalStack) -> Iterator[None]:
     """SIGSTOP the stack's supervisor: components killed meanwhile stay dead until it resumes."""
