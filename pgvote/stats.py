@@ -45,8 +45,7 @@ def collect_bouncer(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """SHOW POOLS / STATS / DATABASES of the admin console (simple query protocol, no prepare)."""
     out = {}
     for key in ("pools", "stats", "databases"):
-        cur = conn.cursor(binary=False)
-        cur.execute(f"SHOW {key}", prepare=False)
+        cur = conn.cursor(binary=False).execute(f"SHOW {key}", prepare=False)
         names = [d.name for d in cur.description or []]
         # PgBouncer types its counters numeric: plain numbers for JSON and arithmetic
         rows = [{n: (int(v) if v == v.to_integral_value() else float(v)) if isinstance(v, decimal.Decimal) else v
@@ -97,12 +96,9 @@ def rates(previous: dict[str, Any] | None, current: dict[str, Any], seconds: flo
     commits, rollbacks = delta("rollback_rate", "xact_commit"), delta("rollback_rate", "xact_rollback")
     out: dict[str, float | None] = {
         "ballots_inserted_per_s": delta("vote_rate", "ballots_inserted_total"),
-        "ballots_updated_per_s": delta("vote_rate", "ballots_updated_total"),
-        "commits_per_s": commits,
-        "rollbacks_per_s": rollbacks,
-        "rollback_ratio": (rollbacks / (commits + rollbacks)) if commits is not None and rollbacks is not None
-        and commits + rollbacks > 0 else None,
-    }
+        "ballots_updated_per_s": delta("vote_rate", "ballots_updated_total"), "commits_per_s": commits,
+        "rollbacks_per_s": rollbacks, "rollback_ratio": rollbacks / (commits + rollbacks)
+        if commits is not None and rollbacks is not None and commits + rollbacks > 0 else None}
     bouncer_prev = {r["database"]: r for r in ((previous or {}).get("pgbouncer") or {}).get("stats", [])}
     for row in (current.get("pgbouncer") or {}).get("stats", []):
         before = bouncer_prev.get(row["database"])
@@ -112,13 +108,9 @@ def rates(previous: dict[str, Any] | None, current: dict[str, Any], seconds: flo
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
+    if value is None or isinstance(value, bool):
+        return {None: "-", True: "yes", False: "no"}[value]
+    return f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
 
 
 #: The dashboard's key-value panels: title -> (label, where the value is: "view.column" of the sample's

@@ -11,6 +11,7 @@ The ballots of a run: voter n's fingerprint is ``lt-<tag>-<n>`` and its option s
 ballot with what that voter cast, not only count rows."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -90,7 +91,7 @@ def create_poll(admin_url: str, tag: str | None = None, options: tuple[str, ...]
     """A single-ballot poll open to anonymous voters, created by ``api.create_poll`` as a signed-in creator
     would call it (role and JWT claims set as PostgREST sets them); ``tag``, unique per run unless given,
     makes the voters' fingerprints unique."""
-    tag = tag or new_tag()
+    tag = tag or uuid.uuid4().hex[:10]
     claims = json.dumps({"role": "authenticated", "sub": f"loadtest-creator-{tag}"})
     with psycopg.connect(admin_url, autocommit=True) as conn, conn.transaction():
         conn.execute("select set_config('role', 'authenticated', true), "
@@ -103,25 +104,16 @@ def create_poll(admin_url: str, tag: str | None = None, options: tuple[str, ...]
     return BallotSpec(created["poll_id"], tuple(created["option_ids"]), tag, max_choices)
 
 
-def poll_results(admin: psycopg.Connection[Any], poll_id: str) -> dict[str, Any] | None:
-    """``api.poll_results`` as an anonymous reader calls it (straight from the database: an HTTP cache
-    in front may serve a result up to a second old); None when the poll does not exist."""
-    try:
-        with admin.transaction():
-            admin.execute("select set_config('role', 'anon', true)")
-            row = admin.execute("select api.poll_results(%s)", (poll_id,)).fetchone()
-    except psycopg.Error:  # poll_not_found (SQLSTATE PGRST): the transaction is rolled back
-        return None
-    return row[0] if row else None
-
-
 def verify_poll(admin_url: str, poll_id: str, acknowledged: Mapping[str, Sequence[str]],
                 attempted: Sequence[str] = ()) -> dict[str, Any]:
     """``acknowledged``: identity -> option ids that voter cast and got a 200 for; ``attempted``: other
     identities the run tried (not acknowledged: their ballot may or may not be stored). The counts of
     sql/verify.sql, its ``problems`` and ``exactly_once`` (no problem)."""
     with psycopg.connect(admin_url, autocommit=True) as admin:
-        results = poll_results(admin, poll_id)
+        results = None  # api.poll_results as an anonymous reader calls it, from the database (not a cached answer)
+        with contextlib.suppress(psycopg.Error), admin.transaction():  # poll_not_found: rolled back
+            admin.execute("select set_config('role', 'anon', true)")
+            results = (admin.execute("select api.poll_results(%s)", (poll_id,)).fetchone() or (None,))[0]
         with admin.cursor(row_factory=dict_row) as cur:
             row = cur.execute(VERIFY_SQL, {"poll": poll_id, "acked": json.dumps({k: list(v) for k, v in acknowledged.items()}),
                                            "attempted": list(attempted),
@@ -141,10 +133,6 @@ def pre_request_hook(admin_url: str) -> str | None:
     return hook if row and row[0] else None
 
 
-def new_tag() -> str:
-    return uuid.uuid4().hex[:10]
-
-
 #: Passes of pgbench per scenario: the first casts everything, each next one re-casts, identically, what
 #: the previous left unanswered after a retryable error (a lost connection or PgBouncer's queue timeout:
 #: FATAL or a client-side message, PostgREST's 503) and casts what its aborted clients never reached.
@@ -152,9 +140,7 @@ MAX_PASSES = 5
 
 
 @dataclass
-class Cast:
-    """What became of one voter (or batch) over the passes."""
-
+class Cast:  # what became of one voter (or batch) over the passes
     attempts: int = 0
     committed: Transaction | None = None
     error: str = ""  # the last error, while not committed
@@ -187,10 +173,8 @@ def cast_all(cfg: LoadtestConfig, script: str | Path, clients: int, per_client: 
             run = Run(script, cfg.database_url, clients, transactions=per_client, protocol="extended",
                       variables={**variables, "per_client": str(per_client), "recast": str(int(recast > 0))})
             shown = f"{label}{f', re-cast {recast}' if recast else ''}, {len(slots):,} transactions"
-            outcome = execute(run, partial(console.print, f"[dim]{shown}:") if not quiet else lambda line: None)
-            outcomes.append(outcome)
-            pending = _settle_pass(outcome, per_client, slots, casts)
-            if not pending:
+            outcomes.append(execute(run, partial(console.print, f"[dim]{shown}:") if not quiet else lambda line: None))
+            if not (pending := _settle_pass(outcomes[-1], per_client, slots, casts)):
                 break
     measured["cpu_seconds"] = {"pgbench": round(sum(o.cpu_seconds for o in outcomes), 2), **measured["cpu_seconds"]}
     return casts, outcomes, measured
@@ -216,15 +200,10 @@ def _settle_pass(outcome: Outcome, per_client: int, slots: list[int], casts: dic
 def records(casts: dict[int, Cast], name: Callable[[int], str]) -> list[Record]:
     """One record per number attempted: acknowledged when a pass committed it, else its last error."""
     end = max((c.committed.end for c in casts.values() if c.committed), default=time.time())
-    out: list[Record] = []
-    for number, c in sorted(casts.items()):
-        if c.committed:
-            t = c.committed
-            out.append((name(number), "ack", 200, "committed", t.end - t.seconds, t.end, c.attempts, c.attempts == 1))
-        elif c.attempts:
-            out.append((name(number), "gave_up" if retryable(c.error) else "rejected", 0, c.error, end, end,
-                        c.attempts, False))
-    return out
+    return [(name(n), "ack", 200, "committed", c.committed.end - c.committed.seconds, c.committed.end, c.attempts,
+             c.attempts == 1) if c.committed else
+            (name(n), "gave_up" if retryable(c.error) else "rejected", 0, c.error, end, end, c.attempts, False)
+            for n, c in sorted(casts.items()) if c.attempts]
 
 
 def _burst_result(name: str, path: str, clients: int, voters: int, outcomes: list[Outcome], recs: list[Record],
@@ -254,8 +233,7 @@ def run_single(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> di
     variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
                                     per_client=per_client, hook=hook is not None, caller="voter")
     with scratch_schema(cfg.admin_url, cfg.database_url):
-        casts, outcomes, measured = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, "cast_vote", console,
-                                             quiet)
+        casts, outcomes, measured = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, "cast_vote", console, quiet)
     recs = records(casts, ballots.fingerprint)
     acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in recs if r[1] == "ack"}
     check = verify_poll(cfg.admin_url, ballots.poll_id, acked, [identity(r[0]) for r in recs])
@@ -265,7 +243,7 @@ def run_single(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> di
 
 def run_bare(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
     """The same burst against the bare-insert reference function (sql/scratch.sql)."""
-    ballots = BallotSpec(str(uuid.uuid4()), tuple(str(uuid.uuid4()) for _ in OPTIONS), new_tag(), MAX_CHOICES)
+    ballots = BallotSpec(str(uuid.uuid4()), tuple(str(uuid.uuid4()) for _ in OPTIONS), uuid.uuid4().hex[:10])
     clients, per_client = _plan(cfg.voters, cfg.clients)
     # no pre-request hook: its bucket write per caller is part of what the ratio charges cast_vote with
     variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
