@@ -70,8 +70,8 @@ class Publisher:
         """api.poll_results of each poll in one snapshot, as the least-privileged API role (anon)."""
         if self.conn is None or self.conn.closed:
             # transaction pooling (PgBouncer): no server-side prepared statements
-            self.conn = await psycopg.AsyncConnection.connect(self.database_url, prepare_threshold=None,
-                                                              autocommit=True, connect_timeout=5)
+            self.conn = await psycopg.AsyncConnection.connect(self.database_url, prepare_threshold=None, autocommit=True,
+                                                              connect_timeout=5)
         try:
             async with self.conn.transaction():
                 await self.conn.execute("select set_config('role', 'anon', true)")
@@ -106,22 +106,19 @@ class Publisher:
         tmp.write_text(json.dumps(sorted(self.watches)) + "\n")
         tmp.replace(self.watch_file)
 
-    async def tick(self) -> None:
-        async with self.lock:
-            current = await self.read_results(list(self.watches)) if self.watches else {}
-            now = time.monotonic()
-            for poll_id, results in current.items():
-                watch = self.watches[poll_id]
-                if results != watch.results:
-                    await self.publish(watch, results)
-                if now - watch.checked_at >= CHECK_EVERY:
-                    await self.check_channel(watch, now)
-
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             started = time.monotonic()
             try:
-                await self.tick()
+                async with self.lock:
+                    current = await self.read_results(list(self.watches)) if self.watches else {}
+                    now = time.monotonic()
+                    for poll_id, results in current.items():
+                        watch = self.watches[poll_id]
+                        if results != watch.results:
+                            await self.publish(watch, results)
+                        if now - watch.checked_at >= CHECK_EVERY:
+                            await self.check_channel(watch, now)
             except (psycopg.Error, httpx.HTTPError, OSError) as exc:
                 log(f"tick failed, retrying: {type(exc).__name__}: {exc}")
             with contextlib.suppress(asyncio.TimeoutError):
@@ -130,10 +127,8 @@ class Publisher:
     async def authorize(self, poll_id: str) -> tuple[int, dict[str, Any] | None]:
         """200 and the poll becomes watched (its current results published first), or the API's error."""
         async with self.lock:
-            watch = self.watches.get(poll_id)
-            if watch is not None:
-                # a newcomer: check at the next tick that nchan still keeps the current message for it
-                # (nginx may have restarted and lost it)
+            if (watch := self.watches.get(poll_id)) is not None:
+                # a newcomer: the next tick checks that nchan still keeps the current message (lost if nginx restarted)
                 watch.wanted_at, watch.checked_at = time.monotonic(), 0.0
                 return 200, None
             try:

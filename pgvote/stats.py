@@ -41,17 +41,14 @@ def collect_database(conn: psycopg.Connection[Any]) -> tuple[dict[str, Any], dic
     return out, errors
 
 
-def collect_bouncer(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    """SHOW POOLS / STATS / DATABASES of the admin console (simple query protocol, no prepare)."""
-    out = {}
-    for key in ("pools", "stats", "databases"):
-        cur = conn.cursor(binary=False).execute(f"SHOW {key}", prepare=False)
-        names = [d.name for d in cur.description or []]
-        # PgBouncer types its counters numeric: plain numbers for JSON and arithmetic
-        rows = [{n: (int(v) if v == v.to_integral_value() else float(v)) if isinstance(v, decimal.Decimal) else v
-                 for n, v in zip(names, row)} for row in cur.fetchall()]
-        out[key] = [row for row in rows if row.get("database", row.get("name")) != "pgbouncer"]
-    return out
+def show(conn: psycopg.Connection[Any], what: str) -> list[dict[str, Any]]:
+    """``SHOW <what>`` of PgBouncer's admin console (simple query protocol, no prepare), its own database
+    left out; PgBouncer types its counters numeric: plain numbers here, for JSON and arithmetic."""
+    cur = conn.cursor(binary=False).execute(f"SHOW {what}", prepare=False)
+    names = [d.name for d in cur.description or []]
+    rows = [{n: (int(v) if v == v.to_integral_value() else float(v)) if isinstance(v, decimal.Decimal) else v
+             for n, v in zip(names, row)} for row in cur.fetchall()]
+    return [row for row in rows if row.get("database", row.get("name")) != "pgbouncer"]
 
 
 class Collector:
@@ -72,7 +69,7 @@ class Collector:
         sample["database"], sample["errors"] = collect_database(self._conn("database"))
         if self.urls["pgbouncer"]:
             try:
-                sample["pgbouncer"] = collect_bouncer(self._conn("pgbouncer"))
+                sample["pgbouncer"] = {key: show(self._conn("pgbouncer"), key) for key in ("pools", "stats", "databases")}
             except psycopg.Error as exc:
                 if "pgbouncer" in self.conns:
                     self.conns["pgbouncer"].close()
@@ -161,10 +158,8 @@ def render(sample: dict[str, Any], rate: dict[str, float | None]) -> Group:
              for title, key, columns in LISTS if key != "pools" or bouncer is not None]
     middle = Table.grid(padding=(0, 2))
     middle.add_row(*lists[:2])
-    parts: list[Any] = [top, middle, *lists[2:], *(f"[yellow]{name}: {message}[/]"
-                                                   for name, message in sample.get("errors", {}).items())]
-    parts.append(f"[dim]sampled at {sample.get('sampled_at')}; Ctrl-C to quit[/]")
-    return Group(*parts)
+    return Group(top, middle, *lists[2:], *(f"[yellow]{name}: {message}[/]" for name, message in sample.get("errors", {}).items()),
+                 f"[dim]sampled at {sample.get('sampled_at')}; Ctrl-C to quit[/]")
 
 
 def live(database_url: str, bouncer_admin_url: str | None, interval: float, console: Console,

