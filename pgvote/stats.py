@@ -96,12 +96,9 @@ def rates(previous: dict[str, Any] | None, current: dict[str, Any], seconds: flo
         "ballots_updated_per_s": delta("vote_rate", "ballots_updated_total"), "commits_per_s": commits,
         "rollbacks_per_s": rollbacks, "rollback_ratio": rollbacks / (commits + rollbacks)
         if commits is not None and rollbacks is not None and commits + rollbacks > 0 else None}
-    bouncer_prev = {r["database"]: r for r in ((previous or {}).get("pgbouncer") or {}).get("stats", [])}
-    for row in (current.get("pgbouncer") or {}).get("stats", []):
-        before = bouncer_prev.get(row["database"])
-        if before is not None and seconds > 0:
-            out[f"pgbouncer_{row['database']}_xact_per_s"] = max(row["total_xact_count"] - before["total_xact_count"], 0) / seconds
-    return out
+    before = {r["database"]: r["total_xact_count"] for r in ((previous or {}).get("pgbouncer") or {}).get("stats", [])}
+    return out | {f"pgbouncer_{r['database']}_xact_per_s": max(r["total_xact_count"] - before[r["database"]], 0) / seconds
+                  for r in (current.get("pgbouncer") or {}).get("stats", []) if r["database"] in before and seconds > 0}
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
