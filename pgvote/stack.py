@@ -105,9 +105,6 @@ class StackError(RuntimeError):
     """A failure the user can act on. The CLI prints str(err) (one line, maybe a log tail) and exits 1."""
 
 
-# ---- helpers ---------------------------------------------------------------------------------------
-
-
 def short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
@@ -206,9 +203,6 @@ def wait_until(predicate: Callable[..., object], timeout: float, interval: float
     return bool(predicate())
 
 
-# ---- LocalStack ------------------------------------------------------------------------------------
-
-
 class LocalStack:
     """PostgreSQL, PgBouncer, PostgREST replicas and nginx as local processes in one state directory."""
 
@@ -223,7 +217,9 @@ class LocalStack:
         self.state_dir = self._reachable_state_dir(self.requested_state_dir)
         self.data_dir = self.state_dir / "data"
         self.log_dir = self.state_dir / "log"
-        self.run_dir = self._socket_dir()
+        run = self.state_dir / "run"  # unless the socket path would exceed the 107-byte unix socket limit
+        self.run_dir = (run if len(str(run)) + len("/.s.PGSQL.65535.lock") < 100
+                        else Path(tempfile.gettempdir()) / f"pgvote-run-{short_hash(str(self.state_dir))}")
         self.nginx_dir = self.state_dir / "nginx"
         self.state_file = self.state_dir / "state.json"
 
@@ -257,7 +253,6 @@ class LocalStack:
         self.pg_log = self.log_dir / "postgresql.log"
         self.bouncer_ini = self.state_dir / "pgbouncer.ini"
         self.bouncer_log = self.log_dir / "pgbouncer.log"
-        self.bouncer_pidfile = self.run_dir / "pgbouncer.pid"
         self.nginx_log = self.log_dir / "nginx-error.log"
         self.supervisor_log = self.log_dir / "supervisor.log"
         self.supervisor_pidfile = self.run_dir / "supervisor.pid"
@@ -348,21 +343,17 @@ class LocalStack:
             if pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGUSR1)
-        expected = self._executable_api_functions()
-        for replica in self.replicas:
-            if not wait_until(lambda r=replica: self._served_api_functions(r) == expected, START_TIMEOUT, 0.2):
-                raise StackError(f"{replica.name} did not reload its schema cache within {START_TIMEOUT:.0f} s")
-
-    def _executable_api_functions(self) -> dict[str, dict[str, list[str]]]:
-        """role -> {function: sorted argument names} of the api functions each API role may execute."""
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:  # role -> {function: sorted argument names}
             rows = conn.execute(
                 """select r, coalesce(jsonb_object_agg(p.proname, array(select unnest(p.proargnames) order by 1))
                                       filter (where p.oid is not null), '{}')
                    from unnest(%s::text[]) r left join pg_proc p on p.pronamespace = 'api'::regnamespace
                     and p.prokind = 'f' and has_function_privilege(r, p.oid, 'execute') group by r""",
                 (list(API_ROLES),)).fetchall()
-        return {role: {name: args or [] for name, args in functions.items()} for role, functions in rows}
+        expected = {role: {name: args or [] for name, args in functions.items()} for role, functions in rows}
+        for replica in self.replicas:
+            if not wait_until(lambda r=replica: self._served_api_functions(r) == expected, START_TIMEOUT, 0.2):
+                raise StackError(f"{replica.name} did not reload its schema cache within {START_TIMEOUT:.0f} s")
 
     def _served_api_functions(self, replica: Replica) -> dict[str, dict[str, list[str]]]:
         """role -> {function: sorted argument names} of the /rpc/ paths of the replica's OpenAPI document."""
@@ -409,8 +400,7 @@ class LocalStack:
 
     def component_pid(self, name: str) -> int | None:
         """Pid of a supervised component ("pgbouncer", "nginx", "postgrest-blue-1", ...) while it runs."""
-        entry = supervisor.read_status(self.state_dir).get("components", {}).get(name, {})
-        pid = entry.get("pid")
+        pid = supervisor.read_status(self.state_dir).get("components", {}).get(name, {}).get("pid")
         return pid if supervisor.alive(pid, name.split("-")[0]) else None
 
     # ---- blue-green ------------------------------------------------------------------------------
@@ -531,16 +521,7 @@ class LocalStack:
         probe = wanted.parent
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
-        if self._service_can_execute(probe):
-            return wanted
-        return Path(tempfile.gettempdir()) / f"pgvote-{short_hash(str(wanted))}"
-
-    def _socket_dir(self) -> Path:
-        """<state dir>/run, unless the socket path would exceed the 107-byte unix socket limit."""
-        run = self.state_dir / "run"
-        if len(str(run)) + len("/.s.PGSQL.65535.lock") < 100:
-            return run
-        return Path(tempfile.gettempdir()) / f"pgvote-run-{short_hash(str(self.state_dir))}"
+        return wanted if self._service_can_execute(probe) else Path(tempfile.gettempdir()) / f"pgvote-{short_hash(str(wanted))}"
 
     def _service_ids(self) -> tuple[int, int]:
         try:
@@ -663,20 +644,17 @@ class LocalStack:
     def _prepare_database(self) -> None:
         """What `up` writes before PostgreSQL starts: the cluster and its configuration (pgvote/ha.py: Patroni's)."""
         if not (self.data_dir / "PG_VERSION").is_file():
-            self._initdb()
+            if self.data_dir.exists() and any(self.data_dir.iterdir()):
+                raise StackError(f"{self.data_dir} exists but holds no cluster; remove it or pick another state dir")
+            self._run([str(self.bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                       "--auth=trust",  # dev stack: loopback + socket only, see db/pg_hba.conf
+                       "--encoding=UTF8", "--locale=C.UTF-8",
+                       "--data-checksums"],  # detect storage corruption of vote data early
+                      "initdb")
+            with open(self.data_dir / "postgresql.conf", "a") as fh:  # both rewritten on every `pgvote up`
+                fh.write("\n# added by pgvote/stack.py: db/postgresql.conf, then this machine's port and sockets\n"
+                         "include 'pgvote-tuning.conf'\ninclude 'pgvote-local.conf'\n")
         self._write_server_config()
-
-    def _initdb(self) -> None:
-        if self.data_dir.exists() and any(self.data_dir.iterdir()):
-            raise StackError(f"{self.data_dir} exists but holds no cluster; remove it or pick another state dir")
-        self._run([str(self.bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                   "--auth=trust",  # dev stack: loopback + socket only, see db/pg_hba.conf
-                   "--encoding=UTF8", "--locale=C.UTF-8",
-                   "--data-checksums"],  # detect storage corruption of vote data early
-                  "initdb")
-        with open(self.data_dir / "postgresql.conf", "a") as fh:  # both rewritten on every `pgvote up`
-            fh.write("\n# added by pgvote/stack.py: db/postgresql.conf, then this machine's port and sockets\n"
-                     "include 'pgvote-tuning.conf'\ninclude 'pgvote-local.conf'\n")
 
     def _write_server_config(self) -> None:
         self._write(self.data_dir / "pgvote-tuning.conf", (PROJECT_ROOT / "db" / "postgresql.conf").read_text(), 0o600)
@@ -706,17 +684,10 @@ class LocalStack:
             try:
                 self._run(self._pg_ctl_start(), "pg_ctl start", timeout=START_TIMEOUT + 15)
             except StackError as exc:
-                if self._postgres_pid() is not None:  # the supervisor started it in the meantime
-                    self._wait_postgres()
-                    return
-                raise StackError(f"PostgreSQL did not start ({exc}); last lines of {self.pg_log}:\n{tail(self.pg_log)}") from exc
-        self._wait_postgres()
+                if self._postgres_pid() is None:  # else the supervisor started it in the meantime
+                    raise StackError(f"PostgreSQL did not start ({exc}); last lines of {self.pg_log}:\n"
+                                     f"{tail(self.pg_log)}") from exc
 
-    def _pg_ctl_start(self) -> list[str]:
-        return [str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.pg_log), "-w",
-                "-t", str(int(START_TIMEOUT)), "-s", "start"]
-
-    def _wait_postgres(self) -> None:
         def accepting() -> bool:
             with contextlib.suppress(psycopg.OperationalError), psycopg.connect(self._postgres_db, connect_timeout=5):
                 return True
@@ -725,6 +696,10 @@ class LocalStack:
         if not wait_until(accepting, START_TIMEOUT, 0.2):
             raise StackError(f"PostgreSQL on port {self.pg_port} not accepting connections; "
                              f"last lines of {self.pg_log}:\n{tail(self.pg_log)}")
+
+    def _pg_ctl_start(self) -> list[str]:
+        return [str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.pg_log), "-w",
+                "-t", str(int(START_TIMEOUT)), "-s", "start"]
 
     @property
     def _postgres_db(self) -> str:
@@ -740,8 +715,6 @@ class LocalStack:
 
         try:
             migrate.upgrade(self.admin_url)
-        except StackError:
-            raise
         except Exception as exc:
             raise StackError(f"migrations failed against {self.admin_url}: {type(exc).__name__}: {exc}") from exc
 
@@ -757,7 +730,7 @@ class LocalStack:
         except StackError:
             self._run([*ctl, "-m", "immediate"], "pg_ctl stop -m immediate", timeout=75)
 
-    # ---- the supervised tier: PgBouncer, PostgREST replicas, nginx ----------------------------------
+    # ---- the supervised tier: PgBouncer, PostgREST replicas, nginx, the publisher -----------------------
 
     def _write_supervised_configs(self) -> None:
         """Render every supervised component's config and the supervisor's spec, then start the supervisor
@@ -782,16 +755,25 @@ class LocalStack:
     def _components(self) -> list[dict[str, Any]]:
         """The supervisor's components, in start order (it stops them in reverse)."""
         bouncer = find_tool("pgbouncer", "PGBOUNCER_BIN")
+        # PgBouncer's immediate shutdown: SIGTERM up to 1.22, SIGQUIT from 1.23 (SIGTERM then waits for clients)
+        version = re.search(r"(\d+)\.(\d+)", subprocess.run([bouncer, "--version"], capture_output=True, text=True,
+                                                              check=False).stdout)
+        bouncer_stop = signal.SIGQUIT if version and (int(version[1]), int(version[2])) >= (1, 23) else signal.SIGTERM
         return [
             self._pg_ctl_component("postgres"),
             # foreground (no -d): the supervisor is its parent and sees it exit
-            self._component("pgbouncer", [bouncer, str(self.bouncer_ini)], "pgbouncer.out",
-                            stop_signal=int(self._bouncer_immediate_signal(bouncer))),
+            self._component("pgbouncer", [bouncer, str(self.bouncer_ini)], "pgbouncer.out", stop_signal=int(bouncer_stop)),
             *[self._postgrest_component(r) for r in self.replicas],
             self._component("nginx", [find_tool("nginx", "NGINX_BIN"), "-p", str(self.nginx_dir), "-e", str(self.nginx_log),
                                       "-c", str(self.nginx_dir / "nginx.conf")], "nginx.out",
                             stop_signal=int(signal.SIGQUIT)),  # SIGQUIT: graceful, finishes requests
-            self._publisher_component(),
+            # the live-results publisher (pgvote/publisher.py): reads tallies through PgBouncer, posts to nchan;
+            # as the invoking user: it is this checkout's Python, and needs no server privilege
+            self._component("publisher", [sys.executable, "-m", "pgvote.publisher", "--database-url", self.api_url,
+                                          "--nchan-url", f"http://{HOST}:{self.ports.live_publish}",
+                                          "--listen", f"{HOST}:{self.ports.publisher}",
+                                          "--watch-file", str(self.state_dir / "publisher-watched.json")],
+                            service=False, env=dict(self._env(), PGVOTE_ROOT=str(PROJECT_ROOT))),
             *self._member_components(),
         ]
 
@@ -803,15 +785,6 @@ class LocalStack:
     def _member_components(self) -> list[dict[str, Any]]:
         """Further supervised members of a profile (the sharded profile's shard clusters, pgvote/shards.py)."""
         return []
-
-    def _publisher_component(self) -> dict[str, Any]:
-        """The live-results publisher (pgvote/publisher.py): reads tallies through PgBouncer, posts to
-        nchan. Runs as the invoking user: it is this checkout's Python, and needs no server privilege."""
-        return self._component("publisher", [sys.executable, "-m", "pgvote.publisher", "--database-url", self.api_url,
-                                             "--nchan-url", f"http://{HOST}:{self.ports.live_publish}",
-                                             "--listen", f"{HOST}:{self.ports.publisher}",
-                                             "--watch-file", str(self.state_dir / "publisher-watched.json")],
-                               service=False, env=dict(self._env(), PGVOTE_ROOT=str(PROJECT_ROOT)))
 
     def _supervisor_pid(self) -> int | None:
         return supervisor.live_pid(self.supervisor_pidfile, "pgvote.supervisor")
@@ -853,13 +826,11 @@ class LocalStack:
                 log = log if self._supervisor_pid() else self.supervisor_log
                 raise StackError(f"{name} not ready after {START_TIMEOUT:.0f} s; last lines of {log}:\n{tail(log)}")
 
-    # ---- PgBouncer -----------------------------------------------------------------------------
-
     def _render_bouncer(self) -> None:
         auth_file = self.state_dir / "userlist.txt"
         values = {"LISTEN_ADDR": HOST, "LISTEN_PORT": self.bouncer_port, "UNIX_SOCKET_DIR": self.run_dir, "PG_HOST": HOST,
                   "PG_PORT": self.server_port_for_bouncer or self.pg_port, "AUTH_FILE": auth_file,
-                  "LOGFILE": self.bouncer_log, "PIDFILE": self.bouncer_pidfile}
+                  "LOGFILE": self.bouncer_log, "PIDFILE": self.run_dir / "pgbouncer.pid"}
         ini = render_template((PROJECT_ROOT / "db" / "pgbouncer.ini").read_text(),
                               {f"PGVOTE_{k}": str(v) for k, v in values.items()})
         for key, value in self.bouncer_settings.items():  # overrides: replace the line, or add it to [pgbouncer]
@@ -872,14 +843,6 @@ class LocalStack:
         # dev stack only: auth_type = trust still requires the user to be listed; passwords are ignored
         self._write(auth_file, '"postgres" ""\n"authenticator" ""\n', 0o600)
 
-    def _bouncer_immediate_signal(self, bouncer: str) -> signal.Signals:
-        """Immediate-shutdown signal: SIGTERM up to 1.22, SIGQUIT from 1.23 (SIGTERM then waits for clients)."""
-        version = re.search(r"(\d+)\.(\d+)", subprocess.run([bouncer, "--version"], capture_output=True, text=True,
-                                                              check=False).stdout)
-        return signal.SIGQUIT if version and (int(version[1]), int(version[2])) >= (1, 23) else signal.SIGTERM
-
-    # ---- PostgREST -----------------------------------------------------------------------------
-
     def _postgrest_component(self, replica: Replica, db_uri: str | None = None, name: str = "") -> dict[str, Any]:
         """A PostgREST replica: api/postgrest.conf as it is (a copy the service user can read), this
         replica's connection, secret and ports in PGRST_* variables, which override the file's values."""
@@ -890,8 +853,6 @@ class LocalStack:
                "PGRST_ADMIN_SERVER_PORT": str(replica.admin_port)}
         return self._component(name or replica.name, [self._postgrest_bin(), str(conf)], env={**self._env(), **env})
 
-    # ---- nginx ---------------------------------------------------------------------------------
-
     def _render_nginx(self) -> None:
         """deploy/nginx/pgvote.conf.template with this stack's paths and ports, a main file around it,
         and the live colour's upstreams. Every path nginx writes is inside the state dir."""
@@ -901,22 +862,17 @@ class LocalStack:
         # a copy: nginx's workers (the service user, as root) may not reach a checkout under /root
         static = self.nginx_dir / "static"
         shutil.copytree(PROJECT_ROOT / "deploy" / "nginx" / "static", static, dirs_exist_ok=True)
-        values = {
-            "PGVOTE_LISTEN": f"{HOST}:{self.http_port}",
-            "PGVOTE_UPSTREAMS": str(self.nginx_dir / "live-upstream.conf"),
-            "PGVOTE_READ_UPSTREAMS": str(self.nginx_dir / "read-upstream.conf"),
-            "PGVOTE_NGINX_STATE": str(self.nginx_dir / "temp"),
-            "PGVOTE_NGINX_LOGS": str(self.log_dir),
-            "PGVOTE_STATIC": str(static),
-            "PGVOTE_LIVE_PUBLISHER": f"{HOST}:{self.ports.publisher}",
-            "PGVOTE_LIVE_PUBLISH_LISTEN": f"{HOST}:{self.ports.live_publish}",
-        }
-        nginx = PROJECT_ROOT / "deploy" / "nginx"
-        self._write(self.nginx_dir / "pgvote.conf", render_template((nginx / "pgvote.conf.template").read_text(), values))
-        self._render_upstreams()
+        api = {"PGVOTE_LISTEN": f"{HOST}:{self.http_port}", "PGVOTE_UPSTREAMS": str(self.nginx_dir / "live-upstream.conf"),
+               "PGVOTE_READ_UPSTREAMS": str(self.nginx_dir / "read-upstream.conf"),
+               "PGVOTE_NGINX_STATE": str(self.nginx_dir / "temp"), "PGVOTE_NGINX_LOGS": str(self.log_dir),
+               "PGVOTE_STATIC": str(static), "PGVOTE_LIVE_PUBLISHER": f"{HOST}:{self.ports.publisher}",
+               "PGVOTE_LIVE_PUBLISH_LISTEN": f"{HOST}:{self.ports.live_publish}"}
         main = {"PGVOTE_NCHAN_MODULE": str(NCHAN_MODULE), "PGVOTE_NGINX_PID": str(self.run_dir / "nginx.pid"),
                 "PGVOTE_NGINX_ERROR_LOG": str(self.nginx_log), "PGVOTE_API_CONF": str(self.nginx_dir / "pgvote.conf")}
+        nginx = PROJECT_ROOT / "deploy" / "nginx"
+        self._write(self.nginx_dir / "pgvote.conf", render_template((nginx / "pgvote.conf.template").read_text(), api))
         self._write(self.nginx_dir / "nginx.conf", render_template((nginx / "local-main.conf.template").read_text(), main))
+        self._render_upstreams()
 
     def _render_upstreams(self) -> None:
         # max_fails=0: a replica is never marked down. Under overload connects time out on every replica
@@ -977,14 +933,12 @@ def http_json(url: str, headers: dict[str, str] | None = None, timeout: float = 
     """(status, JSON body or None) of a GET of url; (0, None) when nothing answers."""
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as resp:
-            body = resp.read()
-            status = int(resp.status)
+            status, body = int(resp.status), resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, None
-    except (urllib.error.URLError, OSError):
+    except OSError:  # URLError included
         return 0, None
-    try:
+    with contextlib.suppress(ValueError):
         return status, json.loads(body)
-    except ValueError:
-        return status, None
+    return status, None
 
