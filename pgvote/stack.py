@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import glob
 import hashlib
 import json
@@ -141,10 +142,9 @@ def find_tool(name: str, env: str = "", missing: str = "") -> str:
 
 
 def _ephemeral_low() -> int:
-    try:
+    with contextlib.suppress(OSError, ValueError, IndexError):
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
+    return 32768
 
 
 def _bindable(port: int, host: str = HOST) -> bool:
@@ -167,12 +167,10 @@ def free_port(host: str = HOST, span: int = 1) -> int:
     raise StackError(f"no {span} free consecutive ports between {lo} and {hi}")
 
 
-def port_open(port: int, host: str = HOST, timeout: float = 0.3) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+def port_open(port: int, host: str = HOST) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.3):
+        return True
+    return False
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -245,7 +243,6 @@ class LocalStack:
         self.supervisor_log = self.log_dir / "supervisor.log"
         self.supervisor_pidfile = self.run_dir / "supervisor.pid"
         self.jwt_secret_file = self.state_dir / "jwt-secret"
-        self._bindir: Path | None = None
 
     # ---- public API ------------------------------------------------------------------------------
 
@@ -326,11 +323,9 @@ class LocalStack:
         functions the database has. /ready answers 200 throughout a reload, so the proof is each
         replica's OpenAPI document: for every API role, exactly the api functions (and argument names)
         that role may execute."""
-        for replica in self.replicas:
-            pid = self.component_pid(replica.name)
-            if pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGUSR1)
+        for pid in filter(None, (self.component_pid(r.name) for r in self.replicas)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR1)
         with psycopg.connect(self.admin_url, autocommit=True) as conn:  # role -> {function: sorted argument names}
             rows = conn.execute(
                 """select r, coalesce(jsonb_object_agg(p.proname, array(select unnest(p.proargnames) order by 1))
@@ -433,8 +428,6 @@ class LocalStack:
             raise StackError(f"{colour} is the live colour: switch nginx to the other one first")
         self._run_replicas(colour, 0)
 
-    # ---- status ----------------------------------------------------------------------------------
-
     def status(self) -> dict[str, Any]:
         """What runs (pid, port, restarts), where the state lives, and the URLs."""
         pg_pid, supervisor_pid = self._postgres_pid(), self._supervisor_pid()
@@ -474,13 +467,11 @@ class LocalStack:
 
     # ---- locations / users ---------------------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def bindir(self) -> Path:
         """Server binaries: those matching an existing cluster's major, else the newest installed."""
-        if self._bindir is None:
-            version_file = self.data_dir / "PG_VERSION"
-            self._bindir = find_server_bindir(version_file.read_text().strip() if version_file.is_file() else None)
-        return self._bindir
+        version_file = self.data_dir / "PG_VERSION"
+        return find_server_bindir(version_file.read_text().strip() if version_file.is_file() else None)
 
     @property
     def major(self) -> str:
@@ -576,8 +567,6 @@ class LocalStack:
             raise StackError(f"{what} failed (exit {exc.returncode}): {detail[-1] if detail else 'no output'}") from exc
         except subprocess.TimeoutExpired as exc:
             raise StackError(f"{what} did not finish within {timeout:.0f} s") from exc
-
-    # ---- prerequisites -----------------------------------------------------------------------
 
     def _check_prerequisites(self) -> None:
         for needed in ("db/postgresql.conf", "db/pg_hba.conf", "db/pgbouncer.ini", "api/postgrest.conf"):
@@ -790,10 +779,9 @@ class LocalStack:
         if pid is not None:
             signal_and_wait(pid, "pgvote.supervisor", signal.SIGTERM, supervisor.STOP_TIMEOUT + 10)
         for name, info in supervisor.read_status(self.state_dir).get("components", {}).items():
-            child = info.get("pid")
-            # every postgres* entry is a cluster under pg_ctl, stopped by _stop_postgres, never killed
-            if name.split("-")[0] != "postgres" and supervisor.alive(child, name.split("-")[0]):
-                signal_and_wait(child, name.split("-")[0], signal.SIGKILL, 5)
+            kind = name.split("-")[0]  # every postgres* entry is a cluster under pg_ctl, stopped by _stop_postgres
+            if kind != "postgres" and supervisor.alive(info.get("pid"), kind):
+                signal_and_wait(info["pid"], kind, signal.SIGKILL, 5)
         self.supervisor_pidfile.unlink(missing_ok=True)
 
     def _wait_tier(self) -> None:
@@ -876,9 +864,9 @@ def render_template(template: str, values: dict[str, str]) -> str:
     return text
 
 
-def read_postgrest_conf(path: Path | None = None) -> dict[str, str]:
-    """The settings of api/postgrest.conf (or path) as strings, quotes removed."""
-    lines = (path or PROJECT_ROOT / "api" / "postgrest.conf").read_text().splitlines()
+def read_postgrest_conf() -> dict[str, str]:
+    """The settings of api/postgrest.conf as strings, quotes removed."""
+    lines = (PROJECT_ROOT / "api" / "postgrest.conf").read_text().splitlines()
     matches = (re.match(r'^\s*([A-Za-z0-9.-]+)\s*=\s*(?:"([^"]*)"|(\S+))', line) for line in lines)
     return {m[1]: m[2] if m[2] is not None else m[3] for m in matches if m}
 
@@ -894,7 +882,6 @@ def signal_and_wait(pid: int, name: str, sig: signal.Signals, timeout: float) ->
 
 
 def children(pid: int) -> list[int]:
-    """Pids of the live children of pid."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):

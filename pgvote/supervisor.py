@@ -102,8 +102,6 @@ class Supervisor:
         self.stop_wanted = False
         self.events: list[str] = []
 
-    # ---- spec and status -------------------------------------------------------------------------
-
     def load_spec(self) -> None:
         spec = json.loads(spec_path(self.state_dir).read_text())
         wanted = {c.name: c for c in (Component(**e) for e in spec["components"])}
@@ -126,8 +124,6 @@ class Supervisor:
         line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}"
         self.events.append(line)
         print(line, flush=True)
-
-    # ---- process control -------------------------------------------------------------------------
 
     def start(self, c: Component) -> bool:
         """Start c; False (try again soon) while the launcher holds the state dir's lock: it is starting
