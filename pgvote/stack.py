@@ -236,13 +236,10 @@ class LocalStack:
         self.direct_api_url = f"postgresql://authenticator@{HOST}:{self.pg_port}/pgvote"
         self.bouncer_admin_url = f"postgresql://postgres@{HOST}:{self.bouncer_port}/pgbouncer"
 
-        self.pg_log = self.log_dir / "postgresql.log"
-        self.bouncer_ini = self.state_dir / "pgbouncer.ini"
-        self.bouncer_log = self.log_dir / "pgbouncer.log"
-        self.nginx_log = self.log_dir / "nginx-error.log"
-        self.supervisor_log = self.log_dir / "supervisor.log"
+        self.pg_log, self.bouncer_log, self.nginx_log, self.supervisor_log = (
+            self.log_dir / name for name in ("postgresql.log", "pgbouncer.log", "nginx-error.log", "supervisor.log"))
+        self.bouncer_ini, self.jwt_secret_file = self.state_dir / "pgbouncer.ini", self.state_dir / "jwt-secret"
         self.supervisor_pidfile = self.run_dir / "supervisor.pid"
-        self.jwt_secret_file = self.state_dir / "jwt-secret"
 
     # ---- public API ------------------------------------------------------------------------------
 

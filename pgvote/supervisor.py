@@ -159,9 +159,8 @@ class Supervisor:
                 return
             c.last_exit = c.proc.returncode if c.proc is not None else None
             if c.proc is not None:
-                # Children a killed component leaves behind (nginx's workers keep serving the old
-                # configuration on the inherited socket) die with it: each component is its own
-                # process group (start_new_session).
+                # Children a killed component leaves behind (nginx's workers keep serving the old configuration
+                # on the inherited socket) die with it: each component is its own process group (start_new_session).
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(c.proc.pid, signal.SIGKILL)
             c.failures += 1
