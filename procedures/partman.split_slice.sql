@@ -9,8 +9,10 @@
 --      mirror lock exclusively (see partman.mirror_ddl). As superuser the batch sets
 --      deadlock_timeout low, so that if a multi-row writer deadlocks with a batch, the batch is the
 --      victim and is retried, never the writer; lock_timeout 2 s, retried likewise. Batches commit
---      with synchronous_commit = off: the resume redoes the copy after a crash, and the switch's
---      synchronous commit flushes the WAL of every batch before it;
+--      with synchronous_commit = off, the one place the project trades durability for speed, and it
+--      loses nothing: a batch lost in a crash is redone by the resume (it copies from the first key,
+--      ON CONFLICT skipping what is there), and the switch's synchronous commit flushes, and makes a
+--      synchronous standby confirm, the WAL of every batch before it (WAL is applied in order);
 --   3. wait for older snapshots (partman.wait_for_snapshots, up to 30 s);
 --   4. switch (partman.switch_split), retried with back-off on lock_timeout, up to 40 attempts;
 --   5. drop the retired table (partman.drop_retired), ANALYZE the targets (status shows estimated
