@@ -586,16 +586,36 @@ def test_a_large_body_limited_by_nginx_still_gets_the_json_429(api) -> None:
         assert_json_error(r, 429, "rate_limited")
 
 
-def test_a_bad_token_with_a_large_batch_gets_its_401_not_a_502(api) -> None:
+LARGE_BODIES = {  # the largest bodies each location admits, roughly: what leaves most of a body unread
+    "cast_vote": {"poll_id": NO_POLL, "option_ids": [], "voter_fingerprint": "f" * 15_000},  # 16 KB limit
+    "cast_votes": {"ballots": [{"poll_id": NO_POLL, "option_ids": [], "voter_id": "v" * 200}] * 1000},  # ~280 KB
+    "create_poll": {"question": "q" * 200_000, "options": ["a", "b"]},  # 256 KB limit
+    "close_poll": {"poll_id": NO_POLL, "padding": "p" * 15_000},  # the default 16 KB limit
+}
+
+
+@pytest.mark.parametrize("function", LARGE_BODIES)
+@pytest.mark.parametrize("token", ["forged", "expired"])
+def test_a_bad_token_with_a_large_body_gets_its_401_never_a_502(api, stack, function: str, token: str) -> None:
     """PostgREST answers a bad token before it reads the body and closes with the body unread, so the
-    connection is reset and the reset can overtake the 401 (docs/postgrest.md). nginx sends such a batch
-    round the replicas again until one answers: every call gets PostgREST's own 401, never nginx's 502."""
-    batch = {"ballots": [{"poll_id": str(uuid.uuid4()), "option_ids": [], "voter_id": "v" * 200}] * 1000}  # ~280 KB
-    forged = jwt.sign("not-the-secret-" * 4, {"role": "ingest", "sub": "edge"})
+    connection is reset and the reset can overtake the 401 (docs/postgrest.md). nginx has the token
+    checked first, without the body: every call gets PostgREST's own 401, never nginx's 502."""
+    claims = {"role": "ingest" if function == "cast_votes" else "authenticated", "sub": "edge"}
+    bad = (jwt.sign("not-the-secret-" * 4, claims) if token == "forged"
+           else jwt.sign(stack.jwt_secret, jwt.claims_for(claims["role"], "edge", expires_in=-120)))
     with ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(lambda _: api.rpc("cast_votes", batch, token=forged, source_ip=random_loopback_address()),
-                                range(120)))
+        answers = list(pool.map(lambda _: api.rpc(function, LARGE_BODIES[function], token=bad,
+                                                  source_ip=random_loopback_address()), range(120)))
     assert Counter((r.status, r.body.get("code")) for r in answers) == {(401, "PGRST301"): 120}
+
+
+def test_a_good_token_passes_the_token_check_with_its_body(api, stack) -> None:
+    """The check lets a valid token through and the body still reaches PostgREST whole."""
+    options = [f"option {n} " + "é" * 150 for n in range(100)]
+    answer = api.rpc("create_poll", {"question": "Which one? " + "x" * 400, "options": options},
+                     token=jwt.sign(stack.jwt_secret, jwt.claims_for("authenticated", "creator-large")))
+    assert answer.status == 200, answer.body
+    assert len(answer.body["option_ids"]) == 100
 
 
 @contextlib.contextmanager
