@@ -591,6 +591,7 @@ LARGE_BODIES = {  # the largest bodies each location admits, roughly: what leave
     "cast_votes": {"ballots": [{"poll_id": NO_POLL, "option_ids": [], "voter_id": "v" * 200}] * 1000},  # ~280 KB
     "create_poll": {"question": "q" * 200_000, "options": ["a", "b"]},  # 256 KB limit
     "close_poll": {"poll_id": NO_POLL, "padding": "p" * 15_000},  # the default 16 KB limit
+    "poll_results": {"poll_id": NO_POLL, "padding": "p" * 950},  # 1 KB: read with the headers, no check
 }
 
 
@@ -607,6 +608,23 @@ def test_a_bad_token_with_a_large_body_gets_its_401_never_a_502(api, stack, func
         answers = list(pool.map(lambda _: api.rpc(function, LARGE_BODIES[function], token=bad,
                                                   source_ip=random_loopback_address()), range(120)))
     assert Counter((r.status, r.body.get("code")) for r in answers) == {(401, "PGRST301"): 120}
+
+
+@pytest.mark.parametrize(("ballots", "expected"), [(1_000, (401, "PGRST301")), (40_000, (413, "body_too_large"))])
+def test_a_bad_token_with_a_chunked_body_gets_json_never_nginx_html(stack, ballots: int, expected: tuple) -> None:
+    """A chunked body's size is not known before it is read: a rejected token's request reads it under
+    the largest limit, and a body over it gets the JSON 413, not nginx's page."""
+    body = json.dumps({"ballots": [{"poll_id": NO_POLL, "option_ids": [], "voter_id": "v" * 200}] * ballots}).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", stack.http_port, timeout=60,
+                                      source_address=(random_loopback_address(), 0))
+    try:
+        conn.request("POST", "/rpc/cast_votes", (body[i:i + 65536] for i in range(0, len(body), 65536)),
+                     {"Content-Type": "application/json", "Authorization": "Bearer bad.bad.bad"}, encode_chunked=True)
+        answer = conn.getresponse()
+        status, payload = answer.status, json.loads(answer.read())
+    finally:
+        conn.close()
+    assert (status, payload["code"]) == expected
 
 
 def test_a_good_token_passes_the_token_check_with_its_body(api, stack) -> None:
