@@ -30,6 +30,7 @@ from pgvote.loadtest.k6 import HttpTarget, run_burst
 from pgvote.loadtest.report import latency_summary
 from pgvote.loadtest.scenarios import create_poll
 from pgvote.loadtest.servers import sampling
+from pgvote.tables import yes
 
 CLIENTS = 64
 SAMPLE_S = 0.1
@@ -106,7 +107,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("votes/s, leader alone (synchronous_commit local), per round", ", ".join(map(str, s["votes_per_s"]["local"]))),
         (f"sync ÷ single node, medians ({s['clients']} pgbench clients, cast_vote, spread polls)", f"{s['ratio']:.2f}"),
         (f"HTTP burst: {b['voters']:,} voters through nginx (k6), votes/s; exactly once",
-         f"{b['votes_per_s']}; {'yes' if b['exactly_once'] else 'NO'}"),
+         f"{b['votes_per_s']}; {yes(b['exactly_once'])}"),
         ("standby replay lag p50 / p95 / max (pg_stat_replication.replay_lag)", spread(b["replay_lag_ms"], "_ms", 1)),
         ("standby replay lag p50 / p95 / max in WAL bytes", spread(b["replay_lag_bytes"], "", 0)),
         (f"age of the results a client sees (GET via nginx's 1 s cache and the standby; {b['client_answers']} answers) "
