@@ -378,9 +378,12 @@ class LocalStack:
         return {**{r.name: f"http://{HOST}:{r.admin_port}/ready" for r in self.replicas},
                 "nginx": f"{self.http_url}/nginx-health", "publisher": f"http://{HOST}:{self.ports.publisher}/health"}
 
-    def component_pid(self, name: str) -> int | None:
-        """Pid of a supervised component ("pgbouncer", "nginx", "postgrest-blue-1", ...) while it runs."""
-        pid = supervisor.read_status(self.state_dir).get("components", {}).get(name, {}).get("pid")
+    def component_pid(self, name: str, supervised: dict[str, Any] | None = None) -> int | None:
+        """Pid of a supervised component ("pgbouncer", "nginx", "postgrest-blue-1", ...) while it runs;
+        ``supervised``: the components of the supervisor's status file when the caller has read it."""
+        if supervised is None:
+            supervised = supervisor.read_status(self.state_dir).get("components", {})
+        pid = supervised.get(name, {}).get("pid")
         return pid if supervisor.alive(pid, name.split("-")[0]) else None
 
     # ---- blue-green ------------------------------------------------------------------------------
@@ -428,7 +431,7 @@ class LocalStack:
     def status(self) -> dict[str, Any]:
         """What runs (pid, port, restarts), where the state lives, and the URLs."""
         pg_pid, supervisor_pid = self._postgres_pid(), self._supervisor_pid()
-        entry = self._status_entry
+        entry = functools.partial(self._status_entry, supervised=self._supervised(supervisor_pid))
         try:
             bindir: str | None = str(self.bindir)
         except StackError:
@@ -455,10 +458,19 @@ class LocalStack:
             result["requested_state_dir"] = str(self.requested_state_dir)
         return result
 
-    def _status_entry(self, name: str, port: int, log: Path | None = None, **extra: Any) -> dict[str, Any]:
-        """A supervised component in status(): its pid while it runs, its restarts and last exit code."""
-        pid = self.component_pid(name) if self._supervisor_pid() else None
-        info = supervisor.read_status(self.state_dir).get("components", {}).get(name, {})
+    def _supervised(self, supervisor_pid: int | None) -> dict[str, Any]:
+        """The components of the supervisor's status file, read once for a status(); without their pids
+        when the supervisor is gone (what it started then is not the stack's)."""
+        supervised: dict[str, Any] = supervisor.read_status(self.state_dir).get("components", {})
+        return supervised if supervisor_pid else {name: {**info, "pid": None} for name, info in supervised.items()}
+
+    def _status_entry(self, name: str, port: int, log: Path | None = None, supervised: dict[str, Any] | None = None,
+                      **extra: Any) -> dict[str, Any]:
+        """A supervised component in status(): its pid while it runs, its restarts and last exit code;
+        ``supervised``: as status() read it (None: read now)."""
+        if supervised is None:
+            supervised = self._supervised(self._supervisor_pid())
+        pid, info = self.component_pid(name, supervised), supervised.get(name, {})
         return {"running": pid is not None, "pid": pid, "port": port, "log": str(log or self.log_dir / f"{name}.log"),
                 "restarts": info.get("restarts", 0), "last_exit": info.get("last_exit"), **extra}
 
