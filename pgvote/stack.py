@@ -238,7 +238,8 @@ class LocalStack:
 
         self.pg_log, self.bouncer_log, self.nginx_log, self.supervisor_log = (
             self.log_dir / name for name in ("postgresql.log", "pgbouncer.log", "nginx-error.log", "supervisor.log"))
-        self.bouncer_ini, self.jwt_secret_file = self.state_dir / "pgbouncer.ini", self.state_dir / "jwt-secret"
+        self.bouncer_ini, self.postgrest_conf, self.jwt_secret_file = (
+            self.state_dir / name for name in ("pgbouncer.ini", "postgrest.conf", "jwt-secret"))
         self.supervisor_pidfile = self.run_dir / "supervisor.pid"
 
     # ---- public API ------------------------------------------------------------------------------
@@ -714,6 +715,8 @@ class LocalStack:
         or make the running one re-read it (it starts what was added, stops what was removed)."""
         self._render_bouncer()
         self._render_nginx()
+        # every PostgREST replica reads api/postgrest.conf as it is, from a copy the service user can read
+        self._write(self.postgrest_conf, (PROJECT_ROOT / "api" / "postgrest.conf").read_text(), 0o600)
         self._write_spec(self._components())
         self._start_supervisor()
 
@@ -819,14 +822,12 @@ class LocalStack:
         self._write(auth_file, '"postgres" ""\n"authenticator" ""\n', 0o600)
 
     def _postgrest_component(self, replica: Replica, db_uri: str | None = None, name: str = "") -> dict[str, Any]:
-        """A PostgREST replica: api/postgrest.conf as it is (a copy the service user can read), this
-        replica's connection, secret and ports in PGRST_* variables, which override the file's values."""
-        conf = self.state_dir / "postgrest.conf"
-        self._write(conf, (PROJECT_ROOT / "api" / "postgrest.conf").read_text(), 0o600)
+        """A PostgREST replica: the copy of api/postgrest.conf, this replica's connection, secret and
+        ports in PGRST_* variables, which override the file's values."""
         env = {"PGRST_DB_URI": db_uri or self.api_url.rsplit("/", 1)[0] + "/pgvote_session",  # session-mode alias
                "PGRST_JWT_SECRET": self.jwt_secret, "PGRST_SERVER_HOST": HOST, "PGRST_SERVER_PORT": str(replica.port),
                "PGRST_ADMIN_SERVER_PORT": str(replica.admin_port)}
-        return self._component(name or replica.name, [self._postgrest_bin(), str(conf)], env={**self._env(), **env})
+        return self._component(name or replica.name, [self._postgrest_bin(), str(self.postgrest_conf)], env={**self._env(), **env})
 
     def _render_nginx(self) -> None:
         """deploy/nginx/pgvote.conf.template with this stack's paths and ports, a main file around it,
