@@ -418,7 +418,7 @@ class LocalStack:
             pid = self.component_pid("nginx")
             if pid is None:
                 raise StackError("nginx is not running")
-            old_workers = children(pid)
+            old_workers = supervisor.children(pid)
             os.kill(pid, signal.SIGHUP)
             if not wait_until(lambda: not any(supervisor.alive(w, "nginx") for w in old_workers), START_TIMEOUT, 0.05):
                 raise StackError(f"nginx's workers of the previous configuration did not exit within {START_TIMEOUT:.0f} s")
@@ -889,16 +889,6 @@ def signal_and_wait(pid: int, name: str, sig: signal.Signals, timeout: float) ->
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not supervisor.alive(pid, name), 5)
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            state, parent = stat.read_text().rsplit(")", 1)[-1].split()[:2]
-            if int(parent) == pid and state not in ("Z", "X"):
-                found.append(int(stat.parent.name))
-    return found
 
 
 def http_json(url: str, headers: dict[str, str] | None = None, timeout: float = 2) -> tuple[int, Any]:
