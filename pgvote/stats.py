@@ -9,7 +9,7 @@ import decimal
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -52,7 +52,8 @@ def show(conn: psycopg.Connection[Any], what: str) -> list[dict[str, Any]]:
 
 
 class Collector:
-    """Keeps one connection to the database and one to the admin console; reconnects after a failure."""
+    """Keeps one connection to the database and one to the admin console; a connection that fails is the
+    sample's error under its name ("database", "pgbouncer") and is made again for the next sample."""
 
     def __init__(self, database_url: str, bouncer_admin_url: str | None = None) -> None:
         self.urls = {"database": database_url, "pgbouncer": bouncer_admin_url}
@@ -63,18 +64,25 @@ class Collector:
             self.conns[name] = psycopg.connect(self.urls[name] or "", autocommit=True, connect_timeout=10)
         return self.conns[name]
 
+    @contextlib.contextmanager
+    def _reading(self, name: str, errors: dict[str, str]) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.Error as exc:
+            if name in self.conns:
+                self.conns[name].close()
+            errors[name] = str(exc).strip()
+
     def sample(self) -> dict[str, Any]:
         """{"sampled_at", "database": {view: row or rows}, "pgbouncer": {...} or None, "errors": {...}}."""
-        sample: dict[str, Any] = {"sampled_at": dt.datetime.now(dt.UTC).isoformat(), "pgbouncer": None}
-        sample["database"], sample["errors"] = collect_database(self._conn("database"))
+        sample: dict[str, Any] = {"sampled_at": dt.datetime.now(dt.UTC).isoformat(), "database": {}, "pgbouncer": None}
+        errors: dict[str, str] = {}
+        with self._reading("database", errors):
+            sample["database"], errors = collect_database(self._conn("database"))
         if self.urls["pgbouncer"]:
-            try:
+            with self._reading("pgbouncer", errors):
                 sample["pgbouncer"] = {key: show(self._conn("pgbouncer"), key) for key in ("pools", "stats", "databases")}
-            except psycopg.Error as exc:
-                if "pgbouncer" in self.conns:
-                    self.conns["pgbouncer"].close()
-                sample["errors"]["pgbouncer"] = str(exc).strip()
-        return sample
+        return sample | {"errors": errors}
 
     def close(self) -> None:
         for conn in self.conns.values():
@@ -200,7 +208,10 @@ def run(args: argparse.Namespace, local_stack: Callable[[], Any], console: Conso
     bouncer_url = None if bouncer_url in ("", "none") else bouncer_url
     if args.once and args.json:
         with contextlib.closing(Collector(database_url, bouncer_url)) as collector:
-            print(json.dumps(collector.sample(), indent=2, sort_keys=True))
+            sample = collector.sample()
+        if "database" in sample["errors"]:  # a script gets a failure, not a sample without the database
+            raise RuntimeError(sample["errors"]["database"])
+        print(json.dumps(sample, indent=2, sort_keys=True))
         return 0
     with contextlib.suppress(KeyboardInterrupt):
         live(database_url, bouncer_url, max(args.interval, 0.2), console, 1 if args.once else None)
