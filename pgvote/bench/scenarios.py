@@ -157,10 +157,8 @@ def _loadtest_measured(name: str, description: str, result: dict[str, Any]) -> M
     if not result["verification"]["exactly_once"]:
         raise RuntimeError(f"{name}: not exactly once: {result['verification']}")
     f = result["figures"]
-    lat = f["request_latency"]
     return Measured(name, description, result["clients"], "PgBouncer, extended",
-                    Figures(f["accepted"], f["votes_per_second"], f["gave_up"], lat["p50_ms"], lat["p95_ms"],
-                            lat["p99_ms"], lat["max_ms"]))
+                    Figures(f["accepted"], f["votes_per_second"], f["gave_up"], **f["request_latency"]))
 
 
 def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None], quick: bool = False) -> Results:
