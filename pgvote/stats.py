@@ -9,8 +9,8 @@ import decimal
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import psycopg
 from rich.console import Console, Group
@@ -21,6 +21,7 @@ from pgvote import tables
 
 SINGLE_ROW_VIEWS = ("vote_rate", "rollback_rate", "connections", "aggregation_backlog", "cache_hit_ratio")
 MULTI_ROW_VIEWS = ("api_latency", "rate_limits")  # of the monitoring schema, like the single-row ones
+T = TypeVar("T")
 
 
 def collect_database(conn: psycopg.Connection[Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -59,30 +60,24 @@ class Collector:
         self.urls = {"database": database_url, "pgbouncer": bouncer_admin_url}
         self.conns: dict[str, psycopg.Connection[Any]] = {}
 
-    def _conn(self, name: str) -> psycopg.Connection[Any]:
-        if name not in self.conns or self.conns[name].closed:
-            self.conns[name] = psycopg.connect(self.urls[name] or "", autocommit=True, connect_timeout=10)
-        return self.conns[name]
-
-    @contextlib.contextmanager
-    def _reading(self, name: str, errors: dict[str, str]) -> Iterator[None]:
+    def _read(self, name: str, read: Callable[[psycopg.Connection[Any]], T], errors: dict[str, str]) -> T | None:
         try:
-            yield
+            if name not in self.conns or self.conns[name].closed:
+                self.conns[name] = psycopg.connect(self.urls[name] or "", autocommit=True, connect_timeout=10)
+            return read(self.conns[name])
         except psycopg.Error as exc:
             if name in self.conns:
-                self.conns[name].close()
+                self.conns.pop(name).close()
             errors[name] = str(exc).strip()
+            return None
 
     def sample(self) -> dict[str, Any]:
         """{"sampled_at", "database": {view: row or rows}, "pgbouncer": {...} or None, "errors": {...}}."""
-        sample: dict[str, Any] = {"sampled_at": dt.datetime.now(dt.UTC).isoformat(), "database": {}, "pgbouncer": None}
-        errors: dict[str, str] = {}
-        with self._reading("database", errors):
-            sample["database"], errors = collect_database(self._conn("database"))
-        if self.urls["pgbouncer"]:
-            with self._reading("pgbouncer", errors):
-                sample["pgbouncer"] = {key: show(self._conn("pgbouncer"), key) for key in ("pools", "stats", "databases")}
-        return sample | {"errors": errors}
+        sampled_at, errors = dt.datetime.now(dt.UTC).isoformat(), dict[str, str]()
+        database, view_errors = self._read("database", collect_database, errors) or ({}, {})
+        bouncer = self._read("pgbouncer", lambda conn: {key: show(conn, key) for key in ("pools", "stats", "databases")},
+                             errors) if self.urls["pgbouncer"] else None
+        return {"sampled_at": sampled_at, "database": database, "pgbouncer": bouncer, "errors": view_errors | errors}
 
     def close(self) -> None:
         for conn in self.conns.values():
