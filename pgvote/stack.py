@@ -432,7 +432,7 @@ class LocalStack:
     def status(self) -> dict[str, Any]:
         """What runs (pid, port, restarts), where the state lives, and the URLs."""
         pg_pid, supervisor_pid = self._postgres_pid(), self._supervisor_pid()
-        entry = functools.partial(self._status_entry, supervised=self._supervised(supervisor_pid))
+        entry = functools.partial(self._status_entry, supervised=self._supervised())
         try:
             bindir: str | None = str(self.bindir)
         except StackError:
@@ -459,18 +459,17 @@ class LocalStack:
             result["requested_state_dir"] = str(self.requested_state_dir)
         return result
 
-    def _supervised(self, supervisor_pid: int | None) -> dict[str, Any]:
+    def _supervised(self) -> dict[str, Any]:
         """The components of the supervisor's status file, read once for a status(); without their pids
         when the supervisor is gone (what it started then is not the stack's)."""
         supervised: dict[str, Any] = supervisor.read_status(self.state_dir).get("components", {})
-        return supervised if supervisor_pid else {name: {**info, "pid": None} for name, info in supervised.items()}
+        return supervised if self._supervisor_pid() else {name: {**info, "pid": None} for name, info in supervised.items()}
 
     def _status_entry(self, name: str, port: int, log: Path | None = None, supervised: dict[str, Any] | None = None,
                       **extra: Any) -> dict[str, Any]:
         """A supervised component in status(): its pid while it runs, its restarts and last exit code;
         ``supervised``: as status() read it (None: read now)."""
-        if supervised is None:
-            supervised = self._supervised(self._supervisor_pid())
+        supervised = self._supervised() if supervised is None else supervised
         pid, info = self.component_pid(name, supervised), supervised.get(name, {})
         return {"running": pid is not None, "pid": pid, "port": port, "log": str(log or self.log_dir / f"{name}.log"),
                 "restarts": info.get("restarts", 0), "last_exit": info.get("last_exit"), **extra}
