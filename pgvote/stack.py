@@ -238,7 +238,8 @@ class LocalStack:
 
         self.pg_log, self.bouncer_log, self.nginx_log, self.supervisor_log = (
             self.log_dir / name for name in ("postgresql.log", "pgbouncer.log", "nginx-error.log", "supervisor.log"))
-        self.bouncer_ini, self.jwt_secret_file = self.state_dir / "pgbouncer.ini", self.state_dir / "jwt-secret"
+        self.bouncer_ini, self.postgrest_conf, self.jwt_secret_file = (
+            self.state_dir / name for name in ("pgbouncer.ini", "postgrest.conf", "jwt-secret"))
         self.supervisor_pidfile = self.run_dir / "supervisor.pid"
 
     # ---- public API ------------------------------------------------------------------------------
@@ -378,9 +379,12 @@ class LocalStack:
         return {**{r.name: f"http://{HOST}:{r.admin_port}/ready" for r in self.replicas},
                 "nginx": f"{self.http_url}/nginx-health", "publisher": f"http://{HOST}:{self.ports.publisher}/health"}
 
-    def component_pid(self, name: str) -> int | None:
-        """Pid of a supervised component ("pgbouncer", "nginx", "postgrest-blue-1", ...) while it runs."""
-        pid = supervisor.read_status(self.state_dir).get("components", {}).get(name, {}).get("pid")
+    def component_pid(self, name: str, supervised: dict[str, Any] | None = None) -> int | None:
+        """Pid of a supervised component ("pgbouncer", "nginx", "postgrest-blue-1", ...) while it runs;
+        ``supervised``: the components of the supervisor's status file when the caller has read it."""
+        if supervised is None:
+            supervised = supervisor.read_status(self.state_dir).get("components", {})
+        pid = supervised.get(name, {}).get("pid")
         return pid if supervisor.alive(pid, name.split("-")[0]) else None
 
     # ---- blue-green ------------------------------------------------------------------------------
@@ -414,7 +418,7 @@ class LocalStack:
             pid = self.component_pid("nginx")
             if pid is None:
                 raise StackError("nginx is not running")
-            old_workers = children(pid)
+            old_workers = supervisor.children(pid)
             os.kill(pid, signal.SIGHUP)
             if not wait_until(lambda: not any(supervisor.alive(w, "nginx") for w in old_workers), START_TIMEOUT, 0.05):
                 raise StackError(f"nginx's workers of the previous configuration did not exit within {START_TIMEOUT:.0f} s")
@@ -428,7 +432,7 @@ class LocalStack:
     def status(self) -> dict[str, Any]:
         """What runs (pid, port, restarts), where the state lives, and the URLs."""
         pg_pid, supervisor_pid = self._postgres_pid(), self._supervisor_pid()
-        entry = self._status_entry
+        entry = functools.partial(self._status_entry, supervised=self._supervised())
         try:
             bindir: str | None = str(self.bindir)
         except StackError:
@@ -455,10 +459,18 @@ class LocalStack:
             result["requested_state_dir"] = str(self.requested_state_dir)
         return result
 
-    def _status_entry(self, name: str, port: int, log: Path | None = None, **extra: Any) -> dict[str, Any]:
-        """A supervised component in status(): its pid while it runs, its restarts and last exit code."""
-        pid = self.component_pid(name) if self._supervisor_pid() else None
-        info = supervisor.read_status(self.state_dir).get("components", {}).get(name, {})
+    def _supervised(self) -> dict[str, Any]:
+        """The components of the supervisor's status file, read once for a status(); without their pids
+        when the supervisor is gone (what it started then is not the stack's)."""
+        supervised: dict[str, Any] = supervisor.read_status(self.state_dir).get("components", {})
+        return supervised if self._supervisor_pid() else {name: {**info, "pid": None} for name, info in supervised.items()}
+
+    def _status_entry(self, name: str, port: int, log: Path | None = None, supervised: dict[str, Any] | None = None,
+                      **extra: Any) -> dict[str, Any]:
+        """A supervised component in status(): its pid while it runs, its restarts and last exit code;
+        ``supervised``: as status() read it (None: read now)."""
+        supervised = self._supervised() if supervised is None else supervised
+        pid, info = self.component_pid(name, supervised), supervised.get(name, {})
         return {"running": pid is not None, "pid": pid, "port": port, "log": str(log or self.log_dir / f"{name}.log"),
                 "restarts": info.get("restarts", 0), "last_exit": info.get("last_exit"), **extra}
 
@@ -702,6 +714,8 @@ class LocalStack:
         or make the running one re-read it (it starts what was added, stops what was removed)."""
         self._render_bouncer()
         self._render_nginx()
+        # every PostgREST replica reads api/postgrest.conf as it is, from a copy the service user can read
+        self._write(self.postgrest_conf, (PROJECT_ROOT / "api" / "postgrest.conf").read_text(), 0o600)
         self._write_spec(self._components())
         self._start_supervisor()
 
@@ -807,14 +821,12 @@ class LocalStack:
         self._write(auth_file, '"postgres" ""\n"authenticator" ""\n', 0o600)
 
     def _postgrest_component(self, replica: Replica, db_uri: str | None = None, name: str = "") -> dict[str, Any]:
-        """A PostgREST replica: api/postgrest.conf as it is (a copy the service user can read), this
-        replica's connection, secret and ports in PGRST_* variables, which override the file's values."""
-        conf = self.state_dir / "postgrest.conf"
-        self._write(conf, (PROJECT_ROOT / "api" / "postgrest.conf").read_text(), 0o600)
+        """A PostgREST replica: the copy of api/postgrest.conf, this replica's connection, secret and
+        ports in PGRST_* variables, which override the file's values."""
         env = {"PGRST_DB_URI": db_uri or self.api_url.rsplit("/", 1)[0] + "/pgvote_session",  # session-mode alias
                "PGRST_JWT_SECRET": self.jwt_secret, "PGRST_SERVER_HOST": HOST, "PGRST_SERVER_PORT": str(replica.port),
                "PGRST_ADMIN_SERVER_PORT": str(replica.admin_port)}
-        return self._component(name or replica.name, [self._postgrest_bin(), str(conf)], env={**self._env(), **env})
+        return self._component(name or replica.name, [self._postgrest_bin(), str(self.postgrest_conf)], env={**self._env(), **env})
 
     def _render_nginx(self) -> None:
         """deploy/nginx/pgvote.conf.template with this stack's paths and ports, a main file around it,
@@ -876,16 +888,6 @@ def signal_and_wait(pid: int, name: str, sig: signal.Signals, timeout: float) ->
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not supervisor.alive(pid, name), 5)
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            state, parent = stat.read_text().rsplit(")", 1)[-1].split()[:2]
-            if int(parent) == pid and state not in ("Z", "X"):
-                found.append(int(stat.parent.name))
-    return found
 
 
 def http_json(url: str, headers: dict[str, str] | None = None, timeout: float = 2) -> tuple[int, Any]:

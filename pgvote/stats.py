@@ -10,7 +10,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from rich.console import Console, Group
@@ -21,6 +21,7 @@ from pgvote import tables
 
 SINGLE_ROW_VIEWS = ("vote_rate", "rollback_rate", "connections", "aggregation_backlog", "cache_hit_ratio")
 MULTI_ROW_VIEWS = ("api_latency", "rate_limits")  # of the monitoring schema, like the single-row ones
+T = TypeVar("T")
 
 
 def collect_database(conn: psycopg.Connection[Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -52,29 +53,31 @@ def show(conn: psycopg.Connection[Any], what: str) -> list[dict[str, Any]]:
 
 
 class Collector:
-    """Keeps one connection to the database and one to the admin console; reconnects after a failure."""
+    """Keeps one connection to the database and one to the admin console; a connection that fails is the
+    sample's error under its name ("database", "pgbouncer") and is made again for the next sample."""
 
     def __init__(self, database_url: str, bouncer_admin_url: str | None = None) -> None:
         self.urls = {"database": database_url, "pgbouncer": bouncer_admin_url}
         self.conns: dict[str, psycopg.Connection[Any]] = {}
 
-    def _conn(self, name: str) -> psycopg.Connection[Any]:
-        if name not in self.conns or self.conns[name].closed:
-            self.conns[name] = psycopg.connect(self.urls[name] or "", autocommit=True, connect_timeout=10)
-        return self.conns[name]
+    def _read(self, name: str, read: Callable[[psycopg.Connection[Any]], T], errors: dict[str, str]) -> T | None:
+        try:
+            if name not in self.conns or self.conns[name].closed:
+                self.conns[name] = psycopg.connect(self.urls[name] or "", autocommit=True, connect_timeout=10)
+            return read(self.conns[name])
+        except psycopg.Error as exc:
+            if name in self.conns:
+                self.conns.pop(name).close()
+            errors[name] = str(exc).strip()
+            return None
 
     def sample(self) -> dict[str, Any]:
         """{"sampled_at", "database": {view: row or rows}, "pgbouncer": {...} or None, "errors": {...}}."""
-        sample: dict[str, Any] = {"sampled_at": dt.datetime.now(dt.UTC).isoformat(), "pgbouncer": None}
-        sample["database"], sample["errors"] = collect_database(self._conn("database"))
-        if self.urls["pgbouncer"]:
-            try:
-                sample["pgbouncer"] = {key: show(self._conn("pgbouncer"), key) for key in ("pools", "stats", "databases")}
-            except psycopg.Error as exc:
-                if "pgbouncer" in self.conns:
-                    self.conns["pgbouncer"].close()
-                sample["errors"]["pgbouncer"] = str(exc).strip()
-        return sample
+        sampled_at, errors = dt.datetime.now(dt.UTC).isoformat(), dict[str, str]()
+        database, view_errors = self._read("database", collect_database, errors) or ({}, {})
+        bouncer = self._read("pgbouncer", lambda conn: {key: show(conn, key) for key in ("pools", "stats", "databases")},
+                             errors) if self.urls["pgbouncer"] else None
+        return {"sampled_at": sampled_at, "database": database, "pgbouncer": bouncer, "errors": view_errors | errors}
 
     def close(self) -> None:
         for conn in self.conns.values():
@@ -200,7 +203,10 @@ def run(args: argparse.Namespace, local_stack: Callable[[], Any], console: Conso
     bouncer_url = None if bouncer_url in ("", "none") else bouncer_url
     if args.once and args.json:
         with contextlib.closing(Collector(database_url, bouncer_url)) as collector:
-            print(json.dumps(collector.sample(), indent=2, sort_keys=True))
+            sample = collector.sample()
+        if "database" in sample["errors"]:  # a script gets a failure, not a sample without the database
+            raise RuntimeError(sample["errors"]["database"])
+        print(json.dumps(sample, indent=2, sort_keys=True))
         return 0
     with contextlib.suppress(KeyboardInterrupt):
         live(database_url, bouncer_url, max(args.interval, 0.2), console, 1 if args.once else None)

@@ -94,6 +94,17 @@ def live_pid(path: str | Path, name: str = "") -> int | None:
     return pid if alive(pid, name) else None
 
 
+def children(pid: int) -> list[int]:
+    """The live (non-zombie) processes whose parent is pid."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            state, parent = stat.read_text().rsplit(")", 1)[-1].split()[:2]
+            if int(parent) == pid and state not in ("Z", "X"):
+                found.append(int(stat.parent.name))
+    return found
+
+
 class Supervisor:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir

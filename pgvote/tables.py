@@ -19,6 +19,11 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], rig
     return out
 
 
+def yes(met: object) -> str:
+    """A goal or a check in a report: "yes", or a "NO" that stands out."""
+    return "yes" if met else "NO"
+
+
 def markdown(columns: Sequence[str], rows: Iterable[Sequence[str]], right: Iterable[int] = ()) -> list[str]:
     aligned = set(right)
     return ["| " + " | ".join(columns) + " |",

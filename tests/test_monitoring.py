@@ -2,6 +2,7 @@
 (role ops, never the API roles), and `pgvote stats` (one sample as JSON, and the live dashboard)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -189,6 +190,21 @@ def test_live_dashboard_renders_rates_between_samples(stack, small_load, api: Ap
     for title in ("Votes", "Transactions", "Connections", "Aggregation / cache", "API latency", "PgBouncer pools"):
         assert title in screen
     assert "cast_vote" in screen and "authenticator" in screen
+
+
+def test_collector_survives_its_database_connection_being_terminated(stack, admin) -> None:
+    """The collector's backend terminated between two samples (as a server restart or an idle-session
+    kill would): the next sample reports it instead of ending the dashboard, the one after has the views."""
+    views = set(stats.SINGLE_ROW_VIEWS + stats.MULTI_ROW_VIEWS)
+    with contextlib.closing(stats.Collector(stack.admin_url)) as collector:
+        assert set(collector.sample()["database"]) == views
+        backend = collector.conns["database"].info.backend_pid
+        assert admin.execute("select pg_terminate_backend(%s, 10000)", (backend,)).fetchone() == (True,)
+        lost = collector.sample()
+        assert "database" in lost["errors"] and lost["database"] == {}, lost
+        again = collector.sample()
+        assert "database" not in again["errors"] and set(again["database"]) == views, again["errors"]
+        assert collector.conns["database"].info.backend_pid != backend
 
 
 def test_rates_are_deltas_per_second() -> None:

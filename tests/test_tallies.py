@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 
-from pgvote.bench.scenarios import LockWaitSampler
+from pgvote.bench.scenarios import lock_waits
 from pgvote.http import ApiClient
 
 from helpers import Poll, counts_from_ballots, results_counts, stored_ballots, user
@@ -151,9 +151,9 @@ def test_sampler_sees_the_waits_of_a_shared_counter_row(stack, admin) -> None:
                     conn.execute("update public.hot_counter_control set n = n + 1 where id = 1")
                     conn.execute("select pg_sleep(0.002)")
 
-    with LockWaitSampler(stack.admin_url) as sampler:
+    with lock_waits(stack.admin_url) as waits:
         in_parallel(16, bump)
-    assert any(locktype in ("transactionid", "tuple") for locktype, _, _ in sampler.seen), sampler.seen
+    assert any(locktype in ("transactionid", "tuple") for locktype, _ in waits.seen), waits.seen
 
 
 def test_hot_poll_voters_never_wait_for_each_other(stack, make_poll, api) -> None:
@@ -168,10 +168,10 @@ def test_hot_poll_voters_never_wait_for_each_other(stack, make_poll, api) -> Non
             r = cast(api, poll, rng.sample(poll.option_ids, 2), claims=user(f"hot-{poll.poll_id}-{i}-{j}"))
             assert r.status == 200, r.body
 
-    with LockWaitSampler(stack.admin_url) as sampler:
+    with lock_waits(stack.admin_url) as waits:
         in_parallel(64, work)
-    assert sampler.samples > 10
-    assert {locktype for locktype, _, _ in sampler.seen} <= {"extend"}, sampler.seen
+    assert waits.samples > 10
+    assert {locktype for locktype, _ in waits.seen} <= {"extend"}, waits.seen
 
 
 def test_compaction_is_scheduled_in_postgresql(admin) -> None:

@@ -27,19 +27,14 @@ from pgvote.bench.report import Section, alternate, command_line, median_ratio, 
 from pgvote.bench.scenarios import BENCH_DATABASE, SPREAD_POLLS, bench_database
 from pgvote.http import ApiClient
 from pgvote.loadtest.k6 import HttpTarget, run_burst
-from pgvote.loadtest.report import percentile
+from pgvote.loadtest.report import latency_summary
 from pgvote.loadtest.scenarios import create_poll
 from pgvote.loadtest.servers import sampling
+from pgvote.tables import yes
 
 CLIENTS = 64
 SAMPLE_S = 0.1
 SAMPLE_SQL = (Path(__file__).parent / "sql" / "ha_sample.sql").read_text()
-
-
-def _pct(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {"p50": round(percentile(ordered, 50), 1), "p95": round(percentile(ordered, 95), 1),
-            "max": round(max(ordered, default=0.0), 1)}
 
 
 def sync_ratio(stack: Any, seconds: float, pairs: int, progress: Any) -> dict[str, Any]:
@@ -84,11 +79,12 @@ def replica_lag_under_burst(stack: Any, voters: int, console: Console) -> dict[s
             time.sleep(2)  # the cache and the standby catch up: the last answers show the final total
     # per client answer: since when the leader had more ballots than it shows
     ahead = (next((lt for lt, lead in leader if lead > total), None) for _, total in seen)
-    ages = [max(0.0, (t - a) * 1000) if a is not None and a <= t else 0.0 for (t, _), a in zip(seen, ahead)]
+    ages = [max(0.0, t - a) if a is not None and a <= t else 0.0 for (t, _), a in zip(seen, ahead)]
     return {"voters": voters, "votes_per_s": round(burst["figures"]["votes_per_second"]),
             "exactly_once": burst["verification"]["exactly_once"], "samples": len(lag),
-            "replay_lag_ms": _pct([ms for ms, _ in lag]), "replay_lag_bytes": _pct([b for _, b in lag]),
-            "client_answers": len(ages), "results_age_ms": _pct(ages), "final_total_seen": seen[-1][1] if seen else None}
+            "replay_lag_ms": latency_summary([ms for ms, _ in lag], 1),
+            "replay_lag_bytes": latency_summary([b for _, b in lag], 1, ""), "client_answers": len(ages),
+            "results_age_ms": latency_summary(ages), "final_total_seen": seen[-1][1] if seen else None}
 
 
 def bench(stack: Any, args: Any, *, console: Console, **files: Any) -> dict[str, Any]:
@@ -111,11 +107,14 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("votes/s, leader alone (synchronous_commit local), per round", ", ".join(map(str, s["votes_per_s"]["local"]))),
         (f"sync ÷ single node, medians ({s['clients']} pgbench clients, cast_vote, spread polls)", f"{s['ratio']:.2f}"),
         (f"HTTP burst: {b['voters']:,} voters through nginx (k6), votes/s; exactly once",
-         f"{b['votes_per_s']}; {'yes' if b['exactly_once'] else 'NO'}"),
-        ("standby replay lag p50 / p95 / max (pg_stat_replication.replay_lag)",
-         f"{b['replay_lag_ms']['p50']} / {b['replay_lag_ms']['p95']} / {b['replay_lag_ms']['max']} ms"),
-        ("standby replay lag p50 / p95 / max in WAL bytes",
-         f"{b['replay_lag_bytes']['p50']:.0f} / {b['replay_lag_bytes']['p95']:.0f} / {b['replay_lag_bytes']['max']:.0f}"),
+         f"{b['votes_per_s']}; {yes(b['exactly_once'])}"),
+        ("standby replay lag p50 / p95 / max (pg_stat_replication.replay_lag)", spread(b["replay_lag_ms"], "_ms", 1)),
+        ("standby replay lag p50 / p95 / max in WAL bytes", spread(b["replay_lag_bytes"], "", 0)),
         (f"age of the results a client sees (GET via nginx's 1 s cache and the standby; {b['client_answers']} answers) "
-         "p50 / p95 / max", f"{b['results_age_ms']['p50']} / {b['results_age_ms']['p95']} / {b['results_age_ms']['max']} ms"),
+         "p50 / p95 / max", spread(b["results_age_ms"], "_ms", 1)),
     ]
+
+
+def spread(summary: dict[str, float], unit: str, digits: int) -> str:
+    """p50 / p95 / max of a latency_summary(), " ms" after them for milliseconds."""
+    return " / ".join(f"{summary[f'{q}{unit}']:.{digits}f}" for q in ("p50", "p95", "max")) + unit.replace("_", " ")

@@ -18,6 +18,7 @@ from pgvote.bench.report import RATIO_COLUMNS, Section, command_line, run_mode, 
 from pgvote.http import ApiClient
 from pgvote.loadtest import DEFAULT_RAMP_VUS
 from pgvote.loadtest.k6 import HttpTarget, run_burst, run_ramp
+from pgvote.tables import yes
 
 NOOP = "bench_noop_cast_vote"
 NOOP_SQL = (Path(__file__).parent / "sql" / "noop.sql").read_text()
@@ -62,10 +63,6 @@ def request_limit_off(stack: Any) -> Iterator[None]:
             conn.execute("update rate_limit.limits set enabled = true where name = 'request'")
 
 
-def _yes(met: bool) -> str:
-    return "yes" if met else "NO"
-
-
 def bench(stack: Any, args: Any, *, console: Console, **files: Any) -> dict[str, Any]:
     sizes = QUICK if args.quick else FULL
     return run_mode("bench --http", lambda: measure(stack, sizes, console), command=command_line("http", args, ()),
@@ -108,15 +105,15 @@ def measure(stack: Any, sizes: dict[str, Any], console: Console) -> tuple[dict[s
           "exactly_once": ramp["verification"]["exactly_once"], "voters": ramp["figures"]["voters"]}
     ratios = [
         ("H1", f"cast_vote / no-op RPC, same arguments, same path ({sizes['h1_vus']} VUs)", f"{values['H1']:.2f}",
-         ">= 0.85", _yes(values["H1"] >= 0.85)),
+         ">= 0.85", yes(values["H1"] >= 0.85)),
         ("H2", f"{sizes['h2_voters']:,}-voter burst, {sizes['h2_vus']:,} VUs: drain rate / no-op envelope",
          f"{values['H2']:.2f} ({f2['accepted']:,} accepted, {runs['cast_vote_h2']['k6']['retries']:,} retries)",
-         "100% exactly once", _yes(v2["exactly_once"] and f2["accepted"] == f2["voters"] == sizes["h2_voters"])),
+         "100% exactly once", yes(v2["exactly_once"] and f2["accepted"] == f2["voters"] == sizes["h2_voters"])),
         ("hook", "rate-limit hook: a bucket token per call / the limit switched off (direct to one PostgREST)",
-         f"{values['hook']:.2f}", ">= 0.8", _yes(values["hook"] >= 0.80)),
+         f"{values['hook']:.2f}", ">= 0.8", yes(values["hook"] >= 0.80)),
         ("H3", f"the guide's ramp ({h3['voters']:,} voters): p95, error rate (k6 exit {h3['k6_exit_code']})",
          f"{h3['p95_ms']:,.0f} ms, {h3['error_rate']:.2%}", "the thresholds of k6/ramp.js",
-         _yes(not crossed) + (f" ({', '.join(crossed)})" if crossed else "")),
+         yes(not crossed) + (f" ({', '.join(crossed)})" if crossed else "")),
     ]
     # CPU milliseconds per vote of each run, a column per process (k6, nginx, PostgREST, PgBouncer, PostgreSQL)
     cpu = {name: {n: round(s * 1000 / (r["figures"]["accepted"] or 1), 3) for n, s in r["cpu_seconds"].items()}

@@ -20,6 +20,7 @@ from pgvote.loadtest.k6 import HttpTarget, run_burst
 from pgvote.loadtest.report import latency_summary
 from pgvote.loadtest.scenarios import create_poll
 from pgvote.supervisor import raise_nofile_limit
+from pgvote.tables import yes
 
 PER_ADDRESS = 16  # watchers per loopback address, under nginx's limit of 32
 CONNECT_AT_ONCE = 200
@@ -175,7 +176,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str]]:
          f"{lat['last']['p50_ms']:.1f} / {lat['last']['p95_ms']:.1f} ms"),
         ("votes/s through nginx without (before, after) / with the watchers",
          (f"{vps['without']:,.0f} ({vps['without_before']:,.0f}, {vps['without_after']:,.0f}) / {vps['with']:,.0f} "
-          f"({r['with']['voters']:,} voters each burst, exactly once: {'yes' if r['exactly_once'] else 'NO'})")),
+          f"({r['with']['voters']:,} voters each burst, exactly once: {yes(r['exactly_once'])})")),
         ("throughput with ÷ without (goal ≥ 0.95)", f"{r['throughput_ratio']:.2f}"),
         ("server CPU per vote without / with", f"{cpu['without']:.2f} / {cpu['with']:.2f} ms"),
     ]

@@ -42,14 +42,13 @@ def postgrest_variables(*, poll_id: str, patterns: Sequence[Sequence[str]] = (),
 
 @dataclass(frozen=True)
 class Run:
-    script: str | Path  # a file of SCRIPTS by name, or a path ("path@weight" for a weighted mix)
+    script: str | Path  # a file of SCRIPTS by name, or a path
     url: str
     clients: int
     seconds: float = 0.0  # -T: this long, unless transactions says how many per client (-t)
     protocol: str = "prepared"  # prepared | extended (PostgREST without prepared statements) | simple
     variables: dict[str, str] = field(default_factory=dict)
     transactions: int = 0
-    more_scripts: tuple[str, ...] = ()  # further -f scripts of a weighted mix ("path@weight")
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,6 @@ class Transaction:
     number: int  # the client's 0-based count: its slot is client * per_client + number
     end: float  # epoch seconds, when it committed
     seconds: float  # its latency
-    script: int = 0  # which script of a mix (0: the first)
 
 
 @dataclass(frozen=True)
@@ -108,8 +106,7 @@ def execute(r: Run, on_progress: Callable[[str], None] = lambda line: None) -> O
     with tempfile.TemporaryDirectory(prefix="pgvote-pgbench-") as tmp:
         logs, summary = Path(tmp) / "tx", Path(tmp) / "summary"
         command = [pgbench_binary(), "-n", "-M", r.protocol, "-c", str(r.clients),
-                   "-j", str(min(os.cpu_count() or 2, r.clients)), "-f", str(script),
-                   *(a for m in r.more_scripts for a in ("-f", m)), "-P", "1",
+                   "-j", str(min(os.cpu_count() or 2, r.clients)), "-f", str(script), "-P", "1",
                    "-l", f"--log-prefix={logs}"]
         command += ["-t", str(r.transactions)] if r.transactions else ["-T", str(max(1, round(r.seconds)))]
         for name, value in r.variables.items():
@@ -130,7 +127,7 @@ def execute(r: Run, on_progress: Callable[[str], None] = lambda line: None) -> O
             _, status, usage = os.wait4(proc.pid, 0)  # rusage: pgbench's CPU
             proc.returncode = os.waitstatus_to_exitcode(status)
         text = summary.read_text()
-        committed = [Transaction(int(f[0]), int(f[1]) - 1, int(f[4]) + int(f[5]) / 1e6, int(f[2]) / 1e6, int(f[3]))
+        committed = [Transaction(int(f[0]), int(f[1]) - 1, int(f[4]) + int(f[5]) / 1e6, int(f[2]) / 1e6)
                      for log in Path(tmp).glob("tx*") for f in (line.split() for line in log.read_text().splitlines())
                      if f and f[2].isdigit()]
     tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", text)

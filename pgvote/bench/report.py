@@ -118,12 +118,12 @@ def as_json(results: Results, server_version: str) -> dict[str, Any]:
 
 def ratio_rows(results: Results) -> list[tuple[str, ...]]:
     """The ratios, then the read latencies of the 1M-ballot poll."""
-    rows: list[tuple[str, ...]] = [(r.name, r.description, f"{r.value:.2f}", r.goal_text, "yes" if r.met else "NO")
+    rows: list[tuple[str, ...]] = [(r.name, r.description, f"{r.value:.2f}", r.goal_text, tables.yes(r.met))
                                    for r in results.ratios]
     if results.reads_warm:
         p95 = results.reads_warm.figures.p95_ms
         rows.append(("reads", "poll_results p95 on the 1,000,000-ballot poll, warm, no other load", f"{p95:.2f} ms",
-                     "<= 5 ms", "yes" if p95 <= 5 else "NO"))
+                     "<= 5 ms", tables.yes(p95 <= 5)))
     if results.reads_under_writes:
         rows.append(("R5", "poll_results p95 on the 1,000,000-ballot poll while 64 clients vote on it (2 cores "
                      "saturated by the writers and pgbench)", f"{results.reads_under_writes.figures.p95_ms:.2f} ms",

@@ -9,7 +9,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -66,33 +66,25 @@ def bench_database(admin_url: str, bouncer_url: str, hot_ballots: int = HOT_POLL
         yield BenchDatabase(bench_admin, api_url, with_database(api_url, BENCH_DATABASE, "postgres"), *hot)
 
 
-class LockWaitSampler:
-    """Samples ungranted locks of the current database every few milliseconds."""
+@dataclass
+class LockWaits:
+    """What a lock_waits() block saw: samples taken, and per (locktype, relation) how many saw a wait."""
 
-    def __init__(self, url: str, interval: float = 0.002) -> None:
-        self.url, self.interval = url, interval
-        self.seen: Counter[tuple[str, str, str]] = Counter()
-        self.samples = 0
-        self._stack = ExitStack()
+    samples: int = 0
+    seen: Counter[tuple[str, str]] = field(default_factory=Counter)
 
-    def _sample(self, conn: psycopg.Connection) -> None:
-        for locktype, relation, query in conn.execute(LOCK_WAITS_SQL).fetchall():
-            self.seen[(locktype, relation, query[:40])] += 1
-        self.samples += 1
 
-    def waits_by_type(self) -> dict[str, int]:
-        by_type: Counter[str] = Counter()
-        for (locktype, relation, _), n in self.seen.items():
-            by_type[f"{locktype} {relation}".strip()] += n
-        return dict(by_type)
+@contextmanager
+def lock_waits(url: str, interval: float = 0.002) -> Iterator[LockWaits]:
+    """Samples ungranted locks of the current database every few milliseconds while the block runs."""
+    waits = LockWaits()
 
-    def __enter__(self) -> LockWaitSampler:
-        conn = self._stack.enter_context(psycopg.connect(self.url, autocommit=True))
-        self._stack.enter_context(sampling(lambda: self._sample(conn), self.interval))
-        return self
+    def sample(conn: psycopg.Connection) -> None:
+        waits.seen.update(conn.execute(LOCK_WAITS_SQL).fetchall())
+        waits.samples += 1
 
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
+    with psycopg.connect(url, autocommit=True) as conn, sampling(lambda: sample(conn), interval):
+        yield waits
 
 
 def locks_held_by_one_call(conn: psycopg.Connection, sql: str, params: tuple[object, ...]) -> list[tuple[str, str, str]]:
@@ -157,10 +149,8 @@ def _loadtest_measured(name: str, description: str, result: dict[str, Any]) -> M
     if not result["verification"]["exactly_once"]:
         raise RuntimeError(f"{name}: not exactly once: {result['verification']}")
     f = result["figures"]
-    lat = f["request_latency"]
     return Measured(name, description, result["clients"], "PgBouncer, extended",
-                    Figures(f["accepted"], f["votes_per_second"], f["gave_up"], lat["p50_ms"], lat["p95_ms"],
-                            lat["p99_ms"], lat["max_ms"]))
+                    Figures(f["accepted"], f["votes_per_second"], f["gave_up"], **f["request_latency"]))
 
 
 def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None], quick: bool = False) -> Results:
@@ -179,10 +169,10 @@ def run_all(db: BenchDatabase, seconds: float, progress: Callable[[str], None], 
         progress(f"{name}: {description}, {clients} clients")
         url, protocol = ((db.bouncer_url if as_superuser else db.api_url, "extended") if via_bouncer
                          else (db.admin_url, "prepared"))
-        with LockWaitSampler(db.admin_url, interval=0.01) as sampler:
+        with lock_waits(db.admin_url, interval=0.01) as waits:
             figures = run(Run(script, url, clients, seconds, protocol, variables))
         m = Measured(name, description, clients, "PgBouncer, extended" if via_bouncer else "direct, prepared",
-                     figures, sampler.waits_by_type())
+                     figures, {f"{locktype} {relation}".strip(): n for (locktype, relation), n in waits.seen.items()})
         results.measured[name] = m
         return m
 

@@ -41,10 +41,10 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return float(sorted_values[rank - 1])
 
 
-def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
-    """p50/p95/p99/max in milliseconds."""
-    ms = sorted(s * 1000 for s in seconds)
-    return {f"p{q}_ms": percentile(ms, q) for q in (50, 95, 99)} | {"max_ms": ms[-1] if ms else math.nan}
+def latency_summary(values: Sequence[float], scale: float = 1000, unit: str = "_ms") -> dict[str, float]:
+    """p50/p95/p99/max of ``values`` × ``scale``, keys ending in ``unit``: seconds in, milliseconds out."""
+    out = sorted(v * scale for v in values)
+    return {f"p{q}{unit}": percentile(out, q) for q in (50, 95, 99)} | {f"max{unit}": out[-1] if out else math.nan}
 
 
 def figures(records: Sequence[Record], t0: float, errors: Counter[str]) -> dict[str, Any]:

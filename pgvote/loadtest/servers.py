@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from pgvote.stack import children
 from pgvote.stats import show
+from pgvote.supervisor import children
 
 MIB = 1024 * 1024
 

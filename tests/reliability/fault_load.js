@@ -12,6 +12,8 @@
 // attempt number, the status, and either the answer (200: recorded / changed / unchanged, and the
 // option ids it reports) or the error (the API's error code, or k6's error code and message when
 // there was no HTTP answer; a final error also keeps the body the client was told).
+// Every send is also one point of the `vote_sends` counter: the sends not yet answered are the calls
+// in flight while the round runs (a crash round waits for enough of them before its kill).
 // tests/reliability/k6round.py writes the plan and reads these points back from the JSON output.
 //
 // plan.vus VUs, all released at once, VU v (1-based) casting ballots (v - 1) * per_vu ... v * per_vu - 1
@@ -22,11 +24,12 @@ import http from 'k6/http';
 import { sleep } from 'k6';
 import exec from 'k6/execution';
 import { SharedArray } from 'k6/data';
-import { Trend } from 'k6/metrics';
+import { Counter, Trend } from 'k6/metrics';
 
 const plan = JSON.parse(open(__ENV.PGVOTE_PLAN));
 const ballots = new SharedArray('ballots', () => JSON.parse(open(plan.ballots_path)));
 const attempts = new Trend('vote_attempts', true);
+const sends = new Counter('vote_sends');
 
 const RETRYABLE = { 0: true, 502: true, 503: true, 504: true };
 
@@ -76,6 +79,7 @@ export default function () {
     const params = { headers: headers, timeout: `${plan.call_timeout_s}s` };
     for (let attempt = 1; attempt <= plan.max_attempts; attempt++) {
         const sent = Date.now();
+        sends.add(1);
         const res = http.post(url, ballot.body, params);
         const tags = { ballot: String(index), attempt: String(attempt), status: String(res.status) };
         let again = false;

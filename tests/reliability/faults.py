@@ -23,7 +23,8 @@ from typing import Any
 
 import psycopg
 
-from pgvote.stack import LocalStack, children, wait_until
+from pgvote.stack import LocalStack, wait_until
+from pgvote.supervisor import children
 
 PROXY_SCRIPT = Path(__file__).with_name("tcp_proxy.py")
 

@@ -121,6 +121,7 @@ class Live:
 
     def __init__(self) -> None:
         self.acked = 0
+        self.in_flight = 0  # calls sent and not yet answered, as far as k6's output has come
         self.marks: dict[str, float] = {}
         self.notes: dict[str, Any] = {}
         self.done = threading.Event()
@@ -233,9 +234,10 @@ class _Follower(K6Lines):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.attempts: list[Attempt] = []
-        self.acked = 0
+        self.acked = self.sends = 0
 
     def point(self, line: bytes) -> None:
+        self.sends += line.startswith(b'{"metric":"vote_sends","type":"Point"')
         if line.startswith(b'{"metric":"vote_attempts","type":"Point"'):
             data = json.loads(line)["data"]
             tags = data["tags"]
@@ -330,7 +332,7 @@ def _follow(proc: subprocess.Popen[bytes], follower: _Follower, live: Live, time
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # rusage: k6's own CPU time
         follower.read()
-        live.acked = follower.acked
+        live.acked, live.in_flight = follower.acked, follower.sends - len(follower.attempts)
         if pid == proc.pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
             return round(usage.ru_utime + usage.ru_stime, 2)
