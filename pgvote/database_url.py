@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 
 class MissingDatabaseUrl(RuntimeError):
@@ -20,7 +21,4 @@ def database_url() -> str:
 
 def sqlalchemy_url(libpq_url: str) -> str:
     """The same URL for SQLAlchemy's psycopg 3 dialect (alembic needs SQLAlchemy)."""
-    for scheme in ("postgresql://", "postgres://"):
-        if libpq_url.startswith(scheme):
-            return "postgresql+psycopg://" + libpq_url[len(scheme):]
-    return libpq_url
+    return re.sub(r"^postgres(ql)?://", "postgresql+psycopg://", libpq_url)
