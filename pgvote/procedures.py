@@ -53,12 +53,8 @@ SCHEMA = Folder(PROCEDURES_DIR, OWNED_SCHEMAS, after=ALWAYS_APPLIED)
 
 @dataclass(frozen=True)
 class ProcedureFile:
-    path: Path
+    name: str  # <schema>.<function>.sql
     text: str
-
-    @property
-    def name(self) -> str:
-        return self.path.name
 
     @property
     def digest(self) -> str:
@@ -66,7 +62,7 @@ class ProcedureFile:
 
 
 def procedure_files(directory: Path = PROCEDURES_DIR) -> list[ProcedureFile]:
-    return [ProcedureFile(p, p.read_text()) for p in sorted(directory.glob("*.sql"))]
+    return [ProcedureFile(p.name, p.read_text()) for p in sorted(directory.glob("*.sql"))]
 
 
 @dataclass(frozen=True)
