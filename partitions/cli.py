@@ -203,8 +203,7 @@ def cmd_verify(args: argparse.Namespace, conn: psycopg.Connection) -> int:
 
 
 def cmd_create(args: argparse.Namespace, conn: psycopg.Connection) -> int:
-    notices = Notices(args.verbose)
-    conn.add_notice_handler(notices)
+    conn.add_notice_handler(Notices(args.verbose))
     created = [r[0] for r in conn.execute("select partition from partman.create_partitions(%s, %s, %s)",
                                           (args.table, args.modulus, args.dry_run))]
     if args.dry_run:
