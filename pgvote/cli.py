@@ -312,18 +312,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
-    except StackError as exc:
-        if args.debug:
-            raise
-        err.print(f"[red]error:[/] {escape(str(exc))}")
-        return 1
     except KeyboardInterrupt:
         err.print("[red]interrupted[/]")
         return 130
-    except Exception as exc:  # anything else: still one line, traceback on demand
+    except Exception as exc:  # one line, a traceback on demand; a StackError's says what to do itself
         if args.debug:
             raise
-        err.print(f"[red]error:[/] {escape(type(exc).__name__)}: {escape(str(exc))} (run with --debug for details)")
+        err.print(f"[red]error:[/] {escape(str(exc))}" if isinstance(exc, StackError) else
+                  f"[red]error:[/] {escape(type(exc).__name__)}: {escape(str(exc))} (run with --debug for details)")
         return 1
 
 
