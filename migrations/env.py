@@ -9,13 +9,14 @@ and removed functions.
 from __future__ import annotations
 
 import logging
+import re
 from logging.config import fileConfig
 
 from alembic import context
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, pool
 
-from pgvote.database_url import database_url, sqlalchemy_url
+from pgvote.database_url import database_url
 from pgvote.procedures import offline_script, sync_procedures
 
 config = context.config
@@ -25,7 +26,9 @@ log = logging.getLogger("alembic.env")
 
 
 def target_url() -> str:
-    return config.attributes.get("database_url") or database_url()
+    """The libpq URL to migrate (pgvote/migrate.py's, else DATABASE_URL) for SQLAlchemy's psycopg 3 dialect."""
+    url = config.attributes.get("database_url") or database_url()
+    return re.sub(r"^postgres(ql)?://", "postgresql+psycopg://", url)
 
 
 def heads() -> set[str]:
@@ -43,7 +46,7 @@ def upgrading_to_head() -> bool:
 
 
 def run_offline() -> None:
-    context.configure(url=sqlalchemy_url(target_url()), literal_binds=True, transactional_ddl=True)
+    context.configure(url=target_url(), literal_binds=True, transactional_ddl=True)
     with context.begin_transaction():
         context.run_migrations()
         if upgrading_to_head():
@@ -51,7 +54,7 @@ def run_offline() -> None:
 
 
 def run_online() -> None:
-    engine = create_engine(sqlalchemy_url(target_url()), poolclass=pool.NullPool)
+    engine = create_engine(target_url(), poolclass=pool.NullPool)
     with engine.connect() as connection:
         context.configure(connection=connection, transactional_ddl=True, transaction_per_migration=False)
         with context.begin_transaction():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 
 
 class MissingDatabaseUrl(RuntimeError):
@@ -18,7 +17,3 @@ def database_url() -> str:
         )
     return url
 
-
-def sqlalchemy_url(libpq_url: str) -> str:
-    """The same URL for SQLAlchemy's psycopg 3 dialect (alembic needs SQLAlchemy)."""
-    return re.sub(r"^postgres(ql)?://", "postgresql+psycopg://", libpq_url)
