@@ -151,7 +151,5 @@ def drop_routines(conn: psycopg.Connection, routines: list[Routine]) -> list[str
 
 def offline_script() -> str:
     """Everything sync_procedures would apply on an empty database, for `alembic upgrade --sql`."""
-    parts = ["set check_function_bodies = off;"]
-    parts += [f.text for f in procedure_files()]
-    parts += ["set check_function_bodies = on;"] + [(DB_DIR / name).read_text() for name in ALWAYS_APPLIED]
-    return "\n\n".join(parts)
+    return "\n\n".join(["set check_function_bodies = off;", *(f.text for f in procedure_files()),
+                        "set check_function_bodies = on;", *((DB_DIR / name).read_text() for name in ALWAYS_APPLIED)])
