@@ -35,21 +35,12 @@ def heads() -> set[str]:
     return set(ScriptDirectory.from_config(config).get_heads())
 
 
-def at_head() -> bool:
-    return set(context.get_context().get_current_heads()) == heads()
-
-
-def upgrading_to_head() -> bool:
-    """Offline: whether the script ends at head (alembic resolves "head" to its revision number)."""
-    target = context.get_revision_argument()
-    return set(target if isinstance(target, tuple) else (target,)) == heads()
-
-
 def run_offline() -> None:
     context.configure(url=target_url(), literal_binds=True, transactional_ddl=True)
     with context.begin_transaction():
         context.run_migrations()
-        if upgrading_to_head():
+        target = context.get_revision_argument()  # the script ends at head: alembic resolves "head" to its number
+        if set(target if isinstance(target, tuple) else (target,)) == heads():
             context.get_context().impl.static_output(offline_script())
 
 
@@ -59,7 +50,7 @@ def run_online() -> None:
         context.configure(connection=connection, transactional_ddl=True, transaction_per_migration=False)
         with context.begin_transaction():
             context.run_migrations()
-            if at_head():
+            if set(context.get_context().get_current_heads()) == heads():  # the database ends at head
                 result = sync_procedures(connection.connection.driver_connection)
                 log.info("Applied %d changed file(s) of procedures/", len(result.applied))
                 for signature in result.dropped:
