@@ -9,13 +9,14 @@ and removed functions.
 from __future__ import annotations
 
 import logging
+import re
 from logging.config import fileConfig
 
 from alembic import context
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, pool
 
-from pgvote.database_url import database_url, sqlalchemy_url
+from pgvote.database_url import database_url
 from pgvote.procedures import offline_script, sync_procedures
 
 config = context.config
@@ -25,38 +26,31 @@ log = logging.getLogger("alembic.env")
 
 
 def target_url() -> str:
-    return config.attributes.get("database_url") or database_url()
+    """The libpq URL to migrate (pgvote/migrate.py's, else DATABASE_URL) for SQLAlchemy's psycopg 3 dialect."""
+    url = config.attributes.get("database_url") or database_url()
+    return re.sub(r"^postgres(ql)?://", "postgresql+psycopg://", url)
 
 
 def heads() -> set[str]:
     return set(ScriptDirectory.from_config(config).get_heads())
 
 
-def at_head() -> bool:
-    return set(context.get_context().get_current_heads()) == heads()
-
-
-def upgrading_to_head() -> bool:
-    """Offline: whether the script ends at head (alembic resolves "head" to its revision number)."""
-    target = context.get_revision_argument()
-    return set(target if isinstance(target, tuple) else (target,)) == heads()
-
-
 def run_offline() -> None:
-    context.configure(url=sqlalchemy_url(target_url()), literal_binds=True, transactional_ddl=True)
+    context.configure(url=target_url(), literal_binds=True, transactional_ddl=True)
     with context.begin_transaction():
         context.run_migrations()
-        if upgrading_to_head():
+        target = context.get_revision_argument()  # the script ends at head: alembic resolves "head" to its number
+        if set(target if isinstance(target, tuple) else (target,)) == heads():
             context.get_context().impl.static_output(offline_script())
 
 
 def run_online() -> None:
-    engine = create_engine(sqlalchemy_url(target_url()), poolclass=pool.NullPool)
+    engine = create_engine(target_url(), poolclass=pool.NullPool)
     with engine.connect() as connection:
         context.configure(connection=connection, transactional_ddl=True, transaction_per_migration=False)
         with context.begin_transaction():
             context.run_migrations()
-            if at_head():
+            if set(context.get_context().get_current_heads()) == heads():  # the database ends at head
                 result = sync_procedures(connection.connection.driver_connection)
                 log.info("Applied %d changed file(s) of procedures/", len(result.applied))
                 for signature in result.dropped:

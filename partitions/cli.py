@@ -71,10 +71,10 @@ class Notices:
             self.bar = None
 
 
-def call(conn: psycopg.Connection, procedure: str, *args: Any, notices: Notices | None = None) -> list[dict[str, Any]]:
+def call(conn: psycopg.Connection, procedure: str, *args: Any, verbose: bool = False) -> list[dict[str, Any]]:
     """CALL partman.<procedure>(args) on an autocommit connection (it commits between its steps);
     returns the result of each split it made."""
-    notices = notices or Notices()
+    notices = Notices(verbose)
     conn.add_notice_handler(notices)
     try:
         # literals, not parameters: a CALL that commits must come as a simple query
@@ -203,8 +203,7 @@ def cmd_verify(args: argparse.Namespace, conn: psycopg.Connection) -> int:
 
 
 def cmd_create(args: argparse.Namespace, conn: psycopg.Connection) -> int:
-    notices = Notices(args.verbose)
-    conn.add_notice_handler(notices)
+    conn.add_notice_handler(Notices(args.verbose))
     created = [r[0] for r in conn.execute("select partition from partman.create_partitions(%s, %s, %s)",
                                           (args.table, args.modulus, args.dry_run))]
     if args.dry_run:
@@ -217,21 +216,16 @@ def cmd_create(args: argparse.Namespace, conn: psycopg.Connection) -> int:
 
 
 def cmd_split(args: argparse.Namespace, conn: psycopg.Connection) -> int:
-    if sum([bool(args.all), bool(args.resume), bool(args.partition and not args.resume)]) != 1 or \
-            (args.all and args.partition):
+    if args.all and (args.resume or args.partition) or not (args.all or args.resume or args.partition):
         raise Refused("say what to split: PARTITION, --all, or --resume [PARTITION]")
     if args.table and not args.all:
         raise Refused("--table goes with --all")
     if args.batch_size < 1 or args.lock_timeout <= 0 or args.pause < 0:
         raise Refused("--batch-size and --lock-timeout must be positive, --pause not negative")
-    options = (args.batch_size, args.pause, args.lock_timeout, args.dry_run)
-    notices = Notices(args.verbose)
-    if args.resume:
-        results = call(conn, "resume", args.partition, args.schema, *options, notices=notices)
-    elif args.all:
-        results = call(conn, "split_all", args.table, args.schema, *options, notices=notices)
-    else:
-        results = call(conn, "split", args.partition, *options, notices=notices)
+    procedure, target = (("resume", (args.partition, args.schema)) if args.resume else
+                         ("split_all", (args.table, args.schema)) if args.all else ("split", (args.partition,)))
+    results = call(conn, procedure, *target, args.batch_size, args.pause, args.lock_timeout, args.dry_run,
+                   verbose=args.verbose)
     if args.dry_run:
         print("-- dry run: nothing was changed")
     elif args.json:

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from pgvote import tables
+import partitions.cli
+from pgvote import jwt, loadtest, stats, tables
 from pgvote.backends import Stack, make_stack, require_running
 from pgvote.stack import API_ROLES, LocalStack, StackError
 
@@ -54,23 +56,14 @@ def flag(name: str, help: str) -> Option:
     return name, {"action": "store_true", "help": help}
 
 
-def _options_of(module: str, function: str) -> Configure:
-    """The options `module.function(parser)` adds."""
-    return lambda p: getattr(importlib.import_module(module), function)(p)
+def _stack(args: argparse.Namespace, ha: bool = False, shards: int | None = None) -> Stack:
+    """The stack of --state-dir, in the profile its state dir remembers (`up` passes --ha / --shards N)."""
+    return make_stack(state_dir=Path(args.state_dir) if args.state_dir else None, ha=ha, shards=shards)
 
 
-def _stack(args: argparse.Namespace, profile_flags: bool = True) -> Stack:
-    """The stack of --state-dir; `up --ha` / `--shards N` choose its profile (profile_flags), else the
-    state dir's remembered one does."""
-    state_dir = Path(args.state_dir) if args.state_dir else None
-    if not profile_flags:
-        return make_stack(state_dir=state_dir)
-    return make_stack(state_dir=state_dir, ha=getattr(args, "ha", False), shards=getattr(args, "shards", None))
-
-
-def _local_stack(args: argparse.Namespace, profile_flags: bool = True) -> LocalStack:
+def _local_stack(args: argparse.Namespace) -> LocalStack:
     """The local stack: what the HTTP tools (demo, token, bench) need beyond the common interface."""
-    stack = _stack(args, profile_flags)
+    stack = _stack(args)
     if not isinstance(stack, LocalStack):
         raise StackError(f"this command needs the local stack (PGVOTE_BACKEND=local), not {stack.backend}")
     return stack
@@ -117,7 +110,7 @@ export DATABASE_URL={stack.admin_url}""")
          flag("--ha", "the HA profile: etcd, two PostgreSQL members under Patroni (leader and synchronous standby) "
                       "behind HAProxy, results read from the standby (remembered by the state dir)"))
 def cmd_up(args: argparse.Namespace) -> int:
-    stack = _stack(args)
+    stack = _stack(args, ha=args.ha, shards=args.shards)
     with err.status("starting the stack..."):
         stack.up(migrate=not args.no_migrate)
     out.print("[green]stack is up[/]")
@@ -182,10 +175,6 @@ def cmd_status(args: argparse.Namespace) -> int:
          ("--exp", {"type": int, "default": 3600,
                     "help": "expiry in seconds from now (default 3600; negative: an expired token)"}))
 def cmd_token(args: argparse.Namespace) -> int:
-    import uuid
-
-    from pgvote import jwt
-
     stack = _local_stack(args)
     if not stack.jwt_secret_file.is_file():
         raise StackError(f"the local stack ({stack.state_dir}) has no JWT secret yet: run `pgvote up` first")
@@ -277,7 +266,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from pgvote.bench.report import BENCH_MODES, DEFAULT_CHART, DEFAULT_REPORT, run_bench
 
-    stack = _local_stack(args, profile_flags=False)  # bench --ha names a benchmark: the state dir says what runs
+    stack = _local_stack(args)  # bench --ha names a benchmark: the state dir says what runs
     require_running(stack)
     files: dict[str, Any] = {"report_path": None if args.no_report else (args.report or DEFAULT_REPORT),
                              "json_path": args.json, "console": out}
@@ -294,31 +283,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 @command("partitions", "inspect, verify, create and split the hash partitions of $DATABASE_URL",
-         configure=_options_of("partitions.cli", "configure"))
+         configure=partitions.cli.configure)
 def cmd_partitions(args: argparse.Namespace) -> int:
-    from partitions.cli import run
-
-    return run(args)
+    return partitions.cli.run(args)
 
 
 @command("stats", "live dashboard of the monitoring views and PgBouncer pools (--once --json for scripts)",
-         configure=_options_of("pgvote.stats", "configure"))
+         configure=stats.configure)
 def cmd_stats(args: argparse.Namespace) -> int:
-    from pgvote.stats import run
-
-    return run(args, lambda: _stack(args), console=out)
+    return stats.run(args, lambda: _stack(args), console=out)
 
 
 @command("loadtest", "the 50,000-vote spike on one poll, over HTTP with k6 (or --sql through PgBouncer), "
-                     "verified exactly once", configure=_options_of("pgvote.loadtest", "add_options"))
+                     "verified exactly once", configure=loadtest.add_options)
 def cmd_loadtest(args: argparse.Namespace) -> int:
-    from pgvote.loadtest import run
-
     stack = None
     if not (args.database_url and args.admin_url):
         stack = _local_stack(args)
         require_running(stack)
-    return run(args, stack, out)
+    return loadtest.run(args, stack, out)
 
 
 # ---- entry point -----------------------------------------------------------------------------------
@@ -329,18 +312,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
-    except StackError as exc:
-        if args.debug:
-            raise
-        err.print(f"[red]error:[/] {escape(str(exc))}")
-        return 1
     except KeyboardInterrupt:
         err.print("[red]interrupted[/]")
         return 130
-    except Exception as exc:  # anything else: still one line, traceback on demand
+    except Exception as exc:  # one line, a traceback on demand; a StackError's says what to do itself
         if args.debug:
             raise
-        err.print(f"[red]error:[/] {escape(type(exc).__name__)}: {escape(str(exc))} (run with --debug for details)")
+        err.print(f"[red]error:[/] {escape(str(exc))}" if isinstance(exc, StackError) else
+                  f"[red]error:[/] {escape(type(exc).__name__)}: {escape(str(exc))} (run with --debug for details)")
         return 1
 
 

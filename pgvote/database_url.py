@@ -17,10 +17,3 @@ def database_url() -> str:
         )
     return url
 
-
-def sqlalchemy_url(libpq_url: str) -> str:
-    """The same URL for SQLAlchemy's psycopg 3 dialect (alembic needs SQLAlchemy)."""
-    for scheme in ("postgresql://", "postgres://"):
-        if libpq_url.startswith(scheme):
-            return "postgresql+psycopg://" + libpq_url[len(scheme):]
-    return libpq_url

@@ -26,9 +26,8 @@ def print_results(stack: LocalStack, poll_id: str, console: Console) -> None:
     console.print(f"total_ballots: {results['total_ballots']:,}")
 
 
-def run_spike(stack: LocalStack, voters: int = 50_000, console: Console | None = None) -> dict[str, Any]:
+def run_spike(stack: LocalStack, voters: int, console: Console) -> dict[str, Any]:
     """The k6 burst over HTTP (`pgvote loadtest`), then the bulk path; raises when a vote was lost or doubled."""
-    console = console or Console()
     reports: dict[str, dict[str, Any]] = {}
     for name, title, extra in (
             ("http", f"The {voters:,}-vote spike over HTTP: k6 through nginx, {voters:,} distinct voters on one poll",

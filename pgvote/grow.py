@@ -104,15 +104,12 @@ def recover(router_url: str, shards: list[ShardCluster]) -> None:
     """Settle the moves an interrupted run left prepared: forward when the target holds the poll, else back."""
     for shard in shards:
         with psycopg.connect(shard.admin_url, autocommit=True) as conn:
-            gids = [r[0] for r in conn.execute(
-                "select gid from pg_prepared_xacts where database = current_database() and gid like %s",
-                (PREFIX + "%",)).fetchall()]
-        for gid in gids:
-            poll_id = gid.removeprefix(PREFIX)
-            if any(_holds(s, poll_id) for s in shards if s is not shard):
-                finish_move(router_url, shard, gid, poll_id)
-            else:
-                with psycopg.connect(shard.admin_url, autocommit=True) as conn:
+            for (gid,) in conn.execute("select gid from pg_prepared_xacts where database = current_database() "
+                                       "and gid like %s", (PREFIX + "%",)).fetchall():
+                poll_id = gid.removeprefix(PREFIX)
+                if any(_holds(s, poll_id) for s in shards if s is not shard):
+                    finish_move(router_url, shard, gid, poll_id)
+                else:
                     conn.execute(sql.SQL("rollback prepared {}").format(sql.Literal(gid)))
 
 

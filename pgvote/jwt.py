@@ -19,18 +19,16 @@ def _b64(data: bytes) -> str:
 
 def sign(secret: str, claims: dict[str, Any]) -> str:
     """A compact HS256 JWT carrying claims."""
-    header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
-    payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
-    signing_input = f"{header}.{payload}"
+    signing_input = ".".join(_b64(json.dumps(part, separators=(",", ":")).encode())
+                             for part in ({"alg": "HS256", "typ": "JWT"}, claims))
     signature = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{_b64(signature)}"
 
 
-def claims_for(role: str, sub: str | None = None, expires_in: int | None = 3600) -> dict[str, Any]:
+def claims_for(role: str, sub: str | None = None, expires_in: int = 3600) -> dict[str, Any]:
     """Claims of a token for role (and sub); expires_in seconds from now (negative: already expired)."""
     claims: dict[str, Any] = {"role": role}
     if sub is not None:
         claims["sub"] = sub
-    if expires_in is not None:
-        claims["exp"] = int(time.time()) + expires_in
+    claims["exp"] = int(time.time()) + expires_in
     return claims

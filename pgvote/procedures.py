@@ -53,12 +53,8 @@ SCHEMA = Folder(PROCEDURES_DIR, OWNED_SCHEMAS, after=ALWAYS_APPLIED)
 
 @dataclass(frozen=True)
 class ProcedureFile:
-    path: Path
+    name: str  # <schema>.<function>.sql
     text: str
-
-    @property
-    def name(self) -> str:
-        return self.path.name
 
     @property
     def digest(self) -> str:
@@ -66,7 +62,7 @@ class ProcedureFile:
 
 
 def procedure_files(directory: Path = PROCEDURES_DIR) -> list[ProcedureFile]:
-    return [ProcedureFile(p, p.read_text()) for p in sorted(directory.glob("*.sql"))]
+    return [ProcedureFile(p.name, p.read_text()) for p in sorted(directory.glob("*.sql"))]
 
 
 @dataclass(frozen=True)
@@ -105,30 +101,26 @@ def sync_procedures(conn: psycopg.Connection, folder: Folder = SCHEMA) -> SyncRe
     applied: dict[str, str] = {}
     if folder.remembers:
         applied = dict(conn.execute("select file, sha256 from internal.procedure_sources").fetchall())
-    overloads = Counter(r.file for r in owned_routines(conn, folder.schemas))
+    before = owned_routines(conn, folder.schemas)
+    overloads = Counter(r.file for r in before)
     changed = [f for f in files if applied.get(f.name) != f.digest or overloads[f.name] != 1]
     dropped: list[str] = []
-    written: set[int] = set()
     # Bodies reference each other; validate them once all exist, not in file order.
     conn.execute("set local check_function_bodies = off")
     for f in changed:
-        before = {(r.oid, r.version) for r in owned_routines(conn, folder.schemas) if r.file == f.name}
         dropped += apply_file(conn, f, folder.schemas)
-        written |= {r.oid for r in owned_routines(conn, folder.schemas)
-                    if r.file == f.name and (r.oid, r.version) not in before}
-        if folder.remembers:
-            conn.execute(
-                """insert into internal.procedure_sources (file, sha256) values (%s, %s)
-                   on conflict (file) do update set sha256 = excluded.sha256, applied_at = now()""",
-                (f.name, f.digest),
-            )
     conn.execute("set local check_function_bodies = on")
-    # Stale: no file of its name, or a file applied now that did not write it.
+    # Stale: no file of its name, or of a file applied now that did not write it (each file runs in
+    # a savepoint of its own, so a row it wrote has another xmin than before).
     names, applied_now = {f.name for f in files}, {f.name for f in changed}
+    unwritten = {(r.oid, r.version) for r in before}
     dropped += drop_routines(conn, [r for r in owned_routines(conn, folder.schemas) if r.file not in names
-                                    or (r.file in applied_now and r.oid not in written)])
-    if folder.remembers:
-        conn.execute("delete from internal.procedure_sources where file <> all(%s)", (sorted(names),))
+                                    or (r.file in applied_now and (r.oid, r.version) in unwritten)])
+    if folder.remembers:  # the digests of the files applied now; removed files forgotten
+        conn.execute("""with gone as (delete from internal.procedure_sources where file <> all(%s))
+                        insert into internal.procedure_sources (file, sha256) select * from unnest(%s::text[], %s::text[])
+                        on conflict (file) do update set sha256 = excluded.sha256, applied_at = now()""",
+                     (sorted(names), [f.name for f in changed], [f.digest for f in changed]))
     for name in folder.after:
         conn.execute((DB_DIR / name).read_text())
     return SyncResult([f.name for f in changed], dropped)
@@ -159,7 +151,5 @@ def drop_routines(conn: psycopg.Connection, routines: list[Routine]) -> list[str
 
 def offline_script() -> str:
     """Everything sync_procedures would apply on an empty database, for `alembic upgrade --sql`."""
-    parts = ["set check_function_bodies = off;"]
-    parts += [f.text for f in procedure_files()]
-    parts += ["set check_function_bodies = on;"] + [(DB_DIR / name).read_text() for name in ALWAYS_APPLIED]
-    return "\n\n".join(parts)
+    return "\n\n".join(["set check_function_bodies = off;", *(f.text for f in procedure_files()),
+                        "set check_function_bodies = on;", *((DB_DIR / name).read_text() for name in ALWAYS_APPLIED)])

@@ -42,6 +42,8 @@ class ShardCluster(LocalStack):
         super().__init__(state_dir=router.state_dir / "shards" / f"shard-{index}", port_base=router.ports.base)
         self.index = index
         self.name = f"shard-{index}"
+        # its entry in the router stack's supervisor spec: restarted like the stack's own PostgreSQL
+        self.component = f"postgres-{self.name}"
         self.pg_port = router.ports.base + SHARD_PORT_OFFSET + index
         self.admin_url = f"postgresql://postgres@{HOST}:{self.pg_port}/pgvote"
 
@@ -65,10 +67,6 @@ class ShardCluster(LocalStack):
         self._prepare_database()
         self._start_postgres()
         self._ensure_database()
-
-    def supervised(self) -> dict[str, Any]:
-        """Its entry in the router stack's supervisor spec: restarted like the stack's own PostgreSQL."""
-        return self._pg_ctl_component(f"postgres-{self.name}")
 
 
 class ShardedStack(LocalStack):
@@ -114,7 +112,7 @@ class ShardedStack(LocalStack):
         share_voter_key_secret(self.admin_url, [s.admin_url for s in self.shards])
 
     def _member_components(self) -> list[dict[str, Any]]:
-        return [s.supervised() for s in self.shards if s.index not in self.held_down]
+        return [s._pg_ctl_component(s.component) for s in self.shards if s.index not in self.held_down]
 
     # ---- faults, for tests and operators ---------------------------------------------------------
 
@@ -124,9 +122,9 @@ class ShardedStack(LocalStack):
         with self._locked():  # the supervisor cannot restart it meanwhile (it needs this lock)
             self.held_down.add(index)
             self._write_supervised_configs()
-            name = f"postgres-{shard.name}"
-            if not wait_until(lambda: name not in supervisor.read_status(self.state_dir).get("components", {}), START_TIMEOUT):
-                raise StackError(f"the supervisor still watches {name} after {START_TIMEOUT:.0f} s")
+            if not wait_until(lambda: shard.component not in supervisor.read_status(self.state_dir).get("components", {}),
+                              START_TIMEOUT):
+                raise StackError(f"the supervisor still watches {shard.component} after {START_TIMEOUT:.0f} s")
             shard._stop_postgres()
 
     def start_shard(self, index: int) -> None:
