@@ -1,8 +1,11 @@
 """Helpers shared by the test modules: identities, polls, and ground truth read from the stored ballots."""
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,3 +69,15 @@ def table_snapshot(admin: psycopg.Connection) -> tuple[int, int, int, str]:
     ).fetchall()
     return (sum(int(r[0]) for r in rows), sum(int(r[1]) for r in rows), sum(int(r[2]) for r in rows),
             ",".join(str(r[3]) for r in rows))
+
+
+@contextlib.contextmanager
+def frozen_supervisor(stack: Any) -> Iterator[None]:
+    """SIGSTOP the stack's supervisor: components killed meanwhile stay dead until it resumes."""
+    supervisor_pid = stack.status()["components"]["supervisor"]["pid"]
+    assert supervisor_pid
+    os.kill(supervisor_pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(supervisor_pid, signal.SIGCONT)

@@ -647,10 +647,14 @@ def test_haproxy_config_passes_haproxy_c(tmp_path: Path) -> None:
 
 def test_patroni_compose_and_kubernetes_forms() -> None:
     services = yaml_docs(PATRONI / "compose.yaml")[0]["services"]
-    assert {"etcd", "pgvote-db-0", "pgvote-db-1", "postgres"} <= set(services)
+    etcd = [f"etcd-{i}" for i in range(3)]  # a quorum of two
+    assert {*etcd, "pgvote-db-0", "pgvote-db-1", "postgres"} <= set(services)
+    for name in etcd:
+        assert set(services[name]["command"][-2].split("=", 1)[1].split(",")) == {f"{e}=http://{e}:2380" for e in etcd}
     for name in ("pgvote-db-0", "pgvote-db-1"):
         env = services[name]["environment"]
         assert env["PATRONI_NAME"] == name and env["PATRONI_POSTGRESQL_CONNECT_ADDRESS"] == f"{name}:5432"
+        assert env["PATRONI_ETCD3_HOSTS"] == ",".join(f"{e}:2379" for e in etcd)
         for volume in services[name]["volumes"]:
             source = volume.split(":")[0]
             assert source.endswith("-data") or (PATRONI / source).exists(), volume
@@ -662,6 +666,10 @@ def test_patroni_compose_and_kubernetes_forms() -> None:
     assert {("StatefulSet", "pgvote-db"), ("StatefulSet", "etcd"), ("Deployment", "pgvote-db-haproxy")} <= kinds
     members = next(d for d in docs if d["metadata"]["name"] == "pgvote-db" and d["kind"] == "StatefulSet")
     assert members["spec"]["replicas"] == 2
+    etcd_set = next(d for d in docs if d["metadata"]["name"] == "etcd" and d["kind"] == "StatefulSet")
+    initial = next(a for a in etcd_set["spec"]["template"]["spec"]["containers"][0]["command"]
+                   if a.startswith("--initial-cluster="))
+    assert etcd_set["spec"]["replicas"] == 3 == len(initial.split(","))
     import kubernetes_validate  # a test dependency (pyproject.toml): its absence is a broken install
 
     failures = []

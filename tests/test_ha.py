@@ -1,4 +1,4 @@
-"""The HA profile (`pgvote up --ha`, pgvote/ha.py) on a real etcd, two Patroni members and HAProxy.
+"""The HA profile (`pgvote up --ha`, pgvote/ha.py) on three real etcd members, two Patroni members and HAProxy.
 
 - status: the members with their roles, postmaster and Patroni pids, ports, REST URLs and lag, text and
   JSON; admin_url reaches the leader;
@@ -7,12 +7,15 @@
 - the standby lost: in the project's choice (synchronous_mode, not strict) votes go on after the leader
   drops the lost standby from synchronous_standby_names; in strict mode no vote is acknowledged until a
   standby is back, and the vote the client gave up on had committed (its identical re-cast answers
-  "unchanged").
+  "unchanged");
+- one etcd member lost: the other two keep the quorum, so the leader keeps its key and votes go on.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import threading
 import time
 import urllib.request
@@ -26,9 +29,10 @@ import yaml
 from pgvote import cli
 from pgvote.ha import PATRONI_CONFIG, HaStack
 from pgvote.http import ApiClient
+from pgvote.stack import http_json
 
 from fixtures.ha import haproxy, member, patroni_config
-from helpers import user
+from helpers import frozen_supervisor, user
 
 
 def _api(stack: HaStack, timeout: float = 60) -> ApiClient:
@@ -173,6 +177,31 @@ def test_standby_lost_votes_go_on_without_strict_mode(ha: HaStack) -> None:
         standby.thaw(frozen)
     assert ha.wait_healthy(), "the standby came back as the synchronous standby"
     print(f"non-strict: first acknowledged vote {waited} s after the standby froze")
+
+
+def test_losing_one_etcd_member_changes_nothing(ha: HaStack) -> None:
+    """Three etcd members keep a quorum of two: with one of them dead for longer than the leader key's
+    ttl (the supervisor frozen, so it stays dead), the leader keeps its key and every vote is
+    acknowledged; the member restarted rejoins the etcd cluster."""
+    api = _api(ha, timeout=10)
+    poll = _poll(_api(ha))
+    leader = member(ha, "leader").member
+    ttl = yaml.safe_load(PATRONI_CONFIG.read_text())["bootstrap"]["dcs"]["ttl"]
+    victim = ha.component_pid("etcd-0")
+    assert victim is not None
+    statuses = []
+    with frozen_supervisor(ha):
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + ttl + 5
+        while time.monotonic() < deadline:
+            statuses.append(_vote(api, poll, f"etcd-lost-{len(statuses)}").status)
+            time.sleep(0.2)
+        assert http_json(f"http://127.0.0.1:{ha.etcd[0][0]}/health")[0] == 0, "etcd-0 stayed dead"
+        assert member(ha, "leader").member == leader, "the leader kept its key"
+        assert ha.healthy(), ha.cluster()
+    assert statuses and set(statuses) == {200}, statuses
+    assert _wait(lambda: all((http_json(f"http://127.0.0.1:{client}/health")[1] or {}).get("health") == "true"
+                             for client, _ in ha.etcd), 30), "etcd-0 restarted and rejoined"
 
 
 def test_standby_lost_blocks_votes_in_strict_mode(ha: HaStack) -> None:

@@ -41,7 +41,7 @@ from pgvote.http import ApiClient, Response, random_loopback_address
 from pgvote.paths import PROCEDURES_DIR, PROJECT_ROOT
 from pgvote.stack import LocalStack, read_postgrest_conf
 
-from helpers import PollFactory, fingerprint, stored_ballots, table_snapshot, user
+from helpers import PollFactory, fingerprint, frozen_supervisor, stored_ballots, table_snapshot, user
 
 NO_POLL = "00000000-0000-0000-0000-000000000000"
 TEMPLATE = PROJECT_ROOT / "deploy" / "nginx" / "pgvote.conf.template"
@@ -634,18 +634,6 @@ def test_a_good_token_passes_the_token_check_with_its_body(api, stack) -> None:
                      token=jwt.sign(stack.jwt_secret, jwt.claims_for("authenticated", "creator-large")))
     assert answer.status == 200, answer.body
     assert len(answer.body["option_ids"]) == 100
-
-
-@contextlib.contextmanager
-def frozen_supervisor(stack: LocalStack) -> Iterator[None]:
-    """SIGSTOP the stack's supervisor: components killed meanwhile stay dead until it resumes."""
-    supervisor_pid = stack.status()["components"]["supervisor"]["pid"]
-    assert supervisor_pid
-    os.kill(supervisor_pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(supervisor_pid, signal.SIGCONT)
 
 
 @contextlib.contextmanager
