@@ -28,22 +28,32 @@ def grow(stack: ShardedStack, progress: Callable[[str], None] = lambda message: 
 def add_shards(stack: ShardedStack, progress: Callable[[str], None] = lambda message: None) -> list[ShardCluster]:
     """Start N new shards (full schema, the router's secret), give the router's cluster their partitions
     with the growth switched on (one transaction: every poll keeps its shard until it moves; new polls
-    are created where they belong among 2N). Settles the moves an interrupted run left."""
-    old = len(stack.shards)
-    check_count(2 * old)
-    new = [ShardCluster(stack, i) for i in range(old, 2 * old)]
-    for shard in new:
+    are created where they belong among 2N), supervise them. Settles the moves an interrupted run left.
+    The state dir remembers the growth before anything changes; a growth it remembers is resumed (every
+    step is idempotent), and `pgvote up` meanwhile keeps all 2N running and routed."""
+    if not stack.joining:
+        check_count(2 * len(stack.shards))
+        stack.joining = [ShardCluster(stack, i) for i in range(len(stack.shards), 2 * len(stack.shards))]
+        with stack._locked():
+            stack._save_state()
+    for shard in stack.joining:
         progress(f"starting {shard.name}")
         shard.start()
         shard._migrate()
-    share_voter_key_secret(stack.admin_url, [s.admin_url for s in new])
+    share_voter_key_secret(stack.admin_url, [s.admin_url for s in stack.joining])
     with psycopg.connect(stack.admin_url) as router:
-        router.execute("update router.growth set active = true, partitions = %s", (old,))
-        options = sql.SQL(", ").join(sql.SQL("add {} {}").format(sql.Identifier(f"p{s.index}"), sql.Literal(s.conninfo()))
-                                     for s in new)
-        router.execute(sql.SQL("alter server {} options ({})").format(sql.Identifier(CLUSTER), options))
-    recover(stack.admin_url, stack.shards + new)
-    return new
+        router.execute("update router.growth set active = true, partitions = %s", (len(stack.shards),))
+        present = router.execute("select array(select split_part(o, '=', 1) from unnest(srvoptions) o) "
+                                 "from pg_foreign_server where srvname = %s", (CLUSTER,)).fetchone()
+        missing = [s for s in stack.joining if f"p{s.index}" not in (present[0] if present else [])]
+        if missing:
+            options = sql.SQL(", ").join(sql.SQL("add {} {}").format(sql.Identifier(f"p{s.index}"),
+                                                                      sql.Literal(s.conninfo())) for s in missing)
+            router.execute(sql.SQL("alter server {} options ({})").format(sql.Identifier(CLUSTER), options))
+    with stack._locked():
+        stack._write_supervised_configs()  # the new shards restarted like the others from now on
+    recover(stack.admin_url, stack.every)
+    return stack.joining
 
 
 def move_polls(stack: ShardedStack, new: list[ShardCluster],
@@ -64,7 +74,7 @@ def move_polls(stack: ShardedStack, new: list[ShardCluster],
     with psycopg.connect(stack.admin_url) as router:  # one transaction: the hash alone again, over 2N
         router.execute("delete from router.moved")
         router.execute("update router.growth set active = false, partitions = %s", (len(every),))
-    stack.shards = every
+    stack.shards, stack.joining = every, []
     with stack._locked():
         stack._save_state()
         stack._write_supervised_configs()

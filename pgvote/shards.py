@@ -74,10 +74,14 @@ class ShardedStack(LocalStack):
 
     def __init__(self, state_dir: Path | None = None, port_base: int | None = None, shards: int | None = None) -> None:
         super().__init__(state_dir=state_dir, port_base=port_base)
-        count = shards or self._load_state().get("shards")
+        saved = self._load_state()
+        count = shards or saved.get("shards")
         if not count:
             raise StackError(f"{self.state_dir} holds no sharded stack: start one with `pgvote up --shards N`")
         self.shards = [ShardCluster(self, i) for i in range(check_count(int(count)))]
+        # the new shards of an unfinished growth to 2N (pgvote/grow.py), which the state dir remembers from
+        # its first step: they run and are supervised, and `up` keeps the router on all 2N, until it ends
+        self.joining = [ShardCluster(self, i) for i in range(len(self.shards), int(saved.get("growing_to") or 0))]
         self.held_down: set[int] = set()  # shards stop_shard took out of supervision
 
     # ---- the launcher's steps, extended to the shards ------------------------------------------
@@ -89,30 +93,37 @@ class ShardedStack(LocalStack):
                              f"postgresql-{self.major}-plproxy (scripts/install-deps)")
 
     def _profile_state(self) -> dict[str, Any]:
-        return {"shards": len(self.shards)}
+        return {"shards": len(self.shards), **({"growing_to": len(self.every)} if self.joining else {})}
+
+    @property
+    def every(self) -> list[ShardCluster]:
+        """The shards and the joining ones: every cluster this stack runs besides the router."""
+        return self.shards + self.joining
 
     def _start_postgres(self) -> None:
         super()._start_postgres()
-        for shard in self.shards:
+        for shard in self.every:
             if shard.index not in self.held_down:
                 shard.start()
 
     def _stop_postgres(self) -> None:
         super()._stop_postgres()
-        for shard in self.shards:
+        for shard in self.every:
             shard._stop_postgres()
 
     def _migrate(self) -> None:
         """Every shard to the full schema, the router too, then the router's cluster and functions."""
-        for shard in self.shards:
+        for shard in self.every:
             shard._migrate()
         super()._migrate()
         with psycopg.connect(self.admin_url) as conn:  # one transaction: the router changes at once
-            configure_router(conn, [s.conninfo() for s in self.shards])
-        share_voter_key_secret(self.admin_url, [s.admin_url for s in self.shards])
+            configure_router(conn, [s.conninfo() for s in self.every])
+            if self.joining:  # an unfinished growth: every poll stays where it is until it moves
+                conn.execute("update router.growth set active = true, partitions = %s", (len(self.shards),))
+        share_voter_key_secret(self.admin_url, [s.admin_url for s in self.every])
 
     def _member_components(self) -> list[dict[str, Any]]:
-        return [s._pg_ctl_component(s.component) for s in self.shards if s.index not in self.held_down]
+        return [s._pg_ctl_component(s.component) for s in self.every if s.index not in self.held_down]
 
     # ---- faults, for tests and operators ---------------------------------------------------------
 
@@ -139,8 +150,8 @@ class ShardedStack(LocalStack):
     def status(self) -> dict[str, Any]:
         result = super().status()
         shards = [{"name": s.name, "url": s.admin_url, "port": s.pg_port, "running": s._postgres_pid() is not None,
-                   "pid": s._postgres_pid(), "data_dir": str(s.data_dir), "log": str(s.pg_log)}
-                  for s in self.shards]
+                   "pid": s._postgres_pid(), "data_dir": str(s.data_dir), "log": str(s.pg_log),
+                   "joining": s in self.joining} for s in self.every]
         result.update(profile="sharded", shards=shards)
         result["components"]["shards"] = shards
         return result

@@ -12,6 +12,7 @@ import psycopg
 from reliability.checks import VotePolls, make_votes, verify
 from reliability.k6round import Live, run_round
 
+from pgvote import supervisor
 from pgvote.grow import PREFIX, add_shards, copy_to, finish_move, move_polls, prepare_move
 from pgvote.shards import ShardCluster, ShardedStack
 
@@ -74,6 +75,23 @@ def test_growing_2_to_4_shards_under_k6_load_moves_polls_and_loses_nothing(stack
     during_growth = make_poll()
     assert holder(stack, during_growth.poll_id, stack.shards + new) == [partition(stack, during_growth.poll_id, 4)], \
         "a poll created during the growth is created on its shard among 4"
+    # The growth interrupted here, the stack stopped and started again by a launcher that knows nothing
+    # of it: the state dir remembers it, so all four shards run, supervised, the router still on 4
+    # partitions with the growth on, and a poll on a new shard is reached.
+    stack.down()
+    relaunched = ShardedStack(state_dir=stack.requested_state_dir, port_base=stack.ports.base)
+    relaunched.up()
+    assert [s.index for s in relaunched.shards] == [0, 1] and [s.index for s in relaunched.joining] == [2, 3]
+    assert {"postgres-shard-2", "postgres-shard-3"} <= set(supervisor.read_status(relaunched.state_dir)["components"])
+    assert [(s["name"], s["running"], s["joining"]) for s in relaunched.status()["shards"]] == [
+        ("shard-0", True, False), ("shard-1", True, False), ("shard-2", True, True), ("shard-3", True, True)]
+    with psycopg.connect(stack.admin_url, autocommit=True) as router:
+        assert router.execute("select active, partitions from router.growth").fetchone() == (True, 2)
+    assert api.rpc("poll_results", {"poll_id": during_growth.poll_id}).status == 200
+    assert [s.index for s in add_shards(relaunched)] == [2, 3], "a second run resumes the growth it finds"
+    with psycopg.connect(stack.admin_url, autocommit=True) as router:
+        options = router.execute("select srvoptions from pg_foreign_server where srvname = 'pgvote_shards'").fetchone()[0]
+    assert sorted(o.split("=", 1)[0] for o in options if o.startswith("p")) == ["p0", "p1", "p2", "p3"]
     # Two interrupted moves: one after the target's copy committed (the decision: rolled forward), one
     # before (rolled back, then moved again); move_polls settles both first, under the load.
     copy_to(new[0], prepare_move(stack.shards[0], forward.poll_id), forward.poll_id)
