@@ -1,7 +1,9 @@
-"""The target database: DATABASE_URL, a libpq URL, for every tool and migration."""
+"""The target database: DATABASE_URL, a libpq URL, for every tool and migration; the same URL naming
+another database."""
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit, urlunsplit
 
 
 class MissingDatabaseUrl(RuntimeError):
@@ -17,3 +19,10 @@ def database_url() -> str:
         )
     return url
 
+
+
+def with_database(url: str, database: str, user: str | None = None) -> str:
+    """The same libpq URL naming another database (and another user, if given)."""
+    parts = urlsplit(url)
+    netloc = f"{user}@{parts.netloc.split('@', 1)[-1]}" if user else parts.netloc
+    return urlunsplit(parts._replace(path="/" + database, netloc=netloc))

@@ -255,10 +255,11 @@ class HaStack(LocalStack):
         result = super().status()
         components = result["components"]
         cluster = {m["name"]: m for m in self.cluster()}
+        supervised = self._supervised()
         for name, port in (*((f"etcd-{i}", client) for i, (client, _) in enumerate(self.etcd)),
                            ("haproxy", self.write_port),
                            *((m.name, m.rest_port) for m in self.members)):
-            components[name] = self._status_entry(name, port)
+            components[name] = self._status_entry(name, port, supervised=supervised)
         members = []
         for member in self.members:
             info = cluster.get(member.name, {})
@@ -268,7 +269,7 @@ class HaStack(LocalStack):
                             "patroni_pid": components[member.name]["pid"],
                             "lag_bytes": lag if isinstance(lag, int) else None, "timeline": info.get("timeline")})
         components["postgrest"].append({"name": "postgrest-read", "colour": "read", "role": "read",
-                                        **self._status_entry("postgrest-read", self.read_postgrest_port,
+                                        **self._status_entry("postgrest-read", self.read_postgrest_port, supervised=supervised,
                                                              admin_port=self.read_postgrest_admin_port, live=True)})
         leader = next((m for m in members if m["role"] == "leader"), None)
         # "postgres" is the leader, as clients reach it (HAProxy's write port)

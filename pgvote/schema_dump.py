@@ -18,12 +18,12 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
 
 from pgvote import migrate
+from pgvote.database_url import with_database
 from pgvote.paths import DB_DIR
 from pgvote.stack import find_server_bindir
 
@@ -65,7 +65,7 @@ def scratch_database(admin_url: str, prefix: str = "scratch", name: str | None =
         conn.execute(drop)
         conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
     try:
-        yield urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
+        yield with_database(admin_url, name)
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(drop)

@@ -465,11 +465,10 @@ class LocalStack:
         supervised: dict[str, Any] = supervisor.read_status(self.state_dir).get("components", {})
         return supervised if self._supervisor_pid() else {name: {**info, "pid": None} for name, info in supervised.items()}
 
-    def _status_entry(self, name: str, port: int, log: Path | None = None, supervised: dict[str, Any] | None = None,
+    def _status_entry(self, name: str, port: int, log: Path | None = None, *, supervised: dict[str, Any],
                       **extra: Any) -> dict[str, Any]:
         """A supervised component in status(): its pid while it runs, its restarts and last exit code;
-        ``supervised``: as status() read it (None: read now)."""
-        supervised = self._supervised() if supervised is None else supervised
+        ``supervised``: the supervisor's components as status() read them (``_supervised()``)."""
         pid, info = self.component_pid(name, supervised), supervised.get(name, {})
         return {"running": pid is not None, "pid": pid, "port": port, "log": str(log or self.log_dir / f"{name}.log"),
                 "restarts": info.get("restarts", 0), "last_exit": info.get("last_exit"), **extra}

@@ -13,12 +13,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from rich.console import Console
 
 from pgvote.bench.pgbench import POSTGREST_RPC, Figures, Run, postgrest_variables, run
+from pgvote.database_url import with_database
 from pgvote.loadtest import LoadtestConfig
 from pgvote.loadtest.scenarios import run_bare, run_bulk_scenario, run_single
 from pgvote.loadtest.servers import sampling
@@ -30,12 +30,6 @@ HOT_POLL_BALLOTS = 1_000_000
 SPREAD_POLLS = 10_000
 SQL = Path(__file__).parent / "sql"
 LOCK_WAITS_SQL, LOCKS_HELD_SQL = ((SQL / f"{name}.sql").read_text() for name in ("lock_waits", "locks_held"))
-
-
-def with_database(url: str, database: str, user: str | None = None) -> str:
-    parts = urlsplit(url)
-    netloc = f"{user}@{parts.netloc.split('@', 1)[-1]}" if user else parts.netloc
-    return urlunsplit(parts._replace(path="/" + database, netloc=netloc))
 
 
 @dataclass(frozen=True)
